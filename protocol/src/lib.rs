@@ -1,0 +1,29 @@
+//! Wire protocol of Nexus Agent Proxy.
+//!
+//! Everything that crosses a socket is a **frame**: a 4-byte big-endian length
+//! followed by that many bytes of MessagePack (rmp-serde, named fields so that
+//! fields can be added without breaking older peers). This crate is pure: it
+//! turns bytes into typed messages and back, and negotiates versions. It never
+//! opens a socket.
+//!
+//! Three conversations use frames:
+//! - the tunnel handshake, inside TLS and before yamux ([`ClientHello`], [`ServerHello`]);
+//! - one forwarded session per yamux stream: a [`Call`] from the shim, then one
+//!   or more [`Reply`] frames from the proxy, the last of which is final;
+//! - local callers on the shim's Unix socket ([`LocalRequest`], [`LocalReply`]).
+#![forbid(unsafe_code)]
+
+mod error;
+mod frame;
+mod message;
+mod secret;
+mod version;
+
+pub use error::{DecodeError, FrameError};
+pub use frame::{FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_FRAME, decode, encode};
+pub use message::{
+    Call, CallerContext, ClientHello, ErrorCode, ErrorReply, LinkStatus, LocalOp, LocalReply,
+    LocalRequest, PairingInfo, Refusal, Reply, Request, ServerHello, StatusInfo,
+};
+pub use secret::Secret;
+pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate};

@@ -1,0 +1,235 @@
+//! Typed messages. Every enum is externally tagged, every struct uses named
+//! fields, so a peer that sends an unknown variant gets a clean decode error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Secret, VersionRange};
+
+/// First frame of a tunnel, proxy → shim, inside TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// Versions the proxy speaks.
+    pub versions: VersionRange,
+    /// The one-time pairing token, only when pairing a new laptop.
+    pub pairing_token: Option<Secret>,
+    /// Software name and version, for logs.
+    pub software: String,
+}
+
+/// Answer to [`ClientHello`], shim → proxy. After `Accepted`, yamux starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ServerHello {
+    /// The laptop is paired (now or before); yamux follows.
+    Accepted {
+        /// Negotiated version.
+        version: u16,
+        /// Whether this connection just paired the laptop.
+        paired_now: bool,
+        /// Software name and version, for logs.
+        software: String,
+    },
+    /// The shim refuses; the connection closes after this frame.
+    Refused {
+        /// Why, for the proxy's error message.
+        reason: Refusal,
+        /// Versions the shim speaks.
+        versions: VersionRange,
+    },
+}
+
+/// Why a shim refused a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// No common protocol version.
+    Version,
+    /// The pairing token is wrong, used, or expired.
+    PairingToken,
+    /// The client certificate is not the paired laptop's and no token came with it.
+    NotPaired,
+}
+
+/// What the workspace reports about the local process behind a call.
+///
+/// Reported by the **untrusted** side: policy may use it to narrow (deny),
+/// never to grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerContext {
+    /// Peer uid from `SO_PEERCRED`.
+    pub uid: Option<u32>,
+    /// Peer gid from `SO_PEERCRED`.
+    pub gid: Option<u32>,
+    /// Peer pid from `SO_PEERCRED`.
+    pub pid: Option<u32>,
+    /// `/proc/PID/exe` of the peer, when readable.
+    pub exe: Option<String>,
+    /// `/proc/PID/cwd` of the peer, when readable.
+    pub cwd: Option<String>,
+}
+
+/// One forwarded session: the first frame on a yamux stream, shim → proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Call {
+    /// Who asked, as the workspace saw it.
+    pub caller: CallerContext,
+    /// What was asked.
+    pub request: Request,
+}
+
+/// A request a local caller makes of the laptop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The value of a named token.
+    Token {
+        /// Token name as declared in the laptop's policy.
+        name: String,
+    },
+}
+
+impl Request {
+    /// Tool name, for logs and policy.
+    #[must_use]
+    pub fn tool(&self) -> &'static str {
+        match self {
+            Self::Token { .. } => "token",
+        }
+    }
+}
+
+/// A frame of the answer, proxy → shim. A stream carries replies until the
+/// first final one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A token's value.
+    Token(Secret),
+    /// The call failed; see the code.
+    Error(ErrorReply),
+}
+
+impl Reply {
+    /// Whether this frame ends the session.
+    #[must_use]
+    pub fn is_final(&self) -> bool {
+        match self {
+            Self::Token(_) | Self::Error(_) => true,
+        }
+    }
+
+    /// Shorthand for an error reply.
+    #[must_use]
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error(ErrorReply { code, message: message.into() })
+    }
+}
+
+/// A failed call, with a one-line message that says what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// Category, which fixes the CLI exit code.
+    pub code: ErrorCode,
+    /// One line for the user; never contains a secret.
+    pub message: String,
+}
+
+/// Failure categories with stable CLI exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Denied by policy, undeclared, rate-limited or not approved (exit 3).
+    Denied,
+    /// Allowed, but absent at the laptop source (exit 5).
+    Missing,
+    /// No laptop linked within the wait (exit 4).
+    NotConnected,
+    /// The request was malformed or unsupported (exit 1).
+    BadRequest,
+    /// Anything else (exit 1).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The shim CLI exit code for this failure.
+    #[must_use]
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Denied => 3,
+            Self::NotConnected => 4,
+            Self::Missing => 5,
+            Self::BadRequest | Self::Internal => 1,
+        }
+    }
+}
+
+/// A local caller's request on `shim.sock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalRequest {
+    /// How long to hold the call while no laptop is linked (0: fail at once).
+    pub wait_ms: u64,
+    /// What to do.
+    pub op: LocalOp,
+}
+
+/// Operations on `shim.sock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LocalOp {
+    /// Daemon and link state, answered locally.
+    Status,
+    /// The pairing URI, optionally with a freshly issued token.
+    PairingUri {
+        /// Issue a new token (and so a new URI) first.
+        rotate: bool,
+    },
+    /// A request forwarded to the laptop.
+    Forward(Request),
+}
+
+/// Answers on `shim.sock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LocalReply {
+    /// Answer to [`LocalOp::Status`].
+    Status(StatusInfo),
+    /// Answer to [`LocalOp::PairingUri`].
+    Pairing(PairingInfo),
+    /// A reply frame relayed from the laptop (or a local error).
+    Reply(Reply),
+}
+
+/// Daemon and link state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Whether a paired laptop is connected right now.
+    pub link: LinkStatus,
+    /// Address the tunnel listener is bound to.
+    pub listen: String,
+    /// Fingerprint of the paired laptop's certificate, if paired.
+    pub paired_fingerprint: Option<String>,
+    /// Whether a pairing token is waiting to be used.
+    pub pairing_pending: bool,
+    /// Remote address of the linked laptop.
+    pub peer: Option<String>,
+    /// Seconds since the current link came up.
+    pub linked_for_s: Option<u64>,
+    /// Shim software version.
+    pub version: String,
+}
+
+/// Link state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkStatus {
+    /// A paired laptop is connected.
+    Linked,
+    /// No laptop is connected.
+    NotLinked,
+}
+
+/// Answer to a pairing URI request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairingInfo {
+    /// The URI to give `nexus-agent-proxy pair` (it carries the token).
+    Uri {
+        /// `nexus://HOST:PORT?fp=sha256:..&token=..`
+        uri: Secret,
+        /// Seconds until the token expires.
+        expires_in_s: u64,
+    },
+    /// A laptop is paired and no token is pending.
+    AlreadyPaired,
+}
