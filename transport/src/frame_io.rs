@@ -1,0 +1,91 @@
+//! Reading and writing single frames on a raw byte stream (the handshake,
+//! before yamux takes over the stream).
+//!
+//! Reads take exactly one frame's bytes and never more, so nothing that
+//! follows the frame (the first yamux bytes) is lost in a buffer.
+
+use nexus_protocol::{FrameError, HEADER_LEN, decode, encode};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::TransportError;
+
+/// Writes one message as a frame and flushes.
+///
+/// # Errors
+/// I/O failures.
+pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), TransportError> {
+    let body = encode(msg);
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: body.len(), max: u32::MAX as usize })?;
+    let mut buf = Vec::with_capacity(HEADER_LEN + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await.map_err(TransportError::io("sending a frame"))?;
+    w.flush().await.map_err(TransportError::io("sending a frame"))?;
+    Ok(())
+}
+
+/// Reads exactly one frame of at most `max` bytes and decodes it.
+///
+/// # Errors
+/// [`TransportError::Closed`] on a clean EOF before the frame, a frame error
+/// when oversized or truncated, a decode error when malformed.
+pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: usize) -> Result<T, TransportError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = r.read(&mut header[got..]).await.map_err(TransportError::io("reading a frame"))?;
+        if n == 0 {
+            return Err(if got == 0 {
+                TransportError::Closed
+            } else {
+                FrameError::Truncated { buffered: got, expected: HEADER_LEN }.into()
+            });
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max }.into());
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            TransportError::Frame(FrameError::Truncated { buffered: HEADER_LEN, expected: HEADER_LEN + len })
+        } else {
+            TransportError::Io { context: "reading a frame".into(), source: e }
+        }
+    })?;
+    Ok(decode(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_protocol::{ErrorCode, Reply};
+
+    #[tokio::test]
+    async fn exact_reads_leave_following_bytes() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        send(&mut a, &Reply::error(ErrorCode::Denied, "no")).await.map_err(|e| e.to_string()).unwrap_or(());
+        a.write_all(b"tail").await.unwrap_or(());
+        let got: Result<Reply, _> = recv(&mut b, 1024).await;
+        assert!(matches!(got, Ok(Reply::Error(ref e)) if e.code == ErrorCode::Denied));
+        let mut tail = [0u8; 4];
+        b.read_exact(&mut tail).await.unwrap_or(0);
+        assert_eq!(&tail, b"tail");
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 1, 0]).await.unwrap_or(());
+        let got: Result<Reply, _> = recv(&mut b, 16).await;
+        assert!(matches!(got, Err(TransportError::Frame(FrameError::TooLarge { len: 256, max: 16 }))));
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 0, 9, 1, 2]).await.unwrap_or(());
+        drop(a);
+        let got: Result<Reply, _> = recv(&mut b, 16).await;
+        assert!(matches!(got, Err(TransportError::Frame(FrameError::Truncated { .. }))), "{got:?}");
+    }
+}

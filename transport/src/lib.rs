@@ -1,0 +1,29 @@
+//! TLS 1.3 with pinned certificates, plus yamux, shared by `nexus-agent-proxy`
+//! and `nexus-shim`.
+//!
+//! Neither side trusts a CA: each pins the SHA-256 fingerprint of the other's
+//! self-signed certificate, learned once at pairing. One task owns each yamux
+//! connection ([`mux::start`]); everything else talks to it through a
+//! [`MuxHandle`].
+#![forbid(unsafe_code)]
+
+mod error;
+mod fingerprint;
+mod frame_io;
+mod identity;
+pub mod mux;
+pub mod tls;
+
+pub use error::TransportError;
+pub use fingerprint::{Fingerprint, ParseFingerprintError};
+pub use frame_io::{recv, send};
+pub use identity::Identity;
+pub use mux::{MuxConfig, MuxHandle, MuxStream};
+
+/// Sets `TCP_NODELAY`: every call is a small request waiting for a small
+/// answer, so Nagle's algorithm would only add latency.
+pub fn tune_tcp(stream: &tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+}

@@ -1,0 +1,283 @@
+//! yamux over the TLS stream: one task owns and polls the `Connection`; the
+//! rest of the program opens and receives streams through a [`MuxHandle`].
+//!
+//! yamux 0.14 ends the **whole connection** when the opener exceeds the stream
+//! limit, so opens are gated by a semaphore well below it: a flood of local
+//! callers fails calls (they wait or time out), never the tunnel.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::poll_fn;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::TransportError;
+
+pub use yamux::Mode;
+
+/// Limits of one multiplexed connection.
+#[derive(Debug, Clone, Copy)]
+pub struct MuxConfig {
+    /// yamux's own limit on live streams (both directions together).
+    pub max_streams: usize,
+    /// How many streams this side may have open at once; further opens wait.
+    /// Keep `ours + peer's < max_streams`.
+    pub max_outbound: usize,
+    /// Inbound streams queued for the application before new ones are reset.
+    pub inbound_queue: usize,
+}
+
+impl MuxConfig {
+    /// The workspace side opens one stream per forwarded session.
+    pub const SHIM: Self = Self { max_streams: 1024, max_outbound: 768, inbound_queue: 64 };
+    /// The laptop side mostly accepts; it opens only control streams.
+    pub const PROXY: Self = Self { max_streams: 1024, max_outbound: 64, inbound_queue: 1024 };
+}
+
+type OpenReply = oneshot::Sender<Result<yamux::Stream, TransportError>>;
+
+/// A cheap, cloneable handle to a running multiplexer.
+#[derive(Debug, Clone)]
+pub struct MuxHandle {
+    opens: mpsc::Sender<OpenReply>,
+    permits: Arc<Semaphore>,
+    closed: CancellationToken,
+}
+
+impl MuxHandle {
+    /// Opens a stream. Nothing is sent until the first write, and no
+    /// round trip is awaited: the request rides with the stream's SYN.
+    ///
+    /// # Errors
+    /// [`TransportError::Closed`] once the connection is gone.
+    pub async fn open(&self) -> Result<MuxStream, TransportError> {
+        let permit = tokio::select! {
+            p = self.permits.clone().acquire_owned() => p.map_err(|_| TransportError::Closed)?,
+            () = self.closed.cancelled() => return Err(TransportError::Closed),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.opens.send(tx).await.map_err(|_| TransportError::Closed)?;
+        let stream = rx.await.map_err(|_| TransportError::Closed)??;
+        Ok(MuxStream { inner: stream.compat(), _permit: Some(permit) })
+    }
+
+    /// Whether the connection has ended.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves when the connection ends.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+}
+
+/// A yamux stream as a tokio byte stream. Streams we opened hold a permit of
+/// the opening gate until dropped. Call `shutdown()` to half-close cleanly; a
+/// drop without it resets the stream.
+#[derive(Debug)]
+pub struct MuxStream {
+    inner: Compat<yamux::Stream>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How the driver ended.
+#[derive(Debug)]
+pub enum MuxExit {
+    /// The peer closed the connection.
+    PeerClosed,
+    /// We were told to shut down and closed it.
+    Shutdown,
+    /// The connection failed.
+    Failed(yamux::ConnectionError),
+}
+
+/// Starts the multiplexer on `io` and spawns the one task that owns it.
+///
+/// Returns the handle for opening streams, the receiver of inbound streams,
+/// and the driver's join handle. Cancelling `shutdown` closes the connection
+/// gracefully; the driver also ends when the peer goes away.
+pub fn start<T>(
+    io: T,
+    mode: Mode,
+    limits: MuxConfig,
+    shutdown: CancellationToken,
+) -> (MuxHandle, mpsc::Receiver<MuxStream>, tokio::task::JoinHandle<MuxExit>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut cfg = yamux::Config::default();
+    // Streams first: the window setters assert against the stream count.
+    cfg.set_max_num_streams(limits.max_streams);
+    let conn = yamux::Connection::new(io.compat(), cfg, mode);
+    let (open_tx, open_rx) = mpsc::channel(limits.max_outbound.max(1));
+    let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue.max(1));
+    let closed = CancellationToken::new();
+    let handle =
+        MuxHandle { opens: open_tx, permits: Arc::new(Semaphore::new(limits.max_outbound)), closed: closed.clone() };
+    let task = tokio::spawn(async move {
+        let exit = drive(conn, open_rx, in_tx, shutdown).await;
+        closed.cancel();
+        exit
+    });
+    (handle, in_rx, task)
+}
+
+enum Step {
+    Shutdown,
+    Ended(MuxExit),
+}
+
+async fn drive<T>(
+    mut conn: yamux::Connection<T>,
+    mut opens: mpsc::Receiver<OpenReply>,
+    inbound: mpsc::Sender<MuxStream>,
+    shutdown: CancellationToken,
+) -> MuxExit
+where
+    T: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    let mut waiting: VecDeque<OpenReply> = VecDeque::new();
+    let step = {
+        let mut cancelled = pin!(shutdown.cancelled());
+        poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Shutdown);
+            }
+            while let Poll::Ready(Some(reply)) = opens.poll_recv(cx) {
+                waiting.push_back(reply);
+            }
+            while !waiting.is_empty() {
+                match conn.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        if let Some(reply) = waiting.pop_front() {
+                            // A caller that gave up drops the stream, which resets it.
+                            let _ = reply.send(Ok(stream));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::Ended(MuxExit::Failed(e))),
+                    Poll::Pending => break,
+                }
+            }
+            loop {
+                match conn.poll_next_inbound(cx) {
+                    Poll::Ready(Some(Ok(stream))) => {
+                        let stream = MuxStream { inner: stream.compat(), _permit: None };
+                        if inbound.try_send(stream).is_err() {
+                            // The application is saturated (or gone): reset this
+                            // stream rather than let the peer grow our queue.
+                            tracing::warn!("inbound stream queue full; resetting a new stream");
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Step::Ended(MuxExit::Failed(e))),
+                    Poll::Ready(None) => return Poll::Ready(Step::Ended(MuxExit::PeerClosed)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    };
+    for reply in waiting.drain(..) {
+        let _ = reply.send(Err(TransportError::Closed));
+    }
+    match step {
+        Step::Ended(exit) => exit,
+        Step::Shutdown => {
+            // Bounded: a peer that stops reading must not hold our exit.
+            let close = poll_fn(|cx| conn.poll_close(cx));
+            match tokio::time::timeout(std::time::Duration::from_secs(2), close).await {
+                Ok(Ok(())) | Err(_) => MuxExit::Shutdown,
+                Ok(Err(e)) => MuxExit::Failed(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair() -> ((MuxHandle, mpsc::Receiver<MuxStream>), (MuxHandle, mpsc::Receiver<MuxStream>), CancellationToken) {
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let stop = CancellationToken::new();
+        let (ha, ra, _) = start(a, Mode::Server, MuxConfig::SHIM, stop.clone());
+        let (hb, rb, _) = start(b, Mode::Client, MuxConfig::PROXY, stop.clone());
+        ((ha, ra), (hb, rb), stop)
+    }
+
+    #[tokio::test]
+    async fn request_response_both_directions() {
+        let ((shim, _shim_in), (_proxy, mut proxy_in), stop) = pair();
+        let echo = tokio::spawn(async move {
+            while let Some(mut s) = proxy_in.recv().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let _ = s.read_to_end(&mut buf).await;
+                    let _ = s.write_all(&buf).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..1000u32 {
+            let shim = shim.clone();
+            calls.spawn(async move {
+                let mut s = shim.open().await.map_err(|e| e.to_string())?;
+                s.write_all(&i.to_be_bytes()).await.map_err(|e| e.to_string())?;
+                s.shutdown().await.map_err(|e| e.to_string())?;
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).await.map_err(|e| e.to_string())?;
+                if back == i.to_be_bytes() { Ok(()) } else { Err(format!("call {i} got {back:?}")) }
+            });
+        }
+        let mut ok = 0;
+        while let Some(r) = calls.join_next().await {
+            if matches!(r, Ok(Ok(()))) {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 1000, "1000 concurrent calls, more than the opening gate, all succeed");
+        stop.cancel();
+        let _ = echo.await;
+        assert!(shim.open().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn open_fails_once_peer_is_gone() {
+        let (a, b) = tokio::io::duplex(1024);
+        let stop = CancellationToken::new();
+        let (h, _r, task) = start(a, Mode::Server, MuxConfig::SHIM, stop.clone());
+        drop(b);
+        let _ = task.await;
+        assert!(h.is_closed());
+        assert!(matches!(h.open().await, Err(TransportError::Closed)));
+    }
+}
