@@ -1,0 +1,747 @@
+//! The decision engine: merged rules from every policy source, and `decide`.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use globset::GlobMatcher;
+
+use crate::diag::{Diagnostic, PolicyErrors};
+use crate::parse;
+use crate::rate::Rate;
+
+/// Longest part of a requested name quoted in a decision reason; the name comes
+/// from the untrusted workspace and must not flood the audit log.
+const MAX_SHOWN_NAME: usize = 96;
+
+/// One policy text in memory, e.g. the contents of one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// Name used in diagnostics and rule references, e.g. the file path.
+    pub name: String,
+    /// The TOML text.
+    pub text: String,
+}
+
+impl Source {
+    /// A source called `name` holding `text`.
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        Source {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+}
+
+/// What the untrusted workspace reports about the process making a call.
+///
+/// It may only ever narrow what the policy allows, never grant more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// User id of the calling process, if reported.
+    pub uid: Option<u32>,
+    /// Process id of the calling process, if reported.
+    pub pid: Option<u32>,
+    /// Executable path of the calling process, if reported.
+    pub exe: Option<String>,
+    /// Working directory of the calling process, if reported.
+    pub cwd: Option<String>,
+}
+
+/// What a forwarded call asks the laptop to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action<'a> {
+    /// Hand out the token declared as `[tokens.NAME]`.
+    Token {
+        /// The token name as the workspace sent it (untrusted).
+        name: &'a str,
+    },
+}
+
+/// One request to decide.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The laptop's pairing name of the workspace the call came from.
+    pub workspace: &'a str,
+    /// Caller details reported by the untrusted workspace, if any; no v1 rule uses them.
+    pub caller: Option<&'a Caller>,
+    /// What is asked.
+    pub action: Action<'a>,
+}
+
+/// Allow or deny.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The laptop carries the call out as the grant says.
+    Allow,
+    /// The laptop refuses the call.
+    Deny,
+}
+
+/// Where a rule is written: `Display` gives `file:line`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleRef {
+    /// Source name (file path) holding the rule.
+    pub file: String,
+    /// 1-based line of the rule's table header (see the crate docs).
+    pub line: usize,
+    /// 1-based character column of the rule's table header.
+    pub col: usize,
+    /// Dotted path of the rule's table, e.g. `tokens.openai` or `tokens.deny`.
+    pub section: String,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// Whether a grant needs the laptop user's approval first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Approve {
+    /// Ask the laptop user each time (`approve = "prompt"`).
+    Prompt,
+}
+
+/// Where the laptop reads a token's value from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `keyring:SERVICE/ACCOUNT`: an entry of the OS keyring.
+    Keyring {
+        /// Keyring service (everything before the last `/`).
+        service: String,
+        /// Keyring account (everything after the last `/`).
+        account: String,
+    },
+    /// `env:VAR`: an environment variable of the laptop proxy.
+    Env(String),
+    /// `file:PATH`: a file, path kept verbatim (it may start with `~/`).
+    File(String),
+    /// `{ command = [...] }` or `command:[...]`: the stdout of a program run without a shell.
+    Command(Vec<String>),
+}
+
+impl fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::Keyring { service, account } => write!(f, "keyring:{service}/{account}"),
+            TokenSource::Env(var) => write!(f, "env:{var}"),
+            TokenSource::File(path) => write!(f, "file:{path}"),
+            TokenSource::Command(argv) => write!(f, "command:{argv:?}"),
+        }
+    }
+}
+
+/// A declared token: `[tokens.NAME]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRule {
+    /// The token name.
+    pub name: String,
+    /// Where its value comes from.
+    pub source: TokenSource,
+    /// Optional rate limit, enforced by the laptop.
+    pub rate: Option<Rate>,
+    /// Whether an MCP client may see the value.
+    pub mcp: bool,
+    /// Whether the laptop user must approve each use.
+    pub approve: Option<Approve>,
+    /// Where the token is declared.
+    pub rule: RuleRef,
+}
+
+/// What the laptop must do to carry out an allowed request.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Grant {
+    /// Fetch and hand out this token, within its limits.
+    Token(TokenRule),
+}
+
+/// The outcome of [`Policy::decide`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// The rule that decided; `None` for the default deny.
+    pub rule: Option<RuleRef>,
+    /// One human-readable line saying why; never holds a secret value.
+    pub reason: String,
+    /// What the laptop must do; `Some` only when allowed.
+    pub grant: Option<Grant>,
+}
+
+/// A `[[tokens.deny]]` rule.
+#[derive(Clone, Debug)]
+pub(crate) struct DenyRule {
+    /// The glob as written.
+    pub pattern: String,
+    /// The compiled glob (case-insensitive).
+    pub matcher: GlobMatcher,
+    /// Where the rule is written.
+    pub rule: RuleRef,
+}
+
+/// A validated policy: every rule of every source, merged. Immutable once built.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    tokens: BTreeMap<String, TokenRule>,
+    token_denies: Vec<DenyRule>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Policy {
+    /// Load a file, or a directory (all `*.toml` in it, sorted by name, non-recursive).
+    ///
+    /// In a directory, names starting with `.` are skipped (editor lock and
+    /// backup files), like the shell's `*.toml` does. Every file is read and
+    /// checked, so the errors of all of them come back together.
+    ///
+    /// # Errors
+    ///
+    /// Every unreadable file and every mistake in any file, each with its
+    /// `file:line:col`.
+    pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+        let name = path.display().to_string();
+        let is_dir = std::fs::metadata(path)
+            .map_err(|e| PolicyErrors(vec![Diagnostic::whole_file(&name, cannot_read(&e))]))?
+            .is_dir();
+        if !is_dir {
+            let text = read_text(path)?;
+            return Self::from_sources(&[Source { name, text }]);
+        }
+        let files = policy_files(path).map_err(|e| {
+            PolicyErrors(vec![Diagnostic::whole_file(
+                &name,
+                format!("cannot list policy directory: {e}"),
+            )])
+        })?;
+        let mut sources = Vec::new();
+        let mut errors = Vec::new();
+        for file in &files {
+            match read_text(file) {
+                Ok(text) => sources.push(Source::new(file.display().to_string(), text)),
+                Err(PolicyErrors(diags)) => errors.extend(diags),
+            }
+        }
+        let mut warnings = Vec::new();
+        if files.is_empty() {
+            warnings.push(Diagnostic::whole_file(
+                &name,
+                "no *.toml files in this directory; the policy is empty and denies everything",
+            ));
+        }
+        Self::build(&sources, errors, warnings)
+    }
+
+    /// Build from in-memory sources (name is used in diagnostics, e.g. the file path).
+    ///
+    /// Later sources add to earlier ones.
+    ///
+    /// # Errors
+    ///
+    /// Every mistake in any source, each with its `file:line:col`; a token
+    /// name declared twice is reported at the second declaration.
+    pub fn from_sources(sources: &[Source]) -> Result<Policy, PolicyErrors> {
+        Self::build(sources, Vec::new(), Vec::new())
+    }
+
+    /// An empty policy: denies everything.
+    #[must_use]
+    pub fn deny_all() -> Policy {
+        Policy::default()
+    }
+
+    /// Decide one request. Default deny; any matching deny rule beats any allow.
+    #[must_use]
+    pub fn decide(&self, req: &Request<'_>) -> Decision {
+        match req.action {
+            Action::Token { name } => self.decide_token(name),
+        }
+    }
+
+    /// Non-fatal findings (e.g. a deny pattern that matches no declared token), for `policy check`.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+
+    /// Names of the declared tokens (for listing), sorted.
+    #[must_use]
+    pub fn token_names(&self) -> Vec<&str> {
+        self.tokens.keys().map(String::as_str).collect()
+    }
+
+    /// The declaration of token `name`, if any (for listing; deny rules are not applied).
+    #[must_use]
+    pub fn token(&self, name: &str) -> Option<&TokenRule> {
+        self.tokens.get(name)
+    }
+
+    /// Parses every source, merges them and collects all errors, sorted by position per source.
+    fn build(
+        sources: &[Source],
+        mut errors: Vec<Diagnostic>,
+        mut warnings: Vec<Diagnostic>,
+    ) -> Result<Policy, PolicyErrors> {
+        let mut first_seen: BTreeMap<String, RuleRef> = BTreeMap::new();
+        let mut tokens = BTreeMap::new();
+        let mut token_denies = Vec::new();
+        for source in sources {
+            let mut parsed = parse::parse_source(&source.name, &source.text);
+            for (name, at) in parsed.declared {
+                match first_seen.entry(name) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(at);
+                    }
+                    Entry::Occupied(seen) => {
+                        let (name, first) = (seen.key(), seen.get());
+                        parsed.errors.push(Diagnostic {
+                            message: format!(
+                                "{}: token {name:?} is already declared at {}:{}:{}; declare each token once",
+                                at.section,
+                                first.file,
+                                first.line,
+                                first.col,
+                            ),
+                            file: at.file,
+                            line: at.line,
+                            col: at.col,
+                        });
+                    }
+                }
+            }
+            parsed.errors.sort_by_key(|d| (d.line, d.col));
+            parsed.warnings.sort_by_key(|d| (d.line, d.col));
+            errors.append(&mut parsed.errors);
+            warnings.append(&mut parsed.warnings);
+            for token in parsed.tokens {
+                tokens.entry(token.name.clone()).or_insert(token);
+            }
+            token_denies.append(&mut parsed.denies);
+        }
+        if !errors.is_empty() {
+            return Err(PolicyErrors(errors));
+        }
+        let mut found = cross_check(&tokens, &token_denies);
+        let rank = |file: &str| sources.iter().position(|s| s.name == file);
+        found.sort_by_key(|d| (rank(&d.file), d.line, d.col));
+        warnings.append(&mut found);
+        Ok(Policy {
+            tokens,
+            token_denies,
+            warnings,
+        })
+    }
+
+    /// Deny rules first (in source order), then declarations, then the default deny.
+    fn decide_token(&self, name: &str) -> Decision {
+        let shown = shown_name(name);
+        if let Some(deny) = self.token_denies.iter().find(|d| d.matcher.is_match(name)) {
+            return Decision {
+                verdict: Verdict::Deny,
+                reason: format!(
+                    "token {shown} denied by [[tokens.deny]] name = {:?} ({})",
+                    deny.pattern, deny.rule
+                ),
+                rule: Some(deny.rule.clone()),
+                grant: None,
+            };
+        }
+        match self.tokens.get(name) {
+            Some(token) => Decision {
+                verdict: Verdict::Allow,
+                reason: format!(
+                    "token {shown} allowed by [{}] ({})",
+                    token.rule.section, token.rule
+                ),
+                rule: Some(token.rule.clone()),
+                grant: Some(Grant::Token(token.clone())),
+            },
+            None => Decision {
+                verdict: Verdict::Deny,
+                reason: format!("token {shown} is not declared in the policy (default deny)"),
+                rule: None,
+                grant: None,
+            },
+        }
+    }
+}
+
+/// Warnings about deny rules that never fire and declarations that never allow.
+fn cross_check(tokens: &BTreeMap<String, TokenRule>, denies: &[DenyRule]) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    for deny in denies {
+        if !tokens.keys().any(|name| deny.matcher.is_match(name)) {
+            warnings.push(at_rule(
+                &deny.rule,
+                format!(
+                    "[[tokens.deny]] name = {:?} matches no declared token; it only guards against future declarations",
+                    deny.pattern
+                ),
+            ));
+        }
+    }
+    for token in tokens.values() {
+        if let Some(deny) = denies.iter().find(|d| d.matcher.is_match(&token.name)) {
+            warnings.push(at_rule(
+                &token.rule,
+                format!(
+                    "token {:?} is declared but always denied by [[tokens.deny]] name = {:?} ({})",
+                    token.name, deny.pattern, deny.rule
+                ),
+            ));
+        }
+    }
+    warnings
+}
+
+/// A diagnostic placed at a rule.
+fn at_rule(rule: &RuleRef, message: String) -> Diagnostic {
+    Diagnostic {
+        file: rule.file.clone(),
+        line: rule.line,
+        col: rule.col,
+        message,
+    }
+}
+
+/// The requested name quoted and escaped for a reason line, cut if very long.
+fn shown_name(name: &str) -> String {
+    match name.char_indices().nth(MAX_SHOWN_NAME) {
+        Some((cut, _)) => format!("{:?}", format!("{}…", &name[..cut])),
+        None => format!("{name:?}"),
+    }
+}
+
+/// The `*.toml` files directly in `dir`, sorted by name, dotfiles skipped.
+fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        if !hidden && path.extension() == Some(OsStr::new("toml")) && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads one policy file as UTF-8 text.
+fn read_text(path: &Path) -> Result<String, PolicyErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        PolicyErrors(vec![Diagnostic::whole_file(
+            &path.display().to_string(),
+            cannot_read(&e),
+        )])
+    })
+}
+
+/// The message for a file that cannot be read.
+fn cannot_read(e: &std::io::Error) -> String {
+    format!("cannot read policy: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"version = 1
+
+[tokens.openai]
+source = "keyring:nexus/openai"
+rate = "60/min"
+
+[tokens.prod-db]
+source = "env:PROD_DB"
+
+[[tokens.deny]]
+name = "prod-*"
+
+[tokens.gh]
+source = { command = ["gh", "auth", "token"] }
+approve = "prompt"
+mcp = true
+
+[[tokens.deny]]
+name = "*-admin"
+"#;
+
+    fn policy() -> Policy {
+        Policy::from_sources(&[Source::new("policy.toml", POLICY)])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn decide(policy: &Policy, name: &str) -> Decision {
+        policy.decide(&Request {
+            workspace: "ws",
+            caller: None,
+            action: Action::Token { name },
+        })
+    }
+
+    #[test]
+    fn decisions() {
+        use Verdict::{Allow, Deny};
+        let policy = policy();
+        // (name, verdict, deciding rule line, reason)
+        let cases: &[(&str, Verdict, Option<usize>, &str)] = &[
+            (
+                "openai",
+                Allow,
+                Some(3),
+                r#"token "openai" allowed by [tokens.openai] (policy.toml:3)"#,
+            ),
+            (
+                "gh",
+                Allow,
+                Some(13),
+                r#"token "gh" allowed by [tokens.gh] (policy.toml:13)"#,
+            ),
+            (
+                "prod-db",
+                Deny,
+                Some(10),
+                r#"token "prod-db" denied by [[tokens.deny]] name = "prod-*" (policy.toml:10)"#,
+            ),
+            (
+                "PROD-other",
+                Deny,
+                Some(10),
+                r#"token "PROD-other" denied by [[tokens.deny]] name = "prod-*" (policy.toml:10)"#,
+            ),
+            (
+                "root-admin",
+                Deny,
+                Some(18),
+                r#"token "root-admin" denied by [[tokens.deny]] name = "*-admin" (policy.toml:18)"#,
+            ),
+            (
+                "prod-admin",
+                Deny,
+                Some(10),
+                r#"token "prod-admin" denied by [[tokens.deny]] name = "prod-*" (policy.toml:10)"#,
+            ),
+            (
+                "anthropic",
+                Deny,
+                None,
+                r#"token "anthropic" is not declared in the policy (default deny)"#,
+            ),
+            (
+                "OpenAI",
+                Deny,
+                None,
+                r#"token "OpenAI" is not declared in the policy (default deny)"#,
+            ),
+            (
+                "",
+                Deny,
+                None,
+                r#"token "" is not declared in the policy (default deny)"#,
+            ),
+            (
+                "a\nb",
+                Deny,
+                None,
+                r#"token "a\nb" is not declared in the policy (default deny)"#,
+            ),
+        ];
+        for (name, verdict, line, reason) in cases {
+            let d = decide(&policy, name);
+            assert_eq!(&d.verdict, verdict, "{name}");
+            assert_eq!(d.rule.as_ref().map(|r| r.line), *line, "{name}");
+            assert_eq!(&d.reason, reason, "{name}");
+            assert_eq!(d.grant.is_some(), *verdict == Allow, "{name}");
+        }
+    }
+
+    #[test]
+    fn grants_carry_the_whole_declaration() {
+        let Some(Grant::Token(gh)) = decide(&policy(), "gh").grant else {
+            panic!("gh should be granted");
+        };
+        let expected = TokenRule {
+            name: "gh".into(),
+            source: TokenSource::Command(vec!["gh".into(), "auth".into(), "token".into()]),
+            rate: None,
+            mcp: true,
+            approve: Some(Approve::Prompt),
+            rule: RuleRef {
+                file: "policy.toml".into(),
+                line: 13,
+                col: 1,
+                section: "tokens.gh".into(),
+            },
+        };
+        assert_eq!(gh, expected);
+        let Some(Grant::Token(openai)) = decide(&policy(), "openai").grant else {
+            panic!("openai should be granted");
+        };
+        assert_eq!(openai.rate.map(|r| r.to_string()), Some("60/min".into()));
+        assert_eq!(
+            openai.source,
+            TokenSource::Keyring {
+                service: "nexus".into(),
+                account: "openai".into()
+            }
+        );
+    }
+
+    #[test]
+    fn deny_rules_from_any_source_beat_allows_from_any_other() {
+        let user = Source::new("user.toml", "[tokens.prod-db]\nsource = \"env:X\"\n");
+        let baseline = Source::new("baseline.toml", "\n[[tokens.deny]]\nname = \"prod-*\"\n");
+        for sources in [[user.clone(), baseline.clone()], [baseline, user]] {
+            let policy = Policy::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"));
+            let d = decide(&policy, "prod-db");
+            assert_eq!(d.verdict, Verdict::Deny);
+            assert_eq!(
+                d.rule.map(|r| r.to_string()),
+                Some("baseline.toml:2".into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_declared_twice_is_an_error_at_the_second() {
+        let a = Source::new("a.toml", "[tokens.x]\nsource = \"env:A\"\n");
+        let b = Source::new(
+            "b.toml",
+            "# b\n\n[tokens.y]\nsource = \"env:B\"\n[tokens.x]\nsource = \"env:B\"\n",
+        );
+        let Err(PolicyErrors(errors)) = Policy::from_sources(&[a.clone(), b]) else {
+            panic!("duplicate accepted");
+        };
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "b.toml:5:1: tokens.x: token \"x\" is already declared at a.toml:1:1; declare each token once"
+            ]
+        );
+        // Even when the first declaration is itself broken.
+        let broken = Source::new("c.toml", "[tokens.x]\nsource = \"vault:A\"\n");
+        let Err(PolicyErrors(errors)) = Policy::from_sources(&[broken, a]) else {
+            panic!("duplicate accepted");
+        };
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[1]
+                .to_string()
+                .starts_with("a.toml:1:1: tokens.x: token \"x\" is already declared at c.toml:1:1")
+        );
+    }
+
+    #[test]
+    fn errors_of_all_sources_come_back_in_order() {
+        let sources = [
+            Source::new(
+                "one.toml",
+                "[tokens.b]\nsource = \"env:-\"\n[tokens.a]\nsource = \"nope\"\n",
+            ),
+            Source::new("two.toml", "[tokens.c\n"),
+            Source::new("three.toml", "version = 7\n"),
+        ];
+        let Err(PolicyErrors(errors)) = Policy::from_sources(&sources) else {
+            panic!("errors accepted");
+        };
+        let at: Vec<_> = errors
+            .iter()
+            .map(|d| format!("{}:{}:{}", d.file, d.line, d.col))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                "one.toml:2:10",
+                "one.toml:4:10",
+                "two.toml:1:10",
+                "three.toml:1:11"
+            ]
+        );
+    }
+
+    #[test]
+    fn warnings_name_useless_and_overriding_rules() {
+        let policy = policy();
+        let warnings: Vec<_> = policy.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                r#"policy.toml:7:1: token "prod-db" is declared but always denied by [[tokens.deny]] name = "prod-*" (policy.toml:10)"#,
+                r#"policy.toml:18:1: [[tokens.deny]] name = "*-admin" matches no declared token; it only guards against future declarations"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_sections_warn_and_stay_denied() {
+        let text = "[[ssh.allow]]\nhost = \"github.com\"\n\n[tools.x]\ncommand = [\"rm\"]\n";
+        let policy =
+            Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"));
+        let warnings: Vec<_> = policy.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("p.toml:1:3: section [ssh] is not supported"));
+        assert!(warnings[1].starts_with("p.toml:4:2: section [tools] is not supported"));
+        assert!(policy.token_names().is_empty());
+    }
+
+    #[test]
+    fn deny_all_denies_everything() {
+        let policy = Policy::deny_all();
+        let d = decide(&policy, "openai");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.rule, None);
+        assert!(policy.warnings().is_empty());
+        assert!(policy.token_names().is_empty());
+    }
+
+    #[test]
+    fn listing() {
+        let policy = policy();
+        assert_eq!(policy.token_names(), ["gh", "openai", "prod-db"]);
+        assert_eq!(
+            policy.token("openai").map(|t| t.source.to_string()),
+            Some("keyring:nexus/openai".into())
+        );
+        assert!(policy.token("prod-*").is_none());
+    }
+
+    #[test]
+    fn long_names_are_cut_in_reasons() {
+        let name = "x".repeat(10_000);
+        let reason = decide(&policy(), &name).reason;
+        assert!(reason.len() < 200, "{reason}");
+        assert!(reason.contains("…\""), "{reason}");
+    }
+
+    #[test]
+    fn the_caller_never_grants() {
+        let caller = Caller {
+            uid: Some(0),
+            pid: Some(1),
+            exe: Some("/usr/bin/gh".into()),
+            cwd: Some("/".into()),
+        };
+        let policy = policy();
+        for name in ["openai", "prod-db", "nope"] {
+            let with = policy.decide(&Request {
+                workspace: "ws",
+                caller: Some(&caller),
+                action: Action::Token { name },
+            });
+            assert_eq!(with, decide(&policy, name));
+        }
+    }
+
+    #[test]
+    fn policy_is_send_sync_and_cheap_to_share() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Policy>();
+        assert_send_sync::<Decision>();
+    }
+}

@@ -1,0 +1,43 @@
+//! Policy engine of Nexus Agent Proxy.
+//!
+//! The laptop proxy answers forwarded calls from an untrusted remote workspace
+//! only as far as a TOML policy allows. This crate turns policy files into a
+//! [`Policy`] and decides each [`Request`]: default deny, and any matching deny
+//! rule beats any allow. It is pure: no sockets, no clock, no environment; the
+//! only I/O is reading the files given to [`Policy::load`].
+//!
+//! ```toml
+//! version = 1
+//!
+//! [tokens.openai]
+//! source = "keyring:nexus/openai"   # env:VAR | file:PATH | { command = [...] } | command:[...]
+//! rate = "60/min"                   # optional
+//! mcp = false                       # optional
+//! approve = "prompt"                # optional
+//!
+//! [[tokens.deny]]                   # glob over token names, case-insensitive
+//! name = "prod-*"
+//! ```
+//!
+//! Rule references ([`RuleRef`]) give the position of the rule's table: the
+//! `[tokens.NAME]` or `[[tokens.deny]]` header line when the table has one,
+//! otherwise the start of the inline table (`NAME = { ... }`) or of the first
+//! dotted key that created it (`tokens.NAME.source = ...`).
+//!
+//! Deny globs match case-insensitively (`prod-*` also denies `PROD-db`), so a
+//! change of case never slips past a deny; token names themselves are
+//! case-sensitive.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod diag;
+mod engine;
+mod parse;
+mod rate;
+
+pub use diag::{Diagnostic, PolicyErrors};
+pub use engine::{
+    Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, Source, TokenRule,
+    TokenSource, Verdict,
+};
+pub use rate::{Rate, RateError};

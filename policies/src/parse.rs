@@ -1,0 +1,656 @@
+//! From TOML text to rules: walks the parsed document, keeping every span, and
+//! checks each key so that all mistakes of a file are reported at once.
+//!
+//! The document is read as a `toml::de::DeTable` rather than through serde
+//! structs: that gives the span of every key and value (for `line:col` in
+//! errors), the span of every `[table]` header (for rule references), and lets
+//! validation go on after the first mistake.
+
+use std::ops::Range;
+
+use globset::GlobBuilder;
+use toml::Spanned;
+use toml::de::{DeString, DeTable, DeValue};
+
+use crate::diag::{Diagnostic, Reporter};
+use crate::engine::{Approve, DenyRule, RuleRef, TokenRule, TokenSource};
+use crate::rate::{RATE_EXPECTED, Rate};
+
+/// Top-level sections kept for tools that later versions will support.
+const RESERVED_SECTIONS: &[&str] = &[
+    "ssh",
+    "git-credential",
+    "files",
+    "tools",
+    "http",
+    "workspace",
+];
+
+/// The accepted forms of `source`, for error messages.
+const SOURCE_EXPECTED: &str =
+    "expected keyring:SERVICE/ACCOUNT, env:VAR, file:PATH or command:[...]";
+
+/// Longest `kind:` prefix echoed back in an error (the rest of a bad source is
+/// never echoed, in case a secret was pasted there by mistake).
+const MAX_KIND_LEN: usize = 32;
+
+/// The longest token name.
+const MAX_TOKEN_NAME: usize = 64;
+
+/// A key with its span, as the TOML parser gives it.
+type Key<'i> = Spanned<DeString<'i>>;
+/// A value with its span, as the TOML parser gives it.
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Everything found in one source.
+#[derive(Debug, Default)]
+pub(crate) struct ParsedFile {
+    /// Every token name declared, valid body or not, for duplicate detection.
+    pub declared: Vec<(String, RuleRef)>,
+    /// The tokens whose declaration is valid.
+    pub tokens: Vec<TokenRule>,
+    /// The valid `[[tokens.deny]]` rules, in source order.
+    pub denies: Vec<DenyRule>,
+    /// Errors, in no particular order.
+    pub errors: Vec<Diagnostic>,
+    /// Warnings, in no particular order.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses and validates one policy source.
+pub(crate) fn parse_source(file: &str, text: &str) -> ParsedFile {
+    let mut parser = Parser {
+        report: Reporter::new(file, text),
+        out: ParsedFile::default(),
+    };
+    // Only the first syntax error: those after it are mostly echoes of it.
+    match DeTable::parse(text) {
+        Ok(root) => parser.document(root.get_ref()),
+        Err(e) => parser.syntax_error(&e),
+    }
+    let Parser { report, mut out } = parser;
+    out.errors = report.errors;
+    out.warnings = report.warnings;
+    out
+}
+
+/// Walks one document.
+struct Parser<'a> {
+    report: Reporter<'a>,
+    out: ParsedFile,
+}
+
+impl Parser<'_> {
+    /// Reports what the TOML parser rejected.
+    fn syntax_error(&mut self, error: &toml::de::Error) {
+        let span = error.span().unwrap_or(0..0);
+        let mut message = format!("TOML syntax error: {}", error.message());
+        if error.message() == "duplicate key" {
+            let key = self.report.text(&span);
+            message =
+                format!("{message} {key:?}; a key or [table] may be defined only once per file");
+        }
+        self.report.error(&span, message);
+    }
+
+    /// The top level: `version`, `[tokens]`, reserved sections.
+    fn document(&mut self, root: &DeTable<'_>) {
+        for (key, value) in root {
+            let name: &str = key.get_ref();
+            match name {
+                "version" => self.version(value),
+                "tokens" => self.tokens(value),
+                _ if RESERVED_SECTIONS.contains(&name) => self.report.warn(
+                    &key.span(),
+                    format!(
+                        "section [{name}] is not supported by this version yet; it is ignored, \
+                         so everything it would allow stays denied"
+                    ),
+                ),
+                _ => self.report.error(
+                    &key.span(),
+                    format!(
+                        "unknown top-level key {name:?}; expected version, [tokens.NAME] or \
+                         [[tokens.deny]] (reserved for later: {})",
+                        RESERVED_SECTIONS.join(", ")
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// `version = 1`.
+    fn version(&mut self, value: &Value<'_>) {
+        match value.get_ref() {
+            DeValue::Integer(n) if i64::from_str_radix(n.as_str(), n.radix()) == Ok(1) => {}
+            DeValue::Integer(_) => {
+                let written = self.report.text(&value.span());
+                self.report.error(
+                    &value.span(),
+                    format!(
+                        "version: unsupported policy version {written}; this build understands version = 1"
+                    ),
+                );
+            }
+            other => self.wrong_type("version", value, other, "an integer (version = 1)"),
+        }
+    }
+
+    /// `[tokens]`: token declarations and the `deny` list.
+    fn tokens(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type("tokens", value, found, "a table of [tokens.NAME] sections");
+        };
+        for (key, value) in table {
+            if key.get_ref() == "deny" {
+                self.deny_list(value);
+            } else {
+                self.token(key, value);
+            }
+        }
+    }
+
+    /// `[[tokens.deny]]`: the array of deny rules.
+    fn deny_list(&mut self, value: &Value<'_>) {
+        let DeValue::Array(rules) = value.get_ref() else {
+            return self.report.error(
+                &value.span(),
+                format!(
+                    "tokens.deny: the name \"deny\" is reserved for deny rules and cannot be a token; \
+                     write deny rules as [[tokens.deny]] with name = \"GLOB\" (found a {})",
+                    value.get_ref().type_str()
+                ),
+            );
+        };
+        for rule in rules {
+            self.deny_rule(rule);
+        }
+    }
+
+    /// One `[[tokens.deny]]` entry.
+    fn deny_rule(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "tokens.deny";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(SECTION, value, found, "a table with name = \"GLOB\"");
+        };
+        let errors_before = self.report.errors.len();
+        let mut pattern = None;
+        let mut seen_name = false;
+        for (key, item) in table {
+            match key.get_ref().as_ref() {
+                "name" => {
+                    seen_name = true;
+                    pattern = self
+                        .string(
+                            "tokens.deny.name",
+                            item,
+                            "a glob over token names like \"prod-*\"",
+                        )
+                        .map(|p| (p, item.span()));
+                }
+                "description" => {
+                    self.string("tokens.deny.description", item, "a string");
+                }
+                _ => self.unknown_key(SECTION, key, "one of name, description"),
+            }
+        }
+        if !seen_name {
+            self.report.error(
+                &value.span(),
+                "tokens.deny: missing name; expected name = \"GLOB\" (e.g. \"prod-*\")",
+            );
+        }
+        let Some((pattern, span)) = pattern else {
+            return;
+        };
+        let matcher = if pattern.is_empty() {
+            Err("it is empty".to_owned())
+        } else {
+            GlobBuilder::new(pattern)
+                .case_insensitive(true)
+                .build()
+                .map(|g| g.compile_matcher())
+                .map_err(|e| e.kind().to_string())
+        };
+        match matcher {
+            Ok(matcher) if self.report.errors.len() == errors_before => {
+                let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+                self.out.denies.push(DenyRule {
+                    pattern: pattern.to_owned(),
+                    matcher,
+                    rule,
+                });
+            }
+            Ok(_) => {}
+            Err(why) => self.report.error(
+                &span,
+                format!(
+                    "tokens.deny.name: invalid glob {pattern:?} ({why}); expected a glob over \
+                     token names using *, ? and [...]"
+                ),
+            ),
+        }
+    }
+
+    /// One `[tokens.NAME]` declaration.
+    fn token(&mut self, key: &Key<'_>, value: &Value<'_>) {
+        let name: &str = key.get_ref();
+        let section = format!("tokens.{}", path_key(name));
+        if !valid_token_name(name) {
+            return self.report.error(
+                &key.span(),
+                format!(
+                    "{section}: invalid token name {name:?}; expected 1 to {MAX_TOKEN_NAME} \
+                     characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+                ),
+            );
+        }
+        let DeValue::Table(table) = value.get_ref() else {
+            let expected = format!("a table ([{section}] with source = \"...\")");
+            return self.wrong_type(&section, value, value.get_ref(), &expected);
+        };
+        let rule = self.rule_ref(&value.span(), section.clone());
+        self.out.declared.push((name.to_owned(), rule.clone()));
+
+        let errors_before = self.report.errors.len();
+        let mut source = None;
+        let mut seen_source = false;
+        let mut rate = None;
+        let mut mcp = false;
+        let mut approve = None;
+        for (key, item) in table {
+            let path = format!("{section}.{}", path_key(key.get_ref()));
+            match key.get_ref().as_ref() {
+                "source" => {
+                    seen_source = true;
+                    source = self.source(&path, item);
+                }
+                "rate" => rate = self.rate(&path, item),
+                "mcp" => match item.get_ref() {
+                    DeValue::Boolean(b) => mcp = *b,
+                    other => self.wrong_type(&path, item, other, "true or false"),
+                },
+                "approve" => approve = self.approve(&path, item),
+                "description" => {
+                    self.string(&path, item, "a string");
+                }
+                _ => self.unknown_key(
+                    &section,
+                    key,
+                    "one of source, rate, mcp, approve, description",
+                ),
+            }
+        }
+        if !seen_source {
+            self.report.error(
+                &value.span(),
+                format!(
+                    "{section}: missing source; expected source = \"keyring:SERVICE/ACCOUNT\", \
+                     \"env:VAR\", \"file:PATH\" or {{ command = [\"PROGRAM\", \"ARG\", ...] }}"
+                ),
+            );
+        }
+        if let Some(source) = source.filter(|_| self.report.errors.len() == errors_before) {
+            self.out.tokens.push(TokenRule {
+                name: name.to_owned(),
+                source,
+                rate,
+                mcp,
+                approve,
+                rule,
+            });
+        }
+    }
+
+    /// `source = "kind:..."` or `source = { command = [...] }`.
+    fn source(&mut self, path: &str, value: &Value<'_>) -> Option<TokenSource> {
+        let result = match value.get_ref() {
+            DeValue::String(s) => parse_source_str(s),
+            DeValue::Table(table) => return self.command_table(path, value, table),
+            other => {
+                let expected =
+                    "a string like \"keyring:SERVICE/ACCOUNT\" or a table { command = [...] }";
+                self.wrong_type(path, value, other, expected);
+                return None;
+            }
+        };
+        result
+            .map_err(|why| self.report.error(&value.span(), format!("{path}: {why}")))
+            .ok()
+    }
+
+    /// `source = { command = ["PROGRAM", "ARG", ...] }`.
+    fn command_table(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        table: &DeTable<'_>,
+    ) -> Option<TokenSource> {
+        let mut argv = None;
+        let mut seen_command = false;
+        for (key, item) in table {
+            if key.get_ref() == "command" {
+                seen_command = true;
+                argv = argv_from(item.get_ref())
+                    .map_err(|why| {
+                        self.report
+                            .error(&item.span(), format!("{path}.command: {why}"));
+                    })
+                    .ok();
+            } else {
+                self.unknown_key(path, key, "only command = [\"PROGRAM\", \"ARG\", ...]");
+            }
+        }
+        if !seen_command {
+            self.report.error(
+                &value.span(),
+                format!(
+                    "{path}: missing command; expected source = {{ command = [\"PROGRAM\", \"ARG\", ...] }}"
+                ),
+            );
+        }
+        argv.map(TokenSource::Command)
+    }
+
+    /// `rate = "60/min"`.
+    fn rate(&mut self, path: &str, value: &Value<'_>) -> Option<Rate> {
+        let text = self.string(path, value, "a string like \"60/min\"")?;
+        text.parse()
+            .map_err(|e| {
+                self.report.error(
+                    &value.span(),
+                    format!("{path}: invalid rate {text:?}: {e}; {RATE_EXPECTED}"),
+                );
+            })
+            .ok()
+    }
+
+    /// `approve = "prompt"`.
+    fn approve(&mut self, path: &str, value: &Value<'_>) -> Option<Approve> {
+        match self.string(path, value, "\"prompt\"")? {
+            "prompt" => Some(Approve::Prompt),
+            other => {
+                self.report.error(
+                    &value.span(),
+                    format!(
+                        "{path}: unknown approval mode {other:?}; expected \"prompt\" (or leave approve out)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The string in `value`, or an error saying a string was expected.
+    fn string<'v>(&mut self, path: &str, value: &'v Value<'_>, expected: &str) -> Option<&'v str> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s),
+            other => {
+                self.wrong_type(path, value, other, expected);
+                None
+            }
+        }
+    }
+
+    /// Reports a value of the wrong type.
+    fn wrong_type(&mut self, path: &str, value: &Value<'_>, found: &DeValue<'_>, expected: &str) {
+        self.report.error(
+            &value.span(),
+            format!("{path}: expected {expected}, found {}", found.type_str()),
+        );
+    }
+
+    /// Reports a key that has no meaning in `section`.
+    fn unknown_key(&mut self, section: &str, key: &Key<'_>, expected: &str) {
+        let name: &str = key.get_ref();
+        self.report.error(
+            &key.span(),
+            format!("{section}: unknown key {name:?}; expected {expected}"),
+        );
+    }
+
+    /// A reference to the rule whose table starts at `span`.
+    fn rule_ref(&self, span: &Range<usize>, section: String) -> RuleRef {
+        let (line, col) = self.report.position(span);
+        RuleRef {
+            file: self.report.file.to_owned(),
+            line,
+            col,
+            section,
+        }
+    }
+}
+
+/// Parses the string forms of `source`.
+///
+/// Error messages never echo the value past its `kind:` prefix, in case a
+/// secret was pasted there by mistake.
+fn parse_source_str(s: &str) -> Result<TokenSource, String> {
+    if s.contains('\0') {
+        return Err("source contains a NUL character".to_owned());
+    }
+    if let Some(rest) = s.strip_prefix("keyring:") {
+        let Some((service, account)) = rest.rsplit_once('/') else {
+            return Err(
+                "keyring source has no '/'; expected keyring:SERVICE/ACCOUNT, e.g. \"keyring:nexus/openai\""
+                    .to_owned(),
+            );
+        };
+        let empty = match (service.is_empty(), account.is_empty()) {
+            (false, false) => {
+                return Ok(TokenSource::Keyring {
+                    service: service.to_owned(),
+                    account: account.to_owned(),
+                });
+            }
+            (true, false) => "service",
+            (false, true) => "account",
+            (true, true) => "service and account",
+        };
+        return Err(format!(
+            "keyring source has an empty {empty}; expected keyring:SERVICE/ACCOUNT with both parts non-empty"
+        ));
+    }
+    if let Some(var) = s.strip_prefix("env:") {
+        return if valid_env_var(var) {
+            Ok(TokenSource::Env(var.to_owned()))
+        } else {
+            Err(format!(
+                "invalid environment variable name {var:?}; expected env:VAR with VAR matching [A-Za-z_][A-Za-z0-9_]*"
+            ))
+        };
+    }
+    if let Some(file) = s.strip_prefix("file:") {
+        return if file.is_empty() {
+            Err("file source has an empty path; expected file:PATH, e.g. \"file:~/.config/openai.key\"".to_owned())
+        } else {
+            Ok(TokenSource::File(file.to_owned()))
+        };
+    }
+    if let Some(array) = s.strip_prefix("command:") {
+        let value = DeValue::parse(array).map_err(|e| {
+            format!(
+                "command source is not a TOML array of strings ({}); expected command:[\"PROGRAM\", \"ARG\", ...]",
+                e.message()
+            )
+        })?;
+        return argv_from(value.get_ref())
+            .map(TokenSource::Command)
+            .map_err(|why| format!("command source: {why}"));
+    }
+    match s.split_once(':') {
+        Some((kind, _)) if !kind.is_empty() && kind.chars().count() <= MAX_KIND_LEN => {
+            Err(format!(
+                "unknown source kind \"{}:\"; {SOURCE_EXPECTED}",
+                kind.escape_debug()
+            ))
+        }
+        _ => Err(format!("source has no kind prefix; {SOURCE_EXPECTED}")),
+    }
+}
+
+/// The argument vector in an array of strings: non-empty, with a non-empty program.
+fn argv_from(value: &DeValue<'_>) -> Result<Vec<String>, String> {
+    const SHAPE: &str = "expected [\"PROGRAM\", \"ARG\", ...]";
+    let DeValue::Array(items) = value else {
+        return Err(format!(
+            "expected an array of strings, found {}; {SHAPE}",
+            value.type_str()
+        ));
+    };
+    let mut argv = Vec::with_capacity(items.len());
+    for item in items {
+        match item.get_ref() {
+            DeValue::String(s) if s.contains('\0') => {
+                return Err("a command argument contains a NUL character".to_owned());
+            }
+            DeValue::String(s) => argv.push(s.to_string()),
+            other => {
+                return Err(format!(
+                    "command arguments must be strings, found {}; {SHAPE}",
+                    other.type_str()
+                ));
+            }
+        }
+    }
+    match argv.first() {
+        None => Err(format!("command is empty; {SHAPE}")),
+        Some(program) if program.is_empty() => Err(format!(
+            "command program (the first element) is empty; {SHAPE}"
+        )),
+        Some(_) => Ok(argv),
+    }
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`, and not the reserved `deny`.
+fn valid_token_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.len() <= MAX_TOKEN_NAME
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name != "deny"
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+fn valid_env_var(var: &str) -> bool {
+    let bytes = var.as_bytes();
+    bytes
+        .first()
+        .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A key as it would be written in a dotted path: bare if it can be, quoted otherwise.
+fn path_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_names() {
+        for ok in ["a", "openai", "gh", "A.b_c-d", "0", &"x".repeat(64)] {
+            assert!(valid_token_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "_a",
+            "a b",
+            "a/b",
+            "é",
+            "deny",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_token_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn source_strings() {
+        let keyring = |s: &str, a: &str| TokenSource::Keyring {
+            service: s.into(),
+            account: a.into(),
+        };
+        let ok = [
+            ("keyring:nexus/openai", keyring("nexus", "openai")),
+            ("keyring:a/b/c", keyring("a/b", "c")),
+            (
+                "env:NEXUS_DEMO_TOKEN",
+                TokenSource::Env("NEXUS_DEMO_TOKEN".into()),
+            ),
+            ("env:_x1", TokenSource::Env("_x1".into())),
+            ("file:~/.k", TokenSource::File("~/.k".into())),
+            (
+                r#"command:["op", "read", "op://dev/x"]"#,
+                TokenSource::Command(vec!["op".into(), "read".into(), "op://dev/x".into()]),
+            ),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_source_str(text), Ok(want), "{text}");
+        }
+        let bad = [
+            ("keyring:nexus", "has no '/'"),
+            ("keyring:nexus/", "empty account"),
+            ("keyring:/openai", "empty service"),
+            ("keyring:/", "empty service and account"),
+            ("env:1X", "invalid environment variable name \"1X\""),
+            ("env:", "invalid environment variable name \"\""),
+            ("env:A-B", "invalid environment variable name"),
+            ("file:", "empty path"),
+            ("command:[]", "command is empty"),
+            ("command:[\"\"]", "program (the first element) is empty"),
+            ("command:[1]", "must be strings, found integer"),
+            (
+                "command:\"gh\"",
+                "expected an array of strings, found string",
+            ),
+            ("command:[\"gh\"", "not a TOML array"),
+            ("vault:sk-secret", "unknown source kind \"vault:\""),
+            ("sk-secret", "no kind prefix"),
+            ("env:A\0", "NUL"),
+        ];
+        for (text, want) in bad {
+            match parse_source_str(text) {
+                Err(msg) => {
+                    assert!(msg.contains(want), "{text}: {msg}");
+                    assert!(!msg.contains("secret"), "{text} echoed: {msg}");
+                }
+                Ok(got) => panic!("{text}: accepted as {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rule_refs_point_at_table_headers() {
+        let text = "version = 1\n\n[tokens.a]\nsource = \"env:A\"\n\n  [[tokens.deny]]\nname = \"x*\"\n\n[tokens]\nb = { source = \"env:B\" }\n";
+        let parsed = parse_source("p.toml", text);
+        assert_eq!(parsed.errors, vec![]);
+        let at = |t: &TokenRule| (t.name.clone(), t.rule.line, t.rule.col);
+        let mut tokens: Vec<_> = parsed.tokens.iter().map(at).collect();
+        tokens.sort();
+        assert_eq!(tokens, vec![("a".into(), 3, 1), ("b".into(), 10, 5)]);
+        let deny = &parsed.denies[0].rule;
+        assert_eq!(
+            (deny.line, deny.col, deny.section.as_str()),
+            (6, 3, "tokens.deny")
+        );
+    }
+}
