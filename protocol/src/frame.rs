@@ -82,10 +82,13 @@ impl Decoder for FrameCodec {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
             None => {
-                let expected = src
-                    .get(..HEADER_LEN)
-                    .map_or(HEADER_LEN, |h| HEADER_LEN + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize);
-                Err(FrameError::Truncated { buffered: src.len(), expected })
+                let expected = src.get(..HEADER_LEN).map_or(HEADER_LEN, |h| {
+                    HEADER_LEN + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize
+                });
+                Err(FrameError::Truncated {
+                    buffered: src.len(),
+                    expected,
+                })
             }
         }
     }
@@ -104,9 +107,15 @@ impl Encoder<&[u8]> for FrameCodec {
 
     fn encode(&mut self, body: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
         if body.len() > self.max {
-            return Err(FrameError::TooLarge { len: body.len(), max: self.max });
+            return Err(FrameError::TooLarge {
+                len: body.len(),
+                max: self.max,
+            });
         }
-        let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: body.len(), max: self.max })?;
+        let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+            len: body.len(),
+            max: self.max,
+        })?;
         dst.reserve(HEADER_LEN + body.len());
         dst.put_u32(len);
         dst.put_slice(body);
@@ -128,7 +137,9 @@ mod tests {
 
     fn frame(body: &[u8]) -> BytesMut {
         let mut out = BytesMut::new();
-        FrameCodec::default().encode(body, &mut out).unwrap_or_default();
+        FrameCodec::default()
+            .encode(body, &mut out)
+            .unwrap_or_default();
         out
     }
 
@@ -148,7 +159,10 @@ mod tests {
     fn oversized_is_refused_before_buffering() {
         let mut codec = FrameCodec::new(8);
         let mut buf = BytesMut::from(&[0u8, 0, 0, 9][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::TooLarge { len: 9, max: 8 })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { len: 9, max: 8 })
+        ));
         assert!(matches!(
             codec.encode(&[0u8; 9][..], &mut BytesMut::new()),
             Err(FrameError::TooLarge { .. })
@@ -162,7 +176,10 @@ mod tests {
         buf.truncate(7);
         assert!(matches!(
             codec.decode_eof(&mut buf),
-            Err(FrameError::Truncated { buffered: 7, expected: 10 })
+            Err(FrameError::Truncated {
+                buffered: 7,
+                expected: 10
+            })
         ));
     }
 }

@@ -117,7 +117,10 @@ impl Reply {
     /// Shorthand for an error reply.
     #[must_use]
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error(ErrorReply { code, message: message.into() })
+        Self::Error(ErrorReply {
+            code,
+            message: message.into(),
+        })
     }
 }
 

@@ -7,7 +7,10 @@ use thiserror::Error;
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// The versions this build can speak.
-pub const SUPPORTED: VersionRange = VersionRange { min: 1, max: PROTOCOL_VERSION };
+pub const SUPPORTED: VersionRange = VersionRange {
+    min: 1,
+    max: PROTOCOL_VERSION,
+};
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +23,11 @@ pub struct VersionRange {
 
 impl std::fmt::Display for VersionRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.min == self.max { write!(f, "v{}", self.min) } else { write!(f, "v{}..v{}", self.min, self.max) }
+        if self.min == self.max {
+            write!(f, "v{}", self.min)
+        } else {
+            write!(f, "v{}..v{}", self.min, self.max)
+        }
     }
 }
 
@@ -68,7 +75,13 @@ mod tests {
     #[test]
     fn disjoint_or_inverted_is_refused_naming_both() {
         let err = negotiate(r(1, 1), r(2, 4)).err();
-        assert_eq!(err, Some(VersionMismatch { ours: r(1, 1), theirs: r(2, 4) }));
+        assert_eq!(
+            err,
+            Some(VersionMismatch {
+                ours: r(1, 1),
+                theirs: r(2, 4)
+            })
+        );
         let text = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(text.contains("v1") && text.contains("v2..v4"), "{text}");
         assert!(negotiate(r(1, 3), r(3, 1)).is_err());

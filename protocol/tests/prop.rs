@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 use nexus_protocol::{
-    Call, CallerContext, ClientHello, ErrorCode, FrameCodec, FrameError, LocalOp, LocalReply, LocalRequest, Reply,
-    Request, Secret, ServerHello, VersionRange, decode, encode,
+    Call, CallerContext, ClientHello, ErrorCode, FrameCodec, FrameError, LocalOp, LocalReply,
+    LocalRequest, Reply, Request, Secret, ServerHello, VersionRange, decode, encode,
 };
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
@@ -14,16 +14,33 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn caller() -> impl Strategy<Value = CallerContext> {
-    (any::<Option<u32>>(), any::<Option<u32>>(), any::<Option<u32>>(), any::<Option<String>>(), any::<Option<String>>())
-        .prop_map(|(uid, gid, pid, exe, cwd)| CallerContext { uid, gid, pid, exe, cwd })
+    (
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+        any::<Option<String>>(),
+        any::<Option<String>>(),
+    )
+        .prop_map(|(uid, gid, pid, exe, cwd)| CallerContext {
+            uid,
+            gid,
+            pid,
+            exe,
+            cwd,
+        })
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..256).prop_map(|v| Reply::Token(Secret::new(v))),
         (0..5u8, ".{0,80}").prop_map(|(c, m)| {
-            let code = [ErrorCode::Denied, ErrorCode::Missing, ErrorCode::NotConnected, ErrorCode::BadRequest, ErrorCode::Internal]
-                [usize::from(c)];
+            let code = [
+                ErrorCode::Denied,
+                ErrorCode::Missing,
+                ErrorCode::NotConnected,
+                ErrorCode::BadRequest,
+                ErrorCode::Internal,
+            ][usize::from(c)];
             Reply::error(code, m)
         }),
     ]
@@ -106,13 +123,20 @@ fn unknown_variant_is_an_error() {
         Teleport { to: String },
     }
     let body = encode(&Future::Teleport { to: "mars".into() });
-    let err = decode::<Request>(&body).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = decode::<Request>(&body)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("malformed message"), "{err}");
 }
 
 #[test]
 fn hello_carries_version_range() {
-    let hello = ClientHello { versions: VersionRange { min: 1, max: 7 }, pairing_token: None, software: "x".into() };
+    let hello = ClientHello {
+        versions: VersionRange { min: 1, max: 7 },
+        pairing_token: None,
+        software: "x".into(),
+    };
     let back: ClientHello = decode(&encode(&hello)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(back.versions, VersionRange { min: 1, max: 7 });
 }

@@ -37,7 +37,10 @@ impl std::str::FromStr for Fingerprint {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseFingerprintError(s.chars().take(80).collect());
-        let hex_part = s.strip_prefix("sha256:").or_else(|| s.strip_prefix("SHA256:")).ok_or_else(err)?;
+        let hex_part = s
+            .strip_prefix("sha256:")
+            .or_else(|| s.strip_prefix("SHA256:"))
+            .ok_or_else(err)?;
         let mut out = [0u8; 32];
         hex::decode_to_slice(hex_part, &mut out).map_err(|_| err())?;
         Ok(Self(out))
@@ -67,12 +70,24 @@ mod tests {
         let text = fp.to_string();
         assert!(text.starts_with("sha256:") && text.len() == 7 + 64);
         assert_eq!(text.parse::<Fingerprint>().ok(), Some(fp));
-        assert_eq!(text.to_uppercase().replacen("SHA256", "sha256", 1).parse::<Fingerprint>().ok(), Some(fp));
+        assert_eq!(
+            text.to_uppercase()
+                .replacen("SHA256", "sha256", 1)
+                .parse::<Fingerprint>()
+                .ok(),
+            Some(fp)
+        );
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "sha256:", "sha256:zz", "md5:00", &format!("sha256:{}", "0".repeat(66))] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:zz",
+            "md5:00",
+            &format!("sha256:{}", "0".repeat(66)),
+        ] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
         }
     }

@@ -14,14 +14,24 @@ use crate::TransportError;
 ///
 /// # Errors
 /// I/O failures.
-pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), TransportError> {
+pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), TransportError> {
     let body = encode(msg);
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: body.len(), max: u32::MAX as usize })?;
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+        len: body.len(),
+        max: u32::MAX as usize,
+    })?;
     let mut buf = Vec::with_capacity(HEADER_LEN + body.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&body);
-    w.write_all(&buf).await.map_err(TransportError::io("sending a frame"))?;
-    w.flush().await.map_err(TransportError::io("sending a frame"))?;
+    w.write_all(&buf)
+        .await
+        .map_err(TransportError::io("sending a frame"))?;
+    w.flush()
+        .await
+        .map_err(TransportError::io("sending a frame"))?;
     Ok(())
 }
 
@@ -30,16 +40,26 @@ pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Re
 /// # Errors
 /// [`TransportError::Closed`] on a clean EOF before the frame, a frame error
 /// when oversized or truncated, a decode error when malformed.
-pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: usize) -> Result<T, TransportError> {
+pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<T, TransportError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
-        let n = r.read(&mut header[got..]).await.map_err(TransportError::io("reading a frame"))?;
+        let n = r
+            .read(&mut header[got..])
+            .await
+            .map_err(TransportError::io("reading a frame"))?;
         if n == 0 {
             return Err(if got == 0 {
                 TransportError::Closed
             } else {
-                FrameError::Truncated { buffered: got, expected: HEADER_LEN }.into()
+                FrameError::Truncated {
+                    buffered: got,
+                    expected: HEADER_LEN,
+                }
+                .into()
             });
         }
         got += n;
@@ -51,9 +71,15 @@ pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: usi
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            TransportError::Frame(FrameError::Truncated { buffered: HEADER_LEN, expected: HEADER_LEN + len })
+            TransportError::Frame(FrameError::Truncated {
+                buffered: HEADER_LEN,
+                expected: HEADER_LEN + len,
+            })
         } else {
-            TransportError::Io { context: "reading a frame".into(), source: e }
+            TransportError::Io {
+                context: "reading a frame".into(),
+                source: e,
+            }
         }
     })?;
     Ok(decode(&body)?)
@@ -67,7 +93,10 @@ mod tests {
     #[tokio::test]
     async fn exact_reads_leave_following_bytes() {
         let (mut a, mut b) = tokio::io::duplex(64);
-        send(&mut a, &Reply::error(ErrorCode::Denied, "no")).await.map_err(|e| e.to_string()).unwrap_or(());
+        send(&mut a, &Reply::error(ErrorCode::Denied, "no"))
+            .await
+            .map_err(|e| e.to_string())
+            .unwrap_or(());
         a.write_all(b"tail").await.unwrap_or(());
         let got: Result<Reply, _> = recv(&mut b, 1024).await;
         assert!(matches!(got, Ok(Reply::Error(ref e)) if e.code == ErrorCode::Denied));
@@ -81,11 +110,23 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 1, 0]).await.unwrap_or(());
         let got: Result<Reply, _> = recv(&mut b, 16).await;
-        assert!(matches!(got, Err(TransportError::Frame(FrameError::TooLarge { len: 256, max: 16 }))));
+        assert!(matches!(
+            got,
+            Err(TransportError::Frame(FrameError::TooLarge {
+                len: 256,
+                max: 16
+            }))
+        ));
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 0, 9, 1, 2]).await.unwrap_or(());
         drop(a);
         let got: Result<Reply, _> = recv(&mut b, 16).await;
-        assert!(matches!(got, Err(TransportError::Frame(FrameError::Truncated { .. }))), "{got:?}");
+        assert!(
+            matches!(
+                got,
+                Err(TransportError::Frame(FrameError::Truncated { .. }))
+            ),
+            "{got:?}"
+        );
     }
 }

@@ -35,11 +35,27 @@ impl Identity {
     fn generate_pem(name: &str) -> Result<(Self, String, Zeroizing<String>), TransportError> {
         let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()])?;
         let cert = certified.cert.der().clone();
-        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
-            .map_err(|reason| TransportError::Pem { path: "<generated>".into(), reason: reason.to_owned() })?;
+        let key =
+            PrivateKeyDer::try_from(certified.signing_key.serialize_der()).map_err(|reason| {
+                TransportError::Pem {
+                    path: "<generated>".into(),
+                    reason: reason.to_owned(),
+                }
+            })?;
         let fingerprint = Fingerprint::of(&cert);
-        let pems = (certified.cert.pem(), Zeroizing::new(certified.signing_key.serialize_pem()));
-        Ok((Self { cert, key, fingerprint }, pems.0, pems.1))
+        let pems = (
+            certified.cert.pem(),
+            Zeroizing::new(certified.signing_key.serialize_pem()),
+        );
+        Ok((
+            Self {
+                cert,
+                key,
+                fingerprint,
+            },
+            pems.0,
+            pems.1,
+        ))
     }
 
     /// Loads `cert.pem` and `key.pem` from `dir`, or creates them when both
@@ -75,12 +91,19 @@ impl Identity {
     fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TransportError> {
         let pem_err = |path: &Path| {
             let path = path.display().to_string();
-            move |e: rustls_pki_types::pem::Error| TransportError::Pem { path, reason: e.to_string() }
+            move |e: rustls_pki_types::pem::Error| TransportError::Pem {
+                path,
+                reason: e.to_string(),
+            }
         };
         let cert = CertificateDer::from_pem_file(cert_path).map_err(pem_err(cert_path))?;
         let key = PrivateKeyDer::from_pem_file(key_path).map_err(pem_err(key_path))?;
         let fingerprint = Fingerprint::of(&cert);
-        Ok(Self { cert, key, fingerprint })
+        Ok(Self {
+            cert,
+            key,
+            fingerprint,
+        })
     }
 
     /// The certificate, DER.
@@ -119,7 +142,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TransportError> {
         opts.mode(0o600);
     }
     let mut f = opts.open(&tmp).map_err(TransportError::io(ctx()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(TransportError::io(ctx()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(TransportError::io(ctx()))?;
     std::fs::rename(&tmp, path).map_err(TransportError::io(ctx()))
 }
 
@@ -140,11 +165,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join(KEY_FILE)).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+            let mode = std::fs::metadata(dir.join(KEY_FILE))
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
             assert_eq!(mode, 0o600);
         }
         std::fs::remove_file(dir.join(KEY_FILE)).unwrap_or(());
-        assert!(Identity::load_or_create(&dir, "t").is_err(), "half an identity must not be replaced silently");
+        assert!(
+            Identity::load_or_create(&dir, "t").is_err(),
+            "half an identity must not be replaced silently"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -17,8 +17,9 @@ pub mod tls;
 pub use error::TransportError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use frame_io::{recv, send};
-pub use identity::Identity;
+pub use identity::{Identity, write_private};
 pub use mux::{MuxConfig, MuxHandle, MuxStream};
+pub use tokio_rustls;
 
 /// Sets `TCP_NODELAY`: every call is a small request waiting for a small
 /// answer, so Nagle's algorithm would only add latency.

@@ -35,9 +35,17 @@ pub struct MuxConfig {
 
 impl MuxConfig {
     /// The workspace side opens one stream per forwarded session.
-    pub const SHIM: Self = Self { max_streams: 1024, max_outbound: 768, inbound_queue: 64 };
+    pub const SHIM: Self = Self {
+        max_streams: 1024,
+        max_outbound: 768,
+        inbound_queue: 64,
+    };
     /// The laptop side mostly accepts; it opens only control streams.
-    pub const PROXY: Self = Self { max_streams: 1024, max_outbound: 64, inbound_queue: 1024 };
+    pub const PROXY: Self = Self {
+        max_streams: 1024,
+        max_outbound: 64,
+        inbound_queue: 1024,
+    };
 }
 
 type OpenReply = oneshot::Sender<Result<yamux::Stream, TransportError>>;
@@ -62,9 +70,15 @@ impl MuxHandle {
             () = self.closed.cancelled() => return Err(TransportError::Closed),
         };
         let (tx, rx) = oneshot::channel();
-        self.opens.send(tx).await.map_err(|_| TransportError::Closed)?;
+        self.opens
+            .send(tx)
+            .await
+            .map_err(|_| TransportError::Closed)?;
         let stream = rx.await.map_err(|_| TransportError::Closed)??;
-        Ok(MuxStream { inner: stream.compat(), _permit: Some(permit) })
+        Ok(MuxStream {
+            inner: stream.compat(),
+            _permit: Some(permit),
+        })
     }
 
     /// Whether the connection has ended.
@@ -89,13 +103,21 @@ pub struct MuxStream {
 }
 
 impl AsyncRead for MuxStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for MuxStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -129,7 +151,11 @@ pub fn start<T>(
     mode: Mode,
     limits: MuxConfig,
     shutdown: CancellationToken,
-) -> (MuxHandle, mpsc::Receiver<MuxStream>, tokio::task::JoinHandle<MuxExit>)
+) -> (
+    MuxHandle,
+    mpsc::Receiver<MuxStream>,
+    tokio::task::JoinHandle<MuxExit>,
+)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -140,8 +166,11 @@ where
     let (open_tx, open_rx) = mpsc::channel(limits.max_outbound.max(1));
     let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue.max(1));
     let closed = CancellationToken::new();
-    let handle =
-        MuxHandle { opens: open_tx, permits: Arc::new(Semaphore::new(limits.max_outbound)), closed: closed.clone() };
+    let handle = MuxHandle {
+        opens: open_tx,
+        permits: Arc::new(Semaphore::new(limits.max_outbound)),
+        closed: closed.clone(),
+    };
     let task = tokio::spawn(async move {
         let exit = drive(conn, open_rx, in_tx, shutdown).await;
         closed.cancel();
@@ -189,14 +218,19 @@ where
             loop {
                 match conn.poll_next_inbound(cx) {
                     Poll::Ready(Some(Ok(stream))) => {
-                        let stream = MuxStream { inner: stream.compat(), _permit: None };
+                        let stream = MuxStream {
+                            inner: stream.compat(),
+                            _permit: None,
+                        };
                         if inbound.try_send(stream).is_err() {
                             // The application is saturated (or gone): reset this
                             // stream rather than let the peer grow our queue.
                             tracing::warn!("inbound stream queue full; resetting a new stream");
                         }
                     }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Step::Ended(MuxExit::Failed(e))),
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Step::Ended(MuxExit::Failed(e)));
+                    }
                     Poll::Ready(None) => return Poll::Ready(Step::Ended(MuxExit::PeerClosed)),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -225,7 +259,9 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn pair() -> ((MuxHandle, mpsc::Receiver<MuxStream>), (MuxHandle, mpsc::Receiver<MuxStream>), CancellationToken) {
+    type Side = (MuxHandle, mpsc::Receiver<MuxStream>);
+
+    fn pair() -> (Side, Side, CancellationToken) {
         let (a, b) = tokio::io::duplex(64 << 10);
         let stop = CancellationToken::new();
         let (ha, ra, _) = start(a, Mode::Server, MuxConfig::SHIM, stop.clone());
@@ -251,11 +287,17 @@ mod tests {
             let shim = shim.clone();
             calls.spawn(async move {
                 let mut s = shim.open().await.map_err(|e| e.to_string())?;
-                s.write_all(&i.to_be_bytes()).await.map_err(|e| e.to_string())?;
+                s.write_all(&i.to_be_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 s.shutdown().await.map_err(|e| e.to_string())?;
                 let mut back = Vec::new();
                 s.read_to_end(&mut back).await.map_err(|e| e.to_string())?;
-                if back == i.to_be_bytes() { Ok(()) } else { Err(format!("call {i} got {back:?}")) }
+                if back == i.to_be_bytes() {
+                    Ok(())
+                } else {
+                    Err(format!("call {i} got {back:?}"))
+                }
             });
         }
         let mut ok = 0;
@@ -264,7 +306,10 @@ mod tests {
                 ok += 1;
             }
         }
-        assert_eq!(ok, 1000, "1000 concurrent calls, more than the opening gate, all succeed");
+        assert_eq!(
+            ok, 1000,
+            "1000 concurrent calls, more than the opening gate, all succeed"
+        );
         stop.cancel();
         let _ = echo.await;
         assert!(shim.open().await.is_err());

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::{Fingerprint, Identity, TransportError};
@@ -58,7 +61,9 @@ impl ServerCertVerifier for PinnedServer {
         if fp == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
@@ -68,7 +73,12 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -77,11 +87,18 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -115,7 +132,9 @@ impl ClientCertVerifier for PinnedClients {
             Ok(ClientCertVerified::assertion())
         } else {
             tracing::warn!(client_fingerprint = %fp, "refused a client certificate that is not the paired laptop's");
-            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
@@ -125,7 +144,12 @@ impl ClientCertVerifier for PinnedClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -134,11 +158,18 @@ impl ClientCertVerifier for PinnedClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -153,7 +184,11 @@ pub fn client_config(
     server_pin: Fingerprint,
 ) -> Result<(Arc<ClientConfig>, Arc<PinnedServer>), TransportError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServer { expected: server_pin, seen: Mutex::new(None), provider: provider.clone() });
+    let verifier = Arc::new(PinnedServer {
+        expected: server_pin,
+        seen: Mutex::new(None),
+        provider: provider.clone(),
+    });
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -173,7 +208,10 @@ pub fn server_config(
     authorizer: Arc<dyn ClientAuthorizer>,
 ) -> Result<Arc<ServerConfig>, TransportError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedClients { authorizer, provider: provider.clone() });
+    let verifier = Arc::new(PinnedClients {
+        authorizer,
+        provider: provider.clone(),
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -186,5 +224,15 @@ pub fn server_config(
 /// The fingerprint of the peer's end-entity certificate after a handshake.
 #[must_use]
 pub fn peer_fingerprint(conn: &rustls::CommonState) -> Option<Fingerprint> {
-    conn.peer_certificates().and_then(|c| c.first()).map(|c| Fingerprint::of(c))
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Fingerprint::of(c))
+}
+
+/// The SNI the client sends. Pins, not names, are checked, so the fallback
+/// (no SNI) would be just as safe; it exists only to avoid a panic path.
+#[must_use]
+pub fn server_name() -> ServerName<'static> {
+    ServerName::try_from(SERVER_NAME)
+        .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
 }

@@ -1,0 +1,333 @@
+//! Command line of `nexus-agent-proxy`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use nexus_policy::Policy;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ConfigDir;
+use crate::tools::ToolContext;
+
+const AFTER_HELP: &str = "\
+Getting started:
+  (workspace) nexus-shim serve &  &&  nexus-shim pairing-uri
+  (laptop)    nexus-agent-proxy pair 'nexus://HOST:PORT?fp=...&token=...' --name dev
+  (laptop)    nexus-agent-proxy policy check ~/.config/nexus/policy.toml
+  (laptop)    nexus-agent-proxy run
+  (workspace) nexus-shim token get demo";
+
+/// The laptop side of Nexus Agent Proxy: dials out to paired workspaces and
+/// answers their calls from laptop credentials, as far as the policy allows.
+#[derive(Debug, Parser)]
+#[command(name = "nexus-agent-proxy", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Configuration directory: identity, paired workspaces, policy [default: $XDG_CONFIG_HOME/nexus or ~/.config/nexus]
+    #[arg(long, global = true, env = "NEXUS_CONFIG_DIR", value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pair with a workspace: pin its certificate and record it under NAME.
+    ///
+    /// URI is what `nexus-shim pairing-uri` prints in the workspace. It holds
+    /// a one-time token that expires (15 minutes by default).
+    Pair {
+        /// nexus://HOST:PORT?fp=sha256:...&token=...
+        uri: String,
+        /// The laptop's name for this workspace (what policy rules see).
+        #[arg(long)]
+        name: String,
+    },
+    /// Link to workspaces and answer their calls until interrupted.
+    ///
+    /// Reconnects on its own after network loss. SIGINT/SIGTERM finish
+    /// in-flight calls and exit 0.
+    Run {
+        /// A paired workspace to serve (repeatable) [default: every paired workspace].
+        #[arg(long = "workspace", value_name = "NAME")]
+        workspaces: Vec<String>,
+        /// Policy file or directory [default: CONFIG/policy.toml, else CONFIG/policy.d/].
+        #[arg(long, env = "NEXUS_POLICY", value_name = "PATH")]
+        policy: Option<PathBuf>,
+        /// PATH for `command` token sources (service managers start with none).
+        #[arg(long, env = "NEXUS_SOURCE_PATH", value_name = "PATH")]
+        source_path: Option<String>,
+    },
+    /// Manage paired workspaces.
+    #[command(subcommand)]
+    Workspaces(WorkspacesCommand),
+    /// Check policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Manage values in the OS keyring (entries `nexus/NAME`).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkspacesCommand {
+    /// List paired workspaces.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a workspace (its shim will refuse this laptop only after it is re-paired elsewhere).
+    Remove {
+        /// Workspace name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file or directory; exit 1 on errors, printed as file:line:col.
+    Check {
+        /// File or directory [default: CONFIG/policy.toml, else CONFIG/policy.d/].
+        path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Store a value as keyring entry nexus/NAME, from stdin or a hidden prompt.
+    Set {
+        /// Entry name; use it in policy as source = "keyring:nexus/NAME".
+        name: String,
+    },
+    /// Delete keyring entry nexus/NAME.
+    Delete {
+        /// Entry name.
+        name: String,
+    },
+}
+
+/// Entry point: parse, run, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
+    // The keyring must be set up while the process has a single thread: on
+    // Linux, joining a session keyring changes only the calling thread's
+    // credentials, and threads started later inherit them.
+    if matches!(cli.command, Command::Run { .. } | Command::Secret(_))
+        && let Err(e) = crate::keyring::init()
+    {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "OS keyring unavailable; keyring: token sources will fail"
+        );
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("nexus-agent-proxy: {msg}");
+    ExitCode::from(1)
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = ConfigDir::resolve(cli.config_dir)?;
+    match cli.command {
+        Command::Pair { uri, name } => {
+            let ws = crate::pair::pair(&config, &uri, &name).await?;
+            println!(
+                "paired workspace {:?} at {} ({})",
+                ws.name, ws.address, ws.fingerprint
+            );
+            eprintln!("next: nexus-agent-proxy run --workspace {}", ws.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            workspaces,
+            policy,
+            source_path,
+        } => serve(config, workspaces, policy, source_path).await,
+        Command::Workspaces(WorkspacesCommand::List { json }) => {
+            let list = config.workspaces()?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else if list.is_empty() {
+                eprintln!(
+                    "no workspaces paired; pair one with: nexus-agent-proxy pair URI --name NAME"
+                );
+            } else {
+                for ws in list {
+                    println!("{}\t{}\t{}", ws.name, ws.address, ws.fingerprint);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workspaces(WorkspacesCommand::Remove { name }) => {
+            config.remove_workspace(&name)?;
+            eprintln!("removed workspace {name:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Check { path }) => policy_check(&config, path),
+        Command::Secret(SecretCommand::Set { name }) => {
+            crate::secret::set(&name).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Secret(SecretCommand::Delete { name }) => {
+            crate::secret::delete(&name).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy_path(config: &ConfigDir, flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| config.default_policy())
+}
+
+fn policy_check(config: &ConfigDir, path: Option<PathBuf>) -> Result<ExitCode> {
+    let Some(path) = policy_path(config, path) else {
+        bail!(
+            "no policy to check: none given and none at {}/policy.toml or policy.d/",
+            config.root().display()
+        );
+    };
+    match Policy::load(&path) {
+        Ok(policy) => {
+            for w in policy.warnings() {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}: ok, {} token(s) declared",
+                path.display(),
+                policy.token_names().len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for d in &errors.0 {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "{}: {} error(s); nothing was changed",
+                path.display(),
+                errors.0.len()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn serve(
+    config: ConfigDir,
+    names: Vec<String>,
+    policy: Option<PathBuf>,
+    source_path: Option<String>,
+) -> Result<ExitCode> {
+    // Validate everything before dialing anything.
+    let policy = match policy_path(&config, policy) {
+        Some(path) => {
+            let p = Policy::load(&path)
+                .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?;
+            for w in p.warnings() {
+                tracing::warn!(warning = %w, "policy");
+            }
+            tracing::info!(policy = %path.display(), tokens = p.token_names().len(), "policy loaded");
+            p
+        }
+        None => {
+            tracing::warn!(
+                "no policy at {}/policy.toml or policy.d/: every call will be denied",
+                config.root().display()
+            );
+            Policy::deny_all()
+        }
+    };
+    let workspaces = if names.is_empty() {
+        config.workspaces()?
+    } else {
+        names
+            .iter()
+            .map(|n| config.workspace(n))
+            .collect::<Result<Vec<_>>>()?
+    };
+    if workspaces.is_empty() {
+        bail!("no workspaces paired; pair one first with: nexus-agent-proxy pair URI --name NAME");
+    }
+    config
+        .identity()
+        .context("loading this laptop's identity")?;
+    let ctx = Arc::new(ToolContext {
+        policy: Arc::new(policy),
+        config,
+        source_path,
+        rates: Default::default(),
+    });
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let tasks = TaskTracker::new();
+    for ws in workspaces {
+        let span = tracing::info_span!("workspace", workspace = %ws.name);
+        tasks.spawn(tracing::Instrument::instrument(
+            crate::tunnel::serve_workspace(ws, ctx.clone(), shutdown.clone()),
+            span,
+        ));
+    }
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn signals(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("signal received; finishing calls");
+    token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,21 @@
+//! `nexus-agent-proxy`: the laptop side of Nexus Agent Proxy.
+//!
+//! It dials out to paired workspaces over pinned mutual TLS, multiplexes every
+//! forwarded call on one yamux connection per workspace, and answers each
+//! call from laptop resources only as far as the policy allows. All policy
+//! decisions are made here, never in the workspace.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+mod keyring;
+pub mod pair;
+mod rate;
+mod secret;
+pub mod tools;
+pub mod tunnel;
+
+/// Name and version reported to the peer.
+pub const SOFTWARE: &str = concat!("nexus-agent-proxy ", env!("CARGO_PKG_VERSION"));
+
+pub use cli::main;

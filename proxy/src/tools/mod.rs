@@ -1,0 +1,84 @@
+//! Laptop-side tools: each forwarded request is decided by the policy, then
+//! answered by one tool module.
+
+pub mod token;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use nexus_policy::{Action, Caller, Decision, Policy, Request as PolicyRequest, Verdict};
+use nexus_protocol::{Call, ErrorCode, Reply, Request};
+use tracing::info;
+
+use crate::config::ConfigDir;
+use crate::rate::RateLimiter;
+
+/// What every tool call needs: the policy and the laptop's settings.
+#[derive(Debug)]
+pub struct ToolContext {
+    /// The policy in force.
+    pub policy: Arc<Policy>,
+    /// The configuration directory.
+    pub config: ConfigDir,
+    /// `PATH` for command token sources (service managers give none).
+    pub source_path: Option<String>,
+    /// Per-rule rate limits.
+    pub rates: RateLimiter,
+}
+
+impl ToolContext {
+    /// The laptop's identity.
+    pub fn identity(&self) -> Result<nexus_transport::Identity> {
+        self.config.identity()
+    }
+
+    /// Home directory for `~/` in sources.
+    pub fn home(&self) -> Option<PathBuf> {
+        std::env::home_dir()
+    }
+}
+
+/// Decides and answers one call.
+pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
+    let caller = Caller {
+        uid: call.caller.uid,
+        pid: call.caller.pid,
+        exe: call.caller.exe.clone(),
+        cwd: call.caller.cwd.clone(),
+    };
+    match &call.request {
+        Request::Token { name } => {
+            let decision = ctx.policy.decide(&PolicyRequest {
+                workspace,
+                caller: Some(&caller),
+                action: Action::Token { name },
+            });
+            log_decision("token", name, &decision, &call.caller);
+            if decision.verdict == Verdict::Deny {
+                return Reply::error(
+                    ErrorCode::Denied,
+                    format!("denied by the laptop's policy: {}", decision.reason),
+                );
+            }
+            token::answer(name, workspace, decision, ctx).await
+        }
+    }
+}
+
+fn log_decision(tool: &str, target: &str, d: &Decision, caller: &nexus_protocol::CallerContext) {
+    let rule = d.rule.as_ref().map(ToString::to_string);
+    info!(
+        tool,
+        target,
+        decision = if d.verdict == Verdict::Allow {
+            "allow"
+        } else {
+            "deny"
+        },
+        rule = rule.as_deref().unwrap_or("default"),
+        caller_pid = caller.pid,
+        caller_exe = caller.exe.as_deref(),
+        "decision"
+    );
+}

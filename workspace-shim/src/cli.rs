@@ -1,0 +1,399 @@
+//! Command line of `nexus-shim`.
+//!
+//! Exit codes (stable): 0 ok; 1 error; 2 usage; 3 denied by policy; 4 laptop
+//! not connected after `--wait`; 5 allowed but missing at the laptop source.
+//! `status`: 0 linked, 4 not linked, 1 no daemon.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use nexus_protocol::{LinkStatus, LocalOp, LocalReply, PairingInfo, Reply, Request};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Session;
+use crate::serve::ServeConfig;
+use crate::state::StateDir;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 ok, 1 error, 2 usage, 3 denied by the laptop's policy, 4 laptop not
+connected within --wait, 5 allowed but missing at the laptop source.
+
+Typical setup in a workspace:
+  nexus-shim serve &                 # once, e.g. from the container entrypoint
+  nexus-shim pairing-uri             # give this URI to `nexus-agent-proxy pair` on the laptop
+  nexus-shim token get openai        # from the agent, once the laptop is linked";
+
+/// The workspace side of Nexus Agent Proxy: a daemon the laptop dials into,
+/// and the commands agents use to reach laptop credentials through it.
+#[derive(Debug, Parser)]
+#[command(name = "nexus-shim", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// State directory: keys, pairing record, sockets [default: $XDG_STATE_HOME/nexus or ~/.local/state/nexus]
+    #[arg(long, global = true, env = "NEXUS_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: accept the paired laptop's tunnel, serve local sockets.
+    ///
+    /// Writes STATE/pairing.uri once bound while no laptop is paired.
+    /// SIGINT/SIGTERM drain in-flight calls, remove the sockets and exit 0.
+    Serve(ServeArgs),
+    /// Print the pairing URI for `nexus-agent-proxy pair` (exit 5 once paired).
+    PairingUri {
+        /// Issue a new one-time token first (to pair again, or another laptop).
+        #[arg(long)]
+        rotate: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the daemon and link state (exit 0 linked, 4 not linked, 1 no daemon).
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Tokens declared in the laptop's policy.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Alias of `token` (`secret get NAME`).
+    #[command(subcommand)]
+    Secret(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a token's value on stdout.
+    ///
+    /// The value comes from the laptop (keyring, env, file or command) if its
+    /// policy allows this workspace to have it.
+    Get {
+        /// Token name, as declared in the laptop's policy.
+        name: String,
+        /// Do not print a newline after the value.
+        #[arg(short = 'n', long)]
+        no_newline: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address for the laptop's tunnel (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "NEXUS_LISTEN",
+        default_value = "0.0.0.0:7676",
+        value_name = "ADDR"
+    )]
+    listen: String,
+    /// HOST:PORT the pairing URI names, when the laptop reaches us by another address.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Lifetime of a pairing token.
+    #[arg(long, default_value = "15m", value_parser = parse_duration, value_name = "DURATION")]
+    pairing_ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// How long to wait for the laptop to link (30s, 2m, 500ms; a bare number is seconds; 0 fails at once).
+    #[arg(long, env = "NEXUS_WAIT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    wait: Duration,
+}
+
+/// Parses `30s`, `2m`, `1h`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 2m, 500ms or 10"))?;
+    let ms = match unit {
+        "" | "s" => n.checked_mul(1000),
+        "ms" => Some(n),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} in {s:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+/// Entry point: parse, run, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_serve = matches!(cli.command, Command::Serve(_));
+    init_tracing(if is_serve { "info" } else { "warn" });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("nexus-shim: {msg}");
+    ExitCode::from(1)
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let state = StateDir::resolve(cli.state_dir)?;
+    match cli.command {
+        Command::Serve(args) => serve(state, args).await,
+        Command::PairingUri { rotate, client } => pairing_uri(&state, rotate, &client).await,
+        Command::Status { json, client } => status(&state, json, &client).await,
+        Command::Token(TokenCommand::Get {
+            name,
+            no_newline,
+            client,
+        })
+        | Command::Secret(TokenCommand::Get {
+            name,
+            no_newline,
+            client,
+        }) => token_get(&state, name, no_newline, &client).await,
+    }
+}
+
+async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
+    state.prepare()?;
+    let (identity, created) =
+        nexus_transport::Identity::load_or_create(state.root(), nexus_transport::tls::SERVER_NAME)?;
+    if created {
+        tracing::info!(fingerprint = %identity.fingerprint(), "created the workspace key and certificate");
+    }
+    let sock = state.shim_sock();
+    if tokio::net::UnixStream::connect(&sock).await.is_ok() {
+        bail!(
+            "a nexus-shim daemon already runs for {} (socket {} answers)",
+            state.root().display(),
+            sock.display()
+        );
+    }
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding the tunnel listener on {}", args.listen))?;
+    let local = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("binding {}", sock.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", sock.display()))?;
+    }
+    let cfg = ServeConfig {
+        state,
+        advertise: args.advertise,
+        pairing_ttl: args.pairing_ttl,
+        preset_token: std::env::var("NEXUS_PAIRING_TOKEN").ok(),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    crate::serve::run(cfg, listener, local, identity, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn signals(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("signal received");
+    token.cancel();
+}
+
+async fn pairing_uri(state: &StateDir, rotate: bool, client: &ClientArgs) -> Result<ExitCode> {
+    let mut session = match Session::start(state, client.wait, LocalOp::PairingUri { rotate }).await
+    {
+        Ok(s) => s,
+        Err(e) => return Ok(client_error(&e)),
+    };
+    match session.next().await {
+        Ok(LocalReply::Pairing(PairingInfo::Uri { uri, expires_in_s })) => {
+            println!("{}", String::from_utf8_lossy(uri.expose()));
+            eprintln!(
+                "nexus-shim: single use, expires in {}m{:02}s. On the laptop: nexus-agent-proxy pair '<URI>' --name NAME",
+                expires_in_s / 60,
+                expires_in_s % 60
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(LocalReply::Pairing(PairingInfo::AlreadyPaired)) => {
+            eprintln!(
+                "nexus-shim: this workspace is already paired and no token is pending; \
+                 to pair again or another laptop run: nexus-shim pairing-uri --rotate"
+            );
+            Ok(ExitCode::from(5))
+        }
+        Ok(other) => Ok(unexpected(other)),
+        Err(e) => Ok(client_error(&e)),
+    }
+}
+
+async fn status(state: &StateDir, json: bool, client: &ClientArgs) -> Result<ExitCode> {
+    let mut session = match Session::start(state, client.wait, LocalOp::Status).await {
+        Ok(s) => s,
+        Err(e) => return Ok(client_error(&e)),
+    };
+    let info = match session.next().await {
+        Ok(LocalReply::Status(info)) => info,
+        Ok(other) => return Ok(unexpected(other)),
+        Err(e) => return Ok(client_error(&e)),
+    };
+    let linked = info.link == LinkStatus::Linked;
+    if json {
+        let v = serde_json::json!({
+            "linked": linked,
+            "state_dir": state.root(),
+            "listen": info.listen,
+            "paired_fingerprint": info.paired_fingerprint,
+            "pairing_pending": info.pairing_pending,
+            "peer": info.peer,
+            "linked_for_s": info.linked_for_s,
+            "version": info.version,
+        });
+        println!("{v}");
+    } else {
+        let link = match (&info.peer, info.linked_for_s) {
+            (Some(peer), Some(s)) => format!("linked to {peer} for {s}s"),
+            _ => "not linked (no laptop connected)".into(),
+        };
+        println!("link:      {link}");
+        println!(
+            "paired:    {}",
+            info.paired_fingerprint
+                .as_deref()
+                .unwrap_or("no (see: nexus-shim pairing-uri)")
+        );
+        if info.pairing_pending {
+            println!("pairing:   a token is pending (nexus-shim pairing-uri)");
+        }
+        println!("listening: {}", info.listen);
+        println!("state dir: {}", state.root().display());
+        println!("daemon:    {}", info.version);
+    }
+    Ok(ExitCode::from(if linked { 0 } else { 4 }))
+}
+
+async fn token_get(
+    state: &StateDir,
+    name: String,
+    no_newline: bool,
+    client: &ClientArgs,
+) -> Result<ExitCode> {
+    let mut session = match Session::start(
+        state,
+        client.wait,
+        LocalOp::Forward(Request::Token { name }),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return Ok(client_error(&e)),
+    };
+    match session.next().await {
+        Ok(LocalReply::Reply(Reply::Token(value))) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(value.expose()).context("writing to stdout")?;
+            if !no_newline {
+                out.write_all(b"\n").context("writing to stdout")?;
+            }
+            out.flush().context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(LocalReply::Reply(Reply::Error(e))) => {
+            eprintln!("nexus-shim: {}", e.message);
+            Ok(ExitCode::from(e.code.exit_code()))
+        }
+        Ok(other) => Ok(unexpected(other)),
+        Err(e) => Ok(client_error(&e)),
+    }
+}
+
+fn client_error(e: &crate::client::ClientError) -> ExitCode {
+    eprintln!("nexus-shim: {e}");
+    ExitCode::from(1)
+}
+
+fn unexpected(reply: LocalReply) -> ExitCode {
+    match reply {
+        LocalReply::Reply(Reply::Error(e)) => {
+            eprintln!("nexus-shim: {}", e.message);
+            ExitCode::from(e.code.exit_code())
+        }
+        other => {
+            eprintln!(
+                "nexus-shim: unexpected answer from the daemon: {other:?}; is it the same version as this client?"
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "s", "1d", "-1", "1.5s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,61 @@
+//! The client half of `shim.sock`: one request, then replies until final.
+
+use std::time::Duration;
+
+use nexus_protocol::{LocalOp, LocalReply, LocalRequest, MAX_FRAME};
+use tokio::net::UnixStream;
+
+use crate::state::StateDir;
+
+/// Why a client command could not get an answer.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No daemon listens on the state dir (exit 1).
+    NoDaemon(String),
+    /// The daemon broke the conversation (exit 1).
+    Broken(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoDaemon(m) | Self::Broken(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A connection to the daemon carrying one request.
+#[derive(Debug)]
+pub struct Session {
+    conn: UnixStream,
+}
+
+impl Session {
+    /// Connects and sends the request.
+    pub async fn start(state: &StateDir, wait: Duration, op: LocalOp) -> Result<Self, ClientError> {
+        let path = state.shim_sock();
+        let mut conn = UnixStream::connect(&path).await.map_err(|e| {
+            ClientError::NoDaemon(format!(
+                "no nexus-shim daemon is running for {} ({}: {e}); start one with: nexus-shim serve",
+                state.root().display(),
+                path.display()
+            ))
+        })?;
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        nexus_transport::send(&mut conn, &LocalRequest { wait_ms, op })
+            .await
+            .map_err(|e| ClientError::Broken(format!("sending the request to the daemon: {e}")))?;
+        Ok(Self { conn })
+    }
+
+    /// The next reply.
+    pub async fn next(&mut self) -> Result<LocalReply, ClientError> {
+        nexus_transport::recv(&mut self.conn, MAX_FRAME)
+            .await
+            .map_err(|e| {
+                ClientError::Broken(format!(
+                    "the daemon ended the conversation ({e}); see its log"
+                ))
+            })
+    }
+}

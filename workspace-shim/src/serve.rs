@@ -1,0 +1,339 @@
+//! `nexus-shim serve`: the daemon. It accepts the paired laptop's tunnel and
+//! serves local callers on `shim.sock`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nexus_protocol::{
+    ClientHello, HANDSHAKE_MAX_FRAME, Refusal, SUPPORTED, ServerHello, negotiate,
+};
+use nexus_transport::tls::{ClientAuthorizer, peer_fingerprint};
+use nexus_transport::tokio_rustls::TlsAcceptor;
+use nexus_transport::{Fingerprint, Identity, MuxConfig, MuxHandle, mux};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::state::{Paired, PairingToken, StateDir, pairing_uri};
+
+/// How long an unauthenticated peer may take to finish TLS and say hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long in-flight calls may take to finish after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Daemon settings, validated before anything binds.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where the state lives.
+    pub state: StateDir,
+    /// What the pairing URI names, when not the bound address.
+    pub advertise: Option<String>,
+    /// Lifetime of a pairing token.
+    pub pairing_ttl: Duration,
+    /// A token preset by the platform (`NEXUS_PAIRING_TOKEN`).
+    pub preset_token: Option<String>,
+}
+
+/// The current link to the laptop.
+#[derive(Debug)]
+pub struct Link {
+    /// Opens streams toward the laptop.
+    pub mux: MuxHandle,
+    /// The laptop's address as seen here.
+    pub peer: SocketAddr,
+    /// When it came up.
+    pub since: Instant,
+    id: u64,
+    stop: CancellationToken,
+}
+
+/// State shared by the tunnel acceptor, the local socket and the TLS verifier.
+#[derive(Debug)]
+pub struct Shared {
+    /// Paths.
+    pub state: StateDir,
+    /// Our certificate fingerprint (what the laptop pins).
+    pub fingerprint: Fingerprint,
+    /// Pairing state: the paired laptop and any pending token.
+    pub pairing: Mutex<Pairing>,
+    /// The live link, if any.
+    pub link: watch::Sender<Option<Arc<Link>>>,
+    /// Address the tunnel listener is bound to.
+    pub listen: SocketAddr,
+    /// What the pairing URI names.
+    pub advertise: String,
+    /// Lifetime of new pairing tokens.
+    pub pairing_ttl: Duration,
+}
+
+/// Who may connect.
+#[derive(Debug, Default)]
+pub struct Pairing {
+    /// The paired laptop.
+    pub paired: Option<Paired>,
+    /// A token waiting to be used.
+    pub token: Option<PairingToken>,
+}
+
+impl Shared {
+    /// Issues a fresh token and rewrites `pairing.uri`. Returns the URI.
+    pub fn rotate_token(&self) -> Result<String> {
+        let token = PairingToken::generate(self.pairing_ttl);
+        let uri = pairing_uri(&self.advertise, self.fingerprint, token.value());
+        nexus_transport::write_private(&self.state.pairing_uri(), uri.as_bytes())?;
+        if let Ok(mut p) = self.pairing.lock() {
+            p.token = Some(token);
+        }
+        info!("issued a new pairing token");
+        Ok(uri)
+    }
+
+    /// The current link, if it is alive.
+    pub fn live_link(&self) -> Option<Arc<Link>> {
+        self.link.borrow().clone().filter(|l| !l.mux.is_closed())
+    }
+}
+
+#[derive(Debug)]
+struct Authorizer(Arc<Shared>);
+
+impl ClientAuthorizer for Authorizer {
+    fn authorize(&self, fp: &Fingerprint) -> bool {
+        let Ok(p) = self.0.pairing.lock() else {
+            return false;
+        };
+        p.paired.as_ref().is_some_and(|x| x.fingerprint == *fp)
+            || p.token.as_ref().is_some_and(|t| !t.expired())
+    }
+}
+
+/// Runs the daemon on already-bound listeners until `shutdown` fires.
+///
+/// Returns once in-flight calls have drained (or [`DRAIN_TIMEOUT`] passed)
+/// and the sockets are removed.
+pub async fn run(
+    cfg: ServeConfig,
+    listener: TcpListener,
+    local: tokio::net::UnixListener,
+    identity: Identity,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let listen = listener.local_addr().context("reading the bound address")?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| advertised(listen));
+    let paired = cfg.state.load_paired()?;
+    let (link, _) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        state: cfg.state.clone(),
+        fingerprint: identity.fingerprint(),
+        pairing: Mutex::new(Pairing {
+            paired: paired.clone(),
+            token: None,
+        }),
+        link,
+        listen,
+        advertise,
+        pairing_ttl: cfg.pairing_ttl,
+    });
+    setup_pairing(&shared, &cfg, paired.is_some())?;
+    let tls = TlsAcceptor::from(nexus_transport::tls::server_config(
+        &identity,
+        Arc::new(Authorizer(shared.clone())),
+    )?);
+    info!(%listen, fingerprint = %identity.fingerprint(), state_dir = %cfg.state.root().display(), "nexus-shim serving");
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(crate::sockets::serve_local(
+        local,
+        shared.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    let mut next_id = 0u64;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { warn!(error = %e, "accept failed"); continue; }
+            },
+        };
+        next_id += 1;
+        let span = info_span!("tunnel", id = next_id, %peer);
+        tasks.spawn(
+            accept_tunnel(
+                tcp,
+                peer,
+                next_id,
+                tls.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            )
+            .instrument(span),
+        );
+    }
+
+    info!("shutting down: draining calls");
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("calls still running after {DRAIN_TIMEOUT:?}; closing anyway");
+    }
+    if let Some(link) = shared.link.send_replace(None) {
+        link.stop.cancel();
+    }
+    let _ = std::fs::remove_file(shared.state.shim_sock());
+    let _ = std::fs::remove_file(shared.state.pairing_uri());
+    info!("stopped");
+    Ok(())
+}
+
+fn setup_pairing(shared: &Shared, cfg: &ServeConfig, paired: bool) -> Result<()> {
+    let uri_path = shared.state.pairing_uri();
+    if let Some(preset) = cfg.preset_token.clone().filter(|t| !t.is_empty()) {
+        if shared.state.is_burned(&preset) {
+            warn!("NEXUS_PAIRING_TOKEN was already used once; ignoring it (tokens are single use)");
+        } else {
+            let token = PairingToken::preset(preset, cfg.pairing_ttl);
+            let uri = pairing_uri(&shared.advertise, shared.fingerprint, token.value());
+            nexus_transport::write_private(&uri_path, uri.as_bytes())?;
+            if let Ok(mut p) = shared.pairing.lock() {
+                p.token = Some(token);
+            }
+            return Ok(());
+        }
+    }
+    if paired {
+        let _ = std::fs::remove_file(&uri_path);
+    } else {
+        shared.rotate_token()?;
+        info!(file = %uri_path.display(), "not paired yet: pairing URI written (see `nexus-shim pairing-uri`)");
+    }
+    Ok(())
+}
+
+/// A host name for the pairing URI when bound to a wildcard address.
+fn advertised(listen: SocketAddr) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", listen.port())
+}
+
+async fn accept_tunnel(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    tls: TlsAcceptor,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    nexus_transport::tune_tcp(&tcp);
+    let handshake = async {
+        let mut stream = tls.accept(tcp).await.context("TLS handshake")?;
+        let fp = peer_fingerprint(stream.get_ref().1).context("the client sent no certificate")?;
+        let hello: ClientHello = nexus_transport::recv(&mut stream, HANDSHAKE_MAX_FRAME)
+            .await
+            .context("reading hello")?;
+        let answer = judge(&shared, fp, &hello);
+        nexus_transport::send(&mut stream, &answer).await?;
+        anyhow::Ok((stream, answer, fp))
+    };
+    let (stream, answer, fp) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return warn!(error = format!("{e:#}"), "tunnel refused"),
+        Err(_) => return warn!("tunnel refused: handshake took longer than {HANDSHAKE_TIMEOUT:?}"),
+    };
+    let ServerHello::Accepted { paired_now, .. } = answer else {
+        return warn!(client_fingerprint = %fp, reason = ?answer, "tunnel refused");
+    };
+    let stop = shutdown.child_token();
+    let (mux, inbound, driver) =
+        mux::start(stream, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
+    // The laptop opens no streams in this version; refuse any it tries.
+    drop(inbound);
+    let link = Arc::new(Link {
+        mux,
+        peer,
+        since: Instant::now(),
+        id,
+        stop: stop.clone(),
+    });
+    if let Some(old) = shared.link.send_replace(Some(link)) {
+        info!(
+            old = old.id,
+            "a new connection from the paired laptop replaces the previous one"
+        );
+        old.stop.cancel();
+    }
+    info!(client_fingerprint = %fp, paired_now, "laptop linked");
+    let exit = driver.await;
+    shared.link.send_if_modified(|cur| {
+        if cur.as_ref().is_some_and(|l| l.id == id) {
+            *cur = None;
+            true
+        } else {
+            false
+        }
+    });
+    info!(?exit, "laptop link ended");
+}
+
+/// Decides a hello: version first, then the pin, then the token.
+fn judge(shared: &Shared, fp: Fingerprint, hello: &ClientHello) -> ServerHello {
+    let refuse = |reason| ServerHello::Refused {
+        reason,
+        versions: SUPPORTED,
+    };
+    let version = match negotiate(SUPPORTED, hello.versions) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(error = %e, "version mismatch");
+            return refuse(Refusal::Version);
+        }
+    };
+    let Ok(mut p) = shared.pairing.lock() else {
+        return refuse(Refusal::NotPaired);
+    };
+    let token_ok = match (&hello.pairing_token, &p.token) {
+        (Some(given), Some(pending)) => !pending.expired() && pending.matches(given.expose()),
+        _ => false,
+    };
+    let paired_now = if token_ok {
+        let record = Paired::now(fp);
+        let burned = p.token.take().map(|t| shared.state.burn(t.value()));
+        if let Err(e) = shared
+            .state
+            .save_paired(&record)
+            .and(burned.unwrap_or(Ok(())))
+        {
+            warn!(error = format!("{e:#}"), "could not record the pairing");
+            return refuse(Refusal::NotPaired);
+        }
+        let _ = std::fs::remove_file(shared.state.pairing_uri());
+        p.paired = Some(record);
+        true
+    } else if hello.pairing_token.is_some() {
+        return refuse(Refusal::PairingToken);
+    } else if p.paired.as_ref().is_some_and(|x| x.fingerprint == fp) {
+        false
+    } else {
+        return refuse(Refusal::NotPaired);
+    };
+    ServerHello::Accepted {
+        version,
+        paired_now,
+        software: crate::SOFTWARE.into(),
+    }
+}

@@ -1,0 +1,286 @@
+//! `shim.sock`: local callers (the CLI, later MCP and helpers). Each
+//! connection carries one [`LocalRequest`]; forwarded requests become one
+//! yamux stream to the laptop, with the caller's context attached here, from
+//! `SO_PEERCRED`, never from what the caller claims.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_protocol::{
+    Call, CallerContext, ErrorCode, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_FRAME,
+    PairingInfo, Reply, Request, StatusInfo,
+};
+use nexus_transport::TransportError;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::serve::{Link, Shared};
+
+/// Local connections served at once; more wait in the kernel's backlog.
+pub const MAX_LOCAL_CONNECTIONS: usize = 1024;
+/// How long a local caller may take to send its request.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the laptop may take to answer one call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Accepts local callers until `shutdown`.
+pub async fn serve_local(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let gate = Arc::new(Semaphore::new(MAX_LOCAL_CONNECTIONS));
+    let mut next = 0u64;
+    loop {
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            return;
+        };
+        let conn = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((conn, _)) => conn,
+                Err(e) => { warn!(error = %e, "local accept failed"); continue; }
+            },
+        };
+        next += 1;
+        let caller = caller_context(&conn);
+        let span = info_span!("local", id = next, pid = caller.pid, uid = caller.uid);
+        let shared = shared.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(
+            async move {
+                handle(conn, caller, &shared, &stop).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// What the kernel says about the peer; `/proc` adds exe and cwd on Linux.
+fn caller_context(conn: &UnixStream) -> CallerContext {
+    let mut ctx = CallerContext::default();
+    if let Ok(cred) = conn.peer_cred() {
+        ctx.uid = Some(cred.uid());
+        ctx.gid = Some(cred.gid());
+        ctx.pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(pid) = ctx.pid {
+        let link = |what: &str| {
+            std::fs::read_link(format!("/proc/{pid}/{what}"))
+                .ok()
+                .map(|p| p.display().to_string())
+        };
+        ctx.exe = link("exe");
+        ctx.cwd = link("cwd");
+    }
+    ctx
+}
+
+async fn handle(
+    mut conn: UnixStream,
+    caller: CallerContext,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) {
+    let req: LocalRequest = match tokio::time::timeout(
+        REQUEST_READ_TIMEOUT,
+        nexus_transport::recv(&mut conn, MAX_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(TransportError::Closed)) => return,
+        Ok(Err(e)) => {
+            let msg = format!(
+                "bad request on shim.sock: {e}; is this client the same version as the daemon?"
+            );
+            let _ = nexus_transport::send(
+                &mut conn,
+                &LocalReply::Reply(Reply::error(ErrorCode::BadRequest, msg)),
+            )
+            .await;
+            return;
+        }
+        Err(_) => return debug!("local caller sent nothing; closing"),
+    };
+    match req.op {
+        LocalOp::Status => {
+            let _ = nexus_transport::send(&mut conn, &LocalReply::Status(status(shared))).await;
+        }
+        LocalOp::PairingUri { rotate } => {
+            let reply = pairing(shared, rotate);
+            let _ = nexus_transport::send(&mut conn, &reply).await;
+        }
+        LocalOp::Forward(request) => {
+            let wait = Duration::from_millis(req.wait_ms);
+            forward(&mut conn, caller, request, wait, shared, shutdown).await;
+        }
+    }
+    let _ = conn.shutdown().await;
+}
+
+fn status(shared: &Shared) -> StatusInfo {
+    let link = shared.live_link();
+    let (paired_fingerprint, pairing_pending) = shared.pairing.lock().map_or((None, false), |p| {
+        (
+            p.paired.as_ref().map(|x| x.fingerprint.to_string()),
+            p.token.as_ref().is_some_and(|t| !t.expired()),
+        )
+    });
+    StatusInfo {
+        link: if link.is_some() {
+            LinkStatus::Linked
+        } else {
+            LinkStatus::NotLinked
+        },
+        listen: shared.listen.to_string(),
+        paired_fingerprint,
+        pairing_pending,
+        peer: link.as_ref().map(|l| l.peer.to_string()),
+        linked_for_s: link.as_ref().map(|l| l.since.elapsed().as_secs()),
+        version: crate::SOFTWARE.into(),
+    }
+}
+
+fn pairing(shared: &Shared, rotate: bool) -> LocalReply {
+    if rotate {
+        return match shared.rotate_token() {
+            Ok(uri) => LocalReply::Pairing(PairingInfo::Uri {
+                uri: uri.into(),
+                expires_in_s: shared.pairing_ttl.as_secs(),
+            }),
+            Err(e) => LocalReply::Reply(Reply::error(
+                ErrorCode::Internal,
+                format!("could not issue a token: {e:#}"),
+            )),
+        };
+    }
+    let pending = shared
+        .pairing
+        .lock()
+        .ok()
+        .and_then(|p| p.token.as_ref().map(|t| (t.expired(), t.remaining())));
+    match pending {
+        None => LocalReply::Pairing(PairingInfo::AlreadyPaired),
+        Some((true, _)) => LocalReply::Reply(Reply::error(
+            ErrorCode::BadRequest,
+            "the pairing token has expired; issue a new one with: nexus-shim pairing-uri --rotate",
+        )),
+        Some((false, left)) => match std::fs::read_to_string(shared.state.pairing_uri()) {
+            Ok(uri) => LocalReply::Pairing(PairingInfo::Uri {
+                uri: uri.into(),
+                expires_in_s: left.as_secs(),
+            }),
+            Err(e) => LocalReply::Reply(Reply::error(
+                ErrorCode::Internal,
+                format!("reading pairing.uri: {e}"),
+            )),
+        },
+    }
+}
+
+async fn wait_for_link(shared: &Shared, wait: Duration) -> Option<Arc<Link>> {
+    if let Some(l) = shared.live_link() {
+        return Some(l);
+    }
+    let mut rx = shared.link.subscribe();
+    let found = tokio::time::timeout(
+        wait,
+        rx.wait_for(|l| l.as_ref().is_some_and(|l| !l.mux.is_closed())),
+    )
+    .await;
+    found.ok()?.ok()?.clone()
+}
+
+async fn forward(
+    conn: &mut UnixStream,
+    caller: CallerContext,
+    request: Request,
+    wait: Duration,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) {
+    let tool = request.tool();
+    let result = tokio::select! {
+        r = call_laptop(conn, caller, request, wait, shared) => r,
+        () = shutdown.cancelled() => Err(Reply::error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back")),
+    };
+    if let Err(reply) = result {
+        debug!(tool, reply = ?reply, "call failed");
+        let _ = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
+    }
+}
+
+/// Relays one call. `Err` carries the reply to send when the laptop could not
+/// answer; relayed replies are written as they arrive.
+async fn call_laptop(
+    conn: &mut UnixStream,
+    caller: CallerContext,
+    request: Request,
+    wait: Duration,
+    shared: &Shared,
+) -> Result<(), Reply> {
+    let Some(link) = wait_for_link(shared, wait).await else {
+        return Err(Reply::error(
+            ErrorCode::NotConnected,
+            format!(
+                "no laptop is linked to this workspace (waited {}s); on the laptop run: nexus-agent-proxy run",
+                wait.as_secs()
+            ),
+        ));
+    };
+    let lost = || {
+        Reply::error(
+            ErrorCode::Internal,
+            "the link to the laptop dropped during the call; it was not retried",
+        )
+    };
+    let mut stream = link.mux.open().await.map_err(|_| lost())?;
+    nexus_transport::send(&mut stream, &Call { caller, request })
+        .await
+        .map_err(|_| lost())?;
+    let relay = async {
+        loop {
+            let reply: Reply = match nexus_transport::recv(&mut stream, MAX_FRAME).await {
+                Ok(r) => r,
+                Err(TransportError::Closed) => return Err(lost()),
+                Err(e) => {
+                    return Err(Reply::error(
+                        ErrorCode::Internal,
+                        format!("bad answer from the laptop: {e}"),
+                    ));
+                }
+            };
+            let last = reply.is_final();
+            if nexus_transport::send(conn, &LocalReply::Reply(reply))
+                .await
+                .is_err()
+            {
+                // The caller went away; dropping the stream resets it on the laptop.
+                return Ok(());
+            }
+            if last {
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(CALL_TIMEOUT, relay)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Reply::error(
+                ErrorCode::Internal,
+                format!(
+                    "the laptop did not answer within {}s",
+                    CALL_TIMEOUT.as_secs()
+                ),
+            ))
+        })
+}
