@@ -85,8 +85,9 @@ impl DialError {
     }
 }
 
-const NOT_PAIRED: &str = "the workspace refused this laptop's certificate: it is paired with another laptop, or \
-     was reset. Run `nexus-shim pairing-uri --rotate` in the workspace and pair again";
+const NOT_PAIRED: &str = "the workspace refused this laptop's certificate: this laptop is not the one paired \
+     there (or the pairing token expired, or the workspace was reset). Run `nexus-shim pairing-uri --rotate` in the \
+     workspace and pair again";
 
 /// Dials `addr`, pins `pin`, says hello (with a pairing token when pairing).
 ///
@@ -268,7 +269,7 @@ async fn serve_link(
     let mut next = 0u64;
     while let Some(stream) = inbound.recv().await {
         next += 1;
-        let span = info_span!("call", workspace, id = next);
+        let span = info_span!("call", id = next);
         let ctx = ctx.clone();
         let workspace = workspace.to_owned();
         calls.spawn(async move { answer(stream, &workspace, &ctx).await }.instrument(span));
