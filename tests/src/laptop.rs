@@ -1,0 +1,149 @@
+//! The laptop side: a config dir and the `nexus-agent-proxy` CLI.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::{Daemon, Must, Output, Workspace, command, proxy_bin, run_to_end, unique};
+
+/// A laptop: its own `NEXUS_CONFIG_DIR` (identity, paired workspaces) and
+/// home directory. Proxies it runs are returned to the test, which stops
+/// them by dropping them.
+#[derive(Debug)]
+pub struct Laptop {
+    config: PathBuf,
+    home: PathBuf,
+    dir: TempDir,
+}
+
+impl Laptop {
+    /// A laptop with empty configuration.
+    #[track_caller]
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("nexus-e2e-laptop-")
+            .tempdir()
+            .must("creating the laptop's temp dir");
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).must("creating the laptop's home");
+        Self {
+            config: dir.path().join("config"),
+            home,
+            dir,
+        }
+    }
+
+    /// The laptop user's home (`~/` in file sources).
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Where the laptop's certificate and key live.
+    pub fn identity_dir(&self) -> PathBuf {
+        self.config.join("identity")
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = command(proxy_bin(), &self.home);
+        cmd.env("NEXUS_CONFIG_DIR", &self.config);
+        cmd
+    }
+
+    /// Runs `nexus-agent-proxy ARGS` to completion.
+    #[track_caller]
+    pub fn cli<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run_to_end(self.command().args(args), None)
+    }
+
+    /// Runs `nexus-agent-proxy ARGS` with `input` on stdin (a pipe, not a TTY).
+    #[track_caller]
+    pub fn cli_with_stdin<I, S>(&self, args: I, input: &[u8]) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run_to_end(self.command().args(args), Some(input))
+    }
+
+    /// `pair URI --name NAME`, whatever the outcome.
+    #[track_caller]
+    pub fn pair(&self, uri: &str, name: &str) -> Output {
+        self.cli(["pair", uri, "--name", name])
+    }
+
+    /// Writes a policy file outside the config dir and returns its path.
+    #[track_caller]
+    pub fn write_policy(&self, text: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("policy-{}.toml", unique()));
+        std::fs::write(&path, text).must(&format!("writing {}", path.display()));
+        path
+    }
+
+    /// Writes a workspace record by hand, as `pair` would have.
+    #[track_caller]
+    pub fn add_workspace_record(&self, name: &str, address: &str, fingerprint: &str) {
+        let dir = self.workspaces_dir();
+        let record = format!(
+            "name = {name:?}\naddress = {address:?}\nfingerprint = {fingerprint:?}\npaired_at = 0\n"
+        );
+        std::fs::write(dir.join(format!("{name}.toml")), record).must("writing a workspace record");
+    }
+
+    /// Copies the record of workspace `name` from another laptop's config,
+    /// as someone who got hold of the file would.
+    #[track_caller]
+    pub fn copy_workspace_record(&self, from: &Laptop, name: &str) {
+        let file = format!("{name}.toml");
+        let src = from.config.join("workspaces").join(&file);
+        let dir = self.workspaces_dir();
+        std::fs::copy(&src, dir.join(&file)).must(&format!("copying {}", src.display()));
+    }
+
+    /// `CONFIG/workspaces`, created 0700 like the proxy does.
+    #[track_caller]
+    fn workspaces_dir(&self) -> PathBuf {
+        let dir = self.config.join("workspaces");
+        let mut b = std::fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(b.recursive(true), 0o700);
+        b.create(&dir).must(&format!("creating {}", dir.display()));
+        dir
+    }
+
+    /// Starts `run --workspace NAME --policy POLICY` with `envs` added (the
+    /// values of `env:` sources), without waiting for anything.
+    #[track_caller]
+    pub fn spawn_run(&self, workspace: &str, policy: &Path, envs: &[(&str, &str)]) -> Daemon {
+        let mut cmd = self.command();
+        cmd.arg("run")
+            .args(["--workspace", workspace])
+            .arg("--policy")
+            .arg(policy)
+            .env("NEXUS_LOG", "info");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let log = self.dir.path().join(format!("proxy-{}.log", unique()));
+        Daemon::spawn(cmd, &log)
+    }
+
+    /// Starts `run` for workspace `name` and waits until `ws` reports the
+    /// link up (`nexus-shim status` exits 0).
+    #[track_caller]
+    pub fn run(&self, ws: &Workspace, name: &str, policy: &Path, envs: &[(&str, &str)]) -> Daemon {
+        let mut proxy = self.spawn_run(name, policy, envs);
+        ws.wait_linked(&mut proxy);
+        proxy
+    }
+}
+
+impl Default for Laptop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
