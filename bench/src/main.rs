@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nexus_protocol::{
-    Call, CallerContext, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request, Secret,
+    Call, CallerContext, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request,
+    Secret,
 };
 use nexus_transport::tls::{ClientAuthorizer, client_config, server_config, server_name};
 use nexus_transport::tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -44,7 +45,10 @@ fn parse_args() -> Result<Args> {
         concurrent: 1000,
         rtt_ms: 50,
         json: None,
-        delay_proxy: PathBuf::from(env_or("NEXUS_DELAY_PROXY", "../shared/tools/delay_proxy.py")),
+        delay_proxy: PathBuf::from(env_or(
+            "NEXUS_DELAY_PROXY",
+            "../shared/tools/delay_proxy.py",
+        )),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,14 +79,23 @@ fn env_or(key: &str, default: &str) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let bin = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("no exe dir")?
+        .to_path_buf();
     for b in ["nexus-shim", "nexus-agent-proxy"] {
         if !bin.join(b).exists() {
-            bail!("{} not found; run `cargo build --release --workspace` first", bin.join(b).display());
+            bail!(
+                "{} not found; run `cargo build --release --workspace` first",
+                bin.join(b).display()
+            );
         }
     }
     let mut report = serde_json::Map::new();
-    println!("nexus-bench: {} sequential calls per row, {} concurrent\n", args.calls, args.concurrent);
+    println!(
+        "nexus-bench: {} sequential calls per row, {} concurrent\n",
+        args.calls, args.concurrent
+    );
 
     let floor = floor(args.calls).await?;
     row("(a) bare TLS+yamux request/response", &floor);
@@ -93,18 +106,31 @@ async fn main() -> Result<()> {
     let path = daemon_calls(&setup.sock, args.calls).await?;
     row("(b) token via shim.sock -> tunnel -> proxy", &path);
     let (p50a, p50b) = (pct(&floor, 50.0), pct(&path, 50.0));
-    println!("    (b)/(a) p50 ratio {:.2} (target <= 1.3); (b) p99/p50 {:.2} (target <= 3)", p50b / p50a, pct(&path, 99.0) / p50b);
+    println!(
+        "    (b)/(a) p50 ratio {:.2} (target <= 1.3); (b) p99/p50 {:.2} (target <= 3)",
+        p50b / p50a,
+        pct(&path, 99.0) / p50b
+    );
 
     let (ok, errors, wall) = concurrent_calls(&setup.sock, args.concurrent).await;
-    println!("(c) {} concurrent calls: {ok} ok, {errors} errors, {:.1} ms wall", args.concurrent, wall.as_secs_f64() * 1e3);
+    println!(
+        "(c) {} concurrent calls: {ok} ok, {errors} errors, {:.1} ms wall",
+        args.concurrent,
+        wall.as_secs_f64() * 1e3
+    );
     let (rss_proxy, rss_shim) = (rss_kb(setup.proxy.id()), rss_kb(setup.shim.id()));
-    println!("(d) RSS after load: proxy {} KiB, shim {} KiB", rss_proxy, rss_shim);
+    println!(
+        "(d) RSS after load: proxy {} KiB, shim {} KiB",
+        rss_proxy, rss_shim
+    );
     drop(setup);
 
     let idle = Setup::start(&bin, None).await?;
     daemon_calls(&idle.sock, 10).await?;
     let (idle_proxy, idle_shim) = (rss_kb(idle.proxy.id()), rss_kb(idle.shim.id()));
-    println!("(d) idle RSS (linked, 10 calls served): proxy {idle_proxy} KiB (target <= 15360), shim {idle_shim} KiB (target <= 10240)");
+    println!(
+        "(d) idle RSS (linked, 10 calls served): proxy {idle_proxy} KiB (target <= 15360), shim {idle_shim} KiB (target <= 10240)"
+    );
     drop(idle);
 
     report.insert("floor_us".into(), summary(&floor));
@@ -118,15 +144,31 @@ async fn main() -> Result<()> {
         let delayed = Setup::start(&bin, Some((&args.delay_proxy, args.rtt_ms))).await?;
         let calls = daemon_calls(&delayed.sock, 50).await?;
         let (e50, c50) = (pct(&echo_rtt, 50.0), pct(&calls, 50.0));
-        row(&format!("(e) link echo RTT through delay_proxy at {} ms", args.rtt_ms), &echo_rtt);
+        row(
+            &format!(
+                "(e) link echo RTT through delay_proxy at {} ms",
+                args.rtt_ms
+            ),
+            &echo_rtt,
+        );
         row("(e) token call through the same link", &calls);
-        println!("    one call = {:.2} RTT; overhead over 1 RTT: {:+.2} ms (target < 2 ms)", c50 / e50, (c50 - e50) / 1e3);
+        println!(
+            "    one call = {:.2} RTT; overhead over 1 RTT: {:+.2} ms (target < 2 ms)",
+            c50 / e50,
+            (c50 - e50) / 1e3
+        );
         report.insert("delay".into(), serde_json::json!({"rtt_ms": args.rtt_ms, "echo_us": summary(&echo_rtt), "call_us": summary(&calls)}));
     } else {
-        println!("(e) skipped: {} not found (pass --delay-proxy)", args.delay_proxy.display());
+        println!(
+            "(e) skipped: {} not found (pass --delay-proxy)",
+            args.delay_proxy.display()
+        );
     }
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&serde_json::Value::Object(report))?)?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&serde_json::Value::Object(report))?,
+        )?;
     }
     Ok(())
 }
@@ -147,13 +189,22 @@ fn summary(s: &[f64]) -> serde_json::Value {
 }
 
 fn row(label: &str, s: &[f64]) {
-    println!("{label:<48} p50 {:>9.1} us   p99 {:>9.1} us   (n={})", pct(s, 50.0), pct(s, 99.0), s.len());
+    println!(
+        "{label:<48} p50 {:>9.1} us   p99 {:>9.1} us   (n={})",
+        pct(s, 50.0),
+        pct(s, 99.0),
+        s.len()
+    );
 }
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -168,7 +219,10 @@ impl ClientAuthorizer for AnyClient {
 /// (a): the same per-call pattern as the product (new stream, one frame each
 /// way) with nothing else: no daemon hop, no policy, no source.
 async fn floor(calls: usize) -> Result<Vec<f64>> {
-    let (server_id, client_id) = (Identity::generate("nexus-shim")?, Identity::generate("laptop")?);
+    let (server_id, client_id) = (
+        Identity::generate("nexus-shim")?,
+        Identity::generate("laptop")?,
+    );
     let acceptor = TlsAcceptor::from(server_config(&server_id, Arc::new(AnyClient))?);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -178,7 +232,8 @@ async fn floor(calls: usize) -> Result<Vec<f64>> {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
         let tls = acceptor.accept(tcp).await?;
-        let (_h, mut inbound, _) = mux::start(tls, mux::Mode::Client, MuxConfig::PROXY, server_stop);
+        let (_h, mut inbound, _) =
+            mux::start(tls, mux::Mode::Client, MuxConfig::PROXY, server_stop);
         while let Some(mut s) = inbound.recv().await {
             tokio::spawn(async move {
                 if let Ok(call) = recv::<_, Call>(&mut s, MAX_FRAME).await {
@@ -199,7 +254,12 @@ async fn floor(calls: usize) -> Result<Vec<f64>> {
     for i in 0..calls + 50 {
         let t = Instant::now();
         let mut s = h.open().await?;
-        let call = Call { caller: CallerContext::default(), request: Request::Token { name: "demo".into() } };
+        let call = Call {
+            caller: CallerContext::default(),
+            request: Request::Token {
+                name: "demo".into(),
+            },
+        };
         send(&mut s, &call).await?;
         let _: Reply = recv(&mut s, MAX_FRAME).await?;
         if i >= 50 {
@@ -213,7 +273,16 @@ async fn floor(calls: usize) -> Result<Vec<f64>> {
 
 async fn one_call(sock: &Path) -> Result<()> {
     let mut c = UnixStream::connect(sock).await?;
-    send(&mut c, &LocalRequest { wait_ms: 5000, op: LocalOp::Forward(Request::Token { name: "demo".into() }) }).await?;
+    send(
+        &mut c,
+        &LocalRequest {
+            wait_ms: 5000,
+            op: LocalOp::Forward(Request::Token {
+                name: "demo".into(),
+            }),
+        },
+    )
+    .await?;
     match recv::<_, LocalReply>(&mut c, MAX_FRAME).await? {
         LocalReply::Reply(Reply::Token(v)) if v.expose() == b"bench-value" => Ok(()),
         other => bail!("unexpected reply {other:?}"),
@@ -225,7 +294,14 @@ async fn status_calls(sock: &Path, calls: usize) -> Result<Vec<f64>> {
     for _ in 0..calls {
         let t = Instant::now();
         let mut c = UnixStream::connect(sock).await?;
-        send(&mut c, &LocalRequest { wait_ms: 0, op: LocalOp::Status }).await?;
+        send(
+            &mut c,
+            &LocalRequest {
+                wait_ms: 0,
+                op: LocalOp::Status,
+            },
+        )
+        .await?;
         let _: LocalReply = recv(&mut c, MAX_FRAME).await?;
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }
@@ -253,7 +329,11 @@ async fn concurrent_calls(sock: &Path, n: usize) -> (usize, usize, Duration) {
     }
     let (mut ok, mut err) = (0, 0);
     while let Some(r) = set.join_next().await {
-        if matches!(r, Ok(Ok(()))) { ok += 1 } else { err += 1 }
+        if matches!(r, Ok(Ok(()))) {
+            ok += 1
+        } else {
+            err += 1
+        }
     }
     (ok, err, t.elapsed())
 }
@@ -305,13 +385,34 @@ impl DelayProxy {
         let port_file = dir.path().join("port");
         let child = Command::new("python3")
             .arg(script)
-            .args(["--listen", "127.0.0.1:0", "--target", target, "--rtt-ms", &rtt_ms.to_string(), "--port-file"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--target",
+                target,
+                "--rtt-ms",
+                &rtt_ms.to_string(),
+                "--port-file",
+            ])
             .arg(&port_file)
             .stdout(Stdio::null())
             .spawn()
             .context("starting delay_proxy.py (python3)")?;
-        let port = wait_for(|| std::fs::read_to_string(&port_file).ok()?.trim().parse().ok(), "delay proxy port")?;
-        Ok(Self { child, port, _dir: dir })
+        let port = wait_for(
+            || {
+                std::fs::read_to_string(&port_file)
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            },
+            "delay proxy port",
+        )?;
+        Ok(Self {
+            child,
+            port,
+            _dir: dir,
+        })
     }
 }
 
@@ -353,8 +454,16 @@ impl Setup {
             .env("NEXUS_STATE_DIR", &state)
             .env("NEXUS_LOG", "warn")
             .spawn()?;
-        let uri = wait_for(|| std::fs::read_to_string(state.join("pairing.uri")).ok(), "pairing.uri")?;
-        let addr = uri.trim_start_matches("nexus://").split('?').next().unwrap_or_default().to_owned();
+        let uri = wait_for(
+            || std::fs::read_to_string(state.join("pairing.uri")).ok(),
+            "pairing.uri",
+        )?;
+        let addr = uri
+            .trim_start_matches("nexus://")
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let pair = Command::new(bin.join("nexus-agent-proxy"))
             .args(["pair", uri.trim(), "--name", "bench"])
             .env("NEXUS_CONFIG_DIR", &config)
@@ -368,14 +477,18 @@ impl Setup {
             Some((script, rtt)) => {
                 let dp = DelayProxy::start(script, &addr, rtt)?;
                 let record = config.join("workspaces/bench.toml");
-                let text = std::fs::read_to_string(&record)?.replace(&addr, &format!("127.0.0.1:{}", dp.port));
+                let text = std::fs::read_to_string(&record)?
+                    .replace(&addr, &format!("127.0.0.1:{}", dp.port));
                 std::fs::write(&record, text)?;
                 Some(dp)
             }
             None => None,
         };
         let policy = dir.path().join("policy.toml");
-        std::fs::write(&policy, "[tokens.demo]\nsource = \"env:NEXUS_BENCH_TOKEN\"\n")?;
+        std::fs::write(
+            &policy,
+            "[tokens.demo]\nsource = \"env:NEXUS_BENCH_TOKEN\"\n",
+        )?;
         let proxy = Command::new(bin.join("nexus-agent-proxy"))
             .args(["run", "--workspace", "bench", "--policy"])
             .arg(&policy)
@@ -387,7 +500,14 @@ impl Setup {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut c) = UnixStream::connect(&sock).await {
-                send(&mut c, &LocalRequest { wait_ms: 0, op: LocalOp::Status }).await?;
+                send(
+                    &mut c,
+                    &LocalRequest {
+                        wait_ms: 0,
+                        op: LocalOp::Status,
+                    },
+                )
+                .await?;
                 if let Ok(LocalReply::Status(s)) = recv::<_, LocalReply>(&mut c, MAX_FRAME).await
                     && s.link == LinkStatus::Linked
                 {
@@ -399,14 +519,23 @@ impl Setup {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Self { shim, proxy, sock, _delay: delay, _dir: dir })
+        Ok(Self {
+            shim,
+            proxy,
+            sock,
+            _delay: delay,
+            _dir: dir,
+        })
     }
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
         for c in [&mut self.proxy, &mut self.shim] {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let _ = c.wait();
         }
     }

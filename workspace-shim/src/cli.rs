@@ -215,11 +215,18 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", sock.display()))?;
     }
-    let preset_token = std::env::var("NEXUS_PAIRING_TOKEN").ok().filter(|t| !t.is_empty());
+    let preset_token = std::env::var("NEXUS_PAIRING_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     if let Some(t) = &preset_token {
         check_preset_token(t)?;
     }
-    let cfg = ServeConfig { state, advertise: args.advertise, pairing_ttl: args.pairing_ttl, preset_token };
+    let cfg = ServeConfig {
+        state,
+        advertise: args.advertise,
+        pairing_ttl: args.pairing_ttl,
+        preset_token,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     crate::serve::run(cfg, listener, local, identity, shutdown).await?;
@@ -228,7 +235,9 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
 
 /// A preset token goes into a URI verbatim and must resist guessing.
 fn check_preset_token(t: &str) -> Result<()> {
-    let url_safe = t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'));
+    let url_safe = t
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'));
     if !url_safe || !(16..=128).contains(&t.len()) {
         bail!(
             "NEXUS_PAIRING_TOKEN must be 16-128 characters of A-Z a-z 0-9 - _ . ~ (it is put in the pairing URI \
@@ -405,7 +414,12 @@ mod tests {
     #[test]
     fn preset_tokens() {
         assert!(check_preset_token("0123456789abcdef").is_ok());
-        for bad in ["short", "0123456789abcdef&x=1", "0123456789abcdef ", &"a".repeat(129)] {
+        for bad in [
+            "short",
+            "0123456789abcdef&x=1",
+            "0123456789abcdef ",
+            &"a".repeat(129),
+        ] {
             assert!(check_preset_token(bad).is_err(), "{bad}");
         }
     }
