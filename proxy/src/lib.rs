@@ -9,9 +9,11 @@
 pub mod cli;
 pub mod config;
 mod keyring;
+pub mod known_hosts;
 pub mod pair;
 mod rate;
 mod secret;
+pub mod ssh_wire;
 pub mod tools;
 pub mod tunnel;
 

@@ -1,0 +1,190 @@
+//! Host keys the laptop already trusts, from OpenSSH `known_hosts` files.
+//!
+//! The session-bind message names a host *key*, never a host name, so a
+//! policy rule for `github.com` means "the keys pinned for github.com". We
+//! read them the way OpenSSH does: comma-separated patterns with `*`, `?` and
+//! `!` negation, `[host]:port` for non-default ports, hashed names
+//! (`|1|salt|HMAC-SHA1`, Debian's default), and `@revoked` lines that cancel
+//! a key. `@cert-authority` lines are skipped: we pin keys, not CAs.
+
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use ssh_key::known_hosts::{Entry, HostPatterns, KnownHosts, Marker};
+use ssh_key::public::KeyData;
+
+/// The files OpenSSH reads by default, for `home`.
+#[must_use]
+pub fn default_files(home: Option<&Path>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(h) = home {
+        files.push(h.join(".ssh/known_hosts"));
+        files.push(h.join(".ssh/known_hosts2"));
+    }
+    files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+    files
+}
+
+/// `host` or `host:port` as known_hosts writes it: `[host]:port` unless 22.
+#[must_use]
+pub fn lookup_name(host_port: &str) -> String {
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if port != "22" && !host.is_empty() && port.parse::<u16>().is_ok() => {
+            format!("[{host}]:{port}")
+        }
+        Some((host, "22")) => host.to_owned(),
+        _ => host_port.to_owned(),
+    }
+}
+
+/// The keys pinned for `host_port` in `files` (missing files are skipped;
+/// unparsable lines are skipped too, as OpenSSH does).
+#[must_use]
+pub fn pinned_keys(host_port: &str, files: &[PathBuf]) -> Vec<KeyData> {
+    let name = lookup_name(host_port);
+    let mut keys = Vec::new();
+    let mut revoked = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for entry in KnownHosts::new(&text).filter_map(Result::ok) {
+            collect(&entry, &name, &mut keys, &mut revoked);
+        }
+    }
+    keys.retain(|k| !revoked.contains(k));
+    keys
+}
+
+fn collect(entry: &Entry, name: &str, keys: &mut Vec<KeyData>, revoked: &mut Vec<KeyData>) {
+    let key = entry.public_key().key_data().clone();
+    match entry.marker() {
+        Some(Marker::Revoked) => revoked.push(key),
+        Some(Marker::CertAuthority) => {}
+        None if matches_host(entry.host_patterns(), name) => keys.push(key),
+        None => {}
+    }
+}
+
+fn matches_host(patterns: &HostPatterns, name: &str) -> bool {
+    match patterns {
+        HostPatterns::HashedName { salt, hash } => {
+            let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(salt) else {
+                return false;
+            };
+            mac.update(name.as_bytes());
+            mac.verify_slice(hash).is_ok()
+        }
+        HostPatterns::Patterns(list) => {
+            let lower = name.to_ascii_lowercase();
+            let mut positive = false;
+            for p in list {
+                let (negated, pat) = p
+                    .strip_prefix('!')
+                    .map_or((false, p.as_str()), |rest| (true, rest));
+                if glob(&pat.to_ascii_lowercase(), &lower) {
+                    if negated {
+                        return false;
+                    }
+                    positive = true;
+                }
+            }
+            positive
+        }
+    }
+}
+
+/// OpenSSH's `match_pattern`: `*` any run, `?` one character.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3F8sXLeN4YWpGVp0nlMVH8sQ1w6sYeEJbHLDoWtSyX";
+
+    fn key(line: &str) -> KeyData {
+        line.parse::<ssh_key::PublicKey>()
+            .map(|k| k.key_data().clone())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn with_file(text: &str) -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let f = dir.path().join("known_hosts");
+        std::fs::write(&f, text).unwrap_or_else(|e| panic!("{e}"));
+        let files = vec![f, dir.path().join("absent")];
+        (dir, files)
+    }
+
+    #[test]
+    fn plain_patterns_ports_and_negation() {
+        let text = format!(
+            "github.com,140.82.112.3 {KEY_A}\n[git.local]:2222 {KEY_B}\n*.corp,!evil.corp {KEY_B}\nnot a valid line\n"
+        );
+        let (_d, files) = with_file(&text);
+        assert_eq!(pinned_keys("github.com", &files), vec![key(KEY_A)]);
+        assert_eq!(pinned_keys("GitHub.com:22", &files), vec![key(KEY_A)]);
+        assert_eq!(pinned_keys("git.local:2222", &files), vec![key(KEY_B)]);
+        assert!(pinned_keys("git.local", &files).is_empty());
+        assert_eq!(pinned_keys("a.corp", &files), vec![key(KEY_B)]);
+        assert!(pinned_keys("evil.corp", &files).is_empty());
+        assert!(pinned_keys("example.org", &files).is_empty());
+    }
+
+    #[test]
+    fn hashed_names_and_revocation() {
+        // `ssh-keygen -H` form of "github.com" with salt 0x00..: computed here.
+        let salt = [1u8; 20];
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&salt).unwrap_or_else(|e| panic!("{e}"));
+        mac.update(b"github.com");
+        let hash = mac.finalize().into_bytes();
+        use base64ct::Encoding;
+        let line = format!(
+            "|1|{}|{} {KEY_A}\n",
+            base64ct::Base64::encode_string(&salt),
+            base64ct::Base64::encode_string(&hash)
+        );
+        let (_d, files) = with_file(&line);
+        assert_eq!(pinned_keys("github.com", &files), vec![key(KEY_A)]);
+        assert!(pinned_keys("gitlab.com", &files).is_empty());
+        let (_d, files) = with_file(&format!("{line}@revoked * {KEY_A}\n"));
+        assert!(pinned_keys("github.com", &files).is_empty());
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("*", "x", true),
+            ("a*c", "abbc", true),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*.x", "x", false),
+        ] {
+            assert_eq!(glob(p, t), want, "{p} {t}");
+        }
+    }
+}
