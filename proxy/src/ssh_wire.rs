@@ -71,7 +71,7 @@ pub struct SshSig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignData {
     /// An SSH login.
-    Userauth(Userauth),
+    Userauth(Box<Userauth>),
     /// A detached signature over a file or commit.
     SshSig(SshSig),
 }
@@ -88,7 +88,7 @@ pub fn parse_sign_data(data: &[u8]) -> Result<SignData, WireError> {
     if let Some(rest) = data.strip_prefix(SSHSIG_MAGIC) {
         return parse_sshsig(rest).map(SignData::SshSig);
     }
-    parse_userauth(data).map(SignData::Userauth)
+    parse_userauth(data).map(|u| SignData::Userauth(Box::new(u)))
 }
 
 fn string(r: &mut &[u8]) -> Result<Vec<u8>, WireError> {
