@@ -237,8 +237,14 @@ async fn floor(calls: usize) -> Result<Vec<f64>> {
         while let Some(mut s) = inbound.recv().await {
             tokio::spawn(async move {
                 if let Ok(call) = recv::<_, Call>(&mut s, MAX_FRAME).await {
-                    let Request::Token { name } = call.request;
-                    let _ = send(&mut s, &Reply::Token(Secret::from(name))).await;
+                    let reply = match call.request {
+                        Request::Token { name } => Reply::Token(Secret::from(name)),
+                        other => Reply::error(
+                            nexus_protocol::ErrorCode::BadRequest,
+                            format!("{other:?}"),
+                        ),
+                    };
+                    let _ = send(&mut s, &reply).await;
                     let _ = s.shutdown().await;
                 }
             });

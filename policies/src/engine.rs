@@ -11,6 +11,7 @@ use globset::GlobMatcher;
 use crate::diag::{Diagnostic, PolicyErrors};
 use crate::parse;
 use crate::rate::Rate;
+use crate::ssh::{self, SshDenyRule, SshRule};
 
 /// Longest part of a requested name quoted in a decision reason; the name comes
 /// from the untrusted workspace and must not flood the audit log.
@@ -51,7 +52,10 @@ pub struct Caller {
 }
 
 /// What a forwarded call asks the laptop to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// `PartialEq` compares `host_key_pinned_for` by address: two actions are
+/// equal only when they hold the very same predicate.
+#[derive(Clone, Copy)]
 #[non_exhaustive]
 pub enum Action<'a> {
     /// Hand out the token declared as `[tokens.NAME]`.
@@ -59,7 +63,109 @@ pub enum Action<'a> {
         /// The token name as the workspace sent it (untrusted).
         name: &'a str,
     },
+    /// Sign an SSH userauth request (after a verified `session-bind@openssh.com`).
+    ///
+    /// Allowed by the first `[[ssh.allow]]` rule, in file order, whose host key
+    /// is pinned, whose `user` is `*` or equals `user`, whose `keys` are absent
+    /// or list `key`, that sets `forwarding = true` if `forwarding`, and that no
+    /// `[[ssh.deny]]` rule matches (host = that rule's host, user, key).
+    SshUserauth {
+        /// Whether the host key of the session bind is pinned for this rule's
+        /// host: one of its `host_keys`, or (when absent) a laptop `known_hosts`
+        /// key for its `host`. The proxy answers; the engine reads no file.
+        host_key_pinned_for: &'a dyn Fn(&SshRule) -> bool,
+        /// The user name in the userauth request (untrusted).
+        user: &'a str,
+        /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
+        key: &'a str,
+        /// The bind's `is_forwarding` flag (the session is an onward hop).
+        forwarding: bool,
+    },
+    /// Sign an SSHSIG blob (`ssh-keygen -Y sign`, git commit signing).
+    ///
+    /// Allowed by the first `[[ssh.allow]]` rule listing `namespace` in its
+    /// `sshsig_namespaces` whose `keys` are absent or list `key`, unless an
+    /// `[[ssh.deny]]` rule with `key = KEY` exists (its host and user fields
+    /// are ignored: a signature names neither; a deny without `key` never
+    /// matches a signature).
+    SshSig {
+        /// The SSHSIG namespace (untrusted).
+        namespace: &'a str,
+        /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
+        key: &'a str,
+    },
+    /// Whether an agent identity may be shown to the workspace (identities
+    /// not allowed are hidden from the list).
+    ///
+    /// Allowed when any `[[ssh.allow]]` rule admits `key` and no `[[ssh.deny]]`
+    /// rule with only a `key` field (no host, no user) names it.
+    SshIdentity {
+        /// Fingerprint (`SHA256:...`) of the identity.
+        key: &'a str,
+    },
 }
+
+impl fmt::Debug for Action<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Token { name } => f.debug_struct("Token").field("name", name).finish(),
+            Action::SshUserauth {
+                host_key_pinned_for: _,
+                user,
+                key,
+                forwarding,
+            } => f
+                .debug_struct("SshUserauth")
+                .field("host_key_pinned_for", &format_args!("<fn>"))
+                .field("user", user)
+                .field("key", key)
+                .field("forwarding", forwarding)
+                .finish(),
+            Action::SshSig { namespace, key } => f
+                .debug_struct("SshSig")
+                .field("namespace", namespace)
+                .field("key", key)
+                .finish(),
+            Action::SshIdentity { key } => f.debug_struct("SshIdentity").field("key", key).finish(),
+        }
+    }
+}
+
+impl PartialEq for Action<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Action::Token { name: a }, Action::Token { name: b }) => a == b,
+            (
+                Action::SshUserauth {
+                    host_key_pinned_for: p1,
+                    user: u1,
+                    key: k1,
+                    forwarding: f1,
+                },
+                Action::SshUserauth {
+                    host_key_pinned_for: p2,
+                    user: u2,
+                    key: k2,
+                    forwarding: f2,
+                },
+            ) => std::ptr::addr_eq(*p1, *p2) && u1 == u2 && k1 == k2 && f1 == f2,
+            (
+                Action::SshSig {
+                    namespace: n1,
+                    key: k1,
+                },
+                Action::SshSig {
+                    namespace: n2,
+                    key: k2,
+                },
+            ) => n1 == n2 && k1 == k2,
+            (Action::SshIdentity { key: a }, Action::SshIdentity { key: b }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Action<'_> {}
 
 /// One request to decide.
 #[derive(Clone, Copy, Debug)]
@@ -159,6 +265,9 @@ pub struct TokenRule {
 pub enum Grant {
     /// Fetch and hand out this token, within its limits.
     Token(TokenRule),
+    /// Sign (or list the identity) as this `[[ssh.allow]]` rule allows, with its
+    /// approval and rate limit.
+    Ssh(SshRule),
 }
 
 /// The outcome of [`Policy::decide`].
@@ -190,6 +299,8 @@ pub(crate) struct DenyRule {
 pub struct Policy {
     tokens: BTreeMap<String, TokenRule>,
     token_denies: Vec<DenyRule>,
+    ssh_rules: Vec<SshRule>,
+    ssh_denies: Vec<SshDenyRule>,
     warnings: Vec<Diagnostic>,
 }
 
@@ -260,6 +371,25 @@ impl Policy {
     pub fn decide(&self, req: &Request<'_>) -> Decision {
         match req.action {
             Action::Token { name } => self.decide_token(name),
+            Action::SshUserauth {
+                host_key_pinned_for,
+                user,
+                key,
+                forwarding,
+            } => ssh::decide_userauth(
+                &self.ssh_rules,
+                &self.ssh_denies,
+                host_key_pinned_for,
+                user,
+                key,
+                forwarding,
+            ),
+            Action::SshSig { namespace, key } => {
+                ssh::decide_sshsig(&self.ssh_rules, &self.ssh_denies, namespace, key)
+            }
+            Action::SshIdentity { key } => {
+                ssh::decide_identity(&self.ssh_rules, &self.ssh_denies, key)
+            }
         }
     }
 
@@ -280,6 +410,14 @@ impl Policy {
         self.tokens.get(name)
     }
 
+    /// Allow rules of the ssh section, in file order (sources in the order
+    /// given), e.g. for the proxy to resolve each rule's pinned host keys.
+    /// Deny rules are not applied.
+    #[must_use]
+    pub fn ssh_rules(&self) -> &[SshRule] {
+        &self.ssh_rules
+    }
+
     /// Parses every source, merges them and collects all errors, sorted by position per source.
     fn build(
         sources: &[Source],
@@ -289,6 +427,8 @@ impl Policy {
         let mut first_seen: BTreeMap<String, RuleRef> = BTreeMap::new();
         let mut tokens = BTreeMap::new();
         let mut token_denies = Vec::new();
+        let mut ssh_rules = Vec::new();
+        let mut ssh_denies = Vec::new();
         for source in sources {
             let mut parsed = parse::parse_source(&source.name, &source.text);
             for (name, at) in parsed.declared {
@@ -321,17 +461,22 @@ impl Policy {
                 tokens.entry(token.name.clone()).or_insert(token);
             }
             token_denies.append(&mut parsed.denies);
+            ssh_rules.append(&mut parsed.ssh_rules);
+            ssh_denies.append(&mut parsed.ssh_denies);
         }
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
         }
         let mut found = cross_check(&tokens, &token_denies);
+        found.extend(ssh::cross_check(&ssh_rules, &ssh_denies));
         let rank = |file: &str| sources.iter().position(|s| s.name == file);
         found.sort_by_key(|d| (rank(&d.file), d.line, d.col));
         warnings.append(&mut found);
         Ok(Policy {
             tokens,
             token_denies,
+            ssh_rules,
+            ssh_denies,
             warnings,
         })
     }
@@ -409,7 +554,7 @@ fn at_rule(rule: &RuleRef, message: String) -> Diagnostic {
 }
 
 /// The requested name quoted and escaped for a reason line, cut if very long.
-fn shown_name(name: &str) -> String {
+pub(crate) fn shown_name(name: &str) -> String {
     match name.char_indices().nth(MAX_SHOWN_NAME) {
         Some((cut, _)) => format!("{:?}", format!("{}…", &name[..cut])),
         None => format!("{name:?}"),
@@ -680,12 +825,13 @@ name = "*-admin"
 
     #[test]
     fn reserved_sections_warn_and_stay_denied() {
-        let text = "[[ssh.allow]]\nhost = \"github.com\"\n\n[tools.x]\ncommand = [\"rm\"]\n";
+        let text =
+            "[[git-credential.allow]]\nhost = \"github.com\"\n\n[tools.x]\ncommand = [\"rm\"]\n";
         let policy =
             Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"));
         let warnings: Vec<_> = policy.warnings().iter().map(ToString::to_string).collect();
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].starts_with("p.toml:1:3: section [ssh] is not supported"));
+        assert!(warnings[0].starts_with("p.toml:1:3: section [git-credential] is not supported"));
         assert!(warnings[1].starts_with("p.toml:4:2: section [tools] is not supported"));
         assert!(policy.token_names().is_empty());
     }

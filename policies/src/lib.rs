@@ -17,12 +17,34 @@
 //!
 //! [[tokens.deny]]                   # glob over token names, case-insensitive
 //! name = "prod-*"
+//!
+//! [[ssh.allow]]                     # SSH agent forwarding and SSHSIG signing
+//! host = "github.com"               # "HOST" or "HOST:PORT", exact
+//! user = "git"                      # exact, or "*"
+//! keys = ["SHA256:..."]             # optional; default: every agent key
+//! host_keys = ["ssh-ed25519 AAAA..."] # optional; default: laptop known_hosts for host
+//! sshsig_namespaces = ["git"]       # optional
+//! forwarding = false                # optional
+//! approve = "prompt"                # optional
+//! rate = "30/min"                   # optional
+//!
+//! [[ssh.deny]]                      # matches when all its fields match
+//! host = "prod-*"                   # glob over the allow rule's host
+//! user = "root"                     # glob over the user
+//! key = "SHA256:..."                # exact fingerprint
 //! ```
+//!
+//! The SSH decisions ([`Action::SshUserauth`], [`Action::SshSig`],
+//! [`Action::SshIdentity`]) take key fingerprints and, for logins, a predicate
+//! saying whether the bound host key is pinned for a rule: the proxy reads
+//! `known_hosts`, this crate does not.
 //!
 //! Rule references ([`RuleRef`]) give the position of the rule's table: the
 //! `[tokens.NAME]` or `[[tokens.deny]]` header line when the table has one,
 //! otherwise the start of the inline table (`NAME = { ... }`) or of the first
 //! dotted key that created it (`tokens.NAME.source = ...`).
+//!
+//! `[[ssh.allow]]` and `[[ssh.deny]]` rules point at their `[[...]]` header line.
 //!
 //! Deny globs match case-insensitively (`prod-*` also denies `PROD-db`), so a
 //! change of case never slips past a deny; token names themselves are
@@ -34,6 +56,7 @@ mod diag;
 mod engine;
 mod parse;
 mod rate;
+mod ssh;
 
 pub use diag::{Diagnostic, PolicyErrors};
 pub use engine::{
@@ -41,3 +64,4 @@ pub use engine::{
     TokenSource, Verdict,
 };
 pub use rate::{Rate, RateError};
+pub use ssh::SshRule;

@@ -8,23 +8,17 @@
 
 use std::ops::Range;
 
-use globset::GlobBuilder;
+use globset::{GlobBuilder, GlobMatcher};
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Reporter};
 use crate::engine::{Approve, DenyRule, RuleRef, TokenRule, TokenSource};
 use crate::rate::{RATE_EXPECTED, Rate};
+use crate::ssh::{self, Glob, SshDenyRule, SshRule};
 
 /// Top-level sections kept for tools that later versions will support.
-const RESERVED_SECTIONS: &[&str] = &[
-    "ssh",
-    "git-credential",
-    "files",
-    "tools",
-    "http",
-    "workspace",
-];
+const RESERVED_SECTIONS: &[&str] = &["git-credential", "files", "tools", "http", "workspace"];
 
 /// The accepted forms of `source`, for error messages.
 const SOURCE_EXPECTED: &str =
@@ -51,6 +45,10 @@ pub(crate) struct ParsedFile {
     pub tokens: Vec<TokenRule>,
     /// The valid `[[tokens.deny]]` rules, in source order.
     pub denies: Vec<DenyRule>,
+    /// The valid `[[ssh.allow]]` rules, in source order.
+    pub ssh_rules: Vec<SshRule>,
+    /// The valid `[[ssh.deny]]` rules, in source order.
+    pub ssh_denies: Vec<SshDenyRule>,
     /// Errors, in no particular order.
     pub errors: Vec<Diagnostic>,
     /// Warnings, in no particular order.
@@ -93,13 +91,14 @@ impl Parser<'_> {
         self.report.error(&span, message);
     }
 
-    /// The top level: `version`, `[tokens]`, reserved sections.
+    /// The top level: `version`, `[tokens]`, `[ssh]`, reserved sections.
     fn document(&mut self, root: &DeTable<'_>) {
         for (key, value) in root {
             let name: &str = key.get_ref();
             match name {
                 "version" => self.version(value),
                 "tokens" => self.tokens(value),
+                "ssh" => self.ssh(value),
                 _ if RESERVED_SECTIONS.contains(&name) => self.report.warn(
                     &key.span(),
                     format!(
@@ -110,8 +109,8 @@ impl Parser<'_> {
                 _ => self.report.error(
                     &key.span(),
                     format!(
-                        "unknown top-level key {name:?}; expected version, [tokens.NAME] or \
-                         [[tokens.deny]] (reserved for later: {})",
+                        "unknown top-level key {name:?}; expected version, [tokens.NAME], \
+                         [[tokens.deny]], [[ssh.allow]] or [[ssh.deny]] (reserved for later: {})",
                         RESERVED_SECTIONS.join(", ")
                     ),
                 ),
@@ -205,16 +204,7 @@ impl Parser<'_> {
         let Some((pattern, span)) = pattern else {
             return;
         };
-        let matcher = if pattern.is_empty() {
-            Err("it is empty".to_owned())
-        } else {
-            GlobBuilder::new(pattern)
-                .case_insensitive(true)
-                .build()
-                .map(|g| g.compile_matcher())
-                .map_err(|e| e.kind().to_string())
-        };
-        match matcher {
+        match compile_glob(pattern) {
             Ok(matcher) if self.report.errors.len() == errors_before => {
                 let rule = self.rule_ref(&value.span(), SECTION.to_owned());
                 self.out.denies.push(DenyRule {
@@ -232,6 +222,320 @@ impl Parser<'_> {
                 ),
             ),
         }
+    }
+
+    /// `[ssh]`: `[[ssh.allow]]` and `[[ssh.deny]]`.
+    fn ssh(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(
+                "ssh",
+                value,
+                found,
+                "a table of [[ssh.allow]] and [[ssh.deny]] rules",
+            );
+        };
+        for (key, value) in table {
+            match key.get_ref().as_ref() {
+                "allow" => self.ssh_list("ssh.allow", value, Self::ssh_allow),
+                "deny" => self.ssh_list("ssh.deny", value, Self::ssh_deny),
+                _ => self.unknown_key("ssh", key, "[[ssh.allow]] or [[ssh.deny]]"),
+            }
+        }
+    }
+
+    /// `[[ssh.allow]]` or `[[ssh.deny]]`: an array of tables, each checked by `rule`.
+    fn ssh_list(&mut self, section: &str, value: &Value<'_>, rule: fn(&mut Self, &Value<'_>)) {
+        match value.get_ref() {
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    rule(self, item);
+                }
+            }
+            DeValue::Table(_) => self.report.error(
+                &value.span(),
+                format!(
+                    "{section}: rules are an array of tables: write [[{section}]] (double \
+                     brackets), once per rule, not [{section}]"
+                ),
+            ),
+            other => self.wrong_type(
+                section,
+                value,
+                other,
+                &format!("an array of tables ([[{section}]])"),
+            ),
+        }
+    }
+
+    /// One `[[ssh.allow]]` rule.
+    fn ssh_allow(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "ssh.allow";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(
+                SECTION,
+                value,
+                found,
+                "a table with host = \"HOST\" and user = \"USER\"",
+            );
+        };
+        let errors_before = self.report.errors.len();
+        let (mut host, mut user) = (None, None);
+        let (mut seen_host, mut seen_user) = (false, false);
+        let (mut keys, mut host_keys) = (None, None);
+        let mut sshsig_namespaces = Vec::new();
+        let mut forwarding = false;
+        let (mut approve, mut rate) = (None, None);
+        for (key, item) in table {
+            let path = format!("{SECTION}.{}", path_key(key.get_ref()));
+            match key.get_ref().as_ref() {
+                "host" => {
+                    seen_host = true;
+                    host = self.checked_string(
+                        &path,
+                        item,
+                        "\"HOST\" or \"HOST:PORT\"",
+                        ssh::check_host,
+                    );
+                }
+                "user" => {
+                    seen_user = true;
+                    user = self.checked_string(
+                        &path,
+                        item,
+                        "a user name like \"git\", or \"*\"",
+                        ssh::check_user,
+                    );
+                }
+                "keys" => {
+                    keys = self.string_list(
+                        &path,
+                        item,
+                        "an array of key fingerprints like [\"SHA256:...\"]",
+                        ssh::check_fingerprint,
+                        "the rule would allow no key; leave keys out to allow every key in the \
+                         laptop agent, or list fingerprints from `ssh-add -l`",
+                    );
+                }
+                "host_keys" => {
+                    host_keys = self.string_list(
+                        &path,
+                        item,
+                        "an array of host public keys like [\"ssh-ed25519 AAAA...\"]",
+                        ssh::check_host_key,
+                        "the rule would pin no host key; leave host_keys out to use the laptop's \
+                         known_hosts for host, or list keys from `ssh-keyscan HOST`",
+                    );
+                }
+                "sshsig_namespaces" => {
+                    sshsig_namespaces = self
+                        .string_list(
+                            &path,
+                            item,
+                            "an array of namespaces like [\"git\"]",
+                            ssh::check_namespace,
+                            "",
+                        )
+                        .unwrap_or_default();
+                }
+                "forwarding" => match item.get_ref() {
+                    DeValue::Boolean(b) => forwarding = *b,
+                    other => self.wrong_type(&path, item, other, "true or false"),
+                },
+                "approve" => approve = self.approve(&path, item),
+                "rate" => rate = self.rate(&path, item),
+                "description" => {
+                    self.string(&path, item, "a string");
+                }
+                other => {
+                    let hint = if other == "key" {
+                        " (allow rules take a list, keys = [\"SHA256:...\"])"
+                    } else {
+                        ""
+                    };
+                    self.unknown_key(
+                        SECTION,
+                        key,
+                        &format!(
+                            "one of host, user, keys, host_keys, sshsig_namespaces, forwarding, \
+                             approve, rate, description{hint}"
+                        ),
+                    );
+                }
+            }
+        }
+        if !seen_host {
+            self.report.error(
+                &value.span(),
+                "ssh.allow: missing host; expected host = \"HOST\" or \"HOST:PORT\" (e.g. \"github.com\")",
+            );
+        }
+        if !seen_user {
+            self.report.error(
+                &value.span(),
+                "ssh.allow: missing user; expected user = \"NAME\" (e.g. \"git\"), or \"*\" for any user",
+            );
+        }
+        let (Some(host), Some(user)) = (host, user) else {
+            return;
+        };
+        if self.report.errors.len() == errors_before {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.ssh_rules.push(SshRule {
+                host,
+                user,
+                keys,
+                host_keys,
+                sshsig_namespaces,
+                forwarding,
+                approve,
+                rate,
+                rule,
+            });
+        }
+    }
+
+    /// One `[[ssh.deny]]` rule.
+    fn ssh_deny(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "ssh.deny";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(SECTION, value, found, "a table with host, user and/or key");
+        };
+        let errors_before = self.report.errors.len();
+        let (mut host, mut user, mut key_fp) = (None, None, None);
+        let mut seen_field = false;
+        for (key, item) in table {
+            let path = format!("{SECTION}.{}", path_key(key.get_ref()));
+            match key.get_ref().as_ref() {
+                "host" => {
+                    seen_field = true;
+                    host = self.glob(&path, item, "host names like \"prod-*\"");
+                }
+                "user" => {
+                    seen_field = true;
+                    user = self.glob(&path, item, "user names like \"root\"");
+                }
+                "key" => {
+                    seen_field = true;
+                    key_fp = self.checked_string(
+                        &path,
+                        item,
+                        "a key fingerprint like \"SHA256:...\"",
+                        ssh::check_fingerprint,
+                    );
+                }
+                "description" => {
+                    self.string(&path, item, "a string");
+                }
+                other => {
+                    let hint = if other == "keys" {
+                        " (a deny rule takes one key = \"SHA256:...\"; write one rule per key)"
+                    } else {
+                        ""
+                    };
+                    self.unknown_key(
+                        SECTION,
+                        key,
+                        &format!("one of host, user, key, description{hint}"),
+                    );
+                }
+            }
+        }
+        if !seen_field {
+            self.report.error(
+                &value.span(),
+                "ssh.deny: a deny rule needs at least one of host, user or key (it matches when \
+                 all of them match); to deny every SSH use, write host = \"*\"",
+            );
+        }
+        if self.report.errors.len() == errors_before {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.ssh_denies.push(SshDenyRule {
+                host,
+                user,
+                key: key_fp,
+                rule,
+            });
+        }
+    }
+
+    /// A case-insensitive glob in a string.
+    fn glob(&mut self, path: &str, value: &Value<'_>, over: &str) -> Option<Glob> {
+        let pattern = self.string(path, value, &format!("a glob over {over}"))?;
+        compile_glob(pattern)
+            .map(|matcher| Glob {
+                pattern: pattern.to_owned(),
+                matcher,
+            })
+            .map_err(|why| {
+                self.report.error(
+                    &value.span(),
+                    format!(
+                        "{path}: invalid glob {pattern:?} ({why}); expected a glob over {over} \
+                         using *, ? and [...]"
+                    ),
+                );
+            })
+            .ok()
+    }
+
+    /// A string that passes `check`; otherwise an error saying why.
+    fn checked_string(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        expected: &str,
+        check: fn(&str) -> Result<(), String>,
+    ) -> Option<String> {
+        let text = self.string(path, value, expected)?;
+        check(text)
+            .map(|()| text.to_owned())
+            .map_err(|why| self.report.error(&value.span(), format!("{path}: {why}")))
+            .ok()
+    }
+
+    /// An array of strings that each pass `check`. `when_empty`, if not "",
+    /// is the error for an empty array. `None` if anything is wrong.
+    fn string_list(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        expected: &str,
+        check: fn(&str) -> Result<(), String>,
+        when_empty: &str,
+    ) -> Option<Vec<String>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            let found = value.get_ref();
+            self.wrong_type(path, value, found, expected);
+            return None;
+        };
+        if items.is_empty() && !when_empty.is_empty() {
+            self.report.error(
+                &value.span(),
+                format!("{path}: the list is empty: {when_empty}"),
+            );
+            return None;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::String(text) => match check(text) {
+                    Ok(()) => out.push(text.to_string()),
+                    Err(why) => {
+                        ok = false;
+                        self.report.error(&item.span(), format!("{path}: {why}"));
+                    }
+                },
+                other => {
+                    ok = false;
+                    self.wrong_type(path, item, other, &format!("strings in {expected}"));
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     /// One `[tokens.NAME]` declaration.
@@ -421,6 +725,18 @@ impl Parser<'_> {
             section,
         }
     }
+}
+
+/// Compiles a non-empty glob, case-insensitive.
+fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    if pattern.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    GlobBuilder::new(pattern)
+        .case_insensitive(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.kind().to_string())
 }
 
 /// Parses the string forms of `source`.

@@ -97,6 +97,61 @@ fn the_example_policy_loads_cleanly() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy.toml");
     let policy = Policy::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
     assert_eq!(policy.token_names(), ["demo", "gh", "openai"]);
+    let ssh: Vec<_> = policy
+        .ssh_rules()
+        .iter()
+        .map(|r| {
+            (
+                r.host.as_str(),
+                r.user.as_str(),
+                r.sshsig_namespaces.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(ssh, [("github.com", "git", vec!["git".to_owned()])]);
+    // The ssh section adds no warning to `policy check`.
+    let warnings: Vec<String> = policy.warnings().iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.iter().all(|w| !w.contains("ssh")),
+        "{}",
+        warnings.join("\n")
+    );
+}
+
+#[test]
+fn the_commented_ssh_examples_are_valid_once_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy.toml");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let start = text
+        .find("# --- SSH agent forwarding")
+        .unwrap_or_else(|| panic!("no ssh part in the example"));
+    let end = text
+        .find("# --- Later tools")
+        .unwrap_or_else(|| panic!("no later tools part in the example"));
+    // Uncomment the lines that are TOML (`# [[...]]`, `# key = ...`), not the prose.
+    let is_toml = |rest: &str| {
+        let header = rest.starts_with("[[") && rest.ends_with("]]");
+        let key = rest.split_once(" = ").is_some_and(|(k, _)| {
+            !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        });
+        header || key
+    };
+    let uncommented: String = text[start..end]
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_toml(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let policy = Policy::from_sources(&[nexus_policy::Source::new(
+        "ssh-example.toml",
+        uncommented.as_str(),
+    )])
+    .unwrap_or_else(|errors| panic!("{errors}\n{uncommented}"));
+    let hosts: Vec<_> = policy.ssh_rules().iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(hosts, ["github.com", "git.example.com:2222"]);
+    assert!(policy.warnings().is_empty(), "{:?}", policy.warnings());
 }
 
 #[test]

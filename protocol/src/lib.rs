@@ -23,7 +23,7 @@ pub use error::{DecodeError, FrameError};
 pub use frame::{FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_FRAME, decode, encode};
 pub use message::{
     Call, CallerContext, ClientHello, ErrorCode, ErrorReply, LinkStatus, LocalOp, LocalReply,
-    LocalRequest, PairingInfo, Refusal, Reply, Request, ServerHello, StatusInfo,
+    LocalRequest, PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo,
 };
 pub use secret::Secret;
 pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate};

@@ -83,6 +83,24 @@ pub enum Request {
         /// Token name as declared in the laptop's policy.
         name: String,
     },
+    /// The laptop agent's identities that the policy lets this workspace see.
+    SshIdentities,
+    /// An ssh-agent sign request, with the session binds the shim
+    /// acknowledged on the same agent connection. The laptop verifies bind
+    /// and sign together before anything reaches its agent.
+    SshSign {
+        /// The shim's number for the agent connection (reported, not trusted).
+        connection: u64,
+        /// Bodies of the `session-bind@openssh.com` extensions, in order.
+        #[serde(with = "serde_bytes_vec")]
+        binds: Vec<Vec<u8>>,
+        /// The `SSH_AGENTC_SIGN_REQUEST` body (without the type byte).
+        #[serde(with = "serde_bytes")]
+        request: Vec<u8>,
+    },
+    /// Host keys pinned for the hosts the policy allows, for the
+    /// workspace's `known_hosts`.
+    SshKnownHosts,
 }
 
 impl Request {
@@ -91,7 +109,35 @@ impl Request {
     pub fn tool(&self) -> &'static str {
         match self {
             Self::Token { .. } => "token",
+            Self::SshIdentities | Self::SshSign { .. } | Self::SshKnownHosts => "ssh",
         }
+    }
+}
+
+/// A public key the workspace may list (public data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshIdentity {
+    /// The key blob in SSH wire encoding.
+    #[serde(with = "serde_bytes")]
+    pub blob: Vec<u8>,
+    /// The agent's comment for the key.
+    pub comment: String,
+}
+
+mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    pub(super) fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for b in v {
+            seq.serialize_element(serde_bytes::Bytes::new(b))?;
+        }
+        seq.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let v: Vec<serde_bytes::ByteBuf> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
     }
 }
 
@@ -101,6 +147,12 @@ impl Request {
 pub enum Reply {
     /// A token's value.
     Token(Secret),
+    /// Answer to [`Request::SshIdentities`].
+    SshIdentities(Vec<SshIdentity>),
+    /// Answer to [`Request::SshSign`]: the signature in SSH wire encoding.
+    SshSignature(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Answer to [`Request::SshKnownHosts`]: `known_hosts` lines.
+    SshKnownHosts(Vec<String>),
     /// The call failed; see the code.
     Error(ErrorReply),
 }
@@ -110,7 +162,11 @@ impl Reply {
     #[must_use]
     pub fn is_final(&self) -> bool {
         match self {
-            Self::Token(_) | Self::Error(_) => true,
+            Self::Token(_)
+            | Self::SshIdentities(_)
+            | Self::SshSignature(_)
+            | Self::SshKnownHosts(_)
+            | Self::Error(_) => true,
         }
     }
 

@@ -61,6 +61,9 @@ enum Command {
         /// PATH for `command` token sources (service managers start with none).
         #[arg(long, env = "NEXUS_SOURCE_PATH", value_name = "PATH")]
         source_path: Option<String>,
+        /// The laptop ssh-agent to sign with (1Password, Secretive, OpenSSH) [default: $SSH_AUTH_SOCK].
+        #[arg(long, value_name = "PATH")]
+        ssh_agent: Option<PathBuf>,
     },
     /// Manage paired workspaces.
     #[command(subcommand)]
@@ -174,7 +177,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             workspaces,
             policy,
             source_path,
-        } => serve(config, workspaces, policy, source_path).await,
+            ssh_agent,
+        } => {
+            let ssh_agent =
+                ssh_agent.or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from));
+            serve(config, workspaces, policy, source_path, ssh_agent).await
+        }
         Command::Workspaces(WorkspacesCommand::List { json }) => {
             let list = config.workspaces()?;
             if json {
@@ -247,6 +255,7 @@ async fn serve(
     names: Vec<String>,
     policy: Option<PathBuf>,
     source_path: Option<String>,
+    ssh_agent: Option<PathBuf>,
 ) -> Result<ExitCode> {
     // Validate everything before dialing anything.
     let policy = match policy_path(&config, policy) {
@@ -286,6 +295,8 @@ async fn serve(
         config,
         source_path,
         rates: Default::default(),
+        ssh_agent,
+        replay: Default::default(),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));

@@ -15,7 +15,7 @@ use nexus_protocol::{LinkStatus, LocalOp, LocalReply, PairingInfo, Reply, Reques
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Session;
-use crate::serve::ServeConfig;
+use crate::serve::{Listeners, ServeConfig};
 use crate::state::StateDir;
 
 const AFTER_HELP: &str = "\
@@ -63,6 +63,16 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print `export` lines for `eval "$(nexus-shim env)"`: SSH_AUTH_SOCK,
+    /// NEXUS_STATE_DIR.
+    Env,
+    /// Print known_hosts lines for the SSH hosts the laptop's policy allows,
+    /// with the keys the laptop pinned (append them to ~/.ssh/known_hosts so
+    /// `git clone` never stops at a host-key prompt).
+    KnownHosts {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Tokens declared in the laptop's policy.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -104,6 +114,9 @@ struct ServeArgs {
     /// Lifetime of a pairing token.
     #[arg(long, default_value = "15m", value_parser = parse_duration, value_name = "DURATION")]
     pairing_ttl: Duration,
+    /// How long ssh requests on agent.sock wait for the laptop to link.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    agent_wait: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +188,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve(state, args).await,
         Command::PairingUri { rotate, client } => pairing_uri(&state, rotate, &client).await,
         Command::Status { json, client } => status(&state, json, &client).await,
+        Command::Env => {
+            let q = |p: &std::path::Path| shell_quote(&p.display().to_string());
+            println!("export NEXUS_STATE_DIR={}", q(state.root()));
+            println!("export SSH_AUTH_SOCK={}", q(&state.agent_sock()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KnownHosts { client } => known_hosts(&state, &client).await,
         Command::Token(TokenCommand::Get {
             name,
             no_newline,
@@ -189,6 +209,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
+    // Validate everything before binding anything.
+    let preset_token = std::env::var("NEXUS_PAIRING_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if let Some(t) = &preset_token {
+        check_preset_token(t)?;
+    }
     state.prepare()?;
     let (identity, created) =
         nexus_transport::Identity::load_or_create(state.root(), nexus_transport::tls::SERVER_NAME)?;
@@ -203,34 +230,40 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
             sock.display()
         );
     }
-    let _ = std::fs::remove_file(&sock);
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let tunnel = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding the tunnel listener on {}", args.listen))?;
-    let local = tokio::net::UnixListener::bind(&sock)
-        .with_context(|| format!("binding {}", sock.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", sock.display()))?;
-    }
-    let preset_token = std::env::var("NEXUS_PAIRING_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
-    if let Some(t) = &preset_token {
-        check_preset_token(t)?;
-    }
+    let listeners = Listeners {
+        tunnel,
+        local: bind_private(&sock)?,
+        agent: bind_private(&state.agent_sock())?,
+    };
     let cfg = ServeConfig {
         state,
         advertise: args.advertise,
         pairing_ttl: args.pairing_ttl,
         preset_token,
+        agent_wait: args.agent_wait,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    crate::serve::run(cfg, listener, local, identity, shutdown).await?;
+    crate::serve::run(cfg, listeners, identity, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds a Unix socket readable and writable by its owner only (a stale
+/// socket file from a crashed daemon is replaced).
+fn bind_private(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(listener)
 }
 
 /// A preset token goes into a URI verbatim and must resist guessing.
@@ -373,6 +406,29 @@ async fn token_get(
         Ok(other) => Ok(unexpected(other)),
         Err(e) => Ok(client_error(&e)),
     }
+}
+
+async fn known_hosts(state: &StateDir, client: &ClientArgs) -> Result<ExitCode> {
+    let mut session =
+        match Session::start(state, client.wait, LocalOp::Forward(Request::SshKnownHosts)).await {
+            Ok(s) => s,
+            Err(e) => return Ok(client_error(&e)),
+        };
+    match session.next().await {
+        Ok(LocalReply::Reply(Reply::SshKnownHosts(lines))) => {
+            for line in lines {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(other) => Ok(unexpected(other)),
+        Err(e) => Ok(client_error(&e)),
+    }
+}
+
+/// Single-quotes a value for POSIX shells.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn client_error(e: &crate::client::ClientError) -> ExitCode {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nexus_protocol::{
-    ClientHello, HANDSHAKE_MAX_FRAME, Refusal, SUPPORTED, ServerHello, negotiate,
+    ClientHello, HANDSHAKE_MAX_FRAME, Refusal, SUPPORTED, ServerHello, SshIdentity, negotiate,
 };
 use nexus_transport::tls::{ClientAuthorizer, peer_fingerprint};
 use nexus_transport::tokio_rustls::TlsAcceptor;
@@ -36,6 +36,19 @@ pub struct ServeConfig {
     pub pairing_ttl: Duration,
     /// A token preset by the platform (`NEXUS_PAIRING_TOKEN`).
     pub preset_token: Option<String>,
+    /// How long `agent.sock` requests wait for the laptop.
+    pub agent_wait: Duration,
+}
+
+/// The daemon's bound sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The laptop's tunnel.
+    pub tunnel: TcpListener,
+    /// `shim.sock`.
+    pub local: tokio::net::UnixListener,
+    /// `agent.sock`.
+    pub agent: tokio::net::UnixListener,
 }
 
 /// The current link to the laptop.
@@ -68,6 +81,10 @@ pub struct Shared {
     pub advertise: String,
     /// Lifetime of new pairing tokens.
     pub pairing_ttl: Duration,
+    /// Public keys the laptop lets this workspace see (refreshed per link).
+    pub ssh_identities: Arc<Mutex<Option<Vec<SshIdentity>>>>,
+    /// How long agent requests wait for a link.
+    pub agent_wait: Duration,
 }
 
 /// Who may connect.
@@ -117,11 +134,15 @@ impl ClientAuthorizer for Authorizer {
 /// and the sockets are removed.
 pub async fn run(
     cfg: ServeConfig,
-    listener: TcpListener,
-    local: tokio::net::UnixListener,
+    listeners: Listeners,
     identity: Identity,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let Listeners {
+        tunnel: listener,
+        local,
+        agent,
+    } = listeners;
     let listen = listener.local_addr().context("reading the bound address")?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| advertised(listen));
     let paired = cfg.state.load_paired()?;
@@ -137,6 +158,8 @@ pub async fn run(
         listen,
         advertise,
         pairing_ttl: cfg.pairing_ttl,
+        ssh_identities: Arc::new(Mutex::new(None)),
+        agent_wait: cfg.agent_wait,
     });
     setup_pairing(&shared, &cfg, paired.is_some())?;
     let tls = TlsAcceptor::from(nexus_transport::tls::server_config(
@@ -148,6 +171,12 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(crate::sockets::serve_local(
         local,
+        shared.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::agent::serve_agent(
+        agent,
         shared.clone(),
         tasks.clone(),
         shutdown.clone(),
@@ -188,6 +217,7 @@ pub async fn run(
         link.stop.cancel();
     }
     let _ = std::fs::remove_file(shared.state.shim_sock());
+    let _ = std::fs::remove_file(shared.state.agent_sock());
     let _ = std::fs::remove_file(shared.state.pairing_uri());
     info!("stopped");
     Ok(())

@@ -10,7 +10,7 @@ use nexus_protocol::{
     Call, CallerContext, ErrorCode, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_FRAME,
     PairingInfo, Reply, Request, StatusInfo,
 };
-use nexus_transport::TransportError;
+use nexus_transport::{MuxStream, TransportError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -63,7 +63,7 @@ pub async fn serve_local(
 }
 
 /// What the kernel says about the peer; `/proc` adds exe and cwd on Linux.
-fn caller_context(conn: &UnixStream) -> CallerContext {
+pub(crate) fn caller_context(conn: &UnixStream) -> CallerContext {
     let mut ctx = CallerContext::default();
     if let Ok(cred) = conn.peer_cred() {
         ctx.uid = Some(cred.uid());
@@ -218,6 +218,70 @@ async fn forward(
     }
 }
 
+fn lost() -> Reply {
+    Reply::error(
+        ErrorCode::Internal,
+        "the link to the laptop dropped during the call; it was not retried",
+    )
+}
+
+fn not_linked(wait: Duration) -> Reply {
+    Reply::error(
+        ErrorCode::NotConnected,
+        format!(
+            "no laptop is linked to this workspace (waited {}s); on the laptop run: nexus-agent-proxy run",
+            wait.as_secs()
+        ),
+    )
+}
+
+/// Opens a stream and sends the call; the request rides with the SYN.
+async fn open_call(
+    link: &Link,
+    caller: CallerContext,
+    request: Request,
+) -> Result<MuxStream, TransportError> {
+    let mut stream = link.mux.open().await?;
+    nexus_transport::send(&mut stream, &Call { caller, request }).await?;
+    Ok(stream)
+}
+
+/// One call on a live link, answered by one final reply.
+pub(crate) async fn call_once(
+    link: &Link,
+    caller: CallerContext,
+    request: Request,
+) -> Result<Reply, TransportError> {
+    let mut stream = open_call(link, caller, request).await?;
+    let reply = nexus_transport::recv(&mut stream, MAX_FRAME).await?;
+    let _ = stream.shutdown().await;
+    Ok(reply)
+}
+
+/// Waits for the link (up to `wait`), then makes one call; failures come
+/// back as error replies.
+pub(crate) async fn request(
+    shared: &Shared,
+    caller: CallerContext,
+    request: Request,
+    wait: Duration,
+) -> Reply {
+    let Some(link) = wait_for_link(shared, wait).await else {
+        return not_linked(wait);
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, call_once(&link, caller, request)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => lost(),
+        Err(_) => Reply::error(
+            ErrorCode::Internal,
+            format!(
+                "the laptop did not answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
 /// Relays one call. `Err` carries the reply to send when the laptop could not
 /// answer; relayed replies are written as they arrive.
 async fn call_laptop(
@@ -228,13 +292,7 @@ async fn call_laptop(
     shared: &Shared,
 ) -> Result<(), Reply> {
     let Some(link) = wait_for_link(shared, wait).await else {
-        return Err(Reply::error(
-            ErrorCode::NotConnected,
-            format!(
-                "no laptop is linked to this workspace (waited {}s); on the laptop run: nexus-agent-proxy run",
-                wait.as_secs()
-            ),
-        ));
+        return Err(not_linked(wait));
     };
     let lost = || {
         Reply::error(

@@ -97,6 +97,11 @@ impl StateDir {
         self.root.join("shim.sock")
     }
 
+    /// The workspace's `SSH_AUTH_SOCK`.
+    pub fn agent_sock(&self) -> PathBuf {
+        self.root.join("agent.sock")
+    }
+
     /// The pairing URI, present only while a token is pending.
     pub fn pairing_uri(&self) -> PathBuf {
         self.root.join("pairing.uri")

@@ -1,6 +1,7 @@
 //! Laptop-side tools: each forwarded request is decided by the policy, then
 //! answered by one tool module.
 
+pub mod ssh;
 pub mod token;
 
 use std::path::PathBuf;
@@ -25,6 +26,10 @@ pub struct ToolContext {
     pub source_path: Option<String>,
     /// Per-rule rate limits.
     pub rates: RateLimiter,
+    /// The laptop's ssh-agent socket (`--ssh-agent`, default `SSH_AUTH_SOCK`).
+    pub ssh_agent: Option<PathBuf>,
+    /// Session ids already bound, per workspace.
+    pub replay: ssh::ReplayCache,
 }
 
 impl ToolContext {
@@ -63,6 +68,13 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
             }
             token::answer(name, workspace, decision, ctx).await
         }
+        Request::SshIdentities => ssh::identities(workspace, ctx).await,
+        Request::SshSign {
+            connection,
+            binds,
+            request,
+        } => ssh::sign(workspace, *connection, binds, request, ctx).await,
+        Request::SshKnownHosts => ssh::known_hosts(ctx),
     }
 }
 

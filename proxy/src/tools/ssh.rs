@@ -1,0 +1,334 @@
+//! ssh-agent forwarding, decided on the laptop.
+//!
+//! The workspace never talks to the laptop agent directly. It may ask for:
+//! - the identities the policy lets it see (public keys only);
+//! - a signature, sent together with the `session-bind@openssh.com`
+//!   messages the shim acknowledged on the same agent connection. A userauth
+//!   signature needs exactly one bind, not forwarded unless a rule allows
+//!   it, whose host-key signature over the session id verifies, whose session
+//!   id is new to this workspace (or seen only on the same agent connection),
+//!   whose host key is pinned for an allowed host; the data must be a
+//!   userauth request for that session, that key and an allowed user (for the
+//!   hostbound method, naming the bound host key). An SSHSIG signature needs
+//!   a rule listing its namespace.
+//!
+//! Only then does the laptop agent see the request, preceded by the bind, so
+//! keys added with `ssh-add -h` keep their destination constraints.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nexus_policy::{Action, Decision, Grant, Request as PolicyRequest, SshRule, Verdict};
+use nexus_protocol::{ErrorCode, Reply, SshIdentity};
+use ssh_agent_lib::agent::Session;
+use ssh_agent_lib::client::Client;
+use ssh_agent_lib::proto::extension::SessionBind;
+use ssh_agent_lib::proto::{Extension, PublicCredential, SignRequest};
+use ssh_encoding::{Decode, Encode};
+use ssh_key::HashAlg;
+use ssh_key::public::KeyData;
+use tokio::net::UnixStream;
+use tracing::{info, warn};
+
+use super::ToolContext;
+use crate::ssh_wire::{Method, SignData, parse_sign_data};
+
+/// How long the laptop agent may take (1Password and Secretive may prompt).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a session id stays in the replay cache.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
+
+const BIND_NAME: &str = "session-bind@openssh.com";
+
+/// (workspace, session id) → (agent connection, first seen).
+type Seen = HashMap<(String, Vec<u8>), (u64, Instant)>;
+
+/// Session ids seen per workspace, with the agent connection that bound them.
+#[derive(Debug, Default)]
+pub struct ReplayCache {
+    seen: Mutex<Seen>,
+}
+
+impl ReplayCache {
+    /// Records `session_id` for `connection`; false when another connection
+    /// of the same workspace bound it first.
+    fn admit(&self, workspace: &str, session_id: &[u8], connection: u64) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        seen.retain(|_, (_, t)| now.duration_since(*t) < REPLAY_WINDOW);
+        let entry = seen
+            .entry((workspace.to_owned(), session_id.to_vec()))
+            .or_insert((connection, now));
+        entry.0 == connection
+    }
+}
+
+fn deny(message: impl Into<String>) -> Reply {
+    let message = message.into();
+    warn!(tool = "ssh", reason = %message, "refused");
+    Reply::error(ErrorCode::Denied, message)
+}
+
+/// SSH wire encoding of a value.
+fn wire<T: Encode>(value: &T) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    value.encode(&mut out).ok()?;
+    Some(out)
+}
+
+fn fingerprint(key: &KeyData) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+async fn agent(ctx: &ToolContext) -> Result<Client<UnixStream>, Reply> {
+    let Some(path) = ctx.ssh_agent.as_ref() else {
+        return Err(Reply::error(
+            ErrorCode::Missing,
+            "the laptop proxy has no ssh-agent: start it with SSH_AUTH_SOCK set, or pass --ssh-agent PATH",
+        ));
+    };
+    let stream = UnixStream::connect(path).await.map_err(|e| {
+        Reply::error(
+            ErrorCode::Missing,
+            format!(
+                "cannot reach the laptop ssh-agent at {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    Ok(Client::new(stream))
+}
+
+/// The identities the workspace may see.
+pub async fn identities(workspace: &str, ctx: &ToolContext) -> Reply {
+    let mut client = match agent(ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let listed = match tokio::time::timeout(AGENT_TIMEOUT, client.request_identities()).await {
+        Ok(Ok(ids)) => ids,
+        Ok(Err(e)) => {
+            return Reply::error(
+                ErrorCode::Internal,
+                format!("the laptop ssh-agent failed to list keys: {e}"),
+            );
+        }
+        Err(_) => return Reply::error(ErrorCode::Internal, "the laptop ssh-agent did not answer"),
+    };
+    let mut out = Vec::new();
+    for id in listed {
+        let key = fingerprint(id.credential.key_data());
+        let d = ctx.policy.decide(&PolicyRequest {
+            workspace,
+            caller: None,
+            action: Action::SshIdentity { key: &key },
+        });
+        if d.verdict == Verdict::Allow
+            && let Some(blob) = wire(id.credential.key_data())
+        {
+            out.push(SshIdentity {
+                blob,
+                comment: id.comment,
+            });
+        }
+    }
+    Reply::SshIdentities(out)
+}
+
+/// Host keys pinned for a rule: its own `host_keys`, else known_hosts.
+fn pinned(rule: &SshRule, files: &[PathBuf]) -> Vec<KeyData> {
+    match &rule.host_keys {
+        Some(lines) => lines
+            .iter()
+            .filter_map(|l| l.parse::<ssh_key::PublicKey>().ok())
+            .map(|k| k.key_data().clone())
+            .collect(),
+        None => crate::known_hosts::pinned_keys(&rule.host, files),
+    }
+}
+
+/// `known_hosts` lines for the hosts the policy allows.
+pub fn known_hosts(ctx: &ToolContext) -> Reply {
+    let files = crate::known_hosts::default_files(ctx.home().as_deref());
+    let mut lines = Vec::new();
+    for rule in ctx.policy.ssh_rules() {
+        let name = crate::known_hosts::lookup_name(&rule.host);
+        for key in pinned(rule, &files) {
+            if let Ok(text) = ssh_key::PublicKey::from(key).to_openssh() {
+                let line = format!("{name} {text}");
+                if !lines.contains(&line) {
+                    lines.push(line);
+                }
+            }
+        }
+    }
+    Reply::SshKnownHosts(lines)
+}
+
+/// Verifies and, when everything holds, signs.
+pub async fn sign(
+    workspace: &str,
+    connection: u64,
+    binds: &[Vec<u8>],
+    raw: &[u8],
+    ctx: &ToolContext,
+) -> Reply {
+    let request = match SignRequest::decode(&mut &raw[..]) {
+        Ok(r) => r,
+        Err(e) => return deny(format!("malformed sign request: {e}")),
+    };
+    let PublicCredential::Key(key) = &request.credential else {
+        return deny("signing with certificates is not supported through the proxy");
+    };
+    let key_fp = fingerprint(key);
+    let bind = match binds {
+        [] => None,
+        [one] => match parse_bind(one) {
+            Ok(b) => Some(b),
+            Err(r) => return r,
+        },
+        _ => return deny("more than one session-bind on one agent connection"),
+    };
+    let data = match parse_sign_data(&request.data) {
+        Ok(d) => d,
+        Err(e) => return deny(e.to_string()),
+    };
+    let decision = match &data {
+        SignData::SshSig(sig) => {
+            let d = ctx.policy.decide(&PolicyRequest {
+                workspace,
+                caller: None,
+                action: Action::SshSig {
+                    namespace: &sig.namespace,
+                    key: &key_fp,
+                },
+            });
+            info!(tool = "ssh", op = "sshsig", namespace = %sig.namespace, key = %key_fp, decision = ?d.verdict, "decision");
+            d
+        }
+        SignData::Userauth(auth) => {
+            let Some(bind) = &bind else {
+                return deny(
+                    "userauth signature without a session-bind on the same agent connection",
+                );
+            };
+            if auth.session_id != bind.session_id {
+                return deny("the data to sign belongs to another SSH session than the bound one");
+            }
+            if auth.key != *key {
+                return deny("the userauth request names another key than the one asked to sign");
+            }
+            if auth.method == Method::HostBound && auth.host_key.as_ref() != Some(&bind.host_key) {
+                return deny("the hostbound userauth names another host key than the bound one");
+            }
+            if !ctx.replay.admit(workspace, &bind.session_id, connection) {
+                return deny("session id already bound on another agent connection (replay)");
+            }
+            let files = crate::known_hosts::default_files(ctx.home().as_deref());
+            let host_key = bind.host_key.clone();
+            let pinned_for = |rule: &SshRule| pinned(rule, &files).contains(&host_key);
+            let d = ctx.policy.decide(&PolicyRequest {
+                workspace,
+                caller: None,
+                action: Action::SshUserauth {
+                    host_key_pinned_for: &pinned_for,
+                    user: &auth.user,
+                    key: &key_fp,
+                    forwarding: bind.is_forwarding,
+                },
+            });
+            info!(tool = "ssh", op = "userauth", user = %auth.user, host_key = %fingerprint(&bind.host_key),
+                key = %key_fp, decision = ?d.verdict, rule = ?d.rule.as_ref().map(ToString::to_string), "decision");
+            d
+        }
+    };
+    if let Err(reply) = admit(workspace, &decision, ctx) {
+        return reply;
+    }
+    forward(bind.as_ref(), request, ctx).await
+}
+
+fn parse_bind(body: &[u8]) -> Result<SessionBind, Reply> {
+    let ext = Extension {
+        name: BIND_NAME.into(),
+        details: body.to_vec().into(),
+    };
+    let bind = match ext.parse_message::<SessionBind>() {
+        Ok(Some(b)) => b,
+        Ok(None) | Err(_) => return Err(deny("malformed session-bind")),
+    };
+    if bind.verify_signature().is_err() {
+        return Err(deny(
+            "the session-bind's host key signature does not verify",
+        ));
+    }
+    Ok(bind)
+}
+
+fn admit(workspace: &str, d: &Decision, ctx: &ToolContext) -> Result<(), Reply> {
+    if d.verdict == Verdict::Deny {
+        return Err(deny(format!("denied by the laptop's policy: {}", d.reason)));
+    }
+    let Some(Grant::Ssh(rule)) = &d.grant else {
+        return Err(Reply::error(
+            ErrorCode::Internal,
+            "policy allowed ssh without a rule",
+        ));
+    };
+    if rule.approve.is_some() {
+        return Err(deny(format!(
+            "needs approval on the laptop ({}), and this proxy cannot ask yet",
+            rule.rule
+        )));
+    }
+    if let Some(rate) = rule.rate
+        && let Err(retry) = ctx
+            .rates
+            .check(&format!("{workspace}\0ssh\0{}", rule.rule), rate)
+    {
+        return Err(deny(format!(
+            "rate-limited to {rate} by {}; retry in {}s",
+            rule.rule,
+            retry.as_secs().max(1)
+        )));
+    }
+    Ok(())
+}
+
+async fn forward(bind: Option<&SessionBind>, request: SignRequest, ctx: &ToolContext) -> Reply {
+    let mut client = match agent(ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let run = async {
+        if let Some(bind) = bind
+            && let Ok(ext) = Extension::new_message(bind.clone())
+        {
+            // Agents without session-bind support answer FAILURE; signing
+            // still works for them, only `ssh-add -h` constraints need it.
+            let _ = client.extension(ext).await;
+        }
+        client.sign(request).await
+    };
+    match tokio::time::timeout(AGENT_TIMEOUT, run).await {
+        Ok(Ok(sig)) => match wire(&sig) {
+            Some(bytes) => Reply::SshSignature(bytes),
+            None => Reply::error(
+                ErrorCode::Internal,
+                "cannot encode the laptop agent's signature",
+            ),
+        },
+        Ok(Err(e)) => Reply::error(
+            ErrorCode::Internal,
+            format!("the laptop ssh-agent refused to sign: {e}"),
+        ),
+        Err(_) => Reply::error(
+            ErrorCode::Internal,
+            "the laptop ssh-agent did not answer in time",
+        ),
+    }
+}
