@@ -39,6 +39,9 @@ use crate::ssh_wire::{Method, SignData, parse_sign_data};
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a session id stays in the replay cache.
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
+/// Most session ids remembered; only binds for pinned hosts that the policy
+/// allowed get this far, so this is generous.
+pub const REPLAY_CAPACITY: usize = 100_000;
 
 const BIND_NAME: &str = "session-bind@openssh.com";
 
@@ -59,10 +62,16 @@ impl ReplayCache {
             return false;
         };
         let now = Instant::now();
-        seen.retain(|_, (_, t)| now.duration_since(*t) < REPLAY_WINDOW);
-        let entry = seen
-            .entry((workspace.to_owned(), session_id.to_vec()))
-            .or_insert((connection, now));
+        if seen.len() >= REPLAY_CAPACITY {
+            seen.retain(|_, (_, t)| now.duration_since(*t) < REPLAY_WINDOW);
+        }
+        let key = (workspace.to_owned(), session_id.to_vec());
+        if seen.len() >= REPLAY_CAPACITY && !seen.contains_key(&key) {
+            // Full of live entries: refuse rather than forget one, which
+            // would reopen a replay window.
+            return false;
+        }
+        let entry = seen.entry(key).or_insert((connection, now));
         entry.0 == connection
     }
 }
@@ -225,9 +234,6 @@ pub async fn sign(
             if auth.method == Method::HostBound && auth.host_key.as_ref() != Some(&bind.host_key) {
                 return deny("the hostbound userauth names another host key than the bound one");
             }
-            if !ctx.replay.admit(workspace, &bind.session_id, connection) {
-                return deny("session id already bound on another agent connection (replay)");
-            }
             let files = crate::known_hosts::default_files(ctx.home().as_deref());
             let host_key = bind.host_key.clone();
             let pinned_for = |rule: &SshRule| pinned(rule, &files).contains(&host_key);
@@ -243,6 +249,13 @@ pub async fn sign(
             });
             info!(tool = "ssh", op = "userauth", user = %auth.user, host_key = %fingerprint(&bind.host_key),
                 key = %key_fp, decision = ?d.verdict, rule = ?d.rule.as_ref().map(ToString::to_string), "decision");
+            // Recorded only for allowed (pinned) hosts: a workspace can mint
+            // valid binds with a key of its own, and must not grow this cache.
+            if d.verdict == Verdict::Allow
+                && !ctx.replay.admit(workspace, &bind.session_id, connection)
+            {
+                return deny("session id already bound on another agent connection (replay)");
+            }
             d
         }
     };
@@ -330,5 +343,28 @@ async fn forward(bind: Option<&SessionBind>, request: SignRequest, ctx: &ToolCon
             ErrorCode::Internal,
             "the laptop ssh-agent did not answer in time",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_cache_binds_a_session_to_one_connection_per_workspace() {
+        let cache = ReplayCache::default();
+        assert!(cache.admit("ws", b"sid", 1));
+        assert!(
+            cache.admit("ws", b"sid", 1),
+            "the same connection may sign again (key retries)"
+        );
+        assert!(
+            !cache.admit("ws", b"sid", 2),
+            "another connection replaying the bind is refused"
+        );
+        assert!(
+            cache.admit("other", b"sid", 2),
+            "workspaces are independent"
+        );
     }
 }
