@@ -22,10 +22,18 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(msg).unwrap_or_default()
 }
 
+/// Deepest nesting a frame may have. Our messages nest a handful of levels;
+/// rmp-serde's default (1024) lets a 1 KiB frame of nested arrays inside an
+/// ignored field overflow a small thread stack.
+pub const MAX_DEPTH: usize = 32;
+
 /// Parses a frame body. Unknown fields are ignored (forward compatibility);
-/// anything else malformed is an error, never a panic.
+/// anything else malformed, or nested deeper than [`MAX_DEPTH`], is an error,
+/// never a panic.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    Ok(rmp_serde::from_slice(body)?)
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
+    de.set_max_depth(MAX_DEPTH);
+    Ok(T::deserialize(&mut de)?)
 }
 
 /// `tokio_util` codec for length-prefixed frames with a hard size limit.

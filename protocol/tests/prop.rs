@@ -140,3 +140,47 @@ fn hello_carries_version_range() {
     let back: ClientHello = decode(&encode(&hello)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(back.versions, VersionRange { min: 1, max: 7 });
 }
+
+/// A map with one unknown field holding `depth` nested arrays: what a hostile
+/// peer sends to exhaust the decoder's stack.
+fn nested_bomb(depth: usize) -> Vec<u8> {
+    let mut v = vec![0x81, 0xa5];
+    v.extend_from_slice(b"bogus");
+    v.extend(std::iter::repeat_n(0x91, depth));
+    v.push(0xc0);
+    v
+}
+
+#[test]
+fn deep_nesting_is_an_error_even_on_a_small_stack() {
+    // A 256 KiB stack overflows at a few thousand levels without a limit.
+    let worker = std::thread::Builder::new().stack_size(256 << 10).spawn(|| {
+        for depth in [100, 1_000, 100_000] {
+            let bomb = nested_bomb(depth);
+            assert!(decode::<Call>(&bomb).is_err(), "Call at depth {depth}");
+            assert!(decode::<ClientHello>(&bomb).is_err(), "ClientHello at depth {depth}");
+            assert!(decode::<LocalRequest>(&bomb).is_err(), "LocalRequest at depth {depth}");
+            assert!(decode::<Reply>(&bomb).is_err(), "Reply at depth {depth}");
+        }
+    });
+    assert!(worker.map(|h| h.join().is_ok()).unwrap_or(false), "decoder crashed on nested input");
+}
+
+#[test]
+fn shallow_unknown_fields_are_still_ignored() {
+    // Forward compatibility: a newer peer's extra field (not deeply nested) is fine.
+    #[derive(serde::Serialize)]
+    struct Newer {
+        versions: VersionRange,
+        pairing_token: Option<Secret>,
+        software: String,
+        extra: Vec<Vec<u8>>,
+    }
+    let body = encode(&Newer {
+        versions: VersionRange { min: 1, max: 1 },
+        pairing_token: None,
+        software: "x".into(),
+        extra: vec![vec![1, 2]],
+    });
+    assert!(decode::<ClientHello>(&body).is_ok());
+}
