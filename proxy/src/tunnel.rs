@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_protocol::{
-    Call, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, MAX_FRAME, Refusal, Reply, SUPPORTED,
-    Secret, ServerHello,
+    Call, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, Refusal, Reply, SUPPORTED, Secret,
+    ServerHello,
 };
 use nexus_transport::tls::{PinnedServer, client_config, server_name};
 use nexus_transport::tokio_rustls::{TlsConnector, client::TlsStream};
@@ -15,6 +15,7 @@ use rand::Rng;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -25,6 +26,13 @@ use crate::tools::{self, ToolContext};
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shim may take to send a call's first frame.
 pub const CALL_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls answered at once per workspace; more wait (and past yamux's queue,
+/// are reset). Bounds the memory and child processes one workspace can
+/// claim on the laptop.
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
+/// Largest call frame: a sign request carries at most one 256 KiB agent
+/// message plus a few session binds.
+pub const MAX_CALL_FRAME: usize = 512 << 10;
 /// Backoff cap during the first [`FAST_RETRY_WINDOW`] of an outage.
 pub const FAST_BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// How long an outage is retried at the fast cap.
@@ -130,7 +138,7 @@ pub async fn dial(
             .map_err(|e| classify_transport(addr, &verifier, e))?;
         match answer {
             ServerHello::Accepted { paired_now, software, version } => {
-                debug!(%software, version, "workspace accepted");
+                debug!(software = %crate::tools::clip(&software), version, "workspace accepted");
                 Ok((tls, paired_now))
             }
             ServerHello::Refused { reason, versions } => Err(DialError::Refused(match reason {
@@ -266,13 +274,23 @@ async fn serve_link(
     let (_mux, mut inbound, driver) =
         mux::start(tls, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
     let calls = TaskTracker::new();
+    let gate = Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT));
     let mut next = 0u64;
     while let Some(stream) = inbound.recv().await {
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            break;
+        };
         next += 1;
         let span = info_span!("call", id = next);
         let ctx = ctx.clone();
         let workspace = workspace.to_owned();
-        calls.spawn(async move { answer(stream, &workspace, &ctx).await }.instrument(span));
+        calls.spawn(
+            async move {
+                answer(stream, &workspace, &ctx).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     // The driver closed the inbound queue: the link is gone or shutting down.
     calls.close();
@@ -290,14 +308,14 @@ async fn serve_link(
 async fn answer(mut stream: MuxStream, workspace: &str, ctx: &ToolContext) {
     let call: Call = match tokio::time::timeout(
         CALL_READ_TIMEOUT,
-        nexus_transport::recv(&mut stream, MAX_FRAME),
+        nexus_transport::recv(&mut stream, MAX_CALL_FRAME),
     )
     .await
     {
         Ok(Ok(call)) => call,
         Ok(Err(TransportError::Closed)) => return,
         Ok(Err(e)) => {
-            warn!(error = %e, "malformed call refused");
+            warn!(error = %crate::tools::clip(&e.to_string()), "malformed call refused");
             let reply = Reply::error(
                 ErrorCode::BadRequest,
                 format!("malformed call refused by the laptop: {e}"),

@@ -36,17 +36,20 @@ pub struct MuxConfig {
 impl MuxConfig {
     /// The workspace side opens one stream per forwarded session.
     pub const SHIM: Self = Self {
-        max_streams: 1024,
-        max_outbound: 768,
+        max_streams: 512,
+        max_outbound: 384,
         inbound_queue: 64,
     };
     /// The laptop side mostly accepts; it opens only control streams.
     pub const PROXY: Self = Self {
-        max_streams: 1024,
+        max_streams: 512,
         max_outbound: 64,
-        inbound_queue: 1024,
+        inbound_queue: 448,
     };
 }
+
+/// yamux's default per-stream receive window.
+const STREAM_WINDOW: usize = 256 * 1024;
 
 type OpenReply = oneshot::Sender<Result<yamux::Stream, TransportError>>;
 
@@ -162,6 +165,10 @@ where
     let mut cfg = yamux::Config::default();
     // Streams first: the window setters assert against the stream count.
     cfg.set_max_num_streams(limits.max_streams);
+    // The smallest window yamux allows for this many streams at its default
+    // 256 KiB per stream (which stays: smaller stream windows crush
+    // throughput at 50 ms RTT). It bounds what a peer can make us buffer.
+    cfg.set_max_connection_receive_window(Some(limits.max_streams * STREAM_WINDOW));
     let conn = yamux::Connection::new(io.compat(), cfg, mode);
     let (open_tx, open_rx) = mpsc::channel(limits.max_outbound.max(1));
     let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue.max(1));

@@ -32,6 +32,9 @@ use crate::serve::Shared;
 pub const MAX_AGENT_MESSAGE: usize = 256 << 10;
 /// Agent connections served at once.
 pub const MAX_AGENT_CONNECTIONS: usize = 256;
+/// Session binds kept per agent connection; OpenSSH sends one per hop, and
+/// the laptop refuses a login signature after more than one anyway.
+pub const MAX_BINDS: usize = 4;
 
 /// Accepts agent connections until `shutdown`.
 pub async fn serve_agent(
@@ -154,6 +157,9 @@ fn extension(ext: Extension, state: &mut ConnState) -> Response {
     match ext.name.as_str() {
         SessionBind::NAME => {
             // Acknowledged here, judged on the laptop with the sign request.
+            if state.binds.len() >= MAX_BINDS {
+                return Response::Failure;
+            }
             state.binds.push(ext.details.into_bytes());
             Response::Success
         }

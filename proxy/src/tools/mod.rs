@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use nexus_policy::{Action, Caller, Decision, Policy, Request as PolicyRequest, Verdict};
+use std::time::Duration;
+
+use nexus_policy::{Action, Caller, Decision, Policy, Rate, Request as PolicyRequest, Verdict};
 use nexus_protocol::{Call, ErrorCode, Reply, Request};
 use tracing::info;
 
@@ -44,8 +46,39 @@ impl ToolContext {
     }
 }
 
+/// Calls per second one workspace may make of one tool, allowed or not:
+/// bounds log volume and laptop work under a flood.
+pub const CALLS_PER_SECOND: Rate = Rate {
+    count: 200,
+    per: Duration::from_secs(1),
+};
+
+/// A workspace-supplied string made safe for one log line: escaped (no
+/// newlines or terminal escapes) and cut to 128 characters.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 128;
+    let mut out: String = s.chars().take(MAX).flat_map(char::escape_debug).collect();
+    if s.chars().nth(MAX).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// Decides and answers one call.
 pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
+    let tool = call.request.tool();
+    if let Err(retry) = ctx
+        .rates
+        .check(&format!("{workspace}\0calls\0{tool}"), CALLS_PER_SECOND)
+    {
+        return Reply::error(
+            ErrorCode::Denied,
+            format!(
+                "too many {tool} calls (limit {CALLS_PER_SECOND}); retry in {} ms",
+                retry.as_millis().max(1)
+            ),
+        );
+    }
     let caller = Caller {
         uid: call.caller.uid,
         pid: call.caller.pid,
@@ -82,7 +115,7 @@ fn log_decision(tool: &str, target: &str, d: &Decision, caller: &nexus_protocol:
     let rule = d.rule.as_ref().map(ToString::to_string);
     info!(
         tool,
-        target,
+        target = %clip(target),
         decision = if d.verdict == Verdict::Allow {
             "allow"
         } else {
@@ -90,7 +123,24 @@ fn log_decision(tool: &str, target: &str, d: &Decision, caller: &nexus_protocol:
         },
         rule = rule.as_deref().unwrap_or("default"),
         caller_pid = caller.pid,
-        caller_exe = caller.exe.as_deref(),
+        caller_exe = caller.exe.as_deref().map(clip),
         "decision"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clip_escapes_and_bounds() {
+        assert_eq!(clip("demo"), "demo");
+        let forged = clip("x\n2099-01-01 INFO forged\u{1b}]0;t\u{7}");
+        assert!(
+            !forged.contains('\n') && !forged.contains('\u{1b}') && !forged.contains('\u{7}'),
+            "{forged}"
+        );
+        let long = clip(&"a".repeat(1 << 20));
+        assert_eq!(long.len(), 131);
+    }
 }

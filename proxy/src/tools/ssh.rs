@@ -78,7 +78,7 @@ impl ReplayCache {
 
 fn deny(message: impl Into<String>) -> Reply {
     let message = message.into();
-    warn!(tool = "ssh", reason = %message, "refused");
+    warn!(tool = "ssh", reason = %super::clip(&message), "refused");
     Reply::error(ErrorCode::Denied, message)
 }
 
@@ -216,7 +216,7 @@ pub async fn sign(
                     key: &key_fp,
                 },
             });
-            info!(tool = "ssh", op = "sshsig", namespace = %sig.namespace, key = %key_fp, decision = ?d.verdict, "decision");
+            info!(tool = "ssh", op = "sshsig", namespace = %super::clip(&sig.namespace), key = %key_fp, decision = ?d.verdict, "decision");
             d
         }
         SignData::Userauth(auth) => {
@@ -247,7 +247,7 @@ pub async fn sign(
                     forwarding: bind.is_forwarding,
                 },
             });
-            info!(tool = "ssh", op = "userauth", user = %auth.user, host_key = %fingerprint(&bind.host_key),
+            info!(tool = "ssh", op = "userauth", user = %super::clip(&auth.user), host_key = %fingerprint(&bind.host_key),
                 key = %key_fp, decision = ?d.verdict, rule = ?d.rule.as_ref().map(ToString::to_string), "decision");
             // Recorded only for allowed (pinned) hosts: a workspace can mint
             // valid binds with a key of its own, and must not grow this cache.
