@@ -151,9 +151,14 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The most yamux may log, whatever `NEXUS_LOG` says.
+const YAMUX_LOG_CAP: &str = "yamux=info";
+
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        // yamux's trace output includes frame bodies, which may hold secrets.
+        .add_directive(YAMUX_LOG_CAP.parse().unwrap_or_default());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

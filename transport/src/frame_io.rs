@@ -7,6 +7,7 @@
 use nexus_protocol::{FrameError, HEADER_LEN, decode, encode};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
 
 use crate::TransportError;
 
@@ -18,12 +19,13 @@ pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     msg: &T,
 ) -> Result<(), TransportError> {
-    let body = encode(msg);
+    // Frames may carry secrets: both buffers are wiped once written.
+    let body = Zeroizing::new(encode(msg));
     let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
         len: body.len(),
         max: u32::MAX as usize,
     })?;
-    let mut buf = Vec::with_capacity(HEADER_LEN + body.len());
+    let mut buf = Zeroizing::new(Vec::with_capacity(HEADER_LEN + body.len()));
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&body);
     w.write_all(&buf)
@@ -68,7 +70,7 @@ pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
     if len > max {
         return Err(FrameError::TooLarge { len, max }.into());
     }
-    let mut body = vec![0u8; len];
+    let mut body = Zeroizing::new(vec![0u8; len]);
     r.read_exact(&mut body).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             TransportError::Frame(FrameError::Truncated {

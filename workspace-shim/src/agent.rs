@@ -53,7 +53,7 @@ pub async fn serve_agent(
             () = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok((conn, _)) => conn,
-                Err(e) => { warn!(error = %e, "agent accept failed"); continue; }
+                Err(e) => { crate::serve::accept_failed(&e).await; continue; }
             },
         };
         let id = next.fetch_add(1, Ordering::Relaxed) + 1;

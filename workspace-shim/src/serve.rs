@@ -13,7 +13,7 @@ use nexus_transport::tls::{ClientAuthorizer, peer_fingerprint};
 use nexus_transport::tokio_rustls::TlsAcceptor;
 use nexus_transport::{Fingerprint, Identity, MuxConfig, MuxHandle, mux};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -22,6 +22,20 @@ use crate::state::{Paired, PairingToken, StateDir, pairing_uri};
 
 /// How long an unauthenticated peer may take to finish TLS and say hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unauthenticated handshakes in progress at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Wrong pairing tokens tolerated before the pending token is burned.
+pub const MAX_TOKEN_FAILURES: u32 = 10;
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the
+/// loop neither spins nor floods the log.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Logs a failed accept and pauses; shared by every accept loop.
+pub(crate) async fn accept_failed(e: &std::io::Error) {
+    warn!(error = %e, "accept failed; pausing");
+    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+}
+
 /// How long in-flight calls may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -94,6 +108,8 @@ pub struct Pairing {
     pub paired: Option<Paired>,
     /// A token waiting to be used.
     pub token: Option<PairingToken>,
+    /// Wrong tokens presented since the pending one was issued.
+    pub failures: u32,
 }
 
 impl Shared {
@@ -104,6 +120,7 @@ impl Shared {
         nexus_transport::write_private(&self.state.pairing_uri(), uri.as_bytes())?;
         if let Ok(mut p) = self.pairing.lock() {
             p.token = Some(token);
+            p.failures = 0;
         }
         info!("issued a new pairing token");
         Ok(uri)
@@ -153,6 +170,7 @@ pub async fn run(
         pairing: Mutex::new(Pairing {
             paired: paired.clone(),
             token: None,
+            failures: 0,
         }),
         link,
         listen,
@@ -181,14 +199,21 @@ pub async fn run(
         tasks.clone(),
         shutdown.clone(),
     ));
+    let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     let mut next_id = 0u64;
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
-                Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                Err(e) => { accept_failed(&e).await; continue; }
             },
+        };
+        // Unauthenticated peers get a bounded number of handshakes at once;
+        // past that, new connections are closed at once.
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many pending handshakes; connection closed");
+            continue;
         };
         next_id += 1;
         let span = info_span!("tunnel", id = next_id, %peer);
@@ -200,6 +225,7 @@ pub async fn run(
                 tls.clone(),
                 shared.clone(),
                 shutdown.clone(),
+                permit,
             )
             .instrument(span),
         );
@@ -268,6 +294,7 @@ async fn accept_tunnel(
     tls: TlsAcceptor,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    handshake_permit: OwnedSemaphorePermit,
 ) {
     nexus_transport::tune_tcp(&tcp);
     let handshake = async {
@@ -280,7 +307,9 @@ async fn accept_tunnel(
         nexus_transport::send(&mut stream, &answer).await?;
         anyhow::Ok((stream, answer, fp))
     };
-    let (stream, answer, fp) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+    drop(handshake_permit);
+    let (stream, answer, fp) = match outcome {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return warn!(error = format!("{e:#}"), "tunnel refused"),
         Err(_) => return warn!("tunnel refused: handshake took longer than {HANDSHAKE_TIMEOUT:?}"),
@@ -308,6 +337,12 @@ async fn accept_tunnel(
         old.stop.cancel();
     }
     info!(client_fingerprint = %fp, paired_now, "laptop linked");
+    // A new link may come with another policy or agent: drop the identity
+    // list cached under the previous one and fetch a fresh one now.
+    if let Ok(mut cached) = shared.ssh_identities.lock() {
+        *cached = None;
+    }
+    crate::agent::refresh_identities(&shared);
     let exit = driver.await;
     shared.link.send_if_modified(|cur| {
         if cur.as_ref().is_some_and(|l| l.id == id) {
@@ -355,6 +390,18 @@ fn judge(shared: &Shared, fp: Fingerprint, hello: &ClientHello) -> ServerHello {
         p.paired = Some(record);
         true
     } else if hello.pairing_token.is_some() {
+        p.failures += 1;
+        if p.failures >= MAX_TOKEN_FAILURES
+            && let Some(t) = p.token.take()
+        {
+            let _ = shared.state.burn(t.value());
+            let _ = std::fs::remove_file(shared.state.pairing_uri());
+            warn!(
+                failures = p.failures,
+                "too many wrong pairing tokens: the pending token is burned; issue a new one with \
+                 `nexus-shim pairing-uri --rotate`"
+            );
+        }
         return refuse(Refusal::PairingToken);
     } else if p.paired.as_ref().is_some_and(|x| x.fingerprint == fp) {
         false

@@ -16,12 +16,17 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
 use crate::serve::{Link, Shared};
 
-/// Local connections served at once; more wait in the kernel's backlog.
-pub const MAX_LOCAL_CONNECTIONS: usize = 1024;
+/// Forwarded calls in progress at once; more wait. `status` and
+/// `pairing-uri` are answered outside this gate, so a flood of held calls
+/// cannot hide the daemon's state. Idle connections are dropped after
+/// [`REQUEST_READ_TIMEOUT`].
+pub const MAX_LOCAL_CALLS: usize = 1024;
+/// The longest `--wait` honoured; a caller asking for more gets this.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// How long a local caller may take to send its request.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the laptop may take to answer one call.
@@ -34,31 +39,25 @@ pub async fn serve_local(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let gate = Arc::new(Semaphore::new(MAX_LOCAL_CONNECTIONS));
+    let gate = Arc::new(Semaphore::new(MAX_LOCAL_CALLS));
     let mut next = 0u64;
     loop {
-        let Ok(permit) = gate.clone().acquire_owned().await else {
-            return;
-        };
         let conn = tokio::select! {
             () = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok((conn, _)) => conn,
-                Err(e) => { warn!(error = %e, "local accept failed"); continue; }
+                Err(e) => { crate::serve::accept_failed(&e).await; continue; }
             },
         };
         next += 1;
-        let caller = caller_context(&conn);
-        let span = info_span!("local", id = next, pid = caller.pid, uid = caller.uid);
-        let shared = shared.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(
-            async move {
-                handle(conn, caller, &shared, &stop).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let (shared, stop, gate, id) = (shared.clone(), shutdown.clone(), gate.clone(), next);
+        tasks.spawn(async move {
+            let caller = caller_context(&conn);
+            let span = info_span!("local", id, pid = caller.pid, uid = caller.uid);
+            handle(conn, caller, &shared, &stop, &gate)
+                .instrument(span)
+                .await;
+        });
     }
 }
 
@@ -88,6 +87,7 @@ async fn handle(
     caller: CallerContext,
     shared: &Shared,
     shutdown: &CancellationToken,
+    gate: &Semaphore,
 ) {
     let req: LocalRequest = match tokio::time::timeout(
         REQUEST_READ_TIMEOUT,
@@ -119,7 +119,10 @@ async fn handle(
             let _ = nexus_transport::send(&mut conn, &reply).await;
         }
         LocalOp::Forward(request) => {
-            let wait = Duration::from_millis(req.wait_ms);
+            let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
+            let Ok(_permit) = gate.acquire().await else {
+                return;
+            };
             forward(&mut conn, caller, request, wait, shared, shutdown).await;
         }
     }
