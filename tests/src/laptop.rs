@@ -119,11 +119,24 @@ impl Laptop {
     /// values of `env:` sources), without waiting for anything.
     #[track_caller]
     pub fn spawn_run(&self, workspace: &str, policy: &Path, envs: &[(&str, &str)]) -> Daemon {
+        self.spawn_run_with(workspace, policy, &os_envs(envs), &[])
+    }
+
+    /// Like [`Laptop::spawn_run`], with more `run` arguments (`--ssh-agent PATH`).
+    #[track_caller]
+    pub fn spawn_run_with(
+        &self,
+        workspace: &str,
+        policy: &Path,
+        envs: &[(&str, &OsStr)],
+        args: &[&OsStr],
+    ) -> Daemon {
         let mut cmd = self.command();
         cmd.arg("run")
             .args(["--workspace", workspace])
             .arg("--policy")
             .arg(policy)
+            .args(args)
             .env("NEXUS_LOG", "info");
         for (k, v) in envs {
             cmd.env(k, v);
@@ -136,10 +149,38 @@ impl Laptop {
     /// link up (`nexus-shim status` exits 0).
     #[track_caller]
     pub fn run(&self, ws: &Workspace, name: &str, policy: &Path, envs: &[(&str, &str)]) -> Daemon {
-        let mut proxy = self.spawn_run(name, policy, envs);
+        self.run_with(ws, name, policy, &os_envs(envs), &[])
+    }
+
+    /// Like [`Laptop::run`], with more `run` arguments and environment
+    /// (`SSH_AUTH_SOCK`, `--ssh-agent PATH`).
+    #[track_caller]
+    pub fn run_with(
+        &self,
+        ws: &Workspace,
+        name: &str,
+        policy: &Path,
+        envs: &[(&str, &OsStr)],
+        args: &[&OsStr],
+    ) -> Daemon {
+        let mut proxy = self.spawn_run_with(name, policy, envs, args);
         ws.wait_linked(&mut proxy);
         proxy
     }
+
+    /// Writes `~/.ssh/known_hosts` in the laptop's home (what the proxy pins
+    /// hosts from when a rule has no `host_keys`).
+    #[track_caller]
+    pub fn write_known_hosts(&self, text: &str) {
+        let dir = self.home.join(".ssh");
+        std::fs::create_dir_all(&dir).must("creating the laptop's ~/.ssh");
+        std::fs::write(dir.join("known_hosts"), text).must("writing the laptop's known_hosts");
+    }
+}
+
+/// `(name, value)` pairs as `OsStr` values.
+fn os_envs<'a>(envs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a OsStr)> {
+    envs.iter().map(|(k, v)| (*k, OsStr::new(*v))).collect()
 }
 
 impl Default for Laptop {

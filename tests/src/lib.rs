@@ -14,10 +14,12 @@
 //! appears, `nexus-shim status` exits 0), never a fixed sleep.
 #![forbid(unsafe_code)]
 
+pub mod agent_wire;
 mod laptop;
 mod netns;
 mod process;
 pub mod raw;
+pub mod sshd;
 mod workspace;
 
 use std::ffi::OsStr;
@@ -137,6 +139,8 @@ fn clean_env(cmd: &mut Command, home: &Path) {
             cmd.env_remove(key);
         }
     }
+    // Nor the developer's ssh-agent: a test names the agent it means.
+    cmd.env_remove("SSH_AUTH_SOCK").env_remove("SSH_AGENT_PID");
     cmd.env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_STATE_HOME", home.join(".local/state"));

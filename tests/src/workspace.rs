@@ -92,12 +92,7 @@ impl Workspace {
 
     /// `nexus-shim` with this workspace's environment, on the workspace host.
     fn host_command(&self) -> Command {
-        let mut cmd = match &self.net {
-            Some(ns) => ns.exec(shim_bin()),
-            None => Command::new(shim_bin()),
-        };
-        crate::clean_env(&mut cmd, &self.home);
-        cmd
+        self.command_on_host(shim_bin())
     }
 
     /// Stops the daemon with SIGTERM and returns its exit status.
@@ -148,6 +143,37 @@ impl Workspace {
     /// own host: where the proxy's connections come from.
     pub fn host_ip(&self) -> Option<std::net::Ipv4Addr> {
         self.net.as_ref().map(|ns| ns.host_ip)
+    }
+
+    /// The workspace host's own address: its end of the veth link, or
+    /// loopback when it has no namespace. Services a test starts "next to"
+    /// the workspace (a git server) listen here.
+    pub fn ip(&self) -> std::net::Ipv4Addr {
+        self.net
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |ns| ns.ws_ip)
+    }
+
+    /// The workspace's home directory (`HOME` of commands run there).
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// `STATE/agent.sock`: the `SSH_AUTH_SOCK` the shim serves.
+    pub fn agent_sock(&self) -> PathBuf {
+        self.state.join("agent.sock")
+    }
+
+    /// Any program on the workspace host (through `ip netns exec` when it
+    /// has one), with the workspace's clean environment (`HOME`, no
+    /// `NEXUS_*`, no `SSH_AUTH_SOCK`).
+    pub fn command_on_host(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = match &self.net {
+            Some(ns) => ns.exec(program),
+            None => Command::new(program),
+        };
+        crate::clean_env(&mut cmd, &self.home);
+        cmd
     }
 
     /// Runs the `nexus-shim` CLI from the root namespace (the socket is a

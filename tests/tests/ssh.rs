@@ -1,0 +1,610 @@
+//! SSH agent forwarding end to end, with real OpenSSH parts: the laptop's
+//! `ssh-agent` (an ed25519 and an RSA key), a git host `sshd` next to the
+//! workspace, `git` and `ssh` in the workspace talking to the shim's
+//! `agent.sock`. Every refusal is checked on both sides: the workspace
+//! command fails, and the laptop proxy's log says why.
+
+use nexus_e2e::agent_wire::{
+    self, AgentConn, AgentRelay, Captured, EXTENSION_FAILURE, FAILURE, IDENTITIES_ANSWER,
+    REQUEST_IDENTITIES, SUCCESS, Tamper,
+};
+use nexus_e2e::sshd::{AgentFrom, PubKey, SshWorld};
+use nexus_e2e::{Must, Output};
+use ssh_agent_lib::proto::{
+    AddIdentity, AddIdentityConstrained, KeyConstraint, PrivateCredential, PublicCredential,
+    RemoveIdentity, Request,
+};
+use ssh_encoding::Encode;
+use ssh_key::private::{Ed25519Keypair, KeypairData};
+
+/// `[[ssh.allow]]` for the git host and its login user, with extra lines.
+fn allow(world: &SshWorld, extra: &str) -> String {
+    format!(
+        "[[ssh.allow]]\nhost = {:?}\nuser = {:?}\n{extra}\n",
+        world.host.policy_host(),
+        world.host.user
+    )
+}
+
+/// `ssh-add -l` in the workspace through agent.sock.
+#[track_caller]
+fn listed_in_workspace(world: &SshWorld) -> String {
+    world.ws_run("ssh-add", ["-l"]).ok().stdout.clone()
+}
+
+/// A push refused as the workspace sees it: the agent refused to sign, so
+/// publickey authentication failed.
+#[track_caller]
+fn push_refused(out: &Output) {
+    out.code(128)
+        .stderr_has("agent refused operation")
+        .stderr_has("Permission denied (publickey)");
+}
+
+/// A second ed25519 key: a host key that is not the git host's.
+#[track_caller]
+fn other_host_key(world: &SshWorld) -> PubKey {
+    PubKey::generate(world.host.dir(), "other_host_ed25519", "ed25519")
+}
+
+/// The wire encoding of an agent request.
+#[track_caller]
+fn encode(request: &Request) -> Vec<u8> {
+    let mut out = Vec::new();
+    request.encode(&mut out).must("encoding an agent request");
+    out
+}
+
+/// Sends `messages` on a fresh agent.sock connection: every one but the
+/// last must be acknowledged (session binds are, by the shim); returns the
+/// last reply's type.
+#[track_caller]
+fn on_new_connection(world: &SshWorld, messages: &[&[u8]]) -> u8 {
+    let mut conn = AgentConn::connect(&world.ws.agent_sock());
+    let (last, first) = messages.split_last().must("at least one message");
+    for m in first {
+        assert_eq!(conn.call_type(m), SUCCESS, "a session bind is acknowledged");
+    }
+    conn.call_type(last)
+}
+
+#[test]
+fn clone_and_push_with_the_ed25519_key() {
+    let mut world = SshWorld::new();
+    let ed = world.agent.ed25519.clone();
+    let rsa = world.agent.rsa.clone();
+    // Pinned through the laptop's ~/.ssh/known_hosts; agent from SSH_AUTH_SOCK.
+    let policy = allow(&world, &format!("keys = [{:?}]", ed.fingerprint));
+    world.start_proxy(&policy, AgentFrom::Env);
+
+    // `eval "$(nexus-shim env)"` points SSH_AUTH_SOCK at agent.sock.
+    world.ws.cli_on_host(["env"]).ok().stdout_has(&format!(
+        "export SSH_AUTH_SOCK='{}'",
+        world.ws.agent_sock().display()
+    ));
+    // The workspace trusts exactly the host key the laptop pins, in the
+    // `[host]:port` form OpenSSH looks up.
+    let pinned = world.trust_pinned_hosts();
+    assert_eq!(pinned.stdout, world.host.known_hosts_line(), "{pinned}");
+
+    let listed = listed_in_workspace(&world);
+    assert!(listed.contains(&ed.fingerprint), "{listed}");
+    assert!(
+        !listed.contains(&rsa.fingerprint),
+        "a key no rule allows must be hidden\n{listed}"
+    );
+
+    world.clone_repo("clone").ok();
+    world.commit_and_push("clone", "main").ok();
+    // A second clone sees the pushed commit.
+    world.clone_repo("again").ok();
+    let log = world.git_in("again", &["log", "--oneline", "origin/main"]);
+    assert_eq!(log.ok().stdout.lines().count(), 1, "{log}");
+
+    assert!(
+        world.host.accepted(&ed.fingerprint),
+        "sshd should have let the ed25519 key in\n{}",
+        world.host.log()
+    );
+    world.wait_for_proxy_line(&["op=\"userauth\"", "decision=Allow", &ed.fingerprint]);
+    assert_eq!(
+        world.count_proxy_lines(&["refused"]),
+        0,
+        "{}",
+        world.proxy_log()
+    );
+}
+
+#[test]
+fn clone_and_push_with_the_rsa_key() {
+    let mut world = SshWorld::new();
+    let ed = world.agent.ed25519.clone();
+    let rsa = world.agent.rsa.clone();
+    // Pinned by the rule itself, not known_hosts; agent from --ssh-agent.
+    world.laptop.write_known_hosts("");
+    let policy = allow(
+        &world,
+        &format!(
+            "keys = [{:?}]\nhost_keys = [{:?}]",
+            rsa.fingerprint, world.host.host_key.line
+        ),
+    );
+    world.start_proxy(&policy, AgentFrom::Flag);
+    let pinned = world.trust_pinned_hosts();
+    assert_eq!(pinned.stdout, world.host.known_hosts_line(), "{pinned}");
+
+    let listed = listed_in_workspace(&world);
+    assert!(listed.contains(&rsa.fingerprint), "{listed}");
+    assert!(!listed.contains(&ed.fingerprint), "{listed}");
+
+    // The signature flags reach the laptop agent: a client that accepts
+    // only one RSA SHA-2 algorithm gets a signature the server verifies.
+    let sock = world.ws.agent_sock();
+    for alg in ["rsa-sha2-512", "rsa-sha2-256"] {
+        let option = format!("PubkeyAcceptedAlgorithms={alg}");
+        world
+            .ssh_login(&sock, world.host.user, &["-o", &option], &[])
+            .ok();
+    }
+
+    world.clone_repo("clone").ok();
+    world.commit_and_push("clone", "rsa").ok();
+    world.clone_repo("again").ok();
+    world
+        .git_in("again", &["rev-parse", "--verify", "origin/rsa"])
+        .ok();
+    assert!(
+        world.host.accepted(&rsa.fingerprint),
+        "{}",
+        world.host.log()
+    );
+    assert!(
+        !world.host.accepted(&ed.fingerprint),
+        "{}",
+        world.host.log()
+    );
+    world.wait_for_proxy_line(&["op=\"userauth\"", "decision=Allow", &rsa.fingerprint]);
+    assert_eq!(
+        world.count_proxy_lines(&["refused"]),
+        0,
+        "{}",
+        world.proxy_log()
+    );
+}
+
+#[test]
+fn the_identity_list_follows_the_laptop_across_reconnects() {
+    let mut world = SshWorld::new();
+    let ed = world.agent.ed25519.clone();
+    let rsa = world.agent.rsa.clone();
+    let only = |key: &PubKey| format!("keys = [{:?}]", key.fingerprint);
+    world.start_proxy(&allow(&world, &only(&ed)), AgentFrom::Flag);
+    world.trust_pinned_hosts();
+    let listed = listed_in_workspace(&world);
+    assert!(
+        listed.contains(&ed.fingerprint) && !listed.contains(&rsa.fingerprint),
+        "{listed}"
+    );
+
+    // The laptop comes back with a policy that allows the other key: the
+    // very first list and push after the reconnect must see it.
+    world.stop_proxy();
+    world.start_proxy(&allow(&world, &only(&rsa)), AgentFrom::Flag);
+    let listed = listed_in_workspace(&world);
+    assert!(
+        listed.contains(&rsa.fingerprint) && !listed.contains(&ed.fingerprint),
+        "a list cached under the previous link was served\n{listed}"
+    );
+    world.commit_and_push("repo", "main").ok();
+    assert!(
+        world.host.accepted(&rsa.fingerprint),
+        "{}",
+        world.host.log()
+    );
+}
+
+#[test]
+fn a_host_not_in_the_policy_is_refused() {
+    let mut world = SshWorld::new();
+    let other = other_host_key(&world);
+    // The laptop's known_hosts knows the git host, but the only rule is for
+    // another host.
+    let policy = format!(
+        "[[ssh.allow]]\nhost = \"github.com\"\nuser = {:?}\nhost_keys = [{:?}]\n",
+        world.host.user, other.line
+    );
+    world.start_proxy(&policy, AgentFrom::Flag);
+    let pinned = world.trust_pinned_hosts();
+    assert_eq!(pinned.stdout, format!("github.com {}\n", other.line));
+    // The workspace got the git host's key elsewhere (ssh-keyscan, say).
+    world.trust_host_directly();
+
+    push_refused(&world.commit_and_push("repo", "main"));
+    let line = world.wait_for_proxy_line(&["refused", "no [[ssh.allow]] rule pins this host key"]);
+    assert!(line.contains("denied by the laptop's policy"), "{line}");
+    world.wait_for_proxy_line(&[
+        "op=\"userauth\"",
+        "decision=Deny",
+        &format!("host_key={}", world.host.host_key.fingerprint),
+    ]);
+    assert!(
+        !world.host.log().contains("Accepted publickey"),
+        "{}",
+        world.host.log()
+    );
+}
+
+#[test]
+fn a_host_key_other_than_the_pinned_one_is_refused() {
+    let mut world = SshWorld::new();
+    let other = other_host_key(&world);
+    // The rule pins another key for the git host's address; `host_keys`
+    // replaces the laptop's known_hosts (which has the real key).
+    let policy = allow(&world, &format!("host_keys = [{:?}]", other.line));
+    world.start_proxy(&policy, AgentFrom::Flag);
+
+    // A workspace that trusts what the laptop pins stops at the host key.
+    let pinned = world.trust_pinned_hosts();
+    assert_eq!(
+        pinned.stdout,
+        format!("{} {}\n", world.host.known_hosts_name(), other.line)
+    );
+    world
+        .clone_repo("clone")
+        .code(128)
+        .stderr_has("Host key verification failed");
+    assert_eq!(world.count_proxy_lines(&["op=\"userauth\""]), 0);
+
+    // One that trusts the host anyway gets no signature from the laptop.
+    world.trust_host_directly();
+    push_refused(&world.commit_and_push("repo", "main"));
+    world.wait_for_proxy_line(&["refused", "no [[ssh.allow]] rule pins this host key"]);
+    world.wait_for_proxy_line(&[
+        "decision=Deny",
+        &format!("host_key={}", world.host.host_key.fingerprint),
+    ]);
+    assert!(
+        !world.host.log().contains("Accepted publickey"),
+        "{}",
+        world.host.log()
+    );
+}
+
+#[test]
+fn a_user_the_rule_does_not_name_is_refused() {
+    let mut world = SshWorld::new();
+    let policy = format!(
+        "[[ssh.allow]]\nhost = {:?}\nuser = \"git\"\n",
+        world.host.policy_host()
+    );
+    world.start_proxy(&policy, AgentFrom::Flag);
+    world.trust_pinned_hosts();
+
+    // The git host would accept the key for this user; the laptop does not sign.
+    push_refused(&world.commit_and_push("repo", "main"));
+    let reason = format!(
+        "user {:?} is not allowed for {} (rule",
+        world.host.user,
+        world.host.policy_host()
+    );
+    world.wait_for_proxy_line(&["refused", "denied by the laptop's policy", &reason]);
+    assert!(
+        !world.host.log().contains("Accepted publickey"),
+        "{}",
+        world.host.log()
+    );
+}
+
+/// Logs in through a recording relay and returns what ssh sent.
+#[track_caller]
+fn captured_login(world: &SshWorld, name: &str) -> Captured {
+    let relay = AgentRelay::start(
+        &world.ws_dir().join(format!("{name}.sock")),
+        &world.ws.agent_sock(),
+        Tamper::Nothing,
+    );
+    world
+        .ssh_login(relay.path(), world.host.user, &[], &[])
+        .ok();
+    let conns = relay.connections();
+    conns
+        .into_iter()
+        .find(|c| c.session_bind().is_some() && c.sign_request().is_some())
+        .must("a relayed connection with a session bind and a sign request")
+}
+
+#[test]
+fn hostile_agent_clients_are_refused_and_the_proxy_keeps_serving() {
+    let mut world = SshWorld::new();
+    let ed = world.agent.ed25519.clone();
+    let rsa = world.agent.rsa.clone();
+    world.start_proxy(
+        &allow(&world, "sshsig_namespaces = [\"git\"]"),
+        AgentFrom::Flag,
+    );
+    world.trust_pinned_hosts();
+    // No `keys`: both laptop keys are listed.
+    let listed = listed_in_workspace(&world);
+    assert!(
+        listed.contains(&ed.fingerprint) && listed.contains(&rsa.fingerprint),
+        "{listed}"
+    );
+
+    // Requests that are never forwarded, whatever they hold.
+    let planted = PrivateCredential::Key {
+        privkey: KeypairData::Ed25519(Ed25519Keypair::from_seed(&[7; 32])),
+        comment: "planted".into(),
+    };
+    let ed_public = ed
+        .line
+        .parse::<ssh_key::PublicKey>()
+        .must("parsing the ed25519 public key")
+        .key_data()
+        .clone();
+    let never_forwarded = [
+        Request::AddIdentity(AddIdentity {
+            credential: planted.clone(),
+        }),
+        Request::AddIdConstrained(AddIdentityConstrained {
+            identity: AddIdentity {
+                credential: planted,
+            },
+            constraints: vec![KeyConstraint::Lifetime(60)],
+        }),
+        Request::RemoveIdentity(RemoveIdentity {
+            credential: PublicCredential::Key(ed_public),
+        }),
+        Request::RemoveAllIdentities,
+        Request::Lock("hunter2".into()),
+        Request::Unlock("hunter2".into()),
+    ];
+    let mut conn = AgentConn::connect(&world.ws.agent_sock());
+    for request in &never_forwarded {
+        assert_eq!(
+            conn.call_type(&encode(request)),
+            FAILURE,
+            "{request:?} must be refused"
+        );
+    }
+    assert_eq!(
+        conn.call_type(&[200, 1, 2, 3]),
+        FAILURE,
+        "unknown message type"
+    );
+    assert_eq!(
+        conn.call_type(&agent_wire::extension("evil@example.com", b"")),
+        EXTENSION_FAILURE,
+        "unknown extension"
+    );
+    // The connection still answers.
+    assert_eq!(conn.call_type(&[REQUEST_IDENTITIES]), IDENTITIES_ANSWER);
+    drop(conn);
+    assert!(
+        world
+            .ws
+            .log()
+            .contains("refused an agent request that is never forwarded"),
+        "{}",
+        world.ws.log()
+    );
+    // The laptop agent still holds exactly its two keys, unlocked.
+    let laptop_keys = world.agent.ssh_add(["-l"]);
+    assert_eq!(laptop_keys.ok().stdout.lines().count(), 2, "{laptop_keys}");
+    assert!(!laptop_keys.stdout.contains("planted"), "{laptop_keys}");
+
+    // Genuine binds and sign requests, recorded between ssh and agent.sock.
+    let a = captured_login(&world, "relay-a");
+    let b = captured_login(&world, "relay-b");
+    let (bind_a, sign_a) = (
+        a.session_bind().must("bind A"),
+        a.sign_request().must("sign A"),
+    );
+    let (bind_b, sign_b) = (
+        b.session_bind().must("bind B"),
+        b.sign_request().must("sign B"),
+    );
+
+    let bad_bind = agent_wire::with_bad_signature(bind_a);
+    let cases: [(&str, Vec<&[u8]>, &str); 5] = [
+        (
+            "a sign request with no bind",
+            vec![sign_a],
+            "userauth signature without a session-bind",
+        ),
+        (
+            "two binds on one connection",
+            vec![bind_a, bind_b, sign_b],
+            "more than one session-bind on one agent connection",
+        ),
+        (
+            "a bind replayed from another connection",
+            vec![bind_a, sign_a],
+            "session id already bound on another agent connection (replay)",
+        ),
+        (
+            "a sign over data of another session",
+            vec![bind_a, sign_b],
+            "belongs to another SSH session than the bound one",
+        ),
+        (
+            "a bind whose host signature does not verify",
+            vec![&bad_bind, sign_a],
+            "host key signature does not verify",
+        ),
+    ];
+    for (what, messages, reason) in &cases {
+        assert_eq!(
+            on_new_connection(&world, messages),
+            FAILURE,
+            "{what} must be refused"
+        );
+        world.wait_for_proxy_line(&["refused", reason]);
+    }
+
+    // A bind marking an onward hop: the flag is not covered by the host's
+    // signature, so a relay can set it on a live login; the laptop refuses.
+    let relay = AgentRelay::start(
+        &world.ws_dir().join("relay-fwd.sock"),
+        &world.ws.agent_sock(),
+        Tamper::MarkForwarding,
+    );
+    let out = world.ssh_login(relay.path(), world.host.user, &[], &[]);
+    out.code(255)
+        .stderr_has("agent refused operation")
+        .stderr_has("Permission denied (publickey)");
+    world.wait_for_proxy_line(&["refused", "the session is forwarded (onward hop)"]);
+    drop(relay);
+
+    // SSHSIG: only the namespaces a rule lists.
+    let pubkey = world.ws_dir().join("signing.pub");
+    std::fs::write(&pubkey, format!("{}\n", ed.line)).must("writing signing.pub");
+    let message = world.ws_dir().join("message.txt");
+    std::fs::write(&message, "hello\n").must("writing message.txt");
+    let pubkey_arg = pubkey.display().to_string();
+    let message_arg = message.display().to_string();
+    world
+        .ws_run(
+            "ssh-keygen",
+            ["-Y", "sign", "-n", "file", "-f", &pubkey_arg, &message_arg],
+        )
+        .code(255);
+    world.wait_for_proxy_line(&["refused", "SSHSIG namespace \"file\" is not listed"]);
+    world
+        .ws_run(
+            "ssh-keygen",
+            ["-Y", "sign", "-n", "git", "-f", &pubkey_arg, &message_arg],
+        )
+        .ok();
+    let signers = world.ws_dir().join("allowed_signers");
+    std::fs::write(&signers, format!("e2e@example.com {}\n", ed.line)).must("writing signers");
+    let mut verify = world.ws_command_with_sock("ssh-keygen", &world.ws.agent_sock());
+    verify
+        .args(["-Y", "verify", "-n", "git", "-I", "e2e@example.com", "-f"])
+        .arg(&signers)
+        .arg("-s")
+        .arg(world.ws_dir().join("message.txt.sig"));
+    nexus_e2e::run_to_end(&mut verify, Some(b"hello\n"))
+        .ok()
+        .stdout_has("Good \"git\" signature");
+
+    // After all that, the proxy still serves a normal push.
+    world.assert_running();
+    world.clone_repo("clone").ok();
+    world.commit_and_push("clone", "after-attacks").ok();
+    assert!(world.host.accepted(&ed.fingerprint) || world.host.accepted(&rsa.fingerprint));
+}
+
+#[test]
+fn a_genuinely_forwarded_agent_cannot_sign_onward() {
+    let mut world = SshWorld::new();
+    world.start_proxy(&allow(&world, ""), AgentFrom::Flag);
+    world.trust_pinned_hosts();
+    let sock = world.ws.agent_sock();
+    let host = world.host.ip.to_string();
+    let port = world.host.port.to_string();
+    let target = format!("{}@{host}", world.host.user);
+    // ssh -A to the git host, then from there on to the git host again:
+    // the inner login's sign request arrives on the forwarded connection,
+    // bound first to the outer session (is_forwarding = true).
+    let inner = [
+        "ssh",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        &port,
+        &target,
+        "true",
+    ];
+    let out = world.ssh_login(&sock, world.host.user, &["-A"], &inner);
+    out.code(255).stderr_has("Permission denied (publickey)");
+    world.wait_for_proxy_line(&[
+        "refused",
+        "more than one session-bind on one agent connection",
+    ]);
+    // The outer login itself was signed.
+    world.wait_for_proxy_line(&["op=\"userauth\"", "decision=Allow"]);
+    // Listing keys through the forwarded agent still works (no signature).
+    world
+        .ssh_login(&sock, world.host.user, &["-A"], &["ssh-add", "-l"])
+        .ok()
+        .stdout_has(&world.agent.ed25519.fingerprint);
+}
+
+#[test]
+fn ssh_commit_signing_through_agent_sock() {
+    let mut world = SshWorld::new();
+    let ed = world.agent.ed25519.clone();
+    let policy = allow(
+        &world,
+        &format!(
+            "keys = [{:?}]\nsshsig_namespaces = [\"git\"]",
+            ed.fingerprint
+        ),
+    );
+    world.start_proxy(&policy, AgentFrom::Flag);
+    world.trust_pinned_hosts();
+
+    world.ws_run("git", ["init", "-q", "signed"]).ok();
+    let signing_key = format!("user.signingkey=key::{}", ed.line);
+    world
+        .git_in(
+            "signed",
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &signing_key,
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-S",
+                "-m",
+                "signed through the laptop",
+            ],
+        )
+        .ok();
+    let signers = world.ws_dir().join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!("e2e@example.com namespaces=\"git\" {}\n", ed.line),
+    )
+    .must("writing allowed_signers");
+    let signers_opt = format!("gpg.ssh.allowedSignersFile={}", signers.display());
+    world
+        .git_in(
+            "signed",
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &signers_opt,
+                "verify-commit",
+                "HEAD",
+            ],
+        )
+        .ok()
+        .stderr_has("Good \"git\" signature for e2e@example.com")
+        .stderr_has(&ed.fingerprint);
+    world.wait_for_proxy_line(&[
+        "op=\"sshsig\"",
+        "namespace=git",
+        "decision=Allow",
+        &ed.fingerprint,
+    ]);
+    // The signed commit can be pushed with the same key.
+    world
+        .git_in("signed", &["remote", "add", "origin", &world.host.url()])
+        .ok();
+    world
+        .git_in(
+            "signed",
+            &["push", "-q", "origin", "HEAD:refs/heads/signed"],
+        )
+        .ok();
+}
