@@ -20,7 +20,9 @@ mod secret;
 mod version;
 
 pub use error::{DecodeError, FrameError};
-pub use frame::{FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, decode, encode};
+pub use frame::{
+    FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, decode, encode,
+};
 pub use message::{
     Call, CallerContext, ClientHello, ErrorCode, ErrorReply, LinkStatus, LocalOp, LocalReply,
     LocalRequest, PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo,

@@ -158,12 +158,21 @@ fn deep_nesting_is_an_error_even_on_a_small_stack() {
         for depth in [100, 1_000, 100_000] {
             let bomb = nested_bomb(depth);
             assert!(decode::<Call>(&bomb).is_err(), "Call at depth {depth}");
-            assert!(decode::<ClientHello>(&bomb).is_err(), "ClientHello at depth {depth}");
-            assert!(decode::<LocalRequest>(&bomb).is_err(), "LocalRequest at depth {depth}");
+            assert!(
+                decode::<ClientHello>(&bomb).is_err(),
+                "ClientHello at depth {depth}"
+            );
+            assert!(
+                decode::<LocalRequest>(&bomb).is_err(),
+                "LocalRequest at depth {depth}"
+            );
             assert!(decode::<Reply>(&bomb).is_err(), "Reply at depth {depth}");
         }
     });
-    assert!(worker.map(|h| h.join().is_ok()).unwrap_or(false), "decoder crashed on nested input");
+    assert!(
+        worker.map(|h| h.join().is_ok()).unwrap_or(false),
+        "decoder crashed on nested input"
+    );
 }
 
 #[test]
