@@ -97,6 +97,13 @@ pub enum Action<'a> {
     /// Whether an agent identity may be shown to the workspace (identities
     /// not allowed are hidden from the list).
     ///
+    /// An onward hop: an earlier session bound on the same agent connection,
+    /// marked as forwarding the agent. Allowed when a rule pinning its host
+    /// key sets `forwarding = true` and no deny rule for that host applies.
+    SshHop {
+        /// Whether the hop's host key is pinned for a given allow rule.
+        host_key_pinned_for: &'a dyn Fn(&SshRule) -> bool,
+    },
     /// Allowed when any `[[ssh.allow]]` rule admits `key` and no `[[ssh.deny]]`
     /// rule with only a `key` field (no host, no user) names it.
     SshIdentity {
@@ -127,6 +134,7 @@ impl fmt::Debug for Action<'_> {
                 .field("key", key)
                 .finish(),
             Action::SshIdentity { key } => f.debug_struct("SshIdentity").field("key", key).finish(),
+            Action::SshHop { .. } => f.debug_struct("SshHop").finish_non_exhaustive(),
         }
     }
 }
@@ -160,6 +168,14 @@ impl PartialEq for Action<'_> {
                 },
             ) => n1 == n2 && k1 == k2,
             (Action::SshIdentity { key: a }, Action::SshIdentity { key: b }) => a == b,
+            (
+                Action::SshHop {
+                    host_key_pinned_for: a,
+                },
+                Action::SshHop {
+                    host_key_pinned_for: b,
+                },
+            ) => std::ptr::addr_eq(*a, *b),
             _ => false,
         }
     }
@@ -390,6 +406,9 @@ impl Policy {
             Action::SshIdentity { key } => {
                 ssh::decide_identity(&self.ssh_rules, &self.ssh_denies, key)
             }
+            Action::SshHop {
+                host_key_pinned_for,
+            } => ssh::decide_hop(&self.ssh_rules, &self.ssh_denies, host_key_pinned_for),
         }
     }
 

@@ -154,6 +154,13 @@ impl SshDenyRule {
             && self.key.as_ref().is_none_or(|k| k == key)
     }
 
+    /// Whether this rule denies an onward hop through `host`. The hop names no
+    /// user and no key, so those fields count as matching: any deny rule
+    /// that could apply to the host blocks the hop.
+    fn denies_hop(&self, host: &str) -> bool {
+        self.matches_host(host)
+    }
+
     /// Whether this rule denies an SSHSIG signature with `key`: only the `key`
     /// field applies (a signature names no host and no user).
     fn denies_sshsig(&self, key: &str) -> bool {
@@ -310,6 +317,36 @@ pub(crate) fn decide_userauth(
                 rule.host
             ),
         ),
+    }
+}
+
+/// `Action::SshHop`: an earlier session on the agent connection that forwarded
+/// the agent onward. Allowed by the first allow rule pinning its host key that
+/// sets `forwarding = true`, unless a deny rule for that host applies.
+pub(crate) fn decide_hop(
+    rules: &[SshRule],
+    denies: &[SshDenyRule],
+    pinned: &dyn Fn(&SshRule) -> bool,
+) -> Decision {
+    let mut refused: Option<&SshRule> = None;
+    for rule in rules.iter().filter(|r| pinned(r)) {
+        if !rule.forwarding {
+            refused.get_or_insert(rule);
+            continue;
+        }
+        if let Some(deny) = denies.iter().find(|d| d.denies_hop(&rule.host)) {
+            return denied(deny, format!("agent forwarding onward from {}", rule.host));
+        }
+        return allowed(rule, format!("agent forwarding onward from {}", rule.host));
+    }
+    match refused {
+        None => {
+            not_allowed("an onward hop goes through a host no [[ssh.allow]] rule pins".to_owned())
+        }
+        Some(rule) => not_allowed(format!(
+            "agent forwarding onward from {} needs forwarding = true (rule {} does not set it)",
+            rule.host, rule.rule
+        )),
     }
 }
 
@@ -598,6 +635,48 @@ pub(crate) fn check_namespace(ns: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod hop_tests {
+    use crate::{Action, Policy, Request, Source, Verdict};
+
+    fn policy(text: &str) -> Policy {
+        Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn hop(p: &Policy, host: &str) -> (Verdict, String) {
+        let pinned = |r: &crate::SshRule| r.host == host;
+        let d = p.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::SshHop {
+                host_key_pinned_for: &pinned,
+            },
+        });
+        (d.verdict, d.reason)
+    }
+
+    #[test]
+    fn hops_need_forwarding_and_yield_to_denies() {
+        let p = policy(
+            "[[ssh.allow]]\nhost = \"jump\"\nuser = \"*\"\nforwarding = true\n\
+             [[ssh.allow]]\nhost = \"plain\"\nuser = \"git\"\n\
+             [[ssh.allow]]\nhost = \"blocked\"\nuser = \"*\"\nforwarding = true\n\
+             [[ssh.deny]]\nhost = \"blocked\"\nuser = \"root\"\n",
+        );
+        assert_eq!(hop(&p, "jump").0, Verdict::Allow);
+        let (v, why) = hop(&p, "plain");
+        assert_eq!(v, Verdict::Deny);
+        assert!(why.contains("forwarding = true"), "{why}");
+        assert_eq!(hop(&p, "nowhere").0, Verdict::Deny);
+        let (v, why) = hop(&p, "blocked");
+        assert_eq!(
+            v,
+            Verdict::Deny,
+            "a deny naming only a user still blocks the hop: {why}"
+        );
+    }
 }
 
 #[cfg(test)]

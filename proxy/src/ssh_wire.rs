@@ -125,7 +125,7 @@ fn parse_userauth(data: &[u8]) -> Result<Userauth, WireError> {
     let method = match method_name.as_str() {
         "publickey" => Method::PublicKey,
         "publickey-hostbound-v00@openssh.com" => Method::HostBound,
-        _ => return Err(WireError::Method(method_name)),
+        _ => return Err(WireError::Method(method_name.chars().take(64).collect())),
     };
     if u8::decode(r).map_err(err)? != 1 {
         return Err(err("publickey request without a signature flag"));

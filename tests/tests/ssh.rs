@@ -414,7 +414,7 @@ fn hostile_agent_clients_are_refused_and_the_proxy_keeps_serving() {
         (
             "two binds on one connection",
             vec![bind_a, bind_b, sign_b],
-            "more than one session-bind on one agent connection",
+            "a second session-bind on an agent connection whose first session did not forward the agent",
         ),
         (
             "a bind replayed from another connection",
@@ -523,10 +523,7 @@ fn a_genuinely_forwarded_agent_cannot_sign_onward() {
     ];
     let out = world.ssh_login(&sock, world.host.user, &["-A"], &inner);
     out.code(255).stderr_has("Permission denied (publickey)");
-    world.wait_for_proxy_line(&[
-        "refused",
-        "more than one session-bind on one agent connection",
-    ]);
+    world.wait_for_proxy_line(&["refused", "needs forwarding = true"]);
     // The outer login itself was signed.
     world.wait_for_proxy_line(&["op=\"userauth\"", "decision=Allow"]);
     // Listing keys through the forwarded agent still works (no signature).
@@ -534,6 +531,37 @@ fn a_genuinely_forwarded_agent_cannot_sign_onward() {
         .ssh_login(&sock, world.host.user, &["-A"], &["ssh-add", "-l"])
         .ok()
         .stdout_has(&world.agent.ed25519.fingerprint);
+}
+
+#[test]
+fn forwarding_true_lets_an_onward_hop_sign() {
+    let mut world = SshWorld::new();
+    world.start_proxy(&allow(&world, "forwarding = true"), AgentFrom::Flag);
+    world.trust_pinned_hosts();
+    let sock = world.ws.agent_sock();
+    let port = world.host.port.to_string();
+    let target = format!("{}@{}", world.host.user, world.host.ip);
+    let inner = [
+        "ssh",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        &port,
+        &target,
+        "echo",
+        "inner-ok",
+    ];
+    // The inner login's agent connection carries the outer bind (forwarding)
+    // then its own: the hop is allowed by the rule, so the inner login signs.
+    let out = world.ssh_login(&sock, world.host.user, &["-A"], &inner);
+    out.ok().stdout_has("inner-ok");
+    world.wait_for_proxy_line(&["op=\"hop\"", "decision=Allow"]);
 }
 
 #[test]

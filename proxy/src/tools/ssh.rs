@@ -78,7 +78,9 @@ impl ReplayCache {
 
 fn deny(message: impl Into<String>) -> Reply {
     let message = message.into();
-    warn!(tool = "ssh", reason = %super::clip(&message), "refused");
+    // Reasons are ours or the policy's (which escapes workspace text); the
+    // Debug form still keeps them on one line.
+    warn!(tool = "ssh", reason = %message, "refused");
     Reply::error(ErrorCode::Denied, message)
 }
 
@@ -194,13 +196,9 @@ pub async fn sign(
         return deny("signing with certificates is not supported through the proxy");
     };
     let key_fp = fingerprint(key);
-    let bind = match binds {
-        [] => None,
-        [one] => match parse_bind(one) {
-            Ok(b) => Some(b),
-            Err(r) => return r,
-        },
-        _ => return deny("more than one session-bind on one agent connection"),
+    let chain = match parse_binds(binds) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let data = match parse_sign_data(&request.data) {
         Ok(d) => d,
@@ -220,11 +218,15 @@ pub async fn sign(
             d
         }
         SignData::Userauth(auth) => {
-            let Some(bind) = &bind else {
+            let Some((bind, hops)) = chain.split_last() else {
                 return deny(
                     "userauth signature without a session-bind on the same agent connection",
                 );
             };
+            let files = crate::known_hosts::default_files(ctx.home().as_deref());
+            if let Err(r) = check_hops(workspace, hops, &files, ctx) {
+                return r;
+            }
             if auth.session_id != bind.session_id {
                 return deny("the data to sign belongs to another SSH session than the bound one");
             }
@@ -234,7 +236,6 @@ pub async fn sign(
             if auth.method == Method::HostBound && auth.host_key.as_ref() != Some(&bind.host_key) {
                 return deny("the hostbound userauth names another host key than the bound one");
             }
-            let files = crate::known_hosts::default_files(ctx.home().as_deref());
             let host_key = bind.host_key.clone();
             let pinned_for = |rule: &SshRule| pinned(rule, &files).contains(&host_key);
             let d = ctx.policy.decide(&PolicyRequest {
@@ -262,7 +263,60 @@ pub async fn sign(
     if let Err(reply) = admit(workspace, &decision, ctx) {
         return reply;
     }
-    forward(bind.as_ref(), request, ctx).await
+    forward(&chain, request, ctx).await
+}
+
+/// Most binds one agent connection may carry (OpenSSH's agent keeps 16).
+pub const MAX_BINDS: usize = 16;
+
+/// Parses and verifies every bind, in order. An exact repeat of the bind
+/// before it is dropped, as OpenSSH's agent accepts it as a no-op.
+fn parse_binds(binds: &[Vec<u8>]) -> Result<Vec<SessionBind>, Reply> {
+    if binds.len() > MAX_BINDS {
+        return Err(deny(format!(
+            "more than {MAX_BINDS} session-binds on one agent connection"
+        )));
+    }
+    let mut chain: Vec<SessionBind> = Vec::with_capacity(binds.len());
+    for body in binds {
+        let bind = parse_bind(body)?;
+        if chain.last() != Some(&bind) {
+            chain.push(bind);
+        }
+    }
+    Ok(chain)
+}
+
+/// The binds before the last are the hops the agent was forwarded through,
+/// as OpenSSH's agent sees them: each must have been made by a session that
+/// forwards the agent, through a host whose rule sets `forwarding = true`.
+fn check_hops(
+    workspace: &str,
+    hops: &[SessionBind],
+    files: &[PathBuf],
+    ctx: &ToolContext,
+) -> Result<(), Reply> {
+    for hop in hops {
+        if !hop.is_forwarding {
+            return Err(deny(
+                "a second session-bind on an agent connection whose first session did not forward the agent",
+            ));
+        }
+        let host_key = hop.host_key.clone();
+        let pinned_for = |rule: &SshRule| pinned(rule, files).contains(&host_key);
+        let d = ctx.policy.decide(&PolicyRequest {
+            workspace,
+            caller: None,
+            action: Action::SshHop {
+                host_key_pinned_for: &pinned_for,
+            },
+        });
+        info!(tool = "ssh", op = "hop", host_key = %fingerprint(&hop.host_key), decision = ?d.verdict, "decision");
+        if d.verdict == Verdict::Deny {
+            return Err(deny(format!("denied by the laptop's policy: {}", d.reason)));
+        }
+    }
+    Ok(())
 }
 
 fn parse_bind(body: &[u8]) -> Result<SessionBind, Reply> {
@@ -312,18 +366,18 @@ fn admit(workspace: &str, d: &Decision, ctx: &ToolContext) -> Result<(), Reply> 
     Ok(())
 }
 
-async fn forward(bind: Option<&SessionBind>, request: SignRequest, ctx: &ToolContext) -> Reply {
+async fn forward(chain: &[SessionBind], request: SignRequest, ctx: &ToolContext) -> Reply {
     let mut client = match agent(ctx).await {
         Ok(c) => c,
         Err(r) => return r,
     };
     let run = async {
-        if let Some(bind) = bind
-            && let Ok(ext) = Extension::new_message(bind.clone())
-        {
+        for bind in chain {
             // Agents without session-bind support answer FAILURE; signing
             // still works for them, only `ssh-add -h` constraints need it.
-            let _ = client.extension(ext).await;
+            if let Ok(ext) = Extension::new_message(bind.clone()) {
+                let _ = client.extension(ext).await;
+            }
         }
         client.sign(request).await
     };
