@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nexus_protocol::{CallerContext, Reply, Request, SshIdentity};
 use ssh_agent_lib::proto::extension::MessageExtension;
@@ -174,19 +174,42 @@ fn extension(ext: Extension, state: &mut ConnState) -> Response {
     }
 }
 
+/// How often a cached identity list is checked against the laptop.
+pub const IDENTITY_REFRESH: Duration = Duration::from_secs(5);
+
+/// Public keys the laptop lets this workspace list (public data), and when
+/// the laptop was last asked for them.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    ids: Option<Vec<SshIdentity>>,
+    asked: Option<Instant>,
+}
+
+impl IdentityCache {
+    /// Forgets everything (a new link may bring another policy or agent).
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
 async fn identities(caller: &CallerContext, shared: &Shared) -> Response {
-    let cached = shared.ssh_identities.lock().ok().and_then(|c| c.clone());
+    let cached = shared
+        .ssh_identities
+        .lock()
+        .ok()
+        .and_then(|c| c.ids.clone());
     let ids = match cached {
         Some(ids) => {
-            // Answer at once; refresh in the background so keys added on the
-            // laptop show up on the next call.
+            // Answer at once; refresh in the background (at most every
+            // IDENTITY_REFRESH) so keys added on the laptop show up soon.
             refresh_identities(shared);
             ids
         }
         None => match laptop(shared, caller, Request::SshIdentities).await {
             Reply::SshIdentities(ids) => {
                 if let Ok(mut c) = shared.ssh_identities.lock() {
-                    *c = Some(ids.clone());
+                    c.ids = Some(ids.clone());
+                    c.asked = Some(Instant::now());
                 }
                 ids
             }
@@ -207,13 +230,21 @@ fn to_identity(id: &SshIdentity) -> Option<Identity> {
     })
 }
 
-/// Fetches the identity list into the cache (after a link comes up, and
-/// after each answer served from the cache).
+/// Fetches the identity list into the cache in the background: after a link
+/// comes up, and after answers served from the cache once the list is older
+/// than [`IDENTITY_REFRESH`].
 pub fn refresh_identities(shared: &Shared) {
     let Some(link) = shared.live_link() else {
         return;
     };
     let cache = shared.ssh_identities.clone();
+    {
+        let Ok(mut c) = cache.lock() else { return };
+        if c.asked.is_some_and(|t| t.elapsed() < IDENTITY_REFRESH) {
+            return;
+        }
+        c.asked = Some(Instant::now());
+    }
     tokio::spawn(async move {
         let call =
             crate::sockets::call_once(&link, CallerContext::default(), Request::SshIdentities);
@@ -222,7 +253,7 @@ pub fn refresh_identities(shared: &Shared) {
             && !link.mux.is_closed()
             && let Ok(mut c) = cache.lock()
         {
-            *c = Some(ids);
+            c.ids = Some(ids);
         }
     });
 }

@@ -8,7 +8,7 @@
 //! Everything it forwards is decided on the laptop.
 #![forbid(unsafe_code)]
 
-mod agent;
+pub mod agent;
 pub mod cli;
 mod client;
 pub mod serve;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nexus_protocol::{
-    ClientHello, HANDSHAKE_MAX_FRAME, Refusal, SUPPORTED, ServerHello, SshIdentity, negotiate,
+    ClientHello, HANDSHAKE_MAX_FRAME, Refusal, SUPPORTED, ServerHello, negotiate,
 };
 use nexus_transport::tls::{ClientAuthorizer, peer_fingerprint};
 use nexus_transport::tokio_rustls::TlsAcceptor;
@@ -96,7 +96,7 @@ pub struct Shared {
     /// Lifetime of new pairing tokens.
     pub pairing_ttl: Duration,
     /// Public keys the laptop lets this workspace see (refreshed per link).
-    pub ssh_identities: Arc<Mutex<Option<Vec<SshIdentity>>>>,
+    pub ssh_identities: Arc<Mutex<crate::agent::IdentityCache>>,
     /// How long agent requests wait for a link.
     pub agent_wait: Duration,
 }
@@ -176,7 +176,7 @@ pub async fn run(
         listen,
         advertise,
         pairing_ttl: cfg.pairing_ttl,
-        ssh_identities: Arc::new(Mutex::new(None)),
+        ssh_identities: Arc::default(),
         agent_wait: cfg.agent_wait,
     });
     setup_pairing(&shared, &cfg, paired.is_some())?;
@@ -340,7 +340,7 @@ async fn accept_tunnel(
     // A new link may come with another policy or agent: drop the identity
     // list cached under the previous one and fetch a fresh one now.
     if let Ok(mut cached) = shared.ssh_identities.lock() {
-        *cached = None;
+        cached.clear();
     }
     crate::agent::refresh_identities(&shared);
     let exit = driver.await;
