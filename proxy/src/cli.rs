@@ -117,7 +117,7 @@ enum SecretCommand {
 /// Entry point: parse, run, map the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(if matches!(cli.command, Command::Run { .. }) {
+    nexus_transport::process::init_tracing(if matches!(cli.command, Command::Run { .. }) {
         "info"
     } else {
         "warn"
@@ -149,21 +149,6 @@ pub fn main() -> ExitCode {
 fn fail(msg: &str) -> ExitCode {
     eprintln!("nexus-agent-proxy: {msg}");
     ExitCode::from(1)
-}
-
-/// The most yamux may log, whatever `NEXUS_LOG` says.
-const YAMUX_LOG_CAP: &str = "yamux=info";
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
-        // yamux's trace output includes frame bodies, which may hold secrets.
-        .add_directive(YAMUX_LOG_CAP.parse().unwrap_or_default());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -304,7 +289,9 @@ async fn serve(
         replay: Default::default(),
     });
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+    tokio::spawn(nexus_transport::process::cancel_on_signals(
+        shutdown.clone(),
+    ));
     let tasks = TaskTracker::new();
     for ws in workspaces {
         let span = tracing::info_span!("workspace", workspace = %ws.name);
@@ -317,26 +304,6 @@ async fn serve(
     tasks.wait().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-async fn signals(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("signal received; finishing calls");
-    token.cancel();
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod fingerprint;
 mod frame_io;
 mod identity;
 pub mod mux;
+pub mod process;
 pub mod tls;
 
 pub use error::TransportError;

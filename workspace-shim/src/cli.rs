@@ -153,7 +153,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_serve = matches!(cli.command, Command::Serve(_));
-    init_tracing(if is_serve { "info" } else { "warn" });
+    nexus_transport::process::init_tracing(if is_serve { "info" } else { "warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -170,21 +170,6 @@ pub fn main() -> ExitCode {
 fn fail(msg: &str) -> ExitCode {
     eprintln!("nexus-shim: {msg}");
     ExitCode::from(1)
-}
-
-/// The most yamux may log, whatever `NEXUS_LOG` says.
-const YAMUX_LOG_CAP: &str = "yamux=info";
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
-        // yamux's trace output includes frame bodies, which may hold secrets.
-        .add_directive(YAMUX_LOG_CAP.parse().unwrap_or_default());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -251,7 +236,9 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         agent_wait: args.agent_wait,
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+    tokio::spawn(nexus_transport::process::cancel_on_signals(
+        shutdown.clone(),
+    ));
     crate::serve::run(cfg, listeners, identity, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -283,26 +270,6 @@ fn check_preset_token(t: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-async fn signals(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("signal received");
-    token.cancel();
 }
 
 async fn pairing_uri(state: &StateDir, rotate: bool, client: &ClientArgs) -> Result<ExitCode> {

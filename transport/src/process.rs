@@ -1,0 +1,41 @@
+//! Process plumbing both daemons share: logging set-up and shutdown on
+//! signals.
+
+use tokio_util::sync::CancellationToken;
+
+/// The most yamux may log, whatever `NEXUS_LOG` says: its trace output
+/// includes frame bodies, which may hold secrets.
+const YAMUX_LOG_CAP: &str = "yamux=info";
+
+/// Logs to stderr with the filter in `NEXUS_LOG` (else `default`), colours
+/// only on a terminal.
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        .add_directive(YAMUX_LOG_CAP.parse().unwrap_or_default());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Cancels `token` on SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn cancel_on_signals(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("signal received; finishing in-flight calls");
+    token.cancel();
+}
