@@ -89,7 +89,8 @@ pub enum Request {
     /// acknowledged on the same agent connection. The laptop verifies bind
     /// and sign together before anything reaches its agent.
     SshSign {
-        /// The shim's number for the agent connection (reported, not trusted).
+        /// The shim's number for the agent connection: reported, not trusted,
+        /// so it only correlates logs (replay is judged by session and key).
         connection: u64,
         /// Bodies of the `session-bind@openssh.com` extensions, in order.
         #[serde(with = "serde_bytes_vec")]

@@ -72,7 +72,8 @@ fn matches_host(patterns: &HostPatterns, name: &str) -> bool {
             let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(salt) else {
                 return false;
             };
-            mac.update(name.as_bytes());
+            // OpenSSH hashes the lower-cased name.
+            mac.update(name.to_ascii_lowercase().as_bytes());
             mac.verify_slice(hash).is_ok()
         }
         HostPatterns::Patterns(list) => {

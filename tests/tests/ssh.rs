@@ -419,7 +419,7 @@ fn hostile_agent_clients_are_refused_and_the_proxy_keeps_serving() {
         (
             "a bind replayed from another connection",
             vec![bind_a, sign_a],
-            "session id already bound on another agent connection (replay)",
+            "this session already had a signature with this key (replay)",
         ),
         (
             "a sign over data of another session",

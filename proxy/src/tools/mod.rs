@@ -106,7 +106,11 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
             connection,
             binds,
             request,
-        } => ssh::sign(workspace, *connection, binds, request, ctx).await,
+        } => {
+            // Reported by the workspace: for matching the shim's log only.
+            tracing::debug!(agent_connection = connection, "ssh sign request");
+            ssh::sign(workspace, binds, request, ctx).await
+        }
         Request::SshKnownHosts => ssh::known_hosts(ctx),
     }
 }

@@ -45,34 +45,39 @@ pub const REPLAY_CAPACITY: usize = 100_000;
 
 const BIND_NAME: &str = "session-bind@openssh.com";
 
-/// (workspace, session id) → (agent connection, first seen).
-type Seen = HashMap<(String, Vec<u8>), (u64, Instant)>;
+/// (workspace, session id, key fingerprint) → first signed.
+type Seen = HashMap<(String, Vec<u8>, String), Instant>;
 
-/// Session ids seen per workspace, with the agent connection that bound them.
+/// Login signatures already made, per workspace. The agent connection number
+/// comes from the workspace, so it cannot be what tells a replay apart: each
+/// (session, key) pair is signed at most once (OpenSSH signs once per key it
+/// offers, so trying key after key still works).
 #[derive(Debug, Default)]
 pub struct ReplayCache {
     seen: Mutex<Seen>,
 }
 
 impl ReplayCache {
-    /// Records `session_id` for `connection`; false when another connection
-    /// of the same workspace bound it first.
-    fn admit(&self, workspace: &str, session_id: &[u8], connection: u64) -> bool {
+    /// Records a login signature; false when this workspace already had one
+    /// for the same session and key.
+    fn admit(&self, workspace: &str, session_id: &[u8], key: &str) -> bool {
         let Ok(mut seen) = self.seen.lock() else {
             return false;
         };
         let now = Instant::now();
         if seen.len() >= REPLAY_CAPACITY {
-            seen.retain(|_, (_, t)| now.duration_since(*t) < REPLAY_WINDOW);
+            seen.retain(|_, t| now.duration_since(*t) < REPLAY_WINDOW);
         }
-        let key = (workspace.to_owned(), session_id.to_vec());
-        if seen.len() >= REPLAY_CAPACITY && !seen.contains_key(&key) {
+        if seen.len() >= REPLAY_CAPACITY {
             // Full of live entries: refuse rather than forget one, which
             // would reopen a replay window.
             return false;
         }
-        let entry = seen.entry(key).or_insert((connection, now));
-        entry.0 == connection
+        seen.insert(
+            (workspace.to_owned(), session_id.to_vec(), key.to_owned()),
+            now,
+        )
+        .is_none()
     }
 }
 
@@ -143,7 +148,8 @@ pub async fn identities(workspace: &str, ctx: &ToolContext) -> Reply {
         {
             out.push(SshIdentity {
                 blob,
-                comment: id.comment,
+                // Comments name laptop users, hosts and paths: public keys only.
+                comment: String::new(),
             });
         }
     }
@@ -181,13 +187,7 @@ pub fn known_hosts(ctx: &ToolContext) -> Reply {
 }
 
 /// Verifies and, when everything holds, signs.
-pub async fn sign(
-    workspace: &str,
-    connection: u64,
-    binds: &[Vec<u8>],
-    raw: &[u8],
-    ctx: &ToolContext,
-) -> Reply {
+pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolContext) -> Reply {
     let request = match SignRequest::decode(&mut &raw[..]) {
         Ok(r) => r,
         Err(e) => return deny(format!("malformed sign request: {e}")),
@@ -196,13 +196,18 @@ pub async fn sign(
         return deny("signing with certificates is not supported through the proxy");
     };
     let key_fp = fingerprint(key);
-    let chain = match parse_binds(binds) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let data = match parse_sign_data(&request.data) {
         Ok(d) => d,
         Err(e) => return deny(e.to_string()),
+    };
+    // Binds matter only for logins; an SSHSIG signature is made without them
+    // (none are checked against policy, so none may reach the laptop agent).
+    let chain = match &data {
+        SignData::Userauth(_) => match parse_binds(binds) {
+            Ok(c) => c,
+            Err(r) => return r,
+        },
+        SignData::SshSig(_) => Vec::new(),
     };
     let decision = match &data {
         SignData::SshSig(sig) => {
@@ -253,9 +258,9 @@ pub async fn sign(
             // Recorded only for allowed (pinned) hosts: a workspace can mint
             // valid binds with a key of its own, and must not grow this cache.
             if d.verdict == Verdict::Allow
-                && !ctx.replay.admit(workspace, &bind.session_id, connection)
+                && !ctx.replay.admit(workspace, &bind.session_id, &key_fp)
             {
-                return deny("session id already bound on another agent connection (replay)");
+                return deny("this session already had a signature with this key (replay)");
             }
             d
         }
@@ -372,6 +377,13 @@ async fn forward(chain: &[SessionBind], request: SignRequest, ctx: &ToolContext)
         Err(r) => return r,
     };
     let run = async {
+        // Sign only with a key exactly as the laptop agent lists it: the
+        // workspace chose this encoding, and policy fingerprints were taken
+        // over it (a non-canonical ECDSA point would fingerprint differently).
+        let listed = client.request_identities().await?;
+        if !listed.iter().any(|id| id.credential == request.credential) {
+            return Err(ssh_agent_lib::error::AgentError::Failure);
+        }
         for bind in chain {
             // Agents without session-bind support answer FAILURE; signing
             // still works for them, only `ssh-add -h` constraints need it.
@@ -405,19 +417,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replay_cache_binds_a_session_to_one_connection_per_workspace() {
+    fn replay_cache_signs_each_session_and_key_once() {
         let cache = ReplayCache::default();
-        assert!(cache.admit("ws", b"sid", 1));
+        assert!(cache.admit("ws", b"sid", "SHA256:a"));
         assert!(
-            cache.admit("ws", b"sid", 1),
-            "the same connection may sign again (key retries)"
+            cache.admit("ws", b"sid", "SHA256:b"),
+            "another key in the same session (key retries)"
         );
         assert!(
-            !cache.admit("ws", b"sid", 2),
-            "another connection replaying the bind is refused"
+            !cache.admit("ws", b"sid", "SHA256:a"),
+            "the same session and key again is a replay"
         );
         assert!(
-            cache.admit("other", b"sid", 2),
+            cache.admit("other", b"sid", "SHA256:a"),
             "workspaces are independent"
         );
     }
