@@ -170,8 +170,14 @@ fn pairing(shared: &Shared, rotate: bool) -> LocalReply {
         .lock()
         .ok()
         .and_then(|p| p.token.as_ref().map(|t| (t.expired(), t.remaining())));
+    let paired = shared.pairing.lock().is_ok_and(|p| p.paired.is_some());
     match pending {
-        None => LocalReply::Pairing(PairingInfo::AlreadyPaired),
+        None if paired => LocalReply::Pairing(PairingInfo::AlreadyPaired),
+        None => LocalReply::Reply(Reply::error(
+            ErrorCode::Missing,
+            "no laptop is paired and no pairing token is pending (it was used, or burned after wrong \
+             guesses); issue a new one with: nexus-shim pairing-uri --rotate",
+        )),
         Some((true, _)) => LocalReply::Reply(Reply::error(
             ErrorCode::BadRequest,
             "the pairing token has expired; issue a new one with: nexus-shim pairing-uri --rotate",
@@ -211,14 +217,25 @@ async fn forward(
     shutdown: &CancellationToken,
 ) {
     let tool = request.tool();
+    let (mut reader, mut writer) = conn.split();
     let result = tokio::select! {
-        r = call_laptop(conn, caller, request, wait, shared) => r,
+        r = call_laptop(&mut writer, caller, request, wait, shared) => r,
+        () = hung_up(&mut reader) => return debug!(tool, "the caller hung up; call abandoned"),
         () = shutdown.cancelled() => Err(Reply::error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back")),
     };
     if let Err(reply) = result {
         debug!(tool, reply = ?reply, "call failed");
-        let _ = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
+        let _ = nexus_transport::send(&mut writer, &LocalReply::Reply(reply)).await;
     }
+}
+
+/// Resolves when the caller closes its side: it sends nothing after its
+/// request, so any read completing means it hung up (or broke protocol).
+/// A call whose caller is gone must not keep its place in the gate, nor be
+/// forwarded to the laptop later.
+async fn hung_up(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut byte = [0u8; 1];
+    let _ = tokio::io::AsyncReadExt::read(reader, &mut byte).await;
 }
 
 fn lost() -> Reply {
@@ -288,7 +305,7 @@ pub(crate) async fn request(
 /// Relays one call. `Err` carries the reply to send when the laptop could not
 /// answer; relayed replies are written as they arrive.
 async fn call_laptop(
-    conn: &mut UnixStream,
+    conn: &mut (impl tokio::io::AsyncWrite + Unpin),
     caller: CallerContext,
     request: Request,
     wait: Duration,
