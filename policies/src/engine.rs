@@ -68,7 +68,8 @@ pub enum Action<'a> {
     /// Allowed by the first `[[ssh.allow]]` rule, in file order, whose host key
     /// is pinned, whose `user` is `*` or equals `user`, whose `keys` are absent
     /// or list `key`, that sets `forwarding = true` if `forwarding`, and that no
-    /// `[[ssh.deny]]` rule matches (host = that rule's host, user, key).
+    /// `[[ssh.deny]]` rule matches (host = that rule's host or any name in
+    /// `known_as`, user, key).
     SshUserauth {
         /// Whether the host key of the session bind is pinned for this rule's
         /// host: one of its `host_keys`, or (when absent) a laptop `known_hosts`
@@ -80,6 +81,11 @@ pub enum Action<'a> {
         key: &'a str,
         /// The bind's `is_forwarding` flag (the session is an onward hop).
         forwarding: bool,
+        /// Every name the bound host key is known under (laptop known_hosts
+        /// lines and rules that pin it). A host key names no host, so a deny
+        /// rule for any of these names applies: one key shared by `dev` and
+        /// `prod` must not let a `dev` rule reach `prod`.
+        known_as: &'a [String],
     },
     /// Sign an SSHSIG blob (`ssh-keygen -Y sign`, git commit signing).
     ///
@@ -94,16 +100,19 @@ pub enum Action<'a> {
         /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
         key: &'a str,
     },
-    /// Whether an agent identity may be shown to the workspace (identities
-    /// not allowed are hidden from the list).
-    ///
     /// An onward hop: an earlier session bound on the same agent connection,
     /// marked as forwarding the agent. Allowed when a rule pinning its host
-    /// key sets `forwarding = true` and no deny rule for that host applies.
+    /// key sets `forwarding = true` and no deny rule for that host (or any
+    /// name in `known_as`) applies.
     SshHop {
         /// Whether the hop's host key is pinned for a given allow rule.
         host_key_pinned_for: &'a dyn Fn(&SshRule) -> bool,
+        /// Every name the hop's host key is known under (see `SshUserauth`).
+        known_as: &'a [String],
     },
+    /// Whether an agent identity may be shown to the workspace (identities
+    /// not allowed are hidden from the list).
+    ///
     /// Allowed when any `[[ssh.allow]]` rule admits `key` and no `[[ssh.deny]]`
     /// rule with only a `key` field (no host, no user) names it.
     SshIdentity {
@@ -121,12 +130,14 @@ impl fmt::Debug for Action<'_> {
                 user,
                 key,
                 forwarding,
+                known_as,
             } => f
                 .debug_struct("SshUserauth")
                 .field("host_key_pinned_for", &format_args!("<fn>"))
                 .field("user", user)
                 .field("key", key)
                 .field("forwarding", forwarding)
+                .field("known_as", known_as)
                 .finish(),
             Action::SshSig { namespace, key } => f
                 .debug_struct("SshSig")
@@ -149,14 +160,16 @@ impl PartialEq for Action<'_> {
                     user: u1,
                     key: k1,
                     forwarding: f1,
+                    known_as: n1,
                 },
                 Action::SshUserauth {
                     host_key_pinned_for: p2,
                     user: u2,
                     key: k2,
                     forwarding: f2,
+                    known_as: n2,
                 },
-            ) => std::ptr::addr_eq(*p1, *p2) && u1 == u2 && k1 == k2 && f1 == f2,
+            ) => std::ptr::addr_eq(*p1, *p2) && u1 == u2 && k1 == k2 && f1 == f2 && n1 == n2,
             (
                 Action::SshSig {
                     namespace: n1,
@@ -171,11 +184,13 @@ impl PartialEq for Action<'_> {
             (
                 Action::SshHop {
                     host_key_pinned_for: a,
+                    known_as: n1,
                 },
                 Action::SshHop {
                     host_key_pinned_for: b,
+                    known_as: n2,
                 },
-            ) => std::ptr::addr_eq(*a, *b),
+            ) => std::ptr::addr_eq(*a, *b) && n1 == n2,
             _ => false,
         }
     }
@@ -392,13 +407,17 @@ impl Policy {
                 user,
                 key,
                 forwarding,
+                known_as,
             } => ssh::decide_userauth(
                 &self.ssh_rules,
                 &self.ssh_denies,
-                host_key_pinned_for,
-                user,
-                key,
-                forwarding,
+                &ssh::Login {
+                    pinned: host_key_pinned_for,
+                    user,
+                    key,
+                    forwarding,
+                    known_as,
+                },
             ),
             Action::SshSig { namespace, key } => {
                 ssh::decide_sshsig(&self.ssh_rules, &self.ssh_denies, namespace, key)
@@ -408,7 +427,13 @@ impl Policy {
             }
             Action::SshHop {
                 host_key_pinned_for,
-            } => ssh::decide_hop(&self.ssh_rules, &self.ssh_denies, host_key_pinned_for),
+                known_as,
+            } => ssh::decide_hop(
+                &self.ssh_rules,
+                &self.ssh_denies,
+                host_key_pinned_for,
+                known_as,
+            ),
         }
     }
 

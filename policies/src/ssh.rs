@@ -255,14 +255,27 @@ impl Miss<'_> {
 
 /// `Action::SshUserauth`: the first allow rule, in file order, whose host key is
 /// pinned and which admits user, key and forwarding, and that no deny rule hits.
+/// The facts of one login signature, as the proxy established them.
+pub(crate) struct Login<'a> {
+    pub pinned: &'a dyn Fn(&SshRule) -> bool,
+    pub user: &'a str,
+    pub key: &'a str,
+    pub forwarding: bool,
+    pub known_as: &'a [String],
+}
+
 pub(crate) fn decide_userauth(
     rules: &[SshRule],
     denies: &[SshDenyRule],
-    pinned: &dyn Fn(&SshRule) -> bool,
-    user: &str,
-    key: &str,
-    forwarding: bool,
+    login: &Login<'_>,
 ) -> Decision {
+    let Login {
+        pinned,
+        user,
+        key,
+        forwarding,
+        known_as,
+    } = *login;
     let shown_user = shown_name(user);
     let shown_key = shown_key(key);
     let mut best: Option<Miss<'_>> = None;
@@ -276,10 +289,11 @@ pub(crate) fn decide_userauth(
             Miss::Key(rule)
         } else if forwarding && !rule.forwarding {
             Miss::Forwarding(rule)
-        } else if let Some(deny) = denies
-            .iter()
-            .find(|d| d.denies_userauth(&rule.host, user, key))
-        {
+        } else if let Some(deny) = denies.iter().find(|d| {
+            std::iter::once(rule.host.as_str())
+                .chain(known_as.iter().map(String::as_str))
+                .any(|host| d.denies_userauth(host, user, key))
+        }) {
             Miss::Denied(rule, deny)
         } else {
             let hop = if forwarding { " (forwarded)" } else { "" };
@@ -327,6 +341,7 @@ pub(crate) fn decide_hop(
     rules: &[SshRule],
     denies: &[SshDenyRule],
     pinned: &dyn Fn(&SshRule) -> bool,
+    known_as: &[String],
 ) -> Decision {
     let mut refused: Option<&SshRule> = None;
     for rule in rules.iter().filter(|r| pinned(r)) {
@@ -334,7 +349,9 @@ pub(crate) fn decide_hop(
             refused.get_or_insert(rule);
             continue;
         }
-        if let Some(deny) = denies.iter().find(|d| d.denies_hop(&rule.host)) {
+        let hosts =
+            || std::iter::once(rule.host.as_str()).chain(known_as.iter().map(String::as_str));
+        if let Some(deny) = denies.iter().find(|d| hosts().any(|h| d.denies_hop(h))) {
             return denied(deny, format!("agent forwarding onward from {}", rule.host));
         }
         return allowed(rule, format!("agent forwarding onward from {}", rule.host));
@@ -638,6 +655,39 @@ pub(crate) fn check_namespace(ns: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+mod shared_key_tests {
+    use crate::{Action, Policy, Request, Source, Verdict};
+
+    #[test]
+    fn a_deny_applies_to_every_name_the_host_key_is_known_under() {
+        // dev and prod share one host key (a cloned image): the dev rule pins it.
+        let p = Policy::from_sources(&[Source::new(
+            "p.toml",
+            "[[ssh.allow]]\nhost = \"dev.corp\"\nuser = \"deploy\"\n[[ssh.deny]]\nhost = \"prod.*\"\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pinned = |r: &crate::SshRule| r.host == "dev.corp";
+        let decide = |known_as: &[String]| {
+            p.decide(&Request {
+                workspace: "w",
+                caller: None,
+                action: Action::SshUserauth {
+                    host_key_pinned_for: &pinned,
+                    user: "deploy",
+                    key: "SHA256:k",
+                    forwarding: false,
+                    known_as,
+                },
+            })
+        };
+        assert_eq!(decide(&["dev.corp".to_owned()]).verdict, Verdict::Allow);
+        let d = decide(&["dev.corp".to_owned(), "prod.corp".to_owned()]);
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(d.reason.contains("prod.*"), "{}", d.reason);
+    }
+}
+
+#[cfg(test)]
 mod hop_tests {
     use crate::{Action, Policy, Request, Source, Verdict};
 
@@ -652,6 +702,7 @@ mod hop_tests {
             caller: None,
             action: Action::SshHop {
                 host_key_pinned_for: &pinned,
+                known_as: &[],
             },
         });
         (d.verdict, d.reason)
@@ -1115,6 +1166,7 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
                     user,
                     key,
                     forwarding: *forwarding,
+                    known_as: &[],
                 },
             );
             assert_eq!(&d.reason, reason, "case {i}");
@@ -1299,6 +1351,7 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
                 user: "git",
                 key: K1,
                 forwarding: false,
+                known_as: &[],
             },
             Action::SshSig {
                 namespace: "git",
@@ -1331,6 +1384,7 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
                 user: "git",
                 key: K1,
                 forwarding: false,
+                known_as: &[],
             },
         );
         assert_eq!(d.verdict, Verdict::Allow);
@@ -1345,6 +1399,7 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
             user: "git",
             key: K1,
             forwarding: false,
+            known_as: &[],
         };
         let b = a;
         assert_eq!(a, b);

@@ -66,6 +66,7 @@ fn decide_everything(policy: &Policy) {
                 user: &rule.user,
                 key,
                 forwarding: rule.forwarding,
+                known_as: &[],
             },
             Action::SshIdentity { key },
         ];
@@ -341,7 +342,7 @@ proptest! {
         prop_assert_eq!(policy.ssh_rules().len(), allows.len());
         let rules = policy.ssh_rules();
         let pin = |r: &SshRule| rules.iter().position(|x| x == r).is_some_and(|i| pinned[i]);
-        let d = on(&policy, Action::SshUserauth { host_key_pinned_for: &pin, user: &user, key: &key, forwarding });
+        let d = on(&policy, Action::SshUserauth { host_key_pinned_for: &pin, user: &user, key: &key, forwarding, known_as: &[] });
         prop_assert_eq!(
             granted(&policy, &d),
             model_userauth(&allows, &denies, &pinned, &user, &key, forwarding),
@@ -413,7 +414,7 @@ proptest! {
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let pinned = |_: &SshRule| pin;
         for action in [
-            Action::SshUserauth { host_key_pinned_for: &pinned, user: &user, key: &key, forwarding },
+            Action::SshUserauth { host_key_pinned_for: &pinned, user: &user, key: &key, forwarding, known_as: &[] },
             Action::SshSig { namespace: &namespace, key: &key },
             Action::SshIdentity { key: &key },
         ] {

@@ -56,6 +56,44 @@ pub fn pinned_keys(host_port: &str, files: &[PathBuf]) -> Vec<KeyData> {
     keys
 }
 
+/// Every plain name `key` is listed under in `files`, in policy form
+/// (`host` or `host:port`; patterns such as `*.corp` are kept as written).
+/// Hashed names cannot be listed; the caller adds the names of rules that
+/// pin the key.
+#[must_use]
+pub fn names_for_key(key: &KeyData, files: &[PathBuf]) -> Vec<String> {
+    let mut names = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for entry in KnownHosts::new(&text).filter_map(Result::ok) {
+            if entry.marker().is_some() || entry.public_key().key_data() != key {
+                continue;
+            }
+            if let HostPatterns::Patterns(list) = entry.host_patterns() {
+                names.extend(
+                    list.iter()
+                        .filter(|p| !p.starts_with('!'))
+                        .map(|p| policy_form(p)),
+                );
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `[host]:port` → `host:port`, lower-cased, as policy rules write hosts.
+fn policy_form(pattern: &str) -> String {
+    let p = pattern.to_ascii_lowercase();
+    match p.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+        Some((host, port)) => format!("{host}:{port}"),
+        None => p,
+    }
+}
+
 fn collect(entry: &Entry, name: &str, keys: &mut Vec<KeyData>, revoked: &mut Vec<KeyData>) {
     let key = entry.public_key().key_data().clone();
     match entry.marker() {
@@ -174,6 +212,18 @@ mod tests {
         assert!(pinned_keys("gitlab.com", &files).is_empty());
         let (_d, files) = with_file(&format!("{line}@revoked * {KEY_A}\n"));
         assert!(pinned_keys("github.com", &files).is_empty());
+    }
+
+    #[test]
+    fn names_a_key_is_known_under() {
+        let text = format!(
+            "dev.corp,Prod.corp,!x.corp {KEY_A}\n[git.local]:2222 {KEY_A}\nother {KEY_B}\n@revoked evil {KEY_A}\n"
+        );
+        let (_d, files) = with_file(&text);
+        assert_eq!(
+            names_for_key(&key(KEY_A), &files),
+            vec!["dev.corp", "git.local:2222", "prod.corp"]
+        );
     }
 
     #[test]

@@ -168,6 +168,19 @@ fn pinned(rule: &SshRule, files: &[PathBuf]) -> Vec<KeyData> {
     }
 }
 
+/// Every name a host key is known under: the laptop's known_hosts lines and
+/// the hosts of rules that pin it. A bind names a key, never a host, so a
+/// deny rule for any of these names must apply.
+fn known_as(host_key: &KeyData, files: &[PathBuf], ctx: &ToolContext) -> Vec<String> {
+    let mut names = crate::known_hosts::names_for_key(host_key, files);
+    for rule in ctx.policy.ssh_rules() {
+        if pinned(rule, files).contains(host_key) && !names.contains(&rule.host) {
+            names.push(rule.host.clone());
+        }
+    }
+    names
+}
+
 /// `known_hosts` lines for the hosts the policy allows.
 pub fn known_hosts(ctx: &ToolContext) -> Reply {
     let files = crate::known_hosts::default_files(ctx.home().as_deref());
@@ -243,6 +256,7 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
             }
             let host_key = bind.host_key.clone();
             let pinned_for = |rule: &SshRule| pinned(rule, &files).contains(&host_key);
+            let known_as = known_as(&host_key, &files, ctx);
             let d = ctx.policy.decide(&PolicyRequest {
                 workspace,
                 caller: None,
@@ -251,6 +265,7 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
                     user: &auth.user,
                     key: &key_fp,
                     forwarding: bind.is_forwarding,
+                    known_as: &known_as,
                 },
             });
             info!(tool = "ssh", op = "userauth", user = %super::clip(&auth.user), host_key = %fingerprint(&bind.host_key),
@@ -309,11 +324,13 @@ fn check_hops(
         }
         let host_key = hop.host_key.clone();
         let pinned_for = |rule: &SshRule| pinned(rule, files).contains(&host_key);
+        let known_as = known_as(&host_key, files, ctx);
         let d = ctx.policy.decide(&PolicyRequest {
             workspace,
             caller: None,
             action: Action::SshHop {
                 host_key_pinned_for: &pinned_for,
+                known_as: &known_as,
             },
         });
         info!(tool = "ssh", op = "hop", host_key = %fingerprint(&hop.host_key), decision = ?d.verdict, "decision");
