@@ -496,7 +496,16 @@ impl Setup {
             "[tokens.demo]\nsource = \"env:NEXUS_BENCH_TOKEN\"\n",
         )?;
         let proxy = Command::new(bin.join("nexus-agent-proxy"))
-            .args(["run", "--workspace", "bench", "--policy"])
+            // The per-tool call-rate limit (default 200/s) is a flood guard;
+            // lifted here so the bench measures the path, not the guard.
+            .args([
+                "run",
+                "--workspace",
+                "bench",
+                "--max-calls-per-second",
+                "1000000",
+                "--policy",
+            ])
             .arg(&policy)
             .env("NEXUS_CONFIG_DIR", &config)
             .env("NEXUS_BENCH_TOKEN", "bench-value")

@@ -64,6 +64,11 @@ enum Command {
         /// The laptop ssh-agent to sign with (1Password, Secretive, OpenSSH) [default: $SSH_AUTH_SOCK].
         #[arg(long, value_name = "PATH")]
         ssh_agent: Option<PathBuf>,
+        /// Calls per second each workspace may make of each tool, allowed or not.
+        #[arg(long, env = "NEXUS_MAX_CALLS_PER_SECOND", value_name = "N",
+              default_value_t = crate::tools::DEFAULT_CALLS_PER_SECOND,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_calls_per_second: u32,
     },
     /// Manage paired workspaces.
     #[command(subcommand)]
@@ -168,10 +173,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             policy,
             source_path,
             ssh_agent,
+            max_calls_per_second,
         } => {
             let ssh_agent =
                 ssh_agent.or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from));
-            serve(config, workspaces, policy, source_path, ssh_agent).await
+            serve(
+                config,
+                workspaces,
+                policy,
+                Sources {
+                    source_path,
+                    ssh_agent,
+                    max_calls_per_second,
+                },
+            )
+            .await
         }
         Command::Workspaces(WorkspacesCommand::List { json }) => {
             let list = config.workspaces()?;
@@ -240,12 +256,19 @@ fn policy_check(config: &ConfigDir, path: Option<PathBuf>) -> Result<ExitCode> {
     }
 }
 
+/// Where answers come from, and how fast a workspace may ask.
+#[derive(Debug)]
+struct Sources {
+    source_path: Option<String>,
+    ssh_agent: Option<PathBuf>,
+    max_calls_per_second: u32,
+}
+
 async fn serve(
     config: ConfigDir,
     names: Vec<String>,
     policy: Option<PathBuf>,
-    source_path: Option<String>,
-    ssh_agent: Option<PathBuf>,
+    sources: Sources,
 ) -> Result<ExitCode> {
     // Validate everything before dialing anything.
     let policy = match policy_path(&config, policy) {
@@ -283,10 +306,14 @@ async fn serve(
     let ctx = Arc::new(ToolContext {
         policy: Arc::new(policy),
         config,
-        source_path,
+        source_path: sources.source_path,
         rates: Default::default(),
-        ssh_agent,
+        ssh_agent: sources.ssh_agent,
         replay: Default::default(),
+        call_rate: nexus_policy::Rate {
+            count: sources.max_calls_per_second,
+            per: std::time::Duration::from_secs(1),
+        },
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(nexus_transport::process::cancel_on_signals(

@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use std::time::Duration;
-
 use nexus_policy::{Action, Caller, Decision, Policy, Rate, Request as PolicyRequest, Verdict};
 use nexus_protocol::{Call, ErrorCode, Reply, Request};
 use tracing::info;
@@ -32,6 +30,8 @@ pub struct ToolContext {
     pub ssh_agent: Option<PathBuf>,
     /// Session ids already bound, per workspace.
     pub replay: ssh::ReplayCache,
+    /// Calls per tool per workspace, allowed or not.
+    pub call_rate: Rate,
 }
 
 impl ToolContext {
@@ -46,12 +46,10 @@ impl ToolContext {
     }
 }
 
-/// Calls per second one workspace may make of one tool, allowed or not:
-/// bounds log volume and laptop work under a flood.
-pub const CALLS_PER_SECOND: Rate = Rate {
-    count: 200,
-    per: Duration::from_secs(1),
-};
+/// Default calls per second one workspace may make of one tool, allowed or
+/// not (`run --max-calls-per-second`): bounds log volume and laptop work
+/// under a flood.
+pub const DEFAULT_CALLS_PER_SECOND: u32 = 200;
 
 /// A workspace-supplied string made safe for one log line: escaped (no
 /// newlines or terminal escapes) and cut to 128 characters.
@@ -69,12 +67,13 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
     let tool = call.request.tool();
     if let Err(retry) = ctx
         .rates
-        .check(&format!("{workspace}\0calls\0{tool}"), CALLS_PER_SECOND)
+        .check(&format!("{workspace}\0calls\0{tool}"), ctx.call_rate)
     {
         return Reply::error(
             ErrorCode::Denied,
             format!(
-                "too many {tool} calls (limit {CALLS_PER_SECOND}); retry in {} ms",
+                "too many {tool} calls (limit {}); retry in {} ms",
+                ctx.call_rate,
                 retry.as_millis().max(1)
             ),
         );
