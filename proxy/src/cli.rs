@@ -138,22 +138,7 @@ pub fn main() -> ExitCode {
             "OS keyring unavailable; keyring: token sources will fail"
         );
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
-    };
-    match rt.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => fail(&format!("{e:#}")),
-    }
-}
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("nexus-agent-proxy: {msg}");
-    ExitCode::from(1)
+    nexus_transport::process::run_to_exit("nexus-agent-proxy", run(cli))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

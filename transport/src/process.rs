@@ -39,3 +39,22 @@ pub async fn cancel_on_signals(token: CancellationToken) {
     tracing::info!("signal received; finishing in-flight calls");
     token.cancel();
 }
+
+/// Runs a binary's async body on a multi-threaded runtime and turns the
+/// outcome into an exit code: the body's own code, or 1 with one line on
+/// stderr (`PROGRAM: what happened`) for an error.
+pub fn run_to_exit<F, E>(program: &str, body: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<std::process::ExitCode, E>>,
+    E: std::fmt::Display,
+{
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(body).map_err(|e| format!("{e:#}")));
+    outcome.unwrap_or_else(|msg| {
+        eprintln!("{program}: {msg}");
+        std::process::ExitCode::from(1)
+    })
+}

@@ -154,22 +154,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_serve = matches!(cli.command, Command::Serve(_));
     nexus_transport::process::init_tracing(if is_serve { "info" } else { "warn" });
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
-    };
-    match rt.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => fail(&format!("{e:#}")),
-    }
-}
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("nexus-shim: {msg}");
-    ExitCode::from(1)
+    nexus_transport::process::run_to_exit("nexus-shim", run(cli))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
