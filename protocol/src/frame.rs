@@ -36,6 +36,19 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     Ok(T::deserialize(&mut de)?)
 }
 
+/// Reads a frame header: the body length, refused when over `max` (before
+/// anything is buffered). Every frame reader goes through here.
+///
+/// # Errors
+/// [`FrameError::TooLarge`].
+pub fn body_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
 /// `tokio_util` codec for length-prefixed frames with a hard size limit.
 ///
 /// Decoding returns `Ok(None)` while a frame is incomplete and checks the
@@ -70,13 +83,10 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        let Some(header) = src.get(..HEADER_LEN) else {
+        let Some(&[a, b, c, d]) = src.get(..HEADER_LEN) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len > self.max {
-            return Err(FrameError::TooLarge { len, max: self.max });
-        }
+        let len = body_len([a, b, c, d], self.max)?;
         if src.len() < HEADER_LEN + len {
             src.reserve(HEADER_LEN + len - src.len());
             return Ok(None);

@@ -21,7 +21,7 @@ mod version;
 
 pub use error::{DecodeError, FrameError};
 pub use frame::{
-    FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, decode, encode,
+    FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, body_len, decode, encode,
 };
 pub use message::{
     Call, CallerContext, ClientHello, ErrorCode, ErrorReply, LinkStatus, LocalOp, LocalReply,

@@ -229,7 +229,8 @@ pub async fn serve_workspace(
             () = shutdown.cancelled() => return,
             r = dial(&ws.address, ws.fingerprint, &identity, None) => r,
         };
-        match dialed {
+        // A pin mismatch or a refusal needs the user, not a retry every second.
+        let needs_user = match dialed {
             Ok((tls, _)) => {
                 info!(address = %ws.address, "linked");
                 let up = Instant::now();
@@ -242,14 +243,16 @@ pub async fn serve_workspace(
                     return;
                 }
                 warn!("link lost; reconnecting");
+                false
             }
             Err(e) => {
                 let since = *outage_start.get_or_insert_with(Instant::now);
                 warn!(error = %e, outage_s = since.elapsed().as_secs(), "cannot link");
+                !e.is_transient()
             }
-        }
+        };
         let since = *outage_start.get_or_insert_with(Instant::now);
-        let cap = if since.elapsed() < FAST_RETRY_WINDOW {
+        let cap = if !needs_user && since.elapsed() < FAST_RETRY_WINDOW {
             FAST_BACKOFF_CAP
         } else {
             SLOW_BACKOFF_CAP

@@ -4,7 +4,7 @@
 //! Reads take exactly one frame's bytes and never more, so nothing that
 //! follows the frame (the first yamux bytes) is lost in a buffer.
 
-use nexus_protocol::{FrameError, HEADER_LEN, decode, encode};
+use nexus_protocol::{FrameError, HEADER_LEN, body_len, decode, encode};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
@@ -66,10 +66,7 @@ pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
         }
         got += n;
     }
-    let len = u32::from_be_bytes(header) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max }.into());
-    }
+    let len = body_len(header, max)?;
     let mut body = Zeroizing::new(vec![0u8; len]);
     r.read_exact(&mut body).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {

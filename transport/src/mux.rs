@@ -89,11 +89,6 @@ impl MuxHandle {
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
     }
-
-    /// Resolves when the connection ends.
-    pub async fn closed(&self) {
-        self.closed.cancelled().await;
-    }
 }
 
 /// A yamux stream as a tokio byte stream. Streams we opened hold a permit of
