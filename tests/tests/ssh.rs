@@ -93,6 +93,14 @@ fn clone_and_push_with_the_ed25519_key() {
         !listed.contains(&rsa.fingerprint),
         "a key no rule allows must be hidden\n{listed}"
     );
+    // Public keys only: the laptop agent's comment (user@host, paths) stays
+    // on the laptop.
+    let full = world.ws_run("ssh-add", ["-L"]).ok().stdout.clone();
+    assert!(full.contains(&ed.line), "{full}");
+    assert!(
+        !full.contains("laptop-ed25519"),
+        "the key comment leaked into the workspace\n{full}"
+    );
 
     world.clone_repo("clone").ok();
     world.commit_and_push("clone", "main").ok();
