@@ -37,37 +37,47 @@ pub fn lookup_name(host_port: &str) -> String {
     }
 }
 
-/// The keys pinned for `host_port` in `files` (missing files are skipped;
-/// unparsable lines are skipped too, as OpenSSH does).
-#[must_use]
-pub fn pinned_keys(host_port: &str, files: &[PathBuf]) -> Vec<KeyData> {
-    let name = lookup_name(host_port);
-    let mut keys = Vec::new();
-    let mut revoked = Vec::new();
-    for file in files {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for entry in KnownHosts::new(&text).filter_map(Result::ok) {
-            collect(&entry, &name, &mut keys, &mut revoked);
-        }
-    }
-    keys.retain(|k| !revoked.contains(k));
-    keys
+/// The entries of the known_hosts files, read and parsed once per request
+/// (missing files and unparsable lines are skipped, as OpenSSH does).
+#[derive(Debug, Default)]
+pub struct HostKeys {
+    entries: Vec<Entry>,
 }
 
-/// Every plain name `key` is listed under in `files`, in policy form
-/// (`host` or `host:port`; patterns such as `*.corp` are kept as written).
-/// Hashed names cannot be listed; the caller adds the names of rules that
-/// pin the key.
-#[must_use]
-pub fn names_for_key(key: &KeyData, files: &[PathBuf]) -> Vec<String> {
-    let mut names = Vec::new();
-    for file in files {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for entry in KnownHosts::new(&text).filter_map(Result::ok) {
+impl HostKeys {
+    /// Reads `files`.
+    #[must_use]
+    pub fn load(files: &[PathBuf]) -> Self {
+        let mut entries = Vec::new();
+        for file in files {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                entries.extend(KnownHosts::new(&text).filter_map(Result::ok));
+            }
+        }
+        Self { entries }
+    }
+
+    /// The keys pinned for `host_port`, less any `@revoked` key.
+    #[must_use]
+    pub fn pinned_keys(&self, host_port: &str) -> Vec<KeyData> {
+        let name = lookup_name(host_port);
+        let mut keys = Vec::new();
+        let mut revoked = Vec::new();
+        for entry in &self.entries {
+            collect(entry, &name, &mut keys, &mut revoked);
+        }
+        keys.retain(|k| !revoked.contains(k));
+        keys
+    }
+
+    /// Every plain name `key` is listed under, in policy form (`host` or
+    /// `host:port`; patterns such as `*.corp` are kept as written). Hashed
+    /// names cannot be listed; the caller adds the hosts of rules that pin
+    /// the key.
+    #[must_use]
+    pub fn names_for_key(&self, key: &KeyData) -> Vec<String> {
+        let mut names = Vec::new();
+        for entry in &self.entries {
             if entry.marker().is_some() || entry.public_key().key_data() != key {
                 continue;
             }
@@ -79,10 +89,10 @@ pub fn names_for_key(key: &KeyData, files: &[PathBuf]) -> Vec<String> {
                 );
             }
         }
+        names.sort();
+        names.dedup();
+        names
     }
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// `[host]:port` → `host:port`, lower-cased, as policy rules write hosts.
@@ -185,13 +195,25 @@ mod tests {
             "github.com,140.82.112.3 {KEY_A}\n[git.local]:2222 {KEY_B}\n*.corp,!evil.corp {KEY_B}\nnot a valid line\n"
         );
         let (_d, files) = with_file(&text);
-        assert_eq!(pinned_keys("github.com", &files), vec![key(KEY_A)]);
-        assert_eq!(pinned_keys("GitHub.com:22", &files), vec![key(KEY_A)]);
-        assert_eq!(pinned_keys("git.local:2222", &files), vec![key(KEY_B)]);
-        assert!(pinned_keys("git.local", &files).is_empty());
-        assert_eq!(pinned_keys("a.corp", &files), vec![key(KEY_B)]);
-        assert!(pinned_keys("evil.corp", &files).is_empty());
-        assert!(pinned_keys("example.org", &files).is_empty());
+        assert_eq!(
+            HostKeys::load(&files).pinned_keys("github.com"),
+            vec![key(KEY_A)]
+        );
+        assert_eq!(
+            HostKeys::load(&files).pinned_keys("GitHub.com:22"),
+            vec![key(KEY_A)]
+        );
+        assert_eq!(
+            HostKeys::load(&files).pinned_keys("git.local:2222"),
+            vec![key(KEY_B)]
+        );
+        assert!(HostKeys::load(&files).pinned_keys("git.local").is_empty());
+        assert_eq!(
+            HostKeys::load(&files).pinned_keys("a.corp"),
+            vec![key(KEY_B)]
+        );
+        assert!(HostKeys::load(&files).pinned_keys("evil.corp").is_empty());
+        assert!(HostKeys::load(&files).pinned_keys("example.org").is_empty());
     }
 
     #[test]
@@ -208,10 +230,13 @@ mod tests {
             base64ct::Base64::encode_string(&hash)
         );
         let (_d, files) = with_file(&line);
-        assert_eq!(pinned_keys("github.com", &files), vec![key(KEY_A)]);
-        assert!(pinned_keys("gitlab.com", &files).is_empty());
+        assert_eq!(
+            HostKeys::load(&files).pinned_keys("github.com"),
+            vec![key(KEY_A)]
+        );
+        assert!(HostKeys::load(&files).pinned_keys("gitlab.com").is_empty());
         let (_d, files) = with_file(&format!("{line}@revoked * {KEY_A}\n"));
-        assert!(pinned_keys("github.com", &files).is_empty());
+        assert!(HostKeys::load(&files).pinned_keys("github.com").is_empty());
     }
 
     #[test]
@@ -221,7 +246,7 @@ mod tests {
         );
         let (_d, files) = with_file(&text);
         assert_eq!(
-            names_for_key(&key(KEY_A), &files),
+            HostKeys::load(&files).names_for_key(&key(KEY_A)),
             vec!["dev.corp", "git.local:2222", "prod.corp"]
         );
     }

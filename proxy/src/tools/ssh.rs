@@ -16,7 +16,6 @@
 //! keys added with `ssh-add -h` keep their destination constraints.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,6 +32,7 @@ use tokio::net::UnixStream;
 use tracing::{info, warn};
 
 use super::ToolContext;
+use crate::known_hosts::HostKeys;
 use crate::ssh_wire::{Method, SignData, parse_sign_data};
 
 /// How long the laptop agent may take (1Password and Secretive may prompt).
@@ -156,25 +156,30 @@ pub async fn identities(workspace: &str, ctx: &ToolContext) -> Reply {
     Reply::SshIdentities(out)
 }
 
+/// The laptop's known_hosts files, read once for the request at hand.
+fn laptop_known_hosts(ctx: &ToolContext) -> HostKeys {
+    HostKeys::load(&crate::known_hosts::default_files(ctx.home().as_deref()))
+}
+
 /// Host keys pinned for a rule: its own `host_keys`, else known_hosts.
-fn pinned(rule: &SshRule, files: &[PathBuf]) -> Vec<KeyData> {
+fn pinned(rule: &SshRule, known: &HostKeys) -> Vec<KeyData> {
     match &rule.host_keys {
         Some(lines) => lines
             .iter()
             .filter_map(|l| l.parse::<ssh_key::PublicKey>().ok())
             .map(|k| k.key_data().clone())
             .collect(),
-        None => crate::known_hosts::pinned_keys(&rule.host, files),
+        None => known.pinned_keys(&rule.host),
     }
 }
 
 /// Every name a host key is known under: the laptop's known_hosts lines and
 /// the hosts of rules that pin it. A bind names a key, never a host, so a
 /// deny rule for any of these names must apply.
-fn known_as(host_key: &KeyData, files: &[PathBuf], ctx: &ToolContext) -> Vec<String> {
-    let mut names = crate::known_hosts::names_for_key(host_key, files);
+fn known_as(host_key: &KeyData, known: &HostKeys, ctx: &ToolContext) -> Vec<String> {
+    let mut names = known.names_for_key(host_key);
     for rule in ctx.policy.ssh_rules() {
-        if pinned(rule, files).contains(host_key) && !names.contains(&rule.host) {
+        if pinned(rule, known).contains(host_key) && !names.contains(&rule.host) {
             names.push(rule.host.clone());
         }
     }
@@ -183,11 +188,11 @@ fn known_as(host_key: &KeyData, files: &[PathBuf], ctx: &ToolContext) -> Vec<Str
 
 /// `known_hosts` lines for the hosts the policy allows.
 pub fn known_hosts(ctx: &ToolContext) -> Reply {
-    let files = crate::known_hosts::default_files(ctx.home().as_deref());
+    let known = laptop_known_hosts(ctx);
     let mut lines = Vec::new();
     for rule in ctx.policy.ssh_rules() {
         let name = crate::known_hosts::lookup_name(&rule.host);
-        for key in pinned(rule, &files) {
+        for key in pinned(rule, &known) {
             if let Ok(text) = ssh_key::PublicKey::from(key).to_openssh() {
                 let line = format!("{name} {text}");
                 if !lines.contains(&line) {
@@ -241,8 +246,8 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
                     "userauth signature without a session-bind on the same agent connection",
                 );
             };
-            let files = crate::known_hosts::default_files(ctx.home().as_deref());
-            if let Err(r) = check_hops(workspace, hops, &files, ctx) {
+            let known = laptop_known_hosts(ctx);
+            if let Err(r) = check_hops(workspace, hops, &known, ctx) {
                 return r;
             }
             if auth.session_id != bind.session_id {
@@ -255,8 +260,8 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
                 return deny("the hostbound userauth names another host key than the bound one");
             }
             let host_key = bind.host_key.clone();
-            let pinned_for = |rule: &SshRule| pinned(rule, &files).contains(&host_key);
-            let known_as = known_as(&host_key, &files, ctx);
+            let pinned_for = |rule: &SshRule| pinned(rule, &known).contains(&host_key);
+            let known_as = known_as(&host_key, &known, ctx);
             let d = ctx.policy.decide(&PolicyRequest {
                 workspace,
                 caller: None,
@@ -313,7 +318,7 @@ fn parse_binds(binds: &[Vec<u8>]) -> Result<Vec<SessionBind>, Reply> {
 fn check_hops(
     workspace: &str,
     hops: &[SessionBind],
-    files: &[PathBuf],
+    known: &HostKeys,
     ctx: &ToolContext,
 ) -> Result<(), Reply> {
     for hop in hops {
@@ -323,8 +328,8 @@ fn check_hops(
             ));
         }
         let host_key = hop.host_key.clone();
-        let pinned_for = |rule: &SshRule| pinned(rule, files).contains(&host_key);
-        let known_as = known_as(&host_key, files, ctx);
+        let pinned_for = |rule: &SshRule| pinned(rule, known).contains(&host_key);
+        let known_as = known_as(&host_key, known, ctx);
         let d = ctx.policy.decide(&PolicyRequest {
             workspace,
             caller: None,
