@@ -102,7 +102,7 @@ impl fmt::Display for Rate {
         // The largest unit that divides the window evenly keeps "60/min" as written.
         let (unit, unit_secs) = [("day", 86_400), ("hour", 3_600), ("min", 60)]
             .into_iter()
-            .find(|&(_, u)| secs != 0 && secs % u == 0)
+            .find(|&(_, u)| secs != 0 && secs.is_multiple_of(u))
             .unwrap_or(("s", 1));
         let multiplier = secs / unit_secs;
         if multiplier == 1 {
