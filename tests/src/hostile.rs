@@ -11,8 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nexus_protocol::{
-    Call, CallerContext, HANDSHAKE_MAX_FRAME, MAX_FRAME, PROTOCOL_VERSION, Reply, Request,
-    ServerHello,
+    Call, CallerContext, HANDSHAKE_MAX_FRAME, MAX_FRAME, Reply, Request, ServerHello,
 };
 use nexus_transport::mux::{self, Mode, MuxExit};
 use nexus_transport::tls;
@@ -24,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::raw::{FakeConn, FakeShim, within};
+use crate::raw::{FakeConn, within};
 use crate::{DEADLINE, Daemon, Must, Output, poll, shim_bin, shim_once};
 
 /// A length-prefixed frame around `body`, as both sides put on the wire.
@@ -105,25 +104,6 @@ pub fn token_call(name: &str) -> Call {
             name: name.to_owned(),
         },
     }
-}
-
-/// Accepts the proxy's next connection on `fake`, reads its hello and
-/// accepts it: what follows on the returned stream is yamux.
-pub async fn accept_link(fake: &FakeShim) -> FakeConn {
-    let (mut conn, hello) = fake.accept_hello().await;
-    assert!(
-        hello.pairing_token.is_none(),
-        "a paired laptop sends no token"
-    );
-    let accepted = ServerHello::Accepted {
-        version: PROTOCOL_VERSION,
-        paired_now: false,
-        software: "nexus-e2e hostile shim".into(),
-    };
-    nexus_transport::send(&mut conn, &accepted)
-        .await
-        .must("accepting the laptop");
-    conn
 }
 
 /// A fake shim's multiplexed link to the real proxy, through the real

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_protocol::{ClientHello, HANDSHAKE_MAX_FRAME, ServerHello};
+use nexus_protocol::{ClientHello, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, ServerHello};
 use nexus_transport::tls::{self, ClientAuthorizer};
 use nexus_transport::tokio_rustls::{TlsAcceptor, TlsConnector, rustls, server};
 use nexus_transport::{Fingerprint, Identity};
@@ -77,6 +77,25 @@ impl FakeShim {
             (conn, hello)
         };
         within(DEADLINE, step).await
+    }
+
+    /// Accepts the proxy's next connection, reads its hello and accepts it
+    /// as the paired laptop: what follows on the returned stream is yamux.
+    pub async fn accept_link(&self) -> FakeConn {
+        let (mut conn, hello) = self.accept_hello().await;
+        assert!(
+            hello.pairing_token.is_none(),
+            "a paired laptop sends no token"
+        );
+        let accepted = ServerHello::Accepted {
+            version: PROTOCOL_VERSION,
+            paired_now: false,
+            software: "nexus-e2e fake shim".into(),
+        };
+        nexus_transport::send(&mut conn, &accepted)
+            .await
+            .must("accepting the laptop");
+        conn
     }
 }
 

@@ -11,8 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nexus_e2e::hostile::{
-    LimitedShim, Link, RawMux, Sampler, accept_link, children_of, find_pid, frame, hello_bytes,
-    msgpack, open_fds, raise_nofile, shim_within, status_kib, token_call, wait_pid_with_arg, yamux,
+    LimitedShim, Link, RawMux, Sampler, children_of, find_pid, frame, hello_bytes, msgpack,
+    open_fds, raise_nofile, shim_within, status_kib, token_call, wait_pid_with_arg, yamux,
 };
 use nexus_e2e::raw::{FakeShim, within};
 use nexus_e2e::{DEADLINE, Daemon, Laptop, Must, PairingUri, Workspace, poll};
@@ -61,7 +61,7 @@ impl Victim {
 
     /// Accepts the proxy's (next) connection and starts yamux on it.
     async fn link(&self) -> Link {
-        Link::start(accept_link(&self.fake).await, MuxConfig::SHIM)
+        Link::start(self.fake.accept_link().await, MuxConfig::SHIM)
     }
 }
 
@@ -148,7 +148,7 @@ async fn stream_flood_keeps_proxy_memory_bounded() {
     let mut v = Victim::start(DEMO_POLICY).await;
     let pid = v.pid;
     let rss = Sampler::start(Duration::from_millis(10), move || status_kib(pid, "VmRSS"));
-    let mut raw = RawMux::start(accept_link(&v.fake).await);
+    let mut raw = RawMux::start(v.fake.accept_link().await);
 
     // Phase 1: 500 streams, under the proxy's 512-stream limit, held open.
     let held = flood(&mut raw, 500).await;

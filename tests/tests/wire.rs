@@ -131,19 +131,7 @@ async fn proxy_survives_bad_frames_on_one_connection() {
     let policy = laptop.write_policy(DEMO_POLICY);
     let mut proxy = laptop.spawn_run("fake", &policy, &[("E2E_DEMO", "still-serving")]);
 
-    let (mut conn, hello) = fake.accept_hello().await;
-    assert!(
-        hello.pairing_token.is_none(),
-        "a paired laptop sends no token"
-    );
-    let accepted = ServerHello::Accepted {
-        version: PROTOCOL_VERSION,
-        paired_now: false,
-        software: "nexus-e2e fake shim".into(),
-    };
-    nexus_transport::send(&mut conn, &accepted)
-        .await
-        .must("accepting the laptop");
+    let conn = fake.accept_link().await;
     let stop = CancellationToken::new();
     let (mux, _inbound, driver) = mux::start(conn, Mode::Server, MuxConfig::SHIM, stop.clone());
 
