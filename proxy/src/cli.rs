@@ -79,6 +79,20 @@ enum Command {
     /// Manage values in the OS keyring (entries `nexus/NAME`).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `nexus-agent-proxy completions bash > ~/.local/share/bash-completion/completions/nexus-agent-proxy`;
+    /// zsh: write `_nexus-agent-proxy` into a directory on `$fpath`.
+    Completions {
+        /// Target shell.
+        shell: nexus_transport::docs::Shell,
+    },
+    /// Write man pages (one per subcommand) into DIR, for packagers.
+    #[command(hide = true)]
+    ManPages {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +158,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let config = ConfigDir::resolve(cli.config_dir)?;
     match cli.command {
+        cmd @ (Command::Completions { .. } | Command::ManPages { .. }) => Ok(docs(&cmd)),
         Command::Pair { uri, name } => {
             let ws = crate::pair::pair(&config, &uri, &name).await?;
             println!(
@@ -324,5 +339,30 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+}
+
+/// `completions` and `man-pages`: generated from the clap definition.
+fn docs(command: &Command) -> ExitCode {
+    use clap::CommandFactory;
+    match command {
+        Command::Completions { shell } => {
+            nexus_transport::docs::completions(Cli::command(), *shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::ManPages { dir } => match nexus_transport::docs::man_pages(Cli::command(), dir) {
+            Ok(pages) => {
+                println!("wrote {} man pages to {}", pages.len(), dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "nexus-agent-proxy: writing man pages to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
+        _ => ExitCode::SUCCESS,
     }
 }

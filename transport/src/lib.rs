@@ -7,6 +7,7 @@
 //! [`MuxHandle`].
 #![forbid(unsafe_code)]
 
+pub mod docs;
 mod error;
 mod fingerprint;
 mod frame_io;

@@ -79,6 +79,20 @@ enum Command {
     /// Alias of `token` (`secret get NAME`).
     #[command(subcommand)]
     Secret(TokenCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `nexus-shim completions bash > ~/.local/share/bash-completion/completions/nexus-shim`;
+    /// zsh: write `_nexus-shim` into a directory on `$fpath`.
+    Completions {
+        /// Target shell.
+        shell: nexus_transport::docs::Shell,
+    },
+    /// Write man pages (one per subcommand) into DIR, for packagers.
+    #[command(hide = true)]
+    ManPages {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +174,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let state = StateDir::resolve(cli.state_dir)?;
     match cli.command {
+        cmd @ (Command::Completions { .. } | Command::ManPages { .. }) => Ok(docs(&cmd)),
         Command::Serve(args) => serve(state, args).await,
         Command::PairingUri { rotate, client } => pairing_uri(&state, rotate, &client).await,
         Command::Status { json, client } => status(&state, json, &client).await,
@@ -441,5 +456,27 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+/// `completions` and `man-pages`: generated from the clap definition.
+fn docs(command: &Command) -> ExitCode {
+    use clap::CommandFactory;
+    match command {
+        Command::Completions { shell } => {
+            nexus_transport::docs::completions(Cli::command(), *shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::ManPages { dir } => match nexus_transport::docs::man_pages(Cli::command(), dir) {
+            Ok(pages) => {
+                println!("wrote {} man pages to {}", pages.len(), dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nexus-shim: writing man pages to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
+        _ => ExitCode::SUCCESS,
     }
 }
