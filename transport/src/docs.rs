@@ -54,25 +54,25 @@ mod tests {
             .subcommand(clap::Command::new("secret-internal").hide(true))
     }
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
-    fn pages_cover_every_visible_subcommand() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut pages = man_pages(demo(), dir.path()).expect("man pages");
+    fn pages_cover_every_visible_subcommand() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut pages = man_pages(demo(), dir.path())?;
         pages.sort();
         assert_eq!(pages, ["demo-token-get.1", "demo-token.1", "demo.1"]);
-        let top = std::fs::read_to_string(dir.path().join("demo.1")).expect("read");
+        let top = std::fs::read_to_string(dir.path().join("demo.1"))?;
         assert!(top.contains(".TH demo"), "{top}");
+        Ok(())
     }
 
     #[test]
-    fn completions_name_the_binary() {
+    fn completions_name_the_binary() -> TestResult {
         let mut out = Vec::new();
         completions(demo(), Shell::Bash, &mut out);
-        let script = String::from_utf8(out).expect("utf8");
-        assert!(
-            script.contains("_demo()"),
-            "{}",
-            &script[..200.min(script.len())]
-        );
+        let script = String::from_utf8(out)?;
+        assert!(script.contains("_demo()"), "{script}");
+        Ok(())
     }
 }
