@@ -333,15 +333,6 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        super::Cli::command().debug_assert();
-    }
-}
-
 /// `completions` and `man-pages`: generated from the clap definition.
 fn docs(command: &Command) -> ExitCode {
     use clap::CommandFactory;
@@ -364,5 +355,14 @@ fn docs(command: &Command) -> ExitCode {
             }
         },
         _ => ExitCode::SUCCESS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

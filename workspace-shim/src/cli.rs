@@ -423,6 +423,28 @@ fn unexpected(reply: LocalReply) -> ExitCode {
     }
 }
 
+/// `completions` and `man-pages`: generated from the clap definition.
+fn docs(command: &Command) -> ExitCode {
+    use clap::CommandFactory;
+    match command {
+        Command::Completions { shell } => {
+            nexus_transport::docs::completions(Cli::command(), *shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::ManPages { dir } => match nexus_transport::docs::man_pages(Cli::command(), dir) {
+            Ok(pages) => {
+                println!("wrote {} man pages to {}", pages.len(), dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nexus-shim: writing man pages to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,27 +478,5 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-}
-
-/// `completions` and `man-pages`: generated from the clap definition.
-fn docs(command: &Command) -> ExitCode {
-    use clap::CommandFactory;
-    match command {
-        Command::Completions { shell } => {
-            nexus_transport::docs::completions(Cli::command(), *shell, &mut std::io::stdout());
-            ExitCode::SUCCESS
-        }
-        Command::ManPages { dir } => match nexus_transport::docs::man_pages(Cli::command(), dir) {
-            Ok(pages) => {
-                println!("wrote {} man pages to {}", pages.len(), dir.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("nexus-shim: writing man pages to {}: {e}", dir.display());
-                ExitCode::FAILURE
-            }
-        },
-        _ => ExitCode::SUCCESS,
     }
 }
