@@ -1,6 +1,13 @@
 #!/bin/sh
-# Starts the nexus-shim daemon in the background, then the container's command.
-# The pairing URI appears in $NEXUS_STATE_DIR/pairing.uri (and `nexus-shim pairing-uri`).
+# Container entrypoint: starts the nexus-shim daemon in the background, then
+# the container's command. The pairing URI appears in
+# $NEXUS_STATE_DIR/pairing.uri and from `nexus-shim pairing-uri`.
 set -eu
-nexus-shim serve --listen "${NEXUS_LISTEN:-0.0.0.0:7676}" ${NEXUS_ADVERTISE:+--advertise "$NEXUS_ADVERTISE"} &
+state="${NEXUS_STATE_DIR:-$HOME/.local/state/nexus}"
+mkdir -p "$state" && chmod 0700 "$state"
+if [ -n "${NEXUS_ADVERTISE:-}" ]; then
+  nexus-shim serve --listen "${NEXUS_LISTEN:-0.0.0.0:7676}" --advertise "$NEXUS_ADVERTISE" &
+else
+  nexus-shim serve --listen "${NEXUS_LISTEN:-0.0.0.0:7676}" &
+fi
 exec "$@"

@@ -103,6 +103,21 @@ fn shim_bin() -> PathBuf {
     bin_dir().join(SHIM)
 }
 
+/// Path of the `nexus-shim` binary under test (to install it somewhere).
+pub fn shim_binary() -> PathBuf {
+    shim_bin()
+}
+
+/// Path of the `nexus-agent-proxy` binary under test.
+pub fn proxy_binary() -> PathBuf {
+    proxy_bin()
+}
+
+/// The repository's root directory (for files under `deploy/`).
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
 /// Path of `nexus-agent-proxy`.
 fn proxy_bin() -> PathBuf {
     bin_dir().join(PROXY)

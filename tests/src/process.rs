@@ -25,7 +25,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `cmd` with stdout and stderr appended to `log`.
     #[track_caller]
-    pub(crate) fn spawn(mut cmd: Command, log: &Path) -> Self {
+    pub fn spawn(mut cmd: Command, log: &Path) -> Self {
         let what = describe(&cmd);
         let file = OpenOptions::new()
             .create(true)

@@ -1,0 +1,113 @@
+#!/bin/sh
+# Dev container feature install script for nexus-shim. Runs as root at image
+# build time with the options as upper-case variables (BINARY, VERSION,
+# LISTEN, ADVERTISE, GITCREDENTIALHELPER) and the dev container user as
+# _REMOTE_USER. It:
+#   1. installs /usr/local/bin/nexus-shim;
+#   2. creates the state directory /var/lib/nexus/state, owned by the remote
+#      user, mode 0700 (the shim refuses anything looser), on the feature's
+#      volume so the workspace key survives a rebuild and the laptop's pin
+#      stays valid;
+#   3. installs the entrypoint that starts `nexus-shim serve` as that user;
+#   4. points git's credential helper at the shim (system git config).
+# Offline or air-gapped images: pass `binary` as a path in the build context.
+set -eu
+
+BINARY="${BINARY:-}"
+VERSION="${VERSION:-latest}"
+LISTEN="${LISTEN:-0.0.0.0:7676}"
+ADVERTISE="${ADVERTISE:-}"
+GITCREDENTIALHELPER="${GITCREDENTIALHELPER:-true}"
+REMOTE_USER="${_REMOTE_USER:-root}"
+RELEASES="${NEXUS_RELEASES_URL:-https://example.invalid/nexus-agent-proxy/releases}"
+
+BIN_DIR=/usr/local/bin
+SHARE=/usr/local/share/nexus-shim
+STATE_ROOT=/var/lib/nexus
+STATE="$STATE_ROOT/state"
+
+die() { echo "nexus-shim feature: $*" >&2; exit 1; }
+
+case "$REMOTE_USER" in
+  *[!A-Za-z0-9._-]*|'') die "unexpected remote user name: '$REMOTE_USER'" ;;
+esac
+id "$REMOTE_USER" >/dev/null 2>&1 || die "remote user '$REMOTE_USER' does not exist in the image"
+
+# 1. The binary.
+mkdir -p "$BIN_DIR" "$SHARE"
+tmp="$BIN_DIR/.nexus-shim.$$"
+trap 'rm -f "$tmp"' EXIT
+case "$BINARY" in
+  https://*)
+    command -v curl >/dev/null 2>&1 || die "curl is needed to download $BINARY"
+    curl -fsSL --proto '=https' -o "$tmp" "$BINARY" ;;
+  "")
+    command -v curl >/dev/null 2>&1 || die "curl is needed to download nexus-shim $VERSION (or pass the binary option)"
+    arch=$(uname -m)
+    curl -fsSL --proto '=https' -o "$tmp" "$RELEASES/$VERSION/nexus-shim-$arch-linux" ;;
+  *)
+    [ -f "$BINARY" ] || die "binary '$BINARY' not found (paths are relative to the feature's build context)"
+    cp "$BINARY" "$tmp" ;;
+esac
+chmod 0755 "$tmp"
+"$tmp" --version >/dev/null 2>&1 || die "the installed binary does not run here (wrong architecture or libc?)"
+mv -f "$tmp" "$BIN_DIR/nexus-shim"
+trap - EXIT
+
+# 2. State directory on the feature's volume.
+mkdir -p "$STATE"
+chown "$REMOTE_USER" "$STATE_ROOT" "$STATE"
+chmod 0700 "$STATE"
+
+# 3. Entrypoint and its settings (values quoted for sh).
+quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+{
+  echo "# Written by the nexus-shim feature's install.sh."
+  echo "NEXUS_USER=$(quote "$REMOTE_USER")"
+  echo "NEXUS_LISTEN=$(quote "$LISTEN")"
+  echo "NEXUS_ADVERTISE=$(quote "$ADVERTISE")"
+} > "$SHARE/feature.env"
+cat > "$SHARE/entrypoint.sh" <<'ENTRY'
+#!/bin/sh
+# Dev container entrypoint added by the nexus-shim feature: starts the shim
+# daemon in the background as the dev container user (the sockets it makes are
+# 0600, so the agent must run as that same user), then the container's command.
+set -eu
+. /usr/local/share/nexus-shim/feature.env
+state="${NEXUS_STATE_DIR:-/var/lib/nexus/state}"
+log="$(dirname "$state")/shim.log"
+start() {
+  if [ -n "$NEXUS_ADVERTISE" ]; then
+    "$@" /usr/local/bin/nexus-shim serve --state-dir "$state" --listen "$NEXUS_LISTEN" --advertise "$NEXUS_ADVERTISE"
+  else
+    "$@" /usr/local/bin/nexus-shim serve --state-dir "$state" --listen "$NEXUS_LISTEN"
+  fi
+}
+if [ "$(id -u)" = 0 ] && [ "$NEXUS_USER" != root ]; then
+  if command -v setpriv >/dev/null 2>&1; then
+    uid=$(id -u "$NEXUS_USER"); gid=$(id -g "$NEXUS_USER")
+    start setpriv --reuid "$uid" --regid "$gid" --init-groups env HOME="$(getent passwd "$NEXUS_USER" | cut -d: -f6)" >>"$log" 2>&1 &
+  else
+    start su -s /bin/sh "$NEXUS_USER" -c 'exec "$0" "$@"' >>"$log" 2>&1 &
+  fi
+else
+  start env >>"$log" 2>&1 &
+fi
+if [ "$#" -eq 0 ]; then
+  set -- sleep infinity
+fi
+exec "$@"
+ENTRY
+chmod 0755 "$SHARE/entrypoint.sh"
+
+# 4. git: ask the laptop for HTTPS credentials (the policy decides which).
+if [ "$GITCREDENTIALHELPER" = true ]; then
+  if command -v git >/dev/null 2>&1; then
+    git config --system credential.helper '!nexus-shim git-credential'
+    git config --system credential.useHttpPath true
+  else
+    echo "nexus-shim feature: git is not installed; skipping the credential helper" >&2
+  fi
+fi
+
+echo "nexus-shim feature: installed $("$BIN_DIR/nexus-shim" --version); state in $STATE (user $REMOTE_USER)"
