@@ -40,12 +40,28 @@ enum Command {
     ///
     /// URI is what `nexus-shim pairing-uri` prints in the workspace. It holds
     /// a one-time token that expires (15 minutes by default).
+    ///
+    /// The workspace is reached at the URI's HOST:PORT unless `--connect` or
+    /// `--connect-command` says otherwise (stored with the pairing; `run`
+    /// uses it from then on). The certificate pin is the same on every route.
     Pair {
         /// nexus://HOST:PORT?fp=sha256:...&token=...
         uri: String,
         /// The laptop's name for this workspace (what policy rules see).
         #[arg(long)]
         name: String,
+        /// Reach the shim through an HTTP ingress or reverse proxy:
+        /// wss://HOST[:PORT]/PATH (ws:// inside a trusted network).
+        #[arg(long, value_name = "URL", conflicts_with = "connect_command")]
+        connect: Option<String>,
+        /// Reach the shim through a command's stdin/stdout, e.g.
+        /// 'kubectl exec -i POD -- nexus-shim serve --stdio' or
+        /// 'ssh HOST nexus-shim serve --stdio' (run by sh -c).
+        #[arg(long, value_name = "CMD")]
+        connect_command: Option<String>,
+        /// Extra root certificate(s) (PEM) for a wss:// ingress with a private CA.
+        #[arg(long, value_name = "FILE", requires = "connect")]
+        ca_file: Option<PathBuf>,
     },
     /// Link to workspaces and answer their calls until interrupted.
     ///
@@ -69,6 +85,10 @@ enum Command {
               default_value_t = crate::tools::DEFAULT_CALLS_PER_SECOND,
               value_parser = clap::value_parser!(u32).range(1..))]
         max_calls_per_second: u32,
+        /// Reach the (single) workspace through this command's stdin/stdout
+        /// this time, instead of its paired route.
+        #[arg(long, value_name = "CMD")]
+        connect_command: Option<String>,
     },
     /// Manage paired workspaces.
     #[command(subcommand)]
@@ -159,8 +179,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config = ConfigDir::resolve(cli.config_dir)?;
     match cli.command {
         cmd @ (Command::Completions { .. } | Command::ManPages { .. }) => Ok(docs(&cmd)),
-        Command::Pair { uri, name } => {
-            let ws = crate::pair::pair(&config, &uri, &name).await?;
+        Command::Pair {
+            uri,
+            name,
+            connect,
+            connect_command,
+            ca_file,
+        } => {
+            if let Some(url) = &connect {
+                crate::route::Route::parse(url, None)?;
+            }
+            let via = crate::pair::Via {
+                connect,
+                connect_command,
+                ca_file,
+            };
+            let ws = crate::pair::pair(&config, &uri, &name, via).await?;
             println!(
                 "paired workspace {:?} at {} ({})",
                 ws.name, ws.address, ws.fingerprint
@@ -174,6 +208,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             source_path,
             ssh_agent,
             max_calls_per_second,
+            connect_command,
         } => {
             let ssh_agent =
                 ssh_agent.or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from));
@@ -185,6 +220,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     source_path,
                     ssh_agent,
                     max_calls_per_second,
+                    connect_command,
                 },
             )
             .await
@@ -262,6 +298,7 @@ struct Sources {
     source_path: Option<String>,
     ssh_agent: Option<PathBuf>,
     max_calls_per_second: u32,
+    connect_command: Option<String>,
 }
 
 async fn serve(
@@ -300,6 +337,7 @@ async fn serve(
     if workspaces.is_empty() {
         bail!("no workspaces paired; pair one first with: nexus-agent-proxy pair URI --name NAME");
     }
+    let workspaces = crate::route::with_connect_command(workspaces, sources.connect_command)?;
     config
         .identity()
         .context("loading this laptop's identity")?;

@@ -172,6 +172,15 @@ pub struct Workspace {
     pub fingerprint: Fingerprint,
     /// When it was paired (seconds since the epoch).
     pub paired_at: u64,
+    /// Reach it through this `wss://` / `ws://` URL instead of `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// Reach it through this command's stdin/stdout (run by `sh -c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_command: Option<String>,
+    /// Extra root certificate(s) for a `wss://` ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -199,6 +208,9 @@ mod tests {
             address: "127.0.0.1:1".into(),
             fingerprint: Fingerprint::of(b"x"),
             paired_at: 1,
+            connect: None,
+            connect_command: None,
+            ca_file: None,
         };
         cfg.save_workspace(&ws).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.workspaces().map(|v| v.len()).unwrap_or(0), 1);

@@ -12,6 +12,7 @@ mod keyring;
 pub mod known_hosts;
 pub mod pair;
 mod rate;
+pub mod route;
 mod secret;
 pub mod ssh_wire;
 pub mod tools;

@@ -8,6 +8,7 @@ use nexus_protocol::Secret;
 use nexus_transport::Fingerprint;
 
 use crate::config::{ConfigDir, Workspace, validate_name};
+use crate::route::Route;
 use crate::tunnel::dial;
 
 /// A parsed `nexus://HOST:PORT?fp=sha256:...&token=...`.
@@ -55,22 +56,44 @@ impl std::str::FromStr for PairingUri {
     }
 }
 
+/// How to reach the workspace when not by the URI's `HOST:PORT`.
+#[derive(Debug, Clone, Default)]
+pub struct Via {
+    /// `wss://HOST[:PORT]/PATH` or `ws://...`.
+    pub connect: Option<String>,
+    /// A command whose stdin/stdout reach `nexus-shim serve --stdio`.
+    pub connect_command: Option<String>,
+    /// Extra roots for a `wss://` ingress.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
 /// Pairs and records the workspace.
-pub async fn pair(config: &ConfigDir, uri: &str, name: &str) -> Result<Workspace> {
+pub async fn pair(config: &ConfigDir, uri: &str, name: &str, via: Via) -> Result<Workspace> {
     validate_name(name)?;
     let uri: PairingUri = uri.parse()?;
     let identity = config.identity()?;
-    dial(&uri.address, uri.fingerprint, &identity, Some(uri.token))
-        .await
-        .with_context(|| format!("pairing with {}", uri.address))?;
-    let ws = Workspace {
+    let mut ws = Workspace {
         name: name.to_owned(),
         address: uri.address,
         fingerprint: uri.fingerprint,
         paired_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        connect: via.connect,
+        connect_command: via.connect_command,
+        ca_file: None,
     };
+    if let Some(ca) = via.ca_file {
+        // Stored absolute: `run` may start in another directory.
+        ws.ca_file = Some(
+            std::path::absolute(&ca)
+                .with_context(|| format!("resolving --ca-file {}", ca.display()))?,
+        );
+    }
+    let route = Route::for_workspace(&ws)?;
+    dial(&route, ws.fingerprint, &identity, Some(uri.token))
+        .await
+        .with_context(|| format!("pairing with {route}"))?;
     config.save_workspace(&ws)?;
     Ok(ws)
 }

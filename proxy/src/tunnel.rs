@@ -14,12 +14,12 @@ use nexus_transport::{Fingerprint, Identity, MuxConfig, MuxStream, TransportErro
 use rand::Rng;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::route::{Conduit, Route};
 use crate::tools::{self, ToolContext};
 
 /// How long a TCP connect plus TLS plus hello may take.
@@ -97,24 +97,25 @@ const NOT_PAIRED: &str = "the workspace refused this laptop's certificate: this 
      there (or the pairing token expired, or the workspace was reset). Run `nexus-shim pairing-uri --rotate` in the \
      workspace and pair again";
 
-/// Dials `addr`, pins `pin`, says hello (with a pairing token when pairing).
+/// Dials `route`, pins `pin`, says hello (with a pairing token when pairing).
 ///
 /// # Errors
 /// A [`DialError`] whose message says what to do.
 pub async fn dial(
-    addr: &str,
+    route: &Route,
     pin: Fingerprint,
     identity: &Identity,
     pairing_token: Option<Secret>,
-) -> Result<(TlsStream<TcpStream>, bool), DialError> {
+) -> Result<(TlsStream<Conduit>, bool), DialError> {
+    let addr = &route.to_string();
     let attempt = async {
-        let tcp = TcpStream::connect(addr)
+        let tcp = route
+            .connect()
             .await
             .map_err(|source| DialError::Unreachable {
                 addr: addr.to_owned(),
                 source,
             })?;
-        nexus_transport::tune_tcp(&tcp);
         let (config, verifier) =
             client_config(identity, pin).map_err(|source| DialError::Failed {
                 context: "TLS setup",
@@ -222,17 +223,26 @@ pub async fn serve_workspace(
             );
         }
     };
+    let route = match Route::for_workspace(&ws) {
+        Ok(r) => r,
+        Err(e) => {
+            return warn!(
+                error = format!("{e:#}"),
+                "the workspace record's route is invalid; pair again"
+            );
+        }
+    };
     let mut outage_start: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let dialed = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = dial(&ws.address, ws.fingerprint, &identity, None) => r,
+            r = dial(&route, ws.fingerprint, &identity, None) => r,
         };
         // A pin mismatch or a refusal needs the user, not a retry every second.
         let needs_user = match dialed {
             Ok((tls, _)) => {
-                info!(address = %ws.address, "linked");
+                info!(route = %route, "linked");
                 let up = Instant::now();
                 serve_link(tls, &ws.name, &ctx, &shutdown).await;
                 if up.elapsed() > Duration::from_secs(3) {
@@ -268,7 +278,7 @@ pub async fn serve_workspace(
 
 /// Answers the streams of one live link until it ends or `shutdown`.
 async fn serve_link(
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<Conduit>,
     workspace: &str,
     ctx: &Arc<ToolContext>,
     shutdown: &CancellationToken,

@@ -71,10 +71,23 @@ impl Laptop {
         run_to_end(self.command().args(args), Some(input))
     }
 
-    /// `pair URI --name NAME`, whatever the outcome.
+    /// `pair URI --name NAME`, whatever the outcome; over the workspace's
+    /// front when `NEXUS_E2E_ROUTE` put one before it.
     #[track_caller]
     pub fn pair(&self, uri: &str, name: &str) -> Output {
-        self.cli(["pair", uri, "--name", name])
+        let address = uri
+            .trim()
+            .strip_prefix("nexus://")
+            .and_then(|rest| rest.split('?').next())
+            .unwrap_or_default();
+        let mut args = vec![
+            "pair".to_owned(),
+            uri.to_owned(),
+            "--name".into(),
+            name.into(),
+        ];
+        args.extend(crate::front::pair_args(address));
+        self.cli(args)
     }
 
     /// Writes a policy file outside the config dir and returns its path.

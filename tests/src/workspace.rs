@@ -8,6 +8,7 @@ use std::process::{Command, ExitStatus};
 
 use tempfile::TempDir;
 
+use crate::front::{Front, route_mode};
 use crate::netns::{self, NetNs};
 use crate::{DEADLINE, Daemon, Must, Output, command, poll, run_to_end, shim_bin};
 
@@ -17,6 +18,7 @@ use crate::{DEADLINE, Daemon, Must, Output, command, poll, run_to_end, shim_bin}
 /// temporary directory.
 #[derive(Debug)]
 pub struct Workspace {
+    front: Option<Front>,
     shim: Option<Daemon>,
     net: Option<NetNs>,
     state: PathBuf,
@@ -43,6 +45,7 @@ impl Workspace {
         let home = dir.path().join("home");
         std::fs::create_dir(&home).must("creating the workspace's home");
         let mut ws = Self {
+            front: None,
             shim: None,
             net: netns::supported().then(NetNs::create),
             state: dir.path().join("state"),
@@ -88,6 +91,17 @@ impl Workspace {
             shim.log()
         );
         self.shim = Some(shim);
+        if self.front.is_none()
+            && let Ok(uri) = std::fs::read_to_string(self.state.join("pairing.uri"))
+        {
+            let address = PairingUri::parse(uri.trim()).address;
+            self.front = Front::start(route_mode(), self, &address);
+        }
+    }
+
+    /// What stands in front of the shim (`NEXUS_E2E_ROUTE`), if anything.
+    pub fn front(&self) -> Option<&Front> {
+        self.front.as_ref()
     }
 
     /// `nexus-shim` with this workspace's environment, on the workspace host.

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use nexus_e2e::front::{RouteMode, route_mode};
 use nexus_e2e::{Laptop, Must, Output, PairingUri, Workspace, is_root, shim_once, unique_name};
 
 /// One env token, `demo`, read from `E2E_DEMO` in the proxy's environment.
@@ -71,8 +72,15 @@ fn pairing_then_token_get() {
     assert!(status["paired_fingerprint"].is_string(), "{status}");
     if let Some(laptop_ip) = ws.host_ip() {
         let peer = status["peer"].as_str().must("status names the peer");
+        // Over a front (NEXUS_E2E_ROUTE), the shim's TCP peer is the front
+        // itself; status then says which route the laptop came by.
+        let seen = match route_mode() {
+            RouteMode::Tcp => peer.starts_with(&format!("{laptop_ip}:")),
+            RouteMode::Wss => peer.contains(&format!("websocket, forwarded for \"{laptop_ip}\"")),
+            RouteMode::Stdio => peer.contains("stdio relay"),
+        };
         assert!(
-            peer.starts_with(&format!("{laptop_ip}:")),
+            seen,
             "the proxy should dial across the veth link, came from {peer}"
         );
     }

@@ -15,6 +15,7 @@ mod identity;
 pub mod mux;
 pub mod process;
 pub mod tls;
+pub mod ws;
 
 pub use error::TransportError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};

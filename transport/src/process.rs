@@ -9,6 +9,11 @@ const YAMUX_LOG_CAP: &str = "yamux=info";
 
 /// Logs to stderr with the filter in `NEXUS_LOG` (else `default`), colours
 /// only on a terminal.
+///
+/// A log line that cannot be written is dropped quietly: by default
+/// tracing-subscriber reports it with `eprintln!`, which panics when stderr
+/// is a closed pipe (a daemon whose ssh session or parent went away) and
+/// would take down the task that logged.
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
@@ -16,6 +21,7 @@ pub fn init_tracing(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

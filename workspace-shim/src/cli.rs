@@ -114,14 +114,17 @@ enum TokenCommand {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Address for the laptop's tunnel (port 0 picks a free port).
-    #[arg(
-        long,
-        env = "NEXUS_LISTEN",
-        default_value = "0.0.0.0:7676",
-        value_name = "ADDR"
-    )]
-    listen: String,
+    /// Address for the laptop's tunnel, raw TLS or WebSocket on the same port
+    /// (port 0 picks a free port; `none`: only --stdio relays)
+    /// [default: 0.0.0.0:7676, or none with --stdio].
+    #[arg(long, env = "NEXUS_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Carry the tunnel on stdin/stdout (the laptop runs this through
+    /// `kubectl exec -i` or `ssh` with `--connect-command`). If a daemon
+    /// already runs on this state dir, relay into it; otherwise serve until
+    /// stdin closes.
+    #[arg(long)]
+    stdio: bool,
     /// HOST:PORT the pairing URI names, when the laptop reaches us by another address.
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
@@ -207,6 +210,14 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         check_preset_token(t)?;
     }
     state.prepare()?;
+    if args.stdio
+        && let Ok(daemon) = tokio::net::UnixStream::connect(state.tunnel_sock()).await
+    {
+        crate::ingress::relay_stdio(daemon)
+            .await
+            .context("relaying stdin/stdout to the daemon's tunnel.sock")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (identity, created) =
         nexus_transport::Identity::load_or_create(state.root(), nexus_transport::tls::SERVER_NAME)?;
     if created {
@@ -220,11 +231,23 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
             sock.display()
         );
     }
-    let tunnel = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding the tunnel listener on {}", args.listen))?;
+    let listen = args
+        .listen
+        .clone()
+        .or_else(|| (!args.stdio).then(|| "0.0.0.0:7676".to_owned()))
+        .filter(|l| l != "none");
+    let tunnel = match &listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the tunnel listener on {addr}"))?,
+        ),
+        None => None,
+    };
     let listeners = Listeners {
         tunnel,
+        relay: bind_private(&state.tunnel_sock())?,
+        stdio: args.stdio,
         local: bind_private(&sock)?,
         agent: bind_private(&state.agent_sock())?,
     };

@@ -12,12 +12,13 @@ use nexus_protocol::{
 use nexus_transport::tls::{ClientAuthorizer, peer_fingerprint};
 use nexus_transport::tokio_rustls::TlsAcceptor;
 use nexus_transport::{Fingerprint, Identity, MuxConfig, MuxHandle, mux};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::ingress::Incoming;
 use crate::state::{Paired, PairingToken, StateDir, pairing_uri};
 
 /// How long an unauthenticated peer may take to finish TLS and say hello.
@@ -57,8 +58,13 @@ pub struct ServeConfig {
 /// The daemon's bound sockets.
 #[derive(Debug)]
 pub struct Listeners {
-    /// The laptop's tunnel.
-    pub tunnel: TcpListener,
+    /// The laptop's tunnel over TCP (raw TLS or WebSocket); none with
+    /// `--listen none` or `--stdio`.
+    pub tunnel: Option<TcpListener>,
+    /// `tunnel.sock`: tunnels relayed by `serve --stdio`.
+    pub relay: tokio::net::UnixListener,
+    /// Serve one tunnel on stdin/stdout, and stop when it ends.
+    pub stdio: bool,
     /// `shim.sock`.
     pub local: tokio::net::UnixListener,
     /// `agent.sock`.
@@ -70,8 +76,8 @@ pub struct Listeners {
 pub struct Link {
     /// Opens streams toward the laptop.
     pub mux: MuxHandle,
-    /// The laptop's address as seen here.
-    pub peer: SocketAddr,
+    /// Where the laptop's connection came from, as seen here.
+    pub peer: String,
     /// When it came up.
     pub since: Instant,
     id: u64,
@@ -89,8 +95,8 @@ pub struct Shared {
     pub pairing: Mutex<Pairing>,
     /// The live link, if any.
     pub link: watch::Sender<Option<Arc<Link>>>,
-    /// Address the tunnel listener is bound to.
-    pub listen: SocketAddr,
+    /// Address the tunnel listener is bound to (none: stdio and relays only).
+    pub listen: Option<SocketAddr>,
     /// What the pairing URI names.
     pub advertise: String,
     /// Lifetime of new pairing tokens.
@@ -157,11 +163,21 @@ pub async fn run(
 ) -> Result<()> {
     let Listeners {
         tunnel: listener,
+        relay,
+        stdio,
         local,
         agent,
     } = listeners;
-    let listen = listener.local_addr().context("reading the bound address")?;
-    let advertise = cfg.advertise.clone().unwrap_or_else(|| advertised(listen));
+    let listen = match &listener {
+        Some(l) => Some(l.local_addr().context("reading the bound address")?),
+        None => None,
+    };
+    // Without a listener the URI's address is never dialed (the laptop pairs
+    // with --connect-command), but it must still be HOST:PORT.
+    let advertise = cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| listen.map_or_else(|| "stdio:0".to_owned(), advertised));
     let paired = cfg.state.load_paired()?;
     let (link, _) = watch::channel(None);
     let shared = Arc::new(Shared {
@@ -184,7 +200,7 @@ pub async fn run(
         &identity,
         Arc::new(Authorizer(shared.clone())),
     )?);
-    info!(%listen, fingerprint = %identity.fingerprint(), state_dir = %cfg.state.root().display(), "nexus-shim serving");
+    info!(listen = ?listen, fingerprint = %identity.fingerprint(), state_dir = %cfg.state.root().display(), "nexus-shim serving");
 
     let tasks = TaskTracker::new();
     tasks.spawn(crate::sockets::serve_local(
@@ -201,11 +217,39 @@ pub async fn run(
     ));
     let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     let mut next_id = 0u64;
+    if stdio {
+        // One tunnel, on our stdin/stdout; the daemon ends with it.
+        next_id += 1;
+        let permit = handshakes.clone().try_acquire_owned()?;
+        let (tls, shared, stop) = (tls.clone(), shared.clone(), shutdown.clone());
+        tasks.spawn(
+            async move {
+                // Whatever way this ends, the daemon ends with it.
+                let _stop_on_exit = stop.clone().drop_guard();
+                accept_tunnel(
+                    Incoming::Stdio,
+                    "stdio".into(),
+                    1,
+                    tls,
+                    shared,
+                    stop,
+                    permit,
+                )
+                .await;
+                info!("stdin closed: stopping");
+            }
+            .instrument(info_span!("tunnel", id = 1, peer = "stdio")),
+        );
+    }
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (incoming, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
+            r = crate::ingress::accept_tcp(listener.as_ref()) => match r {
+                Ok((tcp, peer)) => (Incoming::Tcp(tcp), peer.to_string()),
+                Err(e) => { accept_failed(&e).await; continue; }
+            },
+            r = crate::ingress::accept_relay(&relay) => match r {
+                Ok(unix) => (Incoming::Relay(unix), "tunnel.sock".to_owned()),
                 Err(e) => { accept_failed(&e).await; continue; }
             },
         };
@@ -219,7 +263,7 @@ pub async fn run(
         let span = info_span!("tunnel", id = next_id, %peer);
         tasks.spawn(
             accept_tunnel(
-                tcp,
+                incoming,
                 peer,
                 next_id,
                 tls.clone(),
@@ -244,6 +288,7 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(shared.state.shim_sock());
     let _ = std::fs::remove_file(shared.state.agent_sock());
+    let _ = std::fs::remove_file(shared.state.tunnel_sock());
     let _ = std::fs::remove_file(shared.state.pairing_uri());
     info!("stopped");
     Ok(())
@@ -288,17 +333,23 @@ fn advertised(listen: SocketAddr) -> String {
 }
 
 async fn accept_tunnel(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    incoming: Incoming,
+    mut peer: String,
     id: u64,
     tls: TlsAcceptor,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     handshake_permit: OwnedSemaphorePermit,
 ) {
-    nexus_transport::tune_tcp(&tcp);
+    if let Incoming::Tcp(tcp) = &incoming {
+        nexus_transport::tune_tcp(tcp);
+    }
     let handshake = async {
-        let mut stream = tls.accept(tcp).await.context("TLS handshake")?;
+        let (io, via) = incoming.open().await.context("opening the tunnel")?;
+        if let Some(via) = via {
+            peer = format!("{peer} ({via})");
+        }
+        let mut stream = tls.accept(io).await.context("TLS handshake")?;
         let fp = peer_fingerprint(stream.get_ref().1).context("the client sent no certificate")?;
         let hello: ClientHello = nexus_transport::recv(&mut stream, HANDSHAKE_MAX_FRAME)
             .await

@@ -143,7 +143,9 @@ fn status(shared: &Shared) -> StatusInfo {
         } else {
             LinkStatus::NotLinked
         },
-        listen: shared.listen.to_string(),
+        listen: shared
+            .listen
+            .map_or_else(|| "none".to_owned(), |a| a.to_string()),
         paired_fingerprint,
         pairing_pending,
         peer: link.as_ref().map(|l| l.peer.to_string()),

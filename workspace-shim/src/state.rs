@@ -102,6 +102,11 @@ impl StateDir {
         self.root.join("agent.sock")
     }
 
+    /// Where `serve --stdio` relays hand their tunnel to the daemon.
+    pub fn tunnel_sock(&self) -> PathBuf {
+        self.root.join("tunnel.sock")
+    }
+
     /// The pairing URI, present only while a token is pending.
     pub fn pairing_uri(&self) -> PathBuf {
         self.root.join("pairing.uri")

@@ -1,0 +1,389 @@
+//! How the proxy reaches a workspace: the byte stream the pinned mutual TLS
+//! and yamux run on.
+//!
+//! - `tls://HOST:PORT` (the default, what a pairing URI names): plain TCP.
+//! - `wss://HOST[:PORT]/PATH` (or `ws://` inside a trusted network): a
+//!   WebSocket through an HTTP ingress or reverse proxy. The outer TLS is
+//!   checked against the OS roots plus an optional CA file, but it is only
+//!   transport: the workspace is still authenticated by its pinned
+//!   certificate inside.
+//! - a connect command (`kubectl exec -i POD -- nexus-shim serve --stdio`,
+//!   `ssh HOST nexus-shim serve --stdio`): the command's stdin and stdout,
+//!   run by `sh -c` like ssh's ProxyCommand. Its stderr goes to our log.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use nexus_transport::tokio_rustls::{TlsConnector, rustls};
+use nexus_transport::ws::{self, WsIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tracing::warn;
+
+/// A byte stream to a workspace.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// A boxed [`Io`]: what the tunnel's TLS runs on.
+pub type Conduit = Box<dyn Io>;
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// TCP to `HOST:PORT`.
+    Tcp(String),
+    /// A WebSocket.
+    WebSocket(WsTarget),
+    /// A command's stdin/stdout.
+    Command(String),
+}
+
+/// A parsed `wss://` or `ws://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsTarget {
+    /// The URL as given.
+    pub url: String,
+    /// Host name (SNI and `Host:`).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Whether there is an outer TLS layer (`wss`).
+    pub tls: bool,
+    /// Extra root certificate(s) for the outer TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Route {
+    /// The route for a stored workspace record.
+    ///
+    /// # Errors
+    /// The record's `connect` URL does not parse.
+    pub fn for_workspace(ws: &crate::config::Workspace) -> Result<Self> {
+        if let Some(cmd) = ws
+            .connect_command
+            .as_deref()
+            .filter(|c| !c.trim().is_empty())
+        {
+            return Ok(Self::Command(cmd.to_owned()));
+        }
+        match ws.connect.as_deref().filter(|c| !c.is_empty()) {
+            Some(url) => Self::parse(url, ws.ca_file.clone()),
+            None => Ok(Self::Tcp(ws.address.clone())),
+        }
+    }
+
+    /// Parses `tls://HOST:PORT`, `HOST:PORT`, `wss://HOST[:PORT]/PATH` or
+    /// `ws://HOST[:PORT]/PATH`.
+    ///
+    /// # Errors
+    /// Unknown scheme, missing host, bad port.
+    pub fn parse(s: &str, ca_file: Option<PathBuf>) -> Result<Self> {
+        let usage = "expected tls://HOST:PORT, wss://HOST[:PORT]/PATH or ws://HOST[:PORT]/PATH";
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("{s:?}: spaces or control characters in the address; {usage}");
+        }
+        let (scheme, rest) = s.split_once("://").unwrap_or(("tls", s));
+        let (tls, default_port) = match scheme {
+            "tls" | "tcp" => {
+                if !rest.contains(':') || rest.contains('/') {
+                    bail!("{s:?}: {usage}");
+                }
+                return Ok(Self::Tcp(rest.to_owned()));
+            }
+            "wss" => (true, 443),
+            "ws" => (false, 80),
+            other => bail!("{s:?}: unknown scheme {other:?}; {usage}"),
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .with_context(|| format!("{s:?}: bad port {p:?}"))?,
+            ),
+            _ => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            bail!("{s:?}: no host; {usage}");
+        }
+        Ok(Self::WebSocket(WsTarget {
+            url: s.to_owned(),
+            host: host.to_owned(),
+            port,
+            tls,
+            ca_file,
+        }))
+    }
+
+    /// Connects: TCP, the WebSocket handshake, or the command started.
+    ///
+    /// # Errors
+    /// An I/O error phrased for the user (the caller adds the route).
+    pub async fn connect(&self) -> std::io::Result<Conduit> {
+        match self {
+            Self::Tcp(addr) => {
+                let tcp = TcpStream::connect(addr).await?;
+                nexus_transport::tune_tcp(&tcp);
+                Ok(Box::new(tcp))
+            }
+            Self::WebSocket(target) => connect_ws(target).await,
+            Self::Command(cmd) => spawn_command(cmd).map(|c| Box::new(c) as Conduit),
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => f.write_str(addr),
+            Self::WebSocket(t) => f.write_str(&t.url),
+            Self::Command(cmd) => write!(f, "`{}`", crate::tools::clip(cmd)),
+        }
+    }
+}
+
+/// Applies `run --connect-command` (one workspace only).
+///
+/// # Errors
+/// A command was given for more than one workspace.
+pub fn with_connect_command(
+    mut workspaces: Vec<crate::config::Workspace>,
+    command: Option<String>,
+) -> Result<Vec<crate::config::Workspace>> {
+    let Some(command) = command else {
+        return Ok(workspaces);
+    };
+    let [ws] = workspaces.as_mut_slice() else {
+        bail!("--connect-command applies to one workspace; name it with --workspace NAME");
+    };
+    ws.connect = None;
+    ws.connect_command = Some(command);
+    Ok(workspaces)
+}
+
+async fn connect_ws(target: &WsTarget) -> std::io::Result<Conduit> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    nexus_transport::tune_tcp(&tcp);
+    let config = Some(ws::config());
+    if !target.tls {
+        let (socket, _) = ws::client_async_with_config(target.url.as_str(), tcp, config)
+            .await
+            .map_err(|e| std::io::Error::other(format!("websocket handshake: {e}")))?;
+        return Ok(Box::new(WsIo::new(socket)));
+    }
+    let roots = outer_roots(target.ca_file.as_deref())?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(target.host.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let outer = TlsConnector::from(Arc::new(tls_config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| std::io::Error::other(format!("outer TLS to {}: {e}", target.host)))?;
+    let (socket, _) = ws::client_async_with_config(target.url.as_str(), outer, config)
+        .await
+        .map_err(|e| std::io::Error::other(format!("websocket handshake: {e}")))?;
+    Ok(Box::new(WsIo::new(socket)))
+}
+
+/// The OS's root certificates, plus those in `ca_file`.
+fn outer_roots(ca_file: Option<&Path>) -> std::io::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| {
+                std::io::Error::other(format!("reading CA file {}: {e}", path.display()))
+            })?;
+        if certs.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "CA file {} holds no certificate",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| std::io::Error::other(format!("CA file {}: {e}", path.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(std::io::Error::other(
+            "no root certificates for the outer TLS: the OS store is empty; pass --ca-file",
+        ));
+    }
+    Ok(roots)
+}
+
+/// How long a connect command may take to exit once its stdin is closed,
+/// before it is killed.
+pub const COMMAND_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// A connect command's stdin and stdout. When the link ends (this is
+/// dropped), its stdin is closed so that it, and whatever it runs at the far
+/// end, can finish cleanly; it is killed if it is still running
+/// [`COMMAND_EXIT_GRACE`] later.
+#[derive(Debug)]
+pub struct CommandIo {
+    child: Option<Child>,
+    stdout: ChildStdout,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for CommandIo {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if tokio::time::timeout(COMMAND_EXIT_GRACE, child.wait())
+                        .await
+                        .is_err()
+                    {
+                        warn!(
+                            "the connect command did not exit after its stdin closed; killing it"
+                        );
+                        let _ = child.kill().await;
+                    }
+                });
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+            }
+        }
+    }
+}
+
+fn spawn_command(cmd: &str) -> std::io::Result<CommandIo> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| std::io::Error::other(format!("starting the connect command: {e}")))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(std::io::Error::other("the connect command has no pipes"));
+    };
+    if let Some(stderr) = child.stderr.take() {
+        // Ends when the command exits (its stderr closes).
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                warn!(stderr = %crate::tools::clip(&line), "connect command");
+            }
+        });
+    }
+    Ok(CommandIo {
+        child: Some(child),
+        stdout,
+        stdin: Some(stdin),
+    })
+}
+
+impl AsyncRead for CommandIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdout).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CommandIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stdin.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_write(cx, buf),
+            None => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stdin.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stdin.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_routes() {
+        let r = |s: &str| Route::parse(s, None).map_err(|e| e.to_string());
+        assert_eq!(r("10.0.0.2:7676"), Ok(Route::Tcp("10.0.0.2:7676".into())));
+        assert_eq!(
+            r("tls://ws.example:7676"),
+            Ok(Route::Tcp("ws.example:7676".into()))
+        );
+        let Ok(Route::WebSocket(t)) = r("wss://ingress.example.com/nexus") else {
+            panic!("wss not parsed");
+        };
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("ingress.example.com", 443, true)
+        );
+        let Ok(Route::WebSocket(t)) = r("ws://[::1]:8080/x") else {
+            panic!("ws not parsed");
+        };
+        assert_eq!((t.host.as_str(), t.port, t.tls), ("::1", 8080, false));
+        for bad in [
+            "http://x/",
+            "wss:///nexus",
+            "wss://h:99999/",
+            "tls://nohostport",
+            "ws://a b/",
+            "wss://h\n/",
+        ] {
+            assert!(r(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn command_conduit_is_the_commands_stdio() -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut io = Route::Command("cat".into()).connect().await?;
+        io.write_all(b"ping").await?;
+        io.shutdown().await?;
+        let mut got = Vec::new();
+        io.read_to_end(&mut got).await?;
+        assert_eq!(got, b"ping");
+        Ok(())
+    }
+}
