@@ -332,11 +332,15 @@ impl AsyncWrite for CommandIo {
         }
     }
 
+    /// Closes the command's stdin (a pipe's only "shutdown"); tokio's
+    /// `ChildStdin::poll_shutdown` would leave it open.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.stdin.as_mut() {
-            Some(stdin) => Pin::new(stdin).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
-        }
+        let flushed = match self.stdin.as_mut() {
+            Some(stdin) => std::task::ready!(Pin::new(stdin).poll_flush(cx)),
+            None => Ok(()),
+        };
+        drop(self.stdin.take());
+        Poll::Ready(flushed)
     }
 }
 
