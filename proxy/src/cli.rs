@@ -69,6 +69,8 @@ enum Command {
               default_value_t = crate::tools::DEFAULT_CALLS_PER_SECOND,
               value_parser = clap::value_parser!(u32).range(1..))]
         max_calls_per_second: u32,
+        #[command(flatten)]
+        limits: crate::limits::Limits,
     },
     /// Manage paired workspaces.
     #[command(subcommand)]
@@ -159,6 +161,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             source_path,
             ssh_agent,
             max_calls_per_second,
+            limits,
         } => {
             let ssh_agent =
                 ssh_agent.or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from));
@@ -171,6 +174,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ssh_agent,
                     max_calls_per_second,
                 },
+                limits,
             )
             .await
         }
@@ -254,6 +258,7 @@ async fn serve(
     names: Vec<String>,
     policy: Option<PathBuf>,
     sources: Sources,
+    limits: crate::limits::Limits,
 ) -> Result<ExitCode> {
     // Validate everything before dialing anything.
     let policy = match policy_path(&config, policy) {
@@ -305,10 +310,11 @@ async fn serve(
         shutdown.clone(),
     ));
     let tasks = TaskTracker::new();
+    let limits = Arc::new(limits);
     for ws in workspaces {
         let span = tracing::info_span!("workspace", workspace = %ws.name);
         tasks.spawn(tracing::Instrument::instrument(
-            crate::tunnel::serve_workspace(ws, ctx.clone(), shutdown.clone()),
+            crate::tunnel::serve_workspace(ws, ctx.clone(), limits.clone(), shutdown.clone()),
             span,
         ));
     }

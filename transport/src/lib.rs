@@ -7,6 +7,7 @@
 //! [`MuxHandle`].
 #![forbid(unsafe_code)]
 
+mod duration;
 mod error;
 mod fingerprint;
 mod frame_io;
@@ -15,6 +16,7 @@ pub mod mux;
 pub mod process;
 pub mod tls;
 
+pub use duration::parse_duration;
 pub use error::TransportError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use frame_io::{recv, send};
