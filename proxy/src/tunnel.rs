@@ -29,8 +29,10 @@ use crate::tools::{self, ToolContext};
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shim may take to send a call's first frame.
 pub const CALL_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Backoff cap during the first [`FAST_RETRY_WINDOW`] of an outage.
-pub const FAST_BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// Backoff cap during the first [`FAST_RETRY_WINDOW`] of an outage: under
+/// 1 s with room for the handshake, so that a call held through an outage
+/// completes within 1 s of the link coming back.
+pub const FAST_BACKOFF_CAP: Duration = Duration::from_millis(800);
 /// How long an outage is retried at the fast cap.
 pub const FAST_RETRY_WINDOW: Duration = Duration::from_secs(30);
 /// Backoff cap after that.
@@ -246,9 +248,12 @@ pub async fn serve_workspace(
                     calls: &calls,
                 };
                 let dead = link.serve(tls, peer, &shutdown).await;
+                // Any link ends the outage (the next one gets the fast cap
+                // again); only a link that lasted resets the backoff, so a
+                // link that keeps dropping at once is not redialed in a loop.
+                outage_start = None;
                 if up.elapsed() > Duration::from_secs(3) {
                     backoff = MIN_BACKOFF;
-                    outage_start = None;
                 }
                 if shutdown.is_cancelled() {
                     break;

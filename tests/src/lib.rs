@@ -17,6 +17,7 @@
 pub mod agent_wire;
 pub mod hostile;
 mod laptop;
+pub mod link;
 mod netns;
 mod process;
 pub mod raw;
