@@ -481,3 +481,289 @@ fn shim_sigterm_under_load_ends_calls_cleanly_and_removes_sockets() {
     }
     rig.proxy.assert_running();
 }
+
+// The workspace as the attacker, on the link ------------------------------
+
+mod hostile_link {
+    use std::time::{Duration, Instant};
+
+    use nexus_e2e::hostile::{Link, RawMux, status_kib, token_call, wait_pid_with_arg, yamux};
+    use nexus_e2e::raw::{FakeConn, FakeShim, within};
+    use nexus_e2e::{DEADLINE, Daemon, Laptop, Must, PairingUri, Workspace, poll};
+    use nexus_protocol::{
+        ClientHello, Control, ControlReply, HANDSHAKE_MAX_FRAME, Reply, SUPPORTED, Secret,
+        ServerHello,
+    };
+    use nexus_transport::mux::{self, Mode};
+    use nexus_transport::{MuxConfig, MuxHandle};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::sync::CancellationToken;
+
+    const POLICY: &str = "version = 1\n\n[tokens.demo]\nsource = \"env:E2E_DEMO\"\n";
+
+    fn demo() -> Reply {
+        Reply::Token(Secret::from("v".to_owned()))
+    }
+
+    /// The real proxy serving `n` fake shims (`w0`, `w1`, ...), with `args`.
+    struct Victim {
+        fakes: Vec<FakeShim>,
+        proxy: Daemon,
+        pid: u32,
+        _laptop: Laptop,
+    }
+
+    impl Victim {
+        async fn start(n: usize, args: &[&str]) -> Self {
+            let laptop = Laptop::new();
+            let mut fakes = Vec::new();
+            for i in 0..n {
+                let fake = FakeShim::bind().await;
+                laptop.add_workspace_record(&format!("w{i}"), fake.address(), &fake.fingerprint());
+                fakes.push(fake);
+            }
+            let policy = laptop.write_policy(POLICY);
+            let mut all: Vec<String> = (1..n)
+                .flat_map(|i| ["--workspace".into(), format!("w{i}")])
+                .collect();
+            all.extend(args.iter().map(|a| (*a).to_owned()));
+            let os: Vec<&std::ffi::OsStr> = all.iter().map(std::ffi::OsStr::new).collect();
+            let proxy = laptop.spawn_run_with(
+                "w0",
+                &policy,
+                &[("E2E_DEMO", std::ffi::OsStr::new("v"))],
+                &os,
+            );
+            let pid = wait_pid_with_arg(&policy);
+            Self {
+                fakes,
+                proxy,
+                pid,
+                _laptop: laptop,
+            }
+        }
+    }
+
+    /// A fake shim's link that answers the proxy's pings, like the real shim.
+    struct Answering {
+        mux: MuxHandle,
+        stop: CancellationToken,
+    }
+
+    impl Answering {
+        fn start(conn: FakeConn) -> Self {
+            let stop = CancellationToken::new();
+            let (mux, mut inbound, _driver) =
+                mux::start(conn, Mode::Server, MuxConfig::SHIM, stop.clone());
+            tokio::spawn(async move {
+                while let Some(mut s) = inbound.recv().await {
+                    if let Ok(Control::Ping { seq, .. }) =
+                        nexus_transport::recv(&mut s, HANDSHAKE_MAX_FRAME).await
+                    {
+                        let _ = nexus_transport::send(&mut s, &ControlReply::Pong { seq }).await;
+                        let _ = s.shutdown().await;
+                    }
+                }
+            });
+            Self { mux, stop }
+        }
+    }
+
+    impl Drop for Answering {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    /// 10,000 streams opened at once, each with a partial call: yamux's
+    /// limit ends that link, the proxy's memory stays bounded, it keeps
+    /// running and the next link is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_streams_at_once_cost_the_link_not_the_proxy() {
+        let mut v = Victim::start(1, &[]).await;
+        let mut raw = RawMux::start(v.fakes[0].accept_link().await);
+        // Each stream announces a 100-byte call and sends 10 bytes of it.
+        let mut partial = 100u32.to_be_bytes().to_vec();
+        partial.extend_from_slice(&[0x80; 10]);
+        let mut sent = 0;
+        for _ in 0..10_000 {
+            let id = raw.next_stream();
+            if !raw.send(yamux::data(yamux::SYN, id, &partial)).await {
+                break;
+            }
+            sent += 1;
+        }
+        let pid = v.pid;
+        let closed = poll(DEADLINE, || raw.is_closed().then_some(()));
+        let rss = status_kib(pid, "VmHWM").must("the proxy's VmHWM");
+        eprintln!(
+            "10,000-stream flood: {sent} sent before the link {}; proxy peak RSS {} KiB",
+            if closed.is_some() {
+                "was dropped"
+            } else {
+                "stayed"
+            },
+            rss
+        );
+        assert!(rss < 200 << 10, "proxy peak RSS {rss} KiB");
+        v.proxy.assert_running();
+        drop(raw);
+        let link = Link::start(v.fakes[0].accept_link().await, MuxConfig::SHIM);
+        let reply = within(DEADLINE, link.call(&token_call("demo"))).await;
+        assert_eq!(reply.must("a call on the next link"), demo());
+    }
+
+    /// Streams whose replies are never read, and streams holding half a
+    /// frame (slowloris): the attacker stalls at most its own calls (up to
+    /// the read timeout); another workspace on the same proxy is served at
+    /// once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unread_and_half_sent_streams_do_not_stall_another_workspace() {
+        let mut v = Victim::start(2, &["--max-calls-in-flight", "16"]).await;
+        let bad = Link::start(v.fakes[0].accept_link().await, MuxConfig::SHIM);
+        let good = Answering::start(v.fakes[1].accept_link().await);
+        // 200 calls whose answers are never read.
+        let mut unread = Vec::new();
+        for _ in 0..200 {
+            let mut s = bad.mux.open().await.must("opening a stream");
+            nexus_transport::send(&mut s, &token_call("demo"))
+                .await
+                .must("a call");
+            unread.push(s);
+        }
+        // 32 streams with 3 bytes of a frame header, then nothing.
+        let mut half = Vec::new();
+        for _ in 0..32 {
+            let mut s = bad.mux.open().await.must("opening a stream");
+            s.write_all(&[0, 0, 1]).await.must("half a header");
+            s.flush().await.must("flushing");
+            half.push(s);
+        }
+        let started = Instant::now();
+        for _ in 0..20 {
+            let mut s = good.mux.open().await.must("a stream on the good link");
+            nexus_transport::send(&mut s, &token_call("demo"))
+                .await
+                .must("a call");
+            let reply: Reply = within(DEADLINE, nexus_transport::recv(&mut s, 1 << 20))
+                .await
+                .must("the good workspace's answer");
+            assert_eq!(reply, demo());
+        }
+        eprintln!(
+            "20 calls of the other workspace during the attack: {:?}",
+            started.elapsed()
+        );
+        // The attacker's own link survives and, once the half-sent streams
+        // time out, is served again.
+        let reply = within(Duration::from_secs(30), bad.call(&token_call("demo"))).await;
+        assert_eq!(reply.must("the attacker's next call"), demo());
+        v.proxy.assert_running();
+        drop((unread, half));
+    }
+
+    /// A shim that answers pings but never makes a call keeps its link: the
+    /// keepalive judges the link, not the traffic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shim_that_only_answers_pings_keeps_its_link() {
+        let mut v = Victim::start(1, &["--keepalive-timeout", "1s"]).await;
+        let link = Answering::start(v.fakes[0].accept_link().await);
+        // Four keepalive timeouts pass with nothing but pings.
+        let until = Instant::now() + Duration::from_secs(4);
+        let survived = poll(DEADLINE, || (Instant::now() >= until).then_some(()));
+        assert!(survived.is_some());
+        assert!(
+            !link.mux.is_closed(),
+            "the proxy dropped an idle, answering link"
+        );
+        assert!(
+            !v.proxy.log().contains("declared dead"),
+            "{}",
+            v.proxy.log()
+        );
+        v.proxy.assert_running();
+    }
+
+    /// A shim that stops reading (TLS up, then silence) is declared dead
+    /// within the keepalive timeout, and the proxy dials again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shim_that_stops_reading_is_declared_dead_and_redialed() {
+        let mut v = Victim::start(1, &["--keepalive-timeout", "1s"]).await;
+        let silent = v.fakes[0].accept_link().await;
+        let since = Instant::now();
+        v.proxy.wait_for_log("link declared dead");
+        let noticed = since.elapsed();
+        let next = Answering::start(v.fakes[0].accept_link().await);
+        eprintln!("a silent shim was declared dead after {noticed:?} and redialed");
+        assert!(!next.mux.is_closed());
+        drop(silent);
+        v.proxy.assert_running();
+    }
+
+    /// A storm of connections from an unpaired client (fresh certificates,
+    /// wrong or no token) while the paired laptop's calls run: every one is
+    /// refused, the paired link is never replaced, calls keep completing.
+    #[test]
+    fn a_reconnect_storm_from_an_unpaired_client_leaves_the_paired_link_alone() {
+        let ws = Workspace::start();
+        let uri = PairingUri::parse(&ws.uri());
+        let laptop = Laptop::new();
+        laptop.pair(&uri.to_string(), "dev").ok();
+        let policy = laptop.write_policy(POLICY);
+        let _proxy = laptop.run(&ws, "dev", &policy, &[("E2E_DEMO", "v")]);
+        let storm = {
+            let (address, fp) = (uri.address.clone(), uri.fingerprint.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().must("a runtime");
+                let dir = tempfile::tempdir().must("a temp dir");
+                let (identity, _) =
+                    nexus_transport::Identity::load_or_create(dir.path(), "nexus-agent-proxy")
+                        .must("the stranger's identity");
+                let pin = fp.parse().must("the shim's fingerprint");
+                let (config, _) =
+                    nexus_transport::tls::client_config(&identity, pin).must("client config");
+                let mut refused = 0;
+                for i in 0..300 {
+                    let hello = ClientHello {
+                        versions: SUPPORTED,
+                        pairing_token: (i % 2 == 0).then(|| Secret::from("guess".to_owned())),
+                        software: "storm".into(),
+                    };
+                    let attempt = async {
+                        let tcp = tokio::net::TcpStream::connect(&address).await.ok()?;
+                        let mut tls =
+                            nexus_transport::tokio_rustls::TlsConnector::from(config.clone())
+                                .connect(nexus_transport::tls::server_name(), tcp)
+                                .await
+                                .ok()?;
+                        nexus_transport::send(&mut tls, &hello).await.ok()?;
+                        nexus_transport::recv::<_, ServerHello>(&mut tls, HANDSHAKE_MAX_FRAME)
+                            .await
+                            .ok()
+                    };
+                    let answer =
+                        rt.block_on(async { tokio::time::timeout(DEADLINE, attempt).await });
+                    // Refused in TLS (no answer) or by a hello: never accepted.
+                    if !matches!(answer, Ok(Some(ServerHello::Accepted { .. }))) {
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        };
+        let mut calls = 0;
+        while !storm.is_finished() {
+            ws.cli(["token", "get", "demo"]).ok().stdout_has("v");
+            calls += 1;
+        }
+        let refused = storm.join().ok().must("the storm thread");
+        eprintln!("unpaired storm: {refused} of 300 hellos refused; {calls} calls meanwhile");
+        assert_eq!(refused, 300);
+        assert!(
+            !ws.log().contains("replaces the previous one"),
+            "an unpaired client replaced the link\n{}",
+            ws.log()
+        );
+        ws.cli(["token", "get", "demo"]).ok();
+    }
+}
