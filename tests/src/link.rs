@@ -54,23 +54,31 @@ impl LinkControl {
             .enable_all()
             .build()
             .must("building the link's runtime");
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .must("binding the link");
+        // Bound here (std), so that the fixture works from async code too.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").must("binding the link");
+        listener
+            .set_nonblocking(true)
+            .must("a non-blocking listener");
         let address = listener.local_addr().must("the link's address");
         let (state, _) = watch::channel(LinkState::Up);
         let stop = CancellationToken::new();
         let epoch: EpochSlot = Arc::default();
         let accepted = Arc::new(AtomicU64::new(0));
-        let task = accept_loop(
-            listener,
-            upstream,
+        let (rx, slot, count, stop2) = (
             state.subscribe(),
             epoch.clone(),
             accepted.clone(),
             stop.clone(),
         );
-        let thread = std::thread::spawn(move || runtime.block_on(task));
+        let task = move |listener| accept_loop(listener, upstream, rx, slot, count, stop2);
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => task(listener).await,
+                    Err(e) => eprintln!("the link cannot listen: {e}"),
+                }
+            });
+        });
         Arc::new(Self {
             address,
             state,
