@@ -8,8 +8,11 @@ mod entry;
 
 use std::path::{Path, PathBuf};
 
+/// A fuzz entry point.
+type Entry = fn(&[u8]);
+
 /// Every target with a corpus directory, and its entry point.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Entry)] = &[
     ("frame", entry::frame),
     ("agent", entry::agent),
     ("policy", entry::policy),
