@@ -27,5 +27,6 @@ pub use message::{
     Call, CallerContext, ClientHello, ErrorCode, ErrorReply, LinkStatus, LocalOp, LocalReply,
     LocalRequest, PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo,
 };
+pub use message::{Control, ControlReply};
 pub use secret::Secret;
 pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate};

@@ -293,3 +293,28 @@ pub enum PairingInfo {
     /// A laptop is paired and no token is pending.
     AlreadyPaired,
 }
+
+/// First frame of a stream the **proxy** opens toward the shim (the shim
+/// opens one stream per call the other way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Keepalive: the shim answers [`ControlReply::Pong`] with the same
+    /// number. Any answer, even a reset stream, proves the link alive.
+    Ping {
+        /// The proxy's sequence number, echoed back.
+        seq: u64,
+        /// How often the proxy pings, so that the shim can tell a silent
+        /// laptop from a slow one.
+        interval_ms: u64,
+    },
+}
+
+/// The shim's answer on a [`Control`] stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlReply {
+    /// Answer to [`Control::Ping`].
+    Pong {
+        /// The ping's number.
+        seq: u64,
+    },
+}

@@ -89,6 +89,8 @@ enum Command {
         /// this time, instead of its paired route.
         #[arg(long, value_name = "CMD")]
         connect_command: Option<String>,
+        #[command(flatten)]
+        limits: crate::limits::Limits,
     },
     /// Manage paired workspaces.
     #[command(subcommand)]
@@ -209,6 +211,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ssh_agent,
             max_calls_per_second,
             connect_command,
+            limits,
         } => {
             let ssh_agent =
                 ssh_agent.or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from));
@@ -222,6 +225,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     max_calls_per_second,
                     connect_command,
                 },
+                limits,
             )
             .await
         }
@@ -306,6 +310,7 @@ async fn serve(
     names: Vec<String>,
     policy: Option<PathBuf>,
     sources: Sources,
+    limits: crate::limits::Limits,
 ) -> Result<ExitCode> {
     // Validate everything before dialing anything.
     let policy = match policy_path(&config, policy) {
@@ -358,10 +363,11 @@ async fn serve(
         shutdown.clone(),
     ));
     let tasks = TaskTracker::new();
+    let limits = Arc::new(limits);
     for ws in workspaces {
         let span = tracing::info_span!("workspace", workspace = %ws.name);
         tasks.spawn(tracing::Instrument::instrument(
-            crate::tunnel::serve_workspace(ws, ctx.clone(), shutdown.clone()),
+            crate::tunnel::serve_workspace(ws, ctx.clone(), limits.clone(), shutdown.clone()),
             span,
         ));
     }

@@ -8,8 +8,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod keepalive;
 mod keyring;
 pub mod known_hosts;
+pub mod limits;
 pub mod pair;
 mod rate;
 pub mod route;

@@ -125,6 +125,15 @@ impl Route {
         }))
     }
 
+    /// The address dialed when the route is TCP to an IP address: what the
+    /// network-change hints watch (other routes rely on the wake hint).
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Tcp(addr) => addr.parse().ok(),
+            Self::WebSocket(_) | Self::Command(_) => None,
+        }
+    }
+
     /// Connects: TCP, the WebSocket handshake, or the command started.
     ///
     /// # Errors

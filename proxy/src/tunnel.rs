@@ -1,6 +1,7 @@
 //! The tunnel client: dial a workspace over TLS, say hello, then answer the
 //! calls the shim opens as yamux streams. Reconnects with jittered backoff.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,27 +15,24 @@ use nexus_transport::{Fingerprint, Identity, MuxConfig, MuxStream, TransportErro
 use rand::Rng;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::route::{Conduit, Route};
+use crate::keepalive::{self, Hints};
+use crate::limits::Limits;
 use crate::tools::{self, ToolContext};
 
 /// How long a TCP connect plus TLS plus hello may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shim may take to send a call's first frame.
 pub const CALL_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Calls answered at once per workspace; more wait (and past yamux's queue,
-/// are reset). Bounds the memory and child processes one workspace can
-/// claim on the laptop.
-pub const MAX_CALLS_IN_FLIGHT: usize = 64;
-/// Largest call frame: a sign request carries at most one 256 KiB agent
-/// message plus a few session binds.
-pub const MAX_CALL_FRAME: usize = 512 << 10;
-/// Backoff cap during the first [`FAST_RETRY_WINDOW`] of an outage.
-pub const FAST_BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// Backoff cap during the first [`FAST_RETRY_WINDOW`] of an outage: under
+/// 1 s with room for the handshake, so that a call held through an outage
+/// completes within 1 s of the link coming back.
+pub const FAST_BACKOFF_CAP: Duration = Duration::from_millis(800);
 /// How long an outage is retried at the fast cap.
 pub const FAST_RETRY_WINDOW: Duration = Duration::from_secs(30);
 /// Backoff cap after that.
@@ -208,10 +206,12 @@ fn classify(
 }
 
 /// Keeps one workspace linked until `shutdown`: dial, serve, and on loss
-/// dial again with jittered backoff.
+/// dial again with jittered backoff (at once after a wake or a network
+/// change).
 pub async fn serve_workspace(
     ws: crate::config::Workspace,
     ctx: Arc<ToolContext>,
+    limits: Arc<Limits>,
     shutdown: CancellationToken,
 ) {
     let identity = match ctx.identity() {
@@ -232,35 +232,61 @@ pub async fn serve_workspace(
             );
         }
     };
+    // Calls outlive the link they came on (a dead link must not wait for
+    // them before redialing); they are drained here at shutdown.
+    let calls = TaskTracker::new();
+    let tools = Arc::new(ToolGates::new(limits.max_calls_per_tool));
+    let mut hints = Hints::new(route.socket_addr().map(|a| a.ip()));
     let mut outage_start: Option<Instant> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = MIN_BACKOFF;
     while !shutdown.is_cancelled() {
         let dialed = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
             r = dial(&route, ws.fingerprint, &identity, None) => r,
         };
         // A pin mismatch or a refusal needs the user, not a retry every second.
-        let needs_user = match dialed {
+        let (needs_user, at_once) = match dialed {
             Ok((tls, _)) => {
+                let peer = route.socket_addr();
                 info!(route = %route, "linked");
                 let up = Instant::now();
-                serve_link(tls, &ws.name, &ctx, &shutdown).await;
+                let link = Link {
+                    workspace: &ws.name,
+                    ctx: &ctx,
+                    limits: &limits,
+                    tools: &tools,
+                    calls: &calls,
+                };
+                let dead = link.serve(tls, peer, &shutdown).await;
+                // Any link ends the outage (the next one gets the fast cap
+                // again); only a link that lasted resets the backoff, so a
+                // link that keeps dropping at once is not redialed in a loop.
+                outage_start = None;
                 if up.elapsed() > Duration::from_secs(3) {
-                    backoff = Duration::from_millis(100);
-                    outage_start = None;
+                    backoff = MIN_BACKOFF;
                 }
                 if shutdown.is_cancelled() {
-                    return;
+                    break;
                 }
-                warn!("link lost; reconnecting");
-                false
+                if let Some(peer) = peer {
+                    hints = Hints::new(Some(peer.ip()));
+                }
+                match dead {
+                    Some(why) => warn!(?why, "link declared dead; reconnecting"),
+                    None => warn!("link lost; reconnecting"),
+                }
+                (false, dead.is_some_and(keepalive::Dead::redial_at_once))
             }
             Err(e) => {
                 let since = *outage_start.get_or_insert_with(Instant::now);
                 warn!(error = %e, outage_s = since.elapsed().as_secs(), "cannot link");
-                !e.is_transient()
+                (!e.is_transient(), false)
             }
         };
+        if at_once {
+            backoff = MIN_BACKOFF;
+            continue;
+        }
         let since = *outage_start.get_or_insert_with(Instant::now);
         let cap = if !needs_user && since.elapsed() < FAST_RETRY_WINDOW {
             FAST_BACKOFF_CAP
@@ -269,59 +295,155 @@ pub async fn serve_workspace(
         };
         backoff = (backoff * 2).min(cap);
         let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(jittered) => {}
+        let hint = tokio::select! {
+            () = shutdown.cancelled() => break,
+            h = keepalive::sleep_unless_hinted(jittered, &mut hints) => h,
+        };
+        if let Some(hint) = hint {
+            info!(?hint, "woke up or changed networks; redialing now");
+            backoff = MIN_BACKOFF;
         }
     }
-}
-
-/// Answers the streams of one live link until it ends or `shutdown`.
-async fn serve_link(
-    tls: TlsStream<Conduit>,
-    workspace: &str,
-    ctx: &Arc<ToolContext>,
-    shutdown: &CancellationToken,
-) {
-    let stop = shutdown.child_token();
-    let (_mux, mut inbound, driver) =
-        mux::start(tls, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
-    let calls = TaskTracker::new();
-    let gate = Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT));
-    let mut next = 0u64;
-    while let Some(stream) = inbound.recv().await {
-        let Ok(permit) = gate.clone().acquire_owned().await else {
-            break;
-        };
-        next += 1;
-        let span = info_span!("call", id = next);
-        let ctx = ctx.clone();
-        let workspace = workspace.to_owned();
-        calls.spawn(
-            async move {
-                answer(stream, &workspace, &ctx).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
-    }
-    // The driver closed the inbound queue: the link is gone or shutting down.
     calls.close();
-    if tokio::time::timeout(Duration::from_secs(10), calls.wait())
+    if tokio::time::timeout(DRAIN_TIMEOUT, calls.wait())
         .await
         .is_err()
     {
-        warn!("calls still running after the link ended");
+        warn!("calls still running {DRAIN_TIMEOUT:?} after shutdown; leaving them");
     }
-    stop.cancel();
-    let exit = driver.await;
-    debug!(?exit, "link driver ended");
 }
 
-async fn answer(mut stream: MuxStream, workspace: &str, ctx: &ToolContext) {
+/// First backoff step after a link is lost.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How long in-flight calls may take to finish after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-workspace gates: calls of one tool running at once.
+#[derive(Debug)]
+struct ToolGates {
+    max: usize,
+    gates: std::sync::Mutex<std::collections::HashMap<&'static str, Arc<Semaphore>>>,
+}
+
+impl ToolGates {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            gates: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A place for one call of `tool`, or `None` when all are taken.
+    fn try_enter(&self, tool: &'static str) -> Option<OwnedSemaphorePermit> {
+        let gate = {
+            let mut gates = self.gates.lock().ok()?;
+            gates
+                .entry(tool)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
+                .clone()
+        };
+        gate.try_acquire_owned().ok()
+    }
+}
+
+/// What serving one live link needs.
+struct Link<'a> {
+    workspace: &'a str,
+    ctx: &'a Arc<ToolContext>,
+    limits: &'a Arc<Limits>,
+    tools: &'a Arc<ToolGates>,
+    calls: &'a TaskTracker,
+}
+
+impl Link<'_> {
+    /// Answers the streams of one live link until it ends, is found dead
+    /// (returned), or `shutdown`. On shutdown, calls in flight on this link
+    /// finish (for at most [`DRAIN_TIMEOUT`]) before the link is closed;
+    /// calls arriving meanwhile are reset, and the shim fails them cleanly.
+    async fn serve(
+        self,
+        tls: TlsStream<Conduit>,
+        peer: Option<SocketAddr>,
+        shutdown: &CancellationToken,
+    ) -> Option<keepalive::Dead> {
+        let close = CancellationToken::new();
+        let (mux, mut inbound, driver) =
+            mux::start(tls, mux::Mode::Client, MuxConfig::PROXY, close.clone());
+        let watcher_stop = close.child_token();
+        let watcher = peer.map(|peer| {
+            tokio::spawn(keepalive::watch_link(
+                mux.clone(),
+                peer,
+                self.limits.keepalive_timeout,
+                self.limits.ping_interval(),
+                watcher_stop.clone(),
+            ))
+        });
+        let on_link = TaskTracker::new();
+        let gate = Arc::new(Semaphore::new(self.limits.max_calls_in_flight));
+        let mut next = 0u64;
+        let mut watcher = watcher;
+        let mut dead = None;
+        loop {
+            let stream = tokio::select! {
+                s = inbound.recv() => match s { Some(s) => s, None => break },
+                () = shutdown.cancelled() => break,
+                d = async { match watcher.as_mut() { Some(w) => w.await.ok().flatten(), None => std::future::pending().await } } => {
+                    watcher = None;
+                    if let Some(why) = d {
+                        dead = Some(why);
+                        mux.abort();
+                    }
+                    continue;
+                }
+            };
+            let permit = tokio::select! {
+                p = gate.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                () = shutdown.cancelled() => break,
+            };
+            next += 1;
+            let span = info_span!("call", id = next);
+            let (ctx, limits, tools) = (self.ctx.clone(), self.limits.clone(), self.tools.clone());
+            let workspace = self.workspace.to_owned();
+            self.calls.spawn(
+                on_link
+                    .track_future(async move {
+                        answer(stream, &workspace, &ctx, &limits, &tools).await;
+                        drop(permit);
+                    })
+                    .instrument(span),
+            );
+        }
+        watcher_stop.cancel();
+        if shutdown.is_cancelled() {
+            // Refuse new calls (their streams are reset), let the running
+            // ones answer, then close the link gracefully.
+            drop(inbound);
+            on_link.close();
+            if tokio::time::timeout(DRAIN_TIMEOUT, on_link.wait())
+                .await
+                .is_err()
+            {
+                warn!("calls still running {DRAIN_TIMEOUT:?} after SIGTERM; closing the link");
+            }
+        }
+        close.cancel();
+        let exit = driver.await;
+        debug!(?exit, "link driver ended");
+        dead
+    }
+}
+
+async fn answer(
+    mut stream: MuxStream,
+    workspace: &str,
+    ctx: &ToolContext,
+    limits: &Limits,
+    tools: &ToolGates,
+) {
     let call: Call = match tokio::time::timeout(
         CALL_READ_TIMEOUT,
-        nexus_transport::recv(&mut stream, MAX_CALL_FRAME),
+        nexus_transport::recv(&mut stream, limits.max_call_frame),
     )
     .await
     {
@@ -339,7 +461,46 @@ async fn answer(mut stream: MuxStream, workspace: &str, ctx: &ToolContext) {
         }
         Err(_) => return warn!("the workspace opened a call and sent nothing; dropped"),
     };
-    let reply = tools::dispatch(&call, workspace, ctx).await;
+    let tool = call.request.tool();
+    let reply = match tools.try_enter(tool) {
+        None => {
+            warn!(
+                tool,
+                limit = tools.max,
+                "too many concurrent calls of one tool; refused"
+            );
+            Reply::error(
+                ErrorCode::Denied,
+                format!(
+                    "too many concurrent {tool} calls from this workspace (limit {}, \
+                     `nexus-agent-proxy run --max-calls-per-tool`); retry when some finish",
+                    tools.max
+                ),
+            )
+        }
+        Some(_place) => {
+            match tokio::time::timeout(limits.call_timeout, tools::dispatch(&call, workspace, ctx))
+                .await
+            {
+                Ok(reply) => reply,
+                Err(_) => {
+                    warn!(
+                        tool,
+                        timeout_s = limits.call_timeout.as_secs(),
+                        "call timed out"
+                    );
+                    Reply::error(
+                        ErrorCode::Internal,
+                        format!(
+                            "the laptop gave up on this {tool} call after {}s \
+                             (`nexus-agent-proxy run --call-timeout`)",
+                            limits.call_timeout.as_secs()
+                        ),
+                    )
+                }
+            }
+        }
+    };
     let _ = nexus_transport::send(&mut stream, &reply).await;
     let _ = stream.shutdown().await;
 }

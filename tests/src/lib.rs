@@ -18,6 +18,7 @@ pub mod agent_wire;
 pub mod front;
 pub mod hostile;
 mod laptop;
+pub mod link;
 mod netns;
 mod process;
 pub mod raw;

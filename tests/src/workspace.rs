@@ -203,6 +203,14 @@ impl Workspace {
         run_to_end(&mut cmd, None)
     }
 
+    /// The `nexus-shim` CLI as a command to spawn yourself (from the root
+    /// namespace), for tests that need the caller's pid or run many at once.
+    pub fn cli_command(&self) -> Command {
+        let mut cmd = command(shim_bin(), &self.home);
+        self.cli_env(&mut cmd, std::iter::empty::<&str>());
+        cmd
+    }
+
     /// Runs the `nexus-shim` CLI on the workspace host itself, through
     /// `ip netns exec` when it has one.
     #[track_caller]

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docs;
+mod duration;
 mod error;
 mod fingerprint;
 mod frame_io;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod tls;
 pub mod ws;
 
+pub use duration::parse_duration;
 pub use error::TransportError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use frame_io::{recv, send};

@@ -59,6 +59,7 @@ pub struct MuxHandle {
     opens: mpsc::Sender<OpenReply>,
     permits: Arc<Semaphore>,
     closed: CancellationToken,
+    abort: CancellationToken,
 }
 
 impl MuxHandle {
@@ -88,6 +89,18 @@ impl MuxHandle {
     #[must_use]
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// Drops the connection at once, without the graceful close: for a link
+    /// declared dead, where a close could only wait for a peer that is gone.
+    /// Live streams then fail; the driver ends with [`MuxExit::Aborted`].
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    /// Resolves once the connection has ended.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
     }
 }
 
@@ -137,6 +150,8 @@ pub enum MuxExit {
     Shutdown,
     /// The connection failed.
     Failed(yamux::ConnectionError),
+    /// [`MuxHandle::abort`] dropped it (a link declared dead).
+    Aborted,
 }
 
 /// Starts the multiplexer on `io` and spawns the one task that owns it.
@@ -168,13 +183,15 @@ where
     let (open_tx, open_rx) = mpsc::channel(limits.max_outbound.max(1));
     let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue.max(1));
     let closed = CancellationToken::new();
+    let abort = CancellationToken::new();
     let handle = MuxHandle {
         opens: open_tx,
         permits: Arc::new(Semaphore::new(limits.max_outbound)),
         closed: closed.clone(),
+        abort: abort.clone(),
     };
     let task = tokio::spawn(async move {
-        let exit = drive(conn, open_rx, in_tx, shutdown).await;
+        let exit = drive(conn, open_rx, in_tx, shutdown, abort).await;
         closed.cancel();
         exit
     });
@@ -191,6 +208,7 @@ async fn drive<T>(
     mut opens: mpsc::Receiver<OpenReply>,
     inbound: mpsc::Sender<MuxStream>,
     shutdown: CancellationToken,
+    abort: CancellationToken,
 ) -> MuxExit
 where
     T: futures::AsyncRead + futures::AsyncWrite + Unpin,
@@ -198,7 +216,11 @@ where
     let mut waiting: VecDeque<OpenReply> = VecDeque::new();
     let step = {
         let mut cancelled = pin!(shutdown.cancelled());
+        let mut aborted = pin!(abort.cancelled());
         poll_fn(|cx| {
+            if aborted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Ended(MuxExit::Aborted));
+            }
             if cancelled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Step::Shutdown);
             }
@@ -326,5 +348,25 @@ mod tests {
         let _ = task.await;
         assert!(h.is_closed());
         assert!(matches!(h.open().await, Err(TransportError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn abort_ends_the_connection_and_its_streams_at_once() {
+        // A peer that never reads: a graceful close could not complete.
+        let (a, _b) = tokio::io::duplex(1024);
+        let stop = CancellationToken::new();
+        let (h, _r, task) = start(a, Mode::Server, MuxConfig::SHIM, stop);
+        let mut s = h.open().await.map_err(|e| e.to_string());
+        if let Ok(s) = s.as_mut() {
+            let _ = s.write_all(b"hello").await;
+        }
+        h.abort();
+        assert!(matches!(task.await, Ok(MuxExit::Aborted)));
+        h.closed().await;
+        assert!(h.is_closed());
+        if let Ok(mut s) = s {
+            let mut buf = [0u8; 1];
+            assert!(!matches!(s.read(&mut buf).await, Ok(1..)));
+        }
     }
 }

@@ -134,6 +134,9 @@ struct ServeArgs {
     /// How long ssh requests on agent.sock wait for the laptop to link.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     agent_wait: Duration,
+    /// The laptop's link is declared dead after this long without a ping (calls then wait for the next link).
+    #[arg(long, env = "NEXUS_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -144,27 +147,7 @@ struct ClientArgs {
 }
 
 /// Parses `30s`, `2m`, `1h`, `500ms`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 2m, 500ms or 10"))?;
-    let ms = match unit {
-        "" | "s" => n.checked_mul(1000),
-        "ms" => Some(n),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => {
-            return Err(format!(
-                "invalid duration unit {unit:?} in {s:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
-}
+pub use nexus_transport::parse_duration;
 
 /// Entry point: parse, run, map the outcome to an exit code.
 pub fn main() -> ExitCode {
@@ -257,6 +240,7 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         pairing_ttl: args.pairing_ttl,
         preset_token,
         agent_wait: args.agent_wait,
+        keepalive_timeout: args.keepalive_timeout,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(nexus_transport::process::cancel_on_signals(

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cli;
 mod client;
 pub mod ingress;
+pub mod keepalive;
 pub mod serve;
 mod sockets;
 pub mod state;

@@ -53,6 +53,9 @@ pub struct ServeConfig {
     pub preset_token: Option<String>,
     /// How long `agent.sock` requests wait for the laptop.
     pub agent_wait: Duration,
+    /// How long the laptop may go without a ping before its link is
+    /// declared dead.
+    pub keepalive_timeout: Duration,
 }
 
 /// The daemon's bound sockets.
@@ -105,6 +108,8 @@ pub struct Shared {
     pub ssh_identities: Arc<Mutex<crate::agent::IdentityCache>>,
     /// How long agent requests wait for a link.
     pub agent_wait: Duration,
+    /// See [`ServeConfig::keepalive_timeout`].
+    pub keepalive_timeout: Duration,
 }
 
 /// Who may connect.
@@ -194,6 +199,7 @@ pub async fn run(
         pairing_ttl: cfg.pairing_ttl,
         ssh_identities: Arc::default(),
         agent_wait: cfg.agent_wait,
+        keepalive_timeout: cfg.keepalive_timeout,
     });
     setup_pairing(&shared, &cfg, paired.is_some())?;
     let tls = TlsAcceptor::from(nexus_transport::tls::server_config(
@@ -371,8 +377,8 @@ async fn accept_tunnel(
     let stop = shutdown.child_token();
     let (mux, inbound, driver) =
         mux::start(stream, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
-    // The laptop opens no streams in this version; refuse any it tries.
-    drop(inbound);
+    // The laptop opens streams only for pings; `keepalive` answers them.
+    let keepalive = crate::keepalive::run(mux.clone(), inbound, shared.keepalive_timeout);
     let link = Arc::new(Link {
         mux,
         peer,
@@ -394,7 +400,7 @@ async fn accept_tunnel(
         cached.clear();
     }
     crate::agent::refresh_identities(&shared);
-    let exit = driver.await;
+    let (exit, ()) = tokio::join!(driver, keepalive);
     shared.link.send_if_modified(|cur| {
         if cur.as_ref().is_some_and(|l| l.id == id) {
             *cur = None;

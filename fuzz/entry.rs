@@ -1,0 +1,89 @@
+//! The fuzzed entry points, shared by the cargo-fuzz targets (nightly,
+//! `fuzz/fuzz_targets/*.rs`) and the stable-toolchain test that replays the
+//! committed corpus (`tests/tests/corpus.rs`). Each takes arbitrary bytes
+//! from the untrusted side and must return, never panic or hang.
+//!
+//! Included with `#[path]` by both, so that the replayed corpus goes through
+//! exactly the code the fuzzer ran.
+
+use bytes::BytesMut;
+use nexus_protocol::{
+    Call, ClientHello, Control, ControlReply, FrameCodec, LocalReply, LocalRequest, Reply,
+    ServerHello, decode,
+};
+use ssh_agent_lib::proto::Request as AgentRequest;
+use ssh_agent_lib::proto::extension::SessionBind;
+use ssh_agent_lib::proto::{Extension, SignRequest};
+use ssh_encoding::Decode;
+use tokio_util::codec::Decoder;
+
+/// Frames and every message type either side decodes: the bytes are cut
+/// into frames by the codec (with a small limit, so oversized headers are
+/// exercised too), and every body and the whole input go through each
+/// message decoder.
+pub fn frame(data: &[u8]) {
+    let mut codec = FrameCodec::new(64 << 10);
+    let mut buf = BytesMut::from(data);
+    let mut bodies = Vec::new();
+    loop {
+        match codec.decode(&mut buf) {
+            Ok(Some(body)) => bodies.push(body),
+            Ok(None) => {
+                let _ = codec.decode_eof(&mut buf);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    for body in bodies.iter().map(|b| &b[..]).chain([data]) {
+        let _ = decode::<ClientHello>(body);
+        let _ = decode::<ServerHello>(body);
+        let _ = decode::<Call>(body);
+        let _ = decode::<Reply>(body);
+        let _ = decode::<LocalRequest>(body);
+        let _ = decode::<LocalReply>(body);
+        let _ = decode::<Control>(body);
+        let _ = decode::<ControlReply>(body);
+    }
+}
+
+/// One ssh-agent message body (what `agent.sock` reads after the length),
+/// then the laptop's parsers: the sign request, its data (userauth or
+/// SSHSIG) and a session-bind body.
+pub fn agent(data: &[u8]) {
+    let _ = AgentRequest::decode(&mut &data[..]);
+    if let Ok(sign) = SignRequest::decode(&mut &data[..]) {
+        let _ = nexus_proxy::ssh_wire::parse_sign_data(&sign.data);
+    }
+    let _ = nexus_proxy::ssh_wire::parse_sign_data(data);
+    let ext = Extension {
+        name: "session-bind@openssh.com".into(),
+        details: data.to_vec().into(),
+    };
+    if let Ok(Some(bind)) = ext.parse_message::<SessionBind>() {
+        let _ = bind.verify_signature();
+    }
+}
+
+/// A policy file: parsed, validated and, when valid, asked a few questions.
+pub fn policy(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let sources = [nexus_policy::Source::new("fuzz.toml", text)];
+    if let Ok(policy) = nexus_policy::Policy::from_sources(&sources) {
+        for name in ["demo", "prod-db", "", "a*"] {
+            let _ = policy.decide(&nexus_policy::Request {
+                workspace: "dev",
+                caller: None,
+                action: nexus_policy::Action::Token { name },
+            });
+        }
+    }
+}
+
+// credential: the git credential-protocol parser (`protocol/src/credential.rs`,
+// issue 5) gets its entry point here, its target in
+// `fuzz_targets/credential.rs` and its seeds in `corpus/credential/`; the
+// replay test picks up every directory under `corpus/` that has an entry in
+// its table.

@@ -1,0 +1,357 @@
+//! Keepalive for one link, and the two hints that a link is probably gone
+//! before any timeout says so.
+//!
+//! - **Pings**: yamux 0.14 sends none of its own, so the proxy opens a short
+//!   stream with [`Control::Ping`] every quarter of the keepalive timeout.
+//!   Any answer proves the link alive (an older shim resets the stream:
+//!   that is an answer too). No answer for the whole timeout: the link is
+//!   dead and is dropped at once, so that the tunnel is dialed again.
+//! - **Wake**: the monotonic clock stops while a laptop sleeps, the wall
+//!   clock does not. When the wall clock has run ahead of the monotonic one,
+//!   the laptop has just woken: the link is probed at once, and a sleeping
+//!   backoff is cut short.
+//! - **Route change**: the local address the kernel would use to reach the
+//!   workspace (a connected UDP socket, which sends nothing) changes when
+//!   the laptop changes networks. Same reaction as a wake.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nexus_protocol::{Control, ControlReply, HANDSHAKE_MAX_FRAME};
+use nexus_transport::MuxHandle;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// Wall-clock time gained over monotonic time that counts as a wake.
+pub const WAKE_JUMP: Duration = Duration::from_secs(2);
+/// How long a probe after a wake or route change may take before the link
+/// is declared dead.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the clocks are compared.
+const TICK: Duration = Duration::from_millis(200);
+/// How often the route to the workspace is looked up.
+const ROUTE_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a link was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dead {
+    /// No answer to pings for the keepalive timeout.
+    Silent(Duration),
+    /// The laptop woke and the link did not answer a probe.
+    Wake,
+    /// The network changed and the link did not answer a probe.
+    RouteChange,
+}
+
+impl Dead {
+    /// Whether to redial at once instead of after a backoff.
+    #[must_use]
+    pub fn redial_at_once(self) -> bool {
+        matches!(self, Self::Wake | Self::RouteChange)
+    }
+}
+
+/// What the clocks and routes say since the last look.
+#[derive(Debug)]
+pub struct Hints {
+    wall: SystemTime,
+    mono: Instant,
+    peer: Option<IpAddr>,
+    route: Option<IpAddr>,
+    route_checked: Instant,
+}
+
+/// A sign that the link may be gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// Wall clock jumped ahead of monotonic time by this much.
+    Woke(Duration),
+    /// The local address toward the workspace changed.
+    RouteChanged,
+}
+
+impl Hints {
+    /// Starts watching; `peer` is the workspace's address, when known.
+    #[must_use]
+    pub fn new(peer: Option<IpAddr>) -> Self {
+        Self {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+            peer,
+            route: peer.and_then(route_to),
+            route_checked: Instant::now(),
+        }
+    }
+
+    /// Compares the clocks (and, at most once a second, the route) with the
+    /// last look.
+    pub fn check(&mut self) -> Option<Hint> {
+        let (wall, mono) = (SystemTime::now(), Instant::now());
+        let wall_delta = wall.duration_since(self.wall).unwrap_or_default();
+        let mono_delta = mono.duration_since(self.mono);
+        self.wall = wall;
+        self.mono = mono;
+        let gained = wall_delta.saturating_sub(mono_delta);
+        if gained > WAKE_JUMP {
+            return Some(Hint::Woke(gained));
+        }
+        if let Some(peer) = self.peer
+            && mono.duration_since(self.route_checked) >= ROUTE_EVERY
+        {
+            self.route_checked = mono;
+            // A new route, or one where there was none (the network came
+            // back), is a hint; losing the route is not: nothing to redial.
+            let route = route_to(peer);
+            let changed = route.is_some() && route != self.route;
+            self.route = route;
+            if changed {
+                return Some(Hint::RouteChanged);
+            }
+        }
+        None
+    }
+}
+
+/// The local address the kernel would send from toward `peer`; `None` while
+/// there is no route. A connected UDP socket sends nothing.
+fn route_to(peer: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr = match peer {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let sock = UdpSocket::bind((any, 0)).ok()?;
+    sock.connect(SocketAddr::new(peer, 9)).ok()?;
+    sock.local_addr().ok().map(|a| a.ip())
+}
+
+/// Sleeps `total`, unless the laptop wakes or changes networks first: then
+/// returns the hint at once, so the caller redials without waiting.
+pub async fn sleep_unless_hinted(total: Duration, hints: &mut Hints) -> Option<Hint> {
+    let until = tokio::time::Instant::now() + total;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return None;
+        }
+        tokio::time::sleep((until - now).min(TICK)).await;
+        if let Some(h) = hints.check() {
+            return Some(h);
+        }
+    }
+}
+
+/// Watches a live link until it is found dead (returned), or `stop` fires or
+/// the connection ends (`None`).
+pub async fn watch_link(
+    mux: MuxHandle,
+    peer: SocketAddr,
+    timeout: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) -> Option<Dead> {
+    let (alive_tx, alive_rx) = watch::channel(Instant::now());
+    let ping_now = Arc::new(Notify::new());
+    let pinger = tokio::spawn(pinger(
+        mux.clone(),
+        interval,
+        timeout,
+        alive_tx,
+        ping_now.clone(),
+        stop.clone(),
+    ));
+    let verdict = watchdog(&mux, peer, timeout, alive_rx, &ping_now, &stop).await;
+    pinger.abort();
+    verdict
+}
+
+async fn watchdog(
+    mux: &MuxHandle,
+    peer: SocketAddr,
+    timeout: Duration,
+    alive: watch::Receiver<Instant>,
+    ping_now: &Notify,
+    stop: &CancellationToken,
+) -> Option<Dead> {
+    let mut hints = Hints::new(Some(peer.ip()));
+    let mut probe: Option<(Instant, Dead)> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = mux.closed() => return None,
+            () = tokio::time::sleep(TICK) => {}
+        }
+        let last = *alive.borrow();
+        let silent = last.elapsed();
+        if silent > timeout {
+            return Some(Dead::Silent(silent));
+        }
+        if let Some((since, why)) = probe {
+            if last >= since {
+                debug!(?why, "probe answered; the link survived");
+                probe = None;
+            } else if since.elapsed() > PROBE_TIMEOUT {
+                return Some(why);
+            }
+        }
+        if let Some(hint) = hints.check() {
+            let why = match hint {
+                Hint::Woke(gained) => {
+                    info!(
+                        asleep_s = gained.as_secs(),
+                        "the laptop woke up; probing the link"
+                    );
+                    Dead::Wake
+                }
+                Hint::RouteChanged => {
+                    info!("the route to the workspace changed; probing the link");
+                    Dead::RouteChange
+                }
+            };
+            probe = Some((Instant::now(), why));
+            ping_now.notify_one();
+        }
+    }
+}
+
+/// Pings every `interval` (or at once when asked), recording the time of
+/// every answer.
+async fn pinger(
+    mux: MuxHandle,
+    interval: Duration,
+    timeout: Duration,
+    alive: watch::Sender<Instant>,
+    ping_now: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let sent = Instant::now();
+        let answered = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(timeout, ping(&mux, seq, interval_ms)) => r.is_ok(),
+        };
+        if answered && !mux.is_closed() {
+            let _ = alive.send(Instant::now());
+            debug!(seq, rtt_us = sent.elapsed().as_micros(), "pong");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = ping_now.notified() => {}
+        }
+    }
+}
+
+/// One ping on its own stream. Returns when anything comes back: a pong, a
+/// reset, an end of stream; all prove the peer is there.
+async fn ping(mux: &MuxHandle, seq: u64, interval_ms: u64) {
+    let Ok(mut stream) = mux.open().await else {
+        return std::future::pending().await;
+    };
+    if nexus_transport::send(&mut stream, &Control::Ping { seq, interval_ms })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let answer = nexus_transport::recv::<_, ControlReply>(&mut stream, HANDSHAKE_MAX_FRAME).await;
+    if let Ok(ControlReply::Pong { seq: back }) = answer
+        && back != seq
+    {
+        debug!(seq, back, "pong for another ping");
+    }
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_transport::{MuxConfig, mux};
+
+    #[test]
+    fn no_hint_without_a_jump_or_a_route_change() {
+        let mut h = Hints::new(Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(h.check(), None);
+        // A pretend suspend: the last look happened long ago on the wall
+        // clock, a moment ago on the monotonic one.
+        h.wall -= Duration::from_secs(30);
+        assert!(matches!(h.check(), Some(Hint::Woke(d)) if d >= Duration::from_secs(29)));
+        assert_eq!(h.check(), None);
+    }
+
+    #[test]
+    fn a_new_route_is_a_hint() {
+        let mut h = Hints::new(Some(IpAddr::from([127, 0, 0, 1])));
+        h.route = Some(IpAddr::from([192, 0, 2, 1]));
+        h.route_checked -= ROUTE_EVERY;
+        assert_eq!(h.check(), Some(Hint::RouteChanged));
+        h.route_checked -= ROUTE_EVERY;
+        assert_eq!(h.check(), None, "the new route is the reference now");
+    }
+
+    /// A peer that answers yamux but never reads its streams: pings get no
+    /// answer, so the link is declared dead after the timeout.
+    #[tokio::test]
+    async fn a_silent_peer_is_declared_dead() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let stop = CancellationToken::new();
+        let (h, _in, _task) = mux::start(a, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
+        // The peer keeps its inbound streams open without answering.
+        let (_peer, mut peer_in, _ptask) =
+            mux::start(b, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
+        let held = tokio::spawn(async move {
+            let mut keep = Vec::new();
+            while let Some(s) = peer_in.recv().await {
+                keep.push(s);
+            }
+        });
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!());
+        let started = Instant::now();
+        let dead = watch_link(
+            h,
+            peer,
+            Duration::from_millis(600),
+            Duration::from_millis(150),
+            stop.clone(),
+        )
+        .await;
+        assert!(matches!(dead, Some(Dead::Silent(_))), "{dead:?}");
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        stop.cancel();
+        held.abort();
+    }
+
+    /// A peer that resets every stream (an older shim) still proves the link
+    /// alive.
+    #[tokio::test]
+    async fn a_peer_that_resets_pings_is_alive() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let stop = CancellationToken::new();
+        let (h, _in, _task) = mux::start(a, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
+        let (_peer, peer_in, _ptask) =
+            mux::start(b, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
+        drop(peer_in);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!());
+        let verdict = tokio::time::timeout(
+            Duration::from_millis(1500),
+            watch_link(
+                h,
+                peer,
+                Duration::from_millis(500),
+                Duration::from_millis(100),
+                stop.clone(),
+            ),
+        )
+        .await;
+        assert!(
+            verdict.is_err(),
+            "the link was wrongly declared dead: {verdict:?}"
+        );
+        stop.cancel();
+    }
+}

@@ -1,0 +1,769 @@
+//! The real network: a controllable link ([`LinkControl`]) between the real
+//! proxy and the real shim (in its own network namespace when possible),
+//! cut, paused and restored while calls run. Calls are counted at both ends:
+//! in the workspace (each caller's exit code and pid) and on the laptop (the
+//! proxy's decision lines, with the caller's pid, and a token command that
+//! appends a line per run), to prove that nothing is lost and nothing is
+//! applied twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nexus_e2e::link::LinkControl;
+use nexus_e2e::{DEADLINE, Daemon, Laptop, Must, PairingUri, Workspace, poll};
+
+/// The keepalive timeout both sides use here, short so that tests of a
+/// stalled link take seconds.
+const KEEPALIVE: &str = "2s";
+
+/// One workspace behind a controllable link, paired and linked.
+struct Rig {
+    ws: Workspace,
+    link: Arc<LinkControl>,
+    /// One line per run of the token command on the laptop.
+    runs: PathBuf,
+    _laptop: Laptop,
+    proxy: Daemon,
+}
+
+/// A policy whose token `demo` runs a command that appends to `runs` (after
+/// `delay`) and prints the value.
+fn counting_policy(runs: &Path, delay: &str) -> String {
+    format!(
+        "version = 1\n\n[tokens.demo]\nsource = {{ command = [\"/bin/sh\", \"-c\", \"sleep {delay}; echo run >> '{}'; echo counted\"] }}\n",
+        runs.display()
+    )
+}
+
+/// Starts a workspace behind a link; the shim's keepalive is `KEEPALIVE`.
+fn workspace_behind_link() -> (Workspace, Arc<LinkControl>, PairingUri) {
+    let ws = Workspace::start_with_env(&[("NEXUS_KEEPALIVE_TIMEOUT", KEEPALIVE)]);
+    let mut uri = PairingUri::parse(&ws.uri());
+    let upstream = uri.address.parse().must("the shim's tunnel address");
+    let link = LinkControl::start(upstream);
+    uri.address = link.address();
+    (ws, link, uri)
+}
+
+impl Rig {
+    fn start(delay: &str) -> Self {
+        let (ws, link, uri) = workspace_behind_link();
+        let laptop = Laptop::new();
+        laptop.pair(&uri.to_string(), "dev").ok();
+        let runs = laptop.home().join("runs.txt");
+        let policy = laptop.write_policy(&counting_policy(&runs, delay));
+        let proxy = laptop.run_with(
+            &ws,
+            "dev",
+            &policy,
+            &[],
+            &["--keepalive-timeout".as_ref(), KEEPALIVE.as_ref()],
+        );
+        Self {
+            ws,
+            link,
+            runs,
+            _laptop: laptop,
+            proxy,
+        }
+    }
+
+    fn runs(&self) -> usize {
+        std::fs::read_to_string(&self.runs)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the shim says "not linked".
+    #[track_caller]
+    fn wait_unlinked(&self) {
+        let down = poll(DEADLINE, || {
+            (self.ws.cli(["status"]).exit_code == Some(4)).then_some(())
+        });
+        assert!(
+            down.is_some(),
+            "the shim never noticed the link was gone\n--- shim log ---\n{}",
+            self.ws.log()
+        );
+    }
+}
+
+/// A `token get demo` started in the background.
+struct Call {
+    child: std::process::Child,
+    started: Instant,
+}
+
+impl Call {
+    fn start(ws: &Workspace, wait: &str) -> Self {
+        let mut cmd: Command = ws.cli_command();
+        cmd.args(["token", "get", "demo", "--wait", wait])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Self {
+            child: cmd.spawn().must("starting nexus-shim token get"),
+            started: Instant::now(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the exit: (pid, exit code, stdout, stderr, when it ended).
+    fn finish(self) -> Outcome {
+        let pid = self.child.id();
+        let out = self.child.wait_with_output().must("waiting for a call");
+        Outcome {
+            pid,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ended: Instant::now(),
+            took: self.started.elapsed(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Outcome {
+    pid: u32,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    ended: Instant,
+    took: Duration,
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        self.code == Some(0) && self.stdout == "counted"
+    }
+
+    /// The clear error of a call in flight when the link died.
+    fn dropped_in_flight(&self) -> bool {
+        self.code == Some(1) && self.stderr.contains("dropped during the call")
+    }
+}
+
+/// Caller pids of the proxy's allowed token decisions, with their counts.
+fn decided_pids(log: &str) -> HashMap<u32, usize> {
+    let mut pids = HashMap::new();
+    for line in log.lines() {
+        if !line.contains("decision=\"allow\"") {
+            continue;
+        }
+        let Some(rest) = line.split("caller_pid=").nth(1) else {
+            continue;
+        };
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(pid) = digits.parse() {
+            *pids.entry(pid).or_default() += 1;
+        }
+    }
+    pids
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Background callers: each issues `token get demo` in a loop until told to
+/// stop, and keeps every outcome.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Outcome>>>,
+}
+
+impl Load {
+    fn start(ws: &Workspace, callers: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..callers)
+            .map(|_| {
+                let stop = stop.clone();
+                let cmd_ws = ws.cli_command();
+                let (program, envs) = (
+                    cmd_ws.get_program().to_owned(),
+                    cmd_ws
+                        .get_envs()
+                        .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+                        .collect::<Vec<_>>(),
+                );
+                std::thread::spawn(move || {
+                    let mut done = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut cmd = Command::new(&program);
+                        for (k, v) in &envs {
+                            match v {
+                                Some(v) => cmd.env(k, v),
+                                None => cmd.env_remove(k),
+                            };
+                        }
+                        cmd.args(["token", "get", "demo", "--wait", "30s"])
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::piped())
+                            .stderr(Stdio::piped());
+                        let child = cmd.spawn().must("starting a background call");
+                        done.push(
+                            Call {
+                                child,
+                                started: Instant::now(),
+                            }
+                            .finish(),
+                        );
+                    }
+                    done
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().ok().must("a background caller"))
+            .collect()
+    }
+}
+
+/// Checks the two ends against each other: every call either succeeded or
+/// failed with the in-flight error; the laptop decided each caller at most
+/// once; every success was decided; the token command ran once per decision.
+#[track_caller]
+fn assert_counts(outcomes: &[Outcome], proxy_log: &str, runs: usize) -> (usize, usize) {
+    let decided = decided_pids(proxy_log);
+    let twice: Vec<_> = decided.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "callers decided twice: {twice:?}");
+    let mut ok = 0;
+    let mut dropped = 0;
+    for o in outcomes {
+        if o.ok() {
+            ok += 1;
+            assert!(
+                decided.contains_key(&o.pid),
+                "call {} succeeded without a decision on the laptop",
+                o.pid
+            );
+        } else if o.dropped_in_flight() {
+            dropped += 1;
+        } else {
+            panic!("a call was lost (neither answered nor failed cleanly): {o:?}");
+        }
+    }
+    let ours = outcomes
+        .iter()
+        .filter(|o| decided.contains_key(&o.pid))
+        .count();
+    assert_eq!(
+        ours,
+        decided.len(),
+        "the laptop decided calls that no caller made"
+    );
+    assert_eq!(
+        runs,
+        decided.len(),
+        "the token command ran {runs} times for {} decisions",
+        decided.len()
+    );
+    assert!(
+        runs >= ok && runs <= ok + dropped,
+        "runs {runs}, ok {ok}, dropped in flight {dropped}"
+    );
+    (ok, dropped)
+}
+
+/// 100 cuts and restores with calls running throughout: 0 lost, 0 applied
+/// twice, and a call issued during each outage completes once the link is
+/// back (how soon is measured by the benchmark, not asserted).
+#[test]
+fn hundred_cuts_lose_nothing_and_apply_nothing_twice() {
+    let mut rig = Rig::start("0");
+    let load = Load::start(&rig.ws, 3);
+    let mut recovery = Vec::new();
+    let mut outage_calls = Vec::new();
+    for _ in 0..100 {
+        rig.link.cut();
+        rig.wait_unlinked();
+        let call = Call::start(&rig.ws, "30s");
+        let restored = Instant::now();
+        rig.link.restore();
+        let out = call.finish();
+        assert!(
+            out.ok(),
+            "a call issued during the outage did not complete: {out:?}\n--- shim log ---\n{}",
+            rig.ws.log()
+        );
+        recovery.push(out.ended.duration_since(restored));
+        outage_calls.push(out);
+        rig.proxy.assert_running();
+    }
+    let mut outcomes = load.finish();
+    outcomes.extend(outage_calls);
+    let (ok, dropped) = assert_counts(&outcomes, &rig.proxy.log(), rig.runs());
+    recovery.sort();
+    eprintln!(
+        "100 cuts: {} calls, {ok} answered, {dropped} failed in flight (not retried), 0 lost, 0 twice; \
+         outage call done after restore: p50 {:?}, p99 {:?}, max {:?}; {} connections",
+        outcomes.len(),
+        percentile(&recovery, 0.5),
+        percentile(&recovery, 0.99),
+        recovery.last().copied().unwrap_or_default(),
+        rig.link.accepted(),
+    );
+    assert!(ok > 100, "the background calls should mostly succeed");
+}
+
+/// A stalled link (bytes stop, sockets stay) is noticed by the keepalive on
+/// both sides; a call made during the outage waits and completes after the
+/// link is back.
+#[test]
+fn a_stalled_link_is_declared_dead_on_both_sides_and_calls_wait_for_the_next() {
+    let mut rig = Rig::start("0");
+    rig.ws
+        .cli(["token", "get", "demo"])
+        .ok()
+        .stdout_has("counted");
+    let before = rig.link.accepted();
+    let paused = Instant::now();
+    rig.link.pause();
+    rig.wait_unlinked();
+    rig.ws
+        .wait_for_log("no ping from the laptop; link declared dead");
+    rig.proxy.wait_for_log("link declared dead");
+    eprintln!("stall noticed by the shim after {:?}", paused.elapsed());
+    let call = Call::start(&rig.ws, "30s");
+    let pid = call.pid();
+    rig.link.restore();
+    let out = call.finish();
+    assert!(out.ok(), "{out:?}\n--- proxy ---\n{}", rig.proxy.log());
+    assert!(rig.link.accepted() > before, "the proxy dialed again");
+    assert_eq!(decided_pids(&rig.proxy.log()).get(&pid), Some(&1));
+    rig.ws.cli(["status"]).ok();
+}
+
+/// A short stall (under the keepalive timeout) does not cost the link: a
+/// call made during it completes on the same connection.
+#[test]
+fn a_short_stall_keeps_the_link() {
+    let rig = Rig::start("0");
+    rig.ws.cli(["token", "get", "demo"]).ok();
+    let before = rig.link.accepted();
+    rig.link.pause();
+    let call = Call::start(&rig.ws, "30s");
+    rig.link.restore();
+    let out = call.finish();
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(rig.link.accepted(), before, "no new connection was needed");
+}
+
+/// Two workspaces on one proxy: while one's link is stalled and then
+/// flooded with calls, the other's calls all complete.
+#[test]
+fn one_workspace_stalled_or_flooded_does_not_stop_another() {
+    let (a, link_a, uri_a) = workspace_behind_link();
+    let (b, link_b, uri_b) = workspace_behind_link();
+    let laptop = Laptop::new();
+    laptop.pair(&uri_a.to_string(), "a").ok();
+    laptop.pair(&uri_b.to_string(), "b").ok();
+    let runs = laptop.home().join("runs.txt");
+    let policy = laptop.write_policy(&counting_policy(&runs, "0"));
+    let mut proxy = laptop.spawn_run_with(
+        "a",
+        &policy,
+        &[],
+        &[
+            "--workspace".as_ref(),
+            "b".as_ref(),
+            "--keepalive-timeout".as_ref(),
+            KEEPALIVE.as_ref(),
+        ],
+    );
+    a.wait_linked(&mut proxy);
+    b.wait_linked(&mut proxy);
+
+    link_a.pause();
+    let held = Call::start(&a, "30s");
+    for _ in 0..10 {
+        b.cli(["token", "get", "demo"]).ok().stdout_has("counted");
+    }
+    link_a.restore();
+    assert!(held.finish().ok());
+
+    // A flood from A: 200 callers at once, beyond A's per-tool limit.
+    let flood: Vec<Call> = (0..200).map(|_| Call::start(&a, "30s")).collect();
+    for _ in 0..10 {
+        b.cli(["token", "get", "demo"]).ok().stdout_has("counted");
+    }
+    let outcomes: Vec<Outcome> = flood.into_iter().map(Call::finish).collect();
+    let ok = outcomes.iter().filter(|o| o.ok()).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.code == Some(3) && o.stderr.contains("too many"))
+        .count();
+    eprintln!("flood from a: {ok} answered, {refused} refused by a limit");
+    assert_eq!(ok + refused, 200, "{outcomes:?}");
+    drop(link_b);
+    proxy.assert_running();
+}
+
+/// SIGTERM to the proxy while calls run: the calls already being answered
+/// finish, later ones fail cleanly, and the proxy exits 0.
+#[test]
+fn proxy_sigterm_under_load_finishes_calls_in_flight() {
+    let mut rig = Rig::start("1");
+    let calls: Vec<Call> = (0..8).map(|_| Call::start(&rig.ws, "2s")).collect();
+    // All eight are being answered (decided, their command sleeping).
+    let pids: Vec<u32> = calls.iter().map(Call::pid).collect();
+    let decided = poll(DEADLINE, || {
+        let d = decided_pids(&rig.proxy.log());
+        pids.iter().all(|p| d.contains_key(p)).then_some(())
+    });
+    assert!(decided.is_some(), "{}", rig.proxy.log());
+    let status = rig.proxy.terminate();
+    assert!(status.success(), "proxy exit on SIGTERM: {status}");
+    let outcomes: Vec<Outcome> = calls.into_iter().map(Call::finish).collect();
+    for o in &outcomes {
+        assert!(o.ok(), "a call in flight at SIGTERM did not finish: {o:?}");
+    }
+    assert_eq!(rig.runs(), 8);
+    // Later calls fail cleanly: no laptop.
+    rig.ws
+        .cli(["token", "get", "demo", "--wait", "0"])
+        .code(4)
+        .stderr_has("no laptop is linked");
+}
+
+/// SIGTERM to the shim while calls run: every call ends (answered or a
+/// clean error), the sockets are removed, exit 0.
+#[test]
+fn shim_sigterm_under_load_ends_calls_cleanly_and_removes_sockets() {
+    let mut rig = Rig::start("0.5");
+    let calls: Vec<Call> = (0..8).map(|_| Call::start(&rig.ws, "2s")).collect();
+    let pids: Vec<u32> = calls.iter().map(Call::pid).collect();
+    let decided = poll(DEADLINE, || {
+        let d = decided_pids(&rig.proxy.log());
+        pids.iter().all(|p| d.contains_key(p)).then_some(())
+    });
+    assert!(decided.is_some(), "{}", rig.proxy.log());
+    let status = rig.ws.terminate();
+    assert!(status.success(), "shim exit on SIGTERM: {status}");
+    let mut by_kind = BTreeMap::<String, usize>::new();
+    for o in calls.into_iter().map(Call::finish) {
+        let kind = if o.ok() {
+            "answered".to_owned()
+        } else {
+            assert!(
+                matches!(o.code, Some(1 | 4)) && !o.stderr.is_empty() && !o.stderr.contains('\n'),
+                "an unclean failure: {o:?}"
+            );
+            format!("failed: {}", o.stderr)
+        };
+        *by_kind.entry(kind).or_default() += 1;
+        let _ = o.took;
+    }
+    eprintln!("shim SIGTERM under load: {by_kind:?}");
+    for sock in ["shim.sock", "agent.sock"] {
+        assert!(
+            !rig.ws.state_dir().join(sock).exists(),
+            "{sock} left behind"
+        );
+    }
+    rig.proxy.assert_running();
+}
+
+// The workspace as the attacker, on the link ------------------------------
+
+mod hostile_link {
+    use std::time::{Duration, Instant};
+
+    use nexus_e2e::hostile::{Link, RawMux, status_kib, token_call, wait_pid_with_arg, yamux};
+    use nexus_e2e::raw::{FakeConn, FakeShim, within};
+    use nexus_e2e::{DEADLINE, Daemon, Laptop, Must, PairingUri, Workspace, poll};
+    use nexus_protocol::{
+        ClientHello, Control, ControlReply, HANDSHAKE_MAX_FRAME, Reply, SUPPORTED, Secret,
+        ServerHello,
+    };
+    use nexus_transport::mux::{self, Mode};
+    use nexus_transport::{MuxConfig, MuxHandle};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::sync::CancellationToken;
+
+    const POLICY: &str = "version = 1\n\n[tokens.demo]\nsource = \"env:E2E_DEMO\"\n";
+
+    fn demo() -> Reply {
+        Reply::Token(Secret::from("v".to_owned()))
+    }
+
+    /// The real proxy serving `n` fake shims (`w0`, `w1`, ...), with `args`.
+    struct Victim {
+        fakes: Vec<FakeShim>,
+        proxy: Daemon,
+        pid: u32,
+        _laptop: Laptop,
+    }
+
+    impl Victim {
+        async fn start(n: usize, args: &[&str]) -> Self {
+            let laptop = Laptop::new();
+            let mut fakes = Vec::new();
+            for i in 0..n {
+                let fake = FakeShim::bind().await;
+                laptop.add_workspace_record(&format!("w{i}"), fake.address(), &fake.fingerprint());
+                fakes.push(fake);
+            }
+            let policy = laptop.write_policy(POLICY);
+            let mut all: Vec<String> = (1..n)
+                .flat_map(|i| ["--workspace".into(), format!("w{i}")])
+                .collect();
+            all.extend(args.iter().map(|a| (*a).to_owned()));
+            let os: Vec<&std::ffi::OsStr> = all.iter().map(std::ffi::OsStr::new).collect();
+            let proxy = laptop.spawn_run_with(
+                "w0",
+                &policy,
+                &[("E2E_DEMO", std::ffi::OsStr::new("v"))],
+                &os,
+            );
+            let pid = wait_pid_with_arg(&policy);
+            Self {
+                fakes,
+                proxy,
+                pid,
+                _laptop: laptop,
+            }
+        }
+    }
+
+    /// A fake shim's link that answers the proxy's pings, like the real shim.
+    struct Answering {
+        mux: MuxHandle,
+        stop: CancellationToken,
+    }
+
+    impl Answering {
+        fn start(conn: FakeConn) -> Self {
+            let stop = CancellationToken::new();
+            let (mux, mut inbound, _driver) =
+                mux::start(conn, Mode::Server, MuxConfig::SHIM, stop.clone());
+            tokio::spawn(async move {
+                while let Some(mut s) = inbound.recv().await {
+                    if let Ok(Control::Ping { seq, .. }) =
+                        nexus_transport::recv(&mut s, HANDSHAKE_MAX_FRAME).await
+                    {
+                        let _ = nexus_transport::send(&mut s, &ControlReply::Pong { seq }).await;
+                        let _ = s.shutdown().await;
+                    }
+                }
+            });
+            Self { mux, stop }
+        }
+    }
+
+    impl Drop for Answering {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    /// 10,000 streams opened at once, each with a partial call: yamux's
+    /// limit ends that link, the proxy's memory stays bounded, it keeps
+    /// running and the next link is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_streams_at_once_cost_the_link_not_the_proxy() {
+        let mut v = Victim::start(1, &[]).await;
+        let mut raw = RawMux::start(v.fakes[0].accept_link().await);
+        // Each stream announces a 100-byte call and sends 10 bytes of it.
+        let mut partial = 100u32.to_be_bytes().to_vec();
+        partial.extend_from_slice(&[0x80; 10]);
+        let mut sent = 0;
+        for _ in 0..10_000 {
+            let id = raw.next_stream();
+            if !raw.send(yamux::data(yamux::SYN, id, &partial)).await {
+                break;
+            }
+            sent += 1;
+        }
+        let pid = v.pid;
+        let closed = poll(DEADLINE, || raw.is_closed().then_some(()));
+        let rss = status_kib(pid, "VmHWM").must("the proxy's VmHWM");
+        eprintln!(
+            "10,000-stream flood: {sent} sent before the link {}; proxy peak RSS {} KiB",
+            if closed.is_some() {
+                "was dropped"
+            } else {
+                "stayed"
+            },
+            rss
+        );
+        assert!(rss < 200 << 10, "proxy peak RSS {rss} KiB");
+        v.proxy.assert_running();
+        drop(raw);
+        let link = Link::start(v.fakes[0].accept_link().await, MuxConfig::SHIM);
+        let reply = within(DEADLINE, link.call(&token_call("demo"))).await;
+        assert_eq!(reply.must("a call on the next link"), demo());
+    }
+
+    /// Streams whose replies are never read, and streams holding half a
+    /// frame (slowloris): the attacker stalls at most its own calls (up to
+    /// the read timeout); another workspace on the same proxy is served at
+    /// once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unread_and_half_sent_streams_do_not_stall_another_workspace() {
+        let mut v = Victim::start(2, &["--max-calls-in-flight", "16"]).await;
+        let bad = Link::start(v.fakes[0].accept_link().await, MuxConfig::SHIM);
+        let good = Answering::start(v.fakes[1].accept_link().await);
+        // 200 calls whose answers are never read.
+        let mut unread = Vec::new();
+        for _ in 0..200 {
+            let mut s = bad.mux.open().await.must("opening a stream");
+            nexus_transport::send(&mut s, &token_call("demo"))
+                .await
+                .must("a call");
+            unread.push(s);
+        }
+        // 32 streams with 3 bytes of a frame header, then nothing.
+        let mut half = Vec::new();
+        for _ in 0..32 {
+            let mut s = bad.mux.open().await.must("opening a stream");
+            s.write_all(&[0, 0, 1]).await.must("half a header");
+            s.flush().await.must("flushing");
+            half.push(s);
+        }
+        let started = Instant::now();
+        for _ in 0..20 {
+            let mut s = good.mux.open().await.must("a stream on the good link");
+            nexus_transport::send(&mut s, &token_call("demo"))
+                .await
+                .must("a call");
+            let reply: Reply = within(DEADLINE, nexus_transport::recv(&mut s, 1 << 20))
+                .await
+                .must("the good workspace's answer");
+            assert_eq!(reply, demo());
+        }
+        eprintln!(
+            "20 calls of the other workspace during the attack: {:?}",
+            started.elapsed()
+        );
+        // The attacker's own link survives and, once the half-sent streams
+        // time out, is served again.
+        let reply = within(Duration::from_secs(30), bad.call(&token_call("demo"))).await;
+        assert_eq!(reply.must("the attacker's next call"), demo());
+        v.proxy.assert_running();
+        drop((unread, half));
+    }
+
+    /// A shim that answers pings but never makes a call keeps its link: the
+    /// keepalive judges the link, not the traffic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shim_that_only_answers_pings_keeps_its_link() {
+        let mut v = Victim::start(1, &["--keepalive-timeout", "1s"]).await;
+        let link = Answering::start(v.fakes[0].accept_link().await);
+        // Four keepalive timeouts pass with nothing but pings.
+        let until = Instant::now() + Duration::from_secs(4);
+        let survived = poll(DEADLINE, || (Instant::now() >= until).then_some(()));
+        assert!(survived.is_some());
+        assert!(
+            !link.mux.is_closed(),
+            "the proxy dropped an idle, answering link"
+        );
+        assert!(
+            !v.proxy.log().contains("declared dead"),
+            "{}",
+            v.proxy.log()
+        );
+        v.proxy.assert_running();
+    }
+
+    /// A shim that stops reading (TLS up, then silence) is declared dead
+    /// within the keepalive timeout, and the proxy dials again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shim_that_stops_reading_is_declared_dead_and_redialed() {
+        let mut v = Victim::start(1, &["--keepalive-timeout", "1s"]).await;
+        let silent = v.fakes[0].accept_link().await;
+        let since = Instant::now();
+        v.proxy.wait_for_log("link declared dead");
+        let noticed = since.elapsed();
+        let next = Answering::start(v.fakes[0].accept_link().await);
+        eprintln!("a silent shim was declared dead after {noticed:?} and redialed");
+        assert!(!next.mux.is_closed());
+        drop(silent);
+        v.proxy.assert_running();
+    }
+
+    /// A storm of connections from an unpaired client (fresh certificates,
+    /// wrong or no token) while the paired laptop's calls run: every one is
+    /// refused, the paired link is never replaced, calls keep completing.
+    #[test]
+    fn a_reconnect_storm_from_an_unpaired_client_leaves_the_paired_link_alone() {
+        let ws = Workspace::start();
+        let uri = PairingUri::parse(&ws.uri());
+        let laptop = Laptop::new();
+        laptop.pair(&uri.to_string(), "dev").ok();
+        let policy = laptop.write_policy(POLICY);
+        let _proxy = laptop.run(&ws, "dev", &policy, &[("E2E_DEMO", "v")]);
+        let storm = {
+            let (address, fp) = (uri.address.clone(), uri.fingerprint.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().must("a runtime");
+                let dir = tempfile::tempdir().must("a temp dir");
+                let (identity, _) =
+                    nexus_transport::Identity::load_or_create(dir.path(), "nexus-agent-proxy")
+                        .must("the stranger's identity");
+                let pin = fp.parse().must("the shim's fingerprint");
+                let (config, _) =
+                    nexus_transport::tls::client_config(&identity, pin).must("client config");
+                let mut refused = 0;
+                for i in 0..300 {
+                    let hello = ClientHello {
+                        versions: SUPPORTED,
+                        pairing_token: (i % 2 == 0).then(|| Secret::from("guess".to_owned())),
+                        software: "storm".into(),
+                    };
+                    let attempt = async {
+                        let tcp = tokio::net::TcpStream::connect(&address).await.ok()?;
+                        let mut tls =
+                            nexus_transport::tokio_rustls::TlsConnector::from(config.clone())
+                                .connect(nexus_transport::tls::server_name(), tcp)
+                                .await
+                                .ok()?;
+                        nexus_transport::send(&mut tls, &hello).await.ok()?;
+                        nexus_transport::recv::<_, ServerHello>(&mut tls, HANDSHAKE_MAX_FRAME)
+                            .await
+                            .ok()
+                    };
+                    let answer =
+                        rt.block_on(async { tokio::time::timeout(DEADLINE, attempt).await });
+                    // Refused in TLS (no answer) or by a hello: never accepted.
+                    if !matches!(answer, Ok(Some(ServerHello::Accepted { .. }))) {
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        };
+        let mut calls = 0;
+        while !storm.is_finished() {
+            ws.cli(["token", "get", "demo"]).ok().stdout_has("v");
+            calls += 1;
+        }
+        let refused = storm.join().ok().must("the storm thread");
+        eprintln!("unpaired storm: {refused} of 300 hellos refused; {calls} calls meanwhile");
+        assert_eq!(refused, 300);
+        assert!(
+            !ws.log().contains("replaces the previous one"),
+            "an unpaired client replaced the link\n{}",
+            ws.log()
+        );
+        ws.cli(["token", "get", "demo"]).ok();
+    }
+}

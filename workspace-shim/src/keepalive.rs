@@ -1,0 +1,104 @@
+//! The shim's half of the keepalive: answer the laptop's pings, and declare
+//! the link dead when they stop, so that `status` says "not linked" and new
+//! calls wait for the next link instead of going into a dead one.
+//!
+//! The watchdog arms at the first ping (a laptop that never pings is not
+//! judged by them) and allows the larger of its own timeout and four of the
+//! laptop's announced ping intervals.
+
+use std::time::{Duration, Instant};
+
+use nexus_protocol::{Control, ControlReply, HANDSHAKE_MAX_FRAME};
+use nexus_transport::{MuxHandle, MuxStream};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// How long the laptop may take to send the first frame of a stream it opened.
+const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the watchdog looks.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Answers pings on the streams the laptop opens and watches for silence,
+/// until the connection ends. Aborts the connection when the laptop has
+/// been silent too long.
+pub async fn run(mux: MuxHandle, mut inbound: mpsc::Receiver<MuxStream>, timeout: Duration) {
+    // (time of the last ping, the laptop's ping interval); None until the first.
+    let mut last: Option<(Instant, Duration)> = None;
+    loop {
+        let stream = tokio::select! {
+            () = mux.closed() => return,
+            s = inbound.recv() => match s { Some(s) => s, None => return },
+            () = tokio::time::sleep(TICK) => {
+                if let Some((at, interval)) = last {
+                    let allowed = timeout.max(interval.saturating_mul(4));
+                    if at.elapsed() > allowed {
+                        warn!(silent_s = at.elapsed().as_secs(), "no ping from the laptop; link declared dead");
+                        mux.abort();
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
+        if let Some(interval) = answer(stream).await {
+            last = Some((Instant::now(), interval));
+        }
+    }
+}
+
+/// Answers one control stream; returns the laptop's ping interval for a ping.
+async fn answer(mut stream: MuxStream) -> Option<Duration> {
+    let control = tokio::time::timeout(
+        CONTROL_READ_TIMEOUT,
+        nexus_transport::recv::<_, Control>(&mut stream, HANDSHAKE_MAX_FRAME),
+    )
+    .await;
+    let interval = match control {
+        Ok(Ok(Control::Ping { seq, interval_ms })) => {
+            let _ = nexus_transport::send(&mut stream, &ControlReply::Pong { seq }).await;
+            Some(Duration::from_millis(interval_ms))
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "unreadable control stream from the laptop; reset");
+            None
+        }
+        Err(_) => None,
+    };
+    let _ = stream.shutdown().await;
+    interval
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_transport::{MuxConfig, mux};
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn pings_are_answered_and_silence_ends_the_link() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let stop = CancellationToken::new();
+        let (shim, shim_in, shim_driver) =
+            mux::start(a, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
+        let (laptop, _laptop_in, _d) =
+            mux::start(b, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
+        let watch = tokio::spawn(run(shim.clone(), shim_in, Duration::from_millis(400)));
+        let Ok(mut stream) = laptop.open().await else {
+            panic!("opening a ping stream");
+        };
+        let s = &mut stream;
+        let ping = Control::Ping {
+            seq: 7,
+            interval_ms: 50,
+        };
+        assert!(nexus_transport::send(s, &ping).await.is_ok());
+        let pong = nexus_transport::recv::<_, ControlReply>(s, 64).await;
+        assert_eq!(pong.ok(), Some(ControlReply::Pong { seq: 7 }));
+        // No more pings: the shim gives the link up after its timeout.
+        let ended = tokio::time::timeout(Duration::from_secs(5), shim_driver).await;
+        assert!(matches!(ended, Ok(Ok(mux::MuxExit::Aborted))), "{ended:?}");
+        let _ = watch.await;
+        stop.cancel();
+    }
+}
