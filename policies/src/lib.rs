@@ -54,6 +54,8 @@
 
 mod diag;
 mod engine;
+pub mod explain;
+mod layers;
 mod parse;
 mod rate;
 mod ssh;
@@ -63,5 +65,6 @@ pub use engine::{
     Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, Source, TokenRule,
     TokenSource, Verdict,
 };
+pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
 pub use rate::{Rate, RateError};
 pub use ssh::SshRule;
