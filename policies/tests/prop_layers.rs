@@ -14,7 +14,9 @@ fn policy(name: &str, text: &str) -> Result<Policy, TestCaseError> {
 fn tokens_text(prefix: &str, declared: &[String], denies: &[String]) -> String {
     let mut text = String::new();
     for (i, name) in declared.iter().enumerate() {
-        text.push_str(&format!("[{prefix}tokens.\"{name}\"]\nsource = \"env:T{i}\"\n\n"));
+        text.push_str(&format!(
+            "[{prefix}tokens.\"{name}\"]\nsource = \"env:T{i}\"\n\n"
+        ));
     }
     for p in denies {
         text.push_str(&format!("[[{prefix}tokens.deny]]\nname = \"{p}*\"\n\n"));

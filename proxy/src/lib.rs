@@ -6,12 +6,18 @@
 //! decisions are made here, never in the workspace.
 #![deny(unsafe_code)]
 
+pub mod approvals;
+pub mod audit;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod control;
 mod keyring;
 pub mod known_hosts;
 pub mod pair;
+mod prompt;
 mod rate;
+pub mod reload;
 mod secret;
 pub mod ssh_wire;
 pub mod tools;

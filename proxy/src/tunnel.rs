@@ -225,6 +225,8 @@ pub async fn serve_workspace(
     let mut outage_start: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
+        ctx.links.down(&ws.name);
+        let dial_start = Instant::now();
         let dialed = tokio::select! {
             () = shutdown.cancelled() => return,
             r = dial(&ws.address, ws.fingerprint, &identity, None) => r,
@@ -234,7 +236,9 @@ pub async fn serve_workspace(
             Ok((tls, _)) => {
                 info!(address = %ws.address, "linked");
                 let up = Instant::now();
+                ctx.links.up(&ws.name, up - dial_start);
                 serve_link(tls, &ws.name, &ctx, &shutdown).await;
+                ctx.links.down(&ws.name);
                 if up.elapsed() > Duration::from_secs(3) {
                     backoff = Duration::from_millis(100);
                     outage_start = None;
