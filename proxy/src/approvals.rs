@@ -375,6 +375,21 @@ mod tests {
             )
             .is_err()
         );
+        // The same request from another workspace is another request.
+        let a4 = a.clone();
+        let other = tokio::spawn(async move {
+            let mut r = req("A");
+            r.workspace = "ci".into();
+            a4.ask(r).await
+        });
+        let p = wait_pending(&a, 1).await;
+        assert_eq!(p[0].workspace, "ci");
+        let deny = Answer {
+            allow: false,
+            for_secs: None,
+        };
+        assert!(a.answer(p[0].id, deny).is_ok());
+        assert!(other.await.ok().is_some_and(|r| r.is_err()));
     }
 
     #[tokio::test]

@@ -258,6 +258,41 @@ mod tests {
     }
 
     #[test]
+    fn a_vanished_or_broken_baseline_never_loosens() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let user = dir.path().join("policy.toml");
+        let base = dir.path().join("base.d");
+        let write = |p: &Path, t: &str| std::fs::write(p, t).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(&base).unwrap_or_else(|e| panic!("{e}"));
+        write(&user, "[tokens.prod]\nsource = \"env:A\"\n");
+        let deny = base.join("deny.toml");
+        write(&deny, "[[tokens.deny]]\nname = \"prod\"\n");
+        let paths = PolicyPaths {
+            user: Some(user.clone()),
+            baseline: Some(base.clone()),
+        };
+        let set = PolicySet::load(Some(&user), Some(&base)).unwrap_or_else(|e| panic!("{e}"));
+        let handle = PolicyHandle::new(set, paths);
+        let denied = |h: &PolicyHandle| {
+            h.current()
+                .decide(&nexus_policy::Request {
+                    workspace: "dev",
+                    caller: None,
+                    action: nexus_policy::Action::Token { name: "prod" },
+                })
+                .verdict
+                == nexus_policy::Verdict::Deny
+        };
+        assert!(denied(&handle));
+        write(&deny, "[[tokens.deny]]\nname = \"prod\"\nbroken\n");
+        assert!(handle.reload().is_err());
+        assert!(denied(&handle));
+        std::fs::remove_dir_all(&base).unwrap_or_else(|e| panic!("{e}"));
+        assert!(handle.reload().is_err());
+        assert!(denied(&handle));
+    }
+
+    #[test]
     fn targets_match_only_policy_files() {
         let file = Target {
             dir: "/c".into(),

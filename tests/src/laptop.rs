@@ -35,6 +35,11 @@ impl Laptop {
         }
     }
 
+    /// `NEXUS_CONFIG_DIR` (audit log, lock file, control socket).
+    pub fn config_dir(&self) -> &Path {
+        &self.config
+    }
+
     /// The laptop user's home (`~/` in file sources).
     pub fn home(&self) -> &Path {
         &self.home
