@@ -231,6 +231,10 @@ impl Audit {
         let log_path = dir.join(LOG_FILE);
         let mut log = open_private(&log_path, true)
             .map_err(|e| anyhow::anyhow!("opening {}: {e}", log_path.display()))?;
+        // Not a device or a pipe: reading its end must end.
+        if !log.metadata()?.is_file() {
+            anyhow::bail!("{} is not a regular file", log_path.display());
+        }
         let head_path = dir.join(HEAD_FILE);
         let (seq, prev) = match read_head(&head_path)? {
             Some(head) => head,
@@ -607,6 +611,47 @@ mod tests {
             !shown.contains('\n') && !shown.contains('\u{1b}'),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_failed_write_is_an_error_and_the_chain_does_not_advance() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("ro");
+        std::fs::write(&path, "").unwrap_or_else(|e| panic!("{e}"));
+        let open_ro = || File::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = Writer {
+            log: open_ro(),
+            head: open_ro(),
+            seq: 4,
+            prev: GENESIS.to_owned(),
+        };
+        let entry = Entry {
+            seq: 0,
+            ts: 0,
+            workspace: "dev".into(),
+            tool: "token".into(),
+            target: "a".into(),
+            decision: "allow".into(),
+            rule: None,
+            reason: String::new(),
+            caller_pid: None,
+            caller_exe: None,
+            policy: String::new(),
+            prev: String::new(),
+        };
+        assert!(w.append(entry).is_err_and(|e| e.contains("writing the audit log")));
+        assert_eq!(w.seq, 4);
+    }
+
+    #[test]
+    fn a_log_that_is_not_a_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/dev/full", tmp.path().join(LOG_FILE))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(Audit::open(tmp.path()).is_err());
+        }
     }
 
     #[test]

@@ -214,7 +214,11 @@ fn an_approval_covers_its_request_and_nothing_else() {
     let (code, out, err) = finish(a);
     assert_eq!((code, out.as_str()), (Some(0), "va\n"), "{err}");
     // B still waits, and its denial comes through.
-    assert!(pending(&laptop).iter().any(|p| p["id"].to_string() == id_b));
+    assert!(
+        pending(&laptop)
+            .iter()
+            .any(|p| p["id"].as_u64().map(|n| n.to_string()) == Some(id_b.clone()))
+    );
     laptop.cli(["approve", &id_b, "--deny"]).ok();
     let (code, out, err) = finish(b);
     assert_eq!(code, Some(3), "{out}{err}");
