@@ -106,6 +106,9 @@ pub async fn refuse(
     rule: Option<String>,
     message: String,
 ) -> Reply {
+    // Workspace text in reasons is escaped and cut by the policy engine
+    // (names) or by `clip` (targets): one line.
+    tracing::warn!(tool = subject.tool, reason = %message, "refused");
     // A denial stands whether or not its line is written.
     if let Err(e) = record(ctx, policy, subject, false, rule, message.clone()).await {
         tracing::error!(error = %e, "audit log");
