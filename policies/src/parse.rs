@@ -124,7 +124,7 @@ impl Parser<'_> {
                     &key.span(),
                     format!(
                         "unknown top-level key {name:?}; expected version, [tokens.NAME], \
-                         [[tokens.deny]], [[ssh.allow]], [[ssh.deny]] or [workspace.\"NAME\"] (reserved for later: {})",
+                         [[tokens.deny]], [[ssh.allow]] or [[ssh.deny]], in [workspace.\"NAME\"] too (reserved for later: {})",
                         RESERVED_SECTIONS.join(", ")
                     ),
                 ),

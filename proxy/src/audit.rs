@@ -639,7 +639,10 @@ mod tests {
             policy: String::new(),
             prev: String::new(),
         };
-        assert!(w.append(entry).is_err_and(|e| e.contains("writing the audit log")));
+        assert!(
+            w.append(entry)
+                .is_err_and(|e| e.contains("writing the audit log"))
+        );
         assert_eq!(w.seq, 4);
     }
 

@@ -354,7 +354,17 @@ fn lock_denies_the_next_call_until_unlock_also_across_a_restart() {
     let v: serde_json::Value =
         serde_json::from_str(&laptop.cli(["status", "--json"]).ok().stdout).must("status");
     assert_eq!(v["locked"], true, "{v}");
+    let human = laptop.cli(["status"]);
+    human
+        .ok()
+        .stdout_has("LOCKED")
+        .stdout_has("workspace dev: linked")
+        .stdout_has("last decisions:");
     drop(proxy);
+    laptop
+        .cli(["status"])
+        .code(1)
+        .stdout_has("no proxy running; LOCKED");
     let _proxy = laptop.run(&ws, "dev", &policy, &e);
     token(&ws, "b").code(3).stderr_has("locked");
     laptop.cli(["unlock"]).ok();
