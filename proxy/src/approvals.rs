@@ -257,6 +257,16 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// The caller as the workspace reported it, for prompts and lists.
+#[must_use]
+pub fn caller_text(pid: Option<u32>, exe: Option<&str>) -> String {
+    match (pid, exe) {
+        (Some(pid), Some(exe)) => format!("pid {pid} {}", crate::tools::clip(exe)),
+        (Some(pid), None) => format!("pid {pid}"),
+        _ => "unknown".to_owned(),
+    }
+}
+
 /// Parses `10m`, `90s`, `1h`, or a bare number of seconds.
 ///
 /// # Errors

@@ -540,13 +540,9 @@ pub struct ApproveArgs {
 
 fn pending_line(p: &PendingView) -> String {
     let clip = crate::tools::clip;
-    let caller = match (&p.caller_pid, &p.caller_exe) {
-        (Some(pid), Some(exe)) => format!("pid {pid} {}", clip(exe)),
-        (Some(pid), None) => format!("pid {pid}"),
-        _ => "caller unknown".to_owned(),
-    };
+    let caller = crate::approvals::caller_text(p.caller_pid, p.caller_exe.as_deref());
     format!(
-        "{}  workspace {}  {}: {}  [{caller}, rule {}, hash {}, {}s left]",
+        "{}  workspace {}  {}: {}  [caller {caller}, rule {}, hash {}, {}s left]",
         p.id,
         clip(&p.workspace),
         p.tool,

@@ -21,11 +21,7 @@ pub fn show(id: u64, request: &ApprovalRequest, hash: &str, timeout: Duration) {
         return;
     }
     let clip = crate::tools::clip;
-    let caller = match (&request.caller_pid, &request.caller_exe) {
-        (Some(pid), Some(exe)) => format!("pid {pid} {}", clip(exe)),
-        (Some(pid), None) => format!("pid {pid}"),
-        _ => "unknown".to_owned(),
-    };
+    let caller = crate::approvals::caller_text(request.caller_pid, request.caller_exe.as_deref());
     eprintln!(
         "\n=== approval {id}: workspace {} asks: {}\n    tool {}, caller {caller} (as the workspace reports it)\n    \
          rule {}, request hash {hash}\n    answer: y {id} | y {id} 10m (also identical requests for 10 min) | n {id}   \
