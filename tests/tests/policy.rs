@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Child;
 
+use nexus_e2e::sshd::{AgentFrom, SshWorld};
 use nexus_e2e::{DEADLINE, Laptop, Must, Output, Workspace, poll};
 
 /// A workspace paired with a fresh laptop under the name `dev`.
@@ -78,13 +79,19 @@ fn pending(laptop: &Laptop) -> Vec<serde_json::Value> {
 /// Waits until a request for `summary` waits for approval; its id and hash.
 #[track_caller]
 fn wait_pending(laptop: &Laptop, summary: &str) -> (String, String) {
+    wait_pending_like(laptop, |s| s == summary)
+}
+
+/// Waits until a request whose summary passes `matches` waits; its id and hash.
+#[track_caller]
+fn wait_pending_like(laptop: &Laptop, matches: impl Fn(&str) -> bool) -> (String, String) {
     let found = poll(DEADLINE, || {
         pending(laptop)
             .into_iter()
-            .find(|p| p["summary"] == summary)
+            .find(|p| p["summary"].as_str().is_some_and(&matches))
             .map(|p| (p["id"].to_string(), p["hash"].to_string()))
     });
-    found.must(&format!("no approval request for {summary} appeared"))
+    found.must("no such approval request appeared")
 }
 
 fn envs<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a OsStr)> {
@@ -369,4 +376,54 @@ fn lock_denies_the_next_call_until_unlock_also_across_a_restart() {
     token(&ws, "b").code(3).stderr_has("locked");
     laptop.cli(["unlock"]).ok();
     assert_eq!(token(&ws, "a").ok().stdout, "va\n");
+}
+
+/// `ssh -o PubkeyAcceptedAlgorithms=ALG USER@HOST true` from the workspace,
+/// started and not waited for: only the key of that algorithm is offered.
+fn spawn_login(world: &SshWorld, alg: &str) -> Child {
+    let mut cmd = world.ws_command_with_sock("ssh", &world.ws.agent_sock());
+    cmd.arg("-F")
+        .arg(world.ssh_config())
+        .args(["-p", &world.host.port.to_string()])
+        .args(["-o", &format!("PubkeyAcceptedAlgorithms={alg}")])
+        .arg(format!("{}@{}", world.host.user, world.host.ip))
+        .arg("true")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.spawn().must("starting ssh")
+}
+
+#[test]
+fn an_ssh_approval_for_a_time_covers_the_same_host_user_and_key_only() {
+    let mut world = SshWorld::new();
+    let policy = format!(
+        "[[ssh.allow]]\nhost = {:?}\nuser = {:?}\napprove = \"prompt\"\n",
+        world.host.policy_host(),
+        world.host.user
+    );
+    world.start_proxy(&policy, AgentFrom::Flag);
+    world.trust_pinned_hosts().ok();
+    let ed = world.agent.ed25519.fingerprint.clone();
+    let rsa = world.agent.rsa.fingerprint.clone();
+
+    let login = spawn_login(&world, "ssh-ed25519");
+    let (id, _) = wait_pending_like(&world.laptop, |s| {
+        s.contains("ssh login") && s.contains(&ed)
+    });
+    world.laptop.cli(["approve", &id, "--for", "10m"]).ok();
+    let (code, _, err) = finish(login);
+    assert_eq!(code, Some(0), "{err}");
+    // A new session (new session id) to the same host, as the same user
+    // with the same key: identical, so no prompt.
+    let again = spawn_login(&world, "ssh-ed25519");
+    let (code, _, err) = finish(again);
+    assert_eq!(code, Some(0), "{err}");
+    // Another key is another request: asked, and refused here.
+    let other = spawn_login(&world, "rsa-sha2-512");
+    let (id, _) = wait_pending_like(&world.laptop, |s| s.contains(&rsa));
+    world.laptop.cli(["approve", &id, "--deny"]).ok();
+    let (code, _, err) = finish(other);
+    assert_ne!(code, Some(0), "{err}");
+    world.wait_for_proxy_line(&["refused", "the laptop user denied it"]);
 }
