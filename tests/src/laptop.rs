@@ -66,6 +66,23 @@ impl Laptop {
         run_to_end(self.command().args(args), None)
     }
 
+    /// Starts `nexus-agent-proxy ARGS` without waiting (`audit tail -f`),
+    /// stdout piped; the test kills it.
+    #[track_caller]
+    pub fn spawn_cli<I, S>(&self, args: I) -> std::process::Child
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .must("starting nexus-agent-proxy")
+    }
+
     /// Runs `nexus-agent-proxy ARGS` with `input` on stdin (a pipe, not a TTY).
     #[track_caller]
     pub fn cli_with_stdin<I, S>(&self, args: I, input: &[u8]) -> Output

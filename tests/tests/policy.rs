@@ -282,6 +282,41 @@ fn audit_verify_finds_a_changed_byte_and_a_truncated_tail() {
     assert!(lines.len() >= 5, "{text}");
     assert!(lines.iter().all(|l| l.len() < 4096), "names are cut");
     laptop.cli(["audit", "verify"]).ok().stdout_has("intact");
+    // `tail -f` shows a decision made after it started.
+    let mut follow = laptop.spawn_cli(["audit", "tail", "-f", "-n", "0"]);
+    let proxy = laptop.run(
+        &ws,
+        "dev",
+        &policy,
+        &[("E2E_A", "value-aaaa"), ("E2E_B", "vb")],
+    );
+    token(&ws, "late-name").code(3);
+    let stdout = follow.stdout.take().must("tail's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A reader thread: a blocking read must not hang the test past its deadline.
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let shown = loop {
+        match rx.recv_timeout(DEADLINE) {
+            Ok(line) if line.contains("late-name") => break Some(line),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let shown = shown.must("audit tail -f never showed the call");
+    assert!(shown.contains(" deny "), "{shown}");
+    drop(proxy);
+    let text = std::fs::read_to_string(&log).must("reading the audit log");
+    let lines: Vec<&str> = text.lines().collect();
     let tail = laptop.cli(["audit", "tail", "-n", "2"]);
     assert_eq!(tail.ok().stdout.lines().count(), 2, "{tail}");
     assert!(!tail.stdout.contains('\u{1b}'));
