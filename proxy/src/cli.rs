@@ -61,7 +61,7 @@ enum Command {
         baseline: crate::commands::BaselineArg,
         /// How long an `approve = "prompt"` call waits for an answer before it is denied.
         #[arg(long, value_name = "DURATION", default_value = "60s",
-              value_parser = crate::commands::duration_arg)]
+              value_parser = crate::commands::approval_timeout_arg)]
         approval_timeout: std::time::Duration,
         /// PATH for `command` token sources (service managers start with none).
         #[arg(long, env = "NEXUS_SOURCE_PATH", value_name = "PATH")]
@@ -281,6 +281,7 @@ async fn serve(
         .identity()
         .context("loading this laptop's identity")?;
     config.prepare()?;
+    let control = crate::control::bind(config.root()).await?;
     let audit = crate::audit::Audit::open(config.root())
         .context("opening the audit log; refusing to run without one")?;
     let approvals = Arc::new(crate::approvals::Approvals::new(Some(
@@ -308,17 +309,11 @@ async fn serve(
     ));
     let tasks = TaskTracker::new();
     tasks.spawn(handle.watch(shutdown.clone()));
-    {
-        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(e) = crate::control::serve(ctx, shutdown).await {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "no control socket: status, approve and lock notices will not reach this proxy"
-                );
-            }
-        });
-    }
+    tasks.spawn(crate::control::serve(
+        control,
+        ctx.clone(),
+        shutdown.clone(),
+    ));
     if ctx.locked() {
         tracing::warn!("locked: every call is denied until `nexus-agent-proxy unlock`");
     }

@@ -112,6 +112,22 @@ pub fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
 
+/// `run --approval-timeout`: at most 110 s, since the workspace gives up on
+/// a call after 120 s.
+///
+/// # Errors
+/// A message with the accepted forms and the bound.
+pub fn approval_timeout_arg(text: &str) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(110);
+    match parse_duration(text)? {
+        d if d.is_zero() || d > MAX => Err(format!(
+            "{text}: an approval may wait 1s to {}s (the workspace gives up on a call after 120 s)",
+            MAX.as_secs()
+        )),
+        d => Ok(d),
+    }
+}
+
 /// `policy check`.
 ///
 /// # Errors

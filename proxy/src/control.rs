@@ -166,12 +166,13 @@ pub fn is_locked(config: &Path) -> bool {
     }
 }
 
-/// Serves the control socket until `shutdown`.
+/// Binds the control socket of `config` (0600). Also what keeps two proxies
+/// off one configuration directory (they would interleave one audit chain).
 ///
 /// # Errors
-/// When the socket cannot be bound (another proxy already serves it).
-pub async fn serve(ctx: Arc<ToolContext>, shutdown: CancellationToken) -> Result<()> {
-    let path = ctx.config.root().join(SOCKET);
+/// Another proxy serves it, or it cannot be bound.
+pub async fn bind(config: &Path) -> Result<UnixListener> {
+    let path = config.join(SOCKET);
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {
             bail!(
@@ -187,6 +188,12 @@ pub async fn serve(ctx: Arc<ToolContext>, shutdown: CancellationToken) -> Result
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     info!(socket = %path.display(), "control socket ready");
+    Ok(listener)
+}
+
+/// Serves the control socket until `shutdown`, then removes it.
+pub async fn serve(listener: UnixListener, ctx: Arc<ToolContext>, shutdown: CancellationToken) {
+    let path = ctx.config.root().join(SOCKET);
     let me = rustix::process::geteuid().as_raw();
     let conns = tokio_util::task::TaskTracker::new();
     loop {
@@ -213,7 +220,6 @@ pub async fn serve(ctx: Arc<ToolContext>, shutdown: CancellationToken) -> Result
     conns.close();
     conns.wait().await;
     let _ = std::fs::remove_file(&path);
-    Ok(())
 }
 
 async fn handle(stream: UnixStream, ctx: &ToolContext) {

@@ -391,6 +391,15 @@ fn lock_denies_the_next_call_until_unlock_also_across_a_restart() {
     let e = [("E2E_A", "va"), ("E2E_B", "vb")];
     let proxy = laptop.run(&ws, "dev", &policy, &e);
     token(&ws, "a").ok();
+    // A second proxy on the same configuration (one audit chain) refuses.
+    let mut second = laptop.spawn_run("dev", &policy, &e);
+    let exited = poll(DEADLINE, || second.try_exit()).must("a second proxy kept running");
+    assert!(!exited.success());
+    assert!(
+        second.log().contains("another nexus-agent-proxy runs"),
+        "{}",
+        second.log()
+    );
     laptop.cli(["lock"]).ok();
     token(&ws, "a").code(3).stderr_has("locked");
     let v: serde_json::Value =
