@@ -293,6 +293,66 @@ mod tests {
     }
 
     #[test]
+    fn a_call_never_sees_two_versions_while_reloads_race_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("policy.toml");
+        let versions = [
+            "[tokens.a]\nsource = \"env:A\"\n[[tokens.deny]]\nname = \"b\"\n",
+            "[tokens.b]\nsource = \"env:B\"\n[[tokens.deny]]\nname = \"a\"\n",
+        ];
+        let put = |text: &str| {
+            let tmp = dir.path().join("policy.tmp");
+            std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::rename(&tmp, &file).unwrap_or_else(|e| panic!("{e}"));
+        };
+        put(versions[0]);
+        let set = PolicySet::load(Some(&file), None).unwrap_or_else(|e| panic!("{e}"));
+        let handle = Arc::new(PolicyHandle::new(
+            set,
+            PolicyPaths {
+                user: Some(file.clone()),
+                baseline: None,
+            },
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deciders: Vec<_> = (0..3)
+            .map(|_| {
+                let (handle, stop) = (handle.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut calls = 0u32;
+                    loop {
+                        let policy = handle.current();
+                        let allowed = |name| {
+                            policy
+                                .decide(&nexus_policy::Request {
+                                    workspace: "dev",
+                                    caller: None,
+                                    action: nexus_policy::Action::Token { name },
+                                })
+                                .verdict
+                                == nexus_policy::Verdict::Allow
+                        };
+                        assert!(allowed("a") != allowed("b"), "a call saw a mixed policy");
+                        calls += 1;
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return calls;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for i in 0..100 {
+            put(versions[(i + 1) % 2]);
+            assert_eq!(handle.reload(), Ok(()));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for d in deciders {
+            assert!(d.join().unwrap_or_else(|_| panic!("a decider failed")) > 0);
+        }
+        assert_eq!(handle.info().reloads, 100);
+    }
+
+    #[test]
     fn targets_match_only_policy_files() {
         let file = Target {
             dir: "/c".into(),
