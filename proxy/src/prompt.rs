@@ -15,8 +15,10 @@ fn interactive() -> bool {
     std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
 }
 
-/// Shows one request in the terminal (when there is one).
+/// Shows one request in the terminal (when there is one), and as a desktop
+/// notification where `notify-send` and a display are available.
 pub fn show(id: u64, request: &ApprovalRequest, hash: &str, timeout: Duration) {
+    notify_desktop(id, request);
     if !interactive() {
         return;
     }
@@ -32,6 +34,33 @@ pub fn show(id: u64, request: &ApprovalRequest, hash: &str, timeout: Duration) {
         clip(&request.rule),
         timeout.as_secs()
     );
+}
+
+/// `notify-send` on a thread that reaps it; nothing happens without a
+/// display or the program. The text is escaped and cut like log fields.
+fn notify_desktop(id: u64, request: &ApprovalRequest) {
+    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        return;
+    }
+    let title = format!(
+        "nexus: approval {id} for workspace {}",
+        crate::tools::clip(&request.workspace)
+    );
+    let body = format!(
+        "{}: {}\nnexus-agent-proxy approve {id}",
+        request.tool,
+        crate::tools::clip(&request.summary)
+    );
+    let _ = std::thread::Builder::new()
+        .name("approval-notify".into())
+        .spawn(move || {
+            let _ = std::process::Command::new("notify-send")
+                .args(["--app-name=nexus-agent-proxy", "--", &title, &body])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        });
 }
 
 /// Reads answers from the terminal until stdin closes. The thread blocks in
