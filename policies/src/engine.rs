@@ -1,7 +1,7 @@
 //! The decision engine: merged rules from every policy source, and `decide`.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -328,11 +328,15 @@ pub(crate) struct DenyRule {
 /// A validated policy: every rule of every source, merged. Immutable once built.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    tokens: BTreeMap<String, TokenRule>,
-    token_denies: Vec<DenyRule>,
-    ssh_rules: Vec<SshRule>,
-    ssh_denies: Vec<SshDenyRule>,
+    pub(crate) tokens: BTreeMap<String, TokenRule>,
+    pub(crate) token_denies: Vec<DenyRule>,
+    pub(crate) ssh_rules: Vec<SshRule>,
+    pub(crate) ssh_denies: Vec<SshDenyRule>,
     warnings: Vec<Diagnostic>,
+    /// Top-level sections with anything but deny rules (see `layers`).
+    pub(crate) allow_sections: BTreeSet<String>,
+    /// `[workspace."NAME"]` sections of every source, merged per name.
+    pub(crate) workspaces: BTreeMap<String, Policy>,
 }
 
 impl Policy {
@@ -347,13 +351,25 @@ impl Policy {
     /// Every unreadable file and every mistake in any file, each with its
     /// `file:line:col`.
     pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+        Self::load_with_sources(path).map(|(policy, _)| policy)
+    }
+
+    /// Like [`Policy::load`], also giving the sources read (e.g. to hash them).
+    ///
+    /// # Errors
+    ///
+    /// As [`Policy::load`].
+    pub fn load_with_sources(path: &Path) -> Result<(Policy, Vec<Source>), PolicyErrors> {
         let name = path.display().to_string();
         let is_dir = std::fs::metadata(path)
             .map_err(|e| PolicyErrors(vec![Diagnostic::whole_file(&name, cannot_read(&e))]))?
             .is_dir();
         if !is_dir {
-            let text = read_text(path)?;
-            return Self::from_sources(&[Source { name, text }]);
+            let sources = vec![Source {
+                name,
+                text: read_text(path)?,
+            }];
+            return Self::from_sources(&sources).map(|p| (p, sources));
         }
         let files = policy_files(path).map_err(|e| {
             PolicyErrors(vec![Diagnostic::whole_file(
@@ -376,7 +392,7 @@ impl Policy {
                 "no *.toml files in this directory; the policy is empty and denies everything",
             ));
         }
-        Self::build(&sources, errors, warnings)
+        Self::build(&sources, errors, warnings).map(|p| (p, sources))
     }
 
     /// Build from in-memory sources (name is used in diagnostics, e.g. the file path).
@@ -437,6 +453,19 @@ impl Policy {
         }
     }
 
+    /// Whether top-level section `section` (`tokens`, `ssh`, ...) holds any
+    /// rule besides deny rules: then, in a ceiling layer, it caps the others.
+    #[must_use]
+    pub fn has_allow_rules(&self, section: &str) -> bool {
+        self.allow_sections.contains(section)
+    }
+
+    /// Adds every deny rule of `other` (after this policy's own).
+    pub(crate) fn add_denies_from(&mut self, other: &Policy) {
+        self.token_denies.extend(other.token_denies.iter().cloned());
+        self.ssh_denies.extend(other.ssh_denies.iter().cloned());
+    }
+
     /// Non-fatal findings (e.g. a deny pattern that matches no declared token), for `policy check`.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
@@ -465,6 +494,21 @@ impl Policy {
     /// Parses every source, merges them and collects all errors, sorted by position per source.
     fn build(
         sources: &[Source],
+        errors: Vec<Diagnostic>,
+        warnings: Vec<Diagnostic>,
+    ) -> Result<Policy, PolicyErrors> {
+        let files = sources
+            .iter()
+            .map(|s| parse::parse_source(&s.name, &s.text))
+            .collect();
+        let order: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+        Self::assemble(files, &order, errors, warnings)
+    }
+
+    /// Merges parsed sources (`order` ranks their names for sorting warnings).
+    fn assemble(
+        files: Vec<parse::ParsedFile>,
+        order: &[&str],
         mut errors: Vec<Diagnostic>,
         mut warnings: Vec<Diagnostic>,
     ) -> Result<Policy, PolicyErrors> {
@@ -473,8 +517,13 @@ impl Policy {
         let mut token_denies = Vec::new();
         let mut ssh_rules = Vec::new();
         let mut ssh_denies = Vec::new();
-        for source in sources {
-            let mut parsed = parse::parse_source(&source.name, &source.text);
+        let mut allow_sections = BTreeSet::new();
+        let mut sections: BTreeMap<String, Vec<parse::ParsedFile>> = BTreeMap::new();
+        for mut parsed in files {
+            allow_sections.append(&mut parsed.allow_sections);
+            for (name, section) in parsed.workspaces.drain(..) {
+                sections.entry(name).or_default().push(section);
+            }
             for (name, at) in parsed.declared {
                 match first_seen.entry(name) {
                     Entry::Vacant(slot) => {
@@ -508,12 +557,22 @@ impl Policy {
             ssh_rules.append(&mut parsed.ssh_rules);
             ssh_denies.append(&mut parsed.ssh_denies);
         }
+        let mut workspaces = BTreeMap::new();
+        for (name, files) in sections {
+            match Self::assemble(files, order, Vec::new(), Vec::new()) {
+                Ok(mut policy) => {
+                    warnings.append(&mut policy.warnings);
+                    workspaces.insert(name, policy);
+                }
+                Err(PolicyErrors(mut found)) => errors.append(&mut found),
+            }
+        }
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
         }
         let mut found = cross_check(&tokens, &token_denies);
         found.extend(ssh::cross_check(&ssh_rules, &ssh_denies));
-        let rank = |file: &str| sources.iter().position(|s| s.name == file);
+        let rank = |file: &str| order.iter().position(|s| *s == file);
         found.sort_by_key(|d| (rank(&d.file), d.line, d.col));
         warnings.append(&mut found);
         Ok(Policy {
@@ -522,6 +581,8 @@ impl Policy {
             ssh_rules,
             ssh_denies,
             warnings,
+            allow_sections,
+            workspaces,
         })
     }
 

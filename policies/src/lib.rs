@@ -46,6 +46,12 @@
 //!
 //! `[[ssh.allow]]` and `[[ssh.deny]]` rules point at their `[[...]]` header line.
 //!
+//! Layers ([`PolicySet`]): an org baseline that is a ceiling, the user's
+//! policy, and `[workspace."NAME"]` sections (any of the above, nested under
+//! `workspace.NAME`) that narrow both for one workspace; see `layers.rs`.
+//! [`explain`] decides requests written as `tool` + `key=value` and runs
+//! fixture files of expected decisions (`policy explain`, `policy test`).
+//!
 //! Deny globs match case-insensitively (`prod-*` also denies `PROD-db`), so a
 //! change of case never slips past a deny; token names themselves are
 //! case-sensitive.
@@ -54,6 +60,8 @@
 
 mod diag;
 mod engine;
+pub mod explain;
+mod layers;
 mod parse;
 mod rate;
 mod ssh;
@@ -63,5 +71,6 @@ pub use engine::{
     Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, Source, TokenRule,
     TokenSource, Verdict,
 };
+pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
 pub use rate::{Rate, RateError};
 pub use ssh::SshRule;

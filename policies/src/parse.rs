@@ -6,6 +6,7 @@
 //! errors), the span of every `[table]` header (for rule references), and lets
 //! validation go on after the first mistake.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 use globset::{GlobBuilder, GlobMatcher};
@@ -18,7 +19,7 @@ use crate::rate::{RATE_EXPECTED, Rate};
 use crate::ssh::{self, Glob, SshDenyRule, SshRule};
 
 /// Top-level sections kept for tools that later versions will support.
-const RESERVED_SECTIONS: &[&str] = &["git-credential", "files", "tools", "http", "workspace"];
+const RESERVED_SECTIONS: &[&str] = &["git-credential", "files", "tools", "http"];
 
 /// The accepted forms of `source`, for error messages.
 const SOURCE_EXPECTED: &str =
@@ -53,6 +54,10 @@ pub(crate) struct ParsedFile {
     pub errors: Vec<Diagnostic>,
     /// Warnings, in no particular order.
     pub warnings: Vec<Diagnostic>,
+    /// Top-level sections holding anything but deny rules (see `layers`).
+    pub allow_sections: BTreeSet<String>,
+    /// `[workspace."NAME"]` sections, each parsed like a file of its own.
+    pub workspaces: Vec<(String, ParsedFile)>,
 }
 
 /// Parses and validates one policy source.
@@ -60,13 +65,16 @@ pub(crate) fn parse_source(file: &str, text: &str) -> ParsedFile {
     let mut parser = Parser {
         report: Reporter::new(file, text),
         out: ParsedFile::default(),
+        nested: false,
     };
     // Only the first syntax error: those after it are mostly echoes of it.
     match DeTable::parse(text) {
         Ok(root) => parser.document(root.get_ref()),
         Err(e) => parser.syntax_error(&e),
     }
-    let Parser { report, mut out } = parser;
+    let Parser {
+        report, mut out, ..
+    } = parser;
     out.errors = report.errors;
     out.warnings = report.warnings;
     out
@@ -76,6 +84,8 @@ pub(crate) fn parse_source(file: &str, text: &str) -> ParsedFile {
 struct Parser<'a> {
     report: Reporter<'a>,
     out: ParsedFile,
+    /// Inside a `[workspace."NAME"]` section.
+    nested: bool,
 }
 
 impl Parser<'_> {
@@ -95,8 +105,12 @@ impl Parser<'_> {
     fn document(&mut self, root: &DeTable<'_>) {
         for (key, value) in root {
             let name: &str = key.get_ref();
+            if crate::layers::holds_allow_rules(name, value.get_ref()) {
+                self.out.allow_sections.insert(name.to_owned());
+            }
             match name {
                 "version" => self.version(value),
+                "workspace" => self.workspaces(key, value),
                 "tokens" => self.tokens(value),
                 "ssh" => self.ssh(value),
                 _ if RESERVED_SECTIONS.contains(&name) => self.report.warn(
@@ -110,11 +124,50 @@ impl Parser<'_> {
                     &key.span(),
                     format!(
                         "unknown top-level key {name:?}; expected version, [tokens.NAME], \
-                         [[tokens.deny]], [[ssh.allow]] or [[ssh.deny]] (reserved for later: {})",
+                         [[tokens.deny]], [[ssh.allow]] or [[ssh.deny]], in [workspace.\"NAME\"] too (reserved for later: {})",
                         RESERVED_SECTIONS.join(", ")
                     ),
                 ),
             }
+        }
+    }
+
+    /// `[workspace."NAME"]`: rules that narrow the others for one workspace.
+    fn workspaces(&mut self, key: &Key<'_>, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type("workspace", value, found, "a table of [workspace.\"NAME\"]");
+        };
+        if self.nested {
+            return self.report.error(
+                &key.span(),
+                "workspace: a [workspace.\"NAME\"] section cannot hold another one",
+            );
+        }
+        for (name, body) in table {
+            let section = format!("workspace.{}", path_key(name.get_ref()));
+            if let Err(why) = crate::layers::check_workspace_name(name.get_ref()) {
+                self.report.error(&name.span(), format!("{section}: {why}"));
+                continue;
+            }
+            let DeValue::Table(inner) = body.get_ref() else {
+                let found = body.get_ref();
+                self.wrong_type(
+                    &section,
+                    body,
+                    found,
+                    "a table of rules ([tokens.NAME], [[ssh.allow]], ...)",
+                );
+                continue;
+            };
+            let outer = std::mem::take(&mut self.out);
+            self.nested = true;
+            self.document(inner);
+            self.nested = false;
+            let parsed = std::mem::replace(&mut self.out, outer);
+            self.out
+                .workspaces
+                .push((name.get_ref().to_string(), parsed));
         }
     }
 

@@ -34,6 +34,8 @@ fn edit() -> impl Strategy<Value = (usize, usize, String)> {
             Just("host_keys = [\"ssh-ed25519 AAAA".to_owned()),
             Just("sshsig_namespaces = [".to_owned()),
             Just(":99999".to_owned()),
+            Just("\n[workspace.\"ci\".tokens.y]\nsource = \"env:Y\"\n".to_owned()),
+            Just("[[workspace.ci.ssh.deny]]\nhost = ".to_owned()),
         ],
     )
 }

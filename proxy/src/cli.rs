@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use nexus_policy::Policy;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -74,6 +73,12 @@ enum Command {
         /// Policy file or directory [default: CONFIG/policy.toml, else CONFIG/policy.d/].
         #[arg(long, env = "NEXUS_POLICY", value_name = "PATH")]
         policy: Option<PathBuf>,
+        #[command(flatten)]
+        baseline: crate::commands::BaselineArg,
+        /// How long an `approve = "prompt"` call waits for an answer before it is denied.
+        #[arg(long, value_name = "DURATION", default_value = "60s",
+              value_parser = crate::commands::approval_timeout_arg)]
+        approval_timeout: std::time::Duration,
         /// PATH for `command` token sources (service managers start with none).
         #[arg(long, env = "NEXUS_SOURCE_PATH", value_name = "PATH")]
         source_path: Option<String>,
@@ -115,6 +120,25 @@ enum Command {
         /// Output directory (created if missing).
         dir: PathBuf,
     },
+    /// Read and check the audit log (every decision, hash-chained).
+    #[command(subcommand)]
+    Audit(crate::commands::AuditCommand),
+    /// Kill switch: deny every call from every workspace until `unlock` (survives restarts).
+    Lock,
+    /// Lift the kill switch.
+    Unlock,
+    /// The running proxy: workspaces and links, policy version, lock, approvals, last decisions.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer approval requests (`approve = "prompt"` rules): list them, or answer one.
+    ///
+    /// Without ID: lists the requests waiting. `approve ID` allows that one
+    /// request; `--for 10m` also allows identical requests for 10 minutes;
+    /// `--deny` refuses it. Unanswered requests are denied after the timeout.
+    Approve(crate::commands::ApproveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,10 +159,19 @@ enum WorkspacesCommand {
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Validate a policy file or directory; exit 1 on errors, printed as file:line:col.
+    ///
+    /// With an org baseline, also names the user rules that go beyond it
+    /// (they are ignored where they do).
     Check {
         /// File or directory [default: CONFIG/policy.toml, else CONFIG/policy.d/].
         path: Option<PathBuf>,
+        #[command(flatten)]
+        baseline: crate::commands::BaselineArg,
     },
+    /// Decide one request and print the rule (file:line) that decided it; exit 0 allow, 3 deny.
+    Explain(crate::commands::ExplainArgs),
+    /// Run fixture files of requests and expected decisions; exit 1 on a mismatch.
+    Test(crate::commands::TestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +240,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run {
             workspaces,
             policy,
+            baseline,
+            approval_timeout,
             source_path,
             ssh_agent,
             max_calls_per_second,
@@ -218,8 +253,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             serve(
                 config,
                 workspaces,
-                policy,
+                crate::commands::PolicyArgs { policy, baseline },
                 Sources {
+                    approval_timeout,
                     source_path,
                     ssh_agent,
                     max_calls_per_second,
@@ -249,7 +285,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("removed workspace {name:?}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Check { path }) => policy_check(&config, path),
+        Command::Policy(PolicyCommand::Check { path, baseline }) => {
+            crate::commands::policy_check(&config, path, &baseline)
+        }
+        Command::Policy(PolicyCommand::Explain(args)) => crate::commands::explain(&config, &args),
+        Command::Policy(PolicyCommand::Test(args)) => crate::commands::test(&config, &args),
+        Command::Audit(cmd) => crate::commands::audit(&config, &cmd).await,
+        Command::Lock => crate::commands::lock(&config, true),
+        Command::Unlock => crate::commands::lock(&config, false),
+        Command::Status { json } => crate::commands::status(&config, json),
+        Command::Approve(args) => crate::commands::approve(&config, &args),
         Command::Secret(SecretCommand::Set { name }) => {
             crate::secret::set(&name).map(|()| ExitCode::SUCCESS)
         }
@@ -259,46 +304,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn policy_path(config: &ConfigDir, flag: Option<PathBuf>) -> Option<PathBuf> {
-    flag.or_else(|| config.default_policy())
-}
-
-fn policy_check(config: &ConfigDir, path: Option<PathBuf>) -> Result<ExitCode> {
-    let Some(path) = policy_path(config, path) else {
-        bail!(
-            "no policy to check: none given and none at {}/policy.toml or policy.d/",
-            config.root().display()
-        );
-    };
-    match Policy::load(&path) {
-        Ok(policy) => {
-            for w in policy.warnings() {
-                eprintln!("warning: {w}");
-            }
-            println!(
-                "{}: ok, {} token(s) declared",
-                path.display(),
-                policy.token_names().len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errors) => {
-            for d in &errors.0 {
-                eprintln!("{d}");
-            }
-            eprintln!(
-                "{}: {} error(s); nothing was changed",
-                path.display(),
-                errors.0.len()
-            );
-            Ok(ExitCode::from(1))
-        }
-    }
-}
-
 /// Where answers come from, and how fast a workspace may ask.
 #[derive(Debug)]
 struct Sources {
+    approval_timeout: std::time::Duration,
     source_path: Option<String>,
     ssh_agent: Option<PathBuf>,
     max_calls_per_second: u32,
@@ -308,29 +317,12 @@ struct Sources {
 async fn serve(
     config: ConfigDir,
     names: Vec<String>,
-    policy: Option<PathBuf>,
+    policy: crate::commands::PolicyArgs,
     sources: Sources,
     limits: crate::limits::Limits,
 ) -> Result<ExitCode> {
     // Validate everything before dialing anything.
-    let policy = match policy_path(&config, policy) {
-        Some(path) => {
-            let p = Policy::load(&path)
-                .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?;
-            for w in p.warnings() {
-                tracing::warn!(warning = %w, "policy");
-            }
-            tracing::info!(policy = %path.display(), tokens = p.token_names().len(), "policy loaded");
-            p
-        }
-        None => {
-            tracing::warn!(
-                "no policy at {}/policy.toml or policy.d/: every call will be denied",
-                config.root().display()
-            );
-            Policy::deny_all()
-        }
-    };
+    let handle = Arc::new(policy.load_for_run(&config)?);
     let workspaces = if names.is_empty() {
         config.workspaces()?
     } else {
@@ -346,8 +338,19 @@ async fn serve(
     config
         .identity()
         .context("loading this laptop's identity")?;
+    config.prepare()?;
+    let control = crate::control::bind(config.root()).await?;
+    let audit = crate::audit::Audit::open(config.root())
+        .context("opening the audit log; refusing to run without one")?;
+    let approvals = Arc::new(crate::approvals::Approvals::new(Some(
+        sources.approval_timeout,
+    )));
+    crate::prompt::start_reader(approvals.clone());
     let ctx = Arc::new(ToolContext {
-        policy: Arc::new(policy),
+        policy: handle.clone(),
+        audit,
+        approvals,
+        links: Default::default(),
         config,
         source_path: sources.source_path,
         rates: Default::default(),
@@ -364,6 +367,15 @@ async fn serve(
     ));
     let tasks = TaskTracker::new();
     let limits = Arc::new(limits);
+    tasks.spawn(handle.watch(shutdown.clone()));
+    tasks.spawn(crate::control::serve(
+        control,
+        ctx.clone(),
+        shutdown.clone(),
+    ));
+    if ctx.locked() {
+        tracing::warn!("locked: every call is denied until `nexus-agent-proxy unlock`");
+    }
     for ws in workspaces {
         let span = tracing::info_span!("workspace", workspace = %ws.name);
         tasks.spawn(tracing::Instrument::instrument(

@@ -6,15 +6,21 @@
 //! decisions are made here, never in the workspace.
 #![deny(unsafe_code)]
 
+pub mod approvals;
+pub mod audit;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod keepalive;
+pub mod control;
 mod keyring;
 pub mod known_hosts;
 pub mod limits;
 pub mod pair;
+mod prompt;
 mod rate;
 pub mod route;
+pub mod reload;
 mod secret;
 pub mod ssh_wire;
 pub mod tools;

@@ -240,6 +240,8 @@ pub async fn serve_workspace(
     let mut outage_start: Option<Instant> = None;
     let mut backoff = MIN_BACKOFF;
     while !shutdown.is_cancelled() {
+        ctx.links.down(&ws.name);
+        let dial_start = Instant::now();
         let dialed = tokio::select! {
             () = shutdown.cancelled() => break,
             r = dial(&route, ws.fingerprint, &identity, None) => r,
@@ -257,7 +259,9 @@ pub async fn serve_workspace(
                     tools: &tools,
                     calls: &calls,
                 };
+                ctx.links.up(&ws.name, up - dial_start);
                 let dead = link.serve(tls, peer, &shutdown).await;
+                ctx.links.down(&ws.name);
                 // Any link ends the outage (the next one gets the fast cap
                 // again); only a link that lasted resets the backoff, so a
                 // link that keeps dropping at once is not redialed in a loop.

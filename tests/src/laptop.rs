@@ -35,6 +35,11 @@ impl Laptop {
         }
     }
 
+    /// `NEXUS_CONFIG_DIR` (audit log, lock file, control socket).
+    pub fn config_dir(&self) -> &Path {
+        &self.config
+    }
+
     /// The laptop user's home (`~/` in file sources).
     pub fn home(&self) -> &Path {
         &self.home
@@ -59,6 +64,23 @@ impl Laptop {
         S: AsRef<OsStr>,
     {
         run_to_end(self.command().args(args), None)
+    }
+
+    /// Starts `nexus-agent-proxy ARGS` without waiting (`audit tail -f`),
+    /// stdout piped; the test kills it.
+    #[track_caller]
+    pub fn spawn_cli<I, S>(&self, args: I) -> std::process::Child
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .must("starting nexus-agent-proxy")
     }
 
     /// Runs `nexus-agent-proxy ARGS` with `input` on stdin (a pipe, not a TTY).

@@ -211,6 +211,23 @@ impl Workspace {
         cmd
     }
 
+    /// Starts the `nexus-shim` CLI from the root namespace without waiting
+    /// for it (a call that will wait for an approval), output piped.
+    #[track_caller]
+    pub fn spawn_cli<I, S>(&self, args: I) -> std::process::Child
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = command(shim_bin(), &self.home);
+        self.cli_env(&mut cmd, args);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .must("starting nexus-shim")
+    }
+
     /// Runs the `nexus-shim` CLI on the workspace host itself, through
     /// `ip netns exec` when it has one.
     #[track_caller]

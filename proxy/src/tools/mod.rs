@@ -1,6 +1,7 @@
 //! Laptop-side tools: each forwarded request is decided by the policy, then
 //! answered by one tool module.
 
+pub mod gate;
 pub mod ssh;
 pub mod token;
 
@@ -8,9 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use nexus_policy::{Action, Caller, Decision, Policy, Rate, Request as PolicyRequest, Verdict};
+use nexus_policy::{Action, Caller, Rate, Request as PolicyRequest};
 use nexus_protocol::{Call, ErrorCode, Reply, Request};
-use tracing::info;
 
 use crate::config::ConfigDir;
 use crate::rate::RateLimiter;
@@ -18,8 +18,14 @@ use crate::rate::RateLimiter;
 /// What every tool call needs: the policy and the laptop's settings.
 #[derive(Debug)]
 pub struct ToolContext {
-    /// The policy in force.
-    pub policy: Arc<Policy>,
+    /// The policy in force; read it once per call (`current()`).
+    pub policy: Arc<crate::reload::PolicyHandle>,
+    /// The audit log (every decision goes through `gate`).
+    pub audit: crate::audit::Audit,
+    /// Approvals waiting for the laptop user.
+    pub approvals: Arc<crate::approvals::Approvals>,
+    /// Link state per workspace, for `status`.
+    pub links: crate::control::LinkBoard,
     /// The configuration directory.
     pub config: ConfigDir,
     /// `PATH` for command token sources (service managers give none).
@@ -38,6 +44,11 @@ impl ToolContext {
     /// The laptop's identity.
     pub fn identity(&self) -> Result<nexus_transport::Identity> {
         self.config.identity()
+    }
+
+    /// Whether the kill switch (`nexus-agent-proxy lock`) is on.
+    pub fn locked(&self) -> bool {
+        crate::control::is_locked(self.config.root())
     }
 
     /// Home directory for `~/` in sources.
@@ -78,6 +89,19 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
             ),
         );
     }
+    ctx.links.call(workspace);
+    // One policy snapshot per call: a reload applies from the next call on.
+    let policy = ctx.policy.current();
+    if ctx.locked() {
+        let subject = gate::Subject {
+            workspace,
+            tool,
+            target: "(any call)".to_owned(),
+            caller: Some(&call.caller),
+            approval_key: String::new(),
+        };
+        return gate::refuse(ctx, &policy, &subject, None, gate::LOCKED.to_owned()).await;
+    }
     let caller = Caller {
         uid: call.caller.uid,
         pid: call.caller.pid,
@@ -86,21 +110,24 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
     };
     match &call.request {
         Request::Token { name } => {
-            let decision = ctx.policy.decide(&PolicyRequest {
+            let outcome = policy.decide(&PolicyRequest {
                 workspace,
                 caller: Some(&caller),
                 action: Action::Token { name },
             });
-            log_decision("token", name, &decision, &call.caller);
-            if decision.verdict == Verdict::Deny {
-                return Reply::error(
-                    ErrorCode::Denied,
-                    format!("denied by the laptop's policy: {}", decision.reason),
-                );
+            let subject = gate::Subject {
+                workspace,
+                tool: "token",
+                target: name.clone(),
+                caller: Some(&call.caller),
+                approval_key: name.clone(),
+            };
+            if let Err(reply) = gate::enforce(ctx, &policy, &subject, &outcome).await {
+                return reply;
             }
-            token::answer(name, workspace, decision, ctx).await
+            token::answer(name, outcome.decision, ctx).await
         }
-        Request::SshIdentities => ssh::identities(workspace, ctx).await,
+        Request::SshIdentities => ssh::identities(workspace, &policy, ctx).await,
         Request::SshSign {
             connection,
             binds,
@@ -108,27 +135,10 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
         } => {
             // Reported by the workspace: for matching the shim's log only.
             tracing::debug!(agent_connection = connection, "ssh sign request");
-            ssh::sign(workspace, binds, request, ctx).await
+            ssh::sign(workspace, &call.caller, binds, request, &policy, ctx).await
         }
-        Request::SshKnownHosts => ssh::known_hosts(ctx),
+        Request::SshKnownHosts => ssh::known_hosts(&policy, ctx),
     }
-}
-
-fn log_decision(tool: &str, target: &str, d: &Decision, caller: &nexus_protocol::CallerContext) {
-    let rule = d.rule.as_ref().map(ToString::to_string);
-    info!(
-        tool,
-        target = %clip(target),
-        decision = if d.verdict == Verdict::Allow {
-            "allow"
-        } else {
-            "deny"
-        },
-        rule = rule.as_deref().unwrap_or("default"),
-        caller_pid = caller.pid,
-        caller_exe = caller.exe.as_deref().map(clip),
-        "decision"
-    );
 }
 
 #[cfg(test)]

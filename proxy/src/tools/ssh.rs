@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nexus_policy::{Action, Decision, Grant, Request as PolicyRequest, SshRule, Verdict};
-use nexus_protocol::{ErrorCode, Reply, SshIdentity};
+use nexus_policy::{Action, PolicySet, Request as PolicyRequest, SshRule, Verdict};
+use nexus_protocol::{CallerContext, ErrorCode, Reply, SshIdentity};
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::client::Client;
 use ssh_agent_lib::proto::extension::SessionBind;
@@ -32,6 +32,7 @@ use tokio::net::UnixStream;
 use tracing::{info, warn};
 
 use super::ToolContext;
+use super::gate::{self, Subject};
 use crate::known_hosts::HostKeys;
 use crate::ssh_wire::{Method, SignData, parse_sign_data};
 
@@ -120,7 +121,7 @@ async fn agent(ctx: &ToolContext) -> Result<Client<UnixStream>, Reply> {
 }
 
 /// The identities the workspace may see.
-pub async fn identities(workspace: &str, ctx: &ToolContext) -> Reply {
+pub async fn identities(workspace: &str, policy: &PolicySet, ctx: &ToolContext) -> Reply {
     let mut client = match agent(ctx).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -136,9 +137,10 @@ pub async fn identities(workspace: &str, ctx: &ToolContext) -> Reply {
         Err(_) => return Reply::error(ErrorCode::Internal, "the laptop ssh-agent did not answer"),
     };
     let mut out = Vec::new();
+    let total = listed.len();
     for id in listed {
         let key = fingerprint(id.credential.key_data());
-        let d = ctx.policy.decide(&PolicyRequest {
+        let d = policy.decide(&PolicyRequest {
             workspace,
             caller: None,
             action: Action::SshIdentity { key: &key },
@@ -152,6 +154,28 @@ pub async fn identities(workspace: &str, ctx: &ToolContext) -> Reply {
                 comment: String::new(),
             });
         }
+    }
+    let subject = Subject {
+        workspace,
+        tool: "ssh",
+        target: "list identities".to_owned(),
+        caller: None,
+        approval_key: String::new(),
+    };
+    let reason = format!("{} of {total} agent identities shown", out.len());
+    let outcome = nexus_policy::Outcome {
+        decision: nexus_policy::Decision {
+            verdict: Verdict::Allow,
+            rule: None,
+            reason,
+            grant: None,
+        },
+        limits: Vec::new(),
+        approve: None,
+        trace: Vec::new(),
+    };
+    if let Err(reply) = gate::enforce(ctx, policy, &subject, &outcome).await {
+        return reply;
     }
     Reply::SshIdentities(out)
 }
@@ -176,9 +200,9 @@ fn pinned(rule: &SshRule, known: &HostKeys) -> Vec<KeyData> {
 /// Every name a host key is known under: the laptop's known_hosts lines and
 /// the hosts of rules that pin it. A bind names a key, never a host, so a
 /// deny rule for any of these names must apply.
-fn known_as(host_key: &KeyData, known: &HostKeys, ctx: &ToolContext) -> Vec<String> {
+fn known_as(host_key: &KeyData, known: &HostKeys, policy: &PolicySet) -> Vec<String> {
     let mut names = known.names_for_key(host_key);
-    for rule in ctx.policy.ssh_rules() {
+    for rule in policy.ssh_rules() {
         if pinned(rule, known).contains(host_key) && !names.contains(&rule.host) {
             names.push(rule.host.clone());
         }
@@ -187,10 +211,10 @@ fn known_as(host_key: &KeyData, known: &HostKeys, ctx: &ToolContext) -> Vec<Stri
 }
 
 /// `known_hosts` lines for the hosts the policy allows.
-pub fn known_hosts(ctx: &ToolContext) -> Reply {
+pub fn known_hosts(policy: &PolicySet, ctx: &ToolContext) -> Reply {
     let known = laptop_known_hosts(ctx);
     let mut lines = Vec::new();
-    for rule in ctx.policy.ssh_rules() {
+    for rule in policy.ssh_rules() {
         let name = crate::known_hosts::lookup_name(&rule.host);
         for key in pinned(rule, &known) {
             if let Ok(text) = ssh_key::PublicKey::from(key).to_openssh() {
@@ -205,7 +229,14 @@ pub fn known_hosts(ctx: &ToolContext) -> Reply {
 }
 
 /// Verifies and, when everything holds, signs.
-pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolContext) -> Reply {
+pub async fn sign(
+    workspace: &str,
+    caller: &CallerContext,
+    binds: &[Vec<u8>],
+    raw: &[u8],
+    policy: &PolicySet,
+    ctx: &ToolContext,
+) -> Reply {
     let request = match SignRequest::decode(&mut &raw[..]) {
         Ok(r) => r,
         Err(e) => return deny(format!("malformed sign request: {e}")),
@@ -227,9 +258,9 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
         },
         SignData::SshSig(_) => Vec::new(),
     };
-    let decision = match &data {
+    let (decision, subject) = match &data {
         SignData::SshSig(sig) => {
-            let d = ctx.policy.decide(&PolicyRequest {
+            let d = policy.decide(&PolicyRequest {
                 workspace,
                 caller: None,
                 action: Action::SshSig {
@@ -238,7 +269,17 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
                 },
             });
             info!(tool = "ssh", op = "sshsig", namespace = %super::clip(&sig.namespace), key = %key_fp, decision = ?d.verdict, "decision");
-            d
+            let subject = Subject {
+                workspace,
+                tool: "ssh",
+                target: format!(
+                    "SSHSIG signature in namespace {:?} with key {key_fp}",
+                    sig.namespace
+                ),
+                caller: Some(caller),
+                approval_key: format!("sshsig\0{}\0{key_fp}", sig.namespace),
+            };
+            (d, subject)
         }
         SignData::Userauth(auth) => {
             let Some((bind, hops)) = chain.split_last() else {
@@ -247,7 +288,7 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
                 );
             };
             let known = laptop_known_hosts(ctx);
-            if let Err(r) = check_hops(workspace, hops, &known, ctx) {
+            if let Err(r) = check_hops(workspace, caller, hops, &known, policy, ctx).await {
                 return r;
             }
             if auth.session_id != bind.session_id {
@@ -261,8 +302,8 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
             }
             let host_key = bind.host_key.clone();
             let pinned_for = |rule: &SshRule| pinned(rule, &known).contains(&host_key);
-            let known_as = known_as(&host_key, &known, ctx);
-            let d = ctx.policy.decide(&PolicyRequest {
+            let known_as = known_as(&host_key, &known, policy);
+            let d = policy.decide(&PolicyRequest {
                 workspace,
                 caller: None,
                 action: Action::SshUserauth {
@@ -282,10 +323,28 @@ pub async fn sign(workspace: &str, binds: &[Vec<u8>], raw: &[u8], ctx: &ToolCont
             {
                 return deny("this session already had a signature with this key (replay)");
             }
-            d
+            let host_fp = fingerprint(&bind.host_key);
+            let names = if known_as.is_empty() {
+                "an unknown host".to_owned()
+            } else {
+                known_as.join(", ")
+            };
+            let subject = Subject {
+                workspace,
+                tool: "ssh",
+                // Identical logins for "allow for": same host key, user and
+                // key; the session id changes every time.
+                target: format!(
+                    "ssh login as {:?} to {names} (host key {host_fp}) with key {key_fp}",
+                    auth.user
+                ),
+                caller: Some(caller),
+                approval_key: format!("userauth\0{host_fp}\0{}\0{key_fp}", auth.user),
+            };
+            (d, subject)
         }
     };
-    if let Err(reply) = admit(workspace, &decision, ctx) {
+    if let Err(reply) = gate::enforce(ctx, policy, &subject, &decision).await {
         return reply;
     }
     forward(&chain, request, ctx).await
@@ -315,10 +374,12 @@ fn parse_binds(binds: &[Vec<u8>]) -> Result<Vec<SessionBind>, Reply> {
 /// The binds before the last are the hops the agent was forwarded through,
 /// as OpenSSH's agent sees them: each must have been made by a session that
 /// forwards the agent, through a host whose rule sets `forwarding = true`.
-fn check_hops(
+async fn check_hops(
     workspace: &str,
+    caller: &CallerContext,
     hops: &[SessionBind],
     known: &HostKeys,
+    policy: &PolicySet,
     ctx: &ToolContext,
 ) -> Result<(), Reply> {
     for hop in hops {
@@ -329,8 +390,8 @@ fn check_hops(
         }
         let host_key = hop.host_key.clone();
         let pinned_for = |rule: &SshRule| pinned(rule, known).contains(&host_key);
-        let known_as = known_as(&host_key, known, ctx);
-        let d = ctx.policy.decide(&PolicyRequest {
+        let known_as = known_as(&host_key, known, policy);
+        let d = policy.decide(&PolicyRequest {
             workspace,
             caller: None,
             action: Action::SshHop {
@@ -340,7 +401,19 @@ fn check_hops(
         });
         info!(tool = "ssh", op = "hop", host_key = %fingerprint(&hop.host_key), decision = ?d.verdict, "decision");
         if d.verdict == Verdict::Deny {
-            return Err(deny(format!("denied by the laptop's policy: {}", d.reason)));
+            let subject = Subject {
+                workspace,
+                tool: "ssh",
+                target: format!(
+                    "agent forwarding through host key {}",
+                    fingerprint(&hop.host_key)
+                ),
+                caller: Some(caller),
+                approval_key: String::new(),
+            };
+            let msg = format!("denied by the laptop's policy: {}", d.reason);
+            let rule = d.rule.as_ref().map(ToString::to_string);
+            return Err(gate::refuse(ctx, policy, &subject, rule, msg).await);
         }
     }
     Ok(())
@@ -361,36 +434,6 @@ fn parse_bind(body: &[u8]) -> Result<SessionBind, Reply> {
         ));
     }
     Ok(bind)
-}
-
-fn admit(workspace: &str, d: &Decision, ctx: &ToolContext) -> Result<(), Reply> {
-    if d.verdict == Verdict::Deny {
-        return Err(deny(format!("denied by the laptop's policy: {}", d.reason)));
-    }
-    let Some(Grant::Ssh(rule)) = &d.grant else {
-        return Err(Reply::error(
-            ErrorCode::Internal,
-            "policy allowed ssh without a rule",
-        ));
-    };
-    if rule.approve.is_some() {
-        return Err(deny(format!(
-            "needs approval on the laptop ({}), and this proxy cannot ask yet",
-            rule.rule
-        )));
-    }
-    if let Some(rate) = rule.rate
-        && let Err(retry) = ctx
-            .rates
-            .check(&format!("{workspace}\0ssh\0{}", rule.rule), rate)
-    {
-        return Err(deny(format!(
-            "rate-limited to {rate} by {}; retry in {}s",
-            rule.rule,
-            retry.as_secs().max(1)
-        )));
-    }
-    Ok(())
 }
 
 async fn forward(chain: &[SessionBind], request: SignRequest, ctx: &ToolContext) -> Reply {

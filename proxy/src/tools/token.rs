@@ -28,37 +28,14 @@ pub enum SourceError {
     Failed(String),
 }
 
-/// Answers an allowed token request.
-pub async fn answer(name: &str, workspace: &str, decision: Decision, ctx: &ToolContext) -> Reply {
+/// Answers an allowed token request (after `gate::enforce`).
+pub async fn answer(name: &str, decision: Decision, ctx: &ToolContext) -> Reply {
     let Some(Grant::Token(rule)) = decision.grant else {
         return Reply::error(
             ErrorCode::Internal,
             "policy allowed the token without saying where it lives",
         );
     };
-    if rule.approve.is_some() {
-        // An unanswered approval is a denial; this version has no prompt yet.
-        return Reply::error(
-            ErrorCode::Denied,
-            format!(
-                "token {name:?} needs approval on the laptop ({}), and this proxy cannot ask yet",
-                rule.rule
-            ),
-        );
-    }
-    if let Some(rate) = rule.rate
-        && let Err(retry) = ctx
-            .rates
-            .check(&format!("{workspace}\0token\0{name}"), rate)
-    {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!(
-                "token {name:?} is rate-limited to {rate} by the laptop's policy; retry in {}s",
-                retry.as_secs().max(1)
-            ),
-        );
-    }
     match fetch(&rule.source, ctx).await {
         Ok(value) => Reply::Token(value),
         Err(SourceError::Missing(m)) => {

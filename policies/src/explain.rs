@@ -1,0 +1,608 @@
+//! `policy explain` and `policy test`: requests written as `tool` plus
+//! `key=value` arguments ([`Probe`]), decided without a workspace, and
+//! fixture files of such requests with the decisions expected of them.
+//!
+//! ```toml
+//! # policies/examples/tests/basics.toml
+//! policy = "../policy.toml"         # optional, relative to this file
+//! # baseline = "../baseline.d"      # optional
+//!
+//! [[case]]
+//! name = "the OpenAI key is handed out"   # optional
+//! workspace = "dev"                 # optional, default "dev"
+//! tool = "token"
+//! args = { name = "openai" }
+//! expect = "allow"                  # allow | deny | prompt (allowed after approval)
+//! rule = "policy.toml:42"           # optional: the deciding rule, or "default"
+//! ```
+//!
+//! SSH probes name a host instead of a host key: a rule "pins" the probe's
+//! host key when its `host` equals the probe's `host`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::diag::{Diagnostic, line_col};
+use crate::engine::{Action, Request, RuleRef, Verdict};
+use crate::layers::{Outcome, PolicySet};
+use crate::ssh::SshRule;
+
+/// The tools a probe may name, for messages.
+pub const TOOLS: &str = "token, ssh";
+
+/// Longest argument value, so that a fixture cannot balloon a report.
+const MAX_ARG: usize = 4096;
+
+/// A request to decide, as `policy explain` and fixtures write it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The workspace's pairing name.
+    pub workspace: String,
+    /// `token` or `ssh`.
+    pub tool: String,
+    /// `key=value` arguments (`name` for tokens; `op`, `host`, `user`, `key`,
+    /// `namespace`, `forwarding` for ssh).
+    pub args: BTreeMap<String, String>,
+}
+
+/// Splits `KEY=VALUE` (the value may hold `=`).
+///
+/// # Errors
+/// A message when there is no `=`, the key is empty or the value too long.
+pub fn parse_arg(text: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!(
+            "argument {:?} has no '='; write KEY=VALUE, e.g. name=openai",
+            clip(text)
+        ));
+    };
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "argument key {:?} is not a word; write KEY=VALUE, e.g. name=openai",
+            clip(key)
+        ));
+    }
+    if value.len() > MAX_ARG {
+        return Err(format!("argument {key} is longer than {MAX_ARG} bytes"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// A string cut for messages.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// The allowed argument keys per tool and operation.
+fn check_keys(probe: &Probe, allowed: &[&str]) -> Result<(), String> {
+    match probe.args.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "--tool {} takes no argument {k:?}; expected {}",
+            probe.tool,
+            allowed.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+impl Probe {
+    fn arg(&self, key: &str) -> Option<&str> {
+        self.args.get(key).map(String::as_str)
+    }
+
+    fn need(&self, key: &str, example: &str) -> Result<&str, String> {
+        self.arg(key).ok_or_else(|| {
+            format!(
+                "--tool {} needs --arg {key}=VALUE (e.g. {key}={example})",
+                self.tool
+            )
+        })
+    }
+
+    /// Decides this probe with `set`.
+    ///
+    /// # Errors
+    /// A message naming what is missing or unknown in the probe.
+    pub fn decide(&self, set: &PolicySet) -> Result<Outcome, String> {
+        let req = |action| Request {
+            workspace: &self.workspace,
+            caller: None,
+            action,
+        };
+        match self.tool.as_str() {
+            "token" | "tokens" => {
+                check_keys(self, &["name"])?;
+                let name = self.need("name", "openai")?;
+                Ok(set.decide(&req(Action::Token { name })))
+            }
+            "ssh" => self.decide_ssh(set),
+            other => Err(format!(
+                "unknown tool {:?}; expected one of {TOOLS}",
+                clip(other)
+            )),
+        }
+    }
+
+    fn decide_ssh(&self, set: &PolicySet) -> Result<Outcome, String> {
+        // Rules without `keys` admit any key; this stands for "some agent key".
+        const ANY_KEY: &str = "(any agent key)";
+        let req = |action| Request {
+            workspace: &self.workspace,
+            caller: None,
+            action,
+        };
+        let key = self.arg("key").unwrap_or(ANY_KEY);
+        let op = self.arg("op").unwrap_or("userauth");
+        match op {
+            "userauth" | "hop" => {
+                let keys: &[&str] = if op == "hop" {
+                    &["op", "host"]
+                } else {
+                    &["op", "host", "user", "key", "forwarding"]
+                };
+                check_keys(self, keys)?;
+                let host = self.need("host", "github.com")?;
+                let forwarding = match self.arg("forwarding") {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(format!(
+                            "forwarding={:?}: expected true or false",
+                            clip(other)
+                        ));
+                    }
+                };
+                let pinned = |rule: &SshRule| rule.host == host;
+                let known_as = [host.to_owned()];
+                let action = if op == "hop" {
+                    Action::SshHop {
+                        host_key_pinned_for: &pinned,
+                        known_as: &known_as,
+                    }
+                } else {
+                    Action::SshUserauth {
+                        host_key_pinned_for: &pinned,
+                        user: self.need("user", "git")?,
+                        key,
+                        forwarding,
+                        known_as: &known_as,
+                    }
+                };
+                Ok(set.decide(&req(action)))
+            }
+            "sshsig" => {
+                check_keys(self, &["op", "namespace", "key"])?;
+                let namespace = self.need("namespace", "git")?;
+                Ok(set.decide(&req(Action::SshSig { namespace, key })))
+            }
+            "identity" => {
+                check_keys(self, &["op", "key"])?;
+                let key = self.need("key", "SHA256:...")?;
+                Ok(set.decide(&req(Action::SshIdentity { key })))
+            }
+            other => Err(format!(
+                "unknown ssh op {:?}; expected userauth (default), sshsig, identity or hop",
+                clip(other)
+            )),
+        }
+    }
+}
+
+/// What a fixture expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    /// Allowed without asking.
+    Allow,
+    /// Denied.
+    Deny,
+    /// Allowed once the laptop user approves.
+    Prompt,
+}
+
+impl Expect {
+    /// What an outcome amounts to.
+    #[must_use]
+    pub fn of(outcome: &Outcome) -> Expect {
+        match (&outcome.verdict, &outcome.approve) {
+            (Verdict::Deny, _) => Expect::Deny,
+            (Verdict::Allow, Some(_)) => Expect::Prompt,
+            (Verdict::Allow, None) => Expect::Allow,
+        }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Expect::Allow => "allow",
+            Expect::Deny => "deny",
+            Expect::Prompt => "prompt",
+        })
+    }
+}
+
+/// One fixture file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    /// The policy to test, relative to the fixture file.
+    pub policy: Option<String>,
+    /// The baseline to test with, relative to the fixture file.
+    pub baseline: Option<String>,
+    /// The cases, in order.
+    #[serde(default, rename = "case")]
+    pub cases: Vec<Case>,
+}
+
+/// One request and what it must come to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// A name for reports.
+    pub name: Option<String>,
+    /// The workspace (pairing name); default `dev`.
+    #[serde(default = "default_workspace")]
+    pub workspace: String,
+    /// The tool.
+    pub tool: String,
+    /// Arguments; strings, or booleans and integers written as such.
+    #[serde(default)]
+    pub args: BTreeMap<String, ArgValue>,
+    /// The expected decision.
+    pub expect: Expect,
+    /// The expected deciding rule: `FILE:LINE` (matched at the end of the
+    /// path) or `default` for the default deny.
+    pub rule: Option<String>,
+}
+
+/// An argument value in a fixture.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ArgValue {
+    /// A string.
+    Text(String),
+    /// `true` / `false`.
+    Bool(bool),
+    /// A number.
+    Int(i64),
+}
+
+impl fmt::Display for ArgValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgValue::Text(s) => f.write_str(s),
+            ArgValue::Bool(b) => write!(f, "{b}"),
+            ArgValue::Int(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn default_workspace() -> String {
+    "dev".to_owned()
+}
+
+/// Parses a fixture file; errors carry `file:line:col`.
+///
+/// # Errors
+/// The TOML or shape error, positioned.
+pub fn parse_fixture(file: &str, text: &str) -> Result<Fixture, Diagnostic> {
+    toml::from_str(text).map_err(|e| {
+        let (line, col) = e.span().map_or((0, 0), |span| line_col(text, span.start));
+        Diagnostic {
+            file: file.to_owned(),
+            line,
+            col,
+            message: e.message().to_owned(),
+        }
+    })
+}
+
+impl Case {
+    /// The request this case makes.
+    #[must_use]
+    pub fn probe(&self) -> Probe {
+        Probe {
+            workspace: self.workspace.clone(),
+            tool: self.tool.clone(),
+            args: self
+                .args
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// A label for reports: the name, else the tool and arguments.
+    #[must_use]
+    pub fn label(&self, index: usize) -> String {
+        match &self.name {
+            Some(n) => format!("case {} {n:?}", index + 1),
+            None => format!("case {} ({})", index + 1, self.probe()),
+        }
+    }
+
+    /// Checks the case against `set`.
+    ///
+    /// # Errors
+    /// What differs, as one line per difference.
+    pub fn check(&self, set: &PolicySet) -> Result<Outcome, Vec<String>> {
+        let outcome = self.probe().decide(set).map_err(|e| vec![e])?;
+        let mut diffs = Vec::new();
+        let got = Expect::of(&outcome);
+        if got != self.expect {
+            diffs.push(format!("expected {}, got {got}", self.expect));
+        }
+        if let Some(want) = &self.rule
+            && !rule_matches(want, outcome.rule.as_ref())
+        {
+            let shown = outcome
+                .rule
+                .as_ref()
+                .map_or_else(|| "default".to_owned(), ToString::to_string);
+            diffs.push(format!("expected rule {want}, got {shown}"));
+        }
+        if diffs.is_empty() {
+            Ok(outcome)
+        } else {
+            diffs.push(format!("reason: {}", outcome.reason));
+            Err(diffs)
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "workspace={} tool={}", self.workspace, self.tool)?;
+        for (k, v) in &self.args {
+            write!(f, " {k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `want` (`FILE:LINE`, a path suffix, or `default`) names `got`.
+#[must_use]
+pub fn rule_matches(want: &str, got: Option<&RuleRef>) -> bool {
+    match got {
+        None => want == "default",
+        Some(rule) => {
+            let full = rule.to_string();
+            full == want || full.ends_with(&format!("/{want}"))
+        }
+    }
+}
+
+/// Which policy and baseline a fixture run uses: `flag` paths beat a
+/// fixture file's own `policy`/`baseline` keys, which beat the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct FixturePaths {
+    /// `--policy`.
+    pub policy_flag: Option<PathBuf>,
+    /// The configured default policy, if any.
+    pub policy_default: Option<PathBuf>,
+    /// `--baseline`.
+    pub baseline_flag: Option<PathBuf>,
+    /// The default baseline directory, if it exists.
+    pub baseline_default: Option<PathBuf>,
+}
+
+/// The result of one fixture file.
+#[derive(Clone, Debug)]
+pub struct FileReport {
+    /// The fixture file.
+    pub file: PathBuf,
+    /// Why the file or its policy could not be used at all.
+    pub error: Option<String>,
+    /// Each case: its label and what differed (empty: passed).
+    pub cases: Vec<(String, Vec<String>)>,
+}
+
+impl FileReport {
+    /// Whether everything in the file passed.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.cases.iter().all(|(_, d)| d.is_empty())
+    }
+}
+
+/// Runs `path` (a fixture file, or every `*.toml` directly in a directory,
+/// in name order).
+///
+/// # Errors
+/// When `path` cannot be read or holds no fixture file.
+pub fn run_fixtures(path: &Path, paths: &FixturePaths) -> Result<Vec<FileReport>, String> {
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if files.is_empty() {
+        return Err(format!("{}: no *.toml fixture files", path.display()));
+    }
+    Ok(files.iter().map(|f| run_file(f, paths)).collect())
+}
+
+fn run_file(file: &Path, paths: &FixturePaths) -> FileReport {
+    let mut report = FileReport {
+        file: file.to_path_buf(),
+        error: None,
+        cases: Vec::new(),
+    };
+    let name = file.display().to_string();
+    let fixture = match std::fs::read_to_string(file)
+        .map_err(|e| format!("{name}: {e}"))
+        .and_then(|t| parse_fixture(&name, &t).map_err(|d| d.to_string()))
+    {
+        Ok(f) => f,
+        Err(e) => {
+            report.error = Some(e);
+            return report;
+        }
+    };
+    let here = file.parent().unwrap_or(Path::new("."));
+    let pick = |flag: &Option<PathBuf>, key: &Option<String>, default: &Option<PathBuf>| {
+        flag.clone()
+            .or_else(|| key.as_ref().map(|k| here.join(k)))
+            .or_else(|| default.clone())
+    };
+    let policy = pick(&paths.policy_flag, &fixture.policy, &paths.policy_default);
+    let baseline = pick(
+        &paths.baseline_flag,
+        &fixture.baseline,
+        &paths.baseline_default,
+    );
+    let Some(policy) = policy else {
+        report.error = Some(format!(
+            "{name}: no policy to test: set policy = \"PATH\" in the file or pass --policy"
+        ));
+        return report;
+    };
+    let set = match PolicySet::load(Some(&policy), baseline.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            report.error = Some(format!("the {} does not load:\n{e}", e.layer));
+            return report;
+        }
+    };
+    if fixture.cases.is_empty() {
+        report.error = Some(format!("{name}: no [[case]] in this file"));
+    }
+    for (i, case) in fixture.cases.iter().enumerate() {
+        let diffs = case.check(&set).err().unwrap_or_default();
+        report.cases.push((case.label(i), diffs));
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Policy, Source};
+
+    fn set(user: &str, baseline: Option<&str>) -> PolicySet {
+        let load = |name: &str, text: &str| {
+            Policy::from_sources(&[Source::new(name, text)]).unwrap_or_else(|e| panic!("{e}"))
+        };
+        PolicySet::new(
+            baseline.map(|b| load("/etc/base.toml", b)),
+            load("/u/user.toml", user),
+        )
+    }
+
+    fn probe(ws: &str, tool: &str, args: &[(&str, &str)]) -> Probe {
+        Probe {
+            workspace: ws.into(),
+            tool: tool.into(),
+            args: args
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn args_parse() {
+        assert_eq!(parse_arg("name=a=b"), Ok(("name".into(), "a=b".into())));
+        assert!(parse_arg("name").is_err());
+        assert!(parse_arg("=x").is_err());
+        assert!(parse_arg("a b=x").is_err());
+    }
+
+    #[test]
+    fn probes_name_what_is_wrong() {
+        let s = set("[tokens.a]\nsource = \"env:A\"\n", None);
+        let err = |p: Probe| p.decide(&s).err().unwrap_or_default();
+        assert!(err(probe("dev", "nope", &[])).contains("unknown tool"));
+        assert!(err(probe("dev", "token", &[])).contains("needs --arg name"));
+        assert!(err(probe("dev", "token", &[("nam", "a")])).contains("no argument \"nam\""));
+        assert!(err(probe("dev", "ssh", &[("op", "x")])).contains("unknown ssh op"));
+        assert!(
+            err(probe("dev", "ssh", &[("host", "h"), ("forwarding", "yes")]))
+                .contains("true or false")
+        );
+    }
+
+    #[test]
+    fn fixtures_check_verdict_and_rule() {
+        let s = set(
+            "[tokens.a]\nsource = \"env:A\"\n\n[tokens.b]\nsource = \"env:B\"\napprove = \"prompt\"\n",
+            None,
+        );
+        let fixture = parse_fixture(
+            "f.toml",
+            r#"
+[[case]]
+tool = "token"
+args = { name = "a" }
+expect = "allow"
+rule = "user.toml:1"
+
+[[case]]
+tool = "token"
+args = { name = "b" }
+expect = "prompt"
+
+[[case]]
+tool = "token"
+args = { name = "zz" }
+expect = "deny"
+rule = "default"
+
+[[case]]
+name = "wrong on purpose"
+tool = "token"
+args = { name = "a" }
+expect = "deny"
+rule = "user.toml:9"
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let results: Vec<_> = fixture.cases.iter().map(|c| c.check(&s)).collect();
+        assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+        let Err(diffs) = &results[3] else {
+            panic!("a wrong expectation passed")
+        };
+        assert_eq!(diffs[0], "expected deny, got allow");
+        assert_eq!(diffs[1], "expected rule user.toml:9, got /u/user.toml:1");
+    }
+
+    #[test]
+    fn fixture_errors_are_positioned() {
+        let e = parse_fixture("f.toml", "[[case]]\ntool = \"token\"\nexpect = \"maybe\"\n")
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
+        assert_eq!((e.line, e.file.as_str()), (3, "f.toml"), "{e}");
+        let e = parse_fixture(
+            "f.toml",
+            "[[case]]\ntool = \"token\"\nexpect = \"allow\"\nextra = 1\n",
+        )
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+        assert!(e.message.contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn rule_suffix_matches_whole_components() {
+        let rule = RuleRef {
+            file: "/x/my-policy.toml".into(),
+            line: 3,
+            col: 1,
+            section: "tokens.a".into(),
+        };
+        assert!(rule_matches("my-policy.toml:3", Some(&rule)));
+        assert!(rule_matches("/x/my-policy.toml:3", Some(&rule)));
+        assert!(!rule_matches("policy.toml:3", Some(&rule)));
+        assert!(!rule_matches("default", Some(&rule)));
+        assert!(rule_matches("default", None));
+    }
+}
