@@ -13,19 +13,24 @@
 //! - local callers on the shim's Unix socket ([`LocalRequest`], [`LocalReply`]).
 #![forbid(unsafe_code)]
 
+mod credential;
 mod error;
 mod frame;
 mod message;
 mod secret;
 mod version;
 
+pub use credential::{
+    Credential, CredentialError, MAX_ARRAY_ENTRIES, MAX_CREDENTIAL_INPUT, parse_credential,
+};
 pub use error::{DecodeError, FrameError};
 pub use frame::{
     FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, body_len, decode, encode,
 };
 pub use message::{
-    Call, CallerContext, ClientHello, ErrorCode, ErrorReply, LinkStatus, LocalOp, LocalReply,
-    LocalRequest, PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo,
+    Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, LinkStatus,
+    LocalOp, LocalReply, LocalRequest, MAX_CHUNK, PairingInfo, Refusal, Reply, Request,
+    ServerHello, SshIdentity, StatusInfo, ToolInfo,
 };
 pub use secret::Secret;
 pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate};
