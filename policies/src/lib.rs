@@ -54,14 +54,20 @@
 
 mod diag;
 mod engine;
+mod files;
+mod git;
 mod parse;
 mod rate;
 mod ssh;
+mod tools;
 
 pub use diag::{Diagnostic, PolicyErrors};
 pub use engine::{
     Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, Source, TokenRule,
     TokenSource, Verdict,
 };
+pub use files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
+pub use git::{GitAction, GitRule};
 pub use rate::{Rate, RateError};
 pub use ssh::SshRule;
+pub use tools::{ToolRule, match_args};
