@@ -329,7 +329,11 @@ async fn answer(mut stream: MuxStream, workspace: &str, ctx: &ToolContext) {
         }
         Err(_) => return warn!("the workspace opened a call and sent nothing; dropped"),
     };
-    let reply = tools::dispatch(&call, workspace, ctx).await;
+    let reply = if call.request.is_streaming() {
+        tools::dispatch_stream(&call, workspace, ctx, &mut stream).await
+    } else {
+        tools::dispatch(&call, workspace, ctx).await
+    };
     let _ = nexus_transport::send(&mut stream, &reply).await;
     let _ = stream.shutdown().await;
 }

@@ -314,6 +314,13 @@ async fn call_laptop(
     let Some(link) = wait_for_link(shared, wait).await else {
         return Err(not_linked(wait));
     };
+    // A streamed answer (tool output, file data) lasts as long as the laptop
+    // lets it (tool timeouts are enforced there); others get CALL_TIMEOUT.
+    let limit = if request.is_streaming() {
+        MAX_WAIT
+    } else {
+        CALL_TIMEOUT
+    };
     let lost = || {
         Reply::error(
             ErrorCode::Internal,
@@ -350,7 +357,7 @@ async fn call_laptop(
             }
         }
     };
-    tokio::time::timeout(CALL_TIMEOUT, relay)
+    tokio::time::timeout(limit, relay)
         .await
         .unwrap_or_else(|_| {
             Err(Reply::error(

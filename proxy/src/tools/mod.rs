@@ -1,6 +1,10 @@
 //! Laptop-side tools: each forwarded request is decided by the policy, then
 //! answered by one tool module.
 
+pub mod approval;
+pub mod custom;
+pub mod file;
+pub mod git_credential;
 pub mod ssh;
 pub mod token;
 
@@ -62,21 +66,51 @@ pub fn clip(s: &str) -> String {
     out
 }
 
+/// The per-tool call-rate guard: `Err` is the denial to send.
+fn call_rate(call: &Call, workspace: &str, ctx: &ToolContext) -> Result<(), Reply> {
+    let tool = call.request.tool();
+    ctx.rates
+        .check(&format!("{workspace}\0calls\0{tool}"), ctx.call_rate)
+        .map_err(|retry| {
+            Reply::error(
+                ErrorCode::Denied,
+                format!(
+                    "too many {tool} calls (limit {}); retry in {} ms",
+                    ctx.call_rate,
+                    retry.as_millis().max(1)
+                ),
+            )
+        })
+}
+
+/// Decides and answers a streamed call (tool run, file get/sync), writing
+/// its non-final frames on `stream`; returns the final reply.
+pub async fn dispatch_stream<S>(
+    call: &Call,
+    workspace: &str,
+    ctx: &ToolContext,
+    stream: &mut S,
+) -> Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(reply) = call_rate(call, workspace, ctx) {
+        return reply;
+    }
+    match &call.request {
+        Request::ToolRun { name, args } => {
+            custom::run(name, args, workspace, &call.caller, ctx, stream).await
+        }
+        Request::FileGet { path } => file::get(path, workspace, &call.caller, ctx, stream).await,
+        Request::FileSync { set } => file::sync(set, workspace, &call.caller, ctx, stream).await,
+        _ => dispatch(call, workspace, ctx).await,
+    }
+}
+
 /// Decides and answers one call.
 pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
-    let tool = call.request.tool();
-    if let Err(retry) = ctx
-        .rates
-        .check(&format!("{workspace}\0calls\0{tool}"), ctx.call_rate)
-    {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!(
-                "too many {tool} calls (limit {}); retry in {} ms",
-                ctx.call_rate,
-                retry.as_millis().max(1)
-            ),
-        );
+    if let Err(reply) = call_rate(call, workspace, ctx) {
+        return reply;
     }
     let caller = Caller {
         uid: call.caller.uid,
@@ -111,10 +145,25 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
             ssh::sign(workspace, binds, request, ctx).await
         }
         Request::SshKnownHosts => ssh::known_hosts(ctx),
+        Request::GitCredential { operation, input } => {
+            git_credential::answer(*operation, input, workspace, &call.caller, ctx).await
+        }
+        Request::ToolList => custom::list(ctx),
+        Request::ToolRun { .. } | Request::FileGet { .. } | Request::FileSync { .. } => {
+            Reply::error(
+                ErrorCode::BadRequest,
+                "this request needs a streamed answer",
+            )
+        }
     }
 }
 
-fn log_decision(tool: &str, target: &str, d: &Decision, caller: &nexus_protocol::CallerContext) {
+pub(crate) fn log_decision(
+    tool: &str,
+    target: &str,
+    d: &Decision,
+    caller: &nexus_protocol::CallerContext,
+) {
     let rule = d.rule.as_ref().map(ToString::to_string);
     info!(
         tool,

@@ -1,0 +1,249 @@
+//! git credentials over HTTP(S): the workspace's git asks its helper
+//! (`nexus-shim git-credential`), and the laptop answers with its own
+//! `git credential fill`, so whatever helper the laptop uses (osxkeychain,
+//! libsecret, Git Credential Manager, `gh auth git-credential`, store)
+//! works unchanged. `store`/`erase` reach the laptop's helpers (`git
+//! credential approve`/`reject`) only when a rule lists them.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nexus_policy::{Action, GitAction, Grant, Policy, Request as PolicyRequest, Verdict};
+use nexus_protocol::{Credential, ErrorCode, GitOperation, Reply, Secret, parse_credential};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::warn;
+
+use super::{ToolContext, approval, clip};
+
+/// How long the laptop's git (and its helper) may take; a helper that shows
+/// a keychain dialog needs the user.
+pub const GIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most output read from the laptop's git.
+const MAX_OUTPUT: usize = nexus_protocol::MAX_CREDENTIAL_INPUT;
+
+fn action(op: GitOperation) -> GitAction {
+    match op {
+        GitOperation::Get => GitAction::Get,
+        GitOperation::Store => GitAction::Store,
+        GitOperation::Erase => GitAction::Erase,
+    }
+}
+
+/// Decides and answers one helper call.
+pub async fn answer(
+    op: GitOperation,
+    input: &Secret,
+    workspace: &str,
+    caller: &nexus_protocol::CallerContext,
+    ctx: &ToolContext,
+) -> Reply {
+    let cred = match parse_credential(input.expose()) {
+        Ok(c) => c,
+        Err(e) => {
+            return Reply::error(
+                ErrorCode::BadRequest,
+                format!("credential description refused by the laptop: {e}"),
+            );
+        }
+    };
+    let (Some(protocol), Some(host)) = (cred.protocol.as_deref(), cred.host.as_deref()) else {
+        return Reply::error(
+            ErrorCode::BadRequest,
+            "the credential description names no protocol or host",
+        );
+    };
+    let decision = decide(
+        &ctx.policy,
+        workspace,
+        protocol,
+        host,
+        cred.path.as_deref(),
+        op,
+    );
+    let target = format!(
+        "{protocol}://{host}/{}",
+        cred.path.as_deref().unwrap_or_default()
+    );
+    super::log_decision("git-credential", &target, &decision, caller);
+    if decision.verdict == Verdict::Deny {
+        return Reply::error(
+            ErrorCode::Denied,
+            format!("denied by the laptop's policy: {}", decision.reason),
+        );
+    }
+    let Some(Grant::GitCredential(rule)) = decision.grant else {
+        return Reply::error(ErrorCode::Internal, "policy allowed without a rule");
+    };
+    let what = format!("git credential {} for {}", op.as_str(), clip(&target));
+    if let Err(reply) = approval::require(rule.approve, &what, &rule.rule) {
+        return reply;
+    }
+    if let Some(rate) = rule.rate
+        && let Err(retry) = ctx
+            .rates
+            .check(&format!("{workspace}\0git\0{}", rule.rule), rate)
+    {
+        return Reply::error(
+            ErrorCode::Denied,
+            format!(
+                "{what} is rate-limited to {rate} by the laptop's policy; retry in {}s",
+                retry.as_secs().max(1)
+            ),
+        );
+    }
+    // Only the fields that name the credential (and, for store/erase, the
+    // credential itself) reach the laptop's git.
+    let mut ask = Credential {
+        protocol: cred.protocol.clone(),
+        host: cred.host.clone(),
+        path: cred.path.clone(),
+        username: cred.username.clone(),
+        ..Credential::default()
+    };
+    match op {
+        GitOperation::Get => fill(&ask, ctx).await,
+        GitOperation::Store | GitOperation::Erase => {
+            ask.password = cred.password.clone();
+            ask.password_expiry_utc = cred.password_expiry_utc.clone();
+            let verb = if op == GitOperation::Store {
+                "approve"
+            } else {
+                "reject"
+            };
+            match run_git(verb, &ask, ctx).await {
+                Ok(_) => Reply::GitCredential(Secret::default()),
+                Err(reply) => reply,
+            }
+        }
+    }
+}
+
+/// The decision for one call (also used by `policy explain`-style checks).
+pub fn decide(
+    policy: &Policy,
+    workspace: &str,
+    protocol: &str,
+    host: &str,
+    path: Option<&str>,
+    op: GitOperation,
+) -> nexus_policy::Decision {
+    policy.decide(&PolicyRequest {
+        workspace,
+        caller: None,
+        action: Action::GitCredential {
+            protocol,
+            host,
+            path,
+            action: action(op),
+        },
+    })
+}
+
+async fn fill(ask: &Credential, ctx: &ToolContext) -> Reply {
+    let out = match run_git("fill", ask, ctx).await {
+        Ok(out) => out,
+        Err(reply) => return reply,
+    };
+    let got = match parse_credential(&out) {
+        Ok(c) => c,
+        Err(e) => {
+            return Reply::error(
+                ErrorCode::Internal,
+                format!("the laptop's git credential fill printed something unexpected: {e}"),
+            );
+        }
+    };
+    if got.password.is_none() {
+        return Reply::error(
+            ErrorCode::Missing,
+            "the laptop's git has no password for this URL; store one there (e.g. run git fetch once on the laptop)",
+        );
+    }
+    // Only what git needs from a helper; never the laptop's refresh tokens.
+    let answer = Credential {
+        username: got.username,
+        password: got.password,
+        password_expiry_utc: got.password_expiry_utc,
+        ..Credential::default()
+    };
+    Reply::GitCredential(Secret::new(answer.serialize().to_vec()))
+}
+
+/// Runs `git credential VERB` with `input` on stdin: no shell, no terminal
+/// prompt, a timeout and an output cap.
+async fn run_git(
+    verb: &str,
+    input: &Credential,
+    ctx: &ToolContext,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Reply> {
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.args(["credential", verb])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(p) = &ctx.source_path {
+        cmd.env("PATH", p);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Reply::error(
+            ErrorCode::Internal,
+            format!("cannot run the laptop's git: {e}; is git installed and on --source-path?"),
+        )
+    })?;
+    let (Some(mut stdin), Some(mut out), Some(mut err)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(Reply::error(ErrorCode::Internal, "git pipes unavailable"));
+    };
+    let body = input.serialize();
+    let run = async {
+        let write = async {
+            let _ = stdin.write_all(&body).await;
+            let _ = stdin.write_all(b"\n").await;
+            drop(stdin);
+        };
+        let mut value = zeroize::Zeroizing::new(Vec::new());
+        let mut errors = Vec::new();
+        let mut o = (&mut out).take(MAX_OUTPUT as u64 + 1);
+        let mut e = (&mut err).take(4096);
+        let ((), r, _) = tokio::join!(write, o.read_to_end(&mut value), e.read_to_end(&mut errors));
+        r.map_err(|e| Reply::error(ErrorCode::Internal, format!("reading git's output: {e}")))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| Reply::error(ErrorCode::Internal, format!("waiting for git: {e}")))?;
+        Ok::<_, Reply>((status, value, errors))
+    };
+    let (status, value, errors) =
+        tokio::time::timeout(GIT_TIMEOUT, run).await.map_err(|_| {
+            Reply::error(
+                ErrorCode::Internal,
+                format!("the laptop's git credential {verb} did not finish within {GIT_TIMEOUT:?}"),
+            )
+        })??;
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&errors);
+        warn!(verb, %status, stderr = %clip(stderr.trim()), "git credential failed on the laptop");
+        let code = if verb == "fill" {
+            ErrorCode::Missing
+        } else {
+            ErrorCode::Internal
+        };
+        return Err(Reply::error(
+            code,
+            format!(
+                "the laptop's git credential {verb} failed ({status}); it has no stored credential \
+                 for this URL, or its helper needs the user; see the proxy's log"
+            ),
+        ));
+    }
+    if value.len() > MAX_OUTPUT {
+        return Err(Reply::error(
+            ErrorCode::Internal,
+            format!("the laptop's git printed more than {MAX_OUTPUT} bytes"),
+        ));
+    }
+    Ok(value)
+}
