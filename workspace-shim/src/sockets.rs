@@ -362,10 +362,7 @@ async fn call_laptop(
         .unwrap_or_else(|_| {
             Err(Reply::error(
                 ErrorCode::Internal,
-                format!(
-                    "the laptop did not answer within {}s",
-                    CALL_TIMEOUT.as_secs()
-                ),
+                format!("the laptop did not answer within {}s", limit.as_secs()),
             ))
         })
 }
