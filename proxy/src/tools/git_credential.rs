@@ -64,7 +64,8 @@ pub async fn answer(
         "{protocol}://{host}/{}",
         cred.path.as_deref().unwrap_or_default()
     );
-    super::log_decision("git-credential", &target, &decision, caller);
+    let logged = format!("{} {target}", op.as_str());
+    super::log_decision("git-credential", &logged, &decision, caller);
     if decision.verdict == Verdict::Deny {
         return Reply::error(
             ErrorCode::Denied,
