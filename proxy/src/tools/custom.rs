@@ -141,7 +141,8 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
             return Reply::error(
                 ErrorCode::Missing,
                 format!(
-                    "tool {:?}: {:?} is not installed on the laptop (or not on --source-path)",
+                    "tool {:?}: {:?} is not installed on the laptop (or not on --source-path), \
+                     or its working directory is missing",
                     rule.name,
                     rule.command.first().map(String::as_str).unwrap_or_default()
                 ),

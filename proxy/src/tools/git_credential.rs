@@ -178,8 +178,13 @@ async fn run_git(
     ctx: &ToolContext,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, Reply> {
     let mut cmd = tokio::process::Command::new("git");
+    // No terminal prompt, and no askpass dialog either: a workspace must
+    // not be able to pop up a password prompt on the laptop whose answer
+    // it would receive. (`false` fails, so git gives up; `true` would
+    // answer an empty password.) Helpers with their own UI still work.
     cmd.args(["credential", verb])
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "false")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
