@@ -297,6 +297,12 @@ fn file_world() -> FileWorld {
     std::os::unix::fs::symlink(home.join(".ssh/id_ed25519"), home.join(".opencode/escape"))
         .must("symlink");
     std::os::unix::fs::symlink(home.join(".ssh"), home.join(".opencode/sshdir")).must("symlink");
+    // Inside a synced directory too: a link out is skipped, not followed.
+    std::os::unix::fs::symlink(
+        home.join(".ssh/id_ed25519"),
+        home.join(".opencode/agents/leak"),
+    )
+    .must("symlink");
     let fifo = home.join(".opencode/fifo");
     let made = Command::new("mkfifo").arg(&fifo).status().must("mkfifo");
     assert!(made.success());
@@ -368,7 +374,9 @@ fn file_sync_installs_a_set_into_the_workspace_home() {
     let ws = &world.ws;
     ws.cli(["file", "sync", "opencode"])
         .ok()
-        .stderr_has("installed 2 file(s)");
+        .stderr_has("installed 2 file(s)")
+        .stderr_has("skipped ~/.opencode/agents/leak");
+    assert!(!ws.home().join(".opencode/agents/leak").exists());
     assert_eq!(
         std::fs::read_to_string(ws.home().join(".opencode/config.json")).must("synced file"),
         "{\"model\":\"x\"}\n"
