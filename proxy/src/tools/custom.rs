@@ -34,9 +34,17 @@ pub fn list(ctx: &ToolContext) -> Reply {
 }
 
 /// Kills the tool's whole process group when dropped, unless disarmed.
+///
+/// Only armed while the group leader is unreaped (the tool is waited for
+/// only after its pipes close), so its pid cannot have been reused as
+/// another group's id.
 struct GroupGuard(Option<rustix::process::Pid>);
 
 impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+
     fn kill(&mut self) {
         if let Some(pid) = self.0.take() {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
@@ -183,6 +191,8 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(n) => (Channel::Stderr, n),
             },
             status = child.wait(), if !out_open && !err_open => {
+                // Reaped: from here the pid may be reused; leave the group be.
+                group.disarm();
                 return match status {
                     Ok(s) => Reply::Exit(exit_code(s)),
                     Err(e) => Reply::error(ErrorCode::Internal, format!("waiting for the tool: {e}")),
