@@ -20,12 +20,12 @@
 //! normalizes them to; the proxy then resolves symlinks on the laptop and
 //! checks that the real file is still under the granted path.
 
-use globset::GlobMatcher;
 use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::parse::{Key, Parser, Value, compile_glob, path_key, valid_token_name};
+use crate::glob_deny::GlobDeny;
+use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
 
 /// Default per-file size limit (10 MiB).
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
@@ -70,18 +70,11 @@ pub struct FileSet {
     pub rule: RuleRef,
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct FileDenyRule {
-    pattern: String,
-    matcher: GlobMatcher,
-    rule: RuleRef,
-}
-
 /// Every files rule of one source (or, merged, of all).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FilesSection {
     allow: Vec<FileRule>,
-    deny: Vec<FileDenyRule>,
+    deny: Vec<GlobDeny>,
     sets: Vec<FileSet>,
 }
 
@@ -102,7 +95,7 @@ impl FilesSection {
     }
 
     /// The deny rule matching `path`, if any.
-    fn denied(&self, path: &str) -> Option<&FileDenyRule> {
+    fn denied(&self, path: &str) -> Option<&GlobDeny> {
         self.deny.iter().find(|d| d.matcher.is_match(path))
     }
 
@@ -300,50 +293,8 @@ impl Parser<'_> {
     }
 
     fn file_deny(&mut self, value: &Value<'_>) {
-        const SECTION: &str = "files.deny";
-        let DeValue::Table(table) = value.get_ref() else {
-            let found = value.get_ref();
-            return self.wrong_type(SECTION, value, found, "a table with path = \"GLOB\"");
-        };
-        let errors_before = self.report.errors.len();
-        let (mut pattern, mut seen) = (None, false);
-        for (key, item) in table {
-            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "path" => {
-                    seen = true;
-                    pattern = self
-                        .string(&at, item, "a glob like \"**/*.key\"")
-                        .map(|p| (p.to_owned(), item.span()));
-                }
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, "one of path, description"),
-            }
-        }
-        if !seen {
-            self.report.error(
-                &value.span(),
-                "files.deny: missing path; expected path = \"GLOB\" (e.g. \"**/*.key\")",
-            );
-        }
-        let Some((pattern, span)) = pattern else {
-            return;
-        };
-        match compile_glob(&pattern) {
-            Ok(matcher) if self.report.errors.len() == errors_before => {
-                let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-                self.out.files.deny.push(FileDenyRule {
-                    pattern,
-                    matcher,
-                    rule,
-                });
-            }
-            Ok(_) => {}
-            Err(why) => self
-                .report
-                .error(&span, format!("files.deny.path: invalid glob ({why})")),
+        if let Some(deny) = self.glob_deny("files.deny", "path", "**/*.key", value) {
+            self.out.files.deny.push(deny);
         }
     }
 

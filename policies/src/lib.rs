@@ -56,6 +56,7 @@ mod diag;
 mod engine;
 mod files;
 mod git;
+mod glob_deny;
 mod parse;
 mod rate;
 mod ssh;

@@ -24,14 +24,12 @@
 
 use std::time::Duration;
 
-use globset::GlobMatcher;
 use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::parse::{
-    Key, Parser, Value, argv_from, compile_glob, path_key, valid_env_var, valid_token_name,
-};
+use crate::glob_deny::GlobDeny;
+use crate::parse::{Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name};
 use crate::rate::Rate;
 
 /// Default time a tool may run.
@@ -66,18 +64,11 @@ pub struct ToolRule {
     pub rule: RuleRef,
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct ToolDenyRule {
-    pattern: String,
-    matcher: GlobMatcher,
-    rule: RuleRef,
-}
-
 /// Every tools rule of one source (or, merged, of all).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ToolsSection {
     tools: Vec<ToolRule>,
-    deny: Vec<ToolDenyRule>,
+    deny: Vec<GlobDeny>,
 }
 
 /// Whether one argument matches one pattern element.
@@ -199,7 +190,7 @@ impl ToolsSection {
         self.deny.append(&mut other.deny);
     }
 
-    fn denied(&self, name: &str) -> Option<&ToolDenyRule> {
+    fn denied(&self, name: &str) -> Option<&GlobDeny> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
 
@@ -327,49 +318,8 @@ impl Parser<'_> {
     }
 
     fn tool_deny(&mut self, value: &Value<'_>) {
-        const SECTION: &str = "tools.deny";
-        let DeValue::Table(table) = value.get_ref() else {
-            let found = value.get_ref();
-            return self.wrong_type(SECTION, value, found, "a table with name = \"GLOB\"");
-        };
-        let errors_before = self.report.errors.len();
-        let mut pattern = None;
-        for (key, item) in table {
-            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "name" => {
-                    pattern = self
-                        .string(&at, item, "a glob")
-                        .map(|p| (p.to_owned(), item.span()))
-                }
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, "one of name, description"),
-            }
-        }
-        let Some((pattern, span)) = pattern else {
-            if self.report.errors.len() == errors_before {
-                self.report.error(
-                    &value.span(),
-                    "tools.deny: missing name; expected name = \"GLOB\"",
-                );
-            }
-            return;
-        };
-        match compile_glob(&pattern) {
-            Ok(matcher) if self.report.errors.len() == errors_before => {
-                let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-                self.out.tools.deny.push(ToolDenyRule {
-                    pattern,
-                    matcher,
-                    rule,
-                });
-            }
-            Ok(_) => {}
-            Err(why) => self
-                .report
-                .error(&span, format!("tools.deny.name: invalid glob ({why})")),
+        if let Some(deny) = self.glob_deny("tools.deny", "name", "deploy-*", value) {
+            self.out.tools.deny.push(deny);
         }
     }
 

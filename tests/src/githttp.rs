@@ -2,6 +2,7 @@
 //! small Python `http.server` that checks the password and runs the real
 //! `git http-backend` as a CGI program (smart HTTP: clone, fetch, push).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -199,30 +200,24 @@ fn seed(scratch: &Path, bare: &Path) {
     )
     .ok();
     std::fs::write(work.join("README"), "seed\n").must("writing a seed file");
-    run_to_end(
-        git(scratch).arg("-C").arg(&work).args(["add", "README"]),
-        None,
-    )
-    .ok();
-    run_to_end(
-        git(scratch)
-            .arg("-C")
-            .arg(&work)
-            .args(["commit", "-q", "-m", "seed"]),
-        None,
-    )
-    .ok();
-    run_to_end(
-        git(scratch)
-            .arg("-C")
-            .arg(&work)
-            .arg("push")
-            .arg("-q")
-            .arg(bare)
-            .arg("main"),
-        None,
-    )
-    .ok();
+    let steps: [&[&OsStr]; 3] = [
+        &[OsStr::new("add"), OsStr::new("README")],
+        &[
+            OsStr::new("commit"),
+            OsStr::new("-q"),
+            OsStr::new("-m"),
+            OsStr::new("seed"),
+        ],
+        &[
+            OsStr::new("push"),
+            OsStr::new("-q"),
+            bare.as_os_str(),
+            OsStr::new("main"),
+        ],
+    ];
+    for args in steps {
+        run_to_end(git(scratch).arg("-C").arg(&work).args(args), None).ok();
+    }
 }
 
 /// Path of the `nexus-shim` binary under test (for scripts that run it).

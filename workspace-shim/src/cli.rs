@@ -426,12 +426,12 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn client_error(e: &crate::client::ClientError) -> ExitCode {
+pub(crate) fn client_error(e: &crate::client::ClientError) -> ExitCode {
     eprintln!("nexus-shim: {e}");
     ExitCode::from(1)
 }
 
-fn unexpected(reply: LocalReply) -> ExitCode {
+pub(crate) fn unexpected(reply: LocalReply) -> ExitCode {
     match reply {
         LocalReply::Reply(Reply::Error(e)) => {
             eprintln!("nexus-shim: {}", e.message);

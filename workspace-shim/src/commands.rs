@@ -14,8 +14,8 @@ use nexus_protocol::{
     parse_credential,
 };
 
-use crate::cli::ClientArgs;
-use crate::client::{ClientError, Session};
+use crate::cli::{ClientArgs, client_error, unexpected as reply_error};
+use crate::client::Session;
 use crate::state::StateDir;
 
 /// `tool list`, `tool run`.
@@ -84,26 +84,6 @@ pub(crate) struct ExecArgs {
     client: ClientArgs,
 }
 
-fn client_error(e: &ClientError) -> ExitCode {
-    eprintln!("nexus-shim: {e}");
-    ExitCode::from(1)
-}
-
-fn reply_error(reply: &LocalReply) -> ExitCode {
-    match reply {
-        LocalReply::Reply(Reply::Error(e)) => {
-            eprintln!("nexus-shim: {}", e.message);
-            ExitCode::from(e.code.exit_code())
-        }
-        other => {
-            eprintln!(
-                "nexus-shim: unexpected answer from the daemon: {other:?}; is it the same version as this client?"
-            );
-            ExitCode::from(1)
-        }
-    }
-}
-
 /// `git-credential get|store|erase`: git's helper protocol on stdin/stdout.
 pub(crate) async fn git_credential(
     state: &StateDir,
@@ -163,7 +143,7 @@ pub(crate) async fn git_credential(
         }
         Ok(other) => {
             quit();
-            Ok(reply_error(&other))
+            Ok(reply_error(other))
         }
         Err(e) => {
             quit();
@@ -202,7 +182,7 @@ pub(crate) async fn tool(state: &StateDir, cmd: ToolCommand) -> Result<ExitCode>
                             u8::try_from(code.clamp(0, 255)).unwrap_or(1),
                         ));
                     }
-                    Ok(other) => return Ok(reply_error(&other)),
+                    Ok(other) => return Ok(reply_error(other)),
                     Err(e) => return Ok(client_error(&e)),
                 }
             }
@@ -246,7 +226,7 @@ async fn tool_list(state: &StateDir, json: bool, client: &ClientArgs) -> Result<
             }
             Ok(ExitCode::SUCCESS)
         }
-        Ok(other) => Ok(reply_error(&other)),
+        Ok(other) => Ok(reply_error(other)),
         Err(e) => Ok(client_error(&e)),
     }
 }
@@ -461,7 +441,7 @@ pub(crate) async fn file(state: &StateDir, cmd: FileCommand) -> Result<ExitCode>
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            other => return Ok(reply_error(&other)),
+            other => return Ok(reply_error(other)),
         }
     }
 }
@@ -499,7 +479,7 @@ pub(crate) async fn exec(state: &StateDir, args: ExecArgs) -> Result<ExitCode> {
         };
         match session.next().await {
             Ok(LocalReply::Reply(Reply::Token(value))) => envs.push((var.to_owned(), value)),
-            Ok(other) => return Ok(reply_error(&other)),
+            Ok(other) => return Ok(reply_error(other)),
             Err(e) => return Ok(client_error(&e)),
         }
     }

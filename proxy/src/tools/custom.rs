@@ -5,12 +5,12 @@
 
 use std::process::Stdio;
 
-use nexus_policy::{Action, Grant, Request as PolicyRequest, ToolRule, Verdict};
+use nexus_policy::{Action, Grant, ToolRule};
 use nexus_protocol::{CallerContext, Channel, ErrorCode, MAX_CHUNK, Reply, ToolInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{debug, info};
 
-use super::{ToolContext, approval, clip};
+use super::{ToolContext, clip};
 
 /// Read size for tool output; smaller than a chunk so output flows early.
 const READ_SIZE: usize = 64 << 10;
@@ -67,35 +67,21 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ToolContext,
     stream: &mut S,
 ) -> Reply {
-    let decision = ctx.policy.decide(&PolicyRequest {
+    let rule = match super::grant(
+        ctx,
         workspace,
-        caller: None,
-        action: Action::Tool { name, args },
-    });
-    super::log_decision("tool", name, &decision, caller);
-    if decision.verdict == Verdict::Deny {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!("denied by the laptop's policy: {}", decision.reason),
-        );
-    }
-    let Some(Grant::Tool(rule)) = decision.grant else {
-        return Reply::error(ErrorCode::Internal, "policy allowed without a rule");
+        caller,
+        ("tool", name),
+        Action::Tool { name, args },
+    ) {
+        Ok(Grant::Tool(rule)) => rule,
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
     };
     let what = format!("tool {:?}", clip(name));
-    if let Err(reply) = approval::require(rule.approve, &what, &rule.rule) {
+    let key = format!("{workspace}\0tool\0{name}");
+    if let Err(reply) = super::admit(ctx, &what, &rule.rule, rule.approve, rule.rate, &key) {
         return reply;
-    }
-    if let Some(rate) = rule.rate
-        && let Err(retry) = ctx.rates.check(&format!("{workspace}\0tool\0{name}"), rate)
-    {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!(
-                "{what} is rate-limited to {rate} by the laptop's policy; retry in {}s",
-                retry.as_secs().max(1)
-            ),
-        );
     }
     execute(&rule, args, ctx, stream).await
 }

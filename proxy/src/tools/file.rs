@@ -10,7 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nexus_policy::{Action, FileSet, Grant, Request as PolicyRequest, Verdict};
+use nexus_policy::{Action, FileSet, Grant};
 use nexus_protocol::{CallerContext, Channel, ErrorCode, MAX_CHUNK, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::debug;
@@ -201,20 +201,11 @@ pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(p) => p,
         Err(m) => return Reply::error(ErrorCode::BadRequest, m),
     };
-    let decision = ctx.policy.decide(&PolicyRequest {
-        workspace,
-        caller: None,
-        action: Action::File { path: &shown },
-    });
-    super::log_decision("file", &shown, &decision, caller);
-    if decision.verdict == Verdict::Deny {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!("denied by the laptop's policy: {}", decision.reason),
-        );
-    }
-    let Some(Grant::File(rule)) = decision.grant else {
-        return Reply::error(ErrorCode::Internal, "policy allowed without a rule");
+    let action = Action::File { path: &shown };
+    let rule = match super::grant(ctx, workspace, caller, ("file", &shown), action) {
+        Ok(Grant::File(rule)) => rule,
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
     };
     let home = ctx.home();
     let (Some(real), Some(root)) = (
@@ -244,20 +235,11 @@ pub async fn sync<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ToolContext,
     stream: &mut S,
 ) -> Reply {
-    let decision = ctx.policy.decide(&PolicyRequest {
-        workspace,
-        caller: None,
-        action: Action::FileSet { name: set },
-    });
-    super::log_decision("file-set", set, &decision, caller);
-    if decision.verdict == Verdict::Deny {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!("denied by the laptop's policy: {}", decision.reason),
-        );
-    }
-    let Some(Grant::FileSet(rule)) = decision.grant else {
-        return Reply::error(ErrorCode::Internal, "policy allowed without a rule");
+    let action = Action::FileSet { name: set };
+    let rule = match super::grant(ctx, workspace, caller, ("file-set", set), action) {
+        Ok(Grant::FileSet(rule)) => rule,
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
     };
     let home = ctx.home();
     let files = collect(&rule, home.as_deref()).await;

@@ -8,12 +8,12 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use nexus_policy::{Action, GitAction, Grant, Policy, Request as PolicyRequest, Verdict};
+use nexus_policy::{Action, GitAction, Grant};
 use nexus_protocol::{Credential, ErrorCode, GitOperation, Reply, Secret, parse_credential};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::warn;
 
-use super::{ToolContext, approval, clip};
+use super::{ToolContext, clip};
 
 /// How long the laptop's git (and its helper) may take; a helper that shows
 /// a keychain dialog needs the user.
@@ -52,45 +52,26 @@ pub async fn answer(
             "the credential description names no protocol or host",
         );
     };
-    let decision = decide(
-        &ctx.policy,
-        workspace,
-        protocol,
-        host,
-        cred.path.as_deref(),
-        op,
-    );
     let target = format!(
         "{protocol}://{host}/{}",
         cred.path.as_deref().unwrap_or_default()
     );
     let logged = format!("{} {target}", op.as_str());
-    super::log_decision("git-credential", &logged, &decision, caller);
-    if decision.verdict == Verdict::Deny {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!("denied by the laptop's policy: {}", decision.reason),
-        );
-    }
-    let Some(Grant::GitCredential(rule)) = decision.grant else {
-        return Reply::error(ErrorCode::Internal, "policy allowed without a rule");
+    let action = Action::GitCredential {
+        protocol,
+        host,
+        path: cred.path.as_deref(),
+        action: action(op),
+    };
+    let rule = match super::grant(ctx, workspace, caller, ("git-credential", &logged), action) {
+        Ok(Grant::GitCredential(rule)) => rule,
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
     };
     let what = format!("git credential {} for {}", op.as_str(), clip(&target));
-    if let Err(reply) = approval::require(rule.approve, &what, &rule.rule) {
+    let key = format!("{workspace}\0git\0{}", rule.rule);
+    if let Err(reply) = super::admit(ctx, &what, &rule.rule, rule.approve, rule.rate, &key) {
         return reply;
-    }
-    if let Some(rate) = rule.rate
-        && let Err(retry) = ctx
-            .rates
-            .check(&format!("{workspace}\0git\0{}", rule.rule), rate)
-    {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!(
-                "{what} is rate-limited to {rate} by the laptop's policy; retry in {}s",
-                retry.as_secs().max(1)
-            ),
-        );
     }
     // Only the fields that name the credential (and, for store/erase, the
     // credential itself) reach the laptop's git.
@@ -117,27 +98,6 @@ pub async fn answer(
             }
         }
     }
-}
-
-/// The decision for one call (also used by `policy explain`-style checks).
-pub fn decide(
-    policy: &Policy,
-    workspace: &str,
-    protocol: &str,
-    host: &str,
-    path: Option<&str>,
-    op: GitOperation,
-) -> nexus_policy::Decision {
-    policy.decide(&PolicyRequest {
-        workspace,
-        caller: None,
-        action: Action::GitCredential {
-            protocol,
-            host,
-            path,
-            action: action(op),
-        },
-    })
 }
 
 async fn fill(ask: &Credential, ctx: &ToolContext) -> Reply {

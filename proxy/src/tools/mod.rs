@@ -158,6 +158,56 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
     }
 }
 
+/// Decides `action`, logs the decision, and gives the grant, or the denial
+/// to send.
+pub(crate) fn grant(
+    ctx: &ToolContext,
+    workspace: &str,
+    caller: &nexus_protocol::CallerContext,
+    (tool, target): (&str, &str),
+    action: Action<'_>,
+) -> Result<nexus_policy::Grant, Reply> {
+    let decision = ctx.policy.decide(&PolicyRequest {
+        workspace,
+        caller: None,
+        action,
+    });
+    log_decision(tool, target, &decision, caller);
+    if decision.verdict == Verdict::Deny {
+        return Err(Reply::error(
+            ErrorCode::Denied,
+            format!("denied by the laptop's policy: {}", decision.reason),
+        ));
+    }
+    decision
+        .grant
+        .ok_or_else(|| Reply::error(ErrorCode::Internal, "policy allowed without a rule"))
+}
+
+/// A rule's approval and rate limit (keyed by `key`), before it is carried out.
+pub(crate) fn admit(
+    ctx: &ToolContext,
+    what: &str,
+    rule: &nexus_policy::RuleRef,
+    approve: Option<nexus_policy::Approve>,
+    rate: Option<Rate>,
+    key: &str,
+) -> Result<(), Reply> {
+    approval::require(approve, what, rule)?;
+    if let Some(rate) = rate
+        && let Err(retry) = ctx.rates.check(key, rate)
+    {
+        return Err(Reply::error(
+            ErrorCode::Denied,
+            format!(
+                "{what} is rate-limited to {rate} by the laptop's policy; retry in {}s",
+                retry.as_secs().max(1)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn log_decision(
     tool: &str,
     target: &str,
