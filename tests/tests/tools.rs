@@ -221,6 +221,62 @@ fn injected_credential_fields_are_refused() {
     out.ok().stdout_has(PASSWORD);
 }
 
+#[test]
+fn erase_reaches_the_laptop_only_when_listed_and_answers_are_filtered() {
+    let (ws, laptop) = paired();
+    let host = "git.example.test:8443";
+    // A laptop helper that also answers a refresh token (never forwarded),
+    // and whose `erase` is observable.
+    let erased = laptop.home().join("erased");
+    std::fs::write(
+        laptop.home().join(".gitconfig"),
+        format!(
+            "[credential]\n\thelper = \"!f() {{ if [ \\\"$1\\\" = erase ]; then cat > '{}'; \
+             else echo username={USER}; echo password={PASSWORD}; echo oauth_refresh_token=REFRESH-TOKEN; fi; }}; f\"\n",
+            erased.display()
+        ),
+    )
+    .must("writing the laptop's .gitconfig");
+    let policy = laptop.write_policy(&format!(
+        "[[git-credential.allow]]\nprotocol = \"https\"\nhost = \"{host}\"\npath = \"acme/*\"\nactions = [\"get\", \"erase\"]\n\n\
+         [[git-credential.allow]]\nhost = \"{host}\"\npath = \"gated/*\"\napprove = \"prompt\"\n"
+    ));
+    let proxy = laptop.run(&ws, "dev", &policy, &[]);
+    let ask = |path: &str| format!("protocol=https\nhost={host}\npath={path}\n");
+    let got = shim_stdin(
+        &ws,
+        &["git-credential", "get"],
+        ask("acme/r.git").as_bytes(),
+    );
+    got.ok().stdout_has(PASSWORD);
+    assert!(!got.stdout.contains("REFRESH-TOKEN"), "{got}");
+    // approve = "prompt" cannot be asked yet: denied, git told to quit.
+    let gated = shim_stdin(
+        &ws,
+        &["git-credential", "get"],
+        ask("gated/r.git").as_bytes(),
+    );
+    gated.code(3).stderr_has("needs approval");
+    assert_eq!(gated.stdout, "quit=1\n");
+    // erase is listed for acme: the laptop's helper sees it.
+    let erase = format!(
+        "{}username={USER}\npassword={PASSWORD}\n",
+        ask("acme/r.git")
+    );
+    shim_stdin(&ws, &["git-credential", "erase"], erase.as_bytes()).ok();
+    let seen =
+        poll(DEADLINE, || std::fs::read_to_string(&erased).ok()).must("erase reached the helper");
+    assert!(seen.contains(&format!("host={host}")), "{seen}");
+    // store is not listed: nothing reaches the laptop.
+    std::fs::remove_file(&erased).must("resetting");
+    shim_stdin(&ws, &["git-credential", "store"], erase.as_bytes()).ok();
+    assert!(!erased.exists());
+    assert!(
+        !proxy.log().contains(PASSWORD),
+        "password in the proxy's log"
+    );
+}
+
 /// One env token `demo`.
 const TOKEN_POLICY: &str = "[tokens.demo]\nsource = \"env:E2E_DEMO\"\n";
 
