@@ -48,9 +48,11 @@ impl FileRule {
         self.path.ends_with('/')
     }
 
+    /// A directory rule covers the directory itself (`file get ~/dir/`)
+    /// and everything below it.
     fn covers(&self, path: &str) -> bool {
         if self.is_dir() {
-            path.len() > self.path.len() && path.starts_with(&self.path)
+            path.starts_with(&self.path) || format!("{path}/") == self.path
         } else {
             path == self.path
         }
@@ -393,7 +395,9 @@ mod tests {
         for (path, allow, says) in [
             ("~/.opencode/config.json", true, "p.toml:1"),
             ("~/.opencode/a/b.json", true, "p.toml:1"),
-            ("~/.opencode/", false, "default deny"),
+            ("~/.opencode/", true, "p.toml:1"),
+            ("~/.opencode", true, "p.toml:1"),
+            ("~/.opencodex", false, "default deny"),
             ("~/.opencode/../.ssh/id_ed25519", false, "'..'"),
             ("~/.opencode//x", false, "empty"),
             ("~/.opencode/x.KEY", false, "files.deny"),

@@ -422,6 +422,26 @@ fn file_get_serves_allowed_files_only() {
         assert!(!out.stdout.contains("PRIVATE KEY"), "{out}");
     }
     assert!(world.laptop.home().join(".opencode/fifo").exists());
+    // A directory comes back file by file under -o DEST_DIR; links out are skipped.
+    let dest = ws.home().join("agents-copy");
+    ws.cli([
+        "file",
+        "get",
+        "~/.opencode/agents/",
+        "-o",
+        &dest.display().to_string(),
+    ])
+    .ok()
+    .stderr_has("installed 1 file(s)")
+    .stderr_has("skipped ~/.opencode/agents/leak");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("a.md")).must("a file of the directory"),
+        "agent a\n"
+    );
+    assert!(!dest.join("leak").exists());
+    ws.cli(["file", "get", "~/.opencode/agents"])
+        .code(2)
+        .stderr_has("-o DEST_DIR");
 }
 
 #[test]

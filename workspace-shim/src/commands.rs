@@ -330,6 +330,11 @@ fn home() -> Result<PathBuf> {
 /// The laptop path for a workspace argument: paths under this workspace's
 /// $HOME (a shell expanded `~`) mean the laptop's `~/`.
 fn laptop_path(arg: &str) -> String {
+    for prefix in ["$HOME/", "${HOME}/"] {
+        if let Some(rest) = arg.strip_prefix(prefix) {
+            return format!("~/{rest}");
+        }
+    }
     if let Ok(h) = home()
         && let Some(rest) = Path::new(arg).strip_prefix(&h).ok().and_then(Path::to_str)
         && !rest.is_empty()
@@ -372,6 +377,11 @@ pub(crate) async fn file(state: &StateDir, cmd: FileCommand) -> Result<ExitCode>
         ),
         FileCommand::Sync { set, client } => (Request::FileSync { set }, client, None, true),
     };
+    // A directory's files come back under it: `~/dir/` + relative path.
+    let dir_prefix = match &op {
+        Request::FileGet { path } => format!("{}/", path.trim_end_matches('/')),
+        _ => String::new(),
+    };
     let mut session = match Session::start(state, client.wait, LocalOp::Forward(op)).await {
         Ok(s) => s,
         Err(e) => return Ok(client_error(&e)),
@@ -379,6 +389,7 @@ pub(crate) async fn file(state: &StateDir, cmd: FileCommand) -> Result<ExitCode>
     let mut current: Option<AtomicFile> = None;
     let mut to_stdout: Option<(u64, u64)> = None;
     let mut installed = 0usize;
+    let mut into = sync.then(home).transpose()?;
     loop {
         let reply = match session.next().await {
             Ok(r) => r,
@@ -392,6 +403,21 @@ pub(crate) async fn file(state: &StateDir, cmd: FileCommand) -> Result<ExitCode>
                 }
                 if sync {
                     current = Some(AtomicFile::create(&install_path(&path)?, size, mode)?);
+                } else if let Some(rel) = path.strip_prefix(&dir_prefix) {
+                    let Some(dest) = &output else {
+                        eprintln!(
+                            "nexus-shim: {} is a directory on the laptop; give -o DEST_DIR",
+                            dir_prefix
+                        );
+                        return Ok(ExitCode::from(2));
+                    };
+                    anyhow::ensure!(
+                        rel.split('/')
+                            .all(|s| !s.is_empty() && s != "." && s != ".."),
+                        "{path}: refusing a path with '.', '..' or empty segments"
+                    );
+                    current = Some(AtomicFile::create(&dest.join(rel), size, mode)?);
+                    into = Some(dest.clone());
                 } else if let Some(dest) = &output {
                     current = Some(AtomicFile::create(dest, size, mode)?);
                 } else {
@@ -433,10 +459,10 @@ pub(crate) async fn file(state: &StateDir, cmd: FileCommand) -> Result<ExitCode>
                     );
                     std::io::stdout().flush().context("writing to stdout")?;
                 }
-                if sync {
+                if let Some(dir) = into {
                     eprintln!(
                         "nexus-shim: installed {installed} file(s) into {}",
-                        home()?.display()
+                        dir.display()
                     );
                 }
                 return Ok(ExitCode::SUCCESS);

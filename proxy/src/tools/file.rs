@@ -10,7 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nexus_policy::{Action, FileSet, Grant};
+use nexus_policy::{Action, Grant};
 use nexus_protocol::{CallerContext, Channel, ErrorCode, MAX_CHUNK, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::debug;
@@ -214,6 +214,11 @@ pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
     ) else {
         return Reply::error(ErrorCode::Internal, "the laptop user has no home directory");
     };
+    if rule.is_dir() && is_dir_inside(&real, &root).await {
+        let dir = format!("{}/", shown.trim_end_matches('/'));
+        let files = collect(&[dir], &root, home.as_deref()).await;
+        return send_all(files, rule.max_size, ctx, stream).await;
+    }
     let opened = match open_checked(&shown, &real, &root, rule.is_dir(), rule.max_size).await {
         Ok(o) => o,
         Err(reply) => return reply,
@@ -242,13 +247,40 @@ pub async fn sync<S: AsyncRead + AsyncWrite + Unpin>(
         Err(reply) => return reply,
     };
     let home = ctx.home();
-    let files = collect(&rule, home.as_deref()).await;
+    let mut files = Vec::new();
+    for entry in &rule.paths {
+        if let Some(root) = expand(entry, home.as_deref()) {
+            files.extend(collect(std::slice::from_ref(entry), &root, home.as_deref()).await);
+        }
+    }
+    send_all(files, rule.max_size, ctx, stream).await
+}
+
+/// Whether `real` is a directory that resolves inside `root`.
+async fn is_dir_inside(real: &Path, root: &Path) -> bool {
+    let (Ok(r), Ok(c)) = (
+        tokio::fs::canonicalize(root).await,
+        tokio::fs::canonicalize(real).await,
+    ) else {
+        return false;
+    };
+    c.starts_with(&r) && tokio::fs::metadata(&c).await.is_ok_and(|m| m.is_dir())
+}
+
+/// Sends every file that passes the checks; the others become notes on
+/// stderr. The deny rules apply to each file found.
+async fn send_all<S: AsyncWrite + Unpin>(
+    files: Vec<Found>,
+    max: u64,
+    ctx: &ToolContext,
+    stream: &mut S,
+) -> Reply {
     for (shown, real, root, dir) in files {
         if let Some(deny) = ctx.policy.file_denied(&shown) {
-            debug!(path = %clip(&shown), rule = %deny, "set file denied");
+            debug!(path = %clip(&shown), rule = %deny, "file denied inside a granted directory");
             continue;
         }
-        match open_checked(&shown, &real, &root, dir, rule.max_size).await {
+        match open_checked(&shown, &real, &root, dir, max).await {
             Ok(opened) => {
                 if send_file(&shown, opened, stream).await.is_err() {
                     return Reply::Done;
@@ -270,20 +302,22 @@ pub async fn sync<S: AsyncRead + AsyncWrite + Unpin>(
     Reply::Done
 }
 
-/// The files of a set: (shown path, real path, root, root is a directory).
-async fn collect(set: &FileSet, home: Option<&Path>) -> Vec<(String, PathBuf, PathBuf, bool)> {
+/// A file found: (shown path, real path, root it must resolve under, root is a directory).
+type Found = (String, PathBuf, PathBuf, bool);
+
+/// The files under `entries` (`~/file`, or `~/dir/` walked without
+/// following symlinked directories), each to be checked against `root`.
+async fn collect(entries: &[String], root: &Path, home: Option<&Path>) -> Vec<Found> {
     let mut out = Vec::new();
-    for entry in &set.paths {
-        let Some(root) = expand(entry, home) else {
+    for entry in entries {
+        let Some(start) = expand(entry, home) else {
             continue;
         };
         if !entry.ends_with('/') {
-            out.push((entry.clone(), root.clone(), root, false));
+            out.push((entry.clone(), start, root.to_path_buf(), false));
             continue;
         }
-        // Walk without following symlinked directories; files are checked
-        // against the root when opened.
-        let mut stack = vec![(root.clone(), entry.clone(), 0usize)];
+        let mut stack = vec![(start, entry.clone(), 0usize)];
         while let Some((dir, shown, depth)) = stack.pop() {
             let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
                 continue;
@@ -302,7 +336,7 @@ async fn collect(set: &FileSet, home: Option<&Path>) -> Vec<(String, PathBuf, Pa
                 if kind.is_dir() && depth < MAX_DEPTH {
                     stack.push((e.path(), format!("{child_shown}/"), depth + 1));
                 } else if kind.is_file() || kind.is_symlink() {
-                    out.push((child_shown, e.path(), root.clone(), true));
+                    out.push((child_shown, e.path(), root.to_path_buf(), true));
                 }
             }
         }
