@@ -224,6 +224,19 @@ async fn drain(sock: &Path, request: Request) -> Result<(u64, Option<i32>)> {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far (Linux, 100 Hz ticks).
+fn cpu_s(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 of stat; `rest` starts at field 3.
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn pct(samples: &[f64], p: f64) -> f64 {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
@@ -290,6 +303,14 @@ async fn main() -> Result<()> {
     );
     // Warm the page cache and the link once.
     drain(&pair.sock, Request::FileGet { path: path.clone() }).await?;
+    let pids: Vec<String> = pair.procs.iter().map(|c| c.id().to_string()).collect();
+    let cpu = |pids: &[String]| -> Vec<f64> {
+        pids.iter()
+            .map(|p| cpu_s(p))
+            .chain([cpu_s("self")])
+            .collect()
+    };
+    let cpu_before = cpu(&pids);
     let mut rates = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -300,6 +321,12 @@ async fn main() -> Result<()> {
         }
         rates.push(size as f64 / secs / 1e6);
     }
+    let cpu_after = cpu(&pids);
+    let per_run: Vec<f64> = cpu_before
+        .iter()
+        .zip(&cpu_after)
+        .map(|(a, b)| (b - a) / 5.0)
+        .collect();
     rates.sort_by(f64::total_cmp);
     println!(
         "(f1) file get {} MB over shim.sock (in process)       median {:.0} MB/s (min {:.0}, max {:.0}; target >= 500)",
@@ -307,6 +334,16 @@ async fn main() -> Result<()> {
         rates[rates.len() / 2],
         rates[0],
         rates[rates.len() - 1]
+    );
+    // CPU per 100 MB in each stage (shim, proxy, reader): the stages run in
+    // parallel, so the busiest one bounds throughput on an idle machine.
+    let busiest = per_run.iter().copied().fold(0.0, f64::max);
+    println!(
+        "     CPU per get: shim {:.3} s, proxy {:.3} s, reader {:.3} s => CPU-bound ceiling {:.0} MB/s",
+        per_run[0],
+        per_run[1],
+        per_run[2],
+        size as f64 / busiest / 1e6
     );
     let dest = dir.path().join("dest.bin");
     let mut cli = Vec::new();

@@ -26,6 +26,7 @@ pub use credential::{
 pub use error::{DecodeError, FrameError};
 pub use frame::{
     FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, body_len, decode, encode,
+    encode_frame,
 };
 pub use message::{
     Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, LinkStatus,

@@ -333,7 +333,11 @@ async fn call_laptop(
         .map_err(|_| lost())?;
     let relay = async {
         loop {
-            let reply: Reply = match nexus_transport::recv(&mut stream, MAX_FRAME).await {
+            let reply: Reply = match nexus_transport::recv_wiping(&mut stream, MAX_FRAME, |r| {
+                !matches!(r, Reply::Chunk { .. })
+            })
+            .await
+            {
                 Ok(r) => r,
                 Err(TransportError::Closed) => return Err(lost()),
                 Err(e) => {
@@ -344,10 +348,15 @@ async fn call_laptop(
                 }
             };
             let last = reply.is_final();
-            if nexus_transport::send(conn, &LocalReply::Reply(reply))
-                .await
-                .is_err()
-            {
+            // Bulk data (file contents, tool output) is relayed without
+            // the wiping pass that frames which may hold secrets get.
+            let reply = LocalReply::Reply(reply);
+            let sent = if matches!(reply, LocalReply::Reply(Reply::Chunk { .. })) {
+                nexus_transport::send_data(conn, &reply).await
+            } else {
+                nexus_transport::send(conn, &reply).await
+            };
+            if sent.is_err() {
                 // The caller went away; dropping the stream resets it on the laptop.
                 return Ok(());
             }

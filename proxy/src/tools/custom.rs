@@ -225,7 +225,7 @@ async fn send_chunk<W: AsyncWrite + Unpin>(
     channel: Channel,
     data: Vec<u8>,
 ) -> Result<(), ()> {
-    nexus_transport::send(tx, &Reply::Chunk { channel, data })
+    nexus_transport::send_data(tx, &Reply::Chunk { channel, data })
         .await
         .map_err(|_| ())
 }

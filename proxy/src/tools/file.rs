@@ -166,25 +166,23 @@ async fn send_file<S: AsyncWrite + Unpin>(
     };
     nexus_transport::send(out, &header).await.map_err(|_| ())?;
     let mut left = f.size;
-    let mut buf = vec![
-        0u8;
-        MAX_CHUNK
-            .min(usize::try_from(f.size).unwrap_or(MAX_CHUNK))
-            .max(1)
-    ];
     while left > 0 {
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        let n = f.file.read(&mut buf[..want]).await.map_err(|_| ())?;
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK);
+        let mut data = vec![0u8; want];
+        let n = f.file.read(&mut data).await.map_err(|_| ())?;
         if n == 0 {
             // Shrank while read: the workspace sees a short file and fails.
             break;
         }
+        data.truncate(n);
         left -= n as u64;
         let chunk = Reply::Chunk {
             channel: Channel::Data,
-            data: buf[..n].to_vec(),
+            data,
         };
-        nexus_transport::send(out, &chunk).await.map_err(|_| ())?;
+        nexus_transport::send_data(out, &chunk)
+            .await
+            .map_err(|_| ())?;
     }
     Ok(())
 }
