@@ -266,8 +266,9 @@ where
     Ok(out)
 }
 
-const TOOLS: &str =
-    "[tools.true]\ncommand = [\"true\"]\n\n[tokens.demo]\nsource = \"env:NEXUS_BENCH_TOKEN\"\n";
+const TOOLS: &str = "[tools.true]\ncommand = [\"true\"]\n\n\
+                     [tokens.demo]\nsource = \"env:NEXUS_BENCH_TOKEN\"\n\n\
+                     [tokens.spawned]\nsource = { command = [\"echo\", \"v\"] }\n";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -461,6 +462,23 @@ async fn main() -> Result<()> {
         row(
             &format!("(r2) tool run true at {} ms RTT", args.rtt_ms),
             &remote,
+        );
+        // The same laptop-side spawn in a one-frame answer: tells the cost of
+        // spawning on the laptop apart from the streaming.
+        let spawned = timed(runs, || {
+            let sock = sock.clone();
+            async move {
+                let op = LocalOp::Forward(Request::Token {
+                    name: "spawned".into(),
+                });
+                one(&sock, op).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        row(
+            &format!("(r3) token from a command source at {} ms RTT", args.rtt_ms),
+            &spawned,
         );
         let overhead = pct(&remote, 50.0) - pct(&local, 50.0);
         println!(
