@@ -238,3 +238,69 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::test_support::context;
+
+    const POLICY: &str = "[tools.t]\ncommand = [\"sh\", \"-c\", \"echo out; echo err >&2; exit 3\"]\n\n\
+        [tools.slow]\ncommand = [\"sh\", \"-c\", \"echo $$; exec sleep 30\"]\n";
+
+    fn rule(ctx: &ToolContext, name: &str) -> ToolRule {
+        ctx.policy
+            .tools()
+            .into_iter()
+            .find(|t| t.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no tool {name}"))
+    }
+
+    #[tokio::test]
+    async fn output_streams_in_chunks_then_the_exit_code() {
+        let ctx = context(POLICY, None);
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
+                got.push(r);
+            }
+            got
+        });
+        let end = execute(&rule(&ctx, "t"), &[], &ctx, &mut ours).await;
+        drop(ours);
+        assert_eq!(end, Reply::Exit(3));
+        let got = reader.await.unwrap_or_default();
+        assert!(got.contains(&Reply::Chunk {
+            channel: Channel::Stdout,
+            data: b"out\n".to_vec()
+        }));
+        assert!(got.contains(&Reply::Chunk {
+            channel: Channel::Stderr,
+            data: b"err\n".to_vec()
+        }));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_kills_the_tool() {
+        let ctx = context(POLICY, None);
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let run = tokio::spawn(async move {
+            let r = rule(&ctx, "slow");
+            execute(&r, &[], &ctx, &mut ours).await
+        });
+        // The tool's pid comes first; then the caller hangs up.
+        let first = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await;
+        let Ok(Reply::Chunk { data, .. }) = first else {
+            panic!("{first:?}");
+        };
+        let pid: i32 = String::from_utf8_lossy(&data).trim().parse().unwrap_or(0);
+        drop(theirs);
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
+        assert!(matches!(end, Ok(Ok(Reply::Done))), "{end:?}");
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+        });
+        assert!(gone, "tool {pid} still running");
+    }
+}

@@ -213,3 +213,76 @@ async fn run_git(
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::test_support::context;
+
+    const POLICY: &str = "[[git-credential.allow]]\nhost = \"h.test\"\npath = \"a/*\"\n";
+
+    /// A fake `git` on the source path printing `output` and exiting `code`.
+    fn fake_git(output: &str, code: i32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let script = dir.path().join("git");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\ncat >/dev/null\nprintf '%b' '{output}'\nexit {code}\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        dir
+    }
+
+    async fn get(output: &str, code: i32) -> Reply {
+        let dir = fake_git(output, code);
+        let path = format!("{}:/usr/bin:/bin", dir.path().display());
+        let mut ctx = context(POLICY, None);
+        ctx.source_path = Some(path);
+        let input = Secret::new(b"protocol=https\nhost=h.test\npath=a/r.git\n".to_vec());
+        answer(
+            GitOperation::Get,
+            &input,
+            "w",
+            &nexus_protocol::CallerContext::default(),
+            &ctx,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_laptop_answer_is_checked_and_filtered() {
+        let ok = get(
+            "username=u\\npassword=p\\noauth_refresh_token=R\\nwwwauth[]=x\\n",
+            0,
+        )
+        .await;
+        let Reply::GitCredential(out) = ok else {
+            panic!("{ok:?}");
+        };
+        assert_eq!(out.expose(), b"username=u\npassword=p\n");
+        let big = "a".repeat(70_000);
+        let r = get(&format!("path={big}\\n"), 0).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.message.contains("more than")),
+            "{r:?}"
+        );
+        let r = get("password=p\\rquit=1\\n", 0).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.code == ErrorCode::Internal),
+            "{r:?}"
+        );
+        let r = get("", 128).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.code == ErrorCode::Missing),
+            "{r:?}"
+        );
+        let r = get("username=u\\n", 0).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.code == ErrorCode::Missing),
+            "{r:?}"
+        );
+    }
+}

@@ -246,3 +246,28 @@ mod tests {
         assert_eq!(long.len(), 131);
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A context with `policy` and, as `--source-path`, `path`.
+    pub(crate) fn context(policy: &str, path: Option<&std::path::Path>) -> ToolContext {
+        let policy =
+            nexus_policy::Policy::from_sources(&[nexus_policy::Source::new("p.toml", policy)])
+                .unwrap_or_else(|e| panic!("{e}"));
+        ToolContext {
+            policy: Arc::new(policy),
+            config: ConfigDir::resolve(Some(std::env::temp_dir()))
+                .unwrap_or_else(|e| panic!("{e}")),
+            source_path: path.map(|p| p.display().to_string()),
+            rates: RateLimiter::default(),
+            ssh_agent: None,
+            replay: ssh::ReplayCache::default(),
+            call_rate: Rate {
+                count: 1000,
+                per: std::time::Duration::from_secs(1),
+            },
+        }
+    }
+}
