@@ -285,4 +285,28 @@ mod tests {
             "{r:?}"
         );
     }
+
+    #[tokio::test]
+    async fn a_shim_that_skips_its_own_check_is_refused_here_too() {
+        let ctx = context(POLICY, None);
+        for input in [
+            &b"protocol=https\nhost=h.test\npath=a/r\rhost=evil\n"[..],
+            b"protocol=https\nhost=h.test\0\npath=a/r\n",
+            b"url=https://u:p@h.test/a/r\n",
+            b"path=a/r\n",
+        ] {
+            let r = answer(
+                GitOperation::Get,
+                &Secret::new(input.to_vec()),
+                "w",
+                &nexus_protocol::CallerContext::default(),
+                &ctx,
+            )
+            .await;
+            assert!(
+                matches!(&r, Reply::Error(e) if e.code == ErrorCode::BadRequest),
+                "{input:?}: {r:?}"
+            );
+        }
+    }
 }
