@@ -24,7 +24,7 @@ use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::GlobDeny;
+use crate::glob_deny::{GlobDeny, deny};
 use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
 
 /// Default per-file size limit (10 MiB).
@@ -78,15 +78,6 @@ pub(crate) struct FilesSection {
     allow: Vec<FileRule>,
     deny: Vec<GlobDeny>,
     sets: Vec<FileSet>,
-}
-
-fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
-    Decision {
-        verdict: Verdict::Deny,
-        rule,
-        reason,
-        grant: None,
-    }
 }
 
 impl FilesSection {

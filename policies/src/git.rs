@@ -25,6 +25,7 @@ use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
+use crate::glob_deny::deny;
 use crate::parse::{Parser, Value, path_key};
 use crate::rate::Rate;
 use crate::ssh::{self, Glob};
@@ -215,15 +216,6 @@ impl GitSection {
             format!("{what}: no [[git-credential.allow]] rule matches (default deny)")
         };
         deny(None, reason)
-    }
-}
-
-fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
-    Decision {
-        verdict: Verdict::Deny,
-        rule,
-        reason,
-        grant: None,
     }
 }
 

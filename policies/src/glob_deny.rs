@@ -1,11 +1,22 @@
-//! Deny rules with one glob field (`[[files.deny]] path = ...`,
-//! `[[tools.deny]] name = ...`): one parser for both.
+//! What the git-credential, files and tools sections share: deny rules with
+//! one glob field (`[[files.deny]] path = ...`, `[[tools.deny]] name = ...`)
+//! and the shape of a denial.
 
 use globset::GlobMatcher;
 use toml::de::DeValue;
 
-use crate::engine::RuleRef;
+use crate::engine::{Decision, RuleRef, Verdict};
 use crate::parse::{Parser, Value, compile_glob, path_key};
+
+/// A denial by `rule` (`None`: the default deny).
+pub(crate) fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        rule,
+        reason,
+        grant: None,
+    }
+}
 
 /// A parsed single-glob deny rule.
 #[derive(Clone, Debug)]

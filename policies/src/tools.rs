@@ -28,7 +28,7 @@ use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::GlobDeny;
+use crate::glob_deny::{GlobDeny, deny};
 use crate::parse::{Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name};
 use crate::rate::Rate;
 
@@ -172,15 +172,6 @@ fn describe(patterns: &[String]) -> String {
         "no arguments".to_owned()
     } else {
         format!("{patterns:?}")
-    }
-}
-
-fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
-    Decision {
-        verdict: Verdict::Deny,
-        rule,
-        reason,
-        grant: None,
     }
 }
 
