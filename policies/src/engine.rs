@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use globset::GlobMatcher;
 
 use crate::diag::{Diagnostic, PolicyErrors};
+use crate::files::{FileRule, FileSet, FilesSection};
+use crate::git::{GitAction, GitRule, GitSection};
 use crate::parse;
 use crate::rate::Rate;
 use crate::ssh::{self, SshDenyRule, SshRule};
+use crate::tools::{ToolRule, ToolsSection};
 
 /// Longest part of a requested name quoted in a decision reason; the name comes
 /// from the untrusted workspace and must not flood the audit log.
@@ -119,6 +122,35 @@ pub enum Action<'a> {
         /// Fingerprint (`SHA256:...`) of the identity.
         key: &'a str,
     },
+    /// A git credential helper call (`[[git-credential.allow]]`).
+    GitCredential {
+        /// URL scheme git sent (untrusted).
+        protocol: &'a str,
+        /// Host (and port) git sent (untrusted).
+        host: &'a str,
+        /// Repository path, sent with `credential.useHttpPath` (untrusted).
+        path: Option<&'a str>,
+        /// get, store or erase.
+        action: GitAction,
+    },
+    /// Read one laptop file (`[[files.allow]]`): `~/x` or `/x`, normalized
+    /// by the proxy (untrusted content).
+    File {
+        /// The path.
+        path: &'a str,
+    },
+    /// Install a named set of files (`[files.sets.NAME]`).
+    FileSet {
+        /// The set name (untrusted).
+        name: &'a str,
+    },
+    /// Run a custom tool (`[tools.NAME]`) with these arguments.
+    Tool {
+        /// The tool name (untrusted).
+        name: &'a str,
+        /// The arguments after the declared command (untrusted).
+        args: &'a [String],
+    },
 }
 
 impl fmt::Debug for Action<'_> {
@@ -146,6 +178,25 @@ impl fmt::Debug for Action<'_> {
                 .finish(),
             Action::SshIdentity { key } => f.debug_struct("SshIdentity").field("key", key).finish(),
             Action::SshHop { .. } => f.debug_struct("SshHop").finish_non_exhaustive(),
+            Action::GitCredential {
+                protocol,
+                host,
+                path,
+                action,
+            } => f
+                .debug_struct("GitCredential")
+                .field("protocol", protocol)
+                .field("host", host)
+                .field("path", path)
+                .field("action", action)
+                .finish(),
+            Action::File { path } => f.debug_struct("File").field("path", path).finish(),
+            Action::FileSet { name } => f.debug_struct("FileSet").field("name", name).finish(),
+            Action::Tool { name, args } => f
+                .debug_struct("Tool")
+                .field("name", name)
+                .field("args", args)
+                .finish(),
         }
     }
 }
@@ -191,6 +242,25 @@ impl PartialEq for Action<'_> {
                     known_as: n2,
                 },
             ) => std::ptr::addr_eq(*a, *b) && n1 == n2,
+            (
+                Action::GitCredential {
+                    protocol: p1,
+                    host: h1,
+                    path: q1,
+                    action: a1,
+                },
+                Action::GitCredential {
+                    protocol: p2,
+                    host: h2,
+                    path: q2,
+                    action: a2,
+                },
+            ) => p1 == p2 && h1 == h2 && q1 == q2 && a1 == a2,
+            (Action::File { path: a }, Action::File { path: b }) => a == b,
+            (Action::FileSet { name: a }, Action::FileSet { name: b }) => a == b,
+            (Action::Tool { name: n1, args: a1 }, Action::Tool { name: n2, args: a2 }) => {
+                n1 == n2 && a1 == a2
+            }
             _ => false,
         }
     }
@@ -299,6 +369,14 @@ pub enum Grant {
     /// Sign (or list the identity) as this `[[ssh.allow]]` rule allows, with its
     /// approval and rate limit.
     Ssh(SshRule),
+    /// Run the laptop's git credential helpers as this rule allows.
+    GitCredential(GitRule),
+    /// Read a file under this `[[files.allow]]` rule (within its size limit).
+    File(FileRule),
+    /// Install this set of files.
+    FileSet(FileSet),
+    /// Run this tool.
+    Tool(ToolRule),
 }
 
 /// The outcome of [`Policy::decide`].
@@ -332,6 +410,9 @@ pub struct Policy {
     pub(crate) token_denies: Vec<DenyRule>,
     pub(crate) ssh_rules: Vec<SshRule>,
     pub(crate) ssh_denies: Vec<SshDenyRule>,
+    pub(crate) git: GitSection,
+    pub(crate) files: FilesSection,
+    pub(crate) tools: ToolsSection,
     warnings: Vec<Diagnostic>,
     /// Top-level sections with anything but deny rules (see `layers`).
     pub(crate) allow_sections: BTreeSet<String>,
@@ -450,7 +531,29 @@ impl Policy {
                 host_key_pinned_for,
                 known_as,
             ),
+            Action::GitCredential {
+                protocol,
+                host,
+                path,
+                action,
+            } => self.git.decide(protocol, host, path, action),
+            Action::File { path } => self.files.decide_file(path),
+            Action::FileSet { name } => self.files.decide_set(name),
+            Action::Tool { name, args } => self.tools.decide(name, args),
         }
+    }
+
+    /// The tools `tool list` shows: declared and not denied, in file order.
+    #[must_use]
+    pub fn tools(&self) -> Vec<&ToolRule> {
+        self.tools.listed()
+    }
+
+    /// The `[[files.deny]]` rule matching a path found inside a granted
+    /// directory or set (normalized `~/x` form), if any.
+    #[must_use]
+    pub fn file_denied(&self, path: &str) -> Option<RuleRef> {
+        self.files.is_denied(path)
     }
 
     /// Whether top-level section `section` (`tokens`, `ssh`, ...) holds any
@@ -464,6 +567,9 @@ impl Policy {
     pub(crate) fn add_denies_from(&mut self, other: &Policy) {
         self.token_denies.extend(other.token_denies.iter().cloned());
         self.ssh_denies.extend(other.ssh_denies.iter().cloned());
+        self.git.add_denies_from(&other.git);
+        self.files.add_denies_from(&other.files);
+        self.tools.add_denies_from(&other.tools);
     }
 
     /// Non-fatal findings (e.g. a deny pattern that matches no declared token), for `policy check`.
@@ -507,7 +613,7 @@ impl Policy {
 
     /// Merges parsed sources (`order` ranks their names for sorting warnings).
     fn assemble(
-        files: Vec<parse::ParsedFile>,
+        parsed_files: Vec<parse::ParsedFile>,
         order: &[&str],
         mut errors: Vec<Diagnostic>,
         mut warnings: Vec<Diagnostic>,
@@ -517,9 +623,12 @@ impl Policy {
         let mut token_denies = Vec::new();
         let mut ssh_rules = Vec::new();
         let mut ssh_denies = Vec::new();
+        let mut git = GitSection::default();
+        let mut files = FilesSection::default();
+        let mut tools = ToolsSection::default();
         let mut allow_sections = BTreeSet::new();
         let mut sections: BTreeMap<String, Vec<parse::ParsedFile>> = BTreeMap::new();
-        for mut parsed in files {
+        for mut parsed in parsed_files {
             allow_sections.append(&mut parsed.allow_sections);
             for (name, section) in parsed.workspaces.drain(..) {
                 sections.entry(name).or_default().push(section);
@@ -556,6 +665,9 @@ impl Policy {
             token_denies.append(&mut parsed.denies);
             ssh_rules.append(&mut parsed.ssh_rules);
             ssh_denies.append(&mut parsed.ssh_denies);
+            git.append(&mut parsed.git);
+            files.append(&mut parsed.files);
+            tools.append(&mut parsed.tools);
         }
         let mut workspaces = BTreeMap::new();
         for (name, files) in sections {
@@ -572,6 +684,9 @@ impl Policy {
         }
         let mut found = cross_check(&tokens, &token_denies);
         found.extend(ssh::cross_check(&ssh_rules, &ssh_denies));
+        found.extend(git.cross_check());
+        found.extend(files.cross_check());
+        found.extend(tools.cross_check());
         let rank = |file: &str| order.iter().position(|s| *s == file);
         found.sort_by_key(|d| (rank(&d.file), d.line, d.col));
         warnings.append(&mut found);
@@ -580,6 +695,9 @@ impl Policy {
             token_denies,
             ssh_rules,
             ssh_denies,
+            git,
+            files,
+            tools,
             warnings,
             allow_sections,
             workspaces,
@@ -930,14 +1048,14 @@ name = "*-admin"
 
     #[test]
     fn reserved_sections_warn_and_stay_denied() {
-        let text =
-            "[[git-credential.allow]]\nhost = \"github.com\"\n\n[tools.x]\ncommand = [\"rm\"]\n";
+        // Every other section is implemented now; [http] (issue 8) is the
+        // one reserved name left.
+        let text = "[http.openai]\nupstream = \"https://api.openai.com\"\n";
         let policy =
             Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"));
         let warnings: Vec<_> = policy.warnings().iter().map(ToString::to_string).collect();
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].starts_with("p.toml:1:3: section [git-credential] is not supported"));
-        assert!(warnings[1].starts_with("p.toml:4:2: section [tools] is not supported"));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("p.toml:1:2: section [http] is not supported"));
         assert!(policy.token_names().is_empty());
     }
 

@@ -281,7 +281,15 @@ impl PolicySet {
         names
     }
 
-    /// Decides one request through every layer (see the module docs).
+    /// The deny rule of any layer (for `workspace`) that matches a file
+    /// found inside a granted directory or set (normalized `~/x` form).
+    #[must_use]
+    pub fn file_denied(&self, workspace: &str, path: &str) -> Option<RuleRef> {
+        let layers = self.sections.get(workspace).unwrap_or(&self.common);
+        layers.iter().find_map(|(_, p)| p.file_denied(path))
+    }
+
+        /// Decides one request through every layer (see the module docs).
     #[must_use]
     pub fn decide(&self, req: &Request<'_>) -> Outcome {
         let section = section_of(&req.action);
@@ -386,6 +394,9 @@ pub fn section_of(action: &Action<'_>) -> &'static str {
         | Action::SshSig { .. }
         | Action::SshHop { .. }
         | Action::SshIdentity { .. } => "ssh",
+        Action::GitCredential { .. } => "git-credential",
+        Action::File { .. } | Action::FileSet { .. } => "files",
+        Action::Tool { .. } => "tools",
     }
 }
 
@@ -394,6 +405,10 @@ fn grant_terms(grant: &Grant) -> (Option<Rate>, Option<Approve>, &RuleRef) {
     match grant {
         Grant::Token(t) => (t.rate, t.approve, &t.rule),
         Grant::Ssh(r) => (r.rate, r.approve, &r.rule),
+        Grant::GitCredential(r) => (r.rate, r.approve, &r.rule),
+        Grant::File(r) => (None, None, &r.rule),
+        Grant::FileSet(r) => (None, None, &r.rule),
+        Grant::Tool(r) => (r.rate, r.approve, &r.rule),
     }
 }
 

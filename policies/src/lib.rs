@@ -62,9 +62,13 @@ mod diag;
 mod engine;
 pub mod explain;
 mod layers;
+mod files;
+mod git;
+mod glob_deny;
 mod parse;
 mod rate;
 mod ssh;
+mod tools;
 
 pub use diag::{Diagnostic, PolicyErrors};
 pub use engine::{
@@ -72,5 +76,8 @@ pub use engine::{
     TokenSource, Verdict,
 };
 pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
+pub use files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
+pub use git::{GitAction, GitRule};
 pub use rate::{Rate, RateError};
 pub use ssh::SshRule;
+pub use tools::{ToolRule, match_args};

@@ -17,9 +17,10 @@ use crate::diag::{Diagnostic, Reporter};
 use crate::engine::{Approve, DenyRule, RuleRef, TokenRule, TokenSource};
 use crate::rate::{RATE_EXPECTED, Rate};
 use crate::ssh::{self, Glob, SshDenyRule, SshRule};
+use crate::{files, git, tools};
 
 /// Top-level sections kept for tools that later versions will support.
-const RESERVED_SECTIONS: &[&str] = &["git-credential", "files", "tools", "http"];
+const RESERVED_SECTIONS: &[&str] = &["http"];
 
 /// The accepted forms of `source`, for error messages.
 const SOURCE_EXPECTED: &str =
@@ -33,9 +34,9 @@ const MAX_KIND_LEN: usize = 32;
 const MAX_TOKEN_NAME: usize = 64;
 
 /// A key with its span, as the TOML parser gives it.
-type Key<'i> = Spanned<DeString<'i>>;
+pub(crate) type Key<'i> = Spanned<DeString<'i>>;
 /// A value with its span, as the TOML parser gives it.
-type Value<'i> = Spanned<DeValue<'i>>;
+pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Everything found in one source.
 #[derive(Debug, Default)]
@@ -50,6 +51,12 @@ pub(crate) struct ParsedFile {
     pub ssh_rules: Vec<SshRule>,
     /// The valid `[[ssh.deny]]` rules, in source order.
     pub ssh_denies: Vec<SshDenyRule>,
+    /// `[[git-credential.allow]]` and `[[git-credential.deny]]`.
+    pub git: git::GitSection,
+    /// `[[files.allow]]`, `[[files.deny]]`, `[files.sets.NAME]`.
+    pub files: files::FilesSection,
+    /// `[tools.NAME]` and `[[tools.deny]]`.
+    pub tools: tools::ToolsSection,
     /// Errors, in no particular order.
     pub errors: Vec<Diagnostic>,
     /// Warnings, in no particular order.
@@ -81,11 +88,11 @@ pub(crate) fn parse_source(file: &str, text: &str) -> ParsedFile {
 }
 
 /// Walks one document.
-struct Parser<'a> {
-    report: Reporter<'a>,
-    out: ParsedFile,
+pub(crate) struct Parser<'a> {
+    pub(crate) report: Reporter<'a>,
+    pub(crate) out: ParsedFile,
     /// Inside a `[workspace."NAME"]` section.
-    nested: bool,
+    pub(crate) nested: bool,
 }
 
 impl Parser<'_> {
@@ -113,6 +120,9 @@ impl Parser<'_> {
                 "workspace" => self.workspaces(key, value),
                 "tokens" => self.tokens(value),
                 "ssh" => self.ssh(value),
+                "git-credential" => self.git_credential(value),
+                "files" => self.files(value),
+                "tools" => self.tools_section(value),
                 _ if RESERVED_SECTIONS.contains(&name) => self.report.warn(
                     &key.span(),
                     format!(
@@ -124,7 +134,9 @@ impl Parser<'_> {
                     &key.span(),
                     format!(
                         "unknown top-level key {name:?}; expected version, [tokens.NAME], \
-                         [[tokens.deny]], [[ssh.allow]] or [[ssh.deny]], in [workspace.\"NAME\"] too (reserved for later: {})",
+                         [[tokens.deny]], [[ssh.allow]], [[ssh.deny]], [[git-credential.allow]], \
+                         [[files.allow]], [files.sets.NAME], [tools.NAME], each also in \
+                         [workspace.\"NAME\"] (reserved for later: {})",
                         RESERVED_SECTIONS.join(", ")
                     ),
                 ),
@@ -298,7 +310,12 @@ impl Parser<'_> {
     }
 
     /// `[[ssh.allow]]` or `[[ssh.deny]]`: an array of tables, each checked by `rule`.
-    fn ssh_list(&mut self, section: &str, value: &Value<'_>, rule: fn(&mut Self, &Value<'_>)) {
+    pub(crate) fn ssh_list(
+        &mut self,
+        section: &str,
+        value: &Value<'_>,
+        rule: fn(&mut Self, &Value<'_>),
+    ) {
         match value.get_ref() {
             DeValue::Array(items) => {
                 for item in items.iter() {
@@ -515,7 +532,7 @@ impl Parser<'_> {
     }
 
     /// A case-insensitive glob in a string.
-    fn glob(&mut self, path: &str, value: &Value<'_>, over: &str) -> Option<Glob> {
+    pub(crate) fn glob(&mut self, path: &str, value: &Value<'_>, over: &str) -> Option<Glob> {
         let pattern = self.string(path, value, &format!("a glob over {over}"))?;
         compile_glob(pattern)
             .map(|matcher| Glob {
@@ -535,7 +552,7 @@ impl Parser<'_> {
     }
 
     /// A string that passes `check`; otherwise an error saying why.
-    fn checked_string(
+    pub(crate) fn checked_string(
         &mut self,
         path: &str,
         value: &Value<'_>,
@@ -551,7 +568,7 @@ impl Parser<'_> {
 
     /// An array of strings that each pass `check`. `when_empty`, if not "",
     /// is the error for an empty array. `None` if anything is wrong.
-    fn string_list(
+    pub(crate) fn string_list(
         &mut self,
         path: &str,
         value: &Value<'_>,
@@ -712,7 +729,7 @@ impl Parser<'_> {
     }
 
     /// `rate = "60/min"`.
-    fn rate(&mut self, path: &str, value: &Value<'_>) -> Option<Rate> {
+    pub(crate) fn rate(&mut self, path: &str, value: &Value<'_>) -> Option<Rate> {
         let text = self.string(path, value, "a string like \"60/min\"")?;
         text.parse()
             .map_err(|e| {
@@ -725,7 +742,7 @@ impl Parser<'_> {
     }
 
     /// `approve = "prompt"`.
-    fn approve(&mut self, path: &str, value: &Value<'_>) -> Option<Approve> {
+    pub(crate) fn approve(&mut self, path: &str, value: &Value<'_>) -> Option<Approve> {
         match self.string(path, value, "\"prompt\"")? {
             "prompt" => Some(Approve::Prompt),
             other => {
@@ -741,7 +758,12 @@ impl Parser<'_> {
     }
 
     /// The string in `value`, or an error saying a string was expected.
-    fn string<'v>(&mut self, path: &str, value: &'v Value<'_>, expected: &str) -> Option<&'v str> {
+    pub(crate) fn string<'v>(
+        &mut self,
+        path: &str,
+        value: &'v Value<'_>,
+        expected: &str,
+    ) -> Option<&'v str> {
         match value.get_ref() {
             DeValue::String(s) => Some(s),
             other => {
@@ -752,7 +774,13 @@ impl Parser<'_> {
     }
 
     /// Reports a value of the wrong type.
-    fn wrong_type(&mut self, path: &str, value: &Value<'_>, found: &DeValue<'_>, expected: &str) {
+    pub(crate) fn wrong_type(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        found: &DeValue<'_>,
+        expected: &str,
+    ) {
         self.report.error(
             &value.span(),
             format!("{path}: expected {expected}, found {}", found.type_str()),
@@ -760,7 +788,7 @@ impl Parser<'_> {
     }
 
     /// Reports a key that has no meaning in `section`.
-    fn unknown_key(&mut self, section: &str, key: &Key<'_>, expected: &str) {
+    pub(crate) fn unknown_key(&mut self, section: &str, key: &Key<'_>, expected: &str) {
         let name: &str = key.get_ref();
         self.report.error(
             &key.span(),
@@ -769,7 +797,7 @@ impl Parser<'_> {
     }
 
     /// A reference to the rule whose table starts at `span`.
-    fn rule_ref(&self, span: &Range<usize>, section: String) -> RuleRef {
+    pub(crate) fn rule_ref(&self, span: &Range<usize>, section: String) -> RuleRef {
         let (line, col) = self.report.position(span);
         RuleRef {
             file: self.report.file.to_owned(),
@@ -781,7 +809,7 @@ impl Parser<'_> {
 }
 
 /// Compiles a non-empty glob, case-insensitive.
-fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
+pub(crate) fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
     if pattern.is_empty() {
         return Err("it is empty".to_owned());
     }
@@ -861,7 +889,7 @@ fn parse_source_str(s: &str) -> Result<TokenSource, String> {
 }
 
 /// The argument vector in an array of strings: non-empty, with a non-empty program.
-fn argv_from(value: &DeValue<'_>) -> Result<Vec<String>, String> {
+pub(crate) fn argv_from(value: &DeValue<'_>) -> Result<Vec<String>, String> {
     const SHAPE: &str = "expected [\"PROGRAM\", \"ARG\", ...]";
     let DeValue::Array(items) = value else {
         return Err(format!(
@@ -894,7 +922,7 @@ fn argv_from(value: &DeValue<'_>) -> Result<Vec<String>, String> {
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`, and not the reserved `deny`.
-fn valid_token_name(name: &str) -> bool {
+pub(crate) fn valid_token_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.len() <= MAX_TOKEN_NAME
@@ -905,7 +933,7 @@ fn valid_token_name(name: &str) -> bool {
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`.
-fn valid_env_var(var: &str) -> bool {
+pub(crate) fn valid_env_var(var: &str) -> bool {
     let bytes = var.as_bytes();
     bytes
         .first()
@@ -916,7 +944,7 @@ fn valid_env_var(var: &str) -> bool {
 }
 
 /// A key as it would be written in a dotted path: bare if it can be, quoted otherwise.
-fn path_key(key: &str) -> String {
+pub(crate) fn path_key(key: &str) -> String {
     let bare = !key.is_empty()
         && key
             .bytes()

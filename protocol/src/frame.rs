@@ -22,6 +22,19 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(msg).unwrap_or_default()
 }
 
+/// Serializes a message straight into a whole frame (length prefix and
+/// body in one buffer, one copy of the payload): for bulk frames such as
+/// file data, where an extra copy per hop shows.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    if rmp_serde::encode::write_named(&mut out, msg).is_err() {
+        out.truncate(HEADER_LEN);
+    }
+    let len = u32::try_from(out.len() - HEADER_LEN).unwrap_or(u32::MAX);
+    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
 /// Deepest nesting a frame may have. Our messages nest a handful of levels;
 /// rmp-serde's default (1024) lets a 1 KiB frame of nested arrays inside an
 /// ignored field overflow a small thread stack.
@@ -185,6 +198,15 @@ mod tests {
             codec.encode(&[0u8; 9][..], &mut BytesMut::new()),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn encode_frame_is_header_plus_encode() {
+        let msg = ("x", 7u32, vec![1u8, 2, 3]);
+        let framed = encode_frame(&msg);
+        let body = encode(&msg);
+        assert_eq!(framed[..HEADER_LEN], (body.len() as u32).to_be_bytes());
+        assert_eq!(framed[HEADER_LEN..], body[..]);
     }
 
     #[test]

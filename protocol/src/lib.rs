@@ -13,19 +13,25 @@
 //! - local callers on the shim's Unix socket ([`LocalRequest`], [`LocalReply`]).
 #![forbid(unsafe_code)]
 
+mod credential;
 mod error;
 mod frame;
 mod message;
 mod secret;
 mod version;
 
+pub use credential::{
+    Credential, CredentialError, MAX_ARRAY_ENTRIES, MAX_CREDENTIAL_INPUT, parse_credential,
+};
 pub use error::{DecodeError, FrameError};
 pub use frame::{
     FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, body_len, decode, encode,
+    encode_frame,
 };
 pub use message::{
-    Call, CallerContext, ClientHello, ErrorCode, ErrorReply, LinkStatus, LocalOp, LocalReply,
-    LocalRequest, PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo,
+    Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, LinkStatus,
+    LocalOp, LocalReply, LocalRequest, MAX_CHUNK, PairingInfo, Refusal, Reply, Request,
+    ServerHello, SshIdentity, StatusInfo, ToolInfo,
 };
 pub use message::{Control, ControlReply};
 pub use secret::Secret;

@@ -102,6 +102,84 @@ pub enum Request {
     /// Host keys pinned for the hosts the policy allows, for the
     /// workspace's `known_hosts`.
     SshKnownHosts,
+    /// A git credential helper call from the workspace's git.
+    GitCredential {
+        /// `get`, `store` or `erase`.
+        operation: GitOperation,
+        /// The description git gave the helper, re-serialized by the shim
+        /// after a strict parse (see [`crate::parse_credential`]); parsed
+        /// again on the laptop. May hold a password (`store`, `erase`).
+        input: Secret,
+    },
+    /// The custom laptop tools this workspace may run.
+    ToolList,
+    /// Run a custom laptop tool; answered by [`Reply::Chunk`] frames
+    /// (stdout, stderr) as the tool writes, then [`Reply::Exit`].
+    ToolRun {
+        /// Tool name, as declared in the laptop's policy.
+        name: String,
+        /// Arguments after the declared command (matched by the policy).
+        args: Vec<String>,
+    },
+    /// One allowlisted laptop file; answered by [`Reply::FileStart`],
+    /// [`Reply::Chunk`] frames of data, then [`Reply::Done`].
+    FileGet {
+        /// `~/x`, `$HOME/x` or an absolute path (as the workspace wrote it).
+        path: String,
+    },
+    /// A named set of laptop files: for each file a [`Reply::FileStart`] and
+    /// its data chunks, then [`Reply::Done`].
+    FileSync {
+        /// Set name, as declared in the laptop's policy.
+        set: String,
+    },
+}
+
+/// What a git credential helper is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GitOperation {
+    /// `get`: find a credential (the laptop runs `git credential fill`).
+    Get,
+    /// `store`: git used the credential successfully (`git credential approve`).
+    Store,
+    /// `erase`: the credential was rejected (`git credential reject`).
+    Erase,
+}
+
+impl GitOperation {
+    /// The helper protocol's name (`get`, `store`, `erase`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Store => "store",
+            Self::Erase => "erase",
+        }
+    }
+}
+
+/// A custom tool as `tool list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    /// Tool name.
+    pub name: String,
+    /// What it does (from the policy).
+    pub description: String,
+    /// The argument patterns the policy accepts after the command.
+    pub args: Vec<String>,
+    /// Whether each run needs the laptop user's approval.
+    pub approve: bool,
+}
+
+/// Which output a [`Reply::Chunk`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Channel {
+    /// A tool's standard output.
+    Stdout,
+    /// A tool's standard error.
+    Stderr,
+    /// File contents.
+    Data,
 }
 
 impl Request {
@@ -111,7 +189,20 @@ impl Request {
         match self {
             Self::Token { .. } => "token",
             Self::SshIdentities | Self::SshSign { .. } | Self::SshKnownHosts => "ssh",
+            Self::GitCredential { .. } => "git-credential",
+            Self::ToolList | Self::ToolRun { .. } => "tool",
+            Self::FileGet { .. } | Self::FileSync { .. } => "file",
         }
+    }
+
+    /// Whether the answer is a stream of frames (tool output, file data)
+    /// rather than one reply.
+    #[must_use]
+    pub fn is_streaming(&self) -> bool {
+        matches!(
+            self,
+            Self::ToolRun { .. } | Self::FileGet { .. } | Self::FileSync { .. }
+        )
     }
 }
 
@@ -142,6 +233,10 @@ mod serde_bytes_vec {
     }
 }
 
+/// Largest data chunk in one [`Reply::Chunk`]: well under the frame limit,
+/// large enough that framing costs little.
+pub const MAX_CHUNK: usize = 256 << 10;
+
 /// A frame of the answer, proxy → shim. A stream carries replies until the
 /// first final one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +249,33 @@ pub enum Reply {
     SshSignature(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to [`Request::SshKnownHosts`]: `known_hosts` lines.
     SshKnownHosts(Vec<String>),
+    /// Answer to [`Request::GitCredential`]: what the helper prints to git
+    /// (`quit=1` when the laptop refused, nothing for `store`/`erase`).
+    GitCredential(Secret),
+    /// Answer to [`Request::ToolList`].
+    Tools(Vec<ToolInfo>),
+    /// A piece of a streamed answer (not final). At most [`MAX_CHUNK`] bytes.
+    Chunk {
+        /// Which output.
+        channel: Channel,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A file of a streamed answer starts (not final); its data follows as
+    /// [`Channel::Data`] chunks.
+    FileStart {
+        /// The path as the workspace should name it (`~/x`, or absolute).
+        path: String,
+        /// Size in bytes, as the laptop read it.
+        size: u64,
+        /// Permission bits (`0o644`), without set-id bits.
+        mode: u32,
+    },
+    /// A tool run ended with this exit code (final; 128+N for signal N).
+    Exit(i32),
+    /// A streamed answer is complete (final).
+    Done,
     /// The call failed; see the code.
     Error(ErrorReply),
 }
@@ -167,7 +289,12 @@ impl Reply {
             | Self::SshIdentities(_)
             | Self::SshSignature(_)
             | Self::SshKnownHosts(_)
+            | Self::GitCredential(_)
+            | Self::Tools(_)
+            | Self::Exit(_)
+            | Self::Done
             | Self::Error(_) => true,
+            Self::Chunk { .. } | Self::FileStart { .. } => false,
         }
     }
 

@@ -482,6 +482,12 @@ async fn answer(
                 ),
             )
         }
+        // Streamed answers (tool output, file data) end on their own: a tool
+        // at its policy timeout, a file at its end or when the workspace
+        // stops reading (yamux flow control holds the laptop side).
+        Some(_place) if call.request.is_streaming() => {
+            tools::dispatch_stream(&call, workspace, ctx, &mut stream).await
+        }
         Some(_place) => {
             match tokio::time::timeout(limits.call_timeout, tools::dispatch(&call, workspace, ctx))
                 .await

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_wire;
+pub mod githttp;
 pub mod front;
 pub mod hostile;
 mod laptop;

@@ -4,7 +4,7 @@
 //! Reads take exactly one frame's bytes and never more, so nothing that
 //! follows the frame (the first yamux bytes) is lost in a buffer.
 
-use nexus_protocol::{FrameError, HEADER_LEN, body_len, decode, encode};
+use nexus_protocol::{FrameError, HEADER_LEN, body_len, decode, encode, encode_frame};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
@@ -37,6 +37,26 @@ pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
+/// Writes one frame of bulk data that holds no secret (file contents, tool
+/// output): built in one buffer and not wiped, which costs a pass over the
+/// data per hop for every frame that does.
+///
+/// # Errors
+/// I/O failures.
+pub async fn send_data<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), TransportError> {
+    let frame = encode_frame(msg);
+    w.write_all(&frame)
+        .await
+        .map_err(TransportError::io("sending a frame"))?;
+    w.flush()
+        .await
+        .map_err(TransportError::io("sending a frame"))?;
+    Ok(())
+}
+
 /// Reads exactly one frame of at most `max` bytes and decodes it.
 ///
 /// # Errors
@@ -45,6 +65,20 @@ pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
 pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
     max: usize,
+) -> Result<T, TransportError> {
+    recv_wiping(r, max, |_: &T| true).await
+}
+
+/// Like [`recv`], but the frame's bytes are wiped only when `wipe` says the
+/// decoded message may hold a secret (a relay passes bulk data frames
+/// through without a wiping pass each; anything undecodable is wiped).
+///
+/// # Errors
+/// As [`recv`].
+pub async fn recv_wiping<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+    wipe: impl FnOnce(&T) -> bool,
 ) -> Result<T, TransportError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
@@ -67,21 +101,32 @@ pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
         got += n;
     }
     let len = body_len(header, max)?;
-    let mut body = Zeroizing::new(vec![0u8; len]);
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            TransportError::Frame(FrameError::Truncated {
-                buffered: HEADER_LEN,
+    // Filled without zeroing first (a pass over every frame saved); `take`
+    // keeps the reads inside this frame, and the buffer never grows (so no
+    // unwiped copy is left behind by a reallocation).
+    let mut body = Zeroizing::new(Vec::with_capacity(len));
+    while body.len() < len {
+        let left = (len - body.len()) as u64;
+        let n = (&mut *r)
+            .take(left)
+            .read_buf(&mut *body)
+            .await
+            .map_err(TransportError::io("reading a frame"))?;
+        if n == 0 {
+            return Err(TransportError::Frame(FrameError::Truncated {
+                buffered: HEADER_LEN + body.len(),
                 expected: HEADER_LEN + len,
-            })
-        } else {
-            TransportError::Io {
-                context: "reading a frame".into(),
-                source: e,
-            }
+            }));
         }
-    })?;
-    Ok(decode(&body)?)
+    }
+    let msg: T = decode(&body)?;
+    if !wipe(&msg) {
+        // Nothing secret: release the buffer without the wiping pass.
+        let mut plain = std::mem::take(&mut *body);
+        plain.clear();
+        drop(plain);
+    }
+    Ok(msg)
 }
 
 #[cfg(test)]

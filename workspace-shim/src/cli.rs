@@ -64,7 +64,7 @@ enum Command {
         client: ClientArgs,
     },
     /// Print `export` lines for `eval "$(nexus-shim env)"`: SSH_AUTH_SOCK,
-    /// NEXUS_STATE_DIR.
+    /// NEXUS_STATE_DIR, and git's credential helper (GIT_CONFIG_COUNT...).
     Env,
     /// Print known_hosts lines for the SSH hosts the laptop's policy allows,
     /// with the keys the laptop pinned (append them to ~/.ssh/known_hosts so
@@ -79,6 +79,27 @@ enum Command {
     /// Alias of `token` (`secret get NAME`).
     #[command(subcommand)]
     Secret(TokenCommand),
+    /// git credential helper (set up by `nexus-shim env`): reads git's
+    /// request on stdin; `get` asks the laptop, whose own git credential
+    /// helpers answer if its policy allows; `store`/`erase` reach the
+    /// laptop only where a rule lists them.
+    GitCredential {
+        /// get, store or erase (others are ignored, as git expects).
+        operation: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Custom laptop tools declared in the laptop's policy.
+    #[command(subcommand)]
+    Tool(crate::commands::ToolCommand),
+    /// Allowlisted laptop files (read-only).
+    #[command(subcommand)]
+    File(crate::commands::FileCommand),
+    /// Run a command with laptop tokens in its environment only:
+    /// `exec --env OPENAI_API_KEY=token:openai -- CMD ARGS`. The command
+    /// replaces this process (same pid: signals reach it; its exit code is
+    /// the caller's).
+    Exec(crate::commands::ExecArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// bash: `nexus-shim completions bash > ~/.local/share/bash-completion/completions/nexus-shim`;
@@ -140,10 +161,10 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
-struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// How long to wait for the laptop to link (30s, 2m, 500ms; a bare number is seconds; 0 fails at once).
     #[arg(long, env = "NEXUS_WAIT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
-    wait: Duration,
+    pub(crate) wait: Duration,
 }
 
 /// Parses `30s`, `2m`, `1h`, `500ms`, or a bare number of seconds.
@@ -168,6 +189,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let q = |p: &std::path::Path| shell_quote(&p.display().to_string());
             println!("export NEXUS_STATE_DIR={}", q(state.root()));
             println!("export SSH_AUTH_SOCK={}", q(&state.agent_sock()));
+            // git: this shim as the only credential helper (the empty value
+            // clears helpers configured before), with the repository path.
+            let exe = std::env::current_exe().context("locating nexus-shim")?;
+            let helper = format!("!{} git-credential", q(&exe));
+            println!("export GIT_CONFIG_COUNT=3");
+            println!("export GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0=''");
+            println!(
+                "export GIT_CONFIG_KEY_1=credential.helper GIT_CONFIG_VALUE_1={}",
+                shell_quote(&helper)
+            );
+            println!("export GIT_CONFIG_KEY_2=credential.useHttpPath GIT_CONFIG_VALUE_2=true");
             Ok(ExitCode::SUCCESS)
         }
         Command::KnownHosts { client } => known_hosts(&state, &client).await,
@@ -181,6 +213,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             no_newline,
             client,
         }) => token_get(&state, name, no_newline, &client).await,
+        Command::GitCredential { operation, client } => {
+            crate::commands::git_credential(&state, &operation, &client).await
+        }
+        Command::Tool(cmd) => crate::commands::tool(&state, cmd).await,
+        Command::File(cmd) => crate::commands::file(&state, cmd).await,
+        Command::Exec(args) => crate::commands::exec(&state, args).await,
     }
 }
 
@@ -410,12 +448,12 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn client_error(e: &crate::client::ClientError) -> ExitCode {
+pub(crate) fn client_error(e: &crate::client::ClientError) -> ExitCode {
     eprintln!("nexus-shim: {e}");
     ExitCode::from(1)
 }
 
-fn unexpected(reply: LocalReply) -> ExitCode {
+pub(crate) fn unexpected(reply: LocalReply) -> ExitCode {
     match reply {
         LocalReply::Reply(Reply::Error(e)) => {
             eprintln!("nexus-shim: {}", e.message);

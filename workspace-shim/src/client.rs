@@ -50,12 +50,14 @@ impl Session {
 
     /// The next reply.
     pub async fn next(&mut self) -> Result<LocalReply, ClientError> {
-        nexus_transport::recv(&mut self.conn, MAX_FRAME)
-            .await
-            .map_err(|e| {
-                ClientError::Broken(format!(
-                    "the daemon ended the conversation ({e}); see its log"
-                ))
-            })
+        nexus_transport::recv_wiping(&mut self.conn, MAX_FRAME, |r| {
+            !matches!(r, LocalReply::Reply(nexus_protocol::Reply::Chunk { .. }))
+        })
+        .await
+        .map_err(|e| {
+            ClientError::Broken(format!(
+                "the daemon ended the conversation ({e}); see its log"
+            ))
+        })
     }
 }

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod cli;
 mod client;
+mod commands;
 pub mod ingress;
 pub mod keepalive;
 pub mod serve;

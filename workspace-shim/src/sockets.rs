@@ -316,6 +316,13 @@ async fn call_laptop(
     let Some(link) = wait_for_link(shared, wait).await else {
         return Err(not_linked(wait));
     };
+    // A streamed answer (tool output, file data) lasts as long as the laptop
+    // lets it (tool timeouts are enforced there); others get CALL_TIMEOUT.
+    let limit = if request.is_streaming() {
+        MAX_WAIT
+    } else {
+        CALL_TIMEOUT
+    };
     let lost = || {
         Reply::error(
             ErrorCode::Internal,
@@ -328,7 +335,11 @@ async fn call_laptop(
         .map_err(|_| lost())?;
     let relay = async {
         loop {
-            let reply: Reply = match nexus_transport::recv(&mut stream, MAX_FRAME).await {
+            let reply: Reply = match nexus_transport::recv_wiping(&mut stream, MAX_FRAME, |r| {
+                !matches!(r, Reply::Chunk { .. })
+            })
+            .await
+            {
                 Ok(r) => r,
                 Err(TransportError::Closed) => return Err(lost()),
                 Err(e) => {
@@ -339,10 +350,15 @@ async fn call_laptop(
                 }
             };
             let last = reply.is_final();
-            if nexus_transport::send(conn, &LocalReply::Reply(reply))
-                .await
-                .is_err()
-            {
+            // Bulk data (file contents, tool output) is relayed without
+            // the wiping pass that frames which may hold secrets get.
+            let reply = LocalReply::Reply(reply);
+            let sent = if matches!(reply, LocalReply::Reply(Reply::Chunk { .. })) {
+                nexus_transport::send_data(conn, &reply).await
+            } else {
+                nexus_transport::send(conn, &reply).await
+            };
+            if sent.is_err() {
                 // The caller went away; dropping the stream resets it on the laptop.
                 return Ok(());
             }
@@ -352,15 +368,12 @@ async fn call_laptop(
             }
         }
     };
-    tokio::time::timeout(CALL_TIMEOUT, relay)
+    tokio::time::timeout(limit, relay)
         .await
         .unwrap_or_else(|_| {
             Err(Reply::error(
                 ErrorCode::Internal,
-                format!(
-                    "the laptop did not answer within {}s",
-                    CALL_TIMEOUT.as_secs()
-                ),
+                format!("the laptop did not answer within {}s", limit.as_secs()),
             ))
         })
 }

@@ -1,7 +1,10 @@
 //! Laptop-side tools: each forwarded request is decided by the policy, then
 //! answered by one tool module.
 
+pub mod custom;
+pub mod file;
 pub mod gate;
+pub mod git_credential;
 pub mod ssh;
 pub mod token;
 
@@ -73,29 +76,65 @@ pub fn clip(s: &str) -> String {
     out
 }
 
-/// Decides and answers one call.
-pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
+/// The per-tool call-rate guard: `Err` is the denial to send.
+fn call_rate(call: &Call, workspace: &str, ctx: &ToolContext) -> Result<(), Reply> {
     let tool = call.request.tool();
-    if let Err(retry) = ctx
-        .rates
+    ctx.rates
         .check(&format!("{workspace}\0calls\0{tool}"), ctx.call_rate)
-    {
-        return Reply::error(
-            ErrorCode::Denied,
-            format!(
-                "too many {tool} calls (limit {}); retry in {} ms",
-                ctx.call_rate,
-                retry.as_millis().max(1)
-            ),
-        );
+        .map_err(|retry| {
+            Reply::error(
+                ErrorCode::Denied,
+                format!(
+                    "too many {tool} calls (limit {}); retry in {} ms",
+                    ctx.call_rate,
+                    retry.as_millis().max(1)
+                ),
+            )
+        })
+}
+
+/// Decides and answers a streamed call (tool run, file get/sync), writing
+/// its non-final frames on `stream`; returns the final reply.
+pub async fn dispatch_stream<S>(
+    call: &Call,
+    workspace: &str,
+    ctx: &ToolContext,
+    stream: &mut S,
+) -> Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(reply) = call_rate(call, workspace, ctx) {
+        return reply;
     }
     ctx.links.call(workspace);
+    match &call.request {
+        Request::ToolRun { name, args } => {
+            custom::run(name, args, workspace, &call.caller, ctx, stream).await
+        }
+        Request::FileGet { path } => file::get(path, workspace, &call.caller, ctx, stream).await,
+        Request::FileSync { set } => file::sync(set, workspace, &call.caller, ctx, stream).await,
+        _ => answer(call, workspace, ctx).await,
+    }
+}
+
+/// Decides and answers one call.
+pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
+    if let Err(reply) = call_rate(call, workspace, ctx) {
+        return reply;
+    }
+    ctx.links.call(workspace);
+    answer(call, workspace, ctx).await
+}
+
+/// Decides and answers one call with a single reply.
+async fn answer(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
     // One policy snapshot per call: a reload applies from the next call on.
     let policy = ctx.policy.current();
     if ctx.locked() {
         let subject = gate::Subject {
             workspace,
-            tool,
+            tool: call.request.tool(),
             target: "(any call)".to_owned(),
             caller: Some(&call.caller),
             approval_key: String::new(),
@@ -138,7 +177,72 @@ pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply 
             ssh::sign(workspace, &call.caller, binds, request, &policy, ctx).await
         }
         Request::SshKnownHosts => ssh::known_hosts(&policy, ctx),
+        Request::GitCredential { operation, input } => {
+            git_credential::answer(*operation, input, workspace, &call.caller, ctx).await
+        }
+        Request::ToolList => custom::list(&policy),
+        Request::ToolRun { .. } | Request::FileGet { .. } | Request::FileSync { .. } => {
+            Reply::error(
+                ErrorCode::BadRequest,
+                "this request needs a streamed answer",
+            )
+        }
     }
+}
+
+/// Decides `action` with the policy in force (one snapshot, returned for
+/// the gate). Synchronous: an [`Action`] may hold a non-`Send` matcher and
+/// must not live across an await.
+pub(crate) fn decide(
+    ctx: &ToolContext,
+    workspace: &str,
+    caller: &nexus_protocol::CallerContext,
+    action: Action<'_>,
+) -> (Arc<nexus_policy::PolicySet>, nexus_policy::Outcome) {
+    let policy = ctx.policy.current();
+    let as_caller = Caller {
+        uid: caller.uid,
+        pid: caller.pid,
+        exe: caller.exe.clone(),
+        cwd: caller.cwd.clone(),
+    };
+    let outcome = policy.decide(&PolicyRequest {
+        workspace,
+        caller: Some(&as_caller),
+        action,
+    });
+    (policy, outcome)
+}
+
+/// Passes a decision through the gate (lock, verdict, every layer's rate
+/// limits, the approval prompt, the audit log): the grant, or the denial to
+/// send.
+///
+/// `target` names what is asked in the audit log and the prompt (never a
+/// secret), and is what makes two requests identical for an approval given
+/// "for 10 minutes".
+pub(crate) async fn grant(
+    ctx: &ToolContext,
+    (policy, outcome): (Arc<nexus_policy::PolicySet>, nexus_policy::Outcome),
+    workspace: &str,
+    caller: &nexus_protocol::CallerContext,
+    (tool, target): (&'static str, &str),
+) -> Result<nexus_policy::Grant, Reply> {
+    let subject = gate::Subject {
+        workspace,
+        tool,
+        target: target.to_owned(),
+        caller: Some(caller),
+        approval_key: target.to_owned(),
+    };
+    if ctx.locked() {
+        return Err(gate::refuse(ctx, &policy, &subject, None, gate::LOCKED.to_owned()).await);
+    }
+    gate::enforce(ctx, &policy, &subject, &outcome).await?;
+    outcome
+        .decision
+        .grant
+        .ok_or_else(|| Reply::error(ErrorCode::Internal, "policy allowed without a rule"))
 }
 
 #[cfg(test)]
@@ -155,5 +259,39 @@ mod tests {
         );
         let long = clip(&"a".repeat(1 << 20));
         assert_eq!(long.len(), 131);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A context with `policy` and, as `--source-path`, `path`.
+    pub(crate) fn context(policy: &str, path: Option<&std::path::Path>) -> ToolContext {
+        let policy =
+            nexus_policy::Policy::from_sources(&[nexus_policy::Source::new("p.toml", policy)])
+                .unwrap_or_else(|e| panic!("{e}"));
+        let audit_dir = tempfile::tempdir()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .keep();
+        ToolContext {
+            policy: Arc::new(crate::reload::PolicyHandle::new(
+                nexus_policy::PolicySet::new(None, policy),
+                crate::reload::PolicyPaths::default(),
+            )),
+            audit: crate::audit::Audit::open(&audit_dir).unwrap_or_else(|e| panic!("{e}")),
+            approvals: Arc::new(crate::approvals::Approvals::new(None)),
+            links: Default::default(),
+            config: ConfigDir::resolve(Some(std::env::temp_dir()))
+                .unwrap_or_else(|e| panic!("{e}")),
+            source_path: path.map(|p| p.display().to_string()),
+            rates: RateLimiter::default(),
+            ssh_agent: None,
+            replay: ssh::ReplayCache::default(),
+            call_rate: Rate {
+                count: 1000,
+                per: std::time::Duration::from_secs(1),
+            },
+        }
     }
 }

@@ -1,0 +1,429 @@
+//! The `files` section: laptop files the workspace may read (`nexus-shim
+//! file get`) and named sets it may install (`nexus-shim file sync`).
+//!
+//! ```toml
+//! [[files.allow]]
+//! path = "~/.opencode/"       # "~/..." or absolute; a trailing slash allows
+//!                             # every file below the directory
+//! max_size = "10MiB"          # optional, default 10MiB (B, KiB, MiB, GiB)
+//!
+//! [[files.deny]]
+//! path = "**/*.key"           # glob over the path as requested (~/... form),
+//!                             # case-insensitive; `*` crosses `/`
+//!
+//! [files.sets.opencode]
+//! paths = ["~/.opencode/config.json", "~/.config/opencode/"]
+//! max_size = "1MiB"           # optional, per file
+//! ```
+//!
+//! The engine judges paths lexically, in the `~/x` or `/abs` form the proxy
+//! normalizes them to; the proxy then resolves symlinks on the laptop and
+//! checks that the real file is still under the granted path.
+
+use toml::de::DeValue;
+
+use crate::diag::Diagnostic;
+use crate::engine::{Decision, Grant, RuleRef, Verdict, shown_name};
+use crate::glob_deny::{GlobDeny, deny};
+use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
+
+/// Default per-file size limit (10 MiB).
+pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
+
+/// A `[[files.allow]]` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRule {
+    /// `~/x` or `/x`, as written; a directory when it ends in `/`.
+    pub path: String,
+    /// Largest file size handed out.
+    pub max_size: u64,
+    /// Where the rule is written.
+    pub rule: RuleRef,
+}
+
+impl FileRule {
+    /// Whether the rule allows a whole directory tree.
+    #[must_use]
+    pub fn is_dir(&self) -> bool {
+        self.path.ends_with('/')
+    }
+
+    /// A directory rule covers the directory itself (`file get ~/dir/`)
+    /// and everything below it.
+    fn covers(&self, path: &str) -> bool {
+        if self.is_dir() {
+            path.starts_with(&self.path) || format!("{path}/") == self.path
+        } else {
+            path == self.path
+        }
+    }
+}
+
+/// A `[files.sets.NAME]` declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSet {
+    /// The set's name.
+    pub name: String,
+    /// Files (`~/x`) or directories (`~/x/`) in the set.
+    pub paths: Vec<String>,
+    /// Largest size of each file.
+    pub max_size: u64,
+    /// Where the set is declared.
+    pub rule: RuleRef,
+}
+
+/// Every files rule of one source (or, merged, of all).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FilesSection {
+    allow: Vec<FileRule>,
+    deny: Vec<GlobDeny>,
+    sets: Vec<FileSet>,
+}
+
+impl FilesSection {
+    pub(crate) fn append(&mut self, other: &mut FilesSection) {
+        self.allow.append(&mut other.allow);
+        self.deny.append(&mut other.deny);
+        self.sets.append(&mut other.sets);
+    }
+
+    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
+    pub(crate) fn add_denies_from(&mut self, other: &FilesSection) {
+        self.deny.extend(other.deny.iter().cloned());
+    }
+
+    /// The deny rule matching `path`, if any.
+    fn denied(&self, path: &str) -> Option<&GlobDeny> {
+        self.deny.iter().find(|d| d.matcher.is_match(path))
+    }
+
+    /// Decides a read of `path` (normalized: `~/x` or `/x`).
+    pub(crate) fn decide_file(&self, path: &str) -> Decision {
+        let shown = shown_name(path);
+        if let Err(why) = check_path(path) {
+            return deny(None, format!("file {shown} refused: {why}"));
+        }
+        if let Some(d) = self.denied(path) {
+            return deny(
+                Some(d.rule.clone()),
+                format!(
+                    "file {shown} denied by [[files.deny]] path = {:?} ({})",
+                    d.pattern, d.rule
+                ),
+            );
+        }
+        match self.allow.iter().find(|r| r.covers(path)) {
+            Some(rule) => Decision {
+                verdict: Verdict::Allow,
+                reason: format!("file {shown} allowed by [[files.allow]] ({})", rule.rule),
+                rule: Some(rule.rule.clone()),
+                grant: Some(Grant::File(rule.clone())),
+            },
+            None => deny(
+                None,
+                format!("file {shown} is not under any [[files.allow]] path (default deny)"),
+            ),
+        }
+    }
+
+    /// Decides a sync of set `name`; the proxy checks each file it finds
+    /// with [`FilesSection::is_denied`] too.
+    pub(crate) fn decide_set(&self, name: &str) -> Decision {
+        let shown = shown_name(name);
+        match self.sets.iter().find(|s| s.name == name) {
+            Some(set) => Decision {
+                verdict: Verdict::Allow,
+                reason: format!(
+                    "file set {shown} allowed by [files.sets.{name}] ({})",
+                    set.rule
+                ),
+                rule: Some(set.rule.clone()),
+                grant: Some(Grant::FileSet(set.clone())),
+            },
+            None => deny(
+                None,
+                format!("file set {shown} is not declared in the policy (default deny)"),
+            ),
+        }
+    }
+
+    /// Whether a deny rule matches `path` (for files found inside a set's directories).
+    pub(crate) fn is_denied(&self, path: &str) -> Option<RuleRef> {
+        self.denied(path).map(|d| d.rule.clone())
+    }
+
+    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for rule in &self.allow {
+            if let Some(d) = self.denied(&rule.path) {
+                out.push(Diagnostic {
+                    file: rule.rule.file.clone(),
+                    line: rule.rule.line,
+                    col: rule.rule.col,
+                    message: format!(
+                        "[[files.allow]] path = {:?} is denied by [[files.deny]] ({})",
+                        rule.path, d.rule
+                    ),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A path the engine can judge: `~/...` or `/...`, no `.`/`..`/empty
+/// segments, no NUL or control characters, no backslash.
+pub fn check_path(path: &str) -> Result<(), String> {
+    let rest = if let Some(r) = path.strip_prefix("~/") {
+        r
+    } else if let Some(r) = path.strip_prefix('/') {
+        r
+    } else {
+        return Err("expected a path starting with ~/ or /".to_owned());
+    };
+    if path.chars().any(char::is_control) || path.contains('\\') {
+        return Err("the path contains a control character or a backslash".to_owned());
+    }
+    let body = rest.strip_suffix('/').unwrap_or(rest);
+    if body.is_empty() {
+        return Err("the path names a whole home or root directory".to_owned());
+    }
+    if body
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err("the path has '.', '..' or empty segments".to_owned());
+    }
+    Ok(())
+}
+
+/// `10MiB`, `512KiB`, `100B`, `1GiB`, or a bare number of bytes.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}; expected e.g. \"10MiB\", \"512KiB\" or \"100B\"")
+    })?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} in {s:?}; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn check_path_msg(p: &str) -> Result<(), String> {
+    check_path(p).map_err(|why| format!("path {}: {why}", shown_name(p)))
+}
+
+impl Parser<'_> {
+    /// `[files]`: `[[files.allow]]`, `[[files.deny]]`, `[files.sets.NAME]`.
+    pub(crate) fn files(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type("files", value, found, "[[files.allow]] rules");
+        };
+        for (key, value) in table {
+            match key.get_ref().as_ref() {
+                "allow" => self.ssh_list("files.allow", value, Self::file_allow),
+                "deny" => self.ssh_list("files.deny", value, Self::file_deny),
+                "sets" => self.file_sets(value),
+                _ => self.unknown_key(
+                    "files",
+                    key,
+                    "[[files.allow]], [[files.deny]] or [files.sets.NAME]",
+                ),
+            }
+        }
+    }
+
+    fn max_size(&mut self, at: &str, item: &Value<'_>) -> Option<u64> {
+        let text = self.string(at, item, "a size like \"10MiB\"")?;
+        parse_size(text)
+            .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
+            .ok()
+    }
+
+    fn file_allow(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "files.allow";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(SECTION, value, found, "a table with path = \"~/...\"");
+        };
+        let errors_before = self.report.errors.len();
+        let (mut path, mut seen_path, mut max_size) = (None, false, DEFAULT_MAX_SIZE);
+        for (key, item) in table {
+            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
+            match key.get_ref().as_ref() {
+                "path" => {
+                    seen_path = true;
+                    path = self.checked_string(&at, item, "\"~/...\" or \"/...\"", check_path_msg);
+                }
+                "max_size" => max_size = self.max_size(&at, item).unwrap_or(max_size),
+                "description" => {
+                    self.string(&at, item, "a string");
+                }
+                _ => self.unknown_key(SECTION, key, "one of path, max_size, description"),
+            }
+        }
+        if !seen_path {
+            self.report.error(
+                &value.span(),
+                "files.allow: missing path; expected path = \"~/FILE\" or \"~/DIR/\"",
+            );
+        }
+        if let Some(path) = path.filter(|_| self.report.errors.len() == errors_before) {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.files.allow.push(FileRule {
+                path,
+                max_size,
+                rule,
+            });
+        }
+    }
+
+    fn file_deny(&mut self, value: &Value<'_>) {
+        if let Some(deny) = self.glob_deny("files.deny", "path", "**/*.key", value) {
+            self.out.files.deny.push(deny);
+        }
+    }
+
+    fn file_sets(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type("files.sets", value, found, "[files.sets.NAME] tables");
+        };
+        for (key, value) in table {
+            self.file_set(key, value);
+        }
+    }
+
+    fn file_set(&mut self, key: &Key<'_>, value: &Value<'_>) {
+        let name: &str = key.get_ref();
+        let section = format!("files.sets.{}", path_key(name));
+        if !valid_token_name(name) {
+            return self.report.error(
+                &key.span(),
+                format!(
+                    "{section}: invalid set name {}; expected 1 to 64 characters from A-Z a-z 0-9 . _ -",
+                    shown_name(name)
+                ),
+            );
+        }
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(&section, value, found, "a table with paths = [...]");
+        };
+        let errors_before = self.report.errors.len();
+        let (mut paths, mut max_size) = (None, DEFAULT_MAX_SIZE);
+        for (k, item) in table {
+            let at = format!("{section}.{}", path_key(k.get_ref()));
+            match k.get_ref().as_ref() {
+                "paths" => {
+                    paths = self.string_list(
+                        &at,
+                        item,
+                        "a list of paths like [\"~/.opencode/config.json\"]",
+                        check_path_msg,
+                        "the set would install nothing",
+                    );
+                }
+                "max_size" => max_size = self.max_size(&at, item).unwrap_or(max_size),
+                "description" => {
+                    self.string(&at, item, "a string");
+                }
+                _ => self.unknown_key(&section, k, "one of paths, max_size, description"),
+            }
+        }
+        if paths.is_none() && self.report.errors.len() == errors_before {
+            self.report.error(
+                &value.span(),
+                format!("{section}: missing paths; expected paths = [\"~/FILE\", \"~/DIR/\"]"),
+            );
+        }
+        if let Some(paths) = paths.filter(|_| self.report.errors.len() == errors_before) {
+            let rule = self.rule_ref(&value.span(), section);
+            if let Some(first) = self.out.files.sets.iter().find(|s| s.name == name) {
+                let msg = format!(
+                    "files.sets.{name}: declared twice (first at {}); declare each set once",
+                    first.rule
+                );
+                return self.report.error(&value.span(), msg);
+            }
+            self.out.files.sets.push(FileSet {
+                name: name.to_owned(),
+                paths,
+                max_size,
+                rule,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, Policy, Request, Source};
+
+    fn decide(p: &Policy, path: &str) -> Decision {
+        p.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::File { path },
+        })
+    }
+
+    #[test]
+    fn decisions() {
+        let p = Policy::from_sources(&[Source::new(
+            "p.toml",
+            "[[files.allow]]\npath = \"~/.opencode/\"\n[[files.allow]]\npath = \"~/.claude/settings.json\"\nmax_size = \"1KiB\"\n[[files.deny]]\npath = \"**/*.key\"\n[files.sets.oc]\npaths = [\"~/.opencode/config.json\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        for (path, allow, says) in [
+            ("~/.opencode/config.json", true, "p.toml:1"),
+            ("~/.opencode/a/b.json", true, "p.toml:1"),
+            ("~/.opencode/", true, "p.toml:1"),
+            ("~/.opencode", true, "p.toml:1"),
+            ("~/.opencodex", false, "default deny"),
+            ("~/.opencode/../.ssh/id_ed25519", false, "'..'"),
+            ("~/.opencode//x", false, "empty"),
+            ("~/.opencode/x.KEY", false, "files.deny"),
+            ("~/.claude/settings.json", true, "p.toml:3"),
+            ("~/.claude/settings.json.bak", false, "default deny"),
+            ("/etc/passwd", false, "default deny"),
+            ("relative", false, "~/"),
+        ] {
+            let d = decide(&p, path);
+            assert_eq!(d.verdict == Verdict::Allow, allow, "{path}: {}", d.reason);
+            assert!(d.reason.contains(says), "{path}: {}", d.reason);
+        }
+        let Some(Grant::File(rule)) = decide(&p, "~/.claude/settings.json").grant else {
+            panic!("granted");
+        };
+        assert_eq!(rule.max_size, 1024);
+        let set = p.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::FileSet { name: "oc" },
+        });
+        assert!(matches!(set.grant, Some(Grant::FileSet(ref s)) if s.paths.len() == 1));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("7"), Ok(7));
+        assert!(parse_size("1TB").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+}

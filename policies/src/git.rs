@@ -1,0 +1,627 @@
+//! The `git-credential` section: which HTTP(S) git credentials the laptop's
+//! own `git credential fill` may hand to the workspace, and whether the
+//! workspace's `store`/`erase` reach the laptop's helpers.
+//!
+//! ```toml
+//! [[git-credential.allow]]
+//! protocol = "https"          # optional, default "https"
+//! host = "github.com"         # "HOST" or "HOST:PORT", exact (case-insensitive)
+//! path = "acme/*"             # optional glob over the path git sends with
+//!                             # credential.useHttpPath=true; `*` stays within
+//!                             # one path segment, `**` crosses them
+//! actions = ["get"]           # optional, default ["get"]; "store", "erase"
+//! approve = "prompt"          # optional
+//! rate = "60/min"             # optional
+//!
+//! [[git-credential.deny]]     # matches when ALL given fields match
+//! host = "*.corp"             # glob, case-insensitive
+//! path = "acme/secret*"       # glob, case-insensitive; a request without a
+//!                             # path matches (its credential covers the host)
+//! protocol = "http"           # exact
+//! ```
+
+use globset::{GlobBuilder, GlobMatcher};
+use toml::de::DeValue;
+
+use crate::diag::Diagnostic;
+use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
+use crate::glob_deny::deny;
+use crate::parse::{Parser, Value, path_key};
+use crate::rate::Rate;
+use crate::ssh::{self, Glob};
+
+/// What the workspace's git asks the helper to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GitAction {
+    /// `get`: hand out a credential.
+    Get,
+    /// `store`: pass a working credential on to the laptop's helpers.
+    Store,
+    /// `erase`: tell the laptop's helpers a credential was rejected.
+    Erase,
+}
+
+impl GitAction {
+    /// The name used in `actions` and by git.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GitAction::Get => "get",
+            GitAction::Store => "store",
+            GitAction::Erase => "erase",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "get" => Some(GitAction::Get),
+            "store" => Some(GitAction::Store),
+            "erase" => Some(GitAction::Erase),
+            _ => None,
+        }
+    }
+}
+
+/// A `[[git-credential.allow]]` rule.
+#[derive(Clone, Debug)]
+pub struct GitRule {
+    /// URL scheme, e.g. `https`.
+    pub protocol: String,
+    /// `HOST` or `HOST:PORT`, lower-cased.
+    pub host: String,
+    /// Path glob as written, with its matcher; `None` allows any path.
+    pub path: Option<(String, GlobMatcher)>,
+    /// What the workspace may do.
+    pub actions: Vec<GitAction>,
+    /// Whether the laptop user must approve each use.
+    pub approve: Option<Approve>,
+    /// Optional rate limit, enforced by the laptop.
+    pub rate: Option<Rate>,
+    /// Where the rule is written.
+    pub rule: RuleRef,
+}
+
+impl PartialEq for GitRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.rule == other.rule
+    }
+}
+
+/// A `[[git-credential.deny]]` rule.
+#[derive(Clone, Debug)]
+pub(crate) struct GitDenyRule {
+    protocol: Option<String>,
+    host: Option<Glob>,
+    path: Option<Glob>,
+    rule: RuleRef,
+}
+
+/// Every git-credential rule of one source (or, merged, of all).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GitSection {
+    allow: Vec<GitRule>,
+    deny: Vec<GitDenyRule>,
+}
+
+impl GitSection {
+    /// Adds the rules of a later source.
+    pub(crate) fn append(&mut self, other: &mut GitSection) {
+        self.allow.append(&mut other.allow);
+        self.deny.append(&mut other.deny);
+    }
+
+    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
+    pub(crate) fn add_denies_from(&mut self, other: &GitSection) {
+        self.deny.extend(other.deny.iter().cloned());
+    }
+
+    /// Warnings about allow rules a deny rule always blocks.
+    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for rule in &self.allow {
+            let blocker = self.deny.iter().find(|d| {
+                d.protocol.as_ref().is_none_or(|p| *p == rule.protocol)
+                    && d.host
+                        .as_ref()
+                        .is_none_or(|g| g.matcher.is_match(&rule.host))
+                    && d.path
+                        .as_ref()
+                        .is_none_or(|g| g.pattern == "*" || g.pattern == "**")
+            });
+            if let Some(deny) = blocker {
+                out.push(Diagnostic {
+                    file: rule.rule.file.clone(),
+                    line: rule.rule.line,
+                    col: rule.rule.col,
+                    message: format!(
+                        "[[git-credential.allow]] host = {:?} is always denied by [[git-credential.deny]] ({})",
+                        rule.host, deny.rule
+                    ),
+                });
+            }
+        }
+        out
+    }
+
+    /// Decides one helper call. The path must be canonical (no `.`/`..`
+    /// segments, no empty segments, no encoded separators): git sends what
+    /// the URL said, and a server may resolve `acme/../other` elsewhere.
+    pub(crate) fn decide(
+        &self,
+        protocol: &str,
+        host: &str,
+        path: Option<&str>,
+        action: GitAction,
+    ) -> Decision {
+        let host_lc = host.to_ascii_lowercase();
+        let what = format!(
+            "git credential {} for {}://{}/{}",
+            action.as_str(),
+            shown_name(protocol).trim_matches('"'),
+            shown_name(&host_lc).trim_matches('"'),
+            path.map(|p| shown_name(p).trim_matches('"').to_owned())
+                .unwrap_or_default()
+        );
+        if let Some(p) = path
+            && let Err(why) = check_request_path(p)
+        {
+            return deny(None, format!("{what} refused: {why}"));
+        }
+        if let Some(d) = self.deny.iter().find(|d| {
+            d.protocol.as_deref().is_none_or(|x| x == protocol)
+                && d.host.as_ref().is_none_or(|g| g.matcher.is_match(&host_lc))
+                && d.path
+                    .as_ref()
+                    .is_none_or(|g| path.is_none_or(|p| g.matcher.is_match(p)))
+        }) {
+            return deny(
+                Some(d.rule.clone()),
+                format!("{what} denied by [[git-credential.deny]] ({})", d.rule),
+            );
+        }
+        let mut missing_path = None;
+        let mut missing_action = None;
+        for rule in &self.allow {
+            if rule.protocol != protocol || rule.host != host_lc {
+                continue;
+            }
+            match (&rule.path, path) {
+                (None, _) => {}
+                (Some((_, m)), Some(p)) if m.is_match(p) => {}
+                (Some(_), None) => {
+                    missing_path.get_or_insert(rule);
+                    continue;
+                }
+                (Some(_), Some(_)) => continue,
+            }
+            if !rule.actions.contains(&action) {
+                missing_action.get_or_insert(rule);
+                continue;
+            }
+            return Decision {
+                verdict: Verdict::Allow,
+                reason: format!("{what} allowed by [[git-credential.allow]] ({})", rule.rule),
+                rule: Some(rule.rule.clone()),
+                grant: Some(Grant::GitCredential(rule.clone())),
+            };
+        }
+        let reason = if let Some(rule) = missing_action {
+            format!(
+                "{what}: rule {} does not list {:?} in actions",
+                rule.rule,
+                action.as_str()
+            )
+        } else if let Some(rule) = missing_path {
+            format!(
+                "{what}: rule {} needs the repository path, and git sent none; set \
+                 git config credential.useHttpPath true (nexus-shim env does)",
+                rule.rule
+            )
+        } else {
+            format!("{what}: no [[git-credential.allow]] rule matches (default deny)")
+        };
+        deny(None, reason)
+    }
+}
+
+/// A path as git sends it must name one repository unambiguously.
+pub(crate) fn check_request_path(path: &str) -> Result<(), &'static str> {
+    if path.chars().any(char::is_control) {
+        return Err("the path contains a control character");
+    }
+    if path.contains('\\') {
+        return Err("the path contains a backslash");
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return Err("the path contains an encoded dot, slash or NUL");
+    }
+    let trimmed = path.trim_start_matches('/');
+    if trimmed.split('/').enumerate().any(|(i, seg)| {
+        seg == "." || seg == ".." || (seg.is_empty() && i + 1 < trimmed.split('/').count())
+    }) {
+        return Err("the path has '.', '..' or empty segments");
+    }
+    Ok(())
+}
+
+/// Compiles an allow-rule path glob: case-sensitive, `*` within a segment.
+fn path_glob(pattern: &str, case_insensitive: bool) -> Result<GlobMatcher, String> {
+    if pattern.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .case_insensitive(case_insensitive)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.kind().to_string())
+}
+
+const PROTOCOL_SHAPE: &str = "expected a URL scheme like \"https\"";
+
+fn check_protocol(p: &str) -> Result<(), String> {
+    if !p.is_empty()
+        && p.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
+        })
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid protocol {}; {PROTOCOL_SHAPE}",
+            shown_name(p)
+        ))
+    }
+}
+
+fn check_rule_path(p: &str) -> Result<(), String> {
+    check_request_path(p).map_err(|why| format!("path glob {}: {why}", shown_name(p)))
+}
+
+impl Parser<'_> {
+    /// `[git-credential]`: `[[git-credential.allow]]` and `[[git-credential.deny]]`.
+    pub(crate) fn git_credential(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(
+                "git-credential",
+                value,
+                found,
+                "[[git-credential.allow]] and [[git-credential.deny]] rules",
+            );
+        };
+        for (key, value) in table {
+            match key.get_ref().as_ref() {
+                "allow" => self.ssh_list("git-credential.allow", value, Self::git_allow),
+                "deny" => self.ssh_list("git-credential.deny", value, Self::git_deny),
+                _ => self.unknown_key(
+                    "git-credential",
+                    key,
+                    "[[git-credential.allow]] or [[git-credential.deny]]",
+                ),
+            }
+        }
+    }
+
+    fn git_allow(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "git-credential.allow";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(SECTION, value, found, "a table with host = \"HOST\"");
+        };
+        let errors_before = self.report.errors.len();
+        let mut protocol = Some("https".to_owned());
+        let (mut host, mut seen_host, mut path) = (None, false, None);
+        let mut actions = Some(vec![GitAction::Get]);
+        let (mut approve, mut rate) = (None, None);
+        for (key, item) in table {
+            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
+            match key.get_ref().as_ref() {
+                "protocol" => {
+                    protocol = self.checked_string(&at, item, PROTOCOL_SHAPE, check_protocol);
+                }
+                "host" => {
+                    seen_host = true;
+                    host = self
+                        .checked_string(&at, item, "\"HOST\" or \"HOST:PORT\"", ssh::check_host)
+                        .map(|h| h.to_ascii_lowercase());
+                }
+                "path" => {
+                    path = self
+                        .checked_string(&at, item, "a glob like \"acme/*\"", check_rule_path)
+                        .and_then(|p| match path_glob(&p, false) {
+                            Ok(m) => Some((p, m)),
+                            Err(why) => {
+                                self.report.error(
+                                    &item.span(),
+                                    format!("{at}: invalid glob ({why}); expected e.g. \"acme/*\""),
+                                );
+                                None
+                            }
+                        });
+                }
+                "actions" => {
+                    actions = self
+                        .string_list(
+                            &at,
+                            item,
+                            "a list of \"get\", \"store\", \"erase\"",
+                            |a| {
+                                GitAction::parse(a).map(|_| ()).ok_or_else(|| {
+                                    format!(
+                                        "unknown action {}; expected \"get\", \"store\" or \"erase\"",
+                                        shown_name(a)
+                                    )
+                                })
+                            },
+                            "the rule would allow nothing; leave actions out for [\"get\"]",
+                        )
+                        .map(|v| v.iter().filter_map(|a| GitAction::parse(a)).collect());
+                }
+                "approve" => approve = self.approve(&at, item),
+                "rate" => rate = self.rate(&at, item),
+                "description" => {
+                    self.string(&at, item, "a string");
+                }
+                _ => self.unknown_key(
+                    SECTION,
+                    key,
+                    "one of protocol, host, path, actions, approve, rate, description",
+                ),
+            }
+        }
+        if !seen_host {
+            self.report.error(
+                &value.span(),
+                "git-credential.allow: missing host; expected host = \"HOST\" (e.g. \"github.com\")",
+            );
+        }
+        if self.report.errors.len() != errors_before {
+            return;
+        }
+        if let (Some(protocol), Some(host), Some(actions)) = (protocol, host, actions) {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.git.allow.push(GitRule {
+                protocol,
+                host,
+                path,
+                actions,
+                approve,
+                rate,
+                rule,
+            });
+        }
+    }
+
+    fn git_deny(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "git-credential.deny";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(SECTION, value, found, "a table with host and/or path");
+        };
+        let errors_before = self.report.errors.len();
+        let (mut protocol, mut host, mut path, mut seen) = (None, None, None, false);
+        for (key, item) in table {
+            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
+            match key.get_ref().as_ref() {
+                "protocol" => {
+                    seen = true;
+                    protocol = self.checked_string(&at, item, PROTOCOL_SHAPE, check_protocol);
+                }
+                "host" => {
+                    seen = true;
+                    host = self.glob(&at, item, "host names like \"*.corp\"");
+                }
+                "path" => {
+                    seen = true;
+                    let Some(p) = self.string(&at, item, "a glob like \"acme/secret*\"") else {
+                        continue;
+                    };
+                    match path_glob(p, true) {
+                        Ok(matcher) => {
+                            path = Some(Glob {
+                                pattern: p.to_owned(),
+                                matcher,
+                            });
+                        }
+                        Err(why) => self
+                            .report
+                            .error(&item.span(), format!("{at}: invalid glob ({why})")),
+                    }
+                }
+                "description" => {
+                    self.string(&at, item, "a string");
+                }
+                _ => self.unknown_key(SECTION, key, "one of protocol, host, path, description"),
+            }
+        }
+        if !seen {
+            self.report.error(
+                &value.span(),
+                "git-credential.deny: a deny rule needs at least one of protocol, host or path; \
+                 to deny every credential, write host = \"*\"",
+            );
+        }
+        if self.report.errors.len() == errors_before {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.git.deny.push(GitDenyRule {
+                protocol,
+                host,
+                path,
+                rule,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, Policy, Request, Source};
+
+    fn policy(text: &str) -> Policy {
+        Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn decide(p: &Policy, proto: &str, host: &str, path: Option<&str>, a: GitAction) -> Decision {
+        p.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::GitCredential {
+                protocol: proto,
+                host,
+                path,
+                action: a,
+            },
+        })
+    }
+
+    const TEXT: &str = r#"
+[[git-credential.allow]]
+host = "GitHub.com"
+path = "acme/*"
+
+[[git-credential.allow]]
+protocol = "http"
+host = "git.local:8080"
+actions = ["get", "store", "erase"]
+
+[[git-credential.deny]]
+path = "acme/secret*"
+"#;
+
+    #[test]
+    fn decisions() {
+        use GitAction::{Erase, Get, Store};
+        use Verdict::{Allow, Deny};
+        let p = policy(TEXT);
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            GitAction,
+            Verdict,
+            &'a str,
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                "https",
+                "github.com",
+                Some("acme/repo.git"),
+                Get,
+                Allow,
+                "p.toml:2",
+            ),
+            (
+                "https",
+                "GITHUB.COM",
+                Some("acme/repo"),
+                Get,
+                Allow,
+                "p.toml:2",
+            ),
+            (
+                "https",
+                "github.com",
+                Some("acme/x/y"),
+                Get,
+                Deny,
+                "no [[git-credential.allow]]",
+            ),
+            (
+                "https",
+                "github.com",
+                Some("other/repo"),
+                Get,
+                Deny,
+                "default deny",
+            ),
+            (
+                "https",
+                "github.com",
+                Some("acme/../other/r"),
+                Get,
+                Deny,
+                "'..'",
+            ),
+            (
+                "https",
+                "github.com",
+                Some("acme/%2e%2e/r"),
+                Get,
+                Deny,
+                "encoded",
+            ),
+            (
+                "https",
+                "github.com",
+                Some("acme//r"),
+                Get,
+                Deny,
+                "empty segments",
+            ),
+            // Without a path a deny on a path applies: the credential covers the host.
+            (
+                "https",
+                "github.com",
+                None,
+                Get,
+                Deny,
+                "git-credential.deny",
+            ),
+            (
+                "https",
+                "github.com",
+                Some("acme/repo"),
+                Store,
+                Deny,
+                "does not list \"store\"",
+            ),
+            (
+                "http",
+                "github.com",
+                Some("acme/repo"),
+                Get,
+                Deny,
+                "default deny",
+            ),
+            (
+                "https",
+                "github.com",
+                Some("acme/Secret-x"),
+                Get,
+                Deny,
+                "git-credential.deny",
+            ),
+            (
+                "http",
+                "git.local:8080",
+                Some("acme/x"),
+                Store,
+                Allow,
+                "p.toml:6",
+            ),
+            (
+                "http",
+                "git.local:8080",
+                Some("acme/secret"),
+                Erase,
+                Deny,
+                "p.toml:11",
+            ),
+            ("http", "git.local", Some("a/b"), Get, Deny, "default deny"),
+        ];
+        for (proto, host, path, action, verdict, says) in cases {
+            let d = decide(&p, proto, host, *path, *action);
+            assert_eq!(&d.verdict, verdict, "{host} {path:?}: {}", d.reason);
+            assert!(d.reason.contains(says), "{host} {path:?}: {}", d.reason);
+        }
+        let p = policy("[[git-credential.allow]]\nhost = \"h\"\npath = \"a/*\"\n");
+        let d = decide(&p, "https", "h", None, Get);
+        assert!(d.reason.contains("useHttpPath"), "{}", d.reason);
+    }
+}

@@ -1,0 +1,469 @@
+//! The `tools` section: laptop commands the workspace may run by name.
+//!
+//! ```toml
+//! [tools.open-pr]
+//! command = ["gh", "pr", "create"]     # run without a shell
+//! args = ["--title", "*", "--body", "*"]  # optional, default: no arguments
+//! description = "Open a pull request"
+//! timeout = "60s"                      # optional, default 60s (ms, s, m, h)
+//! env = ["GH_TOKEN"]                   # optional: proxy variables passed on
+//! cwd = "~/src/app"                    # optional working directory
+//! approve = "prompt"                   # optional
+//! rate = "10/min"                      # optional
+//!
+//! [[tools.deny]]
+//! name = "rm-*"                        # glob over tool names
+//! ```
+//!
+//! Arguments are matched element by element against `args`: a literal, or a
+//! pattern with `*` (any run of characters) and `?` (one character). An
+//! argument starting with `-` only matches a pattern element that starts
+//! with `-` itself, so `*` never lets `--output=FILE` or `-oProxyCommand=...`
+//! through. A final `"**"` accepts any number of further arguments, none
+//! starting with `-`.
+
+use std::time::Duration;
+
+use toml::de::DeValue;
+
+use crate::diag::Diagnostic;
+use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
+use crate::glob_deny::{GlobDeny, deny};
+use crate::parse::{Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name};
+use crate::rate::Rate;
+
+/// Default time a tool may run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest timeout a rule may set.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Most arguments a caller may pass.
+pub const MAX_ARGS: usize = 256;
+
+/// A `[tools.NAME]` declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolRule {
+    /// The tool's name.
+    pub name: String,
+    /// Program and fixed leading arguments.
+    pub command: Vec<String>,
+    /// Patterns for the caller's arguments, element by element.
+    pub args: Vec<String>,
+    /// For `tool list`.
+    pub description: String,
+    /// How long a run may take before it is killed.
+    pub timeout: Duration,
+    /// Names of proxy environment variables passed to the tool.
+    pub env: Vec<String>,
+    /// Working directory (`~/` is the laptop home); default the home.
+    pub cwd: Option<String>,
+    /// Whether the laptop user must approve each run.
+    pub approve: Option<Approve>,
+    /// Optional rate limit, enforced by the laptop.
+    pub rate: Option<Rate>,
+    /// Where the tool is declared.
+    pub rule: RuleRef,
+}
+
+/// Every tools rule of one source (or, merged, of all).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ToolsSection {
+    tools: Vec<ToolRule>,
+    deny: Vec<GlobDeny>,
+}
+
+/// Whether one argument matches one pattern element.
+fn element_matches(pattern: &str, arg: &str) -> bool {
+    if arg.starts_with('-') && !pattern.starts_with('-') {
+        return false;
+    }
+    wildcard(pattern.as_bytes(), arg.as_bytes())
+}
+
+/// `*` and `?` wildcard match, iterative (no exponential backtracking).
+fn wildcard(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'?') => {
+                pi += 1;
+                si += 1;
+            }
+            Some(b'*') => {
+                star = Some(pi);
+                mark = si;
+                pi += 1;
+            }
+            Some(&c) if c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some(sp) => {
+                    pi = sp + 1;
+                    mark += 1;
+                    si = mark;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Matches the caller's arguments against a rule's patterns.
+///
+/// # Errors
+/// Why the arguments do not fit, naming the first bad position.
+pub fn match_args(patterns: &[String], args: &[String]) -> Result<(), String> {
+    if args.len() > MAX_ARGS {
+        return Err(format!("more than {MAX_ARGS} arguments"));
+    }
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(format!("argument {} contains a NUL character", i + 1));
+    }
+    let (fixed, rest) = match patterns.split_last() {
+        Some((last, fixed)) if last == "**" => (fixed, true),
+        _ => (patterns, false),
+    };
+    if args.len() < fixed.len() || (!rest && args.len() > fixed.len()) {
+        let want = if rest {
+            format!("at least {}", fixed.len())
+        } else {
+            fixed.len().to_string()
+        };
+        return Err(format!(
+            "{} argument(s) given, the rule takes {want} ({})",
+            args.len(),
+            describe(patterns)
+        ));
+    }
+    for (i, (p, a)) in fixed.iter().zip(args).enumerate() {
+        if !element_matches(p, a) {
+            let dash = if a.starts_with('-') && !p.starts_with('-') {
+                " (an argument starting with '-' only matches a pattern that starts with '-')"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "argument {} {} does not match {p:?}{dash}",
+                i + 1,
+                shown_name(a)
+            ));
+        }
+    }
+    if let Some((i, a)) = args
+        .iter()
+        .enumerate()
+        .skip(fixed.len())
+        .find(|(_, a)| a.starts_with('-'))
+    {
+        return Err(format!(
+            "argument {} {} starts with '-', which \"**\" never accepts",
+            i + 1,
+            shown_name(a)
+        ));
+    }
+    Ok(())
+}
+
+fn describe(patterns: &[String]) -> String {
+    if patterns.is_empty() {
+        "no arguments".to_owned()
+    } else {
+        format!("{patterns:?}")
+    }
+}
+
+impl ToolsSection {
+    pub(crate) fn append(&mut self, other: &mut ToolsSection) {
+        self.tools.append(&mut other.tools);
+        self.deny.append(&mut other.deny);
+    }
+
+    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
+    pub(crate) fn add_denies_from(&mut self, other: &ToolsSection) {
+        self.deny.extend(other.deny.iter().cloned());
+    }
+
+    fn denied(&self, name: &str) -> Option<&GlobDeny> {
+        self.deny.iter().find(|d| d.matcher.is_match(name))
+    }
+
+    /// Declared tools no deny rule hides, in declaration order.
+    pub(crate) fn listed(&self) -> Vec<&ToolRule> {
+        self.tools
+            .iter()
+            .filter(|t| self.denied(&t.name).is_none())
+            .collect()
+    }
+
+    pub(crate) fn decide(&self, name: &str, args: &[String]) -> Decision {
+        let shown = shown_name(name);
+        if let Some(d) = self.denied(name) {
+            return deny(
+                Some(d.rule.clone()),
+                format!(
+                    "tool {shown} denied by [[tools.deny]] name = {:?} ({})",
+                    d.pattern, d.rule
+                ),
+            );
+        }
+        let Some(tool) = self.tools.iter().find(|t| t.name == name) else {
+            return deny(
+                None,
+                format!("tool {shown} is not declared in the policy (default deny)"),
+            );
+        };
+        match match_args(&tool.args, args) {
+            Ok(()) => Decision {
+                verdict: Verdict::Allow,
+                reason: format!("tool {shown} allowed by [tools.{name}] ({})", tool.rule),
+                rule: Some(tool.rule.clone()),
+                grant: Some(Grant::Tool(tool.clone())),
+            },
+            Err(why) => deny(
+                Some(tool.rule.clone()),
+                format!("tool {shown}: {why} ([tools.{name}] at {})", tool.rule),
+            ),
+        }
+    }
+
+    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
+        self.tools
+            .iter()
+            .filter_map(|t| {
+                let d = self.denied(&t.name)?;
+                Some(Diagnostic {
+                    file: t.rule.file.clone(),
+                    line: t.rule.line,
+                    col: t.rule.col,
+                    message: format!(
+                        "tool {:?} is declared but always denied by [[tools.deny]] name = {:?} ({})",
+                        t.name, d.pattern, d.rule
+                    ),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `60s`, `5m`, `1h`, `500ms`.
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}; expected e.g. \"60s\", \"5m\" or \"500ms\"")
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
+    };
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(format!("timeout {s:?} must be more than 0 and at most 24h"));
+    }
+    Ok(d)
+}
+
+fn check_pattern(p: &str) -> Result<(), String> {
+    if p.contains('\0') {
+        return Err("an argument pattern contains a NUL character".to_owned());
+    }
+    Ok(())
+}
+
+fn check_env(v: &str) -> Result<(), String> {
+    if valid_env_var(v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid environment variable name {}; expected [A-Za-z_][A-Za-z0-9_]*",
+            shown_name(v)
+        ))
+    }
+}
+
+fn check_cwd(p: &str) -> Result<(), String> {
+    if p == "~" || p.starts_with("~/") || p.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!(
+            "cwd {} must be absolute or start with ~/",
+            shown_name(p)
+        ))
+    }
+}
+
+impl Parser<'_> {
+    /// `[tools]`: `[tools.NAME]` declarations and `[[tools.deny]]`.
+    pub(crate) fn tools_section(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type("tools", value, found, "[tools.NAME] tables");
+        };
+        for (key, value) in table {
+            if key.get_ref() == "deny" {
+                self.ssh_list("tools.deny", value, Self::tool_deny);
+            } else {
+                self.tool(key, value);
+            }
+        }
+    }
+
+    fn tool_deny(&mut self, value: &Value<'_>) {
+        if let Some(deny) = self.glob_deny("tools.deny", "name", "deploy-*", value) {
+            self.out.tools.deny.push(deny);
+        }
+    }
+
+    fn tool(&mut self, key: &Key<'_>, value: &Value<'_>) {
+        let name: &str = key.get_ref();
+        let section = format!("tools.{}", path_key(name));
+        if !valid_token_name(name) {
+            return self.report.error(
+                &key.span(),
+                format!(
+                    "{section}: invalid tool name {}; expected 1 to 64 characters from A-Z a-z 0-9 . _ -, \
+                     starting with a letter or digit",
+                    shown_name(name)
+                ),
+            );
+        }
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(&section, value, found, "a table with command = [...]");
+        };
+        let errors_before = self.report.errors.len();
+        let mut command = None;
+        let mut args = Some(Vec::new());
+        let mut description = String::new();
+        let mut timeout = DEFAULT_TIMEOUT;
+        let mut env = Some(Vec::new());
+        let (mut cwd, mut approve, mut rate) = (None, None, None);
+        for (k, item) in table {
+            let at = format!("{section}.{}", path_key(k.get_ref()));
+            match k.get_ref().as_ref() {
+                "command" => {
+                    command = argv_from(item.get_ref())
+                        .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
+                        .ok();
+                }
+                "args" => {
+                    args = self.string_list(&at, item, "a list of patterns", check_pattern, "");
+                    if let Some(list) = &args
+                        && list.iter().rev().skip(1).any(|p| p == "**")
+                    {
+                        self.report.error(
+                            &item.span(),
+                            format!("{at}: \"**\" may only be the last pattern"),
+                        );
+                    }
+                }
+                "description" => {
+                    description = self.string(&at, item, "a string").unwrap_or("").to_owned();
+                }
+                "timeout" => {
+                    if let Some(t) = self.string(&at, item, "a duration like \"60s\"") {
+                        match parse_timeout(t) {
+                            Ok(d) => timeout = d,
+                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
+                        }
+                    }
+                }
+                "env" => {
+                    env = self.string_list(&at, item, "a list of variable names", check_env, "")
+                }
+                "cwd" => cwd = self.checked_string(&at, item, "a directory", check_cwd),
+                "approve" => approve = self.approve(&at, item),
+                "rate" => rate = self.rate(&at, item),
+                _ => self.unknown_key(
+                    &section,
+                    k,
+                    "one of command, args, description, timeout, env, cwd, approve, rate",
+                ),
+            }
+        }
+        if command.is_none() && self.report.errors.len() == errors_before {
+            self.report.error(
+                &value.span(),
+                format!(
+                    "{section}: missing command; expected command = [\"PROGRAM\", \"ARG\", ...]"
+                ),
+            );
+        }
+        if self.report.errors.len() != errors_before {
+            return;
+        }
+        if let Some(first) = self.out.tools.tools.iter().find(|t| t.name == name) {
+            let msg = format!(
+                "{section}: declared twice (first at {}); declare each tool once",
+                first.rule
+            );
+            return self.report.error(&value.span(), msg);
+        }
+        if let (Some(command), Some(args), Some(env)) = (command, args, env) {
+            let rule = self.rule_ref(&value.span(), section);
+            self.out.tools.tools.push(ToolRule {
+                name: name.to_owned(),
+                command,
+                args,
+                description,
+                timeout,
+                env,
+                cwd,
+                approve,
+                rate,
+                rule,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn argument_matching() {
+        let pr = s(&["--title", "*", "--body", "*"]);
+        assert!(match_args(&pr, &s(&["--title", "t", "--body", "b c"])).is_ok());
+        assert!(match_args(&pr, &s(&["--title", "", "--body", "x"])).is_ok());
+        for bad in [
+            s(&["--title", "--output=x", "--body", "b"]),
+            s(&["--title", "-oProxyCommand=sh", "--body", "b"]),
+            s(&["--title", "t", "--body"]),
+            s(&["--title", "t", "--body", "b", "--web"]),
+            s(&["--body", "t", "--title", "b"]),
+            s(&["--title", "t\0", "--body", "b"]),
+        ] {
+            assert!(match_args(&pr, &bad).is_err(), "{bad:?}");
+        }
+        let rest = s(&["log", "**"]);
+        assert!(match_args(&rest, &s(&["log"])).is_ok());
+        assert!(match_args(&rest, &s(&["log", "a", "b"])).is_ok());
+        assert!(match_args(&rest, &s(&["log", "a", "--exec=x"])).is_err());
+        assert!(match_args(&[], &s(&["x"])).is_err());
+        assert!(match_args(&[], &[]).is_ok());
+        assert!(element_matches("v?.*", "v1.2"));
+        assert!(!element_matches("v?.*", "v12"));
+        assert!(element_matches("--out=*.txt", "--out=a.txt"));
+        // No exponential blow-up.
+        assert!(!element_matches(&"*a".repeat(30), &"a".repeat(29)));
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["0s", "25h", "1d", "", "s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+}

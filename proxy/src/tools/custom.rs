@@ -1,0 +1,302 @@
+//! Custom laptop tools declared in the policy (`[tools.NAME]`): listed for
+//! the workspace, run without a shell in their own process group, output
+//! streamed back as it is produced, killed at the timeout or as soon as the
+//! workspace caller goes away.
+
+use std::process::Stdio;
+
+use nexus_policy::{Action, Grant, ToolRule};
+use nexus_protocol::{CallerContext, Channel, ErrorCode, MAX_CHUNK, Reply, ToolInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tracing::{debug, info};
+
+use super::ToolContext;
+
+/// Read size for tool output; smaller than a chunk so output flows early.
+const READ_SIZE: usize = 64 << 10;
+/// Exit code reported when the laptop killed the tool at its timeout.
+pub const TIMEOUT_EXIT: i32 = 124;
+
+/// `tool list`: the tools the user's policy declares and no deny rule hides
+/// (running one is still decided through every layer).
+pub fn list(policy: &nexus_policy::PolicySet) -> Reply {
+    Reply::Tools(
+        policy
+            .user()
+            .tools()
+            .into_iter()
+            .map(|t| ToolInfo {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                args: t.args.clone(),
+                approve: t.approve.is_some(),
+            })
+            .collect(),
+    )
+}
+
+/// Kills the tool's whole process group when dropped, unless disarmed.
+///
+/// Only armed while the group leader is unreaped (the tool is waited for
+/// only after its pipes close), so its pid cannot have been reused as
+/// another group's id.
+struct GroupGuard(Option<rustix::process::Pid>);
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Decides and runs `tool run NAME -- ARGS`, streaming on `stream`.
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    name: &str,
+    args: &[String],
+    workspace: &str,
+    caller: &CallerContext,
+    ctx: &ToolContext,
+    stream: &mut S,
+) -> Reply {
+    // The arguments are part of what an approval covers.
+    let shown = format!("{name} {args:?}");
+    let decided = super::decide(ctx, workspace, caller, Action::Tool { name, args });
+    let rule = match super::grant(ctx, decided, workspace, caller, ("tool", &shown)).await {
+        Ok(Grant::Tool(rule)) => rule,
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
+    };
+    execute(&rule, args, ctx, stream).await
+}
+
+fn command(rule: &ToolRule, args: &[String], ctx: &ToolContext) -> tokio::process::Command {
+    let (program, fixed) = rule
+        .command
+        .split_first()
+        .map_or(("", &[][..]), |(p, f)| (p.as_str(), f));
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(fixed)
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let path = ctx
+        .source_path
+        .clone()
+        .or_else(|| std::env::var("PATH").ok());
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    if let Some(home) = ctx.home() {
+        cmd.env("HOME", &home);
+        let dir = match rule.cwd.as_deref() {
+            Some("~") | None => home,
+            Some(c) => super::token::expand_home(c, Some(home)),
+        };
+        cmd.current_dir(dir);
+    }
+    for var in &rule.env {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    cmd
+}
+
+async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
+    rule: &ToolRule,
+    args: &[String],
+    ctx: &ToolContext,
+    stream: &mut S,
+) -> Reply {
+    let mut child = match command(rule, args, ctx).spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Reply::error(
+                ErrorCode::Missing,
+                format!(
+                    "tool {:?}: {:?} is not installed on the laptop (or not on --source-path), \
+                     or its working directory is missing",
+                    rule.name,
+                    rule.command.first().map(String::as_str).unwrap_or_default()
+                ),
+            );
+        }
+        Err(e) => {
+            return Reply::error(
+                ErrorCode::Internal,
+                format!("tool {:?} could not start on the laptop: {e}", rule.name),
+            );
+        }
+    };
+    let mut group = GroupGuard(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw),
+    );
+    info!(tool = %rule.name, pid = child.id(), "tool started");
+    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Reply::error(ErrorCode::Internal, "tool pipes unavailable");
+    };
+    let (mut rx, mut tx) = tokio::io::split(stream);
+    let deadline = tokio::time::sleep(rule.timeout);
+    tokio::pin!(deadline);
+    let (mut out_open, mut err_open) = (true, true);
+    let mut obuf = vec![0u8; READ_SIZE.min(MAX_CHUNK)];
+    let mut ebuf = vec![0u8; READ_SIZE.min(MAX_CHUNK)];
+    let mut probe = [0u8; 1];
+    loop {
+        let (channel, n) = tokio::select! {
+            r = out.read(&mut obuf), if out_open => match r {
+                Ok(0) | Err(_) => { out_open = false; continue; }
+                Ok(n) => (Channel::Stdout, n),
+            },
+            r = err.read(&mut ebuf), if err_open => match r {
+                Ok(0) | Err(_) => { err_open = false; continue; }
+                Ok(n) => (Channel::Stderr, n),
+            },
+            status = child.wait(), if !out_open && !err_open => {
+                // Reaped: from here the pid may be reused; leave the group be.
+                group.disarm();
+                return match status {
+                    Ok(s) => Reply::Exit(exit_code(s)),
+                    Err(e) => Reply::error(ErrorCode::Internal, format!("waiting for the tool: {e}")),
+                };
+            }
+            // The shim sends nothing after the call: any read completing
+            // means the workspace caller went away (stream reset or closed).
+            _ = rx.read(&mut probe) => {
+                group.kill();
+                debug!(tool = %rule.name, "the workspace caller went away; tool killed");
+                return Reply::Done;
+            }
+            () = &mut deadline => {
+                group.kill();
+                let note = format!("nexus: tool {:?} killed by the laptop after its timeout of {:?}\n", rule.name, rule.timeout);
+                let _ = send_chunk(&mut tx, Channel::Stderr, note.into_bytes()).await;
+                return Reply::Exit(TIMEOUT_EXIT);
+            }
+        };
+        let data = if channel == Channel::Stdout {
+            obuf[..n].to_vec()
+        } else {
+            ebuf[..n].to_vec()
+        };
+        // Waits on the stream's flow control: a caller that does not read
+        // stops the tool's output here, never an unbounded buffer.
+        let sent = tokio::select! {
+            r = send_chunk(&mut tx, channel, data) => r,
+            _ = rx.read(&mut probe) => Err(()),
+            () = &mut deadline => {
+                group.kill();
+                return Reply::Exit(TIMEOUT_EXIT);
+            }
+        };
+        if sent.is_err() {
+            group.kill();
+            return Reply::Done;
+        }
+    }
+}
+
+async fn send_chunk<W: AsyncWrite + Unpin>(
+    tx: &mut W,
+    channel: Channel,
+    data: Vec<u8>,
+) -> Result<(), ()> {
+    nexus_transport::send_data(tx, &Reply::Chunk { channel, data })
+        .await
+        .map_err(|_| ())
+}
+
+/// The process's exit code, or 128 + the signal that ended it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::test_support::context;
+
+    const POLICY: &str = "[tools.t]\ncommand = [\"sh\", \"-c\", \"echo out; echo err >&2; exit 3\"]\n\n\
+        [tools.slow]\ncommand = [\"sh\", \"-c\", \"echo $$; exec sleep 30\"]\n";
+
+    fn rule(ctx: &ToolContext, name: &str) -> ToolRule {
+        ctx.policy
+            .current()
+            .user()
+            .tools()
+            .into_iter()
+            .find(|t| t.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no tool {name}"))
+    }
+
+    #[tokio::test]
+    async fn output_streams_in_chunks_then_the_exit_code() {
+        let ctx = context(POLICY, None);
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
+                got.push(r);
+            }
+            got
+        });
+        let end = execute(&rule(&ctx, "t"), &[], &ctx, &mut ours).await;
+        drop(ours);
+        assert_eq!(end, Reply::Exit(3));
+        let got = reader.await.unwrap_or_default();
+        assert!(got.contains(&Reply::Chunk {
+            channel: Channel::Stdout,
+            data: b"out\n".to_vec()
+        }));
+        assert!(got.contains(&Reply::Chunk {
+            channel: Channel::Stderr,
+            data: b"err\n".to_vec()
+        }));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_kills_the_tool() {
+        let ctx = context(POLICY, None);
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let run = tokio::spawn(async move {
+            let r = rule(&ctx, "slow");
+            execute(&r, &[], &ctx, &mut ours).await
+        });
+        // The tool's pid comes first; then the caller hangs up.
+        let first = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await;
+        let Ok(Reply::Chunk { data, .. }) = first else {
+            panic!("{first:?}");
+        };
+        let pid: i32 = String::from_utf8_lossy(&data).trim().parse().unwrap_or(0);
+        drop(theirs);
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
+        assert!(matches!(end, Ok(Ok(Reply::Done))), "{end:?}");
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+        });
+        assert!(gone, "tool {pid} still running");
+    }
+}

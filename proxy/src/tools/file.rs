@@ -1,0 +1,361 @@
+//! Laptop files for the workspace, read-only: `file get PATH` for a file an
+//! `[[files.allow]]` rule covers, `file sync SET` for a declared set.
+//!
+//! The policy judges the path lexically (`~/x` or `/x`, no `..`); here the
+//! path is resolved on the laptop, symlinks included, and the file actually
+//! opened must still lie under the granted path, be a regular file (no
+//! device, fifo or socket) and fit the size limit. The data is streamed in
+//! chunks, at the pace the workspace reads it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nexus_policy::{Action, Grant};
+use nexus_protocol::{CallerContext, Channel, ErrorCode, MAX_CHUNK, Reply};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tracing::debug;
+
+use super::{ToolContext, clip};
+
+/// Files a set may install at most (directories are walked).
+pub const MAX_SET_FILES: usize = 1000;
+/// Directory depth walked inside a set's directory.
+const MAX_DEPTH: usize = 8;
+
+/// `~/x`, `$HOME/x`, `${HOME}/x` → `~/x`; `/x` stays; anything else is refused.
+pub fn normalize(path: &str) -> Result<String, String> {
+    for prefix in ["$HOME/", "${HOME}/"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            return Ok(format!("~/{rest}"));
+        }
+    }
+    if path.starts_with("~/") || path.starts_with('/') {
+        Ok(path.to_owned())
+    } else {
+        Err(format!(
+            "path {:?} must start with ~/, $HOME/ or /",
+            clip(path)
+        ))
+    }
+}
+
+fn expand(path: &str, home: Option<&Path>) -> Option<PathBuf> {
+    match path.strip_prefix("~/") {
+        Some(rest) => home.map(|h| h.join(rest)),
+        None => Some(PathBuf::from(path)),
+    }
+}
+
+/// Why a file could not be handed out.
+fn refused(code: ErrorCode, msg: String) -> Reply {
+    Reply::error(code, msg)
+}
+
+/// An opened, checked file.
+struct Opened {
+    file: tokio::fs::File,
+    size: u64,
+    mode: u32,
+}
+
+/// Opens `shown` (normalized) at `real` only if it resolves under `root`
+/// (a directory for a directory rule, else the allowed file itself), is a
+/// regular file, and is at most `max` bytes.
+async fn open_checked(
+    shown: &str,
+    real: &Path,
+    root: &Path,
+    dir: bool,
+    max: u64,
+) -> Result<Opened, Reply> {
+    let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let canon_root = tokio::fs::canonicalize(root).await.map_err(|e| {
+        if not_found(&e) {
+            refused(ErrorCode::Missing, format!("{shown}: not on the laptop"))
+        } else {
+            refused(ErrorCode::Internal, format!("{shown}: {e}"))
+        }
+    })?;
+    let canon = tokio::fs::canonicalize(real).await.map_err(|e| {
+        if not_found(&e) {
+            refused(ErrorCode::Missing, format!("{shown}: not on the laptop"))
+        } else {
+            refused(ErrorCode::Internal, format!("{shown}: {e}"))
+        }
+    })?;
+    let inside = |p: &Path| {
+        if dir {
+            p.starts_with(&canon_root) && p != canon_root
+        } else {
+            p == canon_root
+        }
+    };
+    if !inside(&canon) {
+        return Err(refused(
+            ErrorCode::Denied,
+            format!("{shown}: resolves (through a symlink) outside the path the policy allows"),
+        ));
+    }
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.read(true)
+        // No blocking on a fifo swapped in after the check, no symlink at the end.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    let file = opts
+        .open(&canon)
+        .await
+        .map_err(|e| refused(ErrorCode::Denied, format!("{shown}: cannot open: {e}")))?;
+    // What was opened is judged, not the name: a swap between the checks
+    // above and the open is caught here.
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let fd_path = tokio::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .await
+            .map_err(|e| refused(ErrorCode::Internal, format!("{shown}: {e}")))?;
+        if !inside(&fd_path) {
+            return Err(refused(
+                ErrorCode::Denied,
+                format!("{shown}: changed while being opened; refused"),
+            ));
+        }
+    }
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| refused(ErrorCode::Internal, format!("{shown}: {e}")))?;
+    if meta.is_dir() {
+        return Err(refused(
+            ErrorCode::BadRequest,
+            format!(
+                "{shown} is a directory; get its files one by one, or declare a set and use file sync"
+            ),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(refused(
+            ErrorCode::Denied,
+            format!("{shown} is not a regular file (device, fifo or socket); refused"),
+        ));
+    }
+    if meta.len() > max {
+        return Err(refused(
+            ErrorCode::Denied,
+            format!(
+                "{shown} is {} bytes, over the policy's max_size of {max}",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(Opened {
+        file,
+        size: meta.len(),
+        mode: meta.permissions().mode() & 0o777,
+    })
+}
+
+/// Sends one opened file: its header, then its data in chunks.
+async fn send_file<S: AsyncWrite + Unpin>(
+    shown: &str,
+    mut f: Opened,
+    out: &mut S,
+) -> Result<(), ()> {
+    let header = Reply::FileStart {
+        path: shown.to_owned(),
+        size: f.size,
+        mode: f.mode,
+    };
+    nexus_transport::send(out, &header).await.map_err(|_| ())?;
+    let mut left = f.size;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK);
+        let mut data = vec![0u8; want];
+        let n = f.file.read(&mut data).await.map_err(|_| ())?;
+        if n == 0 {
+            // Shrank while read: the workspace sees a short file and fails.
+            break;
+        }
+        data.truncate(n);
+        left -= n as u64;
+        let chunk = Reply::Chunk {
+            channel: Channel::Data,
+            data,
+        };
+        nexus_transport::send_data(out, &chunk)
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// `file get PATH`.
+pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
+    path: &str,
+    workspace: &str,
+    caller: &CallerContext,
+    ctx: &ToolContext,
+    stream: &mut S,
+) -> Reply {
+    let shown = match normalize(path) {
+        Ok(p) => p,
+        Err(m) => return Reply::error(ErrorCode::BadRequest, m),
+    };
+    let action = Action::File { path: &shown };
+    let decided = super::decide(ctx, workspace, caller, action);
+    let rule = match super::grant(ctx, decided, workspace, caller, ("file", &shown)).await {
+        Ok(Grant::File(rule)) => rule,
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
+    };
+    let home = ctx.home();
+    let (Some(real), Some(root)) = (
+        expand(&shown, home.as_deref()),
+        expand(&rule.path, home.as_deref()),
+    ) else {
+        return Reply::error(ErrorCode::Internal, "the laptop user has no home directory");
+    };
+    if rule.is_dir() && is_dir_inside(&real, &root).await {
+        let dir = format!("{}/", shown.trim_end_matches('/'));
+        let files = collect(&[dir], &root, home.as_deref()).await;
+        return send_all(files, rule.max_size, workspace, ctx, stream).await;
+    }
+    let opened = match open_checked(&shown, &real, &root, rule.is_dir(), rule.max_size).await {
+        Ok(o) => o,
+        Err(reply) => return reply,
+    };
+    match send_file(&shown, opened, stream).await {
+        Ok(()) => Reply::Done,
+        Err(()) => {
+            debug!("the workspace caller went away during file get");
+            Reply::Done
+        }
+    }
+}
+
+/// `file sync SET`.
+pub async fn sync<S: AsyncRead + AsyncWrite + Unpin>(
+    set: &str,
+    workspace: &str,
+    caller: &CallerContext,
+    ctx: &ToolContext,
+    stream: &mut S,
+) -> Reply {
+    let action = Action::FileSet { name: set };
+    let decided = super::decide(ctx, workspace, caller, action);
+    let rule = match super::grant(ctx, decided, workspace, caller, ("file-set", set)).await {
+        Ok(Grant::FileSet(rule)) => rule,
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
+    };
+    let home = ctx.home();
+    let mut files = Vec::new();
+    for entry in &rule.paths {
+        if let Some(root) = expand(entry, home.as_deref()) {
+            files.extend(collect(std::slice::from_ref(entry), &root, home.as_deref()).await);
+        }
+    }
+    send_all(files, rule.max_size, workspace, ctx, stream).await
+}
+
+/// Whether `real` is a directory that resolves inside `root`.
+async fn is_dir_inside(real: &Path, root: &Path) -> bool {
+    let (Ok(r), Ok(c)) = (
+        tokio::fs::canonicalize(root).await,
+        tokio::fs::canonicalize(real).await,
+    ) else {
+        return false;
+    };
+    c.starts_with(&r) && tokio::fs::metadata(&c).await.is_ok_and(|m| m.is_dir())
+}
+
+/// Sends every file that passes the checks; the others become notes on
+/// stderr. The deny rules apply to each file found.
+async fn send_all<S: AsyncWrite + Unpin>(
+    files: Vec<Found>,
+    max: u64,
+    workspace: &str,
+    ctx: &ToolContext,
+    stream: &mut S,
+) -> Reply {
+    for (shown, real, root, dir) in files {
+        if let Some(deny) = ctx.policy.current().file_denied(workspace, &shown) {
+            debug!(path = %clip(&shown), rule = %deny, "file denied inside a granted directory");
+            continue;
+        }
+        match open_checked(&shown, &real, &root, dir, max).await {
+            Ok(opened) => {
+                if send_file(&shown, opened, stream).await.is_err() {
+                    return Reply::Done;
+                }
+            }
+            Err(Reply::Error(e)) => {
+                let note = format!("nexus: skipped {shown}: {}\n", e.message);
+                let chunk = Reply::Chunk {
+                    channel: Channel::Stderr,
+                    data: note.into_bytes(),
+                };
+                if nexus_transport::send(stream, &chunk).await.is_err() {
+                    return Reply::Done;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    Reply::Done
+}
+
+/// A file found: (shown path, real path, root it must resolve under, root is a directory).
+type Found = (String, PathBuf, PathBuf, bool);
+
+/// The files under `entries` (`~/file`, or `~/dir/` walked without
+/// following symlinked directories), each to be checked against `root`.
+async fn collect(entries: &[String], root: &Path, home: Option<&Path>) -> Vec<Found> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let Some(start) = expand(entry, home) else {
+            continue;
+        };
+        if !entry.ends_with('/') {
+            out.push((entry.clone(), start, root.to_path_buf(), false));
+            continue;
+        }
+        let mut stack = vec![(start, entry.clone(), 0usize)];
+        while let Some((dir, shown, depth)) = stack.pop() {
+            let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
+                continue;
+            };
+            while let Ok(Some(e)) = rd.next_entry().await {
+                if out.len() >= MAX_SET_FILES {
+                    return out;
+                }
+                let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let Ok(kind) = e.file_type().await else {
+                    continue;
+                };
+                let child_shown = format!("{shown}{name}");
+                if kind.is_dir() && depth < MAX_DEPTH {
+                    stack.push((e.path(), format!("{child_shown}/"), depth + 1));
+                } else if kind.is_file() || kind.is_symlink() {
+                    out.push((child_shown, e.path(), root.to_path_buf(), true));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizing() {
+        assert_eq!(normalize("~/a"), Ok("~/a".into()));
+        assert_eq!(normalize("$HOME/a"), Ok("~/a".into()));
+        assert_eq!(normalize("${HOME}/a/b"), Ok("~/a/b".into()));
+        assert_eq!(normalize("/etc/x"), Ok("/etc/x".into()));
+        assert!(normalize("a").is_err());
+        assert!(normalize("~root/x").is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! git credentials over HTTP(S): the workspace's git asks its helper
+//! (`nexus-shim git-credential`), and the laptop answers with its own
+//! `git credential fill`, so whatever helper the laptop uses (osxkeychain,
+//! libsecret, Git Credential Manager, `gh auth git-credential`, store)
+//! works unchanged. `store`/`erase` reach the laptop's helpers (`git
+//! credential approve`/`reject`) only when a rule lists them.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nexus_policy::{Action, GitAction, Grant};
+use nexus_protocol::{Credential, ErrorCode, GitOperation, Reply, Secret, parse_credential};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::warn;
+
+use super::{ToolContext, clip};
+
+/// How long the laptop's git (and its helper) may take; a helper that shows
+/// a keychain dialog needs the user.
+pub const GIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most output read from the laptop's git.
+const MAX_OUTPUT: usize = nexus_protocol::MAX_CREDENTIAL_INPUT;
+
+fn action(op: GitOperation) -> GitAction {
+    match op {
+        GitOperation::Get => GitAction::Get,
+        GitOperation::Store => GitAction::Store,
+        GitOperation::Erase => GitAction::Erase,
+    }
+}
+
+/// Decides and answers one helper call.
+pub async fn answer(
+    op: GitOperation,
+    input: &Secret,
+    workspace: &str,
+    caller: &nexus_protocol::CallerContext,
+    ctx: &ToolContext,
+) -> Reply {
+    let cred = match parse_credential(input.expose()) {
+        Ok(c) => c,
+        Err(e) => {
+            return Reply::error(
+                ErrorCode::BadRequest,
+                format!("credential description refused by the laptop: {e}"),
+            );
+        }
+    };
+    let (Some(protocol), Some(host)) = (cred.protocol.as_deref(), cred.host.as_deref()) else {
+        return Reply::error(
+            ErrorCode::BadRequest,
+            "the credential description names no protocol or host",
+        );
+    };
+    let target = format!(
+        "{protocol}://{host}/{}",
+        cred.path.as_deref().unwrap_or_default()
+    );
+    let logged = format!("{} {target}", op.as_str());
+    let action = Action::GitCredential {
+        protocol,
+        host,
+        path: cred.path.as_deref(),
+        action: action(op),
+    };
+    let decided = super::decide(ctx, workspace, caller, action);
+    match super::grant(ctx, decided, workspace, caller, ("git-credential", &logged)).await {
+        Ok(Grant::GitCredential(_)) => {}
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
+    };
+    // Only the fields that name the credential (and, for store/erase, the
+    // credential itself) reach the laptop's git.
+    let mut ask = Credential {
+        protocol: cred.protocol.clone(),
+        host: cred.host.clone(),
+        path: cred.path.clone(),
+        username: cred.username.clone(),
+        ..Credential::default()
+    };
+    match op {
+        GitOperation::Get => fill(&ask, ctx).await,
+        GitOperation::Store | GitOperation::Erase => {
+            ask.password = cred.password.clone();
+            ask.password_expiry_utc = cred.password_expiry_utc.clone();
+            let verb = if op == GitOperation::Store {
+                "approve"
+            } else {
+                "reject"
+            };
+            match run_git(verb, &ask, ctx).await {
+                Ok(_) => Reply::GitCredential(Secret::default()),
+                Err(reply) => reply,
+            }
+        }
+    }
+}
+
+async fn fill(ask: &Credential, ctx: &ToolContext) -> Reply {
+    let out = match run_git("fill", ask, ctx).await {
+        Ok(out) => out,
+        Err(reply) => return reply,
+    };
+    let got = match parse_credential(&out) {
+        Ok(c) => c,
+        Err(e) => {
+            return Reply::error(
+                ErrorCode::Internal,
+                format!("the laptop's git credential fill printed something unexpected: {e}"),
+            );
+        }
+    };
+    if got.password.is_none() {
+        return Reply::error(
+            ErrorCode::Missing,
+            "the laptop's git has no password for this URL; store one there (e.g. run git fetch once on the laptop)",
+        );
+    }
+    // Only what git needs from a helper; never the laptop's refresh tokens.
+    let answer = Credential {
+        username: got.username,
+        password: got.password,
+        password_expiry_utc: got.password_expiry_utc,
+        ..Credential::default()
+    };
+    Reply::GitCredential(Secret::new(answer.serialize().to_vec()))
+}
+
+/// Runs `git credential VERB` with `input` on stdin: no shell, no terminal
+/// prompt, a timeout and an output cap.
+async fn run_git(
+    verb: &str,
+    input: &Credential,
+    ctx: &ToolContext,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Reply> {
+    let mut cmd = tokio::process::Command::new("git");
+    // No terminal prompt, and no askpass dialog either: a workspace must
+    // not be able to pop up a password prompt on the laptop whose answer
+    // it would receive. (`false` fails, so git gives up; `true` would
+    // answer an empty password.) Helpers with their own UI still work.
+    cmd.args(["credential", verb])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "false")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(p) = &ctx.source_path {
+        cmd.env("PATH", p);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Reply::error(
+            ErrorCode::Internal,
+            format!("cannot run the laptop's git: {e}; is git installed and on --source-path?"),
+        )
+    })?;
+    let (Some(mut stdin), Some(mut out), Some(mut err)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(Reply::error(ErrorCode::Internal, "git pipes unavailable"));
+    };
+    let body = input.serialize();
+    let run = async {
+        let write = async {
+            let _ = stdin.write_all(&body).await;
+            let _ = stdin.write_all(b"\n").await;
+            drop(stdin);
+        };
+        let mut value = zeroize::Zeroizing::new(Vec::new());
+        let mut errors = Vec::new();
+        let mut o = (&mut out).take(MAX_OUTPUT as u64 + 1);
+        let mut e = (&mut err).take(4096);
+        let ((), r, _) = tokio::join!(write, o.read_to_end(&mut value), e.read_to_end(&mut errors));
+        r.map_err(|e| Reply::error(ErrorCode::Internal, format!("reading git's output: {e}")))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| Reply::error(ErrorCode::Internal, format!("waiting for git: {e}")))?;
+        Ok::<_, Reply>((status, value, errors))
+    };
+    let (status, value, errors) =
+        tokio::time::timeout(GIT_TIMEOUT, run).await.map_err(|_| {
+            Reply::error(
+                ErrorCode::Internal,
+                format!("the laptop's git credential {verb} did not finish within {GIT_TIMEOUT:?}"),
+            )
+        })??;
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&errors);
+        warn!(verb, %status, stderr = %clip(stderr.trim()), "git credential failed on the laptop");
+        let code = if verb == "fill" {
+            ErrorCode::Missing
+        } else {
+            ErrorCode::Internal
+        };
+        return Err(Reply::error(
+            code,
+            format!(
+                "the laptop's git credential {verb} failed ({status}); it has no stored credential \
+                 for this URL, or its helper needs the user; see the proxy's log"
+            ),
+        ));
+    }
+    if value.len() > MAX_OUTPUT {
+        return Err(Reply::error(
+            ErrorCode::Internal,
+            format!("the laptop's git printed more than {MAX_OUTPUT} bytes"),
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::test_support::context;
+
+    const POLICY: &str = "[[git-credential.allow]]\nhost = \"h.test\"\npath = \"a/*\"\n";
+
+    /// A fake `git` on the source path printing `output` and exiting `code`.
+    fn fake_git(output: &str, code: i32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let script = dir.path().join("git");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\ncat >/dev/null\nprintf '%b' '{output}'\nexit {code}\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        dir
+    }
+
+    async fn get(output: &str, code: i32) -> Reply {
+        let dir = fake_git(output, code);
+        let path = format!("{}:/usr/bin:/bin", dir.path().display());
+        let mut ctx = context(POLICY, None);
+        ctx.source_path = Some(path);
+        let input = Secret::new(b"protocol=https\nhost=h.test\npath=a/r.git\n".to_vec());
+        answer(
+            GitOperation::Get,
+            &input,
+            "w",
+            &nexus_protocol::CallerContext::default(),
+            &ctx,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_laptop_answer_is_checked_and_filtered() {
+        let ok = get(
+            "username=u\\npassword=p\\noauth_refresh_token=R\\nwwwauth[]=x\\n",
+            0,
+        )
+        .await;
+        let Reply::GitCredential(out) = ok else {
+            panic!("{ok:?}");
+        };
+        assert_eq!(out.expose(), b"username=u\npassword=p\n");
+        let big = "a".repeat(70_000);
+        let r = get(&format!("path={big}\\n"), 0).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.message.contains("more than")),
+            "{r:?}"
+        );
+        let r = get("password=p\\rquit=1\\n", 0).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.code == ErrorCode::Internal),
+            "{r:?}"
+        );
+        let r = get("", 128).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.code == ErrorCode::Missing),
+            "{r:?}"
+        );
+        let r = get("username=u\\n", 0).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.code == ErrorCode::Missing),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shim_that_skips_its_own_check_is_refused_here_too() {
+        let ctx = context(POLICY, None);
+        for input in [
+            &b"protocol=https\nhost=h.test\npath=a/r\rhost=evil\n"[..],
+            b"protocol=https\nhost=h.test\0\npath=a/r\n",
+            b"url=https://u:p@h.test/a/r\n",
+            b"path=a/r\n",
+        ] {
+            let r = answer(
+                GitOperation::Get,
+                &Secret::new(input.to_vec()),
+                "w",
+                &nexus_protocol::CallerContext::default(),
+                &ctx,
+            )
+            .await;
+            assert!(
+                matches!(&r, Reply::Error(e) if e.code == ErrorCode::BadRequest),
+                "{input:?}: {r:?}"
+            );
+        }
+    }
+}
