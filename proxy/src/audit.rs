@@ -189,6 +189,19 @@ fn open_private(path: &Path, append: bool) -> std::io::Result<File> {
     o.open(path)
 }
 
+/// Writes `bytes` at offset 0 in one positioned write.
+#[cfg(unix)]
+fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, 0)
+}
+
+/// Writes `bytes` at offset 0.
+#[cfg(not(unix))]
+fn write_at_start(mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(bytes)
+}
+
 /// The writer thread's state.
 struct Writer {
     log: File,
@@ -208,12 +221,10 @@ impl Writer {
             .map_err(|e| format!("writing the audit log: {e}"))?;
         self.seq = entry.seq;
         self.prev = hash;
-        // Fixed width, written in place: a reader never sees half of it.
+        // Fixed width (the hash is always 64 hex digits), one positioned
+        // write in place: a reader never sees half of it.
         let head = format!("{:020} {}\n", self.seq, self.prev);
-        self.head
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| self.head.write_all(head.as_bytes()))
-            .and_then(|()| self.head.set_len(head.len() as u64))
+        write_at_start(&self.head, head.as_bytes())
             .map_err(|e| format!("writing the audit head: {e}"))
     }
 }
@@ -258,6 +269,9 @@ impl Audit {
         };
         let head = open_private(&head_path, false)
             .map_err(|e| anyhow::anyhow!("opening {}: {e}", head_path.display()))?;
+        // From here on every head has the same length.
+        head.set_len(0)?;
+        write_at_start(&head, format!("{seq:020} {prev}\n").as_bytes())?;
         let mut writer = Writer {
             log,
             head,

@@ -100,7 +100,7 @@ enum Command {
     /// Manage paired workspaces.
     #[command(subcommand)]
     Workspaces(WorkspacesCommand),
-    /// Check policy files.
+    /// Check, explain and test policy files (layers, fixtures).
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Manage values in the OS keyring (entries `nexus/NAME`).
