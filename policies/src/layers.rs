@@ -289,7 +289,7 @@ impl PolicySet {
         layers.iter().find_map(|(_, p)| p.file_denied(path))
     }
 
-        /// Decides one request through every layer (see the module docs).
+    /// Decides one request through every layer (see the module docs).
     #[must_use]
     pub fn decide(&self, req: &Request<'_>) -> Outcome {
         let section = section_of(&req.action);

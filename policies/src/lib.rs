@@ -61,10 +61,10 @@
 mod diag;
 mod engine;
 pub mod explain;
-mod layers;
 mod files;
 mod git;
 mod glob_deny;
+mod layers;
 mod parse;
 mod rate;
 mod ssh;
@@ -75,9 +75,9 @@ pub use engine::{
     Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, Source, TokenRule,
     TokenSource, Verdict,
 };
-pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
 pub use files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
 pub use git::{GitAction, GitRule};
+pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
 pub use rate::{Rate, RateError};
 pub use ssh::SshRule;
 pub use tools::{ToolRule, match_args};

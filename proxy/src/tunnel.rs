@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::route::{Conduit, Route};
 use crate::keepalive::{self, Hints};
 use crate::limits::Limits;
+use crate::route::{Conduit, Route};
 use crate::tools::{self, ToolContext};
 
 /// How long a TCP connect plus TLS plus hello may take.

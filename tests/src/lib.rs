@@ -15,8 +15,8 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_wire;
-pub mod githttp;
 pub mod front;
+pub mod githttp;
 pub mod hostile;
 mod laptop;
 pub mod link;

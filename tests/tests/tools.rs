@@ -241,7 +241,12 @@ fn erase_reaches_the_laptop_only_when_listed_and_answers_are_filtered() {
         "[[git-credential.allow]]\nprotocol = \"https\"\nhost = \"{host}\"\npath = \"acme/*\"\nactions = [\"get\", \"erase\"]\n\n\
          [[git-credential.allow]]\nhost = \"{host}\"\npath = \"gated/*\"\napprove = \"prompt\"\n"
     ));
-    let proxy = laptop.run(&ws, "dev", &policy, &[]);
+    // Nobody answers the approval prompts here: they are denied after 1 s.
+    let unanswered = [
+        std::ffi::OsStr::new("--approval-timeout"),
+        std::ffi::OsStr::new("1s"),
+    ];
+    let proxy = laptop.run_with(&ws, "dev", &policy, &[], &unanswered);
     let ask = |path: &str| format!("protocol=https\nhost={host}\npath={path}\n");
     let got = shim_stdin(
         &ws,
@@ -250,7 +255,7 @@ fn erase_reaches_the_laptop_only_when_listed_and_answers_are_filtered() {
     );
     got.ok().stdout_has(PASSWORD);
     assert!(!got.stdout.contains("REFRESH-TOKEN"), "{got}");
-    // approve = "prompt" cannot be asked yet: denied, git told to quit.
+    // approve = "prompt" unanswered: denied, git told to quit.
     let gated = shim_stdin(
         &ws,
         &["git-credential", "get"],
@@ -518,7 +523,12 @@ approve = "prompt"
 fn tool_world() -> (Workspace, Laptop, Daemon, tempfile::TempDir) {
     let (ws, laptop) = paired();
     let policy = laptop.write_policy(&tools_policy());
-    let proxy = laptop.run(&ws, "dev", &policy, &[]);
+    // Nobody answers the approval prompts here: they are denied after 1 s.
+    let unanswered = [
+        std::ffi::OsStr::new("--approval-timeout"),
+        std::ffi::OsStr::new("1s"),
+    ];
+    let proxy = laptop.run_with(&ws, "dev", &policy, &[], &unanswered);
     let scratch = tempfile::tempdir().must("scratch dir");
     (ws, laptop, proxy, scratch)
 }

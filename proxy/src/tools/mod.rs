@@ -271,9 +271,7 @@ pub(crate) mod test_support {
         let policy =
             nexus_policy::Policy::from_sources(&[nexus_policy::Source::new("p.toml", policy)])
                 .unwrap_or_else(|e| panic!("{e}"));
-        let audit_dir = tempfile::tempdir()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .keep();
+        let audit_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")).keep();
         ToolContext {
             policy: Arc::new(crate::reload::PolicyHandle::new(
                 nexus_policy::PolicySet::new(None, policy),
