@@ -471,3 +471,40 @@ fn an_ssh_approval_for_a_time_covers_the_same_host_user_and_key_only() {
     assert_ne!(code, Some(0), "{err}");
     world.wait_for_proxy_line(&["refused", "the laptop user denied it"]);
 }
+
+/// The tools of issue 5 go through the same gate: an approval given "for 10
+/// minutes" to `tool run echo-it -- one` does not cover other arguments, and
+/// every decision is in the audit log.
+#[test]
+fn a_tool_approval_covers_its_arguments_only() {
+    let (ws, laptop) = paired();
+    let policy = laptop.write_policy(
+        "[tools.echo-it]\ncommand = [\"echo\"]\nargs = [\"*\"]\napprove = \"prompt\"\n",
+    );
+    let args = [OsStr::new("--approval-timeout"), OsStr::new("3s")];
+    let _proxy = laptop.run_with(&ws, "dev", &policy, &[], &args);
+
+    let one = ws.spawn_cli(["tool", "run", "echo-it", "--", "one"]);
+    let (id, _) = wait_pending_like(&laptop, |s| s.contains("echo-it") && s.contains("one"));
+    laptop.cli(["approve", &id, "--for", "10m"]).ok();
+    let (code, out, err) = finish(one);
+    assert_eq!((code, out.as_str()), (Some(0), "one\n"), "{err}");
+    // The same arguments again: covered, no prompt.
+    ws.cli(["tool", "run", "echo-it", "--", "one"])
+        .ok()
+        .stdout_has("one");
+    // Other arguments: asked again; unanswered, denied.
+    let two = ws.spawn_cli(["tool", "run", "echo-it", "--", "two"]);
+    wait_pending_like(&laptop, |s| s.contains("echo-it") && s.contains("two"));
+    let (code, _, err) = finish(two);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("nobody approved it"), "{err}");
+
+    let log = std::fs::read_to_string(laptop.config_dir().join("audit.jsonl"))
+        .must("reading the audit log");
+    assert!(
+        log.lines().filter(|l| l.contains("echo-it")).count() >= 3,
+        "{log}"
+    );
+    laptop.cli(["audit", "verify"]).ok();
+}
