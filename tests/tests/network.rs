@@ -95,7 +95,6 @@ impl Rig {
 /// A `token get demo` started in the background.
 struct Call {
     child: std::process::Child,
-    started: Instant,
 }
 
 impl Call {
@@ -107,7 +106,6 @@ impl Call {
             .stderr(Stdio::piped());
         Self {
             child: cmd.spawn().must("starting nexus-shim token get"),
-            started: Instant::now(),
         }
     }
 
@@ -115,7 +113,7 @@ impl Call {
         self.child.id()
     }
 
-    /// Waits for the exit: (pid, exit code, stdout, stderr, when it ended).
+    /// Waits for the exit.
     fn finish(self) -> Outcome {
         let pid = self.child.id();
         let out = self.child.wait_with_output().must("waiting for a call");
@@ -125,7 +123,6 @@ impl Call {
             stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             ended: Instant::now(),
-            took: self.started.elapsed(),
         }
     }
 }
@@ -137,7 +134,6 @@ struct Outcome {
     stdout: String,
     stderr: String,
     ended: Instant,
-    took: Duration,
 }
 
 impl Outcome {
@@ -213,13 +209,7 @@ impl Load {
                             .stdout(Stdio::piped())
                             .stderr(Stdio::piped());
                         let child = cmd.spawn().must("starting a background call");
-                        done.push(
-                            Call {
-                                child,
-                                started: Instant::now(),
-                            }
-                            .finish(),
-                        );
+                        done.push(Call { child }.finish());
                     }
                     done
                 })
@@ -470,7 +460,6 @@ fn shim_sigterm_under_load_ends_calls_cleanly_and_removes_sockets() {
             format!("failed: {}", o.stderr)
         };
         *by_kind.entry(kind).or_default() += 1;
-        let _ = o.took;
     }
     eprintln!("shim SIGTERM under load: {by_kind:?}");
     for sock in ["shim.sock", "agent.sock"] {

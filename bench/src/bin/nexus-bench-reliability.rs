@@ -60,7 +60,10 @@ async fn main() -> Result<()> {
     println!("## 2. recovery after restore, {cycles} cut/restore cycles");
     recovery(&bin, cycles).await?;
     println!("## 3. throughput of one workspace while another is flooded ({secs} s each)");
-    isolation(&bin, secs).await?;
+    println!("(a) call-rate guard lifted: the flood is served in full");
+    isolation(&bin, secs, "1000000").await?;
+    println!("(b) default guard (200 calls/s per tool per workspace): both are capped by it");
+    isolation(&bin, secs, "200").await?;
     Ok(())
 }
 
@@ -145,6 +148,17 @@ struct Proxy(Child);
 
 impl Proxy {
     fn start(bin: &Path, dir: &Path, names: &[String], cpu: Option<&str>) -> Result<Self> {
+        Self::start_with(bin, dir, names, cpu, "1000000")
+    }
+
+    /// With `rate` as `--max-calls-per-second` (the per-tool guard).
+    fn start_with(
+        bin: &Path,
+        dir: &Path,
+        names: &[String],
+        cpu: Option<&str>,
+        rate: &str,
+    ) -> Result<Self> {
         let policy = dir.join("policy.toml");
         std::fs::write(&policy, POLICY)?;
         let mut cmd = pinned(cpu, &bin.join("nexus-agent-proxy"));
@@ -152,10 +166,10 @@ impl Proxy {
         for n in names {
             cmd.args(["--workspace", n]);
         }
-        // The call-rate guard is lifted: a flood is then served, the worst
-        // case for the other workspace.
+        // The call-rate guard is lifted unless asked: a flood is then
+        // served, the worst case for the other workspace.
         let child = cmd
-            .args(["--max-calls-per-second", "1000000", "--policy"])
+            .args(["--max-calls-per-second", rate, "--policy"])
             .arg(&policy)
             .env("NEXUS_CONFIG_DIR", dir.join("config"))
             .env("NEXUS_BENCH_TOKEN", "bench-value")
@@ -391,7 +405,7 @@ async fn recovery(bin: &Path, cycles: u64) -> Result<()> {
     Ok(())
 }
 
-async fn isolation(bin: &Path, secs: u64) -> Result<()> {
+async fn isolation(bin: &Path, secs: u64, rate: &str) -> Result<()> {
     // This process (the quiet workspace's callers) joins CPU 0 too.
     let pinned_self = Command::new("taskset")
         .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
@@ -407,11 +421,12 @@ async fn isolation(bin: &Path, secs: u64) -> Result<()> {
     let noisy = Shim::start(bin, dir.path(), "noisy", Some("1"))?;
     pair(bin, &config, &quiet.uri, "quiet")?;
     pair(bin, &config, &noisy.uri, "noisy")?;
-    let _proxy = Proxy::start(
+    let _proxy = Proxy::start_with(
         bin,
         dir.path(),
         &["quiet".into(), "noisy".into()],
         Some("0"),
+        rate,
     )?;
     wait_link(&quiet.sock, true).await?;
     wait_link(&noisy.sock, true).await?;
@@ -435,7 +450,7 @@ async fn isolation(bin: &Path, secs: u64) -> Result<()> {
         .unwrap_or(0);
     let rate = |n: u64| n as f64 / dur.as_secs_f64();
     println!(
-        "quiet workspace, 4 callers: alone {:.0} calls/s ({alone_bad} failed); while the other is flooded {:.0} calls/s ({loaded_bad} failed) = {:.1}% of alone",
+        "quiet workspace, 4 callers: alone {:.0} calls/s answered ({alone_bad} refused or failed); while the other is flooded {:.0} calls/s answered ({loaded_bad} refused or failed) = {:.1}% of alone",
         rate(alone),
         rate(loaded),
         100.0 * loaded as f64 / alone.max(1) as f64
