@@ -298,9 +298,16 @@ mod tests {
         drop(theirs);
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
         assert!(matches!(end, Ok(Ok(Reply::Done))), "{end:?}");
-        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
-        });
-        assert!(gone, "tool {pid} still running");
+        // SIGKILL was sent; the kernel takes a moment to carry it out.
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gone() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(gone(), "tool {pid} still running");
     }
 }
