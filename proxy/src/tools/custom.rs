@@ -86,12 +86,36 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     execute(&rule, args, ctx, stream).await
 }
 
+/// The program to run: a name is looked up on `path` here, so that the
+/// spawn can use `posix_spawn` (with a bare name and its own PATH, the
+/// standard library falls back to fork + exec, which costs a copy of the
+/// proxy's page tables per run). Not found: the name as is (the spawn then
+/// reports it missing).
+fn resolve(program: &str, path: Option<&str>) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return program.into();
+    }
+    path.into_iter()
+        .flat_map(std::env::split_paths)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| program.into())
+}
+
 fn command(rule: &ToolRule, args: &[String], ctx: &ToolContext) -> tokio::process::Command {
     let (program, fixed) = rule
         .command
         .split_first()
         .map_or(("", &[][..]), |(p, f)| (p.as_str(), f));
-    let mut cmd = tokio::process::Command::new(program);
+    let path = ctx
+        .source_path
+        .clone()
+        .or_else(|| std::env::var("PATH").ok());
+    let mut cmd = tokio::process::Command::new(resolve(program, path.as_deref()));
     cmd.args(fixed)
         .args(args)
         .env_clear()
@@ -100,10 +124,6 @@ fn command(rule: &ToolRule, args: &[String], ctx: &ToolContext) -> tokio::proces
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let path = ctx
-        .source_path
-        .clone()
-        .or_else(|| std::env::var("PATH").ok());
     if let Some(p) = path {
         cmd.env("PATH", p);
     }
@@ -254,6 +274,20 @@ mod tests {
             .find(|t| t.name == name)
             .cloned()
             .unwrap_or_else(|| panic!("no tool {name}"))
+    }
+
+    #[test]
+    fn programs_are_looked_up_on_the_tools_path() {
+        assert_eq!(
+            resolve("/bin/sh", None),
+            std::path::PathBuf::from("/bin/sh")
+        );
+        let found = resolve("sh", Some("relative:/nonexistent:/usr/bin:/bin"));
+        assert!(found.is_absolute() && found.ends_with("sh"), "{found:?}");
+        assert_eq!(
+            resolve("no-such-tool-x", Some("/usr/bin")),
+            std::path::PathBuf::from("no-such-tool-x")
+        );
     }
 
     #[tokio::test]
