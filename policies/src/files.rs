@@ -220,6 +220,19 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// Set files are installed into the workspace's home, so they live in the laptop's.
+fn check_set_path(p: &str) -> Result<(), String> {
+    check_path_msg(p)?;
+    if p.starts_with("~/") {
+        Ok(())
+    } else {
+        Err(format!(
+            "path {}: a set installs into the workspace's home, so its paths start with ~/",
+            shown_name(p)
+        ))
+    }
+}
+
 fn check_path_msg(p: &str) -> Result<(), String> {
     check_path(p).map_err(|why| format!("path {}: {why}", shown_name(p)))
 }
@@ -332,7 +345,7 @@ impl Parser<'_> {
                         &at,
                         item,
                         "a list of paths like [\"~/.opencode/config.json\"]",
-                        check_path_msg,
+                        check_set_path,
                         "the set would install nothing",
                     );
                 }

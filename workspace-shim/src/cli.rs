@@ -25,7 +25,9 @@ connected within --wait, 5 allowed but missing at the laptop source.
 Typical setup in a workspace:
   nexus-shim serve &                 # once, e.g. from the container entrypoint
   nexus-shim pairing-uri             # give this URI to `nexus-agent-proxy pair` on the laptop
-  nexus-shim token get openai        # from the agent, once the laptop is linked";
+  nexus-shim token get openai        # from the agent, once the laptop is linked
+  eval \"$(nexus-shim env)\"           # SSH_AUTH_SOCK, and git asks the laptop for HTTPS credentials
+  nexus-shim tool list               # laptop tools this workspace may run";
 
 /// The workspace side of Nexus Agent Proxy: a daemon the laptop dials into,
 /// and the commands agents use to reach laptop credentials through it.

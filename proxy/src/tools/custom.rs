@@ -80,12 +80,36 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     execute(&rule, args, ctx, stream).await
 }
 
+/// The program to run: a name is looked up on `path` here, so that the
+/// spawn can use `posix_spawn` (with a bare name and its own PATH, the
+/// standard library falls back to fork + exec, which costs a copy of the
+/// proxy's page tables per run). Not found: the name as is (the spawn then
+/// reports it missing).
+fn resolve(program: &str, path: Option<&str>) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return program.into();
+    }
+    path.into_iter()
+        .flat_map(std::env::split_paths)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| program.into())
+}
+
 fn command(rule: &ToolRule, args: &[String], ctx: &ToolContext) -> tokio::process::Command {
     let (program, fixed) = rule
         .command
         .split_first()
         .map_or(("", &[][..]), |(p, f)| (p.as_str(), f));
-    let mut cmd = tokio::process::Command::new(program);
+    let path = ctx
+        .source_path
+        .clone()
+        .or_else(|| std::env::var("PATH").ok());
+    let mut cmd = tokio::process::Command::new(resolve(program, path.as_deref()));
     cmd.args(fixed)
         .args(args)
         .env_clear()
@@ -94,10 +118,6 @@ fn command(rule: &ToolRule, args: &[String], ctx: &ToolContext) -> tokio::proces
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let path = ctx
-        .source_path
-        .clone()
-        .or_else(|| std::env::var("PATH").ok());
     if let Some(p) = path {
         cmd.env("PATH", p);
     }
@@ -252,6 +272,20 @@ mod tests {
             .unwrap_or_else(|| panic!("no tool {name}"))
     }
 
+    #[test]
+    fn programs_are_looked_up_on_the_tools_path() {
+        assert_eq!(
+            resolve("/bin/sh", None),
+            std::path::PathBuf::from("/bin/sh")
+        );
+        let found = resolve("sh", Some("relative:/nonexistent:/usr/bin:/bin"));
+        assert!(found.is_absolute() && found.ends_with("sh"), "{found:?}");
+        assert_eq!(
+            resolve("no-such-tool-x", Some("/usr/bin")),
+            std::path::PathBuf::from("no-such-tool-x")
+        );
+    }
+
     #[tokio::test]
     async fn output_streams_in_chunks_then_the_exit_code() {
         let ctx = context(POLICY, None);
@@ -294,9 +328,16 @@ mod tests {
         drop(theirs);
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
         assert!(matches!(end, Ok(Ok(Reply::Done))), "{end:?}");
-        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
-        });
-        assert!(gone, "tool {pid} still running");
+        // SIGKILL was sent; the kernel takes a moment to carry it out.
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gone() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(gone(), "tool {pid} still running");
     }
 }
