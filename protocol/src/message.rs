@@ -113,6 +113,9 @@ pub enum Request {
     },
     /// The custom laptop tools this workspace may run.
     ToolList,
+    /// The tokens this workspace may get whose rule offers them to MCP
+    /// clients (`mcp = true`), for `nexus-shim mcp`.
+    McpTokens,
     /// Run a custom laptop tool; answered by [`Reply::Chunk`] frames
     /// (stdout, stderr) as the tool writes, then [`Reply::Exit`].
     ToolRun {
@@ -187,7 +190,7 @@ impl Request {
     #[must_use]
     pub fn tool(&self) -> &'static str {
         match self {
-            Self::Token { .. } => "token",
+            Self::Token { .. } | Self::McpTokens => "token",
             Self::SshIdentities | Self::SshSign { .. } | Self::SshKnownHosts => "ssh",
             Self::GitCredential { .. } => "git-credential",
             Self::ToolList | Self::ToolRun { .. } => "tool",
@@ -254,6 +257,8 @@ pub enum Reply {
     GitCredential(Secret),
     /// Answer to [`Request::ToolList`].
     Tools(Vec<ToolInfo>),
+    /// Answer to [`Request::McpTokens`]: token names.
+    McpTokens(Vec<String>),
     /// A piece of a streamed answer (not final). At most [`MAX_CHUNK`] bytes.
     Chunk {
         /// Which output.
@@ -291,6 +296,7 @@ impl Reply {
             | Self::SshKnownHosts(_)
             | Self::GitCredential(_)
             | Self::Tools(_)
+            | Self::McpTokens(_)
             | Self::Exit(_)
             | Self::Done
             | Self::Error(_) => true,

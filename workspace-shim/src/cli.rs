@@ -102,6 +102,15 @@ enum Command {
     /// replaces this process (same pid: signals reach it; its exit code is
     /// the caller's).
     Exec(crate::commands::ExecArgs),
+    /// Serve MCP on stdin/stdout, for agents (Claude Code, OpenCode, any MCP
+    /// client): the laptop tools the policy allows, file_get,
+    /// git_credential_check, and the tokens whose rule says `mcp = true`.
+    ///
+    /// Claude Code: `claude mcp add nexus -- nexus-shim mcp`.
+    Mcp {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// bash: `nexus-shim completions bash > ~/.local/share/bash-completion/completions/nexus-shim`;
@@ -184,6 +193,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let state = StateDir::resolve(cli.state_dir)?;
     match cli.command {
         cmd @ (Command::Completions { .. } | Command::ManPages { .. }) => Ok(docs(&cmd)),
+        Command::Mcp { client } => {
+            crate::mcp::serve(state, client.wait).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => serve(state, args).await,
         Command::PairingUri { rotate, client } => pairing_uri(&state, rotate, &client).await,
         Command::Status { json, client } => status(&state, json, &client).await,

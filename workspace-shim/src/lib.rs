@@ -14,6 +14,7 @@ mod client;
 mod commands;
 pub mod ingress;
 pub mod keepalive;
+pub mod mcp;
 pub mod serve;
 mod sockets;
 pub mod state;

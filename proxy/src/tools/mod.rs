@@ -181,6 +181,7 @@ async fn answer(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
             git_credential::answer(*operation, input, workspace, &call.caller, ctx).await
         }
         Request::ToolList => custom::list(&policy),
+        Request::McpTokens => token::mcp_names(workspace, &caller, &policy),
         Request::ToolRun { .. } | Request::FileGet { .. } | Request::FileSync { .. } => {
             Reply::error(
                 ErrorCode::BadRequest,

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use nexus_policy::{Decision, Grant, TokenSource};
+use nexus_policy::{
+    Action, Caller, Decision, Grant, PolicySet, Request as PolicyRequest, TokenSource, Verdict,
+};
 use nexus_protocol::{ErrorCode, Reply, Secret};
 use tokio::io::AsyncReadExt;
 use tracing::warn;
@@ -26,6 +28,28 @@ pub enum SourceError {
     Missing(String),
     /// The source failed (exit 1).
     Failed(String),
+}
+
+/// `nexus-shim mcp`'s question: the tokens this workspace would be allowed
+/// whose deciding rule says `mcp = true` (names only; getting one is still
+/// a `Token` request through the gate).
+pub fn mcp_names(workspace: &str, caller: &Caller, policy: &PolicySet) -> Reply {
+    let names = policy
+        .user()
+        .token_names()
+        .into_iter()
+        .filter(|name| {
+            let outcome = policy.decide(&PolicyRequest {
+                workspace,
+                caller: Some(caller),
+                action: Action::Token { name },
+            });
+            outcome.decision.verdict == Verdict::Allow
+                && matches!(&outcome.decision.grant, Some(Grant::Token(rule)) if rule.mcp)
+        })
+        .map(str::to_owned)
+        .collect();
+    Reply::McpTokens(names)
 }
 
 /// Answers an allowed token request (after `gate::enforce`).

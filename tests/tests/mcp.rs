@@ -1,0 +1,157 @@
+//! `nexus-shim mcp` driven by a real MCP client (the `mcp` Python SDK,
+//! installed by `.ci/run`): it lists the laptop tools the policy allows and
+//! calls them through the tunnel; denials come back as tool errors with the
+//! laptop's reason; token values reach the model only for `mcp = true`.
+
+use std::process::Command;
+
+use nexus_e2e::{Laptop, Must, Workspace, repo_root, run_to_end, shim_binary};
+use serde_json::{Value, json};
+
+fn client(ws: &Workspace, calls: &Value) -> Value {
+    let script = repo_root().join("tests/scripts/mcp_client.py");
+    let probe = run_to_end(Command::new("python3").args(["-c", "import mcp"]), None);
+    assert_eq!(
+        probe.exit_code,
+        Some(0),
+        "the `mcp` Python package is missing: pip install mcp (.ci/run does)\n{probe}"
+    );
+    let out = run_to_end(
+        Command::new("python3")
+            .arg(&script)
+            .arg(shim_binary())
+            .arg(ws.state_dir())
+            .arg(calls.to_string()),
+        None,
+    );
+    serde_json::from_str(out.ok().stdout.trim()).must(&format!("the client's JSON\n{out}"))
+}
+
+#[test]
+fn an_mcp_client_lists_and_calls_laptop_tools() {
+    let ws = Workspace::start();
+    let laptop = Laptop::new();
+    laptop.pair(&ws.uri(), "dev").ok();
+    std::fs::write(laptop.home().join("notes.txt"), "laptop notes\n").must("writing notes");
+    std::fs::write(laptop.home().join("private.txt"), "not for you\n").must("writing private");
+    std::fs::write(
+        laptop.home().join(".gitconfig"),
+        "[credential]\n\thelper = store\n",
+    )
+    .must("writing the laptop's .gitconfig");
+    std::fs::write(
+        laptop.home().join(".git-credentials"),
+        "https://alice:s3cret-pw@git.example\n",
+    )
+    .must("writing the laptop's .git-credentials");
+    let policy = laptop.write_policy(
+        "[tools.echo-it]\ncommand = [\"echo\"]\nargs = [\"*\"]\ndescription = \"Echo one word\"\n\n\
+         [tools.fails]\ncommand = [\"sh\", \"-c\", \"echo oops >&2; exit 7\"]\ndescription = \"Always fails\"\n\n\
+         [tokens.demo]\nsource = \"env:E2E_DEMO\"\nmcp = true\n\n\
+         [tokens.hidden]\nsource = \"env:E2E_HIDDEN\"\n\n\
+         [[files.allow]]\npath = \"~/notes.txt\"\n\n\
+         [[git-credential.allow]]\nhost = \"git.example\"\npath = \"acme/*\"\n",
+    );
+    let _proxy = laptop.run(
+        &ws,
+        "dev",
+        &policy,
+        &[("E2E_DEMO", "demo-value"), ("E2E_HIDDEN", "hidden-value")],
+    );
+
+    let calls = json!([
+        ["tool_echo-it", {"args": ["hello"]}],
+        ["tool_echo-it", {"args": ["--output=/etc/passwd"]}],
+        ["tool_fails", {}],
+        ["token_get", {"name": "demo"}],
+        ["token_get", {"name": "hidden"}],
+        ["file_get", {"path": "~/notes.txt"}],
+        ["file_get", {"path": "~/private.txt"}],
+        ["git_credential_check", {"url": "https://git.example/acme/app.git"}],
+        ["git_credential_check", {"url": "https://git.example/other/app.git"}],
+    ]);
+    let got = client(&ws, &calls);
+    let tools = got["tools"].as_object().must("tools");
+    for name in [
+        "tool_echo-it",
+        "tool_fails",
+        "token_get",
+        "file_get",
+        "git_credential_check",
+    ] {
+        assert!(tools.contains_key(name), "{name} not listed: {got}");
+    }
+    assert!(
+        tools["tool_echo-it"]
+            .as_str()
+            .is_some_and(|d| d.contains("Echo one word")),
+        "{got}"
+    );
+    let call = |i: usize| -> (bool, String) {
+        let c = &got["calls"][i];
+        (
+            c["error"].as_bool().unwrap_or(true),
+            c["text"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let (err, text) = call(0);
+    assert!(!err && text.contains("hello"), "echo: {text}");
+    let (err, text) = call(1);
+    assert!(
+        err && text.contains("denied by the laptop's policy"),
+        "flag: {text}"
+    );
+    let (err, text) = call(2);
+    assert!(
+        err && text.contains("oops") && text.contains("exit code 7"),
+        "fails: {text}"
+    );
+    let (err, text) = call(3);
+    assert!(!err && text == "demo-value", "demo: {text}");
+    let (err, text) = call(4);
+    assert!(
+        err && text.contains("mcp = true") && !text.contains("hidden-value"),
+        "hidden: {text}"
+    );
+    let (err, text) = call(5);
+    assert!(!err && text == "laptop notes\n", "notes: {text}");
+    let (err, text) = call(6);
+    assert!(err && text.contains("denied"), "private: {text}");
+    let (err, text) = call(7);
+    assert!(
+        !err && text.contains("alice") && !text.contains("s3cret-pw"),
+        "git ok: {text}"
+    );
+    let (err, text) = call(8);
+    assert!(err && text.contains("denied"), "git other: {text}");
+}
+
+/// Without a linked laptop, the fixed tools are still listed, and a call
+/// says the laptop is not connected (no hang: the client's --wait).
+#[test]
+fn without_a_laptop_calls_fail_with_the_reason() {
+    let ws = Workspace::start();
+    let calls = json!([["file_get", {"path": "~/notes.txt"}]]);
+    let script = repo_root().join("tests/scripts/mcp_client.py");
+    let out = run_to_end(
+        Command::new("python3")
+            .arg(&script)
+            .arg(shim_binary())
+            .arg(ws.state_dir())
+            .arg(calls.to_string())
+            .env("NEXUS_MCP_TEST_WAIT", "1"),
+        None,
+    );
+    let got: Value =
+        serde_json::from_str(out.ok().stdout.trim()).must(&format!("the client's JSON\n{out}"));
+    assert!(got["tools"].get("file_get").is_some(), "{got}");
+    assert!(got["tools"].get("token_get").is_none(), "{got}");
+    let c = &got["calls"][0];
+    assert_eq!(c["error"], true, "{got}");
+    assert!(
+        c["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("not connected") || t.contains("laptop")),
+        "{got}"
+    );
+}

@@ -1,0 +1,432 @@
+//! `nexus-shim mcp`: a stdio MCP server, so that any MCP client (Claude
+//! Code, OpenCode, ...) can use the laptop's tools with no plugin.
+//!
+//! It is one more client of the daemon's `shim.sock`: every call crosses the
+//! tunnel and is decided by the laptop's policy like the CLI's. It lists:
+//! - one `tool_NAME` per custom laptop tool the policy declares (with its
+//!   argument patterns in the schema);
+//! - `file_get` (an allowlisted laptop file, as text);
+//! - `git_credential_check` (whether the laptop would answer git for a URL;
+//!   never the password);
+//! - `token_get` only for tokens whose rule says `mcp = true`: a token value
+//!   handed to a model lands in its context and its provider's logs.
+//!
+//! Denials come back as MCP tool errors carrying the laptop's reason.
+//! Logs go to stderr; stdout carries only the protocol.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_protocol::{
+    Channel, Credential, ErrorReply, GitOperation, LocalOp, LocalReply, Reply, Request, Secret,
+    ToolInfo,
+};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::client::Session;
+use crate::state::StateDir;
+
+/// Most output one tool call returns to the model; the rest is cut with a
+/// note (a model's context is small, and a tool can print without end).
+pub const MAX_OUTPUT: usize = 256 << 10;
+
+/// The MCP server.
+#[derive(Clone, Debug)]
+pub struct Server {
+    state: Arc<StateDir>,
+    wait: Duration,
+}
+
+impl Server {
+    /// A server asking the daemon on `state`, waiting up to `wait` for the
+    /// laptop on each call.
+    pub fn new(state: StateDir, wait: Duration) -> Self {
+        Self {
+            state: Arc::new(state),
+            wait,
+        }
+    }
+
+    /// One request, one reply (tool list, git credential, token).
+    async fn ask(&self, request: Request) -> Result<Reply, String> {
+        let mut session = Session::start(&self.state, self.wait, LocalOp::Forward(request))
+            .await
+            .map_err(|e| e.to_string())?;
+        match session.next().await.map_err(|e| e.to_string())? {
+            LocalReply::Reply(Reply::Error(e)) => Err(refusal(&e)),
+            LocalReply::Reply(reply) => Ok(reply),
+            other => Err(format!("unexpected answer from the daemon: {other:?}")),
+        }
+    }
+
+    /// A streamed call, collected: (stdout or data, stderr, exit code).
+    async fn collect(&self, request: Request) -> Result<Collected, String> {
+        let mut session = Session::start(&self.state, self.wait, LocalOp::Forward(request))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Collected::default();
+        loop {
+            match session.next().await.map_err(|e| e.to_string())? {
+                LocalReply::Reply(Reply::Chunk { channel, data }) => {
+                    let into = if channel == Channel::Stderr {
+                        &mut out.stderr
+                    } else {
+                        &mut out.stdout
+                    };
+                    let room = MAX_OUTPUT.saturating_sub(into.len());
+                    into.extend_from_slice(&data[..data.len().min(room)]);
+                    out.cut |= data.len() > room;
+                }
+                LocalReply::Reply(Reply::FileStart { size, .. }) => out.size = Some(size),
+                LocalReply::Reply(Reply::Exit(code)) => {
+                    out.exit = Some(code);
+                    return Ok(out);
+                }
+                LocalReply::Reply(Reply::Done) => return Ok(out),
+                LocalReply::Reply(Reply::Error(e)) => return Err(refusal(&e)),
+                other => return Err(format!("unexpected answer from the daemon: {other:?}")),
+            }
+        }
+    }
+
+    async fn laptop_tools(&self) -> Result<Vec<ToolInfo>, String> {
+        match self.ask(Request::ToolList).await? {
+            Reply::Tools(tools) => Ok(tools),
+            other => Err(format!("unexpected answer to a tool list: {other:?}")),
+        }
+    }
+
+    async fn mcp_tokens(&self) -> Result<Vec<String>, String> {
+        match self.ask(Request::McpTokens).await? {
+            Reply::McpTokens(names) => Ok(names),
+            other => Err(format!("unexpected answer to a token list: {other:?}")),
+        }
+    }
+
+    async fn run_tool(&self, name: &str, args: &JsonObject) -> CallToolResult {
+        let argv = match args.get("args") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut argv = Vec::with_capacity(items.len());
+                for item in items {
+                    let Value::String(s) = item else {
+                        return error("`args` must be an array of strings");
+                    };
+                    argv.push(s.clone());
+                }
+                argv
+            }
+            Some(_) => return error("`args` must be an array of strings"),
+        };
+        match self
+            .collect(Request::ToolRun {
+                name: name.to_owned(),
+                args: argv,
+            })
+            .await
+        {
+            Err(why) => error(&why),
+            Ok(out) => {
+                let code = out.exit.unwrap_or(-1);
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if !out.stderr.is_empty() {
+                    text.push_str("\n[stderr]\n");
+                    text.push_str(&String::from_utf8_lossy(&out.stderr));
+                }
+                if out.cut {
+                    text.push_str(&format!("\n[output cut at {MAX_OUTPUT} bytes]"));
+                }
+                if code == 0 {
+                    CallToolResult::success(vec![ContentBlock::text(text)])
+                } else {
+                    text.push_str(&format!("\n[exit code {code}]"));
+                    CallToolResult::error(vec![ContentBlock::text(text)])
+                }
+            }
+        }
+    }
+
+    async fn file_get(&self, args: &JsonObject) -> CallToolResult {
+        let Some(path) = args.get("path").and_then(Value::as_str) else {
+            return error("`path` (a string) is required");
+        };
+        match self
+            .collect(Request::FileGet {
+                path: path.to_owned(),
+            })
+            .await
+        {
+            Err(why) => error(&why),
+            Ok(out) if out.size.is_none() => {
+                let notes = String::from_utf8_lossy(&out.stderr).into_owned();
+                error(&format!(
+                    "{path} is a directory or nothing was sent. {notes}"
+                ))
+            }
+            Ok(out) => match String::from_utf8(out.stdout) {
+                Ok(mut text) => {
+                    if out.cut {
+                        text.push_str(&format!("\n[file cut at {MAX_OUTPUT} bytes]"));
+                    }
+                    CallToolResult::success(vec![ContentBlock::text(text)])
+                }
+                Err(_) => error(&format!(
+                    "{path} is not text ({} bytes); copy it with `nexus-shim file get {path} -o DEST`",
+                    out.size.unwrap_or(0)
+                )),
+            },
+        }
+    }
+
+    async fn git_check(&self, args: &JsonObject) -> CallToolResult {
+        let Some(url) = args.get("url").and_then(Value::as_str) else {
+            return error("`url` (a string such as https://github.com/acme/app.git) is required");
+        };
+        let Some((protocol, rest)) = url.split_once("://") else {
+            return error("`url` must look like https://HOST/PATH");
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let ask = Credential {
+            protocol: Some(protocol.to_owned()),
+            host: Some(host.to_owned()),
+            path: (!path.is_empty()).then(|| path.to_owned()),
+            ..Credential::default()
+        };
+        let input = match String::from_utf8(ask.serialize().to_vec()) {
+            Ok(text) if nexus_protocol::parse_credential(text.as_bytes()).is_ok() => text,
+            _ => return error(&format!("{url}: not a URL git would ask about")),
+        };
+        let reply = self
+            .ask(Request::GitCredential {
+                operation: GitOperation::Get,
+                input: Secret::from(input),
+            })
+            .await;
+        match reply {
+            Err(why) => error(&why),
+            Ok(Reply::GitCredential(answer)) => {
+                let parsed = nexus_protocol::parse_credential(answer.expose());
+                match parsed {
+                    Ok(c) if c.password.is_some() => {
+                        CallToolResult::success(vec![ContentBlock::text(format!(
+                            "the laptop answers git for {url} (user {}); `git` in this workspace \
+                             will get the credential through the nexus-shim helper",
+                            c.username.as_deref().unwrap_or("(none)")
+                        ))])
+                    }
+                    _ => error(&format!("the laptop has no credential for {url}")),
+                }
+            }
+            Ok(other) => error(&format!("unexpected answer: {other:?}")),
+        }
+    }
+
+    async fn token_get(&self, args: &JsonObject) -> CallToolResult {
+        let Some(name) = args.get("name").and_then(Value::as_str) else {
+            return error("`name` (a string) is required");
+        };
+        // Checked here, in the workspace: `mcp = true` keeps a value out of
+        // a model's context by accident; it is not a wall against the
+        // workspace, which may ask for any token its policy allows anyway.
+        match self.mcp_tokens().await {
+            Err(why) => return error(&why),
+            Ok(names) if !names.iter().any(|n| n == name) => {
+                return error(&format!(
+                    "token {name:?} is not offered to models: its rule in the laptop's policy \
+                     needs `mcp = true`"
+                ));
+            }
+            Ok(_) => {}
+        }
+        match self
+            .ask(Request::Token {
+                name: name.to_owned(),
+            })
+            .await
+        {
+            Err(why) => error(&why),
+            Ok(Reply::Token(value)) => match std::str::from_utf8(value.expose()) {
+                Ok(text) => CallToolResult::success(vec![ContentBlock::text(text.to_owned())]),
+                Err(_) => error(&format!("token {name:?} is not text")),
+            },
+            Ok(other) => error(&format!("unexpected answer: {other:?}")),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Collected {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit: Option<i32>,
+    size: Option<u64>,
+    cut: bool,
+}
+
+fn refusal(e: &ErrorReply) -> String {
+    e.message.clone()
+}
+
+fn error(message: &str) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.to_owned())])
+}
+
+fn schema(value: Value) -> Arc<JsonObject> {
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(JsonObject::new()),
+    }
+}
+
+/// The MCP name of laptop tool `name` (policy names are `[A-Za-z0-9._-]`).
+fn tool_name(name: &str) -> String {
+    format!("tool_{name}")
+}
+
+fn describe_tool(t: &ToolInfo) -> Tool {
+    let patterns = if t.args.is_empty() {
+        "takes no arguments".to_owned()
+    } else {
+        format!(
+            "accepts arguments matching {:?} (`*` matches one argument not starting with `-`)",
+            t.args
+        )
+    };
+    let approve = if t.approve {
+        " Each run waits for approval on the laptop."
+    } else {
+        ""
+    };
+    Tool::new(
+        tool_name(&t.name),
+        format!(
+            "{} (laptop tool `{}`; {patterns}).{approve}",
+            t.description, t.name
+        ),
+        schema(json!({
+            "type": "object",
+            "properties": {
+                "args": {
+                    "type": "array",
+                    "items": { "type": "string" },
+                    "description": format!("Arguments after the declared command; the laptop {patterns}")
+                }
+            },
+            "additionalProperties": false
+        })),
+    )
+}
+
+fn fixed_tools(with_tokens: bool) -> Vec<Tool> {
+    let mut tools = vec![
+        Tool::new(
+            "file_get",
+            "Read an allowlisted file from the developer's laptop (read-only, as text). \
+             `~/x` means the laptop user's home.",
+            schema(json!({
+                "type": "object",
+                "properties": { "path": { "type": "string", "description": "e.g. ~/.config/opencode/config.json" } },
+                "required": ["path"],
+                "additionalProperties": false
+            })),
+        ),
+        Tool::new(
+            "git_credential_check",
+            "Whether the laptop will answer git's credential requests for a repository URL \
+             (git in this workspace then authenticates through it). Never returns the password.",
+            schema(json!({
+                "type": "object",
+                "properties": { "url": { "type": "string", "description": "e.g. https://github.com/acme/app.git" } },
+                "required": ["url"],
+                "additionalProperties": false
+            })),
+        ),
+    ];
+    if with_tokens {
+        tools.push(Tool::new(
+            "token_get",
+            "A token from the laptop, for the tokens its policy offers to models (`mcp = true`).",
+            schema(json!({
+                "type": "object",
+                "properties": { "name": { "type": "string" } },
+                "required": ["name"],
+                "additionalProperties": false
+            })),
+        ));
+    }
+    tools
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("nexus-shim", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tools that run on, or read from, the developer's laptop through Nexus Agent \
+                 Proxy. The laptop's policy decides every call; a refusal says why.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        // The laptop decides what exists; without a link there is nothing
+        // but the fixed tools (their calls then say the laptop is away).
+        let laptop = self.laptop_tools().await.unwrap_or_default();
+        let tokens = self.mcp_tokens().await.unwrap_or_default();
+        let mut tools: Vec<Tool> = laptop.iter().map(describe_tool).collect();
+        tools.extend(fixed_tools(!tokens.is_empty()));
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let args = request.arguments.unwrap_or_default();
+        let name: Cow<'_, str> = request.name;
+        let result = match name.as_ref() {
+            "file_get" => self.file_get(&args).await,
+            "git_credential_check" => self.git_check(&args).await,
+            "token_get" => self.token_get(&args).await,
+            other => match other.strip_prefix("tool_") {
+                Some(tool) => self.run_tool(tool, &args).await,
+                None => {
+                    return Err(McpError::invalid_params(
+                        format!("no tool named {other:?}; list the tools first"),
+                        None,
+                    ));
+                }
+            },
+        };
+        Ok(result.into())
+    }
+}
+
+/// Serves MCP on stdin/stdout until the client closes it.
+///
+/// # Errors
+/// The MCP session could not start or broke.
+pub async fn serve(state: StateDir, wait: Duration) -> anyhow::Result<()> {
+    let server = Server::new(state, wait);
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the MCP session: {e}"))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| anyhow::anyhow!("MCP session: {e}"))?;
+    Ok(())
+}
