@@ -394,22 +394,9 @@ fn docs(command: &Command) -> ExitCode {
     use clap::CommandFactory;
     match command {
         Command::Completions { shell } => {
-            nexus_transport::docs::completions(Cli::command(), *shell, &mut std::io::stdout());
-            ExitCode::SUCCESS
+            nexus_transport::docs::run(Cli::command(), Some(*shell), None)
         }
-        Command::ManPages { dir } => match nexus_transport::docs::man_pages(Cli::command(), dir) {
-            Ok(pages) => {
-                println!("wrote {} man pages to {}", pages.len(), dir.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!(
-                    "nexus-agent-proxy: writing man pages to {}: {e}",
-                    dir.display()
-                );
-                ExitCode::FAILURE
-            }
-        },
+        Command::ManPages { dir } => nexus_transport::docs::run(Cli::command(), None, Some(dir)),
         _ => ExitCode::SUCCESS,
     }
 }

@@ -99,7 +99,7 @@ impl Front {
         let key_pem = root.join("ingress.key");
         std::fs::write(&key_pem, cert.signing_key.serialize_pem()).must("writing the key");
         for attempt in 0..8 {
-            let port = free_port();
+            let port = crate::sshd::free_port();
             let conf = root.join(format!("nginx.{attempt}.conf"));
             std::fs::write(
                 &conf,
@@ -157,46 +157,22 @@ impl Front {
             .must("writing authorized_keys");
         std::fs::create_dir_all("/run/sshd").must("creating /run/sshd");
         let ip = ws.ip();
-        let shim = crate::shim_bin();
-        for attempt in 0..8 {
-            let port = free_port();
-            let conf = root.join(format!("sshd_config.{attempt}"));
-            std::fs::write(&conf, sshd_conf(root, ip, port)).must("writing sshd_config");
-            let mut cmd = ws.command_on_host("/usr/sbin/sshd");
-            cmd.args(["-D", "-e", "-f"]).arg(&conf);
-            let mut daemon = Daemon::spawn(cmd, &root.join(format!("sshd.{attempt}.log")));
-            let ready = poll(DEADLINE, || {
-                if daemon.log().contains("Server listening on") {
-                    Some(true)
-                } else {
-                    daemon.try_exit().map(|_| false)
-                }
-            });
-            if ready == Some(true) {
-                let command = format!(
-                    "ssh -F /dev/null -i {key} -p {port} -o BatchMode=yes -o StrictHostKeyChecking=yes \
-                     -o UserKnownHostsFile={known} -o LogLevel=ERROR root@{ip} \
-                     {shim} serve --stdio --state-dir {state}",
-                    key = root.join("client_ed25519").display(),
-                    known = write_known_hosts(root, ip, port, &host_key),
-                    shim = shim.display(),
-                    state = ws.state_dir().display(),
-                );
-                return Self {
-                    daemon,
-                    pair_args: vec!["--connect-command".into(), command],
-                    ca_file: None,
-                    _dir: dir,
-                };
-            }
-            let log = daemon.log();
-            assert!(
-                log.contains("Address already in use"),
-                "sshd did not start (exit: {:?})\n{log}",
-                daemon.try_exit()
-            );
+        let (daemon, port) = crate::sshd::spawn_sshd(ws, root, |port| sshd_conf(root, ip, port));
+        let command = format!(
+            "ssh -F /dev/null -i {key} -p {port} -o BatchMode=yes -o StrictHostKeyChecking=yes \
+             -o UserKnownHostsFile={known} -o LogLevel=ERROR root@{ip} \
+             {shim} serve --stdio --state-dir {state}",
+            key = root.join("client_ed25519").display(),
+            known = write_known_hosts(root, ip, port, &host_key),
+            shim = crate::shim_bin().display(),
+            state = ws.state_dir().display(),
+        );
+        Self {
+            daemon,
+            pair_args: vec!["--connect-command".into(), command],
+            ca_file: None,
+            _dir: dir,
         }
-        panic!("sshd found no free port in 8 attempts");
     }
 
     /// The front's log.
@@ -225,13 +201,6 @@ fn write_known_hosts(root: &Path, ip: Ipv4Addr, port: u16, key: &PubKey) -> Stri
     let path = root.join("known_hosts");
     std::fs::write(&path, format!("[{ip}]:{port} {}\n", key.line)).must("writing known_hosts");
     path.display().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .must("binding 127.0.0.1:0")
 }
 
 fn nginx_conf(root: &Path, ip: Ipv4Addr, port: u16, shim: &str, cert: &Path, key: &Path) -> String {

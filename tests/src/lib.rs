@@ -38,6 +38,18 @@ pub use laptop::Laptop;
 pub use process::Daemon;
 pub use workspace::{PairingUri, Workspace, shim_once};
 
+/// One env token, `demo`, read from `E2E_DEMO` in the proxy's environment.
+pub const DEMO_POLICY: &str = "version = 1\n\n[tokens.demo]\nsource = \"env:E2E_DEMO\"\n";
+
+/// A workspace paired with a fresh laptop under the name `dev`.
+#[track_caller]
+pub fn paired() -> (Workspace, Laptop) {
+    let ws = Workspace::start();
+    let laptop = Laptop::new();
+    laptop.pair(&ws.uri(), "dev").ok();
+    (ws, laptop)
+}
+
 /// How long a fixture may take to become ready, or a command to finish.
 /// Generous: it only bounds failures; passing tests never wait for it.
 pub const DEADLINE: Duration = Duration::from_secs(20);

@@ -296,39 +296,16 @@ impl GitHost {
             std::fs::create_dir_all("/run/sshd").must("creating /run/sshd");
         }
         let ip = ws.ip();
-        for attempt in 0..8 {
-            let port = free_port();
-            let config = root.join(format!("sshd_config.{attempt}"));
-            std::fs::write(&config, sshd_config(root, ip, port, user)).must("writing sshd_config");
-            let mut cmd = ws.command_on_host(SSHD);
-            cmd.args(["-D", "-e", "-f"]).arg(&config);
-            let mut sshd = Daemon::spawn(cmd, &root.join(format!("sshd.{attempt}.log")));
-            let ready = poll(DEADLINE, || {
-                if sshd.log().contains("Server listening on") {
-                    Some(true)
-                } else {
-                    sshd.try_exit().map(|_| false)
-                }
-            });
-            if ready == Some(true) {
-                return Self {
-                    sshd,
-                    ip,
-                    port,
-                    user,
-                    host_key,
-                    repo,
-                    dir,
-                };
-            }
-            let log = sshd.log();
-            assert!(
-                log.contains("Address already in use"),
-                "sshd did not start (exit: {:?})\n--- sshd log ---\n{log}",
-                sshd.try_exit()
-            );
+        let (sshd, port) = spawn_sshd(ws, root, |port| sshd_config(root, ip, port, user));
+        Self {
+            sshd,
+            ip,
+            port,
+            user,
+            host_key,
+            repo,
+            dir,
         }
-        panic!("sshd found no free port in 8 attempts");
     }
 
     /// The policy's `host`: `IP:PORT`.
@@ -403,9 +380,46 @@ LogLevel VERBOSE
     )
 }
 
-/// A port free on loopback right now (sshd cannot bind port 0 and tell
-/// us; a lost race shows as "Address already in use" and is retried).
-fn free_port() -> u16 {
+/// Starts sshd on the workspace host of `ws` with the configuration
+/// `config(port)` (files under `root`), on a free port: sshd cannot bind port
+/// 0 and tell us, so a lost race ("Address already in use") is retried on
+/// another port. Returns the daemon and its port.
+#[track_caller]
+pub(crate) fn spawn_sshd(
+    ws: &Workspace,
+    root: &Path,
+    config: impl Fn(u16) -> String,
+) -> (Daemon, u16) {
+    for attempt in 0..8 {
+        let port = free_port();
+        let file = root.join(format!("sshd_config.{attempt}"));
+        std::fs::write(&file, config(port)).must("writing sshd_config");
+        let mut cmd = ws.command_on_host(SSHD);
+        cmd.args(["-D", "-e", "-f"]).arg(&file);
+        let mut sshd = Daemon::spawn(cmd, &root.join(format!("sshd.{attempt}.log")));
+        let ready = poll(DEADLINE, || {
+            if sshd.log().contains("Server listening on") {
+                Some(true)
+            } else {
+                sshd.try_exit().map(|_| false)
+            }
+        });
+        if ready == Some(true) {
+            return (sshd, port);
+        }
+        let log = sshd.log();
+        assert!(
+            log.contains("Address already in use"),
+            "sshd did not start (exit: {:?})\n--- sshd log ---\n{log}",
+            sshd.try_exit()
+        );
+    }
+    panic!("sshd found no free port in 8 attempts");
+}
+
+/// A port free on loopback right now (for daemons that cannot bind port 0
+/// and tell us; a lost race shows as "Address already in use").
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

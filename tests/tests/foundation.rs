@@ -6,19 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use nexus_e2e::front::{RouteMode, route_mode};
-use nexus_e2e::{Laptop, Must, Output, PairingUri, Workspace, is_root, shim_once, unique_name};
-
-/// One env token, `demo`, read from `E2E_DEMO` in the proxy's environment.
-const DEMO_POLICY: &str = "version = 1\n\n[tokens.demo]\nsource = \"env:E2E_DEMO\"\n";
-
-/// A workspace paired with a fresh laptop under the name `dev`.
-#[track_caller]
-fn paired() -> (Workspace, Laptop) {
-    let ws = Workspace::start();
-    let laptop = Laptop::new();
-    laptop.pair(&ws.uri(), "dev").ok();
-    (ws, laptop)
-}
+use nexus_e2e::{
+    DEMO_POLICY, Laptop, Must, Output, PairingUri, Workspace, is_root, paired, shim_once,
+    unique_name,
+};
 
 /// Asserts a refused `token get`: the exit code and a one-line explanation.
 #[track_caller]

@@ -15,7 +15,7 @@ use nexus_e2e::hostile::{
     open_fds, raise_nofile, shim_within, status_kib, token_call, wait_pid_with_arg, yamux,
 };
 use nexus_e2e::raw::{FakeShim, within};
-use nexus_e2e::{DEADLINE, Daemon, Laptop, Must, PairingUri, Workspace, poll};
+use nexus_e2e::{DEADLINE, DEMO_POLICY, Daemon, Laptop, Must, PairingUri, Workspace, poll};
 use nexus_protocol::{
     Call, CallerContext, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, LocalOp, LocalRequest,
     Refusal, Reply, Request, SUPPORTED, Secret, ServerHello,
@@ -23,7 +23,6 @@ use nexus_protocol::{
 use nexus_transport::{MuxConfig, TransportError};
 use tokio::task::JoinSet;
 
-const DEMO_POLICY: &str = "version = 1\n\n[tokens.demo]\nsource = \"env:E2E_DEMO\"\n";
 const DEMO_VALUE: &str = "still-serving";
 
 /// A forged log line, then a terminal title escape.

@@ -8,16 +8,7 @@ use std::path::Path;
 use std::process::Child;
 
 use nexus_e2e::sshd::{AgentFrom, SshWorld};
-use nexus_e2e::{DEADLINE, Laptop, Must, Output, Workspace, poll};
-
-/// A workspace paired with a fresh laptop under the name `dev`.
-#[track_caller]
-fn paired() -> (Workspace, Laptop) {
-    let ws = Workspace::start();
-    let laptop = Laptop::new();
-    laptop.pair(&ws.uri(), "dev").ok();
-    (ws, laptop)
-}
+use nexus_e2e::{DEADLINE, Laptop, Must, Output, Workspace, paired, poll};
 
 /// Writes `text` to `path` the way editors do: a new file renamed over the old.
 #[track_caller]

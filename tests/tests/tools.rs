@@ -8,19 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nexus_e2e::githttp::{GitHttp, nexus_shim};
-use nexus_e2e::{DEADLINE, Daemon, Laptop, Must, Output, Workspace, poll, run_to_end};
+use nexus_e2e::{DEADLINE, Daemon, Laptop, Must, Output, Workspace, paired, poll, run_to_end};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "s3cret-laptop-password";
-
-/// A workspace paired with a fresh laptop under the name `dev`.
-#[track_caller]
-fn paired() -> (Workspace, Laptop) {
-    let ws = Workspace::start();
-    let laptop = Laptop::new();
-    laptop.pair(&ws.uri(), "dev").ok();
-    (ws, laptop)
-}
 
 /// A shell script run on the workspace host after `eval "$(nexus-shim env)"`.
 #[track_caller]

@@ -9,9 +9,7 @@
 use std::io::{Read, Write};
 
 use nexus_e2e::front::Front;
-use nexus_e2e::{Laptop, Must, PairingUri, Workspace, is_root, poll, shim_once};
-
-const DEMO_POLICY: &str = "version = 1\n\n[tokens.demo]\nsource = \"env:E2E_DEMO\"\n";
+use nexus_e2e::{DEMO_POLICY, Laptop, Must, PairingUri, Workspace, is_root, poll, shim_once};
 
 fn shim_address(ws: &Workspace) -> String {
     PairingUri::parse(&ws.uri()).address

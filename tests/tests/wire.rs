@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use nexus_e2e::raw::{FakeShim, hello_as, within};
-use nexus_e2e::{DEADLINE, Laptop, Must, PairingUri, Workspace};
+use nexus_e2e::{DEADLINE, DEMO_POLICY, Laptop, Must, PairingUri, Workspace};
 use nexus_protocol::{
     Call, CallerContext, ClientHello, ErrorCode, LocalReply, MAX_FRAME, PROTOCOL_VERSION, Refusal,
     Reply, Request, SUPPORTED, Secret, ServerHello, VersionRange,
@@ -15,8 +15,6 @@ use nexus_transport::mux::{self, Mode};
 use nexus_transport::{MuxConfig, MuxStream, TransportError};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-
-const DEMO_POLICY: &str = "version = 1\n\n[tokens.demo]\nsource = \"env:E2E_DEMO\"\n";
 
 /// Versions no build speaks.
 const FUTURE: VersionRange = VersionRange { min: 90, max: 99 };

@@ -6,6 +6,33 @@ use std::path::Path;
 
 pub use clap_complete::Shell;
 
+/// Runs `completions SHELL` (to stdout) or `man-pages DIR` for `cmd`, the
+/// binary's clap definition, and gives the exit code.
+pub fn run(
+    cmd: clap::Command,
+    shell: Option<Shell>,
+    man_dir: Option<&Path>,
+) -> std::process::ExitCode {
+    let program = cmd.get_name().to_owned();
+    if let Some(shell) = shell {
+        completions(cmd, shell, &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
+    let Some(dir) = man_dir else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    match man_pages(cmd, dir) {
+        Ok(pages) => {
+            println!("wrote {} man pages to {}", pages.len(), dir.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: writing man pages to {}: {e}", dir.display());
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Writes the completion script for `shell` to `out`.
 pub fn completions(mut cmd: clap::Command, shell: Shell, out: &mut dyn Write) {
     let name = cmd.get_name().to_owned();
