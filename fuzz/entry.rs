@@ -82,8 +82,18 @@ pub fn policy(data: &[u8]) {
     }
 }
 
-// credential: the git credential-protocol parser (`protocol/src/credential.rs`,
-// issue 5) gets its entry point here, its target in
-// `fuzz_targets/credential.rs` and its seeds in `corpus/credential/`; the
-// replay test picks up every directory under `corpus/` that has an entry in
-// its table.
+/// What git writes to a credential helper, as the shim reads it from git and
+/// the laptop reads it again (and what the laptop's own git answers): the
+/// strict parser, then a round trip: whatever parses must serialize to text
+/// that parses back to the same credential.
+pub fn credential(data: &[u8]) {
+    if let Ok(parsed) = nexus_protocol::parse_credential(data) {
+        let text = parsed.serialize();
+        let again = nexus_protocol::parse_credential(&text);
+        assert_eq!(
+            again.as_ref().ok(),
+            Some(&parsed),
+            "round trip changed the credential"
+        );
+    }
+}

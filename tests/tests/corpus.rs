@@ -16,6 +16,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("frame", entry::frame),
     ("agent", entry::agent),
     ("policy", entry::policy),
+    ("credential", entry::credential),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
