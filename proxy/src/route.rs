@@ -291,6 +291,10 @@ fn spawn_command(cmd: &str) -> std::io::Result<CommandIo> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // If the runtime ends before the grace period does (the proxy
+        // exits), the waiting task is dropped: the command dies with it
+        // instead of outliving the proxy.
+        .kill_on_drop(true)
         .spawn()
         .map_err(|e| std::io::Error::other(format!("starting the connect command: {e}")))?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
@@ -298,18 +302,100 @@ fn spawn_command(cmd: &str) -> std::io::Result<CommandIo> {
     };
     if let Some(stderr) = child.stderr.take() {
         // Ends when the command exits (its stderr closes).
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                warn!(stderr = %crate::tools::clip(&line), "connect command");
-            }
-        });
+        tokio::spawn(relay_stderr(stderr, RateLimited::new(), |line| {
+            warn!(stderr = %crate::tools::clip(line), "connect command");
+        }));
     }
     Ok(CommandIo {
         child: Some(child),
         stdout,
         stdin: Some(stdin),
     })
+}
+
+/// Longest connect-command stderr line kept; the rest of a longer line is
+/// dropped. What the command prints is the workspace's (`kubectl exec`,
+/// `ssh` relay what the far end writes): a line without an end must not
+/// grow in the laptop's memory.
+pub const STDERR_LINE_MAX: usize = 4096;
+/// Connect-command stderr lines logged per second at most; the others are
+/// counted, and the count is logged.
+pub const STDERR_LINES_PER_SEC: u32 = 20;
+
+/// A per-second budget of log lines.
+#[derive(Debug)]
+struct RateLimited {
+    window: std::time::Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl RateLimited {
+    fn new() -> Self {
+        Self {
+            window: std::time::Instant::now(),
+            used: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more line may be logged now.
+    fn admit(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                warn!(
+                    dropped = self.dropped,
+                    "connect command: stderr lines not logged (more than {STDERR_LINES_PER_SEC}/s)"
+                );
+            }
+            *self = Self::new();
+        }
+        if self.used < STDERR_LINES_PER_SEC {
+            self.used += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+/// Hands each line of `stderr` (at most [`STDERR_LINE_MAX`] bytes of it,
+/// invalid UTF-8 replaced) to `emit`, within `budget`, until end of stream.
+async fn relay_stderr<R: AsyncRead + Unpin>(
+    stderr: R,
+    mut budget: RateLimited,
+    mut emit: impl FnMut(&str),
+) {
+    let mut reader = BufReader::new(stderr);
+    let mut line: Vec<u8> = Vec::new();
+    let mut flush = |line: &mut Vec<u8>| {
+        if budget.admit() {
+            emit(&String::from_utf8_lossy(line));
+        }
+        line.clear();
+    };
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(buf) => buf,
+            Err(_) => break,
+        };
+        if buf.is_empty() {
+            if !line.is_empty() {
+                flush(&mut line);
+            }
+            break;
+        }
+        let end = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..end.unwrap_or(buf.len())];
+        let room = STDERR_LINE_MAX.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = end.map_or(buf.len(), |i| i + 1);
+        reader.consume(used);
+        if end.is_some() {
+            flush(&mut line);
+        }
+    }
 }
 
 impl AsyncRead for CommandIo {
@@ -386,6 +472,38 @@ mod tests {
         ] {
             assert!(r(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    /// A hostile far end writes one endless line, invalid UTF-8 and a
+    /// flood of lines to the connect command's stderr: the laptop keeps at
+    /// most [`STDERR_LINE_MAX`] bytes of a line, goes on reading after
+    /// bytes that are not UTF-8, and logs at most [`STDERR_LINES_PER_SEC`]
+    /// lines a second. (It used to buffer a whole line, however long, and to
+    /// stop reading, so stall the command, at the first invalid byte.)
+    #[tokio::test]
+    async fn connect_command_stderr_is_bounded() {
+        use tokio::io::AsyncReadExt;
+        let endless = tokio::io::repeat(b'a').take(64 << 20);
+        let rest: &[u8] = b"\nnext\n\xff\xfe\nafter\n";
+        let mut got = Vec::new();
+        relay_stderr(endless.chain(rest), RateLimited::new(), |l| {
+            got.push(l.to_owned());
+        })
+        .await;
+        assert_eq!(
+            got.len(),
+            4,
+            "{:?}",
+            got.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0].len(), STDERR_LINE_MAX);
+        assert_eq!(got[1], "next");
+        assert_eq!(got[3], "after");
+
+        let flood = "x\n".repeat(10_000);
+        let mut logged = 0u32;
+        relay_stderr(flood.as_bytes(), RateLimited::new(), |_| logged += 1).await;
+        assert_eq!(logged, STDERR_LINES_PER_SEC);
     }
 
     #[tokio::test]
