@@ -126,7 +126,7 @@ impl Route {
     }
 
     /// The address dialed when the route is TCP to an IP address: what the
-    /// network-change hints watch (other routes rely on the wake hint).
+    /// network-change hints watch (every route gets pings and wake probes).
     pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
         match self {
             Self::Tcp(addr) => addr.parse().ok(),
