@@ -146,7 +146,9 @@ impl Route {
                 Ok(Box::new(tcp))
             }
             Self::WebSocket(target) => connect_ws(target).await,
-            Self::Command(cmd) => spawn_command(cmd).map(|c| Box::new(c) as Conduit),
+            Self::Command(cmd) => {
+                spawn_command(cmd, !has_terminal()).map(|c| Box::new(c) as Conduit)
+            }
         }
     }
 }
@@ -253,6 +255,8 @@ pub const COMMAND_EXIT_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct CommandIo {
     child: Option<Child>,
+    /// The command's own process group, when it has one.
+    group: Option<rustix::process::Pid>,
     stdout: ChildStdout,
     stdin: Option<ChildStdin>,
 }
@@ -263,8 +267,11 @@ impl Drop for CommandIo {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let mut group = GroupKill(self.group.take());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                // If this task is dropped unfinished (the runtime ends), the
+                // guard still kills the group.
                 rt.spawn(async move {
                     if tokio::time::timeout(COMMAND_EXIT_GRACE, child.wait())
                         .await
@@ -273,19 +280,59 @@ impl Drop for CommandIo {
                         warn!(
                             "the connect command did not exit after its stdin closed; killing it"
                         );
+                        group.kill();
                         let _ = child.kill().await;
+                    } else {
+                        group.disarm();
                     }
                 });
             }
             Err(_) => {
+                group.kill();
                 let _ = child.start_kill();
             }
         }
     }
 }
 
-fn spawn_command(cmd: &str) -> std::io::Result<CommandIo> {
-    let mut child = Command::new("/bin/sh")
+/// Kills a connect command's process group (`sh` and what it started:
+/// `ssh`, `kubectl`, both sides of a pipe) unless disarmed. Only armed
+/// while `sh`, the group leader, is unreaped, so the id cannot be another
+/// group's.
+#[derive(Debug)]
+struct GroupKill(Option<rustix::process::Pid>);
+
+impl GroupKill {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether this process has a controlling terminal. A connect command runs
+/// in its own process group (so all of it can be killed) only without one:
+/// in a terminal, `ssh` may prompt on it, which a background group cannot.
+fn has_terminal() -> bool {
+    std::fs::File::open("/dev/tty").is_ok()
+}
+
+fn spawn_command(cmd: &str, own_group: bool) -> std::io::Result<CommandIo> {
+    let mut command = Command::new("/bin/sh");
+    if own_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::piped())
@@ -306,8 +353,13 @@ fn spawn_command(cmd: &str) -> std::io::Result<CommandIo> {
             warn!(stderr = %crate::tools::clip(line), "connect command");
         }));
     }
+    let group = own_group
+        .then(|| child.id())
+        .flatten()
+        .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?));
     Ok(CommandIo {
         child: Some(child),
+        group,
         stdout,
         stdin: Some(stdin),
     })
@@ -375,11 +427,7 @@ async fn relay_stderr<R: AsyncRead + Unpin>(
         }
         line.clear();
     };
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(buf) => buf,
-            Err(_) => break,
-        };
+    while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             if !line.is_empty() {
                 flush(&mut line);
@@ -504,6 +552,62 @@ mod tests {
         let mut logged = 0u32;
         relay_stderr(flood.as_bytes(), RateLimited::new(), |_| logged += 1).await;
         assert_eq!(logged, STDERR_LINES_PER_SEC);
+    }
+
+    /// The pid of the process whose command line is exactly `args`.
+    fn find_process(args: &[&str]) -> Option<u32> {
+        let want: Vec<u8> = args
+            .iter()
+            .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+            .collect();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            (std::fs::read(e.path().join("cmdline")).ok()? == want).then_some(pid)
+        })
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    /// A connect command whose far end ignores the end of its stdin (the
+    /// workspace decides that): after the grace period, everything the
+    /// command started is killed, not only `sh`. (Only `sh` was: the `ssh`
+    /// or `kubectl` it ran lived on, one more per redial.)
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_connect_command_that_ignores_eof_is_killed_whole() -> Result<()> {
+        let marker = format!(
+            "{}.{}",
+            1000 + std::process::id() % 1000,
+            std::process::id()
+        );
+        // Two commands, so that sh cannot exec the last one.
+        let io = spawn_command(&format!("sleep {marker}; true"), true)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let sleeper = loop {
+            if let Some(pid) = find_process(&["sleep", &marker]) {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            tokio::task::yield_now().await;
+        };
+        drop(io);
+        let deadline = std::time::Instant::now() + COMMAND_EXIT_GRACE + Duration::from_secs(10);
+        while alive(sleeper) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command's child outlived the grace period"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     #[tokio::test]
