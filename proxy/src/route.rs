@@ -270,8 +270,10 @@ impl Drop for CommandIo {
         let mut group = GroupKill(self.group.take());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                // If this task is dropped unfinished (the runtime ends), the
-                // guard still kills the group.
+                // When the proxy exits during the grace period, this task
+                // is dropped and the command left to end on its own (its
+                // stdin is closed): a clean exit is still likely, a kill
+                // would lose it.
                 rt.spawn(async move {
                     if tokio::time::timeout(COMMAND_EXIT_GRACE, child.wait())
                         .await
@@ -282,8 +284,6 @@ impl Drop for CommandIo {
                         );
                         group.kill();
                         let _ = child.kill().await;
-                    } else {
-                        group.disarm();
                     }
                 });
             }
@@ -296,27 +296,17 @@ impl Drop for CommandIo {
 }
 
 /// Kills a connect command's process group (`sh` and what it started:
-/// `ssh`, `kubectl`, both sides of a pipe) unless disarmed. Only armed
-/// while `sh`, the group leader, is unreaped, so the id cannot be another
+/// `ssh`, `kubectl`, both sides of a pipe) when asked. Only armed while
+/// `sh`, the group leader, is unreaped, so the id cannot be another
 /// group's.
 #[derive(Debug)]
 struct GroupKill(Option<rustix::process::Pid>);
 
 impl GroupKill {
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-
     fn kill(&mut self) {
         if let Some(pid) = self.0.take() {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
-    }
-}
-
-impl Drop for GroupKill {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -338,10 +328,6 @@ fn spawn_command(cmd: &str, own_group: bool) -> std::io::Result<CommandIo> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // If the runtime ends before the grace period does (the proxy
-        // exits), the waiting task is dropped: the command dies with it
-        // instead of outliving the proxy.
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| std::io::Error::other(format!("starting the connect command: {e}")))?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
