@@ -596,6 +596,75 @@ mod tests {
         Ok(())
     }
 
+    /// A hostile `ws://` endpoint: a redirect is not followed (the route
+    /// fails, naming the status), and after a real upgrade, a text message
+    /// or a flood of pings ends the stream with an error or is answered
+    /// without growing anything; binary data still arrives in order.
+    #[tokio::test]
+    async fn a_hostile_websocket_endpoint_gets_nowhere() -> Result<()> {
+        use futures::{SinkExt, StreamExt};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let route = Route::parse(&format!("ws://{addr}/nexus"), None)?;
+
+        // 1. A redirect to somewhere else.
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await?;
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await?;
+            tcp.write_all(
+                b"HTTP/1.1 302 Found\r\nLocation: ws://192.0.2.1/evil\r\nContent-Length: 0\r\n\r\n",
+            )
+            .await?;
+            Ok::<_, std::io::Error>(listener)
+        });
+        let refused = route.connect().await.err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("302")),
+            "{refused:?}"
+        );
+        let listener = server.await??;
+
+        // 2. A ping flood, binary data, then a text message.
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws::config()))
+                .await
+                .map_err(std::io::Error::other)?;
+            for _ in 0..10_000 {
+                ws.feed(Message::Ping(vec![0u8; 125].into()))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            }
+            ws.send(Message::binary(b"data".to_vec()))
+                .await
+                .map_err(std::io::Error::other)?;
+            ws.send(Message::text("not the tunnel"))
+                .await
+                .map_err(std::io::Error::other)?;
+            // Keep the connection until the client gives up on it.
+            while ws.next().await.is_some() {}
+            Ok::<_, std::io::Error>(())
+        });
+        let mut io = route.connect().await?;
+        let mut got = [0u8; 4];
+        io.read_exact(&mut got).await?;
+        assert_eq!(&got, b"data");
+        let mut more = [0u8; 16];
+        let text = io.read(&mut more).await;
+        assert!(
+            text.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::InvalidData),
+            "{text:?}"
+        );
+        drop(io);
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        Ok(())
+    }
+
     #[tokio::test]
     async fn command_conduit_is_the_commands_stdio() -> Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
