@@ -430,6 +430,12 @@ async fn relay_stderr<R: AsyncRead + Unpin>(
             flush(&mut line);
         }
     }
+    if budget.dropped > 0 {
+        warn!(
+            dropped = budget.dropped,
+            "connect command: stderr lines not logged (more than {STDERR_LINES_PER_SEC}/s)"
+        );
+    }
 }
 
 impl AsyncRead for CommandIo {
