@@ -267,6 +267,29 @@ pub fn caller_text(pid: Option<u32>, exe: Option<&str>) -> String {
     }
 }
 
+/// Longest request text shown in full to the user who approves it.
+pub const SHOWN_MAX: usize = 2048;
+
+/// A request as shown for approval (prompt, `approve`, `status`): escaped to
+/// one line, and in full up to [`SHOWN_MAX`] characters, because the
+/// approval covers all of it (a tool's every argument). A longer request
+/// says, in words, that part of it is not shown; log lines use the shorter
+/// `clip`.
+pub fn request_text(summary: &str) -> String {
+    let mut out: String = summary
+        .chars()
+        .take(SHOWN_MAX)
+        .flat_map(char::escape_debug)
+        .collect();
+    let rest = summary.chars().skip(SHOWN_MAX).count();
+    if rest > 0 {
+        out.push_str(&format!(
+            " ... [{rest} more characters NOT shown: deny unless you expect a request this long]"
+        ));
+    }
+    out
+}
+
 /// Parses `10m`, `90s`, `1h`, or a bare number of seconds.
 ///
 /// # Errors
@@ -295,6 +318,23 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// A workspace pads a tool's arguments so that the part that matters
+    /// comes after the first 128 characters: the approver still sees it.
+    /// (Prompts and `approve` cut requests at 128 characters, so a user
+    /// approved arguments they could not see anywhere.)
+    #[test]
+    fn the_approver_sees_the_whole_request() {
+        let padded = format!(
+            "deploy [\"--env\", \"staging\", \"{}\", \"--env\", \"production\"]",
+            "x".repeat(150)
+        );
+        let shown = request_text(&padded);
+        assert!(shown.ends_with("\\\"production\\\"]"), "{shown}");
+        let huge = request_text(&"y\n".repeat(SHOWN_MAX));
+        assert!(!huge.contains('\n'));
+        assert!(huge.contains("2048 more characters NOT shown"), "{huge}");
+    }
 
     fn req(key: &str) -> ApprovalRequest {
         ApprovalRequest {

@@ -561,7 +561,7 @@ fn pending_line(p: &PendingView) -> String {
         p.id,
         clip(&p.workspace),
         p.tool,
-        clip(&p.summary),
+        crate::approvals::request_text(&p.summary),
         clip(&p.rule),
         p.hash,
         p.expires_in
@@ -608,4 +608,31 @@ pub fn approve(config: &ConfigDir, args: &ApproveArgs) -> Result<ExitCode> {
         .unwrap_or_default();
     println!("{what} {}{span}", pending_line(&view));
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `approve` and `status` list a pending request with every argument
+    /// the approval covers, not the first 128 characters of it.
+    #[test]
+    fn pending_line_shows_the_whole_request() {
+        let view = PendingView {
+            id: 7,
+            workspace: "dev".into(),
+            tool: "tool".into(),
+            summary: format!(
+                "deploy [\"{}\", \"--env\", \"production\"]",
+                "x".repeat(150)
+            ),
+            hash: "h".into(),
+            rule: "r".into(),
+            caller_pid: None,
+            caller_exe: None,
+            expires_in: 30,
+        };
+        let line = pending_line(&view);
+        assert!(line.contains(r#"\"production\"]"#), "{line}");
+    }
 }

@@ -144,10 +144,12 @@ pub async fn sleep_unless_hinted(total: Duration, hints: &mut Hints) -> Option<H
 }
 
 /// Watches a live link until it is found dead (returned), or `stop` fires or
-/// the connection ends (`None`).
+/// the connection ends (`None`). `peer` is the workspace's address when the
+/// route is TCP to an IP address (route changes are watched then); pings
+/// and wake probes run on every route.
 pub async fn watch_link(
     mux: MuxHandle,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     timeout: Duration,
     interval: Duration,
     stop: CancellationToken,
@@ -169,13 +171,13 @@ pub async fn watch_link(
 
 async fn watchdog(
     mux: &MuxHandle,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     timeout: Duration,
     alive: watch::Receiver<Instant>,
     ping_now: &Notify,
     stop: &CancellationToken,
 ) -> Option<Dead> {
-    let mut hints = Hints::new(Some(peer.ip()));
+    let mut hints = Hints::new(peer.map(|p| p.ip()));
     let mut probe: Option<(Instant, Dead)> = None;
     loop {
         tokio::select! {
@@ -314,7 +316,7 @@ mod tests {
         let started = Instant::now();
         let dead = watch_link(
             h,
-            peer,
+            Some(peer),
             Duration::from_millis(600),
             Duration::from_millis(150),
             stop.clone(),
@@ -322,6 +324,39 @@ mod tests {
         .await;
         assert!(matches!(dead, Some(Dead::Silent(_))), "{dead:?}");
         assert!(started.elapsed() >= Duration::from_millis(600));
+        stop.cancel();
+        held.abort();
+    }
+
+    /// A route with no IP address to watch (`wss://`, a connect command, a
+    /// host name) still gets pings: a silent peer is declared dead. (The
+    /// watcher used to run only for TCP routes to an IP address, so a
+    /// black-holed WebSocket or `ssh` link was held forever.)
+    #[tokio::test]
+    async fn a_silent_peer_is_declared_dead_without_an_address() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let stop = CancellationToken::new();
+        let (h, _in, _task) = mux::start(a, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
+        let (_peer, mut peer_in, _ptask) =
+            mux::start(b, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
+        let held = tokio::spawn(async move {
+            let mut keep = Vec::new();
+            while let Some(s) = peer_in.recv().await {
+                keep.push(s);
+            }
+        });
+        let dead = tokio::time::timeout(
+            Duration::from_secs(10),
+            watch_link(
+                h,
+                None,
+                Duration::from_millis(600),
+                Duration::from_millis(150),
+                stop.clone(),
+            ),
+        )
+        .await;
+        assert!(matches!(dead, Ok(Some(Dead::Silent(_)))), "{dead:?}");
         stop.cancel();
         held.abort();
     }
@@ -341,7 +376,7 @@ mod tests {
             Duration::from_millis(1500),
             watch_link(
                 h,
-                peer,
+                Some(peer),
                 Duration::from_millis(500),
                 Duration::from_millis(100),
                 stop.clone(),

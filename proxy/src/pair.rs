@@ -38,6 +38,14 @@ impl std::str::FromStr for PairingUri {
         if address.is_empty() || !address.contains(':') {
             bail!("pairing URI has no HOST:PORT; {usage}");
         }
+        // The workspace writes the URI; its address is shown in every dial
+        // error and log line as is: no spaces, control characters or path.
+        if address
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '@' | '\\'))
+        {
+            bail!("pairing URI's address {address:?} is not HOST:PORT; {usage}");
+        }
         let (mut fp, mut token) = (None, None);
         for pair in query.split('&') {
             match pair.split_once('=') {
@@ -118,6 +126,11 @@ mod tests {
             format!("nexus://x:1?fp={fp}"),
             format!("nexus://?fp={fp}&token=a"),
             "nexus://x:1?fp=sha256:00&token=a".to_owned(),
+            // The workspace writes the URI: an address that would forge or
+            // recolour the laptop's log and error lines is refused.
+            format!("nexus://x:1\n2099-01-01T00:00:00Z  INFO forged?fp={fp}&token=a"),
+            format!("nexus://x\u{1b}[8m:1?fp={fp}&token=a"),
+            format!("nexus://u@x:1/p?fp={fp}&token=a"),
         ] {
             assert!(bad.parse::<PairingUri>().is_err(), "{bad}");
         }

@@ -126,7 +126,7 @@ impl Route {
     }
 
     /// The address dialed when the route is TCP to an IP address: what the
-    /// network-change hints watch (other routes rely on the wake hint).
+    /// network-change hints watch (every route gets pings and wake probes).
     pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
         match self {
             Self::Tcp(addr) => addr.parse().ok(),
@@ -146,7 +146,9 @@ impl Route {
                 Ok(Box::new(tcp))
             }
             Self::WebSocket(target) => connect_ws(target).await,
-            Self::Command(cmd) => spawn_command(cmd).map(|c| Box::new(c) as Conduit),
+            Self::Command(cmd) => {
+                spawn_command(cmd, !has_terminal()).map(|c| Box::new(c) as Conduit)
+            }
         }
     }
 }
@@ -253,6 +255,8 @@ pub const COMMAND_EXIT_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct CommandIo {
     child: Option<Child>,
+    /// The command's own process group, when it has one.
+    group: Option<rustix::process::Pid>,
     stdout: ChildStdout,
     stdin: Option<ChildStdin>,
 }
@@ -263,8 +267,13 @@ impl Drop for CommandIo {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let mut group = GroupKill(self.group.take());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                // When the proxy exits during the grace period, this task
+                // is dropped and the command left to end on its own (its
+                // stdin is closed): a clean exit is still likely, a kill
+                // would lose it.
                 rt.spawn(async move {
                     if tokio::time::timeout(COMMAND_EXIT_GRACE, child.wait())
                         .await
@@ -273,19 +282,47 @@ impl Drop for CommandIo {
                         warn!(
                             "the connect command did not exit after its stdin closed; killing it"
                         );
+                        group.kill();
                         let _ = child.kill().await;
                     }
                 });
             }
             Err(_) => {
+                group.kill();
                 let _ = child.start_kill();
             }
         }
     }
 }
 
-fn spawn_command(cmd: &str) -> std::io::Result<CommandIo> {
-    let mut child = Command::new("/bin/sh")
+/// Kills a connect command's process group (`sh` and what it started:
+/// `ssh`, `kubectl`, both sides of a pipe) when asked. Only armed while
+/// `sh`, the group leader, is unreaped, so the id cannot be another
+/// group's.
+#[derive(Debug)]
+struct GroupKill(Option<rustix::process::Pid>);
+
+impl GroupKill {
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Whether this process has a controlling terminal. A connect command runs
+/// in its own process group (so all of it can be killed) only without one:
+/// in a terminal, `ssh` may prompt on it, which a background group cannot.
+fn has_terminal() -> bool {
+    std::fs::File::open("/dev/tty").is_ok()
+}
+
+fn spawn_command(cmd: &str, own_group: bool) -> std::io::Result<CommandIo> {
+    let mut command = Command::new("/bin/sh");
+    if own_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::piped())
@@ -298,18 +335,107 @@ fn spawn_command(cmd: &str) -> std::io::Result<CommandIo> {
     };
     if let Some(stderr) = child.stderr.take() {
         // Ends when the command exits (its stderr closes).
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                warn!(stderr = %crate::tools::clip(&line), "connect command");
-            }
-        });
+        tokio::spawn(relay_stderr(stderr, RateLimited::new(), |line| {
+            warn!(stderr = %crate::tools::clip(line), "connect command");
+        }));
     }
+    let group = own_group
+        .then(|| child.id())
+        .flatten()
+        .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?));
     Ok(CommandIo {
         child: Some(child),
+        group,
         stdout,
         stdin: Some(stdin),
     })
+}
+
+/// Longest connect-command stderr line kept; the rest of a longer line is
+/// dropped. What the command prints is the workspace's (`kubectl exec`,
+/// `ssh` relay what the far end writes): a line without an end must not
+/// grow in the laptop's memory.
+pub const STDERR_LINE_MAX: usize = 4096;
+/// Connect-command stderr lines logged per second at most; the others are
+/// counted, and the count is logged.
+pub const STDERR_LINES_PER_SEC: u32 = 20;
+
+/// A per-second budget of log lines.
+#[derive(Debug)]
+struct RateLimited {
+    window: std::time::Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl RateLimited {
+    fn new() -> Self {
+        Self {
+            window: std::time::Instant::now(),
+            used: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more line may be logged now.
+    fn admit(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                warn!(
+                    dropped = self.dropped,
+                    "connect command: stderr lines not logged (more than {STDERR_LINES_PER_SEC}/s)"
+                );
+            }
+            *self = Self::new();
+        }
+        if self.used < STDERR_LINES_PER_SEC {
+            self.used += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+/// Hands each line of `stderr` (at most [`STDERR_LINE_MAX`] bytes of it,
+/// invalid UTF-8 replaced) to `emit`, within `budget`, until end of stream.
+async fn relay_stderr<R: AsyncRead + Unpin>(
+    stderr: R,
+    mut budget: RateLimited,
+    mut emit: impl FnMut(&str),
+) {
+    let mut reader = BufReader::new(stderr);
+    let mut line: Vec<u8> = Vec::new();
+    let mut flush = |line: &mut Vec<u8>| {
+        if budget.admit() {
+            emit(&String::from_utf8_lossy(line));
+        }
+        line.clear();
+    };
+    while let Ok(buf) = reader.fill_buf().await {
+        if buf.is_empty() {
+            if !line.is_empty() {
+                flush(&mut line);
+            }
+            break;
+        }
+        let end = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..end.unwrap_or(buf.len())];
+        let room = STDERR_LINE_MAX.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = end.map_or(buf.len(), |i| i + 1);
+        reader.consume(used);
+        if end.is_some() {
+            flush(&mut line);
+        }
+    }
+    if budget.dropped > 0 {
+        warn!(
+            dropped = budget.dropped,
+            "connect command: stderr lines not logged (more than {STDERR_LINES_PER_SEC}/s)"
+        );
+    }
 }
 
 impl AsyncRead for CommandIo {
@@ -386,6 +512,163 @@ mod tests {
         ] {
             assert!(r(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    /// A hostile far end writes one endless line, invalid UTF-8 and a
+    /// flood of lines to the connect command's stderr: the laptop keeps at
+    /// most [`STDERR_LINE_MAX`] bytes of a line, goes on reading after
+    /// bytes that are not UTF-8, and logs at most [`STDERR_LINES_PER_SEC`]
+    /// lines a second. (It used to buffer a whole line, however long, and to
+    /// stop reading, so stall the command, at the first invalid byte.)
+    #[tokio::test]
+    async fn connect_command_stderr_is_bounded() {
+        use tokio::io::AsyncReadExt;
+        let endless = tokio::io::repeat(b'a').take(64 << 20);
+        let rest: &[u8] = b"\nnext\n\xff\xfe\nafter\n";
+        let mut got = Vec::new();
+        relay_stderr(endless.chain(rest), RateLimited::new(), |l| {
+            got.push(l.to_owned());
+        })
+        .await;
+        assert_eq!(
+            got.len(),
+            4,
+            "{:?}",
+            got.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0].len(), STDERR_LINE_MAX);
+        assert_eq!(got[1], "next");
+        assert_eq!(got[3], "after");
+
+        let flood = "x\n".repeat(10_000);
+        let mut logged = 0u32;
+        relay_stderr(flood.as_bytes(), RateLimited::new(), |_| logged += 1).await;
+        assert_eq!(logged, STDERR_LINES_PER_SEC);
+    }
+
+    /// The pid of the process whose command line is exactly `args`.
+    fn find_process(args: &[&str]) -> Option<u32> {
+        let want: Vec<u8> = args
+            .iter()
+            .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+            .collect();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            (std::fs::read(e.path().join("cmdline")).ok()? == want).then_some(pid)
+        })
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    /// A connect command whose far end ignores the end of its stdin (the
+    /// workspace decides that): after the grace period, everything the
+    /// command started is killed, not only `sh`. (Only `sh` was: the `ssh`
+    /// or `kubectl` it ran lived on, one more per redial.)
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_connect_command_that_ignores_eof_is_killed_whole() -> Result<()> {
+        let marker = format!(
+            "{}.{}",
+            1000 + std::process::id() % 1000,
+            std::process::id()
+        );
+        // Two commands, so that sh cannot exec the last one.
+        let io = spawn_command(&format!("sleep {marker}; true"), true)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let sleeper = loop {
+            if let Some(pid) = find_process(&["sleep", &marker]) {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            tokio::task::yield_now().await;
+        };
+        drop(io);
+        let deadline = std::time::Instant::now() + COMMAND_EXIT_GRACE + Duration::from_secs(10);
+        while alive(sleeper) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command's child outlived the grace period"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// A hostile `ws://` endpoint: a redirect is not followed (the route
+    /// fails, naming the status), and after a real upgrade, a text message
+    /// or a flood of pings ends the stream with an error or is answered
+    /// without growing anything; binary data still arrives in order.
+    #[tokio::test]
+    async fn a_hostile_websocket_endpoint_gets_nowhere() -> Result<()> {
+        use futures::{SinkExt, StreamExt};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let route = Route::parse(&format!("ws://{addr}/nexus"), None)?;
+
+        // 1. A redirect to somewhere else.
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await?;
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await?;
+            tcp.write_all(
+                b"HTTP/1.1 302 Found\r\nLocation: ws://192.0.2.1/evil\r\nContent-Length: 0\r\n\r\n",
+            )
+            .await?;
+            Ok::<_, std::io::Error>(listener)
+        });
+        let refused = route.connect().await.err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("302")),
+            "{refused:?}"
+        );
+        let listener = server.await??;
+
+        // 2. A ping flood, binary data, then a text message.
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws::config()))
+                .await
+                .map_err(std::io::Error::other)?;
+            for _ in 0..10_000 {
+                ws.feed(Message::Ping(vec![0u8; 125].into()))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            }
+            ws.send(Message::binary(b"data".to_vec()))
+                .await
+                .map_err(std::io::Error::other)?;
+            ws.send(Message::text("not the tunnel"))
+                .await
+                .map_err(std::io::Error::other)?;
+            // Keep the connection until the client gives up on it.
+            while ws.next().await.is_some() {}
+            Ok::<_, std::io::Error>(())
+        });
+        let mut io = route.connect().await?;
+        let mut got = [0u8; 4];
+        io.read_exact(&mut got).await?;
+        assert_eq!(&got, b"data");
+        let mut more = [0u8; 16];
+        let text = io.read(&mut more).await;
+        assert!(
+            text.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::InvalidData),
+            "{text:?}"
+        );
+        drop(io);
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        Ok(())
     }
 
     #[tokio::test]

@@ -374,15 +374,15 @@ impl Link<'_> {
         let (mux, mut inbound, driver) =
             mux::start(tls, mux::Mode::Client, MuxConfig::PROXY, close.clone());
         let watcher_stop = close.child_token();
-        let watcher = peer.map(|peer| {
-            tokio::spawn(keepalive::watch_link(
-                mux.clone(),
-                peer,
-                self.limits.keepalive_timeout,
-                self.limits.ping_interval(),
-                watcher_stop.clone(),
-            ))
-        });
+        // Every route gets pings (only TCP to an IP address gets route
+        // watching too).
+        let watcher = Some(tokio::spawn(keepalive::watch_link(
+            mux.clone(),
+            peer,
+            self.limits.keepalive_timeout,
+            self.limits.ping_interval(),
+            watcher_stop.clone(),
+        )));
         let on_link = TaskTracker::new();
         let gate = Arc::new(Semaphore::new(self.limits.max_calls_in_flight));
         let mut next = 0u64;

@@ -160,6 +160,79 @@ exec /usr/local/share/nexus-shim/entrypoint.sh cat /var/lib/stop.fifo",
     );
 }
 
+/// `install.sh` run with hostile option values and a non-root remote user:
+/// the values reach `feature.env` byte for byte and run nothing, and the
+/// directory where the root-run entrypoint appends `shim.log` is not the
+/// remote user's. (It was: the user, that is anything in the workspace,
+/// could replace `shim.log` with a symlink, and the entrypoint, as root at
+/// the next container start, appended the shim's log to any file it
+/// names.)
+#[test]
+fn devcontainer_install_is_safe_with_hostile_options_and_user() {
+    if !is_root() || !have("unshare") {
+        eprintln!("skipped: needs root and unshare(1) for a private mount namespace");
+        return;
+    }
+    let root = tempfile::tempdir().must("temp dir");
+    let dir = |name: &str| {
+        let d = root.path().join(name);
+        std::fs::create_dir_all(&d).must("creating a fake root dir");
+        d
+    };
+    let (bin, share, var_lib) = (dir("bin"), dir("share"), dir("var-lib"));
+    let pwned = root.path().join("pwned");
+    let listen = format!(
+        "0.0.0.0:1'; touch {p}; echo '$(touch {p})`touch {p}`",
+        p = pwned.display()
+    );
+    let advertise = format!("h:1\n\"$(touch {p})\"\\'\\", p = pwned.display());
+    let install = deploy("devcontainer/nexus-shim/install.sh");
+    let script = format!(
+        "set -eu
+mount --bind {bin} /usr/local/bin
+mount --bind {share} /usr/local/share
+mount --bind {var_lib} /var/lib
+BINARY={shim} _REMOTE_USER=nobody sh {install} >&2
+. /usr/local/share/nexus-shim/feature.env
+printf '%s\\0%s\\0%s' \"$NEXUS_USER\" \"$NEXUS_LISTEN\" \"$NEXUS_ADVERTISE\"",
+        bin = bin.display(),
+        share = share.display(),
+        var_lib = var_lib.display(),
+        shim = shim_binary().display(),
+        install = install.display(),
+    );
+    let out = run_to_end(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("LISTEN", &listen)
+            .env("ADVERTISE", &advertise)
+            .env("GITCREDENTIALHELPER", "false"),
+        None,
+    );
+    out.ok();
+    assert_eq!(
+        out.stdout,
+        format!("nobody\0{listen}\0{advertise}"),
+        "feature.env does not hold the options as given"
+    );
+    assert!(!pwned.exists(), "an option value ran a command");
+    use std::os::unix::fs::MetadataExt;
+    let meta = |p: &Path| std::fs::metadata(p).must("stat");
+    let state = var_lib.join("nexus/state");
+    assert_eq!(meta(&state).uid(), 65534, "the state dir is the user's");
+    let log_dir = meta(&var_lib.join("nexus"));
+    assert_eq!(
+        log_dir.uid(),
+        0,
+        "the user owns the directory of the log the root entrypoint appends to"
+    );
+    assert_eq!(
+        log_dir.mode() & 0o022,
+        0,
+        "others can write the log's directory"
+    );
+}
+
 /// The feature metadata names the entrypoint and the state dir that
 /// `install.sh` creates, and exports the agent socket inside it.
 #[test]

@@ -287,6 +287,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     type Side = (MuxHandle, mpsc::Receiver<MuxStream>);
@@ -343,6 +344,54 @@ mod tests {
         stop.cancel();
         let _ = echo.await;
         assert!(shim.open().await.is_err());
+    }
+
+    /// A workspace opens a call and never reads the answer: the laptop's
+    /// writer waits on flow control. When the link ends (peer gone or link
+    /// aborted), that write must fail, so a streamed call (file get, tool
+    /// run, which have no call timeout) cannot outlive its link.
+    #[tokio::test]
+    async fn a_write_blocked_on_a_silent_peer_fails_when_the_link_ends() {
+        for abort in [false, true] {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let stop = CancellationToken::new();
+            let peer_stop = CancellationToken::new();
+            let (shim, _shim_in, shim_task) =
+                start(a, Mode::Server, MuxConfig::SHIM, peer_stop.clone());
+            let (proxy, mut proxy_in, _) = start(b, Mode::Client, MuxConfig::PROXY, stop.clone());
+            let mut call = shim.open().await.map_err(|e| e.to_string());
+            if let Ok(c) = call.as_mut() {
+                let _ = c.write_all(b"call").await;
+            }
+            let mut answer = proxy_in.recv().await;
+            let writer = tokio::spawn(async move {
+                let chunk = vec![7u8; 64 << 10];
+                let Some(s) = answer.as_mut() else {
+                    return Err("no inbound stream".to_owned());
+                };
+                // Far more than the stream window: blocks once it is full.
+                for _ in 0..1024 {
+                    s.write_all(&chunk).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            });
+            // Let the window fill, then end the link.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!writer.is_finished(), "the write did not block");
+            if abort {
+                proxy.abort();
+            } else {
+                shim_task.abort();
+            }
+            let ended = tokio::time::timeout(Duration::from_secs(10), writer).await;
+            assert!(
+                matches!(ended, Ok(Ok(Err(_)))),
+                "abort={abort}: a write blocked on flow control outlived the link: {ended:?}"
+            );
+            drop(call);
+            stop.cancel();
+            peer_stop.cancel();
+        }
     }
 
     #[tokio::test]

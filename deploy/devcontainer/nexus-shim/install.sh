@@ -54,9 +54,14 @@ chmod 0755 "$tmp"
 mv -f "$tmp" "$BIN_DIR/nexus-shim"
 trap - EXIT
 
-# 2. State directory on the feature's volume.
+# 2. State directory on the feature's volume. Only the state dir is the
+# user's: the volume's root stays root's, because the entrypoint (as root)
+# appends shim.log there, and a user-owned directory would let anything in
+# the workspace swap shim.log for a symlink to a file root then appends to.
 mkdir -p "$STATE"
-chown "$REMOTE_USER" "$STATE_ROOT" "$STATE"
+chown root "$STATE_ROOT"
+chmod 0755 "$STATE_ROOT"
+chown "$REMOTE_USER" "$STATE"
 chmod 0700 "$STATE"
 
 # 3. Entrypoint and its settings (values quoted for sh).
@@ -84,6 +89,14 @@ start() {
   fi
 }
 if [ "$(id -u)" = 0 ] && [ "$NEXUS_USER" != root ]; then
+  # A volume made by an older version of this feature has its root owned
+  # by the user, who may have left a symlink as shim.log: take the
+  # directory back before opening the log as root.
+  logdir=$(dirname "$log")
+  if [ "$logdir" = /var/lib/nexus ]; then
+    chown root "$logdir" && chmod 0755 "$logdir"
+    if [ -L "$log" ] || { [ -e "$log" ] && [ ! -f "$log" ]; }; then rm -f "$log"; fi
+  fi
   if command -v setpriv >/dev/null 2>&1; then
     uid=$(id -u "$NEXUS_USER"); gid=$(id -g "$NEXUS_USER")
     start setpriv --reuid "$uid" --regid "$gid" --init-groups env HOME="$(getent passwd "$NEXUS_USER" | cut -d: -f6)" >>"$log" 2>&1 &
