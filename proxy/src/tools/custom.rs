@@ -180,6 +180,9 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
     let mut obuf = vec![0u8; READ_SIZE.min(MAX_CHUNK)];
     let mut ebuf = vec![0u8; READ_SIZE.min(MAX_CHUNK)];
     let mut probe = [0u8; 1];
+    // `lock` is a kill switch for runs already going too.
+    let mut lock_check = tokio::time::interval(LOCK_POLL);
+    lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (channel, n) = tokio::select! {
             r = out.read(&mut obuf), if out_open => match r {
@@ -205,6 +208,12 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
                 debug!(tool = %rule.name, "the workspace caller went away; tool killed");
                 return Reply::Done;
             }
+            _ = lock_check.tick() => {
+                if ctx.locked() {
+                    return locked(&mut group, rule, &mut tx).await;
+                }
+                continue;
+            }
             () = &mut deadline => {
                 group.kill();
                 let note = format!("nexus: tool {:?} killed by the laptop after its timeout of {:?}\n", rule.name, rule.timeout);
@@ -222,6 +231,9 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
         let sent = tokio::select! {
             r = send_chunk(&mut tx, channel, data) => r,
             _ = rx.read(&mut probe) => Err(()),
+            () = wait_for_lock(ctx) => {
+                return locked(&mut group, rule, &mut tx).await;
+            }
             () = &mut deadline => {
                 group.kill();
                 return Reply::Exit(TIMEOUT_EXIT);
@@ -232,6 +244,37 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
             return Reply::Done;
         }
     }
+}
+
+/// How often a running tool looks at the kill switch.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Returns once the laptop is locked.
+async fn wait_for_lock(ctx: &ToolContext) {
+    let mut tick = tokio::time::interval(LOCK_POLL);
+    loop {
+        tick.tick().await;
+        if ctx.locked() {
+            return;
+        }
+    }
+}
+
+/// Kills the tool because the laptop was locked, and says so.
+async fn locked<W: AsyncWrite + Unpin>(
+    group: &mut GroupGuard,
+    rule: &ToolRule,
+    tx: &mut W,
+) -> Reply {
+    group.kill();
+    tracing::warn!(tool = %rule.name, "the laptop was locked; running tool killed");
+    let note = format!(
+        "nexus: tool {:?} killed: {}\n",
+        rule.name,
+        super::gate::LOCKED
+    );
+    let _ = send_chunk(tx, Channel::Stderr, note.into_bytes()).await;
+    Reply::error(ErrorCode::Denied, super::gate::LOCKED)
 }
 
 async fn send_chunk<W: AsyncWrite + Unpin>(
@@ -339,5 +382,27 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(gone(), "tool {pid} still running");
+    }
+
+    /// `lock` is a kill switch: a tool already running when the laptop
+    /// locks is killed, not left to run until its timeout.
+    #[tokio::test]
+    async fn a_lock_stops_a_running_tool() {
+        let mut ctx = context(POLICY, None);
+        let config = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        ctx.config = crate::config::ConfigDir::resolve(Some(config.path().to_path_buf()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let lock = crate::control::lock_path(config.path());
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let run = tokio::spawn(async move {
+            let r = rule(&ctx, "slow");
+            execute(&r, &[], &ctx, &mut ours).await
+        });
+        let first = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await;
+        assert!(matches!(first, Ok(Reply::Chunk { .. })), "{first:?}");
+        std::fs::write(&lock, b"1\n").unwrap_or_else(|e| panic!("{e}"));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
+        assert!(end.is_ok(), "the tool ran on after the lock");
+        drop(theirs);
     }
 }

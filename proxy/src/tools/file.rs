@@ -153,23 +153,49 @@ async fn open_checked(
     })
 }
 
+/// Why a file was not sent whole.
+enum Stop {
+    /// The workspace caller went away.
+    Gone,
+    /// The laptop was locked meanwhile (`lock` stops streams too).
+    Locked,
+}
+
+impl Stop {
+    fn reply(self) -> Reply {
+        match self {
+            Stop::Gone => {
+                debug!("the workspace caller went away during a file transfer");
+                Reply::Done
+            }
+            Stop::Locked => Reply::error(ErrorCode::Denied, super::gate::LOCKED),
+        }
+    }
+}
+
 /// Sends one opened file: its header, then its data in chunks.
 async fn send_file<S: AsyncWrite + Unpin>(
     shown: &str,
     mut f: Opened,
+    ctx: &ToolContext,
     out: &mut S,
-) -> Result<(), ()> {
+) -> Result<(), Stop> {
     let header = Reply::FileStart {
         path: shown.to_owned(),
         size: f.size,
         mode: f.mode,
     };
-    nexus_transport::send(out, &header).await.map_err(|_| ())?;
+    nexus_transport::send(out, &header)
+        .await
+        .map_err(|_| Stop::Gone)?;
     let mut left = f.size;
     while left > 0 {
+        if ctx.locked() {
+            return Err(Stop::Locked);
+        }
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK);
         let mut data = vec![0u8; want];
-        let n = f.file.read(&mut data).await.map_err(|_| ())?;
+        let n = f.file.read(&mut data).await.map_err(|_| Stop::Gone)?;
         if n == 0 {
             // Shrank while read: the workspace sees a short file and fails.
             break;
@@ -182,7 +208,7 @@ async fn send_file<S: AsyncWrite + Unpin>(
         };
         nexus_transport::send_data(out, &chunk)
             .await
-            .map_err(|_| ())?;
+            .map_err(|_| Stop::Gone)?;
     }
     Ok(())
 }
@@ -222,12 +248,9 @@ pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(o) => o,
         Err(reply) => return reply,
     };
-    match send_file(&shown, opened, stream).await {
+    match send_file(&shown, opened, ctx, stream).await {
         Ok(()) => Reply::Done,
-        Err(()) => {
-            debug!("the workspace caller went away during file get");
-            Reply::Done
-        }
+        Err(stop) => stop.reply(),
     }
 }
 
@@ -277,14 +300,17 @@ async fn send_all<S: AsyncWrite + Unpin>(
     stream: &mut S,
 ) -> Reply {
     for (shown, real, root, dir) in files {
+        if ctx.locked() {
+            return Stop::Locked.reply();
+        }
         if let Some(deny) = ctx.policy.current().file_denied(workspace, &shown) {
             debug!(path = %clip(&shown), rule = %deny, "file denied inside a granted directory");
             continue;
         }
         match open_checked(&shown, &real, &root, dir, max).await {
             Ok(opened) => {
-                if send_file(&shown, opened, stream).await.is_err() {
-                    return Reply::Done;
+                if let Err(stop) = send_file(&shown, opened, ctx, stream).await {
+                    return stop.reply();
                 }
             }
             Err(Reply::Error(e)) => {
@@ -357,5 +383,44 @@ mod tests {
         assert_eq!(normalize("/etc/x"), Ok("/etc/x".into()));
         assert!(normalize("a").is_err());
         assert!(normalize("~root/x").is_err());
+    }
+
+    /// `lock` is a kill switch: a file being streamed when the laptop
+    /// locks stops there, with a denial.
+    #[tokio::test]
+    async fn a_lock_stops_a_file_being_sent() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("big");
+        std::fs::write(&file, vec![7u8; 4 << 20]).unwrap_or_else(|e| panic!("{e}"));
+        let policy = format!("[[files.allow]]\npath = \"{}/\"\n", dir.path().display());
+        let mut ctx = crate::tools::test_support::context(&policy, None);
+        let config = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        ctx.config = crate::config::ConfigDir::resolve(Some(config.path().to_path_buf()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let lock = crate::control::lock_path(config.path());
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 12);
+        let path = file.display().to_string();
+        let send = tokio::spawn(async move {
+            get(&path, "w", &CallerContext::default(), &ctx, &mut ours).await
+        });
+        let first = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await;
+        assert!(matches!(first, Ok(Reply::FileStart { .. })), "{first:?}");
+        std::fs::write(&lock, b"1\n").unwrap_or_else(|e| panic!("{e}"));
+        let reader = tokio::spawn(async move {
+            let mut got = 0usize;
+            while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
+                if let Reply::Chunk { data, .. } = r {
+                    got += data.len();
+                }
+            }
+            got
+        });
+        let end = send.await.unwrap_or(Reply::Done);
+        assert!(
+            matches!(&end, Reply::Error(e) if e.code == ErrorCode::Denied),
+            "{end:?}"
+        );
+        let got = reader.await.unwrap_or(usize::MAX);
+        assert!(got < 4 << 20, "the whole file went out after the lock");
     }
 }
