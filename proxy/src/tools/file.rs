@@ -54,6 +54,8 @@ fn refused(code: ErrorCode, msg: String) -> Reply {
 /// An opened, checked file.
 struct Opened {
     file: tokio::fs::File,
+    /// The file actually opened, symlinks resolved.
+    real: PathBuf,
     size: u64,
     mode: u32,
 }
@@ -107,7 +109,7 @@ async fn open_checked(
     // What was opened is judged, not the name: a swap between the checks
     // above and the open is caught here.
     #[cfg(target_os = "linux")]
-    {
+    let canon = {
         use std::os::fd::AsRawFd;
         let fd_path = tokio::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .await
@@ -118,7 +120,8 @@ async fn open_checked(
                 format!("{shown}: changed while being opened; refused"),
             ));
         }
-    }
+        fd_path
+    };
     let meta = file
         .metadata()
         .await
@@ -148,6 +151,7 @@ async fn open_checked(
     }
     Ok(Opened {
         file,
+        real: canon,
         size: meta.len(),
         mode: meta.permissions().mode() & 0o777,
     })
@@ -171,6 +175,26 @@ impl Stop {
             Stop::Locked => Reply::error(ErrorCode::Denied, super::gate::LOCKED),
         }
     }
+}
+
+/// The deny rule covering the file actually opened (symlinks resolved),
+/// in its `/abs` form and, under the laptop home, its `~/x` form: a deny
+/// rule judges what is read, not only the name asked for.
+async fn denied_real(ctx: &ToolContext, workspace: &str, real: &Path) -> Option<String> {
+    let policy = ctx.policy.current();
+    let mut forms = Vec::new();
+    if let Some(home) = ctx.home()
+        && let Ok(home) = tokio::fs::canonicalize(home).await
+        && let Ok(rest) = real.strip_prefix(&home)
+        && let Some(rest) = rest.to_str()
+    {
+        forms.push(format!("~/{rest}"));
+    }
+    forms.extend(real.to_str().map(str::to_owned));
+    forms
+        .iter()
+        .find_map(|f| policy.file_denied(workspace, f))
+        .map(|rule| rule.to_string())
 }
 
 /// Sends one opened file: its header, then its data in chunks.
@@ -248,6 +272,15 @@ pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(o) => o,
         Err(reply) => return reply,
     };
+    if let Some(rule) = denied_real(ctx, workspace, &opened.real).await {
+        tracing::warn!(path = %clip(&shown), %rule, "file get resolves to a denied file");
+        return Reply::error(
+            ErrorCode::Denied,
+            format!(
+                "{shown}: resolves (through a symlink) to a file [[files.deny]] covers ({rule})"
+            ),
+        );
+    }
     match send_file(&shown, opened, ctx, stream).await {
         Ok(()) => Reply::Done,
         Err(stop) => stop.reply(),
@@ -309,6 +342,10 @@ async fn send_all<S: AsyncWrite + Unpin>(
         }
         match open_checked(&shown, &real, &root, dir, max).await {
             Ok(opened) => {
+                if let Some(rule) = denied_real(ctx, workspace, &opened.real).await {
+                    debug!(path = %clip(&shown), %rule, "file resolves to a denied file");
+                    continue;
+                }
                 if let Err(stop) = send_file(&shown, opened, ctx, stream).await {
                     return stop.reply();
                 }
@@ -422,5 +459,35 @@ mod tests {
         );
         let got = reader.await.unwrap_or(usize::MAX);
         assert!(got < 4 << 20, "the whole file went out after the lock");
+    }
+
+    /// A deny rule judges the file actually read, not only the name asked
+    /// for: a symlink inside an allowed tree must not hand out a file a
+    /// deny rule covers (`file get DIR/link`, or DIR walked as a whole).
+    #[tokio::test]
+    async fn a_symlink_does_not_dodge_a_deny_rule() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("auth.key"), b"SECRET-KEY")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("auth.key", dir.path().join("current"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let policy = format!(
+            "[[files.allow]]\npath = \"{}/\"\n\n[[files.deny]]\npath = \"**/*.key\"\n",
+            dir.path().display()
+        );
+        let ctx = crate::tools::test_support::context(&policy, None);
+        for ask in ["current", ""] {
+            let path = format!("{}/{ask}", dir.path().display());
+            let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+            let end = get(&path, "w", &CallerContext::default(), &ctx, &mut ours).await;
+            drop(ours);
+            let mut leaked = false;
+            while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
+                if let Reply::Chunk { data, .. } = r {
+                    leaked |= data.windows(10).any(|w| w == b"SECRET-KEY");
+                }
+            }
+            assert!(!leaked, "get {path}: the denied file was sent ({end:?})");
+        }
     }
 }
