@@ -289,6 +289,36 @@ impl PolicySet {
         layers.iter().find_map(|(_, p)| p.file_denied(path))
     }
 
+    /// The tools `tool list` shows workspace `workspace`: those every
+    /// binding layer declares and no deny rule of any layer hides (the same
+    /// layers that decide a run), with the most specific user layer's
+    /// declaration. A baseline deny or a `[workspace."NAME"]` section that
+    /// narrows the tools also narrows what the workspace learns of them.
+    #[must_use]
+    pub fn tools_for(&self, workspace: &str) -> Vec<&crate::tools::ToolRule> {
+        let layers = self.sections.get(workspace).unwrap_or(&self.common);
+        let binding: Vec<&(Layer, Policy)> = layers
+            .iter()
+            .filter(|(l, p)| *l == Layer::User || p.has_allow_rules("tools"))
+            .collect();
+        let Some((_, shown)) = binding
+            .iter()
+            .rev()
+            .find(|(l, _)| matches!(l, Layer::User | Layer::UserWorkspace))
+        else {
+            return Vec::new();
+        };
+        shown
+            .tools()
+            .into_iter()
+            .filter(|t| {
+                binding
+                    .iter()
+                    .all(|(_, p)| p.tools().iter().any(|o| o.name == t.name))
+            })
+            .collect()
+    }
+
     /// Decides one request through every layer (see the module docs).
     #[must_use]
     pub fn decide(&self, req: &Request<'_>) -> Outcome {
@@ -815,5 +845,30 @@ user = "git"
         };
         assert_eq!(e.layer, Layer::Baseline);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+
+    #[test]
+    fn tool_list_follows_the_layers() {
+        let baseline =
+            Policy::from_sources(&[Source::new("b.toml", "[[tools.deny]]\nname = \"danger\"\n")])
+                .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[tools.ok]\ncommand = [\"true\"]\n\n[tools.wide]\ncommand = [\"true\"]\n\n\
+             [tools.danger]\ncommand = [\"true\"]\n\n\
+             [workspace.\"w\".tools.ok]\ncommand = [\"true\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let names = |ws: &str| -> Vec<String> {
+            set.tools_for(ws).iter().map(|t| t.name.clone()).collect()
+        };
+        assert_eq!(names("other"), ["ok", "wide"]);
+        assert_eq!(names("w"), ["ok"]);
     }
 }

@@ -17,13 +17,14 @@ const READ_SIZE: usize = 64 << 10;
 /// Exit code reported when the laptop killed the tool at its timeout.
 pub const TIMEOUT_EXIT: i32 = 124;
 
-/// `tool list`: the tools the user's policy declares and no deny rule hides
-/// (running one is still decided through every layer).
-pub fn list(policy: &nexus_policy::PolicySet) -> Reply {
+/// `tool list`: the tools this workspace could run: declared in every
+/// binding layer, hidden by no deny rule of any layer (a baseline deny or a
+/// `[workspace."NAME"]` section narrows the list too; running one is still
+/// decided in full).
+pub fn list(policy: &nexus_policy::PolicySet, workspace: &str) -> Reply {
     Reply::Tools(
         policy
-            .user()
-            .tools()
+            .tools_for(workspace)
             .into_iter()
             .map(|t| ToolInfo {
                 name: t.name.clone(),
