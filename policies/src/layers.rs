@@ -382,7 +382,7 @@ impl PolicySet {
                 }
             }
         }
-        let chosen = trace
+        let mut chosen = trace
             .iter()
             .rev()
             .find(|t| {
@@ -397,12 +397,44 @@ impl PolicySet {
                 reason: "no layer allowed the request (default deny)".to_owned(),
                 grant: None,
             });
+        cap_by_ceilings(&mut chosen, &trace);
         Outcome {
             decision: chosen,
             limits,
             approve,
             trace,
         }
+    }
+}
+
+/// Every allowing layer's file rule caps the granted one: the smallest
+/// `max_size` applies, and the narrowest tree (all of them cover the
+/// request, so the longest path lies inside the others) is what the proxy
+/// checks the opened file against. A set's `max_size` likewise.
+fn cap_by_ceilings(chosen: &mut Decision, trace: &[LayerDecision]) {
+    let allowing = trace
+        .iter()
+        .filter(|t| t.decision.verdict == Verdict::Allow)
+        .filter_map(|t| t.decision.grant.as_ref());
+    match &mut chosen.grant {
+        Some(Grant::File(rule)) => {
+            for other in allowing {
+                if let Grant::File(o) = other {
+                    rule.max_size = rule.max_size.min(o.max_size);
+                    if o.path.len() > rule.path.len() {
+                        rule.path.clone_from(&o.path);
+                    }
+                }
+            }
+        }
+        Some(Grant::FileSet(set)) => {
+            for other in allowing {
+                if let Grant::FileSet(o) = other {
+                    set.max_size = set.max_size.min(o.max_size);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -870,5 +902,39 @@ mod review_tests {
         };
         assert_eq!(names("other"), ["ok", "wide"]);
         assert_eq!(names("w"), ["ok"]);
+    }
+
+    /// A ceiling's file rule caps the grant the proxy acts on: its
+    /// max_size, and its narrower tree (the proxy checks that the file it
+    /// opens, symlinks resolved, lies under the granted path).
+    #[test]
+    fn a_ceiling_file_rule_caps_size_and_tree() {
+        let baseline = Policy::from_sources(&[Source::new(
+            "b.toml",
+            "[[files.allow]]\npath = \"~/.x/config/\"\nmax_size = \"1KiB\"\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[[files.allow]]\npath = \"~/.x/\"\nmax_size = \"10MiB\"\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let out = set.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::File {
+                path: "~/.x/config/a.json",
+            },
+        });
+        assert_eq!(out.verdict, Verdict::Allow, "{}", out.reason);
+        let Some(Grant::File(rule)) = &out.grant else {
+            panic!("{:?}", out.grant);
+        };
+        assert_eq!(rule.max_size, 1 << 10, "the baseline's max_size is ignored");
+        assert_eq!(
+            rule.path, "~/.x/config/",
+            "the baseline's narrower tree is ignored"
+        );
     }
 }
