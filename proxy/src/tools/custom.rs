@@ -194,9 +194,15 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(0) | Err(_) => { err_open = false; continue; }
                 Ok(n) => (Channel::Stderr, n),
             },
-            status = child.wait(), if !out_open && !err_open => {
-                // Reaped: from here the pid may be reused; leave the group be.
+            unreaped = leader_exit(group.0), if !out_open && !err_open => {
+                // The leader is a zombie, not reaped: its pid is still the
+                // group's. Whatever it left behind in the group (a
+                // background child) ends with it; then it is reaped.
+                if unreaped {
+                    group.kill();
+                }
                 group.disarm();
+                let status = child.wait().await;
                 return match status {
                     Ok(s) => Reply::Exit(exit_code(s)),
                     Err(e) => Reply::error(ErrorCode::Internal, format!("waiting for the tool: {e}")),
@@ -243,6 +249,25 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
         if sent.is_err() {
             group.kill();
             return Reply::Done;
+        }
+    }
+}
+
+/// Returns once the group leader `pid` has exited, without reaping it
+/// (`waitid` with `WNOWAIT`): true when it is known to be an unreaped
+/// zombie, so its pid cannot have been reused and the group may be killed.
+/// Polled: the pipes already closed, so the exit is due.
+async fn leader_exit(pid: Option<rustix::process::Pid>) -> bool {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let Some(pid) = pid else {
+        return false;
+    };
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+    loop {
+        match waitid(WaitId::Pid(pid), options) {
+            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+            Ok(Some(_)) => return true,
+            Err(_) => return false,
         }
     }
 }
@@ -303,7 +328,8 @@ mod tests {
     use crate::tools::test_support::context;
 
     const POLICY: &str = "[tools.t]\ncommand = [\"sh\", \"-c\", \"echo out; echo err >&2; exit 3\"]\n\n\
-        [tools.slow]\ncommand = [\"sh\", \"-c\", \"echo $$; exec sleep 30\"]\n";
+        [tools.slow]\ncommand = [\"sh\", \"-c\", \"echo $$; exec sleep 30\"]\n\n\
+        [tools.bg]\ncommand = [\"sh\", \"-c\", \"sleep 30 >/dev/null 2>&1 & echo $!\"]\n";
 
     fn rule(ctx: &ToolContext, name: &str) -> ToolRule {
         ctx.policy
@@ -405,5 +431,42 @@ mod tests {
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
         assert!(end.is_ok(), "the tool ran on after the lock");
         drop(theirs);
+    }
+
+    /// A tool that leaves a child behind in its group (with its pipes
+    /// closed) does not leave it running on the laptop once the tool ends:
+    /// no timeout and no caller would ever stop it.
+    #[tokio::test]
+    async fn a_finished_tool_leaves_no_process_behind() {
+        let ctx = context(POLICY, None);
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let end = execute(&rule(&ctx, "bg"), &[], &ctx, &mut ours).await;
+        drop(ours);
+        assert_eq!(end, Reply::Exit(0));
+        let mut out = Vec::new();
+        while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
+            if let Reply::Chunk { data, .. } = r {
+                out.extend(data);
+            }
+        }
+        let pid: i32 = String::from_utf8_lossy(&out).trim().parse().unwrap_or(0);
+        assert!(pid > 0, "{out:?}");
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !gone() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let left = !gone();
+        if left {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap_or(rustix::process::Pid::INIT),
+                rustix::process::Signal::KILL,
+            );
+        }
+        assert!(!left, "the tool's child {pid} runs on after the tool ended");
     }
 }
