@@ -410,7 +410,8 @@ impl PolicySet {
 /// Every allowing layer's file rule caps the granted one: the smallest
 /// `max_size` applies, and the narrowest tree (all of them cover the
 /// request, so the longest path lies inside the others) is what the proxy
-/// checks the opened file against. A set's `max_size` likewise.
+/// checks the opened file against. A set's `max_size` likewise, and a
+/// set keeps only the entries every allowing layer's set of that name covers.
 fn cap_by_ceilings(chosen: &mut Decision, trace: &[LayerDecision]) {
     let allowing = trace
         .iter()
@@ -431,6 +432,11 @@ fn cap_by_ceilings(chosen: &mut Decision, trace: &[LayerDecision]) {
             for other in allowing {
                 if let Grant::FileSet(o) = other {
                     set.max_size = set.max_size.min(o.max_size);
+                    set.paths.retain(|p| {
+                        o.paths
+                            .iter()
+                            .any(|b| p == b || (b.ends_with('/') && p.starts_with(b.as_str())))
+                    });
                 }
             }
         }
@@ -936,5 +942,32 @@ mod review_tests {
             rule.path, "~/.x/config/",
             "the baseline's narrower tree is ignored"
         );
+    }
+
+    /// A ceiling that declares a set caps what the user's set of the same
+    /// name installs: entries the ceiling's set does not cover are dropped.
+    #[test]
+    fn a_ceiling_set_caps_the_users_set() {
+        let baseline = Policy::from_sources(&[Source::new(
+            "b.toml",
+            "[files.sets.s]\npaths = [\"~/.a/x.json\", \"~/.b/\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[files.sets.s]\npaths = [\"~/.a/x.json\", \"~/.b/c/\", \"~/.ssh/id_ed25519\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let out = set.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::FileSet { name: "s" },
+        });
+        assert_eq!(out.verdict, Verdict::Allow, "{}", out.reason);
+        let Some(Grant::FileSet(s)) = &out.grant else {
+            panic!("{:?}", out.grant);
+        };
+        assert_eq!(s.paths, ["~/.a/x.json", "~/.b/c/"]);
     }
 }
