@@ -162,13 +162,14 @@ impl GitSection {
             path.map(|p| shown_name(p).trim_matches('"').to_owned())
                 .unwrap_or_default()
         );
-        // git trims leading and trailing slashes from the path it sends: one
-        // with them is hand-made, and a glob's `*` (which stops at `/`) or a
-        // laptop `credential.<url>` section would judge it differently.
+        // git trims leading and trailing slashes from the path it sends, and
+        // sends none rather than an empty one: such a path is hand-made, and
+        // a glob's `*` (which stops at `/`) or a laptop `credential.<url>`
+        // section would judge it differently.
         if let Some(p) = path
             && let Err(why) = check_request_path(p).and_then(|()| {
-                if p.starts_with('/') || p.ends_with('/') {
-                    Err("the path starts or ends with '/' (git never sends that)")
+                if p.is_empty() || p.starts_with('/') || p.ends_with('/') {
+                    Err("the path is empty, or starts or ends with '/' (git never sends that)")
                 } else {
                     Ok(())
                 }
@@ -667,7 +668,13 @@ mod review_tests {
                  [[git-credential.deny]]\npath = \"acme/secret*\"\n"
             );
             assert_eq!(decide(&text, "acme/secret.git").verdict, Verdict::Deny);
-            for dodge in ["acme/secret.git/", "/acme/secret.git", "acme/secret.git//"] {
+            // An empty path is no path: a deny on a path covers it.
+            for dodge in [
+                "acme/secret.git/",
+                "/acme/secret.git",
+                "acme/secret.git//",
+                "",
+            ] {
                 let d = decide(&text, dodge);
                 assert_eq!(d.verdict, Verdict::Deny, "{allow} {dodge}: {}", d.reason);
             }
