@@ -52,17 +52,20 @@ pub async fn answer(
             "the credential description names no protocol or host",
         );
     };
-    let target = format!(
-        "{protocol}://{host}/{}",
-        cred.path.as_deref().unwrap_or_default()
-    );
     // The username is part of what is asked (the laptop's helpers pick the
     // account by it), so the prompt, the audit line and what an approval
-    // "for 10 minutes" covers all name it.
-    let logged = match cred.username.as_deref() {
-        Some(user) => format!("{} {target} as user {user:?}", op.as_str()),
-        None => format!("{} {target}", op.as_str()),
-    };
+    // "for 10 minutes" covers all name it, percent-encoded in the URL's
+    // userinfo: text in the path (which comes last) cannot pass for it.
+    let user = cred
+        .username
+        .as_deref()
+        .map(|u| format!("{}@", userinfo(u)))
+        .unwrap_or_default();
+    let target = format!(
+        "{protocol}://{user}{host}/{}",
+        cred.path.as_deref().unwrap_or_default()
+    );
+    let logged = format!("{} {target}", op.as_str());
     let action = Action::GitCredential {
         protocol,
         host,
@@ -100,6 +103,20 @@ pub async fn answer(
             }
         }
     }
+}
+
+/// A username as URL userinfo: anything but letters, digits and `-._~`
+/// percent-encoded (so `@`, `:` and `/` cannot fake a host).
+fn userinfo(user: &str) -> String {
+    let mut out = String::with_capacity(user.len());
+    for b in user.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 async fn fill(ask: &Credential, ctx: &ToolContext) -> Reply {
@@ -351,10 +368,11 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         };
         let summary = ctx.approvals.pending()[0].summary.clone();
-        assert!(
-            summary.contains("work"),
-            "the prompt hides the username: {summary}"
+        assert_eq!(
+            summary, "get https://work@h.test/",
+            "the prompt hides the username"
         );
+        assert_eq!(userinfo("a@b.c/d:e f"), "a%40b.c%2Fd%3Ae%20f");
         let given = crate::approvals::Answer {
             allow: true,
             for_secs: Some(600),
