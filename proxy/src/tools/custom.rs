@@ -263,9 +263,15 @@ async fn leader_exit(pid: Option<rustix::process::Pid>) -> bool {
         return false;
     };
     let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+    // Usually due at once; a tool that closed its output early and runs on
+    // is looked at less and less often (at most every 64 ms).
+    let mut pause = std::time::Duration::from_millis(1);
     loop {
         match waitid(WaitId::Pid(pid), options) {
-            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+            Ok(None) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(64));
+            }
             Ok(Some(_)) => return true,
             Err(_) => return false,
         }
