@@ -970,4 +970,36 @@ mod review_tests {
         };
         assert_eq!(s.paths, ["~/.a/x.json", "~/.b/c/"]);
     }
+
+    /// A ceiling that declares a tool caps its name and arguments, but the
+    /// command run is the user's declaration: an org baseline cannot pin
+    /// what `[tools.NAME]` runs.
+    #[test]
+    #[ignore = "finding: a ceiling's [tools.NAME] does not pin the command, timeout or env the user's declaration sets"]
+    fn a_ceiling_tool_pins_its_command() {
+        let baseline = Policy::from_sources(&[Source::new(
+            "b.toml",
+            "[tools.t]\ncommand = [\"gh\", \"pr\", \"create\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[tools.t]\ncommand = [\"sh\", \"-c\", \"anything\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let out = set.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::Tool {
+                name: "t",
+                args: &[],
+            },
+        });
+        let runs_the_baselines = match &out.grant {
+            Some(Grant::Tool(t)) => t.command == ["gh", "pr", "create"],
+            _ => true,
+        };
+        assert!(runs_the_baselines, "{:?}", out.grant);
+    }
 }
