@@ -162,8 +162,18 @@ impl GitSection {
             path.map(|p| shown_name(p).trim_matches('"').to_owned())
                 .unwrap_or_default()
         );
+        // git trims leading and trailing slashes from the path it sends, and
+        // sends none rather than an empty one: such a path is hand-made, and
+        // a glob's `*` (which stops at `/`) or a laptop `credential.<url>`
+        // section would judge it differently.
         if let Some(p) = path
-            && let Err(why) = check_request_path(p)
+            && let Err(why) = check_request_path(p).and_then(|()| {
+                if p.is_empty() || p.starts_with('/') || p.ends_with('/') {
+                    Err("the path is empty, or starts or ends with '/' (git never sends that)")
+                } else {
+                    Ok(())
+                }
+            })
         {
             return deny(None, format!("{what} refused: {why}"));
         }
@@ -623,5 +633,51 @@ path = "acme/secret*"
         let p = policy("[[git-credential.allow]]\nhost = \"h\"\npath = \"a/*\"\n");
         let d = decide(&p, "https", "h", None, Get);
         assert!(d.reason.contains("useHttpPath"), "{}", d.reason);
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use crate::{Action, Policy, Request, Source};
+
+    fn decide(text: &str, path: &str) -> Decision {
+        let p =
+            Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"));
+        p.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::GitCredential {
+                protocol: "https",
+                host: "h",
+                path: Some(path),
+                action: GitAction::Get,
+            },
+        })
+    }
+
+    /// git trims leading and trailing slashes from the path it sends, so a
+    /// path with them comes from a hand-made request: it must not slip past
+    /// a deny rule (a laptop `credential.<url>` section matches
+    /// `acme/secret.git/` as it matches `acme/secret.git`).
+    #[test]
+    fn slashes_around_the_path_do_not_dodge_a_deny() {
+        for allow in ["", "path = \"acme/**\"\n"] {
+            let text = format!(
+                "[[git-credential.allow]]\nhost = \"h\"\n{allow}\n\
+                 [[git-credential.deny]]\npath = \"acme/secret*\"\n"
+            );
+            assert_eq!(decide(&text, "acme/secret.git").verdict, Verdict::Deny);
+            // An empty path is no path: a deny on a path covers it.
+            for dodge in [
+                "acme/secret.git/",
+                "/acme/secret.git",
+                "acme/secret.git//",
+                "",
+            ] {
+                let d = decide(&text, dodge);
+                assert_eq!(d.verdict, Verdict::Deny, "{allow} {dodge}: {}", d.reason);
+            }
+        }
     }
 }

@@ -289,6 +289,36 @@ impl PolicySet {
         layers.iter().find_map(|(_, p)| p.file_denied(path))
     }
 
+    /// The tools `tool list` shows workspace `workspace`: those every
+    /// binding layer declares and no deny rule of any layer hides (the same
+    /// layers that decide a run), with the most specific user layer's
+    /// declaration. A baseline deny or a `[workspace."NAME"]` section that
+    /// narrows the tools also narrows what the workspace learns of them.
+    #[must_use]
+    pub fn tools_for(&self, workspace: &str) -> Vec<&crate::tools::ToolRule> {
+        let layers = self.sections.get(workspace).unwrap_or(&self.common);
+        let binding: Vec<&(Layer, Policy)> = layers
+            .iter()
+            .filter(|(l, p)| *l == Layer::User || p.has_allow_rules("tools"))
+            .collect();
+        let Some((_, shown)) = binding
+            .iter()
+            .rev()
+            .find(|(l, _)| matches!(l, Layer::User | Layer::UserWorkspace))
+        else {
+            return Vec::new();
+        };
+        shown
+            .tools()
+            .into_iter()
+            .filter(|t| {
+                binding
+                    .iter()
+                    .all(|(_, p)| p.tools().iter().any(|o| o.name == t.name))
+            })
+            .collect()
+    }
+
     /// Decides one request through every layer (see the module docs).
     #[must_use]
     pub fn decide(&self, req: &Request<'_>) -> Outcome {
@@ -352,7 +382,7 @@ impl PolicySet {
                 }
             }
         }
-        let chosen = trace
+        let mut chosen = trace
             .iter()
             .rev()
             .find(|t| {
@@ -367,12 +397,50 @@ impl PolicySet {
                 reason: "no layer allowed the request (default deny)".to_owned(),
                 grant: None,
             });
+        cap_by_ceilings(&mut chosen, &trace);
         Outcome {
             decision: chosen,
             limits,
             approve,
             trace,
         }
+    }
+}
+
+/// Every allowing layer's file rule caps the granted one: the smallest
+/// `max_size` applies, and the narrowest tree (all of them cover the
+/// request, so the longest path lies inside the others) is what the proxy
+/// checks the opened file against. A set's `max_size` likewise, and a
+/// set keeps only the entries every allowing layer's set of that name covers.
+fn cap_by_ceilings(chosen: &mut Decision, trace: &[LayerDecision]) {
+    let allowing = trace
+        .iter()
+        .filter(|t| t.decision.verdict == Verdict::Allow)
+        .filter_map(|t| t.decision.grant.as_ref());
+    match &mut chosen.grant {
+        Some(Grant::File(rule)) => {
+            for other in allowing {
+                if let Grant::File(o) = other {
+                    rule.max_size = rule.max_size.min(o.max_size);
+                    if o.path.len() > rule.path.len() {
+                        rule.path.clone_from(&o.path);
+                    }
+                }
+            }
+        }
+        Some(Grant::FileSet(set)) => {
+            for other in allowing {
+                if let Grant::FileSet(o) = other {
+                    set.max_size = set.max_size.min(o.max_size);
+                    set.paths.retain(|p| {
+                        o.paths
+                            .iter()
+                            .any(|b| p == b || (b.ends_with('/') && p.starts_with(b.as_str())))
+                    });
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -815,5 +883,123 @@ user = "git"
         };
         assert_eq!(e.layer, Layer::Baseline);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+
+    #[test]
+    fn tool_list_follows_the_layers() {
+        let baseline =
+            Policy::from_sources(&[Source::new("b.toml", "[[tools.deny]]\nname = \"danger\"\n")])
+                .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[tools.ok]\ncommand = [\"true\"]\n\n[tools.wide]\ncommand = [\"true\"]\n\n\
+             [tools.danger]\ncommand = [\"true\"]\n\n\
+             [workspace.\"w\".tools.ok]\ncommand = [\"true\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let names = |ws: &str| -> Vec<String> {
+            set.tools_for(ws).iter().map(|t| t.name.clone()).collect()
+        };
+        assert_eq!(names("other"), ["ok", "wide"]);
+        assert_eq!(names("w"), ["ok"]);
+    }
+
+    /// A ceiling's file rule caps the grant the proxy acts on: its
+    /// max_size, and its narrower tree (the proxy checks that the file it
+    /// opens, symlinks resolved, lies under the granted path).
+    #[test]
+    fn a_ceiling_file_rule_caps_size_and_tree() {
+        let baseline = Policy::from_sources(&[Source::new(
+            "b.toml",
+            "[[files.allow]]\npath = \"~/.x/config/\"\nmax_size = \"1KiB\"\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[[files.allow]]\npath = \"~/.x/\"\nmax_size = \"10MiB\"\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let out = set.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::File {
+                path: "~/.x/config/a.json",
+            },
+        });
+        assert_eq!(out.verdict, Verdict::Allow, "{}", out.reason);
+        let Some(Grant::File(rule)) = &out.grant else {
+            panic!("{:?}", out.grant);
+        };
+        assert_eq!(rule.max_size, 1 << 10, "the baseline's max_size is ignored");
+        assert_eq!(
+            rule.path, "~/.x/config/",
+            "the baseline's narrower tree is ignored"
+        );
+    }
+
+    /// A ceiling that declares a set caps what the user's set of the same
+    /// name installs: entries the ceiling's set does not cover are dropped.
+    #[test]
+    fn a_ceiling_set_caps_the_users_set() {
+        let baseline = Policy::from_sources(&[Source::new(
+            "b.toml",
+            "[files.sets.s]\npaths = [\"~/.a/x.json\", \"~/.b/\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[files.sets.s]\npaths = [\"~/.a/x.json\", \"~/.b/c/\", \"~/.ssh/id_ed25519\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let out = set.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::FileSet { name: "s" },
+        });
+        assert_eq!(out.verdict, Verdict::Allow, "{}", out.reason);
+        let Some(Grant::FileSet(s)) = &out.grant else {
+            panic!("{:?}", out.grant);
+        };
+        assert_eq!(s.paths, ["~/.a/x.json", "~/.b/c/"]);
+    }
+
+    /// A ceiling that declares a tool caps its name and arguments, but the
+    /// command run is the user's declaration: an org baseline cannot pin
+    /// what `[tools.NAME]` runs.
+    #[test]
+    #[ignore = "finding: a ceiling's [tools.NAME] does not pin the command, timeout or env the user's declaration sets"]
+    fn a_ceiling_tool_pins_its_command() {
+        let baseline = Policy::from_sources(&[Source::new(
+            "b.toml",
+            "[tools.t]\ncommand = [\"gh\", \"pr\", \"create\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[tools.t]\ncommand = [\"sh\", \"-c\", \"anything\"]\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let out = set.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::Tool {
+                name: "t",
+                args: &[],
+            },
+        });
+        let runs_the_baselines = match &out.grant {
+            Some(Grant::Tool(t)) => t.command == ["gh", "pr", "create"],
+            _ => true,
+        };
+        assert!(runs_the_baselines, "{:?}", out.grant);
     }
 }

@@ -24,6 +24,18 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_PENDING_PER_WORKSPACE: usize = 8;
 /// The longest "allow for" an answer may give.
 pub const MAX_GRANT: Duration = Duration::from_secs(24 * 3600);
+/// The longest request shown for approval, in characters. A prompt shows
+/// the whole request (escaped), never a cut one: a workspace could pad an
+/// early argument to push what matters behind the cut. Longer requests
+/// are refused.
+pub const MAX_SHOWN_SUMMARY: usize = 1024;
+
+/// A request's summary as prompts and `approve` show it: whole, escaped to
+/// one line (bounded by [`MAX_SHOWN_SUMMARY`] when asked).
+#[must_use]
+pub fn shown_summary(summary: &str) -> String {
+    summary.chars().flat_map(char::escape_debug).collect()
+}
 
 /// What a tool asks the user about.
 #[derive(Clone, Debug)]
@@ -136,6 +148,13 @@ impl Approvals {
     /// of identical ones for a time) before the timeout.
     pub async fn ask(&self, request: ApprovalRequest) -> Result<(), String> {
         let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let length = request.summary.chars().count();
+        if length > MAX_SHOWN_SUMMARY {
+            return Err(format!(
+                "the request is too long to show for approval ({length} characters, at most \
+                 {MAX_SHOWN_SUMMARY}); shorten its arguments or path"
+            ));
+        }
         let hash = request.hash();
         let (tx, rx) = oneshot::channel();
         let id = {
@@ -267,29 +286,6 @@ pub fn caller_text(pid: Option<u32>, exe: Option<&str>) -> String {
     }
 }
 
-/// Longest request text shown in full to the user who approves it.
-pub const SHOWN_MAX: usize = 2048;
-
-/// A request as shown for approval (prompt, `approve`, `status`): escaped to
-/// one line, and in full up to [`SHOWN_MAX`] characters, because the
-/// approval covers all of it (a tool's every argument). A longer request
-/// says, in words, that part of it is not shown; log lines use the shorter
-/// `clip`.
-pub fn request_text(summary: &str) -> String {
-    let mut out: String = summary
-        .chars()
-        .take(SHOWN_MAX)
-        .flat_map(char::escape_debug)
-        .collect();
-    let rest = summary.chars().skip(SHOWN_MAX).count();
-    if rest > 0 {
-        out.push_str(&format!(
-            " ... [{rest} more characters NOT shown: deny unless you expect a request this long]"
-        ));
-    }
-    out
-}
-
 /// Parses `10m`, `90s`, `1h`, or a bare number of seconds.
 ///
 /// # Errors
@@ -329,11 +325,9 @@ mod tests {
             "deploy [\"--env\", \"staging\", \"{}\", \"--env\", \"production\"]",
             "x".repeat(150)
         );
-        let shown = request_text(&padded);
+        let shown = shown_summary(&padded);
         assert!(shown.ends_with("\\\"production\\\"]"), "{shown}");
-        let huge = request_text(&"y\n".repeat(SHOWN_MAX));
-        assert!(!huge.contains('\n'));
-        assert!(huge.contains("2048 more characters NOT shown"), "{huge}");
+        assert!(!shown_summary("a\nb").contains('\n'));
     }
 
     fn req(key: &str) -> ApprovalRequest {
@@ -475,5 +469,28 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    /// What the user approves must be visible whole: a workspace must not
+    /// pad an early argument so that the part that matters falls behind the
+    /// cut of the prompt. Shown in full (escaped) up to a bound; longer
+    /// requests are refused rather than shown cut.
+    #[tokio::test]
+    async fn the_prompt_shows_the_whole_request_or_refuses_it() {
+        let padded = format!(
+            "pr [\"--title\", \"{}\", \"--body\", \"HIDDEN-PART\"]",
+            " ".repeat(200)
+        );
+        assert!(shown_summary(&padded).contains("HIDDEN-PART"));
+        assert!(!shown_summary("a\nb").contains('\n'));
+        let a = Approvals::new(Some(Duration::from_secs(30)));
+        let mut long = req("L");
+        long.summary = "x".repeat(MAX_SHOWN_SUMMARY + 1);
+        let r = tokio::time::timeout(Duration::from_secs(5), a.ask(long)).await;
+        assert!(
+            matches!(&r, Ok(Err(why)) if why.contains("too long")),
+            "{r:?}"
+        );
+        assert!(a.pending().is_empty());
     }
 }

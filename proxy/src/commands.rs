@@ -561,7 +561,7 @@ fn pending_line(p: &PendingView) -> String {
         p.id,
         clip(&p.workspace),
         p.tool,
-        crate::approvals::request_text(&p.summary),
+        crate::approvals::shown_summary(&p.summary),
         clip(&p.rule),
         p.hash,
         p.expires_in

@@ -29,7 +29,7 @@ pub fn show(id: u64, request: &ApprovalRequest, hash: &str, timeout: Duration) {
          rule {}, request hash {hash}\n    answer: y {id} | y {id} 10m (also identical requests for 10 min) | n {id}   \
          (denied in {}s)",
         clip(&request.workspace),
-        crate::approvals::request_text(&request.summary),
+        crate::approvals::shown_summary(&request.summary),
         request.tool,
         clip(&request.rule),
         timeout.as_secs()
@@ -49,7 +49,7 @@ fn notify_desktop(id: u64, request: &ApprovalRequest) {
     let body = format!(
         "{}: {}\nnexus-agent-proxy approve {id}",
         request.tool,
-        crate::tools::clip(&request.summary)
+        crate::approvals::shown_summary(&request.summary)
     );
     let _ = std::thread::Builder::new()
         .name("approval-notify".into())

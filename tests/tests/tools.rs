@@ -685,3 +685,28 @@ fn a_caller_that_never_reads_stalls_the_tool_and_kills_it_on_exit() {
         "the flooding tool {pid} outlived its caller"
     );
 }
+
+/// `lock` is a kill switch for runs already going, not only the next call:
+/// the laptop kills the tool's group and the caller exits 3.
+#[test]
+fn lock_kills_a_tool_that_is_already_running() {
+    let (ws, laptop, _proxy, scratch) = tool_world();
+    let pidfile = scratch.path().join("pid");
+    let mut child = shim_command(&ws)
+        .args(["tool", "run", "linger", "--"])
+        .arg(&pidfile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .must("starting tool run");
+    let pid = wait_pid_file(&pidfile);
+    laptop.cli(["lock"]).ok();
+    assert!(
+        poll(DEADLINE, || dead(&pid).then_some(())).is_some(),
+        "the tool's child {pid} ran on after the lock"
+    );
+    let status = poll(DEADLINE, || child.try_wait().ok().flatten())
+        .must("the caller never ended after the lock");
+    assert_eq!(status.code(), Some(3), "a lock is a denial");
+    laptop.cli(["unlock"]).ok();
+}

@@ -17,13 +17,14 @@ const READ_SIZE: usize = 64 << 10;
 /// Exit code reported when the laptop killed the tool at its timeout.
 pub const TIMEOUT_EXIT: i32 = 124;
 
-/// `tool list`: the tools the user's policy declares and no deny rule hides
-/// (running one is still decided through every layer).
-pub fn list(policy: &nexus_policy::PolicySet) -> Reply {
+/// `tool list`: the tools this workspace could run: declared in every
+/// binding layer, hidden by no deny rule of any layer (a baseline deny or a
+/// `[workspace."NAME"]` section narrows the list too; running one is still
+/// decided in full).
+pub fn list(policy: &nexus_policy::PolicySet, workspace: &str) -> Reply {
     Reply::Tools(
         policy
-            .user()
-            .tools()
+            .tools_for(workspace)
             .into_iter()
             .map(|t| ToolInfo {
                 name: t.name.clone(),
@@ -180,6 +181,9 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
     let mut obuf = vec![0u8; READ_SIZE.min(MAX_CHUNK)];
     let mut ebuf = vec![0u8; READ_SIZE.min(MAX_CHUNK)];
     let mut probe = [0u8; 1];
+    // `lock` is a kill switch for runs already going too.
+    let mut lock_check = tokio::time::interval(LOCK_POLL);
+    lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (channel, n) = tokio::select! {
             r = out.read(&mut obuf), if out_open => match r {
@@ -190,9 +194,15 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(0) | Err(_) => { err_open = false; continue; }
                 Ok(n) => (Channel::Stderr, n),
             },
-            status = child.wait(), if !out_open && !err_open => {
-                // Reaped: from here the pid may be reused; leave the group be.
+            unreaped = leader_exit(group.0), if !out_open && !err_open => {
+                // The leader is a zombie, not reaped: its pid is still the
+                // group's. Whatever it left behind in the group (a
+                // background child) ends with it; then it is reaped.
+                if unreaped {
+                    group.kill();
+                }
                 group.disarm();
+                let status = child.wait().await;
                 return match status {
                     Ok(s) => Reply::Exit(exit_code(s)),
                     Err(e) => Reply::error(ErrorCode::Internal, format!("waiting for the tool: {e}")),
@@ -204,6 +214,12 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
                 group.kill();
                 debug!(tool = %rule.name, "the workspace caller went away; tool killed");
                 return Reply::Done;
+            }
+            _ = lock_check.tick() => {
+                if ctx.locked() {
+                    return locked(&mut group, rule, &mut tx).await;
+                }
+                continue;
             }
             () = &mut deadline => {
                 group.kill();
@@ -222,6 +238,9 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
         let sent = tokio::select! {
             r = send_chunk(&mut tx, channel, data) => r,
             _ = rx.read(&mut probe) => Err(()),
+            () = wait_for_lock(ctx) => {
+                return locked(&mut group, rule, &mut tx).await;
+            }
             () = &mut deadline => {
                 group.kill();
                 return Reply::Exit(TIMEOUT_EXIT);
@@ -232,6 +251,62 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
             return Reply::Done;
         }
     }
+}
+
+/// Returns once the group leader `pid` has exited, without reaping it
+/// (`waitid` with `WNOWAIT`): true when it is known to be an unreaped
+/// zombie, so its pid cannot have been reused and the group may be killed.
+/// Polled: the pipes already closed, so the exit is due.
+async fn leader_exit(pid: Option<rustix::process::Pid>) -> bool {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let Some(pid) = pid else {
+        return false;
+    };
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+    // Usually due at once; a tool that closed its output early and runs on
+    // is looked at less and less often (at most every 64 ms).
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match waitid(WaitId::Pid(pid), options) {
+            Ok(None) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(64));
+            }
+            Ok(Some(_)) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// How often a running tool looks at the kill switch.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Returns once the laptop is locked.
+async fn wait_for_lock(ctx: &ToolContext) {
+    let mut tick = tokio::time::interval(LOCK_POLL);
+    loop {
+        tick.tick().await;
+        if ctx.locked() {
+            return;
+        }
+    }
+}
+
+/// Kills the tool because the laptop was locked, and says so.
+async fn locked<W: AsyncWrite + Unpin>(
+    group: &mut GroupGuard,
+    rule: &ToolRule,
+    tx: &mut W,
+) -> Reply {
+    group.kill();
+    tracing::warn!(tool = %rule.name, "the laptop was locked; running tool killed");
+    let note = format!(
+        "nexus: tool {:?} killed: {}\n",
+        rule.name,
+        super::gate::LOCKED
+    );
+    let _ = send_chunk(tx, Channel::Stderr, note.into_bytes()).await;
+    Reply::error(ErrorCode::Denied, super::gate::LOCKED)
 }
 
 async fn send_chunk<W: AsyncWrite + Unpin>(
@@ -259,7 +334,8 @@ mod tests {
     use crate::tools::test_support::context;
 
     const POLICY: &str = "[tools.t]\ncommand = [\"sh\", \"-c\", \"echo out; echo err >&2; exit 3\"]\n\n\
-        [tools.slow]\ncommand = [\"sh\", \"-c\", \"echo $$; exec sleep 30\"]\n";
+        [tools.slow]\ncommand = [\"sh\", \"-c\", \"echo $$; exec sleep 30\"]\n\n\
+        [tools.bg]\ncommand = [\"sh\", \"-c\", \"sleep 30 >/dev/null 2>&1 & echo $!\"]\n";
 
     fn rule(ctx: &ToolContext, name: &str) -> ToolRule {
         ctx.policy
@@ -339,5 +415,64 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(gone(), "tool {pid} still running");
+    }
+
+    /// `lock` is a kill switch: a tool already running when the laptop
+    /// locks is killed, not left to run until its timeout.
+    #[tokio::test]
+    async fn a_lock_stops_a_running_tool() {
+        let mut ctx = context(POLICY, None);
+        let config = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        ctx.config = crate::config::ConfigDir::resolve(Some(config.path().to_path_buf()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let lock = crate::control::lock_path(config.path());
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let run = tokio::spawn(async move {
+            let r = rule(&ctx, "slow");
+            execute(&r, &[], &ctx, &mut ours).await
+        });
+        let first = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await;
+        assert!(matches!(first, Ok(Reply::Chunk { .. })), "{first:?}");
+        std::fs::write(&lock, b"1\n").unwrap_or_else(|e| panic!("{e}"));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
+        assert!(end.is_ok(), "the tool ran on after the lock");
+        drop(theirs);
+    }
+
+    /// A tool that leaves a child behind in its group (with its pipes
+    /// closed) does not leave it running on the laptop once the tool ends:
+    /// no timeout and no caller would ever stop it.
+    #[tokio::test]
+    async fn a_finished_tool_leaves_no_process_behind() {
+        let ctx = context(POLICY, None);
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let end = execute(&rule(&ctx, "bg"), &[], &ctx, &mut ours).await;
+        drop(ours);
+        assert_eq!(end, Reply::Exit(0));
+        let mut out = Vec::new();
+        while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
+            if let Reply::Chunk { data, .. } = r {
+                out.extend(data);
+            }
+        }
+        let pid: i32 = String::from_utf8_lossy(&out).trim().parse().unwrap_or(0);
+        assert!(pid > 0, "{out:?}");
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !gone() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let left = !gone();
+        if left {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap_or(rustix::process::Pid::INIT),
+                rustix::process::Signal::KILL,
+            );
+        }
+        assert!(!left, "the tool's child {pid} runs on after the tool ended");
     }
 }

@@ -54,6 +54,8 @@ fn refused(code: ErrorCode, msg: String) -> Reply {
 /// An opened, checked file.
 struct Opened {
     file: tokio::fs::File,
+    /// The file actually opened, symlinks resolved.
+    real: PathBuf,
     size: u64,
     mode: u32,
 }
@@ -107,7 +109,7 @@ async fn open_checked(
     // What was opened is judged, not the name: a swap between the checks
     // above and the open is caught here.
     #[cfg(target_os = "linux")]
-    {
+    let canon = {
         use std::os::fd::AsRawFd;
         let fd_path = tokio::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .await
@@ -118,7 +120,8 @@ async fn open_checked(
                 format!("{shown}: changed while being opened; refused"),
             ));
         }
-    }
+        fd_path
+    };
     let meta = file
         .metadata()
         .await
@@ -148,28 +151,75 @@ async fn open_checked(
     }
     Ok(Opened {
         file,
+        real: canon,
         size: meta.len(),
         mode: meta.permissions().mode() & 0o777,
     })
+}
+
+/// Why a file was not sent whole.
+enum Stop {
+    /// The workspace caller went away.
+    Gone,
+    /// The laptop was locked meanwhile (`lock` stops streams too).
+    Locked,
+}
+
+impl Stop {
+    fn reply(self) -> Reply {
+        match self {
+            Stop::Gone => {
+                debug!("the workspace caller went away during a file transfer");
+                Reply::Done
+            }
+            Stop::Locked => Reply::error(ErrorCode::Denied, super::gate::LOCKED),
+        }
+    }
+}
+
+/// The deny rule covering the file actually opened (symlinks resolved),
+/// in its `/abs` form and, under the laptop home, its `~/x` form: a deny
+/// rule judges what is read, not only the name asked for.
+async fn denied_real(ctx: &ToolContext, workspace: &str, real: &Path) -> Option<String> {
+    let policy = ctx.policy.current();
+    let mut forms = Vec::new();
+    if let Some(home) = ctx.home()
+        && let Ok(home) = tokio::fs::canonicalize(home).await
+        && let Ok(rest) = real.strip_prefix(&home)
+        && let Some(rest) = rest.to_str()
+    {
+        forms.push(format!("~/{rest}"));
+    }
+    forms.extend(real.to_str().map(str::to_owned));
+    forms
+        .iter()
+        .find_map(|f| policy.file_denied(workspace, f))
+        .map(|rule| rule.to_string())
 }
 
 /// Sends one opened file: its header, then its data in chunks.
 async fn send_file<S: AsyncWrite + Unpin>(
     shown: &str,
     mut f: Opened,
+    ctx: &ToolContext,
     out: &mut S,
-) -> Result<(), ()> {
+) -> Result<(), Stop> {
     let header = Reply::FileStart {
         path: shown.to_owned(),
         size: f.size,
         mode: f.mode,
     };
-    nexus_transport::send(out, &header).await.map_err(|_| ())?;
+    nexus_transport::send(out, &header)
+        .await
+        .map_err(|_| Stop::Gone)?;
     let mut left = f.size;
     while left > 0 {
+        if ctx.locked() {
+            return Err(Stop::Locked);
+        }
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK);
         let mut data = vec![0u8; want];
-        let n = f.file.read(&mut data).await.map_err(|_| ())?;
+        let n = f.file.read(&mut data).await.map_err(|_| Stop::Gone)?;
         if n == 0 {
             // Shrank while read: the workspace sees a short file and fails.
             break;
@@ -182,7 +232,7 @@ async fn send_file<S: AsyncWrite + Unpin>(
         };
         nexus_transport::send_data(out, &chunk)
             .await
-            .map_err(|_| ())?;
+            .map_err(|_| Stop::Gone)?;
     }
     Ok(())
 }
@@ -222,12 +272,18 @@ pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(o) => o,
         Err(reply) => return reply,
     };
-    match send_file(&shown, opened, stream).await {
+    if let Some(rule) = denied_real(ctx, workspace, &opened.real).await {
+        tracing::warn!(path = %clip(&shown), %rule, "file get resolves to a denied file");
+        return Reply::error(
+            ErrorCode::Denied,
+            format!(
+                "{shown}: resolves (through a symlink) to a file [[files.deny]] covers ({rule})"
+            ),
+        );
+    }
+    match send_file(&shown, opened, ctx, stream).await {
         Ok(()) => Reply::Done,
-        Err(()) => {
-            debug!("the workspace caller went away during file get");
-            Reply::Done
-        }
+        Err(stop) => stop.reply(),
     }
 }
 
@@ -277,14 +333,21 @@ async fn send_all<S: AsyncWrite + Unpin>(
     stream: &mut S,
 ) -> Reply {
     for (shown, real, root, dir) in files {
+        if ctx.locked() {
+            return Stop::Locked.reply();
+        }
         if let Some(deny) = ctx.policy.current().file_denied(workspace, &shown) {
             debug!(path = %clip(&shown), rule = %deny, "file denied inside a granted directory");
             continue;
         }
         match open_checked(&shown, &real, &root, dir, max).await {
             Ok(opened) => {
-                if send_file(&shown, opened, stream).await.is_err() {
-                    return Reply::Done;
+                if let Some(rule) = denied_real(ctx, workspace, &opened.real).await {
+                    debug!(path = %clip(&shown), %rule, "file resolves to a denied file");
+                    continue;
+                }
+                if let Err(stop) = send_file(&shown, opened, ctx, stream).await {
+                    return stop.reply();
                 }
             }
             Err(Reply::Error(e)) => {
@@ -357,5 +420,74 @@ mod tests {
         assert_eq!(normalize("/etc/x"), Ok("/etc/x".into()));
         assert!(normalize("a").is_err());
         assert!(normalize("~root/x").is_err());
+    }
+
+    /// `lock` is a kill switch: a file being streamed when the laptop
+    /// locks stops there, with a denial.
+    #[tokio::test]
+    async fn a_lock_stops_a_file_being_sent() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("big");
+        std::fs::write(&file, vec![7u8; 4 << 20]).unwrap_or_else(|e| panic!("{e}"));
+        let policy = format!("[[files.allow]]\npath = \"{}/\"\n", dir.path().display());
+        let mut ctx = crate::tools::test_support::context(&policy, None);
+        let config = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        ctx.config = crate::config::ConfigDir::resolve(Some(config.path().to_path_buf()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let lock = crate::control::lock_path(config.path());
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 12);
+        let path = file.display().to_string();
+        let send = tokio::spawn(async move {
+            get(&path, "w", &CallerContext::default(), &ctx, &mut ours).await
+        });
+        let first = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await;
+        assert!(matches!(first, Ok(Reply::FileStart { .. })), "{first:?}");
+        std::fs::write(&lock, b"1\n").unwrap_or_else(|e| panic!("{e}"));
+        let reader = tokio::spawn(async move {
+            let mut got = 0usize;
+            while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
+                if let Reply::Chunk { data, .. } = r {
+                    got += data.len();
+                }
+            }
+            got
+        });
+        let end = send.await.unwrap_or(Reply::Done);
+        assert!(
+            matches!(&end, Reply::Error(e) if e.code == ErrorCode::Denied),
+            "{end:?}"
+        );
+        let got = reader.await.unwrap_or(usize::MAX);
+        assert!(got < 4 << 20, "the whole file went out after the lock");
+    }
+
+    /// A deny rule judges the file actually read, not only the name asked
+    /// for: a symlink inside an allowed tree must not hand out a file a
+    /// deny rule covers (`file get DIR/link`, or DIR walked as a whole).
+    #[tokio::test]
+    async fn a_symlink_does_not_dodge_a_deny_rule() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("auth.key"), b"SECRET-KEY")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("auth.key", dir.path().join("current"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let policy = format!(
+            "[[files.allow]]\npath = \"{}/\"\n\n[[files.deny]]\npath = \"**/*.key\"\n",
+            dir.path().display()
+        );
+        let ctx = crate::tools::test_support::context(&policy, None);
+        for ask in ["current", ""] {
+            let path = format!("{}/{ask}", dir.path().display());
+            let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+            let end = get(&path, "w", &CallerContext::default(), &ctx, &mut ours).await;
+            drop(ours);
+            let mut leaked = false;
+            while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
+                if let Reply::Chunk { data, .. } = r {
+                    leaked |= data.windows(10).any(|w| w == b"SECRET-KEY");
+                }
+            }
+            assert!(!leaked, "get {path}: the denied file was sent ({end:?})");
+        }
     }
 }

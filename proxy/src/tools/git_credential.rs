@@ -52,8 +52,17 @@ pub async fn answer(
             "the credential description names no protocol or host",
         );
     };
+    // The username is part of what is asked (the laptop's helpers pick the
+    // account by it), so the prompt, the audit line and what an approval
+    // "for 10 minutes" covers all name it, percent-encoded in the URL's
+    // userinfo: text in the path (which comes last) cannot pass for it.
+    let user = cred
+        .username
+        .as_deref()
+        .map(|u| format!("{}@", userinfo(u)))
+        .unwrap_or_default();
     let target = format!(
-        "{protocol}://{host}/{}",
+        "{protocol}://{user}{host}/{}",
         cred.path.as_deref().unwrap_or_default()
     );
     let logged = format!("{} {target}", op.as_str());
@@ -94,6 +103,20 @@ pub async fn answer(
             }
         }
     }
+}
+
+/// A username as URL userinfo: anything but letters, digits and `-._~`
+/// percent-encoded (so `@`, `:` and `/` cannot fake a host).
+fn userinfo(user: &str) -> String {
+    let mut out = String::with_capacity(user.len());
+    for b in user.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 async fn fill(ask: &Credential, ctx: &ToolContext) -> Reply {
@@ -304,5 +327,64 @@ mod tests {
                 "{input:?}: {r:?}"
             );
         }
+    }
+
+    /// "Allow for 10 minutes" covers the request the user saw: a workspace
+    /// must not reuse it to fetch another account's password for the same
+    /// URL by changing `username=` (the laptop's helpers key on it).
+    #[tokio::test]
+    async fn an_approval_does_not_cover_another_username() {
+        let dir = fake_git("username=u\\npassword=p\\n", 0);
+        let mut ctx = context(
+            "[[git-credential.allow]]\nhost = \"h.test\"\napprove = \"prompt\"\n",
+            None,
+        );
+        ctx.source_path = Some(format!("{}:/usr/bin:/bin", dir.path().display()));
+        ctx.approvals = std::sync::Arc::new(crate::approvals::Approvals::new(Some(
+            std::time::Duration::from_secs(2),
+        )));
+        let ctx = std::sync::Arc::new(ctx);
+        let ask = |user: &str| {
+            let ctx = ctx.clone();
+            let input = format!("protocol=https\nhost=h.test\nusername={user}\n");
+            tokio::spawn(async move {
+                answer(
+                    GitOperation::Get,
+                    &Secret::new(input.into_bytes()),
+                    "w",
+                    &nexus_protocol::CallerContext::default(),
+                    &ctx,
+                )
+                .await
+            })
+        };
+        let first = ask("work");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let id = loop {
+            if let Some(p) = ctx.approvals.pending().first() {
+                break p.id;
+            }
+            assert!(std::time::Instant::now() < deadline, "no prompt");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        let summary = ctx.approvals.pending()[0].summary.clone();
+        assert_eq!(
+            summary, "get https://work@h.test/",
+            "the prompt hides the username"
+        );
+        assert_eq!(userinfo("a@b.c/d:e f"), "a%40b.c%2Fd%3Ae%20f");
+        let given = crate::approvals::Answer {
+            allow: true,
+            for_secs: Some(600),
+        };
+        assert!(ctx.approvals.answer(id, given).is_ok());
+        let r = first.await.unwrap_or(Reply::Done);
+        assert!(matches!(r, Reply::GitCredential(_)), "{r:?}");
+        // Another account, same URL: asks again (and times out unanswered).
+        let r = ask("personal").await.unwrap_or(Reply::Done);
+        assert!(
+            matches!(&r, Reply::Error(e) if e.code == ErrorCode::Denied),
+            "{r:?}"
+        );
     }
 }

@@ -180,7 +180,7 @@ async fn answer(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
         Request::GitCredential { operation, input } => {
             git_credential::answer(*operation, input, workspace, &call.caller, ctx).await
         }
-        Request::ToolList => custom::list(&policy),
+        Request::ToolList => custom::list(&policy, workspace),
         Request::McpTokens => token::mcp_names(workspace, &caller, &policy),
         Request::ToolRun { .. } | Request::FileGet { .. } | Request::FileSync { .. } => {
             Reply::error(
