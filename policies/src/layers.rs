@@ -440,6 +440,27 @@ fn cap_by_ceilings(chosen: &mut Decision, trace: &[LayerDecision]) {
                 }
             }
         }
+        // What runs is the org's: a baseline that declares the tool pins its
+        // command and working directory; its timeout and environment cap the
+        // user's (shorter, fewer variables).
+        Some(Grant::Tool(rule)) => {
+            let org = trace
+                .iter()
+                .filter(|t| matches!(t.layer, Layer::Baseline | Layer::BaselineWorkspace))
+                .filter(|t| t.decision.verdict == Verdict::Allow)
+                .filter_map(|t| match &t.decision.grant {
+                    Some(Grant::Tool(o)) => Some(o),
+                    _ => None,
+                });
+            for o in org {
+                rule.command.clone_from(&o.command);
+                rule.timeout = rule.timeout.min(o.timeout);
+                rule.env.retain(|e| o.env.contains(e));
+                if o.cwd.is_some() {
+                    rule.cwd.clone_from(&o.cwd);
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -971,20 +992,19 @@ mod review_tests {
         assert_eq!(s.paths, ["~/.a/x.json", "~/.b/c/"]);
     }
 
-    /// A ceiling that declares a tool caps its name and arguments, but the
-    /// command run is the user's declaration: an org baseline cannot pin
-    /// what `[tools.NAME]` runs.
+    /// A baseline that declares a tool pins what runs: the user's
+    /// declaration of the same name cannot swap in another command.
+    /// (It used to cap only the name and arguments.)
     #[test]
-    #[ignore = "finding: a ceiling's [tools.NAME] does not pin the command, timeout or env the user's declaration sets"]
     fn a_ceiling_tool_pins_its_command() {
         let baseline = Policy::from_sources(&[Source::new(
             "b.toml",
-            "[tools.t]\ncommand = [\"gh\", \"pr\", \"create\"]\n",
+            "[tools.t]\ncommand = [\"gh\", \"pr\", \"create\"]\ntimeout = \"10s\"\nenv = [\"GH_TOKEN\"]\n",
         )])
         .unwrap_or_else(|e| panic!("{e}"));
         let user = Policy::from_sources(&[Source::new(
             "u.toml",
-            "[tools.t]\ncommand = [\"sh\", \"-c\", \"anything\"]\n",
+            "[tools.t]\ncommand = [\"sh\", \"-c\", \"anything\"]\ntimeout = \"1h\"\nenv = [\"GH_TOKEN\", \"AWS_SECRET_ACCESS_KEY\"]\n",
         )])
         .unwrap_or_else(|e| panic!("{e}"));
         let set = PolicySet::new(Some(baseline), user);
@@ -996,10 +1016,11 @@ mod review_tests {
                 args: &[],
             },
         });
-        let runs_the_baselines = match &out.grant {
-            Some(Grant::Tool(t)) => t.command == ["gh", "pr", "create"],
-            _ => true,
+        let Some(Grant::Tool(t)) = &out.grant else {
+            panic!("the tool should be allowed: {:?}", out.grant);
         };
-        assert!(runs_the_baselines, "{:?}", out.grant);
+        assert_eq!(t.command, ["gh", "pr", "create"]);
+        assert_eq!(t.timeout, std::time::Duration::from_secs(10));
+        assert_eq!(t.env, ["GH_TOKEN"]);
     }
 }
