@@ -106,20 +106,6 @@ enum Command {
     /// Manage values in the OS keyring (entries `nexus/NAME`).
     #[command(subcommand)]
     Secret(SecretCommand),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    ///
-    /// bash: `nexus-agent-proxy completions bash > ~/.local/share/bash-completion/completions/nexus-agent-proxy`;
-    /// zsh: write `_nexus-agent-proxy` into a directory on `$fpath`.
-    Completions {
-        /// Target shell.
-        shell: nexus_transport::docs::Shell,
-    },
-    /// Write man pages (one per subcommand) into DIR, for packagers.
-    #[command(hide = true)]
-    ManPages {
-        /// Output directory (created if missing).
-        dir: PathBuf,
-    },
     /// Read and check the audit log (every decision, hash-chained).
     #[command(subcommand)]
     Audit(crate::commands::AuditCommand),
@@ -139,6 +125,20 @@ enum Command {
     /// request; `--for 10m` also allows identical requests for 10 minutes;
     /// `--deny` refuses it. Unanswered requests are denied after the timeout.
     Approve(crate::commands::ApproveArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `nexus-agent-proxy completions bash > ~/.local/share/bash-completion/completions/nexus-agent-proxy`;
+    /// zsh: write `_nexus-agent-proxy` into a directory on `$fpath`.
+    Completions {
+        /// Target shell.
+        shell: nexus_transport::docs::Shell,
+    },
+    /// Write man pages (one per subcommand) into DIR, for packagers.
+    #[command(hide = true)]
+    ManPages {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
