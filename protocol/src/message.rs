@@ -236,6 +236,34 @@ mod serde_bytes_vec {
     }
 }
 
+/// The MessagePack start of a [`Reply::Chunk`] body: a map of one entry
+/// keyed `Chunk` (named, externally tagged encoding).
+const CHUNK_TAG: &[u8] = &[0x81, 0xa5, b'C', b'h', b'u', b'n', b'k'];
+/// What turns a [`Reply`] body into a [`LocalReply::Reply`] body.
+const LOCAL_REPLY_TAG: &[u8] = &[0x81, 0xa5, b'R', b'e', b'p', b'l', b'y'];
+
+/// For the shim's relay of bulk data: when `body` (one laptop frame) is a
+/// [`Reply::Chunk`], the whole `shim.sock` frame that carries it as
+/// [`LocalReply::Reply`], built without decoding and re-encoding the data;
+/// `None` for any other body (decode that one) or when the result would
+/// exceed `max`. The caller decodes what it receives in full, as always.
+#[must_use]
+pub fn chunk_as_local_frame(body: &[u8], max: usize) -> Option<Vec<u8>> {
+    if !body.starts_with(CHUNK_TAG) {
+        return None;
+    }
+    let len = LOCAL_REPLY_TAG.len() + body.len();
+    if len > max {
+        return None;
+    }
+    let header = u32::try_from(len).ok()?.to_be_bytes();
+    let mut frame = Vec::with_capacity(header.len() + len);
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(LOCAL_REPLY_TAG);
+    frame.extend_from_slice(body);
+    Some(frame)
+}
+
 /// Largest data chunk in one [`Reply::Chunk`]: well under the frame limit,
 /// large enough that framing costs little.
 pub const MAX_CHUNK: usize = 256 << 10;
@@ -450,4 +478,45 @@ pub enum ControlReply {
         /// The ping's number.
         seq: u64,
     },
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use super::*;
+    use crate::{decode, encode, encode_frame};
+
+    /// The raw relay builds exactly the frame that encoding the wrapped
+    /// reply would, and leaves every other reply to be decoded.
+    #[test]
+    fn a_chunk_is_rewrapped_byte_for_byte() {
+        for data in [Vec::new(), b"x".to_vec(), vec![7u8; MAX_CHUNK]] {
+            let chunk = Reply::Chunk {
+                channel: Channel::Data,
+                data,
+            };
+            let relayed = chunk_as_local_frame(&encode(&chunk), crate::MAX_FRAME);
+            let expected = encode_frame(&LocalReply::Reply(chunk.clone()));
+            assert_eq!(relayed.as_deref(), Some(&expected[..]));
+            let body = &expected[crate::HEADER_LEN..];
+            assert!(
+                matches!(decode::<LocalReply>(body), Ok(LocalReply::Reply(r)) if r == chunk),
+                "the relayed frame decodes to the chunk"
+            );
+        }
+        for other in [
+            Reply::Done,
+            Reply::Exit(3),
+            Reply::error(ErrorCode::Denied, "Chunk"),
+        ] {
+            assert_eq!(
+                chunk_as_local_frame(&encode(&other), crate::MAX_FRAME),
+                None
+            );
+        }
+        let big = encode(&Reply::Chunk {
+            channel: Channel::Stdout,
+            data: vec![0; 100],
+        });
+        assert_eq!(chunk_as_local_frame(&big, big.len()), None, "over max");
+    }
 }

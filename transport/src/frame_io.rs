@@ -69,17 +69,17 @@ pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
     recv_wiping(r, max, |_: &T| true).await
 }
 
-/// Like [`recv`], but the frame's bytes are wiped only when `wipe` says the
-/// decoded message may hold a secret (a relay passes bulk data frames
-/// through without a wiping pass each; anything undecodable is wiped).
+/// Reads exactly one frame of at most `max` bytes and returns its body,
+/// undecoded, in a buffer wiped on drop (a relay that passes some frames on
+/// as they are).
 ///
 /// # Errors
-/// As [`recv`].
-pub async fn recv_wiping<R: AsyncRead + Unpin, T: DeserializeOwned>(
+/// [`TransportError::Closed`] on a clean EOF before the frame, a frame error
+/// when oversized or truncated.
+pub async fn recv_body<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
-    wipe: impl FnOnce(&T) -> bool,
-) -> Result<T, TransportError> {
+) -> Result<Zeroizing<Vec<u8>>, TransportError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -119,6 +119,21 @@ pub async fn recv_wiping<R: AsyncRead + Unpin, T: DeserializeOwned>(
             }));
         }
     }
+    Ok(body)
+}
+
+/// Like [`recv`], but the frame's bytes are wiped only when `wipe` says the
+/// decoded message may hold a secret (a relay passes bulk data frames
+/// through without a wiping pass each; anything undecodable is wiped).
+///
+/// # Errors
+/// As [`recv_body`], and a decode error when malformed.
+pub async fn recv_wiping<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+    wipe: impl FnOnce(&T) -> bool,
+) -> Result<T, TransportError> {
+    let mut body = recv_body(r, max).await?;
     let msg: T = decode(&body)?;
     if !wipe(&msg) {
         // Nothing secret: release the buffer without the wiping pass.

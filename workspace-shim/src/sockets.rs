@@ -335,29 +335,34 @@ async fn call_laptop(
         .map_err(|_| lost())?;
     let relay = async {
         loop {
-            let reply: Reply = match nexus_transport::recv_wiping(&mut stream, MAX_FRAME, |r| {
-                !matches!(r, Reply::Chunk { .. })
-            })
-            .await
-            {
-                Ok(r) => r,
+            let bad = |e: &dyn std::fmt::Display| {
+                Reply::error(
+                    ErrorCode::Internal,
+                    format!("bad answer from the laptop: {e}"),
+                )
+            };
+            let mut body = match nexus_transport::recv_body(&mut stream, MAX_FRAME).await {
+                Ok(b) => b,
                 Err(TransportError::Closed) => return Err(lost()),
-                Err(e) => {
-                    return Err(Reply::error(
-                        ErrorCode::Internal,
-                        format!("bad answer from the laptop: {e}"),
-                    ));
+                Err(e) => return Err(bad(&e)),
+            };
+            // Bulk data (file contents, tool output) passes through as it
+            // came: not decoded, re-encoded or wiped here (the caller
+            // decodes it in full).
+            if let Some(frame) = nexus_protocol::chunk_as_local_frame(&body, MAX_FRAME) {
+                std::mem::take(&mut *body).clear();
+                if conn.write_all(&frame).await.is_err() {
+                    return Ok(());
                 }
+                continue;
+            }
+            let reply: Reply = match nexus_protocol::decode(&body) {
+                Ok(r) => r,
+                Err(e) => return Err(bad(&e)),
             };
+            drop(body);
             let last = reply.is_final();
-            // Bulk data (file contents, tool output) is relayed without
-            // the wiping pass that frames which may hold secrets get.
-            let reply = LocalReply::Reply(reply);
-            let sent = if matches!(reply, LocalReply::Reply(Reply::Chunk { .. })) {
-                nexus_transport::send_data(conn, &reply).await
-            } else {
-                nexus_transport::send(conn, &reply).await
-            };
+            let sent = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
             if sent.is_err() {
                 // The caller went away; dropping the stream resets it on the laptop.
                 return Ok(());
