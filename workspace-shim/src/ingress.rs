@@ -110,15 +110,34 @@ pub async fn accept_relay(listener: &UnixListener) -> io::Result<UnixStream> {
 }
 
 /// `serve --stdio` when a daemon already runs: copies stdin to its
-/// `tunnel.sock` and its answers to stdout until either side closes.
+/// `tunnel.sock` and its answers to stdout. When the daemon's side ends (it
+/// refused or closed the tunnel), so does the relay, at once: the laptop is
+/// waiting on the far end of stdout and would otherwise wait for its own
+/// timeout. When stdin ends, the daemon is told (write side shut) and its
+/// last answers are still passed on.
 ///
 /// # Errors
 /// I/O errors on either side.
-pub async fn relay_stdio(mut daemon: UnixStream) -> io::Result<()> {
-    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    match tokio::io::copy_bidirectional(&mut stdio, &mut daemon).await {
-        Ok(_) => Ok(()),
+pub async fn relay_stdio(daemon: UnixStream) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (mut from_daemon, mut to_daemon) = daemon.into_split();
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let ignore_pipe = |r: io::Result<u64>| match r {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e),
+        other => other.map(|_| ()),
+    };
+    tokio::select! {
+        r = tokio::io::copy(&mut from_daemon, &mut stdout) => {
+            let _ = stdout.flush().await;
+            ignore_pipe(r)
+        }
+        r = tokio::io::copy(&mut stdin, &mut to_daemon) => {
+            ignore_pipe(r)?;
+            let _ = to_daemon.shutdown().await;
+            let r = tokio::io::copy(&mut from_daemon, &mut stdout).await;
+            let _ = stdout.flush().await;
+            ignore_pipe(r)
+        }
     }
 }
