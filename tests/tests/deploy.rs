@@ -23,6 +23,57 @@ fn have(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// An image's root as `install.sh` sees it, inside a private mount
+/// namespace: `/usr/local/bin`, `/usr/local/share` and `/var/lib` are empty
+/// directories of a temporary dir, bound over the real ones by [`Self::mounts`].
+struct FakeRoot {
+    root: tempfile::TempDir,
+    bin: PathBuf,
+    share: PathBuf,
+    var_lib: PathBuf,
+}
+
+impl FakeRoot {
+    /// `None` (with a note) where private mount namespaces are unavailable.
+    fn new() -> Option<Self> {
+        if !is_root() || !have("unshare") {
+            eprintln!("skipped: needs root and unshare(1) for a private mount namespace");
+            return None;
+        }
+        let root = tempfile::tempdir().must("temp dir");
+        let dir = |name: &str| {
+            let d = root.path().join(name);
+            std::fs::create_dir_all(&d).must("creating a fake root dir");
+            d
+        };
+        let (bin, share, var_lib) = (dir("bin"), dir("share"), dir("var-lib"));
+        Some(Self {
+            root,
+            bin,
+            share,
+            var_lib,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The start of a script run in the namespace: strict mode, the binds.
+    fn mounts(&self) -> String {
+        format!(
+            "set -eu
+mount --bind {} /usr/local/bin
+mount --bind {} /usr/local/share
+mount --bind {} /var/lib
+",
+            self.bin.display(),
+            self.share.display(),
+            self.var_lib.display()
+        )
+    }
+}
+
 /// Runs `install.sh` as a dev container build would (root, options as
 /// variables), inside a private mount and pid namespace where
 /// `/usr/local/bin`, `/usr/local/share` and `/var/lib` are empty directories,
@@ -30,34 +81,21 @@ fn have(program: &str) -> bool {
 /// a token crosses the link.
 #[test]
 fn devcontainer_feature_installs_a_working_shim() {
-    if !is_root() || !have("unshare") {
-        eprintln!("skipped: needs root and unshare(1) for a private mount namespace");
+    let Some(fake) = FakeRoot::new() else {
         return;
-    }
-    let root = tempfile::tempdir().must("temp dir");
-    let dir = |name: &str| {
-        let d = root.path().join(name);
-        std::fs::create_dir_all(&d).must("creating a fake root dir");
-        d
     };
-    let (bin, share, var_lib) = (dir("bin"), dir("share"), dir("var-lib"));
-    let gitconfig = root.path().join("gitconfig");
+    let (bin, var_lib) = (&fake.bin, &fake.var_lib);
+    let gitconfig = fake.path().join("gitconfig");
     // The container's command waits on this fifo: opening it for writing
     // ends the container, and with it (pid namespace) the shim.
     let stop = var_lib.join("stop.fifo");
     run_to_end(Command::new("mkfifo").arg(&stop), None).ok();
     let install = deploy("devcontainer/nexus-shim/install.sh");
     let script = format!(
-        "set -eu
-mount --bind {bin} /usr/local/bin
-mount --bind {share} /usr/local/share
-mount --bind {var_lib} /var/lib
-BINARY={shim} LISTEN=127.0.0.1:0 _REMOTE_USER=root sh {install}
+        "{mounts}BINARY={shim} LISTEN=127.0.0.1:0 _REMOTE_USER=root sh {install}
 export NEXUS_STATE_DIR=/var/lib/nexus/state
 exec /usr/local/share/nexus-shim/entrypoint.sh cat /var/lib/stop.fifo",
-        bin = bin.display(),
-        share = share.display(),
-        var_lib = var_lib.display(),
+        mounts = fake.mounts(),
         shim = shim_binary().display(),
         install = install.display(),
     );
@@ -78,7 +116,7 @@ exec /usr/local/share/nexus-shim/entrypoint.sh cat /var/lib/stop.fifo",
     ])
     .env("GIT_CONFIG_SYSTEM", &gitconfig)
     .env_remove("NEXUS_STATE_DIR");
-    let mut container = Daemon::spawn(cmd, &root.path().join("container.log"));
+    let mut container = Daemon::spawn(cmd, &fake.path().join("container.log"));
 
     let state = var_lib.join("nexus/state");
     let uri_file = state.join("pairing.uri");
@@ -169,18 +207,11 @@ exec /usr/local/share/nexus-shim/entrypoint.sh cat /var/lib/stop.fifo",
 /// names.)
 #[test]
 fn devcontainer_install_is_safe_with_hostile_options_and_user() {
-    if !is_root() || !have("unshare") {
-        eprintln!("skipped: needs root and unshare(1) for a private mount namespace");
+    let Some(fake) = FakeRoot::new() else {
         return;
-    }
-    let root = tempfile::tempdir().must("temp dir");
-    let dir = |name: &str| {
-        let d = root.path().join(name);
-        std::fs::create_dir_all(&d).must("creating a fake root dir");
-        d
     };
-    let (bin, share, var_lib) = (dir("bin"), dir("share"), dir("var-lib"));
-    let pwned = root.path().join("pwned");
+    let var_lib = &fake.var_lib;
+    let pwned = fake.path().join("pwned");
     let listen = format!(
         "0.0.0.0:1'; touch {p}; echo '$(touch {p})`touch {p}`",
         p = pwned.display()
@@ -188,16 +219,10 @@ fn devcontainer_install_is_safe_with_hostile_options_and_user() {
     let advertise = format!("h:1\n\"$(touch {p})\"\\'\\", p = pwned.display());
     let install = deploy("devcontainer/nexus-shim/install.sh");
     let script = format!(
-        "set -eu
-mount --bind {bin} /usr/local/bin
-mount --bind {share} /usr/local/share
-mount --bind {var_lib} /var/lib
-BINARY={shim} _REMOTE_USER=nobody sh {install} >&2
+        "{mounts}BINARY={shim} _REMOTE_USER=nobody sh {install} >&2
 . /usr/local/share/nexus-shim/feature.env
 printf '%s\\0%s\\0%s' \"$NEXUS_USER\" \"$NEXUS_LISTEN\" \"$NEXUS_ADVERTISE\"",
-        bin = bin.display(),
-        share = share.display(),
-        var_lib = var_lib.display(),
+        mounts = fake.mounts(),
         shim = shim_binary().display(),
         install = install.display(),
     );
