@@ -72,6 +72,20 @@ impl Rig {
         }
     }
 
+    /// Starts `n` calls (each a 2 s token command) and waits until the
+    /// proxy has decided all of them, so they are being answered.
+    #[track_caller]
+    fn calls_being_answered(&self, n: usize) -> Vec<Call> {
+        let calls: Vec<Call> = (0..n).map(|_| Call::start(&self.ws, "2s")).collect();
+        let pids: Vec<u32> = calls.iter().map(Call::pid).collect();
+        let decided = poll(DEADLINE, || {
+            let d = decided_pids(&self.proxy.log());
+            pids.iter().all(|p| d.contains_key(p)).then_some(())
+        });
+        assert!(decided.is_some(), "{}", self.proxy.log());
+        calls
+    }
+
     fn runs(&self) -> usize {
         std::fs::read_to_string(&self.runs)
             .map(|s| s.lines().count())
@@ -412,14 +426,8 @@ fn one_workspace_stalled_or_flooded_does_not_stop_another() {
 #[test]
 fn proxy_sigterm_under_load_finishes_calls_in_flight() {
     let mut rig = Rig::start("1");
-    let calls: Vec<Call> = (0..8).map(|_| Call::start(&rig.ws, "2s")).collect();
     // All eight are being answered (decided, their command sleeping).
-    let pids: Vec<u32> = calls.iter().map(Call::pid).collect();
-    let decided = poll(DEADLINE, || {
-        let d = decided_pids(&rig.proxy.log());
-        pids.iter().all(|p| d.contains_key(p)).then_some(())
-    });
-    assert!(decided.is_some(), "{}", rig.proxy.log());
+    let calls = rig.calls_being_answered(8);
     let status = rig.proxy.terminate();
     assert!(status.success(), "proxy exit on SIGTERM: {status}");
     let outcomes: Vec<Outcome> = calls.into_iter().map(Call::finish).collect();
@@ -439,13 +447,7 @@ fn proxy_sigterm_under_load_finishes_calls_in_flight() {
 #[test]
 fn shim_sigterm_under_load_ends_calls_cleanly_and_removes_sockets() {
     let mut rig = Rig::start("0.5");
-    let calls: Vec<Call> = (0..8).map(|_| Call::start(&rig.ws, "2s")).collect();
-    let pids: Vec<u32> = calls.iter().map(Call::pid).collect();
-    let decided = poll(DEADLINE, || {
-        let d = decided_pids(&rig.proxy.log());
-        pids.iter().all(|p| d.contains_key(p)).then_some(())
-    });
-    assert!(decided.is_some(), "{}", rig.proxy.log());
+    let calls = rig.calls_being_answered(8);
     let status = rig.ws.terminate();
     assert!(status.success(), "shim exit on SIGTERM: {status}");
     let mut by_kind = BTreeMap::<String, usize>::new();
