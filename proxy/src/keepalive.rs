@@ -296,10 +296,10 @@ mod tests {
         assert_eq!(h.check(), None, "the new route is the reference now");
     }
 
-    /// A peer that answers yamux but never reads its streams: pings get no
-    /// answer, so the link is declared dead after the timeout.
-    #[tokio::test]
-    async fn a_silent_peer_is_declared_dead() {
+    /// Watches a link to a peer that answers yamux but never reads its
+    /// streams, with a 600 ms timeout: the verdict (within 10 s) and the time
+    /// it took.
+    async fn watch_silent_peer(address: Option<SocketAddr>) -> (Option<Dead>, Duration) {
         let (a, b) = tokio::io::duplex(1 << 20);
         let stop = CancellationToken::new();
         let (h, _in, _task) = mux::start(a, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
@@ -312,20 +312,33 @@ mod tests {
                 keep.push(s);
             }
         });
-        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!());
         let started = Instant::now();
-        let dead = watch_link(
-            h,
-            Some(peer),
-            Duration::from_millis(600),
-            Duration::from_millis(150),
-            stop.clone(),
+        let dead = tokio::time::timeout(
+            Duration::from_secs(10),
+            watch_link(
+                h,
+                address,
+                Duration::from_millis(600),
+                Duration::from_millis(150),
+                stop.clone(),
+            ),
         )
-        .await;
-        assert!(matches!(dead, Some(Dead::Silent(_))), "{dead:?}");
-        assert!(started.elapsed() >= Duration::from_millis(600));
+        .await
+        .unwrap_or_else(|_| panic!("no verdict on a silent peer within 10 s"));
+        let took = started.elapsed();
         stop.cancel();
         held.abort();
+        (dead, took)
+    }
+
+    /// A peer that answers yamux but never reads its streams: pings get no
+    /// answer, so the link is declared dead after the timeout.
+    #[tokio::test]
+    async fn a_silent_peer_is_declared_dead() {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!());
+        let (dead, took) = watch_silent_peer(Some(peer)).await;
+        assert!(matches!(dead, Some(Dead::Silent(_))), "{dead:?}");
+        assert!(took >= Duration::from_millis(600));
     }
 
     /// A route with no IP address to watch (`wss://`, a connect command, a
@@ -334,31 +347,8 @@ mod tests {
     /// black-holed WebSocket or `ssh` link was held forever.)
     #[tokio::test]
     async fn a_silent_peer_is_declared_dead_without_an_address() {
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let stop = CancellationToken::new();
-        let (h, _in, _task) = mux::start(a, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
-        let (_peer, mut peer_in, _ptask) =
-            mux::start(b, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
-        let held = tokio::spawn(async move {
-            let mut keep = Vec::new();
-            while let Some(s) = peer_in.recv().await {
-                keep.push(s);
-            }
-        });
-        let dead = tokio::time::timeout(
-            Duration::from_secs(10),
-            watch_link(
-                h,
-                None,
-                Duration::from_millis(600),
-                Duration::from_millis(150),
-                stop.clone(),
-            ),
-        )
-        .await;
-        assert!(matches!(dead, Ok(Some(Dead::Silent(_)))), "{dead:?}");
-        stop.cancel();
-        held.abort();
+        let (dead, _) = watch_silent_peer(None).await;
+        assert!(matches!(dead, Some(Dead::Silent(_))), "{dead:?}");
     }
 
     /// A peer that resets every stream (an older shim) still proves the link
