@@ -134,12 +134,6 @@ impl<'a> Reporter<'a> {
         let diag = self.diagnostic(span, message);
         self.errors.push(diag);
     }
-
-    /// Records a warning at the start of `span`.
-    pub fn warn(&mut self, span: &Range<usize>, message: impl Into<String>) {
-        let diag = self.diagnostic(span, message);
-        self.warnings.push(diag);
-    }
 }
 
 #[cfg(test)]

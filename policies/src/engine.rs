@@ -11,6 +11,7 @@ use globset::GlobMatcher;
 use crate::diag::{Diagnostic, PolicyErrors};
 use crate::files::{FileRule, FileSet, FilesSection};
 use crate::git::{GitAction, GitRule, GitSection};
+use crate::http::{HttpRule, HttpSection};
 use crate::parse;
 use crate::rate::Rate;
 use crate::ssh::{self, SshDenyRule, SshRule};
@@ -151,6 +152,17 @@ pub enum Action<'a> {
         /// The arguments after the declared command (untrusted).
         args: &'a [String],
     },
+    /// An HTTP request through `$NEXUS_HTTP_URL/NAME/...` (`[http.NAME]`).
+    /// The path is checked like [`HttpRule::url_for`] checks it, then
+    /// matched against the rule's `methods` and `paths`.
+    Http {
+        /// The API name (untrusted).
+        name: &'a str,
+        /// The request method (untrusted), e.g. `POST`.
+        method: &'a str,
+        /// The path after `/NAME`, without the query (untrusted).
+        path: &'a str,
+    },
 }
 
 impl fmt::Debug for Action<'_> {
@@ -196,6 +208,12 @@ impl fmt::Debug for Action<'_> {
                 .debug_struct("Tool")
                 .field("name", name)
                 .field("args", args)
+                .finish(),
+            Action::Http { name, method, path } => f
+                .debug_struct("Http")
+                .field("name", name)
+                .field("method", method)
+                .field("path", path)
                 .finish(),
         }
     }
@@ -261,6 +279,18 @@ impl PartialEq for Action<'_> {
             (Action::Tool { name: n1, args: a1 }, Action::Tool { name: n2, args: a2 }) => {
                 n1 == n2 && a1 == a2
             }
+            (
+                Action::Http {
+                    name: n1,
+                    method: m1,
+                    path: p1,
+                },
+                Action::Http {
+                    name: n2,
+                    method: m2,
+                    path: p2,
+                },
+            ) => n1 == n2 && m1 == m2 && p1 == p2,
             _ => false,
         }
     }
@@ -356,6 +386,9 @@ pub struct TokenRule {
     pub mcp: bool,
     /// Whether the laptop user must approve each use.
     pub approve: Option<Approve>,
+    /// `reveal = true`: `token get` is allowed even when an `[http.*]`
+    /// section binds the token to its upstream.
+    pub reveal: bool,
     /// Where the token is declared.
     pub rule: RuleRef,
 }
@@ -363,6 +396,8 @@ pub struct TokenRule {
 /// What the laptop must do to carry out an allowed request.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
+// One grant per request, moved once: boxing the HTTP rule would only change the API.
+#[allow(clippy::large_enum_variant)]
 pub enum Grant {
     /// Fetch and hand out this token, within its limits.
     Token(TokenRule),
@@ -377,6 +412,8 @@ pub enum Grant {
     FileSet(FileSet),
     /// Run this tool.
     Tool(ToolRule),
+    /// Forward one HTTP request to this API's upstream, secret injected.
+    Http(HttpRule),
 }
 
 /// The outcome of [`Policy::decide`].
@@ -413,6 +450,7 @@ pub struct Policy {
     pub(crate) git: GitSection,
     pub(crate) files: FilesSection,
     pub(crate) tools: ToolsSection,
+    pub(crate) http: HttpSection,
     warnings: Vec<Diagnostic>,
     /// Top-level sections with anything but deny rules (see `layers`).
     pub(crate) allow_sections: BTreeSet<String>,
@@ -540,7 +578,16 @@ impl Policy {
             Action::File { path } => self.files.decide_file(path),
             Action::FileSet { name } => self.files.decide_set(name),
             Action::Tool { name, args } => self.tools.decide(name, args),
+            Action::Http { name, method, path } => {
+                self.http.decide(name, method, path, &self.token_denies)
+            }
         }
+    }
+
+    /// The HTTP APIs declared and not denied, in file order.
+    #[must_use]
+    pub fn http_apis(&self) -> Vec<&HttpRule> {
+        self.http.listed()
     }
 
     /// The tools `tool list` shows: declared and not denied, in file order.
@@ -570,6 +617,7 @@ impl Policy {
         self.git.add_denies_from(&other.git);
         self.files.add_denies_from(&other.files);
         self.tools.add_denies_from(&other.tools);
+        self.http.add_denies_from(&other.http);
     }
 
     /// Non-fatal findings (e.g. a deny pattern that matches no declared token), for `policy check`.
@@ -608,15 +656,17 @@ impl Policy {
             .map(|s| parse::parse_source(&s.name, &s.text))
             .collect();
         let order: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
-        Self::assemble(files, &order, errors, warnings)
+        Self::assemble(files, &order, errors, warnings, None)
     }
 
     /// Merges parsed sources (`order` ranks their names for sorting warnings).
+    /// `outer`: the enclosing policy's tokens, for a workspace section.
     fn assemble(
         parsed_files: Vec<parse::ParsedFile>,
         order: &[&str],
         mut errors: Vec<Diagnostic>,
         mut warnings: Vec<Diagnostic>,
+        outer: Option<&BTreeMap<String, TokenRule>>,
     ) -> Result<Policy, PolicyErrors> {
         let mut first_seen: BTreeMap<String, RuleRef> = BTreeMap::new();
         let mut tokens = BTreeMap::new();
@@ -626,6 +676,7 @@ impl Policy {
         let mut git = GitSection::default();
         let mut files = FilesSection::default();
         let mut tools = ToolsSection::default();
+        let mut http = HttpSection::default();
         let mut allow_sections = BTreeSet::new();
         let mut sections: BTreeMap<String, Vec<parse::ParsedFile>> = BTreeMap::new();
         for mut parsed in parsed_files {
@@ -668,16 +719,28 @@ impl Policy {
             git.append(&mut parsed.git);
             files.append(&mut parsed.files);
             tools.append(&mut parsed.tools);
+            http.append(&mut parsed.http);
         }
+        errors.extend(http.resolve(&tokens, outer));
         let mut workspaces = BTreeMap::new();
         for (name, files) in sections {
-            match Self::assemble(files, order, Vec::new(), Vec::new()) {
+            match Self::assemble(files, order, Vec::new(), Vec::new(), Some(&tokens)) {
                 Ok(mut policy) => {
                     warnings.append(&mut policy.warnings);
                     workspaces.insert(name, policy);
                 }
                 Err(PolicyErrors(mut found)) => errors.append(&mut found),
             }
+        }
+        if outer.is_none() {
+            // A secret is bound across the policy and all its workspace sections.
+            let sections = std::iter::once(&http).chain(workspaces.values().map(|p| &p.http));
+            let (bound, mut found) = crate::http::bind(sections);
+            errors.append(&mut found);
+            for ws in workspaces.values_mut() {
+                ws.http.set_bound(bound.clone());
+            }
+            http.set_bound(bound);
         }
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
@@ -687,6 +750,7 @@ impl Policy {
         found.extend(git.cross_check());
         found.extend(files.cross_check());
         found.extend(tools.cross_check());
+        found.extend(http.cross_check(&tokens, &token_denies));
         let rank = |file: &str| order.iter().position(|s| *s == file);
         found.sort_by_key(|d| (rank(&d.file), d.line, d.col));
         warnings.append(&mut found);
@@ -698,6 +762,7 @@ impl Policy {
             git,
             files,
             tools,
+            http,
             warnings,
             allow_sections,
             workspaces,
@@ -717,6 +782,12 @@ impl Policy {
                 rule: Some(deny.rule.clone()),
                 grant: None,
             };
+        }
+        if let Some(token) = self.tokens.get(name)
+            && !token.reveal
+            && let Some(b) = self.http.binding_of(token)
+        {
+            return crate::http::bound_token_denial(token, b);
         }
         match self.tokens.get(name) {
             Some(token) => Decision {
@@ -940,6 +1011,7 @@ name = "*-admin"
             rate: None,
             mcp: true,
             approve: Some(Approve::Prompt),
+            reveal: false,
             rule: RuleRef {
                 file: "policy.toml".into(),
                 line: 13,
@@ -1047,16 +1119,36 @@ name = "*-admin"
     }
 
     #[test]
-    fn reserved_sections_warn_and_stay_denied() {
-        // Every other section is implemented now; [http] (issue 8) is the
-        // one reserved name left.
-        let text = "[http.openai]\nupstream = \"https://api.openai.com\"\n";
+    fn http_section_is_decided() {
+        // [http] was a reserved section that only warned; it is decided now.
+        let text = "[http.openai]\nupstream = \"https://api.openai.com\"\nmethods = [\"POST\"]\n";
         let policy =
             Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"));
-        let warnings: Vec<_> = policy.warnings().iter().map(ToString::to_string).collect();
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].starts_with("p.toml:1:2: section [http] is not supported"));
-        assert!(policy.token_names().is_empty());
+        assert!(policy.warnings().is_empty(), "{:?}", policy.warnings());
+        let on = |method| {
+            policy.decide(&Request {
+                workspace: "ws",
+                caller: None,
+                action: Action::Http {
+                    name: "openai",
+                    method,
+                    path: "/v1/chat/completions",
+                },
+            })
+        };
+        let ok = on("POST");
+        assert_eq!(ok.verdict, Verdict::Allow, "{}", ok.reason);
+        assert_eq!(ok.rule.map(|r| r.to_string()), Some("p.toml:1".into()));
+        assert_eq!(on("GET").verdict, Verdict::Deny);
+        assert_eq!(policy.http_apis().len(), 1);
+        // An unknown top-level section is still an error.
+        let Err(e) = Policy::from_sources(&[Source::new("p.toml", "[htttp.x]\n")]) else {
+            panic!("accepted")
+        };
+        assert!(
+            e.to_string().contains("unknown top-level key \"htttp\""),
+            "{e}"
+        );
     }
 
     #[test]

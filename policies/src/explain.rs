@@ -18,6 +18,11 @@
 //!
 //! SSH probes name a host instead of a host key: a rule "pins" the probe's
 //! host key when its `host` equals the probe's `host`.
+//!
+//! HTTP probes: `tool = "http"`, `args = { name = "openai", method = "POST",
+//! path = "/v1/chat/completions" }`; `method` defaults to `GET` and `path`
+//! to `/`. A `?query` in `path` is checked like the proxy checks it, then
+//! left out of the decision (which never sees the query).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,7 +36,7 @@ use crate::layers::{Outcome, PolicySet};
 use crate::ssh::SshRule;
 
 /// The tools a probe may name, for messages.
-pub const TOOLS: &str = "token, ssh";
+pub const TOOLS: &str = "token, ssh, http";
 
 /// Longest argument value, so that a fixture cannot balloon a report.
 const MAX_ARG: usize = 4096;
@@ -41,10 +46,10 @@ const MAX_ARG: usize = 4096;
 pub struct Probe {
     /// The workspace's pairing name.
     pub workspace: String,
-    /// `token` or `ssh`.
+    /// `token`, `ssh` or `http`.
     pub tool: String,
     /// `key=value` arguments (`name` for tokens; `op`, `host`, `user`, `key`,
-    /// `namespace`, `forwarding` for ssh).
+    /// `namespace`, `forwarding` for ssh; `name`, `method`, `path` for http).
     pub args: BTreeMap<String, String>,
 }
 
@@ -119,6 +124,21 @@ impl Probe {
                 Ok(set.decide(&req(Action::Token { name })))
             }
             "ssh" => self.decide_ssh(set),
+            "http" => {
+                check_keys(self, &["name", "method", "path"])?;
+                let name = self.need("name", "openai")?;
+                let method = self.arg("method").unwrap_or("GET");
+                let path = self.arg("path").unwrap_or("/");
+                let path = match path.split_once('?') {
+                    Some((path, query)) => {
+                        crate::http::check_query(query)
+                            .map_err(|why| format!("path={:?}: {why}", clip(path)))?;
+                        path
+                    }
+                    None => path,
+                };
+                Ok(set.decide(&req(Action::Http { name, method, path })))
+            }
             other => Err(format!(
                 "unknown tool {:?}; expected one of {TOOLS}",
                 clip(other)

@@ -296,10 +296,32 @@ impl PolicySet {
     /// narrows the tools also narrows what the workspace learns of them.
     #[must_use]
     pub fn tools_for(&self, workspace: &str) -> Vec<&crate::tools::ToolRule> {
+        self.listed_for(workspace, "tools", Policy::tools, |t| &t.name)
+    }
+
+    /// The HTTP APIs workspace `workspace` may call (for listings: MCP,
+    /// `nexus-shim http list`): like [`PolicySet::tools_for`], those every
+    /// binding layer declares and no deny rule of any layer hides, with the
+    /// most specific user layer's declaration (a baseline's pinned values
+    /// apply to requests, through [`PolicySet::decide`]).
+    #[must_use]
+    pub fn http_for(&self, workspace: &str) -> Vec<&crate::http::HttpRule> {
+        self.listed_for(workspace, "http", Policy::http_apis, |a| &a.name)
+    }
+
+    /// What `tools_for` and `http_for` share: the most specific user
+    /// layer's `list`, cut to names every binding layer's `list` has.
+    fn listed_for<'a, T>(
+        &'a self,
+        workspace: &str,
+        section: &str,
+        list: fn(&'a Policy) -> Vec<&'a T>,
+        name: fn(&T) -> &String,
+    ) -> Vec<&'a T> {
         let layers = self.sections.get(workspace).unwrap_or(&self.common);
         let binding: Vec<&(Layer, Policy)> = layers
             .iter()
-            .filter(|(l, p)| *l == Layer::User || p.has_allow_rules("tools"))
+            .filter(|(l, p)| *l == Layer::User || p.has_allow_rules(section))
             .collect();
         let Some((_, shown)) = binding
             .iter()
@@ -308,13 +330,12 @@ impl PolicySet {
         else {
             return Vec::new();
         };
-        shown
-            .tools()
+        list(shown)
             .into_iter()
             .filter(|t| {
                 binding
                     .iter()
-                    .all(|(_, p)| p.tools().iter().any(|o| o.name == t.name))
+                    .all(|(_, p)| list(p).iter().any(|o| name(o) == name(t)))
             })
             .collect()
     }
@@ -461,7 +482,43 @@ fn cap_by_ceilings(chosen: &mut Decision, trace: &[LayerDecision]) {
                 }
             }
         }
+        Some(Grant::Http(rule)) => cap_http(rule, trace),
         _ => {}
+    }
+}
+
+/// Where the request goes and what it carries is the org's: a baseline
+/// that declares the API pins its upstream, header, value, secret and
+/// ca_file. Every allowing layer caps the size and timeout (smallest), the
+/// methods (intersection; an empty list allows any) and MCP (only if all
+/// say so); a baseline's paths replace the user's.
+fn cap_http(rule: &mut crate::http::HttpRule, trace: &[LayerDecision]) {
+    let allowing = trace
+        .iter()
+        .filter(|t| t.decision.verdict == Verdict::Allow)
+        .filter_map(|t| match &t.decision.grant {
+            Some(Grant::Http(o)) => Some((t.layer, o)),
+            _ => None,
+        });
+    for (layer, o) in allowing {
+        if matches!(layer, Layer::Baseline | Layer::BaselineWorkspace) {
+            rule.upstream.clone_from(&o.upstream);
+            rule.header.clone_from(&o.header);
+            rule.value.clone_from(&o.value);
+            rule.secret.clone_from(&o.secret);
+            rule.ca_file.clone_from(&o.ca_file);
+            if !o.paths.is_empty() {
+                rule.paths.clone_from(&o.paths);
+            }
+        }
+        rule.max_request_size = rule.max_request_size.min(o.max_request_size);
+        rule.timeout = rule.timeout.min(o.timeout);
+        if rule.methods.is_empty() {
+            rule.methods.clone_from(&o.methods);
+        } else if !o.methods.is_empty() {
+            rule.methods.retain(|m| o.methods.contains(m));
+        }
+        rule.mcp &= o.mcp;
     }
 }
 
@@ -486,6 +543,7 @@ pub fn section_of(action: &Action<'_>) -> &'static str {
         Action::GitCredential { .. } => "git-credential",
         Action::File { .. } | Action::FileSet { .. } => "files",
         Action::Tool { .. } => "tools",
+        Action::Http { .. } => "http",
     }
 }
 
@@ -498,6 +556,7 @@ fn grant_terms(grant: &Grant) -> (Option<Rate>, Option<Approve>, &RuleRef) {
         Grant::File(r) => (None, None, &r.rule),
         Grant::FileSet(r) => (None, None, &r.rule),
         Grant::Tool(r) => (r.rate, r.approve, &r.rule),
+        Grant::Http(r) => (r.rate, r.approve, &r.rule),
     }
 }
 

@@ -64,6 +64,7 @@ pub mod explain;
 mod files;
 mod git;
 mod glob_deny;
+mod http;
 mod layers;
 mod parse;
 mod rate;
@@ -77,6 +78,10 @@ pub use engine::{
 };
 pub use files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
 pub use git::{GitAction, GitRule};
+pub use http::{
+    DEFAULT_MAX_REQUEST_SIZE, DEFAULT_TIMEOUT as HTTP_DEFAULT_TIMEOUT, HttpRule, HttpSecret,
+    MAX_REQUEST_SIZE, MAX_REST_LEN, Upstream,
+};
 pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
 pub use rate::{Rate, RateError};
 pub use ssh::SshRule;

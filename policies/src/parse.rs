@@ -19,9 +19,6 @@ use crate::rate::{RATE_EXPECTED, Rate};
 use crate::ssh::{self, Glob, SshDenyRule, SshRule};
 use crate::{files, git, tools};
 
-/// Top-level sections kept for tools that later versions will support.
-const RESERVED_SECTIONS: &[&str] = &["http"];
-
 /// The accepted forms of `source`, for error messages.
 const SOURCE_EXPECTED: &str =
     "expected keyring:SERVICE/ACCOUNT, env:VAR, file:PATH or command:[...]";
@@ -57,6 +54,8 @@ pub(crate) struct ParsedFile {
     pub files: files::FilesSection,
     /// `[tools.NAME]` and `[[tools.deny]]`.
     pub tools: tools::ToolsSection,
+    /// `[http.NAME]` and `[[http.deny]]`.
+    pub http: crate::http::HttpSection,
     /// Errors, in no particular order.
     pub errors: Vec<Diagnostic>,
     /// Warnings, in no particular order.
@@ -108,7 +107,7 @@ impl Parser<'_> {
         self.report.error(&span, message);
     }
 
-    /// The top level: `version`, `[tokens]`, `[ssh]`, reserved sections.
+    /// The top level: `version`, `[tokens]`, `[ssh]`, and the other sections.
     fn document(&mut self, root: &DeTable<'_>) {
         for (key, value) in root {
             let name: &str = key.get_ref();
@@ -123,21 +122,14 @@ impl Parser<'_> {
                 "git-credential" => self.git_credential(value),
                 "files" => self.files(value),
                 "tools" => self.tools_section(value),
-                _ if RESERVED_SECTIONS.contains(&name) => self.report.warn(
-                    &key.span(),
-                    format!(
-                        "section [{name}] is not supported by this version yet; it is ignored, \
-                         so everything it would allow stays denied"
-                    ),
-                ),
+                "http" => self.http_section(value),
                 _ => self.report.error(
                     &key.span(),
                     format!(
                         "unknown top-level key {name:?}; expected version, [tokens.NAME], \
                          [[tokens.deny]], [[ssh.allow]], [[ssh.deny]], [[git-credential.allow]], \
-                         [[files.allow]], [files.sets.NAME], [tools.NAME], each also in \
-                         [workspace.\"NAME\"] (reserved for later: {})",
-                        RESERVED_SECTIONS.join(", ")
+                         [[files.allow]], [files.sets.NAME], [tools.NAME], [http.NAME], each \
+                         also in [workspace.\"NAME\"]"
                     ),
                 ),
             }
@@ -634,6 +626,7 @@ impl Parser<'_> {
         let mut rate = None;
         let mut mcp = false;
         let mut approve = None;
+        let mut reveal = false;
         for (key, item) in table {
             let path = format!("{section}.{}", path_key(key.get_ref()));
             match key.get_ref().as_ref() {
@@ -647,13 +640,17 @@ impl Parser<'_> {
                     other => self.wrong_type(&path, item, other, "true or false"),
                 },
                 "approve" => approve = self.approve(&path, item),
+                "reveal" => match item.get_ref() {
+                    DeValue::Boolean(b) => reveal = *b,
+                    other => self.wrong_type(&path, item, other, "true or false"),
+                },
                 "description" => {
                     self.string(&path, item, "a string");
                 }
                 _ => self.unknown_key(
                     &section,
                     key,
-                    "one of source, rate, mcp, approve, description",
+                    "one of source, rate, mcp, approve, reveal, description",
                 ),
             }
         }
@@ -673,13 +670,14 @@ impl Parser<'_> {
                 rate,
                 mcp,
                 approve,
+                reveal,
                 rule,
             });
         }
     }
 
     /// `source = "kind:..."` or `source = { command = [...] }`.
-    fn source(&mut self, path: &str, value: &Value<'_>) -> Option<TokenSource> {
+    pub(crate) fn source(&mut self, path: &str, value: &Value<'_>) -> Option<TokenSource> {
         let result = match value.get_ref() {
             DeValue::String(s) => parse_source_str(s),
             DeValue::Table(table) => return self.command_table(path, value, table),

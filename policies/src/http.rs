@@ -1,0 +1,1162 @@
+//! The `http` section: HTTP secret injection. The workspace calls
+//! `$NEXUS_HTTP_URL/NAME/rest?query`; the laptop sends the request to the
+//! `upstream` of `[http.NAME]` plus `/rest?query`, with the real secret put
+//! into the named header. The workspace never names a host.
+//!
+//! ```toml
+//! [http.openai]                     # $NEXUS_HTTP_URL/openai/v1/... -> https://api.openai.com/v1/...
+//! upstream = "https://api.openai.com"   # https; http:// only for a loopback host;
+//!                                   # may carry a base path ("https://h/api/v2")
+//! header = "Authorization"          # where the secret goes
+//! value = "Bearer {token}"          # default "{token}"; exactly one {token} with a secret
+//! token = "openai"                  # a [tokens.openai] declaration ...
+//! # source = "keyring:nexus/openai" # ... or an inline source (at most one of the two)
+//! ca_file = "~/corp-ca.pem"         # optional extra root (absolute or ~/)
+//! methods = ["GET", "POST"]         # optional, default any (never CONNECT, TRACE, TRACK)
+//! paths = ["/v1/*"]                 # optional globs over the path after NAME (no query):
+//!                                   # `*` stays within a segment, `/**` crosses them
+//! max_request_size = "32MiB"        # optional, default 32MiB, at most 1GiB
+//! timeout = "10m"                   # optional, whole request, default 10m, at most 24h
+//! description = "OpenAI API"        # optional
+//! mcp = false                       # optional: offered to MCP clients
+//! approve = "prompt"                # optional
+//! rate = "60/min"                   # optional
+//!
+//! [[http.deny]]
+//! name = "prod-*"                   # glob over API names, case-insensitive
+//! ```
+//!
+//! A section with neither a secret nor a header is a plain pass-through to a
+//! declared upstream. A header without a secret injects its fixed `value`.
+//!
+//! **Binding.** A secret is bound to the origin (scheme, host, port) of the
+//! section that injects it: a token named by two sections of different
+//! origins, or one source used by both, is a load error, also across
+//! `[workspace."NAME"]` sections of the same policy. A bound token's value
+//! never reaches the workspace any other way: `token get` of a bound token,
+//! or of any token with the same source, is denied unless its declaration
+//! says `reveal = true`.
+//!
+//! **Paths.** The workspace's path is untrusted: it must be ASCII with no
+//! space, control character, backslash or `#`, no `.`/`..` segments (also
+//! with `;params`), no `//`, and no percent-encoded `.`, `/`, `\`, `%` or
+//! control character; percent-encodings must decode to UTF-8. `paths` globs
+//! match the decoded path (an empty path counts as `/`). [`HttpRule::url_for`]
+//! applies the same checks, joins, parses, and re-checks that the result has
+//! the upstream's scheme, host and port and lies under its base path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobMatcher};
+use toml::de::DeValue;
+use url::{Host, Url};
+
+use crate::diag::Diagnostic;
+use crate::engine::shown_name;
+use crate::engine::{Approve, Decision, DenyRule, Grant, RuleRef, TokenRule, TokenSource, Verdict};
+use crate::glob_deny::{GlobDeny, deny};
+use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
+use crate::rate::Rate;
+
+/// Default largest request body (32 MiB).
+pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 32 << 20;
+/// Largest `max_request_size` a rule may set (1 GiB).
+pub const MAX_REQUEST_SIZE: u64 = 1 << 30;
+/// Default time a whole request may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest path plus query the workspace may send.
+pub const MAX_REST_LEN: usize = 8 << 10;
+/// Longest method name.
+const MAX_METHOD_LEN: usize = 32;
+/// Methods never forwarded: CONNECT tunnels anywhere, TRACE/TRACK echo the
+/// request, injected secret included, back to the workspace.
+const REFUSED_METHODS: &[&str] = &["CONNECT", "TRACE", "TRACK"];
+/// Headers a secret may not go into: framing, routing and hop-by-hop headers.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+/// The placeholder for the secret in `value`.
+const PLACEHOLDER: &str = "{token}";
+
+/// A parsed `upstream`: where an API's requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    scheme: String,
+    /// As the `url` crate serializes it (lowercase, punycode, `[v6]`).
+    host: String,
+    port: u16,
+    /// `""` or `/seg/...`, no trailing slash.
+    base_path: String,
+    /// `scheme://host[:port]base_path`.
+    base: String,
+}
+
+impl Upstream {
+    /// Parses and checks an upstream as written in a policy.
+    ///
+    /// # Errors
+    /// Why it is not acceptable, for a policy diagnostic.
+    pub fn parse(text: &str) -> Result<Upstream, String> {
+        const SHAPE: &str = "expected e.g. \"https://api.openai.com\" or \"https://host/api/v2\"";
+        if text
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+        {
+            return Err(format!(
+                "upstream contains a space, control character or backslash; {SHAPE}"
+            ));
+        }
+        let url = Url::parse(text).map_err(|e| format!("upstream is not a URL ({e}); {SHAPE}"))?;
+        let loopback = match url.host() {
+            Some(Host::Domain(d)) => d == "localhost",
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            None => return Err(format!("upstream has no host; {SHAPE}")),
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(
+                    "upstream must use https://; http:// is only allowed for a loopback host \
+                     (127.0.0.0/8, ::1, localhost)"
+                        .to_owned(),
+                );
+            }
+            other => {
+                return Err(format!(
+                    "upstream scheme {other:?} is not supported; use https:// (or http:// for a \
+                     loopback host)"
+                ));
+            }
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "upstream must not hold a user name or password; put the secret in token or \
+                 source and name the header"
+                    .to_owned(),
+            );
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "upstream must not have a query or fragment; {SHAPE}"
+            ));
+        }
+        let lower = text.to_ascii_lowercase();
+        let after_scheme = lower.split_once("://").map_or("", |(_, rest)| rest);
+        let written_path = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+        if written_path.contains("%2e")
+            || written_path.split('/').any(|seg| seg == "." || seg == "..")
+        {
+            return Err("upstream's base path must not hold '.' or '..' segments".to_owned());
+        }
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        if base_path.contains("//") {
+            return Err("upstream's base path must not hold empty segments ('//')".to_owned());
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("upstream has no host; {SHAPE}"))?
+            .to_owned();
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| format!("upstream has no port; {SHAPE}"))?;
+        let shown_port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let base = format!("{}://{host}{shown_port}{base_path}", url.scheme());
+        Ok(Upstream {
+            scheme: url.scheme().to_owned(),
+            host,
+            port,
+            base_path,
+            base,
+        })
+    }
+
+    /// The origin a secret is bound to: `scheme://host:port`, port always given.
+    #[must_use]
+    pub fn origin(&self) -> String {
+        format!("{}://{}:{}", self.scheme, self.host, self.port)
+    }
+
+    /// The normalized base URL, no trailing slash: `https://host[:port][/base/path]`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.base
+    }
+
+    /// `https` or `http` (loopback only).
+    #[must_use]
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The host, as the `url` crate serializes it (IPv6 in brackets).
+    #[must_use]
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, the scheme's default when not written.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The base path: `""` or `/seg/...` without a trailing slash.
+    #[must_use]
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    /// Whether `url` has this upstream's scheme, host and port, no
+    /// credentials or fragment, a path under the base path and no dot
+    /// segment.
+    fn check_same(&self, url: &Url) -> Result<(), String> {
+        if url.scheme() != self.scheme
+            || url.host_str() != Some(self.host.as_str())
+            || url.port_or_known_default() != Some(self.port)
+        {
+            return Err("the request would leave the declared upstream".to_owned());
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+            return Err("the request URL would carry credentials or a fragment".to_owned());
+        }
+        let path = url.path();
+        let under = self.base_path.is_empty()
+            || path == self.base_path
+            || path
+                .strip_prefix(self.base_path.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        if !under || !path.starts_with('/') {
+            return Err("the request path would leave the upstream's base path".to_owned());
+        }
+        if path.split('/').any(is_dot_segment) {
+            return Err("the request path would hold a '.' or '..' segment".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+/// Where an API's secret comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HttpSecret {
+    /// `token = "T"`: the `[tokens.T]` declaration, resolved (in a
+    /// `[workspace."NAME"]` section, its own `[tokens.T]` first, else the
+    /// policy's), so the proxy can fetch it with the token code.
+    Token(TokenRule),
+    /// `source = "..."` written in the `[http.NAME]` section.
+    Source(TokenSource),
+}
+
+impl HttpSecret {
+    /// Where the value is read from.
+    #[must_use]
+    pub fn source(&self) -> &TokenSource {
+        match self {
+            HttpSecret::Token(t) => &t.source,
+            HttpSecret::Source(s) => s,
+        }
+    }
+}
+
+/// An `[http.NAME]` declaration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpRule {
+    /// The API's name: the first path segment after `$NEXUS_HTTP_URL`.
+    pub name: String,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// The header the secret (or fixed value) goes into; `None`: none injected.
+    pub header: Option<String>,
+    /// The header value template (`{token}` stands for the secret).
+    pub value: String,
+    /// The secret, if any.
+    pub secret: Option<HttpSecret>,
+    /// An extra root certificate file (absolute or `~/`).
+    pub ca_file: Option<String>,
+    /// Allowed methods (uppercase); empty: any.
+    pub methods: Vec<String>,
+    /// Allowed path globs (decoded path after NAME, without query); empty: any.
+    pub paths: Vec<String>,
+    /// Largest request body, in bytes.
+    pub max_request_size: u64,
+    /// How long a whole request may take.
+    pub timeout: Duration,
+    /// For listings (MCP, `nexus-shim http list`).
+    pub description: String,
+    /// Whether the API is offered to MCP clients as a tool.
+    pub mcp: bool,
+    /// Whether the laptop user must approve each request.
+    pub approve: Option<Approve>,
+    /// Optional rate limit, enforced by the laptop.
+    pub rate: Option<Rate>,
+    /// Where the API is declared.
+    pub rule: RuleRef,
+}
+
+impl HttpRule {
+    /// The URL to dial for `rest`: the workspace's path after `/NAME`
+    /// (starting with `/`, or empty) plus an optional `?query`.
+    ///
+    /// `rest` is untrusted: it is checked (see the module docs), joined to
+    /// the base, parsed, and the result re-checked to have the upstream's
+    /// scheme, host and port and a path under its base path.
+    ///
+    /// # Errors
+    /// The reason to give the workspace.
+    pub fn url_for(&self, rest: &str) -> Result<Url, String> {
+        if rest.len() > MAX_REST_LEN {
+            return Err(format!(
+                "the path and query are longer than {MAX_REST_LEN} bytes"
+            ));
+        }
+        let (path, query) = match rest.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rest, None),
+        };
+        check_path(path)?;
+        if let Some(q) = query {
+            check_query(q)?;
+        }
+        let mut text = String::with_capacity(self.upstream.base.len() + rest.len());
+        text.push_str(&self.upstream.base);
+        text.push_str(path);
+        if let Some(q) = query {
+            text.push('?');
+            text.push_str(q);
+        }
+        let url = Url::parse(&text).map_err(|e| format!("the request URL is not valid ({e})"))?;
+        self.upstream.check_same(&url)?;
+        Ok(url)
+    }
+
+    /// The header value with `secret` in place of `{token}` (the value as
+    /// written when it has none). The proxy calls this; the result is never
+    /// logged, and the proxy must still refuse a value that is not a valid
+    /// header value (a secret with a newline, say).
+    #[must_use]
+    pub fn header_value(&self, secret: &str) -> String {
+        self.value.replacen(PLACEHOLDER, secret, 1)
+    }
+}
+
+/// Whether a path segment is `.` or `..` (also with `;params`, which some
+/// servers strip before resolving dot segments).
+fn is_dot_segment(seg: &str) -> bool {
+    let bare = seg.split(';').next().unwrap_or(seg);
+    bare == "." || bare == ".."
+}
+
+/// The value of one hex digit.
+fn hex(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// Decodes `%XX` escapes, refusing malformed ones and those that would
+/// change how the text splits (`.`, `/`, `\`, `%`) or hide a control byte.
+fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err("a '%' is not followed by two hex digits".to_owned());
+        };
+        let b = hi * 16 + lo;
+        if matches!(b, b'.' | b'/' | b'\\' | b'%') || b < 0x20 || b == 0x7f {
+            return Err(
+                "it holds a percent-encoded '.', '/', '\\', '%' or control character".to_owned(),
+            );
+        }
+        out.push(b);
+        i += 3;
+    }
+    Ok(out)
+}
+
+/// Characters allowed as written in a path or query.
+fn check_chars(text: &str, what: &str) -> Result<(), String> {
+    for c in text.chars() {
+        if !c.is_ascii_graphic() {
+            return Err(format!(
+                "the {what} holds a space, control or non-ASCII character; percent-encode it"
+            ));
+        }
+        if c == '\\' || c == '#' {
+            return Err(format!("the {what} holds a {c:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a request path (the part after `/NAME`, without the query) and
+/// returns it percent-decoded, for matching `paths`.
+///
+/// # Errors
+/// Why the path is refused.
+pub(crate) fn check_path(path: &str) -> Result<String, String> {
+    if path.len() > MAX_REST_LEN {
+        return Err(format!("the path is longer than {MAX_REST_LEN} bytes"));
+    }
+    if !path.is_empty() && !path.starts_with('/') {
+        return Err("the path must start with '/'".to_owned());
+    }
+    check_chars(path, "path")?;
+    if path.contains('?') {
+        return Err("the path holds a '?' (the query is checked apart)".to_owned());
+    }
+    if path.contains("//") {
+        return Err("the path holds an empty segment ('//')".to_owned());
+    }
+    if path.split('/').any(is_dot_segment) {
+        return Err("the path holds a '.' or '..' segment".to_owned());
+    }
+    let decoded = percent_decode(path).map_err(|why| format!("the path is refused: {why}"))?;
+    String::from_utf8(decoded).map_err(|_| "the path's percent-encoding is not UTF-8".to_owned())
+}
+
+/// Checks a query string (after `?`).
+pub(crate) fn check_query(query: &str) -> Result<(), String> {
+    check_chars(query, "query")?;
+    let bytes = query.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'%'
+            && !(bytes.get(i + 1).copied().and_then(hex).is_some()
+                && bytes.get(i + 2).copied().and_then(hex).is_some())
+        {
+            return Err("the query has a '%' not followed by two hex digits".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `method` is an HTTP token in uppercase: `[A-Z][A-Z0-9_-]*`.
+fn check_method_shape(method: &str) -> Result<(), String> {
+    let b = method.as_bytes();
+    let ok = b.first().is_some_and(u8::is_ascii_uppercase)
+        && b.len() <= MAX_METHOD_LEN
+        && b.iter()
+            .all(|&c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "method {} is not an uppercase HTTP method like \"GET\"",
+            shown_name(method)
+        ))
+    }
+}
+
+fn check_rule_method(method: &str) -> Result<(), String> {
+    check_method_shape(method)?;
+    if REFUSED_METHODS.contains(&method) {
+        return Err(format!(
+            "method {method:?} is never forwarded (CONNECT tunnels anywhere; TRACE and TRACK \
+             echo the injected secret back)"
+        ));
+    }
+    Ok(())
+}
+
+/// An HTTP header name: RFC 9110 token characters.
+fn check_header(name: &str) -> Result<(), String> {
+    let token = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(format!(
+            "header {} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)",
+            shown_name(name)
+        ));
+    }
+    if FORBIDDEN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "header {name:?} frames or routes the request; a secret cannot go there (use e.g. \
+             \"Authorization\" or \"X-Api-Key\")"
+        ));
+    }
+    Ok(())
+}
+
+/// A header value template: printable ASCII, space and tab.
+fn check_value(value: &str) -> Result<(), String> {
+    if value.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
+        Ok(())
+    } else {
+        Err("value holds a control or non-ASCII character; a header value cannot".to_owned())
+    }
+}
+
+/// A path glob: starts with `/`, no dot segments or `//`.
+fn check_path_glob(pattern: &str) -> Result<(), String> {
+    if !pattern.starts_with('/') {
+        return Err(format!(
+            "path glob {} must start with '/' (it matches the path after /NAME)",
+            shown_name(pattern)
+        ));
+    }
+    if pattern.contains("//")
+        || pattern.split('/').any(is_dot_segment)
+        || pattern.chars().any(|c| c.is_control() || c == '\\')
+    {
+        return Err(format!(
+            "path glob {} holds '//', a '.' or '..' segment, a control character or a backslash",
+            shown_name(pattern)
+        ));
+    }
+    path_glob(pattern).map(|_| ())
+}
+
+/// Compiles a path glob: case-sensitive, `*` within one segment, `**` across.
+fn path_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("invalid path glob {} ({})", shown_name(pattern), e.kind()))
+}
+
+fn check_ca_file(p: &str) -> Result<(), String> {
+    if p.contains('\0') {
+        return Err("ca_file contains a NUL character".to_owned());
+    }
+    if p.starts_with("~/") || p.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!(
+            "ca_file {} must be absolute or start with ~/",
+            shown_name(p)
+        ))
+    }
+}
+
+/// One declared API, with what the engine needs besides the public rule.
+#[derive(Clone, Debug)]
+struct HttpApi {
+    rule: HttpRule,
+    /// Compiled `paths`.
+    matchers: Vec<GlobMatcher>,
+    /// `token = "T"` and where it is written, until resolved.
+    token: Option<(String, RuleRef)>,
+}
+
+/// A secret bound to an upstream origin.
+#[derive(Clone, Debug)]
+pub(crate) struct Binding {
+    /// The token name, if the secret is a `[tokens.T]`.
+    token: Option<String>,
+    /// Where the value is read from.
+    source: TokenSource,
+    /// The API it is bound to.
+    api: String,
+    /// Its upstream, for messages.
+    upstream: String,
+    /// Its origin.
+    origin: String,
+    /// The `[http.NAME]` rule.
+    rule: RuleRef,
+}
+
+/// Every http rule of one source (or, merged, of all).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HttpSection {
+    apis: Vec<HttpApi>,
+    deny: Vec<GlobDeny>,
+    /// Secrets bound by this policy and its workspace sections.
+    bound: Vec<Binding>,
+}
+
+impl HttpSection {
+    pub(crate) fn append(&mut self, other: &mut HttpSection) {
+        self.apis.append(&mut other.apis);
+        self.deny.append(&mut other.deny);
+    }
+
+    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
+    pub(crate) fn add_denies_from(&mut self, other: &HttpSection) {
+        self.deny.extend(other.deny.iter().cloned());
+    }
+
+    fn denied(&self, name: &str) -> Option<&GlobDeny> {
+        self.deny.iter().find(|d| d.matcher.is_match(name))
+    }
+
+    /// Declared APIs no deny rule hides, in declaration order.
+    pub(crate) fn listed(&self) -> Vec<&HttpRule> {
+        self.apis
+            .iter()
+            .map(|a| &a.rule)
+            .filter(|r| self.denied(&r.name).is_none())
+            .collect()
+    }
+
+    /// Reports APIs declared twice and resolves `token = "T"` against
+    /// `tokens` (then `outer`, the enclosing policy's, in a workspace
+    /// section). Errors for names declared twice and unknown tokens.
+    pub(crate) fn resolve(
+        &mut self,
+        tokens: &BTreeMap<String, TokenRule>,
+        outer: Option<&BTreeMap<String, TokenRule>>,
+    ) -> Vec<Diagnostic> {
+        let mut errors = Vec::new();
+        let mut seen: BTreeMap<&str, &RuleRef> = BTreeMap::new();
+        for api in &self.apis {
+            if let Some(first) = seen.insert(&api.rule.name, &api.rule.rule) {
+                errors.push(at(
+                    &api.rule.rule,
+                    format!(
+                        "{}: declared twice (first at {}:{}:{}); declare each API once",
+                        api.rule.rule.section, first.file, first.line, first.col
+                    ),
+                ));
+                seen.insert(&api.rule.name, first);
+            }
+        }
+        drop(seen);
+        for api in &mut self.apis {
+            let Some((name, at_token)) = &api.token else {
+                continue;
+            };
+            match tokens.get(name).or_else(|| outer.and_then(|o| o.get(name))) {
+                Some(t) => api.rule.secret = Some(HttpSecret::Token(t.clone())),
+                None => errors.push(at(
+                    at_token,
+                    format!(
+                        "{}.token: no [tokens.{}] is declared in this policy; declare it (with \
+                         its source) or write source = \"...\" here instead",
+                        api.rule.rule.section,
+                        path_key(name)
+                    ),
+                )),
+            }
+        }
+        errors
+    }
+
+    /// Decides one request.
+    pub(crate) fn decide(
+        &self,
+        name: &str,
+        method: &str,
+        path: &str,
+        token_denies: &[DenyRule],
+    ) -> Decision {
+        let shown = shown_name(name);
+        if let Some(d) = self.denied(name) {
+            return deny(
+                Some(d.rule.clone()),
+                format!(
+                    "http API {shown} denied by [[http.deny]] name = {:?} ({})",
+                    d.pattern, d.rule
+                ),
+            );
+        }
+        let Some(api) = self.apis.iter().find(|a| a.rule.name == name) else {
+            return deny(
+                None,
+                format!("http API {shown} is not declared in the policy (default deny)"),
+            );
+        };
+        let rule = &api.rule;
+        let refuse = |why: String| {
+            deny(
+                Some(rule.rule.clone()),
+                format!(
+                    "http API {shown}: {why} ([{}] at {})",
+                    rule.rule.section, rule.rule
+                ),
+            )
+        };
+        if let Some(HttpSecret::Token(t)) = &rule.secret
+            && let Some(d) = token_denies.iter().find(|d| d.matcher.is_match(&t.name))
+        {
+            return deny(
+                Some(d.rule.clone()),
+                format!(
+                    "http API {shown}: its token {:?} is denied by [[tokens.deny]] name = {:?} ({})",
+                    t.name, d.pattern, d.rule
+                ),
+            );
+        }
+        let decoded = match check_path(path) {
+            Ok(d) => d,
+            Err(why) => return refuse(format!("path {} refused: {why}", shown_name(path))),
+        };
+        if let Err(why) = check_rule_method(method) {
+            return refuse(why);
+        }
+        if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
+            return refuse(format!(
+                "method {method:?} is not in methods = {:?}",
+                rule.methods
+            ));
+        }
+        let matched = if decoded.is_empty() { "/" } else { &decoded };
+        if !api.matchers.is_empty() && !api.matchers.iter().any(|m| m.is_match(matched)) {
+            return refuse(format!(
+                "path {} matches none of paths = {:?}",
+                shown_name(path),
+                rule.paths
+            ));
+        }
+        Decision {
+            verdict: Verdict::Allow,
+            reason: format!(
+                "http API {shown} allowed by [{}] ({}): {method} to {}",
+                rule.rule.section, rule.rule, rule.upstream
+            ),
+            rule: Some(rule.rule.clone()),
+            grant: Some(Grant::Http(rule.clone())),
+        }
+    }
+
+    /// The binding that keeps `token`'s value out of the workspace, if any:
+    /// one naming it, or one whose secret has the same source.
+    pub(crate) fn binding_of(&self, token: &TokenRule) -> Option<&Binding> {
+        self.bound
+            .iter()
+            .find(|b| b.token.as_deref() == Some(token.name.as_str()))
+            .or_else(|| self.bound.iter().find(|b| b.source == token.source))
+    }
+
+    /// Sets the secrets bound in the whole policy.
+    pub(crate) fn set_bound(&mut self, bound: Vec<Binding>) {
+        self.bound = bound;
+    }
+
+    /// Warnings: APIs always denied, APIs whose token is denied, bound
+    /// tokens revealed anyway.
+    pub(crate) fn cross_check(
+        &self,
+        tokens: &BTreeMap<String, TokenRule>,
+        token_denies: &[DenyRule],
+    ) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for api in &self.apis {
+            let r = &api.rule;
+            if let Some(d) = self.denied(&r.name) {
+                out.push(at(
+                    &r.rule,
+                    format!(
+                        "http API {:?} is declared but always denied by [[http.deny]] name = {:?} ({})",
+                        r.name, d.pattern, d.rule
+                    ),
+                ));
+            }
+            if let Some(HttpSecret::Token(t)) = &r.secret
+                && let Some(d) = token_denies.iter().find(|d| d.matcher.is_match(&t.name))
+            {
+                out.push(at(
+                    &r.rule,
+                    format!(
+                        "http API {:?} uses token {:?}, which [[tokens.deny]] name = {:?} ({}) \
+                         denies: its requests are denied",
+                        r.name, t.name, d.pattern, d.rule
+                    ),
+                ));
+            }
+        }
+        for t in tokens.values().filter(|t| t.reveal) {
+            if let Some(b) = self.binding_of(t) {
+                out.push(at(
+                    &t.rule,
+                    format!(
+                        "token {:?} is bound to [http.{}] ({}) but says reveal = true: \
+                         `token get` hands its value to the workspace too; remove reveal unless \
+                         the workspace really needs the raw value",
+                        t.name, b.api, b.upstream
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The deny decision for a bound token.
+pub(crate) fn bound_token_denial(token: &TokenRule, b: &Binding) -> Decision {
+    let how = if b.token.as_deref() == Some(token.name.as_str()) {
+        String::new()
+    } else {
+        " (it has the same source as the secret of that API)".to_owned()
+    };
+    deny(
+        Some(b.rule.clone()),
+        format!(
+            "token {} is bound to [http.{}] ({}){how}: its value never enters the workspace; \
+             use $NEXUS_HTTP_URL/{}/...",
+            shown_name(&token.name),
+            b.api,
+            b.upstream,
+            b.api
+        ),
+    )
+}
+
+/// Binds every secret of `sections` (a policy first, then its workspace
+/// sections) to its origin; errors where one is bound to two origins.
+pub(crate) fn bind<'a>(
+    sections: impl IntoIterator<Item = &'a HttpSection>,
+) -> (Vec<Binding>, Vec<Diagnostic>) {
+    let mut bound: Vec<Binding> = Vec::new();
+    let mut errors = Vec::new();
+    for section in sections {
+        for api in &section.apis {
+            let r = &api.rule;
+            let Some(secret) = &r.secret else {
+                continue;
+            };
+            let token = match secret {
+                HttpSecret::Token(t) => Some(t.name.clone()),
+                HttpSecret::Source(_) => None,
+            };
+            let origin = r.upstream.origin();
+            let clash = bound.iter().find(|b| {
+                b.origin != origin
+                    && ((token.is_some() && b.token == token) || b.source == *secret.source())
+            });
+            if let Some(first) = clash {
+                let what = match (&token, first.token == token) {
+                    (Some(t), true) => format!("token {t:?}"),
+                    _ => "its secret's source".to_owned(),
+                };
+                errors.push(at(
+                    &r.rule,
+                    format!(
+                        "{}: {what} is already bound to [http.{}] at {}:{}:{} ({}); a secret is \
+                         sent to one origin only, so {} cannot use it: declare another token \
+                         for it",
+                        r.rule.section,
+                        first.api,
+                        first.rule.file,
+                        first.rule.line,
+                        first.rule.col,
+                        first.origin,
+                        origin
+                    ),
+                ));
+                continue;
+            }
+            bound.push(Binding {
+                token,
+                source: secret.source().clone(),
+                api: r.name.clone(),
+                upstream: r.upstream.to_string(),
+                origin,
+                rule: r.rule.clone(),
+            });
+        }
+    }
+    (bound, errors)
+}
+
+/// A diagnostic placed at a rule.
+fn at(rule: &RuleRef, message: String) -> Diagnostic {
+    Diagnostic {
+        file: rule.file.clone(),
+        line: rule.line,
+        col: rule.col,
+        message,
+    }
+}
+
+impl Parser<'_> {
+    /// `[http]`: `[http.NAME]` declarations and `[[http.deny]]`.
+    pub(crate) fn http_section(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type("http", value, found, "[http.NAME] tables");
+        };
+        for (key, value) in table {
+            if key.get_ref() == "deny" {
+                self.ssh_list("http.deny", value, Self::http_deny);
+            } else {
+                self.http_api(key, value);
+            }
+        }
+    }
+
+    fn http_deny(&mut self, value: &Value<'_>) {
+        if let Some(deny) = self.glob_deny("http.deny", "name", "prod-*", value) {
+            self.out.http.deny.push(deny);
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn http_api(&mut self, key: &Key<'_>, value: &Value<'_>) {
+        const KEYS: &str = "one of upstream, header, value, token, source, ca_file, methods, \
+                            paths, max_request_size, timeout, description, mcp, approve, rate";
+        let name: &str = key.get_ref();
+        let section = format!("http.{}", path_key(name));
+        if !valid_token_name(name) {
+            return self.report.error(
+                &key.span(),
+                format!(
+                    "{section}: invalid API name {}; expected 1 to 64 characters from A-Z a-z \
+                     0-9 . _ -, starting with a letter or digit (it is the first path segment \
+                     after $NEXUS_HTTP_URL)",
+                    shown_name(name)
+                ),
+            );
+        }
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(
+                &section,
+                value,
+                found,
+                "a table with upstream = \"https://...\"",
+            );
+        };
+        let errors_before = self.report.errors.len();
+        let (mut upstream, mut header, mut value_tpl) = (None, None, None);
+        let (mut token, mut source) = (None, None);
+        let mut secret_keys: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+        let (mut ca_file, mut approve, mut rate) = (None, None, None);
+        let (mut methods, mut paths) = (Vec::new(), Vec::new());
+        let mut max_request_size = DEFAULT_MAX_REQUEST_SIZE;
+        let mut timeout = DEFAULT_TIMEOUT;
+        let mut description = String::new();
+        let mut mcp = false;
+        let mut seen_upstream = false;
+        for (k, item) in table {
+            let at = format!("{section}.{}", path_key(k.get_ref()));
+            match k.get_ref().as_ref() {
+                "upstream" => {
+                    seen_upstream = true;
+                    if let Some(text) =
+                        self.string(&at, item, "a URL like \"https://api.openai.com\"")
+                    {
+                        match Upstream::parse(text) {
+                            Ok(u) => upstream = Some(u),
+                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
+                        }
+                    }
+                }
+                "header" => {
+                    header = self.checked_string(
+                        &at,
+                        item,
+                        "a header name like \"Authorization\"",
+                        check_header,
+                    );
+                }
+                "value" => {
+                    value_tpl = self
+                        .checked_string(
+                            &at,
+                            item,
+                            "a template like \"Bearer {token}\"",
+                            check_value,
+                        )
+                        .map(|v| (v, item.span()));
+                }
+                "token" => {
+                    secret_keys.push(("token", k.span()));
+                    if let Some(t) = self.string(&at, item, "a token name like \"openai\"") {
+                        if valid_token_name(t) {
+                            let (line, col) = self.report.position(&item.span());
+                            let rule = RuleRef {
+                                file: self.report.file.to_owned(),
+                                line,
+                                col,
+                                section: at.clone(),
+                            };
+                            token = Some((t.to_owned(), rule));
+                        } else {
+                            self.report.error(
+                                &item.span(),
+                                format!("{at}: invalid token name {}; expected the NAME of a [tokens.NAME]", shown_name(t)),
+                            );
+                        }
+                    }
+                }
+                "source" => {
+                    secret_keys.push(("source", k.span()));
+                    source = self.source(&at, item);
+                }
+                "ca_file" => ca_file = self.checked_string(&at, item, "a file path", check_ca_file),
+                "methods" => {
+                    methods = self
+                        .string_list(
+                            &at,
+                            item,
+                            "a list of methods like [\"GET\", \"POST\"]",
+                            check_rule_method,
+                            "the API would allow no method; leave methods out to allow any",
+                        )
+                        .unwrap_or_default();
+                }
+                "paths" => {
+                    paths = self
+                        .string_list(
+                            &at,
+                            item,
+                            "a list of path globs like [\"/v1/*\"]",
+                            check_path_glob,
+                            "the API would allow no path; leave paths out to allow any",
+                        )
+                        .unwrap_or_default();
+                }
+                "max_request_size" => {
+                    if let Some(text) = self.string(&at, item, "a size like \"32MiB\"") {
+                        match crate::files::parse_size(text) {
+                            Ok(n) if n <= MAX_REQUEST_SIZE => max_request_size = n,
+                            Ok(_) => self.report.error(
+                                &item.span(),
+                                format!("{at}: {text:?} is more than the 1GiB maximum"),
+                            ),
+                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
+                        }
+                    }
+                }
+                "timeout" => {
+                    if let Some(t) = self.string(&at, item, "a duration like \"10m\"") {
+                        match crate::tools::parse_timeout(t) {
+                            Ok(d) => timeout = d,
+                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
+                        }
+                    }
+                }
+                "description" => {
+                    description = self.string(&at, item, "a string").unwrap_or("").to_owned();
+                }
+                "mcp" => match item.get_ref() {
+                    DeValue::Boolean(b) => mcp = *b,
+                    other => self.wrong_type(&at, item, other, "true or false"),
+                },
+                "approve" => approve = self.approve(&at, item),
+                "rate" => rate = self.rate(&at, item),
+                _ => self.unknown_key(&section, k, KEYS),
+            }
+        }
+        if !seen_upstream {
+            self.report.error(
+                &value.span(),
+                format!(
+                    "{section}: missing upstream; expected upstream = \"https://HOST[/BASE/PATH]\""
+                ),
+            );
+        }
+        if let [_, (_, second)] = secret_keys.as_slice() {
+            self.report.error(
+                second,
+                format!(
+                    "{section}: both token and source are given; use token = \"NAME\" for a \
+                     [tokens.NAME] declaration, or source = \"...\", not both"
+                ),
+            );
+        }
+        let has_secret = !secret_keys.is_empty();
+        let value_given = value_tpl.is_some();
+        let (value_text, value_span) =
+            value_tpl.unwrap_or_else(|| (PLACEHOLDER.to_owned(), value.span()));
+        let placeholders = value_text.matches(PLACEHOLDER).count();
+        match (has_secret, header.is_some(), value_given) {
+            (true, false, _) => self.report.error(
+                &value.span(),
+                format!(
+                    "{section}: a secret (token or source) needs header = \"NAME\" to go into, \
+                     e.g. header = \"Authorization\""
+                ),
+            ),
+            (true, true, _) if placeholders != 1 => self.report.error(
+                &value_span,
+                format!(
+                    "{section}.value: with a secret, the value must hold {PLACEHOLDER} exactly \
+                     once (found {placeholders}), e.g. \"Bearer {PLACEHOLDER}\""
+                ),
+            ),
+            (false, _, true) if placeholders > 0 => self.report.error(
+                &value_span,
+                format!(
+                    "{section}.value: {PLACEHOLDER} without a secret; add token = \"NAME\" or \
+                     source = \"...\", or write a fixed value"
+                ),
+            ),
+            (false, true, false) => self.report.error(
+                &value.span(),
+                format!(
+                    "{section}: header without a secret or a value injects nothing; add token = \
+                     \"NAME\" (or source) or value = \"...\""
+                ),
+            ),
+            (false, false, true) => self.report.error(
+                &value_span,
+                format!("{section}.value: a value needs header = \"NAME\" to go into"),
+            ),
+            _ => {}
+        }
+        if self.report.errors.len() != errors_before {
+            return;
+        }
+        if let Some(first) = self.out.http.apis.iter().find(|a| a.rule.name == name) {
+            let msg = format!(
+                "{section}: declared twice (first at {}); declare each API once",
+                first.rule.rule
+            );
+            return self.report.error(&value.span(), msg);
+        }
+        let Some(upstream) = upstream else {
+            return;
+        };
+        let matchers = paths.iter().filter_map(|p| path_glob(p).ok()).collect();
+        let rule = self.rule_ref(&value.span(), section);
+        self.out.http.apis.push(HttpApi {
+            rule: HttpRule {
+                name: name.to_owned(),
+                upstream,
+                header,
+                value: if has_secret || value_given {
+                    value_text
+                } else {
+                    String::new()
+                },
+                secret: source.map(HttpSecret::Source),
+                ca_file,
+                methods,
+                paths,
+                max_request_size,
+                timeout,
+                description,
+                mcp,
+                approve,
+                rate,
+                rule,
+            },
+            matchers,
+            token,
+        });
+    }
+}
