@@ -29,9 +29,9 @@ pub use frame::{
     encode_frame,
 };
 pub use message::{
-    Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, LinkStatus,
-    LocalOp, LocalReply, LocalRequest, MAX_CHUNK, PairingInfo, Refusal, Reply, Request,
-    ServerHello, SshIdentity, StatusInfo, ToolInfo,
+    Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, HttpApi,
+    HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK, PairingInfo,
+    Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
 };
 pub use message::{Control, ControlReply, chunk_as_local_frame};
 pub use secret::Secret;

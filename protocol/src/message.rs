@@ -136,6 +136,69 @@ pub enum Request {
         /// Set name, as declared in the laptop's policy.
         set: String,
     },
+    /// The HTTP APIs (`[http.NAME]`) this workspace may call.
+    HttpList,
+    /// An HTTP request for the upstream of `[http.NAME]`. The request body
+    /// follows on the same stream as [`Upload`] frames (always ending with
+    /// [`Upload::End`]); the answer is [`Reply::HttpHead`], [`Reply::Chunk`]
+    /// frames of body data, then [`Reply::Done`].
+    Http(HttpRequest),
+}
+
+/// What the workspace asked of an `[http.NAME]` API: never a host, only a
+/// path below the upstream the laptop's policy declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// The API's name (the first path segment after `$NEXUS_HTTP_URL`).
+    pub name: String,
+    /// Method, as sent (`GET`, `POST`...).
+    pub method: String,
+    /// The rest of the path after `/NAME` (empty or starting with `/`),
+    /// with the query string if any.
+    pub path: String,
+    /// Request headers, hop-by-hop ones already removed by the shim.
+    pub headers: Vec<HttpHeader>,
+    /// `Content-Length` when the client gave one (else the body is
+    /// delimited by [`Upload::End`]).
+    pub body_len: Option<u64>,
+}
+
+/// One HTTP header. Values are bytes: HTTP allows non-UTF-8 octets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpHeader {
+    /// Header name (lowercase).
+    pub name: String,
+    /// Header value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// A frame of a request body, shim → proxy, after an HTTP [`Call`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Upload {
+    /// Body bytes (at most [`MAX_CHUNK`]).
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The body is complete.
+    End,
+}
+
+/// An `[http.NAME]` API as `nexus-shim http list` and MCP show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpApi {
+    /// API name: `$NEXUS_HTTP_URL/NAME/...`.
+    pub name: String,
+    /// What it is (from the policy).
+    pub description: String,
+    /// The upstream origin and base path the laptop sends requests to.
+    pub upstream: String,
+    /// Methods allowed (empty: any).
+    pub methods: Vec<String>,
+    /// Path patterns allowed (empty: any).
+    pub paths: Vec<String>,
+    /// Whether MCP clients are offered it as a tool.
+    pub mcp: bool,
+    /// Whether each request needs the laptop user's approval.
+    pub approve: bool,
 }
 
 /// What a git credential helper is asked to do.
@@ -195,6 +258,7 @@ impl Request {
             Self::GitCredential { .. } => "git-credential",
             Self::ToolList | Self::ToolRun { .. } => "tool",
             Self::FileGet { .. } | Self::FileSync { .. } => "file",
+            Self::HttpList | Self::Http(_) => "http",
         }
     }
 
@@ -204,7 +268,7 @@ impl Request {
     pub fn is_streaming(&self) -> bool {
         matches!(
             self,
-            Self::ToolRun { .. } | Self::FileGet { .. } | Self::FileSync { .. }
+            Self::ToolRun { .. } | Self::FileGet { .. } | Self::FileSync { .. } | Self::Http(_)
         )
     }
 }
@@ -287,6 +351,16 @@ pub enum Reply {
     Tools(Vec<ToolInfo>),
     /// Answer to [`Request::McpTokens`]: token names.
     McpTokens(Vec<String>),
+    /// Answer to [`Request::HttpList`].
+    HttpApis(Vec<HttpApi>),
+    /// The upstream's response status and headers (not final); the body
+    /// follows as [`Channel::Data`] chunks, then [`Reply::Done`].
+    HttpHead {
+        /// Status code.
+        status: u16,
+        /// Response headers, hop-by-hop ones removed.
+        headers: Vec<HttpHeader>,
+    },
     /// A piece of a streamed answer (not final). At most [`MAX_CHUNK`] bytes.
     Chunk {
         /// Which output.
@@ -325,10 +399,11 @@ impl Reply {
             | Self::GitCredential(_)
             | Self::Tools(_)
             | Self::McpTokens(_)
+            | Self::HttpApis(_)
             | Self::Exit(_)
             | Self::Done
             | Self::Error(_) => true,
-            Self::Chunk { .. } | Self::FileStart { .. } => false,
+            Self::Chunk { .. } | Self::FileStart { .. } | Self::HttpHead { .. } => false,
         }
     }
 

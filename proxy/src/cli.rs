@@ -356,6 +356,7 @@ async fn serve(
         rates: Default::default(),
         ssh_agent: sources.ssh_agent,
         replay: Default::default(),
+        http: crate::tools::http::HttpState::default(),
         call_rate: nexus_policy::Rate {
             count: sources.max_calls_per_second,
             per: std::time::Duration::from_secs(1),

@@ -192,7 +192,7 @@ async fn connect_ws(target: &WsTarget) -> std::io::Result<Conduit> {
             .map_err(|e| std::io::Error::other(format!("websocket handshake: {e}")))?;
         return Ok(Box::new(WsIo::new(socket)));
     }
-    let roots = outer_roots(target.ca_file.as_deref())?;
+    let roots = tls_roots(target.ca_file.as_deref(), "pass --ca-file")?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls_config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -211,8 +211,12 @@ async fn connect_ws(target: &WsTarget) -> std::io::Result<Conduit> {
     Ok(Box::new(WsIo::new(socket)))
 }
 
-/// The OS's root certificates, plus those in `ca_file`.
-fn outer_roots(ca_file: Option<&Path>) -> std::io::Result<rustls::RootCertStore> {
+/// The OS's root certificates, plus those in `ca_file`; `hint` says how
+/// to add one when there are none.
+pub(crate) fn tls_roots(
+    ca_file: Option<&Path>,
+    hint: &str,
+) -> std::io::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -237,9 +241,9 @@ fn outer_roots(ca_file: Option<&Path>) -> std::io::Result<rustls::RootCertStore>
         }
     }
     if roots.is_empty() {
-        return Err(std::io::Error::other(
-            "no root certificates for the outer TLS: the OS store is empty; pass --ca-file",
-        ));
+        return Err(std::io::Error::other(format!(
+            "no root certificates: the OS store is empty; {hint}"
+        )));
     }
     Ok(roots)
 }

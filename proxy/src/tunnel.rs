@@ -486,7 +486,7 @@ async fn answer(
         // at its policy timeout, a file at its end or when the workspace
         // stops reading (yamux flow control holds the laptop side).
         Some(_place) if call.request.is_streaming() => {
-            tools::dispatch_stream(&call, workspace, ctx, &mut stream).await
+            tools::dispatch_stream(&call, workspace, ctx, &mut stream, limits.max_call_frame).await
         }
         Some(_place) => {
             match tokio::time::timeout(limits.call_timeout, tools::dispatch(&call, workspace, ctx))

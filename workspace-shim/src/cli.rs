@@ -66,7 +66,9 @@ enum Command {
         client: ClientArgs,
     },
     /// Print `export` lines for `eval "$(nexus-shim env)"`: SSH_AUTH_SOCK,
-    /// NEXUS_STATE_DIR, and git's credential helper (GIT_CONFIG_COUNT...).
+    /// NEXUS_STATE_DIR, git's credential helper (GIT_CONFIG_COUNT...), and
+    /// NEXUS_HTTP_URL when the daemon serves HTTP injection
+    /// (`OPENAI_BASE_URL=$NEXUS_HTTP_URL/openai/v1`).
     Env,
     /// Print known_hosts lines for the SSH hosts the laptop's policy allows,
     /// with the keys the laptop pinned (append them to ~/.ssh/known_hosts so
@@ -97,6 +99,10 @@ enum Command {
     /// Allowlisted laptop files (read-only).
     #[command(subcommand)]
     File(crate::commands::FileCommand),
+    /// HTTP APIs the laptop calls for this workspace with its own keys
+    /// (`$NEXUS_HTTP_URL/NAME/...`).
+    #[command(subcommand)]
+    Http(crate::commands::HttpCommand),
     /// Run a command with laptop tokens in its environment only:
     /// `exec --env OPENAI_API_KEY=token:openai -- CMD ARGS`. The command
     /// replaces this process (same pid: signals reach it; its exit code is
@@ -157,6 +163,16 @@ struct ServeArgs {
     /// stdin closes.
     #[arg(long)]
     stdio: bool,
+    /// Address of the plain-HTTP endpoint for HTTP secret injection, on
+    /// workspace loopback (`nexus-shim env` exports its URL as
+    /// NEXUS_HTTP_URL; `none` turns it off).
+    #[arg(
+        long,
+        env = "NEXUS_HTTP_LISTEN",
+        default_value = "127.0.0.1:0",
+        value_name = "ADDR"
+    )]
+    http_listen: String,
     /// HOST:PORT the pairing URI names, when the laptop reaches us by another address.
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
@@ -215,6 +231,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 shell_quote(&helper)
             );
             println!("export GIT_CONFIG_KEY_2=credential.useHttpPath GIT_CONFIG_VALUE_2=true");
+            // Written by a daemon serving HTTP injection.
+            if let Ok(url) = std::fs::read_to_string(state.http_url()) {
+                println!("export NEXUS_HTTP_URL={}", shell_quote(url.trim()));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::KnownHosts { client } => known_hosts(&state, &client).await,
@@ -233,6 +253,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tool(cmd) => crate::commands::tool(&state, cmd).await,
         Command::File(cmd) => crate::commands::file(&state, cmd).await,
+        Command::Http(cmd) => crate::commands::http(&state, cmd).await,
         Command::Exec(args) => crate::commands::exec(&state, args).await,
     }
 }
@@ -280,12 +301,25 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
+    let http = match args.http_listen.as_str() {
+        "none" => None,
+        addr => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the HTTP endpoint on {addr} (--http-listen)"))?;
+            if !listener.local_addr()?.ip().is_loopback() {
+                tracing::warn!(%addr, "--http-listen is not a loopback address: other hosts can reach it (its URL's key still applies)");
+            }
+            Some((listener, crate::http::load_or_create_key(&state)?))
+        }
+    };
     let listeners = Listeners {
         tunnel,
         relay: bind_private(&state.tunnel_sock())?,
         stdio: args.stdio,
         local: bind_private(&sock)?,
         agent: bind_private(&state.agent_sock())?,
+        http,
     };
     let cfg = ServeConfig {
         state,

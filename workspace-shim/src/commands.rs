@@ -45,6 +45,25 @@ pub(crate) enum ToolCommand {
     },
 }
 
+/// `http list`, `http url`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum HttpCommand {
+    /// List the HTTP APIs the laptop calls for this workspace: use
+    /// `$NEXUS_HTTP_URL/NAME` as the API's base URL with any placeholder key
+    /// (e.g. `OPENAI_BASE_URL=$NEXUS_HTTP_URL/openai/v1 OPENAI_API_KEY=nexus`);
+    /// the laptop adds the real one.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print $NEXUS_HTTP_URL of the running daemon (exit 1 when it serves
+    /// no HTTP endpoint).
+    Url,
+}
+
 /// `file get`, `file sync`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum FileCommand {
@@ -188,6 +207,74 @@ pub(crate) async fn tool(state: &StateDir, cmd: ToolCommand) -> Result<ExitCode>
             }
         }
     }
+}
+
+pub(crate) async fn http(state: &StateDir, cmd: HttpCommand) -> Result<ExitCode> {
+    let (json, client) = match cmd {
+        HttpCommand::Url => {
+            return match std::fs::read_to_string(state.http_url()) {
+                Ok(url) => {
+                    println!("{}", url.trim());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(_) => {
+                    eprintln!(
+                        "nexus-shim: no daemon serves HTTP injection for {} (start one with: nexus-shim serve; \
+                         not with --http-listen none)",
+                        state.root().display()
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            };
+        }
+        HttpCommand::List { json, client } => (json, client),
+    };
+    let op = LocalOp::Forward(Request::HttpList);
+    let mut session = match Session::start(state, client.wait, op).await {
+        Ok(s) => s,
+        Err(e) => return Ok(client_error(&e)),
+    };
+    let apis = match session.next().await {
+        Ok(LocalReply::Reply(Reply::HttpApis(apis))) => apis,
+        Ok(other) => return Ok(reply_error(other)),
+        Err(e) => return Ok(client_error(&e)),
+    };
+    let base = std::fs::read_to_string(state.http_url())
+        .map(|u| u.trim().to_owned())
+        .unwrap_or_else(|_| "$NEXUS_HTTP_URL".to_owned());
+    if json {
+        let v: Vec<_> = apis
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "name": a.name,
+                    "url": format!("{base}/{}", a.name),
+                    "upstream": a.upstream,
+                    "description": a.description,
+                    "methods": a.methods,
+                    "paths": a.paths,
+                    "approve": a.approve,
+                    "mcp": a.mcp,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else if apis.is_empty() {
+        eprintln!("nexus-shim: the laptop's policy declares no HTTP APIs for this workspace");
+    } else {
+        for a in apis {
+            let approve = if a.approve { " (needs approval)" } else { "" };
+            println!(
+                "{base}/{}
+    -> {}{approve}",
+                a.name, a.upstream
+            );
+            if !a.description.is_empty() {
+                println!("    {}", a.description);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn tool_list(state: &StateDir, json: bool, client: &ClientArgs) -> Result<ExitCode> {

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cli;
 mod client;
 mod commands;
+pub mod http;
 pub mod ingress;
 pub mod keepalive;
 pub mod mcp;

@@ -9,7 +9,10 @@
 //! - `git_credential_check` (whether the laptop would answer git for a URL;
 //!   never the password);
 //! - `token_get` only for tokens whose rule says `mcp = true`: a token value
-//!   handed to a model lands in its context and its provider's logs.
+//!   handed to a model lands in its context and its provider's logs;
+//! - one `http_NAME` per HTTP API (`[http.NAME]`) whose rule says
+//!   `mcp = true`: the request goes through `$NEXUS_HTTP_URL`, so the laptop
+//!   adds the key and the model never sees it.
 //!
 //! Denials come back as MCP tool errors carrying the laptop's reason.
 //! Logs go to stderr; stdout carries only the protocol.
@@ -19,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_protocol::{
-    Channel, Credential, ErrorReply, GitOperation, LocalOp, LocalReply, Reply, Request, Secret,
-    ToolInfo,
+    Channel, Credential, ErrorReply, GitOperation, HttpApi, LocalOp, LocalReply, Reply, Request,
+    Secret, ToolInfo,
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -108,6 +111,55 @@ impl Server {
         match self.ask(Request::McpTokens).await? {
             Reply::McpTokens(names) => Ok(names),
             other => Err(format!("unexpected answer to a token list: {other:?}")),
+        }
+    }
+
+    async fn http_apis(&self) -> Result<Vec<HttpApi>, String> {
+        match self.ask(Request::HttpList).await? {
+            Reply::HttpApis(apis) => Ok(apis.into_iter().filter(|a| a.mcp).collect()),
+            other => Err(format!("unexpected answer to an HTTP API list: {other:?}")),
+        }
+    }
+
+    async fn http_call(&self, name: &str, args: &JsonObject) -> CallToolResult {
+        // Offered only where the rule says `mcp = true` (as for tokens: a
+        // guard against accidents, not a wall; the endpoint is the same).
+        match self.http_apis().await {
+            Err(why) => return error(&why),
+            Ok(apis) if !apis.iter().any(|a| a.name == name) => {
+                return error(&format!(
+                    "HTTP API {name:?} is not offered to models: its [http.{name}] rule needs `mcp = true`"
+                ));
+            }
+            Ok(_) => {}
+        }
+        let method = args.get("method").and_then(Value::as_str).unwrap_or("GET");
+        let Some(path) = args.get("path").and_then(Value::as_str) else {
+            return error("`path` (a string starting with /) is required");
+        };
+        let body = match args.get("body") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        let content_type = args
+            .get("content_type")
+            .and_then(Value::as_str)
+            .unwrap_or("application/json");
+        let body = body.map(|b| (content_type.to_owned(), b));
+        match crate::http::call(&self.state, name, method, path, body, MAX_OUTPUT).await {
+            Err(why) => error(&why),
+            Ok((status, data, cut)) => {
+                let mut text = format!("HTTP {status}\n{}", String::from_utf8_lossy(&data));
+                if cut {
+                    text.push_str(&format!("\n[response cut at {MAX_OUTPUT} bytes]"));
+                }
+                if (200..300).contains(&status) {
+                    CallToolResult::success(vec![ContentBlock::text(text)])
+                } else {
+                    CallToolResult::error(vec![ContentBlock::text(text)])
+                }
+            }
         }
     }
 
@@ -325,6 +377,41 @@ fn describe_tool(t: &ToolInfo) -> Tool {
     )
 }
 
+fn describe_http(a: &HttpApi) -> Tool {
+    let approve = if a.approve {
+        " Each request waits for approval on the laptop."
+    } else {
+        ""
+    };
+    let limits = match (a.methods.is_empty(), a.paths.is_empty()) {
+        (true, true) => String::new(),
+        _ => format!(" Allowed: methods {:?}, paths {:?}.", a.methods, a.paths),
+    };
+    Tool::new(
+        format!("http_{}", a.name),
+        format!(
+            "{} (HTTP API {}, called by the laptop with its own credentials; the answer is the status line and body).{limits}{approve}",
+            if a.description.is_empty() {
+                "HTTP API"
+            } else {
+                &a.description
+            },
+            a.upstream
+        ),
+        schema(json!({
+            "type": "object",
+            "properties": {
+                "method": { "type": "string", "description": "GET (default), POST, ..." },
+                "path": { "type": "string", "description": format!("path below {} (starts with /, may hold ?query)", a.upstream) },
+                "body": { "description": "request body: a string, or JSON (sent as JSON)" },
+                "content_type": { "type": "string", "description": "Content-Type of the body (default application/json)" }
+            },
+            "required": ["path"],
+            "additionalProperties": false
+        })),
+    )
+}
+
 fn fixed_tools(with_tokens: bool) -> Vec<Tool> {
     let mut tools = vec![
         Tool::new(
@@ -384,7 +471,9 @@ impl ServerHandler for Server {
         // but the fixed tools (their calls then say the laptop is away).
         let laptop = self.laptop_tools().await.unwrap_or_default();
         let tokens = self.mcp_tokens().await.unwrap_or_default();
+        let apis = self.http_apis().await.unwrap_or_default();
         let mut tools: Vec<Tool> = laptop.iter().map(describe_tool).collect();
+        tools.extend(apis.iter().map(describe_http));
         tools.extend(fixed_tools(!tokens.is_empty()));
         Ok(ListToolsResult::with_all_items(tools))
     }
@@ -400,9 +489,10 @@ impl ServerHandler for Server {
             "file_get" => self.file_get(&args).await,
             "git_credential_check" => self.git_check(&args).await,
             "token_get" => self.token_get(&args).await,
-            other => match other.strip_prefix("tool_") {
-                Some(tool) => self.run_tool(tool, &args).await,
-                None => {
+            other => match (other.strip_prefix("tool_"), other.strip_prefix("http_")) {
+                (Some(tool), _) => self.run_tool(tool, &args).await,
+                (None, Some(api)) => self.http_call(api, &args).await,
+                (None, None) => {
                     return Err(McpError::invalid_params(
                         format!("no tool named {other:?}; list the tools first"),
                         None,

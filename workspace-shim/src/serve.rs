@@ -72,6 +72,9 @@ pub struct Listeners {
     pub local: tokio::net::UnixListener,
     /// `agent.sock`.
     pub agent: tokio::net::UnixListener,
+    /// `$NEXUS_HTTP_URL` (HTTP secret injection) and its URL capability;
+    /// none with `--http-listen none`.
+    pub http: Option<(TcpListener, String)>,
 }
 
 /// The current link to the laptop.
@@ -172,6 +175,7 @@ pub async fn run(
         stdio,
         local,
         agent,
+        http,
     } = listeners;
     let listen = match &listener {
         Some(l) => Some(l.local_addr().context("reading the bound address")?),
@@ -221,6 +225,18 @@ pub async fn run(
         tasks.clone(),
         shutdown.clone(),
     ));
+    if let Some((listener, key)) = http {
+        let url = crate::http::base_url(listener.local_addr()?, &key);
+        nexus_transport::write_private(&shared.state.http_url(), format!("{url}\n").as_bytes())?;
+        info!(file = %shared.state.http_url().display(), "HTTP injection endpoint ready ($NEXUS_HTTP_URL, see `nexus-shim env`)");
+        tasks.spawn(crate::http::serve_http(
+            listener,
+            key,
+            shared.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+    }
     let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     let mut next_id = 0u64;
     if stdio {
@@ -296,6 +312,7 @@ pub async fn run(
     let _ = std::fs::remove_file(shared.state.agent_sock());
     let _ = std::fs::remove_file(shared.state.tunnel_sock());
     let _ = std::fs::remove_file(shared.state.pairing_uri());
+    let _ = std::fs::remove_file(shared.state.http_url());
     info!("stopped");
     Ok(())
 }

@@ -118,6 +118,13 @@ async fn handle(
             let reply = pairing(shared, rotate);
             let _ = nexus_transport::send(&mut conn, &reply).await;
         }
+        LocalOp::Forward(Request::Http(_)) => {
+            let reply = Reply::error(
+                ErrorCode::BadRequest,
+                "HTTP requests go to $NEXUS_HTTP_URL (see `nexus-shim env`), not shim.sock",
+            );
+            let _ = nexus_transport::send(&mut conn, &LocalReply::Reply(reply)).await;
+        }
         LocalOp::Forward(request) => {
             let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
             let Ok(_permit) = gate.acquire().await else {
@@ -197,7 +204,7 @@ fn pairing(shared: &Shared, rotate: bool) -> LocalReply {
     }
 }
 
-async fn wait_for_link(shared: &Shared, wait: Duration) -> Option<Arc<Link>> {
+pub(crate) async fn wait_for_link(shared: &Shared, wait: Duration) -> Option<Arc<Link>> {
     if let Some(l) = shared.live_link() {
         return Some(l);
     }

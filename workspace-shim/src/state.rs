@@ -112,6 +112,17 @@ impl StateDir {
         self.root.join("pairing.uri")
     }
 
+    /// `$NEXUS_HTTP_URL` of the running daemon (`nexus-shim env` reads it).
+    pub fn http_url(&self) -> PathBuf {
+        self.root.join("http.url")
+    }
+
+    /// The capability in `$NEXUS_HTTP_URL`'s path, kept across restarts so
+    /// that a fixed `--http-listen` gives a stable URL.
+    pub fn http_key(&self) -> PathBuf {
+        self.root.join("http.key")
+    }
+
     fn paired_file(&self) -> PathBuf {
         self.root.join("paired.json")
     }

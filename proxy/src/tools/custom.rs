@@ -282,7 +282,7 @@ async fn leader_exit(pid: Option<rustix::process::Pid>) -> bool {
 const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Returns once the laptop is locked.
-async fn wait_for_lock(ctx: &ToolContext) {
+pub(super) async fn wait_for_lock(ctx: &ToolContext) {
     let mut tick = tokio::time::interval(LOCK_POLL);
     loop {
         tick.tick().await;

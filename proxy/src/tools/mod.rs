@@ -5,6 +5,7 @@ pub mod custom;
 pub mod file;
 pub mod gate;
 pub mod git_credential;
+pub mod http;
 pub mod ssh;
 pub mod token;
 
@@ -41,6 +42,8 @@ pub struct ToolContext {
     pub replay: ssh::ReplayCache,
     /// Calls per tool per workspace, allowed or not.
     pub call_rate: Rate,
+    /// HTTP clients and cached secrets for `[http.NAME]` requests.
+    pub http: http::HttpState,
 }
 
 impl ToolContext {
@@ -100,6 +103,7 @@ pub async fn dispatch_stream<S>(
     workspace: &str,
     ctx: &ToolContext,
     stream: &mut S,
+    max_frame: usize,
 ) -> Reply
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -114,6 +118,9 @@ where
         }
         Request::FileGet { path } => file::get(path, workspace, &call.caller, ctx, stream).await,
         Request::FileSync { set } => file::sync(set, workspace, &call.caller, ctx, stream).await,
+        Request::Http(req) => {
+            http::request(req, workspace, &call.caller, ctx, stream, max_frame).await
+        }
         _ => answer(call, workspace, ctx).await,
     }
 }
@@ -182,12 +189,14 @@ async fn answer(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
         }
         Request::ToolList => custom::list(&policy, workspace),
         Request::McpTokens => token::mcp_names(workspace, &caller, &policy),
-        Request::ToolRun { .. } | Request::FileGet { .. } | Request::FileSync { .. } => {
-            Reply::error(
-                ErrorCode::BadRequest,
-                "this request needs a streamed answer",
-            )
-        }
+        Request::HttpList => http::list(&policy, workspace),
+        Request::ToolRun { .. }
+        | Request::FileGet { .. }
+        | Request::FileSync { .. }
+        | Request::Http(_) => Reply::error(
+            ErrorCode::BadRequest,
+            "this request needs a streamed answer",
+        ),
     }
 }
 
@@ -291,6 +300,7 @@ pub(crate) mod test_support {
                 count: 1000,
                 per: std::time::Duration::from_secs(1),
             },
+            http: http::HttpState::default(),
         }
     }
 }

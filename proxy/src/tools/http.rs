@@ -1,0 +1,546 @@
+//! HTTP secret injection (`[http.NAME]`): the workspace calls
+//! `$NEXUS_HTTP_URL/NAME/rest` with a placeholder key; the laptop sends the
+//! request to the upstream the policy declares for `NAME`, with the real
+//! secret in the header the policy names, and streams the answer back.
+//!
+//! The workspace never names a host: it names an API, and a path below that
+//! API's base. The policy checks the path lexically ([`HttpRule::url_for`]
+//! refuses dot segments, encoded separators and anything that could become an
+//! authority) and the joined URL's origin is checked again before dialing.
+//! Redirects are returned to the workspace, never followed, so a secret is
+//! only ever sent to the origin it is bound to. The request body is streamed
+//! up to the rule's `max_request_size`; the response streams at the pace the
+//! workspace reads it (server-sent events arrive as the upstream sends them).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::channel::mpsc;
+use nexus_policy::{Action, Grant, HttpRule, HttpSecret, TokenSource};
+use nexus_protocol::{
+    CallerContext, Channel, ErrorCode, HttpApi, HttpHeader, HttpRequest, MAX_CHUNK, Reply, Secret,
+    Upload,
+};
+use nexus_transport::tokio_rustls::rustls;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf};
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+use super::ToolContext;
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), or that the
+/// laptop sets itself, never passed on in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Most request headers passed on.
+const MAX_HEADERS: usize = 128;
+/// How long a secret from a command source (`op read`, `gh auth token`) is
+/// reused before the command runs again: one run per request would add
+/// seconds to each.
+const COMMAND_SECRET_TTL: Duration = Duration::from_secs(300);
+/// Time to connect to an upstream.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A CA file's modification time and size: its client is rebuilt when
+/// either changes.
+type FileStamp = (SystemTime, u64);
+/// A client, and the stamp of the CA file it trusts.
+type Pooled = (Option<FileStamp>, reqwest::Client);
+
+/// HTTP clients (one per set of trusted roots, each with its pool of
+/// upstream connections) and secrets from slow sources, kept across calls.
+#[derive(Debug, Default)]
+pub struct HttpState {
+    clients: Mutex<HashMap<Option<PathBuf>, Pooled>>,
+    secrets: Mutex<HashMap<String, (Instant, Secret)>>,
+}
+
+impl HttpState {
+    /// A client trusting the OS roots plus `ca_file`, reused while the file
+    /// is unchanged (its connections stay pooled across requests).
+    fn client(&self, ca_file: Option<PathBuf>) -> Result<reqwest::Client, String> {
+        let stamp = ca_file.as_ref().and_then(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        });
+        if let Ok(cache) = self.clients.lock()
+            && let Some((s, client)) = cache.get(&ca_file)
+            && *s == stamp
+        {
+            return Ok(client.clone());
+        }
+        let roots = crate::route::tls_roots(ca_file.as_deref(), "set ca_file in the [http] rule")
+            .map_err(|e| e.to_string())?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            // A redirect could send the secret's header to another origin:
+            // the workspace gets the 3xx and decides.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        if let Ok(mut cache) = self.clients.lock() {
+            cache.insert(ca_file, (stamp, client.clone()));
+        }
+        Ok(client)
+    }
+
+    /// The secret of `source`; a command's answer is reused for a while.
+    async fn secret(
+        &self,
+        source: &TokenSource,
+        ctx: &ToolContext,
+    ) -> Result<Secret, super::token::SourceError> {
+        let TokenSource::Command(_) = source else {
+            return super::token::fetch(source, ctx).await;
+        };
+        let key = source.to_string();
+        if let Ok(cache) = self.secrets.lock()
+            && let Some((at, value)) = cache.get(&key)
+            && at.elapsed() < COMMAND_SECRET_TTL
+        {
+            return Ok(value.clone());
+        }
+        let value = super::token::fetch(source, ctx).await?;
+        if let Ok(mut cache) = self.secrets.lock() {
+            cache.retain(|_, (at, _)| at.elapsed() < COMMAND_SECRET_TTL);
+            cache.insert(key, (Instant::now(), value.clone()));
+        }
+        Ok(value)
+    }
+}
+
+/// `nexus-shim http list`: the APIs this workspace could call.
+pub fn list(policy: &nexus_policy::PolicySet, workspace: &str) -> Reply {
+    Reply::HttpApis(
+        policy
+            .http_for(workspace)
+            .into_iter()
+            .map(|r| HttpApi {
+                name: r.name.clone(),
+                description: r.description.clone(),
+                upstream: r.upstream.as_str().to_owned(),
+                methods: r.methods.clone(),
+                paths: r.paths.clone(),
+                mcp: r.mcp,
+                approve: r.approve.is_some(),
+            })
+            .collect(),
+    )
+}
+
+/// Decides and carries out one HTTP request, streaming the answer on
+/// `stream`; returns the final reply.
+pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    req: &HttpRequest,
+    workspace: &str,
+    caller: &CallerContext,
+    ctx: &ToolContext,
+    stream: &mut S,
+    max_frame: usize,
+) -> Reply {
+    let path = req
+        .path
+        .split_once('?')
+        .map_or(req.path.as_str(), |(p, _)| p);
+    // What an approval covers: the API, the method and the path (not the
+    // query or the body).
+    let shown = format!("{} {} {path}", req.name, req.method);
+    let decided = super::decide(
+        ctx,
+        workspace,
+        caller,
+        Action::Http {
+            name: &req.name,
+            method: &req.method,
+            path,
+        },
+    );
+    let rule = match super::grant(ctx, decided, workspace, caller, ("http", &shown)).await {
+        Ok(Grant::Http(rule)) => rule,
+        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
+        Err(reply) => return reply,
+    };
+    let prepared = match prepare(req, &rule, ctx).await {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
+    exchange(req, &rule, prepared, ctx, stream, max_frame).await
+}
+
+/// What is ready before any byte goes upstream.
+struct Prepared {
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+}
+
+async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Result<Prepared, Reply> {
+    let api = &rule.name;
+    if let Some(len) = req.body_len
+        && len > rule.max_request_size
+    {
+        return Err(Reply::error(
+            ErrorCode::BadRequest,
+            format!(
+                "request body of {len} bytes is over [http.{api}] max_request_size ({} bytes)",
+                rule.max_request_size
+            ),
+        ));
+    }
+    let url = rule
+        .url_for(&req.path)
+        .map_err(|why| Reply::error(ErrorCode::Denied, format!("[http.{api}]: {why}")))?;
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
+        Reply::error(
+            ErrorCode::BadRequest,
+            format!("invalid HTTP method {}", super::clip(&req.method)),
+        )
+    })?;
+    let mut headers = forwarded_headers(&req.headers, rule.header.as_deref())?;
+    // The length the client declared goes on (some upstreams refuse a
+    // chunked body); an empty GET stays without one, as it came.
+    let has_body = !matches!(method, reqwest::Method::GET | reqwest::Method::HEAD);
+    if let Some(len) = req.body_len.filter(|&n| n > 0 || has_body) {
+        headers.insert(reqwest::header::CONTENT_LENGTH, len.into());
+    }
+    if let (Some(name), Some(secret)) = (&rule.header, &rule.secret) {
+        let source = match secret {
+            HttpSecret::Token(t) => &t.source,
+            HttpSecret::Source(s) => s,
+        };
+        let value = ctx.http.secret(source, ctx).await.map_err(|e| match e {
+            super::token::SourceError::Missing(m) => {
+                Reply::error(ErrorCode::Missing, format!("[http.{api}] secret: {m}"))
+            }
+            super::token::SourceError::Failed(m) => {
+                Reply::error(ErrorCode::Internal, format!("[http.{api}] secret: {m}"))
+            }
+        })?;
+        let text = std::str::from_utf8(value.expose()).map_err(|_| {
+            Reply::error(
+                ErrorCode::Internal,
+                format!("[http.{api}] secret is not UTF-8 text"),
+            )
+        })?;
+        let filled = Zeroizing::new(rule.header_value(text.trim_end_matches(['\r', '\n'])));
+        let mut value = reqwest::header::HeaderValue::from_str(&filled).map_err(|_| {
+            Reply::error(
+                ErrorCode::Internal,
+                format!("[http.{api}] secret holds characters a header cannot carry"),
+            )
+        })?;
+        value.set_sensitive(true);
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| Reply::error(ErrorCode::Internal, format!("[http.{api}] header: {e}")))?;
+        headers.insert(name, value);
+    }
+    let ca_file = rule
+        .ca_file
+        .as_deref()
+        .map(|p| super::token::expand_home(p, ctx.home()));
+    let client = ctx
+        .http
+        .client(ca_file)
+        .map_err(|e| Reply::error(ErrorCode::Internal, format!("[http.{api}]: {e}")))?;
+    Ok(Prepared {
+        client,
+        method,
+        url,
+        headers,
+    })
+}
+
+/// The workspace's headers that go on: not hop-by-hop, not the one the
+/// secret goes into (the workspace's placeholder), not `content-length`
+/// (set from the body the laptop actually sends).
+fn forwarded_headers(
+    given: &[HttpHeader],
+    injected: Option<&str>,
+) -> Result<reqwest::header::HeaderMap, Reply> {
+    if given.len() > MAX_HEADERS {
+        return Err(Reply::error(
+            ErrorCode::BadRequest,
+            format!("more than {MAX_HEADERS} request headers"),
+        ));
+    }
+    let mut out = reqwest::header::HeaderMap::new();
+    for h in given {
+        let name = h.name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name == "content-length"
+            || injected.is_some_and(|i| i.eq_ignore_ascii_case(&name))
+        {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_bytes(&h.value),
+        ) else {
+            return Err(Reply::error(
+                ErrorCode::BadRequest,
+                format!("invalid request header {}", super::clip(&h.name)),
+            ));
+        };
+        out.append(n, v);
+    }
+    Ok(out)
+}
+
+/// The upstream's headers that go back to the workspace.
+fn returned_headers(given: &reqwest::header::HeaderMap) -> Vec<HttpHeader> {
+    given
+        .iter()
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()))
+        .map(|(n, v)| HttpHeader {
+            name: n.as_str().to_owned(),
+            value: v.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+type BodySender = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// Reads the request body from the workspace and feeds it to the upstream
+/// request, at most `max` bytes. Returns the reader once the body ended.
+async fn pump<R: AsyncRead + Unpin>(
+    mut rx: R,
+    mut body: BodySender,
+    max: u64,
+    declared: Option<u64>,
+    max_frame: usize,
+) -> Result<R, Reply> {
+    use futures::SinkExt;
+    let mut total = 0u64;
+    loop {
+        let frame: Upload = nexus_transport::recv(&mut rx, max_frame)
+            .await
+            .map_err(|e| {
+                Reply::error(
+                    ErrorCode::BadRequest,
+                    format!("the request body broke off: {e}"),
+                )
+            })?;
+        match frame {
+            Upload::Data(data) => {
+                total += data.len() as u64;
+                if total > max || declared.is_some_and(|d| total > d) {
+                    let why = if total > max {
+                        format!("request body over max_request_size ({max} bytes)")
+                    } else {
+                        "request body longer than its Content-Length".to_owned()
+                    };
+                    let _ = body.send(Err(std::io::Error::other(why.clone()))).await;
+                    return Err(Reply::error(ErrorCode::BadRequest, why));
+                }
+                // An upstream that answered early stops reading: the rest
+                // is read and dropped, so the stream stays in step.
+                let _ = body.send(Ok(Bytes::from(data))).await;
+            }
+            Upload::End => return Ok(rx),
+        }
+    }
+}
+
+/// Sends the request and relays the response.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    req: &HttpRequest,
+    rule: &HttpRule,
+    p: Prepared,
+    ctx: &ToolContext,
+    stream: &mut S,
+    max_frame: usize,
+) -> Reply {
+    let api = rule.name.as_str();
+    let (rx, mut tx) = tokio::io::split(stream);
+    let (body_tx, body_rx) = mpsc::channel(4);
+    let mut builder = p.client.request(p.method, p.url).headers(p.headers);
+    if req.body_len != Some(0) {
+        builder = builder.body(reqwest::Body::wrap_stream(body_rx));
+    }
+    let started = Instant::now();
+    let send = builder.send();
+    let pump = pump(rx, body_tx, rule.max_request_size, req.body_len, max_frame);
+    let deadline = tokio::time::sleep(rule.timeout);
+    tokio::pin!(send, pump, deadline);
+    // Once the body is in, the reader comes back to notice a caller that
+    // goes away.
+    let mut reader: Option<ReadHalf<&mut S>> = None;
+    let timed_out = || {
+        Reply::error(
+            ErrorCode::Internal,
+            format!(
+                "[http.{api}]: no complete answer within its timeout ({:?})",
+                rule.timeout
+            ),
+        )
+    };
+    let response = loop {
+        tokio::select! {
+            r = &mut pump, if reader.is_none() => match r {
+                Ok(rx) => reader = Some(rx),
+                Err(reply) => return reply,
+            },
+            r = &mut send => break r,
+            () = gone(reader.as_mut()) => return Reply::Done,
+            () = &mut deadline => return timed_out(),
+            () = super::custom::wait_for_lock(ctx) => {
+                return Reply::error(ErrorCode::Denied, super::gate::LOCKED);
+            }
+        }
+    };
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(api, error = %e, "upstream request failed");
+            return Reply::error(ErrorCode::Internal, upstream_error(api, &e));
+        }
+    };
+    info!(
+        api,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "upstream answered"
+    );
+    let head = Reply::HttpHead {
+        status: response.status().as_u16(),
+        headers: returned_headers(response.headers()),
+    };
+    if nexus_transport::send(&mut tx, &head).await.is_err() {
+        return Reply::Done;
+    }
+    let mut body = BodyReader {
+        response,
+        left: Bytes::new(),
+    };
+    loop {
+        let data = tokio::select! {
+            r = &mut pump, if reader.is_none() => match r {
+                Ok(rx) => { reader = Some(rx); continue; }
+                Err(reply) => return reply,
+            },
+            c = body.next() => match c {
+                Ok(Some(data)) => data,
+                Ok(None) => return Reply::Done,
+                Err(e) => {
+                    warn!(api, error = %e, "upstream response broke off");
+                    return Reply::error(ErrorCode::Internal, format!("[http.{api}]: the upstream's response broke off: {e}"));
+                }
+            },
+            () = gone(reader.as_mut()) => return Reply::Done,
+            () = &mut deadline => return timed_out(),
+            () = super::custom::wait_for_lock(ctx) => {
+                return Reply::error(ErrorCode::Denied, super::gate::LOCKED);
+            }
+        };
+        // Waits on the stream's flow control: a workspace that stops
+        // reading holds the upstream here, never an unbounded buffer.
+        let chunk = Reply::Chunk {
+            channel: Channel::Data,
+            data,
+        };
+        let sent = tokio::select! {
+            r = nexus_transport::send_data(&mut tx, &chunk) => r.is_ok(),
+            () = gone(reader.as_mut()) => false,
+            () = &mut deadline => return timed_out(),
+        };
+        if !sent {
+            debug!(
+                api,
+                "the workspace caller went away; upstream response dropped"
+            );
+            return Reply::Done;
+        }
+    }
+}
+
+/// Resolves when the workspace caller goes away: it sends nothing after the
+/// body, so any read completing means the stream was reset or closed.
+/// Never resolves while the body is still being read.
+async fn gone<R: AsyncRead + Unpin>(reader: Option<&mut R>) {
+    let Some(r) = reader else {
+        return std::future::pending().await;
+    };
+    let mut byte = [0u8; 1];
+    let _ = r.read(&mut byte).await;
+}
+
+/// The upstream's response body, read in frame-sized pieces.
+struct BodyReader {
+    response: reqwest::Response,
+    /// Read from the upstream, not yet sent.
+    left: Bytes,
+}
+
+impl BodyReader {
+    /// The next piece: what the upstream sent, plus whatever else is
+    /// already there, up to one chunk (so a fast body goes in large frames
+    /// and a trickle of events goes at once). `None` at the end.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, reqwest::Error> {
+        if self.left.is_empty() {
+            match self.response.chunk().await? {
+                Some(first) => self.left = first,
+                None => return Ok(None),
+            }
+        }
+        let mut data = Vec::with_capacity(self.left.len().min(MAX_CHUNK));
+        loop {
+            let take = self.left.len().min(MAX_CHUNK - data.len());
+            data.extend_from_slice(&self.left.split_to(take));
+            if data.len() >= MAX_CHUNK / 2 || !self.left.is_empty() {
+                return Ok(Some(data));
+            }
+            match self.response.chunk().now_or_never() {
+                Some(Ok(Some(more))) => self.left = more,
+                Some(Ok(None)) | None => return Ok(Some(data)),
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One line for the workspace: what went wrong reaching the upstream.
+fn upstream_error(api: &str, e: &reqwest::Error) -> String {
+    let what = if e.is_connect() {
+        "could not connect to the upstream"
+    } else if e.is_timeout() {
+        "the upstream timed out"
+    } else if e.is_body() {
+        "sending the request body failed"
+    } else {
+        "the request to the upstream failed"
+    };
+    // The error chain names the cause (TLS, DNS...), never a header.
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    format!("[http.{api}]: {what}: {}", super::clip(&cause))
+}

@@ -1,0 +1,664 @@
+//! `$NEXUS_HTTP_URL`: plain HTTP on workspace loopback for HTTP secret
+//! injection. `$NEXUS_HTTP_URL/NAME/rest` is forwarded to the laptop, which
+//! sends it to the upstream its policy declares for `NAME` with the real key
+//! added; the workspace only ever holds a placeholder.
+//!
+//! This is a base URL, not a forward proxy: absolute-form requests and
+//! `CONNECT` are refused, and nothing here names a host. The URL carries a
+//! random capability (`/KEY/`, kept in the 0700 state dir), requests must
+//! say `Host: 127.0.0.1` / `localhost` (no DNS rebinding from a browser),
+//! and on Linux only the daemon's own uid (or root) may call, as with the
+//! 0600 sockets.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request as HttpReq, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use nexus_protocol::{
+    Call, CallerContext, ErrorCode, HttpHeader, HttpRequest, MAX_FRAME, Reply, Request, Upload,
+};
+use nexus_transport::MuxStream;
+use rand::RngCore;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::serve::Shared;
+use crate::state::StateDir;
+
+/// Response body type: upstream data streamed from the laptop, or a short
+/// local answer.
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Request body bytes per upload frame (well under the laptop's call-frame
+/// limit, even when lowered).
+const UPLOAD_CHUNK: usize = 64 << 10;
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), or that the
+/// laptop sets from what it actually sends.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// The capability in `$NEXUS_HTTP_URL`'s path: read from the state dir, or
+/// created there (32 hex characters, 128 bits).
+///
+/// # Errors
+/// The file could not be read or written.
+pub fn load_or_create_key(state: &StateDir) -> anyhow::Result<String> {
+    let path = state.http_key();
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let key = text.trim();
+        if key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(key.to_ascii_lowercase());
+        }
+        warn!(file = %path.display(), "http.key is malformed; creating a new one");
+    }
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let key = hex::encode(raw);
+    nexus_transport::write_private(&path, key.as_bytes())?;
+    Ok(key)
+}
+
+/// The base URL agents use: loopback, whatever address was bound.
+#[must_use]
+pub fn base_url(bound: SocketAddr, key: &str) -> String {
+    let host = match bound.ip() {
+        std::net::IpAddr::V6(ip) if !ip.is_unspecified() => format!("[{ip}]"),
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => ip.to_string(),
+        std::net::IpAddr::V6(_) => "[::1]".to_owned(),
+        std::net::IpAddr::V4(_) => "127.0.0.1".to_owned(),
+    };
+    format!("http://{host}:{}/{key}", bound.port())
+}
+
+#[derive(Debug)]
+struct Ctx {
+    shared: Arc<Shared>,
+    key: String,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Serves `$NEXUS_HTTP_URL` until `shutdown`.
+pub async fn serve_http(
+    listener: TcpListener,
+    key: String,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let ctx = Arc::new(Ctx {
+        shared,
+        key,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let mut next = 0u64;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { crate::serve::accept_failed(&e).await; continue; }
+            },
+        };
+        next += 1;
+        let local = tcp.local_addr().ok();
+        let caller = peer_context(peer, local);
+        let span = info_span!("http", conn = next, uid = caller.uid);
+        tasks.spawn(connection(tcp, caller, ctx.clone()).instrument(span));
+    }
+}
+
+async fn connection(tcp: tokio::net::TcpStream, caller: CallerContext, ctx: Arc<Ctx>) {
+    let _ = tcp.set_nodelay(true);
+    if !uid_allowed(caller.uid) {
+        warn!(
+            uid = caller.uid,
+            "HTTP caller with another uid refused (only the daemon's uid and root may call)"
+        );
+        return;
+    }
+    let shutdown = ctx.shutdown.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (ctx, caller) = (ctx.clone(), caller.clone());
+        async move { Ok::<_, Infallible>(handle(req, caller, &ctx).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "HTTP connection ended"); },
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Whether a caller of this uid may use the endpoint: the daemon's own, or
+/// root (as the 0600 sockets allow); unknown (not Linux): yes, the
+/// capability in the URL still applies.
+fn uid_allowed(uid: Option<u32>) -> bool {
+    uid.is_none_or(|u| u == 0 || u == rustix::process::geteuid().as_raw())
+}
+
+/// A local answer in the JSON error shape OpenAI- and Anthropic-style SDKs
+/// print, so the agent shows the reason.
+fn answer(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": { "message": format!("nexus: {message}"), "type": kind, "code": kind }
+    });
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("x-nexus-error", header::HeaderValue::from_static("1"));
+    resp
+}
+
+fn from_error(code: ErrorCode, message: &str) -> Response<Body> {
+    let (status, kind) = match code {
+        ErrorCode::Denied => (StatusCode::FORBIDDEN, "nexus_denied"),
+        ErrorCode::NotConnected => (StatusCode::SERVICE_UNAVAILABLE, "nexus_not_connected"),
+        ErrorCode::Missing => (StatusCode::BAD_GATEWAY, "nexus_missing"),
+        ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "nexus_bad_request"),
+        ErrorCode::Internal => (StatusCode::BAD_GATEWAY, "nexus_upstream_error"),
+    };
+    answer(status, kind, message)
+}
+
+/// Whether `Host` names loopback (any port), or is absent (HTTP/1.0).
+fn loopback_host(req: &HttpReq<Incoming>) -> bool {
+    let Some(host) = req.headers().get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "127.0.0.1" | "localhost" | "::1"
+    )
+}
+
+/// Compares the capability without an early exit.
+fn key_matches(given: &str, key: &str) -> bool {
+    given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn valid_api_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Response<Body> {
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "nexus_bad_request",
+            "this is not a forward proxy: use $NEXUS_HTTP_URL/NAME as a base URL",
+        );
+    }
+    if req.method() == hyper::Method::CONNECT {
+        return answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "nexus_bad_request",
+            "CONNECT is not supported: use $NEXUS_HTTP_URL/NAME as a base URL",
+        );
+    }
+    if !loopback_host(&req) {
+        return answer(
+            StatusCode::FORBIDDEN,
+            "nexus_denied",
+            "the Host header must name 127.0.0.1, localhost or [::1]",
+        );
+    }
+    let path = req.uri().path();
+    let mut parts = path.strip_prefix('/').unwrap_or(path).splitn(2, '/');
+    let given = parts.next().unwrap_or_default();
+    if !key_matches(given, &ctx.key) {
+        return answer(
+            StatusCode::NOT_FOUND,
+            "nexus_not_found",
+            "no such endpoint; use the URL in $NEXUS_HTTP_URL (from `nexus-shim env`)",
+        );
+    }
+    let after = parts.next().unwrap_or_default();
+    let (name, rest) = match after.split_once('/') {
+        Some((n, r)) => (n, format!("/{r}")),
+        None => (after, String::new()),
+    };
+    if name.is_empty() {
+        return list(&caller, ctx).await;
+    }
+    if !valid_api_name(name) {
+        return answer(
+            StatusCode::NOT_FOUND,
+            "nexus_not_found",
+            "no such API name; see `nexus-shim http list`",
+        );
+    }
+    let path = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest,
+    };
+    let headers = req
+        .headers()
+        .iter()
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()))
+        .map(|(n, v)| HttpHeader {
+            name: n.as_str().to_owned(),
+            value: v.as_bytes().to_vec(),
+        })
+        .collect();
+    let body_len = hyper::body::Body::size_hint(req.body()).exact();
+    let request = HttpRequest {
+        name: name.to_owned(),
+        method: req.method().as_str().to_owned(),
+        path,
+        headers,
+        body_len,
+    };
+    debug!(api = %request.name, method = %request.method, "HTTP request");
+    forward(request, req.into_body(), caller, ctx).await
+}
+
+/// `GET $NEXUS_HTTP_URL/`: the APIs this workspace may call, as JSON.
+async fn list(caller: &CallerContext, ctx: &Ctx) -> Response<Body> {
+    let reply = crate::sockets::request(
+        &ctx.shared,
+        caller.clone(),
+        Request::HttpList,
+        ctx.shared.agent_wait,
+    )
+    .await;
+    match reply {
+        Reply::HttpApis(apis) => {
+            let body = serde_json::json!({ "apis": apis.iter().map(|a| serde_json::json!({
+                "name": a.name, "description": a.description, "upstream": a.upstream,
+                "methods": a.methods, "paths": a.paths, "approve": a.approve,
+            })).collect::<Vec<_>>() });
+            let mut resp = Response::new(
+                Full::new(Bytes::from(body.to_string()))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Reply::Error(e) => from_error(e.code, &e.message),
+        _ => answer(
+            StatusCode::BAD_GATEWAY,
+            "nexus_upstream_error",
+            "unexpected answer from the laptop",
+        ),
+    }
+}
+
+fn lost() -> Response<Body> {
+    from_error(
+        ErrorCode::Internal,
+        "the link to the laptop dropped during the request; it was not retried",
+    )
+}
+
+async fn forward(
+    request: HttpRequest,
+    body: Incoming,
+    caller: CallerContext,
+    ctx: &Ctx,
+) -> Response<Body> {
+    let wait = ctx.shared.agent_wait;
+    let Some(link) = crate::sockets::wait_for_link(&ctx.shared, wait).await else {
+        return from_error(
+            ErrorCode::NotConnected,
+            &format!(
+                "no laptop is linked to this workspace (waited {}s); on the laptop run: nexus-agent-proxy run",
+                wait.as_secs()
+            ),
+        );
+    };
+    let Ok(mut stream) = link.mux.open().await else {
+        return lost();
+    };
+    let call = Call {
+        caller,
+        request: Request::Http(request),
+    };
+    if nexus_transport::send(&mut stream, &call).await.is_err() {
+        return lost();
+    }
+    let (mut rx, tx) = tokio::io::split(stream);
+    // The upload holds the stream's write half until the exchange is over
+    // (dropping the last half resets the stream: the laptop stops).
+    let done = CancellationToken::new();
+    ctx.tasks
+        .spawn(upload(body, tx, done.clone(), ctx.shutdown.clone()).in_current_span());
+    let guard = done.drop_guard();
+    let first = tokio::select! {
+        r = nexus_transport::recv::<_, Reply>(&mut rx, MAX_FRAME) => r,
+        () = ctx.shutdown.cancelled() => {
+            return from_error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back");
+        }
+    };
+    match first {
+        Ok(Reply::HttpHead { status, headers }) => {
+            let Ok(status) = StatusCode::from_u16(status) else {
+                return from_error(ErrorCode::Internal, "the upstream sent an invalid status");
+            };
+            let mut resp = Response::new(relay(rx, guard, ctx.shutdown.clone()));
+            *resp.status_mut() = status;
+            for h in headers {
+                if HOP_BY_HOP.contains(&h.name.as_str()) && h.name != "content-length" {
+                    continue;
+                }
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::from_bytes(h.name.as_bytes()),
+                    header::HeaderValue::from_bytes(&h.value),
+                ) {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+            info!(status = status.as_u16(), "HTTP response streaming");
+            resp
+        }
+        Ok(Reply::Error(e)) => {
+            debug!(code = ?e.code, "HTTP request refused");
+            from_error(e.code, &e.message)
+        }
+        Ok(other) => {
+            warn!(reply = ?other, "unexpected first reply to an HTTP request");
+            from_error(ErrorCode::Internal, "unexpected answer from the laptop")
+        }
+        Err(_) => lost(),
+    }
+}
+
+/// Sends the request body up as [`Upload`] frames, then holds the write
+/// half until the exchange is `done`.
+async fn upload(
+    mut body: Incoming,
+    mut tx: WriteHalf<MuxStream>,
+    done: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            () = done.cancelled() => return,
+            () = shutdown.cancelled() => return,
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers: not forwarded
+                };
+                for piece in data.chunks(UPLOAD_CHUNK) {
+                    let sent =
+                        nexus_transport::send_data(&mut tx, &Upload::Data(piece.to_vec())).await;
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            }
+            // The client broke off: dropping the write half (with the
+            // response gone too) resets the stream, and the laptop stops.
+            Some(Err(e)) => return debug!(error = %e, "request body broke off"),
+            None => break,
+        }
+    }
+    if nexus_transport::send_data(&mut tx, &Upload::End)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tokio::select! {
+        () = done.cancelled() => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// State of a streamed response body.
+struct Relay {
+    rx: ReadHalf<MuxStream>,
+    _done: DropGuard,
+    shutdown: CancellationToken,
+}
+
+/// The response body: the laptop's data chunks until `Done`; an error or a
+/// dropped link aborts it (the client sees a broken-off body, never a
+/// short one that looks complete).
+fn relay(rx: ReadHalf<MuxStream>, done: DropGuard, shutdown: CancellationToken) -> Body {
+    let state = Some(Relay {
+        rx,
+        _done: done,
+        shutdown,
+    });
+    let frames = futures::stream::unfold(state, |state| async move {
+        let mut s = state?;
+        let next = tokio::select! {
+            r = nexus_transport::recv_wiping(&mut s.rx, MAX_FRAME, |r: &Reply| !matches!(r, Reply::Chunk { .. })) => r,
+            () = s.shutdown.cancelled() => {
+                return Some((Err(std::io::Error::other("nexus-shim is shutting down")), None));
+            }
+        };
+        match next {
+            Ok(Reply::Chunk { data, .. }) => Some((Ok(Frame::data(Bytes::from(data))), Some(s))),
+            Ok(Reply::Done) => None,
+            Ok(Reply::Error(e)) => {
+                warn!(message = %e.message, "HTTP response broke off");
+                Some((Err(std::io::Error::other(e.message)), None))
+            }
+            Ok(_) => Some((
+                Err(std::io::Error::other(
+                    "unexpected frame in an HTTP response",
+                )),
+                None,
+            )),
+            Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+        }
+    });
+    StreamBody::new(frames).boxed()
+}
+
+/// What is known of a loopback TCP caller: its uid, from the kernel's
+/// socket table (Linux); nothing elsewhere.
+fn peer_context(peer: SocketAddr, local: Option<SocketAddr>) -> CallerContext {
+    CallerContext {
+        uid: local.and_then(|l| tcp_peer_uid(peer, l)),
+        ..CallerContext::default()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn tcp_peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    fn hex(addr: SocketAddr) -> String {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) => format!("{:08X}", u32::from_ne_bytes(ip.octets())),
+            std::net::IpAddr::V6(ip) => ip
+                .octets()
+                .chunks(4)
+                .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        };
+        format!("{ip}:{:04X}", addr.port())
+    }
+    let table = if peer.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let text = std::fs::read_to_string(table).ok()?;
+    // The caller's socket: its local address is our peer, its remote ours.
+    let (want_local, want_remote) = (hex(peer), hex(local));
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 7 && f[1] == want_local && f[2] == want_remote)
+            .then(|| f[7].parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tcp_peer_uid(_peer: SocketAddr, _local: SocketAddr) -> Option<u32> {
+    None
+}
+
+/// One request through `$NEXUS_HTTP_URL` (read from the state dir), for
+/// `nexus-shim mcp`: status and body (cut at `max` bytes, with a flag).
+///
+/// # Errors
+/// No daemon serves HTTP, or the exchange broke; a message for the model.
+pub(crate) async fn call(
+    state: &StateDir,
+    name: &str,
+    method: &str,
+    path: &str,
+    body: Option<(String, String)>,
+    max: usize,
+) -> Result<(u16, Vec<u8>, bool), String> {
+    let base = std::fs::read_to_string(state.http_url())
+        .map_err(|_| "the nexus-shim daemon serves no HTTP endpoint (it runs with --http-listen none, or not at all)".to_owned())?;
+    let base = base.trim();
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or("http.url is malformed")?;
+    let (authority, key) = rest.split_once('/').ok_or("http.url is malformed")?;
+    if !path.starts_with('/') || path.contains(['\r', '\n', ' ', '#']) {
+        return Err("`path` must start with / and hold no spaces or line breaks".to_owned());
+    }
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connecting to the daemon's HTTP endpoint: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let uri = format!("/{key}/{name}{path}");
+    let mut builder = HttpReq::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, authority);
+    let payload = match body {
+        Some((content_type, text)) => {
+            builder = builder.header(header::CONTENT_TYPE, content_type);
+            Bytes::from(text)
+        }
+        None => Bytes::new(),
+    };
+    let req = builder
+        .body(Full::new(payload))
+        .map_err(|e| format!("invalid request: {e}"))?;
+    let outcome = async {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let (mut out, mut cut) = (Vec::new(), false);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("the response broke off: {e}"))?;
+            if let Ok(data) = frame.into_data() {
+                let room = max.saturating_sub(out.len());
+                out.extend_from_slice(&data[..data.len().min(room)]);
+                if data.len() > room {
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        Ok((status, out, cut))
+    }
+    .await;
+    driver.abort();
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_loopback() {
+        let key = "0".repeat(32);
+        assert_eq!(
+            base_url("0.0.0.0:80".parse().unwrap_or_else(|e| panic!("{e}")), &key),
+            format!("http://127.0.0.1:80/{key}")
+        );
+        assert_eq!(
+            base_url("[::1]:9".parse().unwrap_or_else(|e| panic!("{e}")), &key),
+            format!("http://[::1]:9/{key}")
+        );
+    }
+
+    #[test]
+    fn keys_and_names() {
+        assert!(key_matches("abc", "abc"));
+        assert!(!key_matches("abd", "abc"));
+        assert!(!key_matches("ab", "abc"));
+        assert!(valid_api_name("openai"));
+        assert!(valid_api_name("a.b_c-1"));
+        for bad in ["", "..x/", "a b", "a%2f", &"a".repeat(65)] {
+            assert!(!valid_api_name(bad), "{bad}");
+        }
+    }
+
+    /// The kernel's socket table names the uid of a loopback caller.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_loopback_callers_uid_is_found() -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (server, peer) = listener.accept().await?;
+        let uid = tcp_peer_uid(peer, server.local_addr()?);
+        assert_eq!(uid, Some(rustix::process::geteuid().as_raw()));
+        drop(client);
+        Ok(())
+    }
+}
