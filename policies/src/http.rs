@@ -1069,6 +1069,7 @@ impl Parser<'_> {
                 ),
             );
         }
+        secret_keys.sort_by_key(|(_, span)| span.start);
         if let [_, (_, second)] = secret_keys.as_slice() {
             self.report.error(
                 second,
@@ -1158,5 +1159,740 @@ impl Parser<'_> {
             matchers,
             token,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Action, Policy, Request, Source};
+
+    const OPENAI: &str = r#"
+[tokens.openai]
+source = "keyring:nexus/openai"
+
+[http.openai]
+upstream = "https://api.openai.com"
+header = "Authorization"
+value = "Bearer {token}"
+token = "openai"
+methods = ["GET", "POST"]
+paths = ["/v1/*", "/v2/**"]
+"#;
+
+    fn load(text: &str) -> Policy {
+        Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Policy::from_sources(&[Source::new("p.toml", text)]) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn http(p: &Policy, name: &str, method: &str, path: &str) -> Decision {
+        p.decide(&Request {
+            workspace: "ws",
+            caller: None,
+            action: Action::Http { name, method, path },
+        })
+    }
+
+    fn token(p: &Policy, name: &str) -> Decision {
+        p.decide(&Request {
+            workspace: "ws",
+            caller: None,
+            action: Action::Token { name },
+        })
+    }
+
+    fn rule(p: &Policy, name: &str) -> HttpRule {
+        match http(p, name, "GET", "/v1/x").grant {
+            Some(Grant::Http(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn upstreams() {
+        for (text, base, origin) in [
+            (
+                "https://api.openai.com",
+                "https://api.openai.com",
+                "https://api.openai.com:443",
+            ),
+            (
+                "https://API.openai.com/",
+                "https://api.openai.com",
+                "https://api.openai.com:443",
+            ),
+            ("https://h:443/api/v2/", "https://h/api/v2", "https://h:443"),
+            ("https://h:8443/x", "https://h:8443/x", "https://h:8443"),
+            (
+                "http://127.0.0.1:11434",
+                "http://127.0.0.1:11434",
+                "http://127.0.0.1:11434",
+            ),
+            (
+                "http://127.9.9.9",
+                "http://127.9.9.9",
+                "http://127.9.9.9:80",
+            ),
+            (
+                "http://localhost:8080/v1",
+                "http://localhost:8080/v1",
+                "http://localhost:8080",
+            ),
+            (
+                "http://[::1]:1234",
+                "http://[::1]:1234",
+                "http://[::1]:1234",
+            ),
+        ] {
+            let u = Upstream::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((u.as_str(), u.origin().as_str()), (base, origin), "{text}");
+        }
+        for (text, want) in [
+            ("http://api.openai.com", "only allowed for a loopback host"),
+            ("http://10.0.0.1", "only allowed for a loopback host"),
+            (
+                "http://localhost.evil.com",
+                "only allowed for a loopback host",
+            ),
+            ("ftp://h", "scheme \"ftp\""),
+            ("https://user:pw@h", "user name or password"),
+            ("https://user@h", "user name or password"),
+            ("https://h/?x=1", "query or fragment"),
+            ("https://h/#f", "query or fragment"),
+            ("https://h/a/../b", "'.' or '..'"),
+            ("https://h/a/%2e%2e/b", "'.' or '..'"),
+            ("https://h/a//b", "empty segments"),
+            ("https://h/a b", "space"),
+            ("https:\\\\h", "backslash"),
+            ("api.openai.com", "not a URL"),
+            ("", "not a URL"),
+        ] {
+            match Upstream::parse(text) {
+                Err(e) => assert!(e.contains(want), "{text}: {e}"),
+                Ok(u) => panic!("{text}: accepted as {u:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn urls_stay_on_the_upstream() {
+        let p = load(OPENAI);
+        let r = rule(&p, "openai");
+        let ok = |rest: &str| {
+            r.url_for(rest)
+                .unwrap_or_else(|e| panic!("{rest}: {e}"))
+                .to_string()
+        };
+        assert_eq!(
+            ok("/v1/chat/completions"),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert_eq!(
+            ok("/v1/models?limit=1&x=%20"),
+            "https://api.openai.com/v1/models?limit=1&x=%20"
+        );
+        assert_eq!(ok(""), "https://api.openai.com/");
+        assert_eq!(ok("?a=b"), "https://api.openai.com/?a=b");
+        assert_eq!(
+            ok("/v1/files/a%20b"),
+            "https://api.openai.com/v1/files/a%20b"
+        );
+        for bad in [
+            "/v1/../admin",
+            "/..",
+            "/v1/./x",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E./admin",
+            "/v1/.%2e/admin",
+            "/v1/a%2fb",
+            "/v1/a%2Fb",
+            "/v1/a%5cb",
+            "/v1/a%25b",
+            "/v1/a%00b",
+            "/v1/%c0%ae",
+            "/v1/%zz",
+            "/v1/a%",
+            "/v1/..;/admin",
+            "//evil.com/x",
+            "/v1//x",
+            "@evil.com/x",
+            ":8080/x",
+            ".evil.com/x",
+            "evil",
+            "/v1\\..\\admin",
+            "/v1/x#frag",
+            "/v1/x y",
+            "/v1/x\ty",
+            "/v1/x\ny",
+            "/v1/é",
+            "/v1/x?q=#",
+            "/v1/x?q=%g1",
+            "/v1/x?a\\b",
+        ] {
+            assert!(
+                r.url_for(bad).is_err(),
+                "{bad:?} accepted: {:?}",
+                r.url_for(bad)
+            );
+        }
+        assert!(
+            r.url_for(&format!("/{}", "a".repeat(MAX_REST_LEN)))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn base_paths_are_kept() {
+        let p = load("[http.a]\nupstream = \"https://h:8443/api/v2/\"\n");
+        let r = rule(&p, "a");
+        assert_eq!(
+            r.url_for("/x?y").map(|u| u.to_string()),
+            Ok("https://h:8443/api/v2/x?y".into())
+        );
+        assert_eq!(
+            r.url_for("").map(|u| u.to_string()),
+            Ok("https://h:8443/api/v2".into())
+        );
+        assert!(r.url_for("/../v1").is_err());
+        assert_eq!(r.header, None);
+        assert_eq!(r.secret, None);
+        assert_eq!(r.header_value("s"), "");
+    }
+
+    #[test]
+    fn header_values() {
+        let r = rule(&load(OPENAI), "openai");
+        assert_eq!(r.header_value("sk-1"), "Bearer sk-1");
+        assert_eq!(r.header.as_deref(), Some("Authorization"));
+        let inline = load(
+            "[http.a]\nupstream = \"https://h\"\nheader = \"X-Api-Key\"\nsource = \"env:K\"\n",
+        );
+        let r = rule(&inline, "a");
+        assert_eq!(r.header_value("{token}"), "{token}");
+        assert_eq!(
+            r.secret,
+            Some(HttpSecret::Source(TokenSource::Env("K".into())))
+        );
+        assert_eq!(r.max_request_size, DEFAULT_MAX_REQUEST_SIZE);
+        assert_eq!(r.timeout, DEFAULT_TIMEOUT);
+        let fixed =
+            load("[http.a]\nupstream = \"https://h\"\nheader = \"X-Org\"\nvalue = \"acme\"\n");
+        assert_eq!(rule(&fixed, "a").header_value("ignored"), "acme");
+    }
+
+    #[test]
+    fn decisions() {
+        let p = load(&format!(
+            "{OPENAI}\n[[http.deny]]\nname = \"prod-*\"\n\n[http.prod-x]\nupstream = \"https://h\"\n"
+        ));
+        let verdict = |name, method, path| http(&p, name, method, path).verdict;
+        assert_eq!(verdict("openai", "POST", "/v1/chat"), Verdict::Allow);
+        assert_eq!(verdict("openai", "GET", "/v2/a/b/c"), Verdict::Allow);
+        // `*` stays within one segment.
+        assert_eq!(
+            verdict("openai", "POST", "/v1/chat/completions"),
+            Verdict::Deny
+        );
+        assert_eq!(verdict("openai", "DELETE", "/v1/chat"), Verdict::Deny);
+        assert_eq!(verdict("openai", "post", "/v1/chat"), Verdict::Deny);
+        assert_eq!(verdict("openai", "GET", "/v1/../v3/x"), Verdict::Deny);
+        assert_eq!(verdict("openai", "GET", "/v3/x"), Verdict::Deny);
+        assert_eq!(verdict("openai", "GET", ""), Verdict::Deny);
+        // Encoded characters are matched decoded.
+        assert_eq!(verdict("openai", "GET", "/v1/%6dodels"), Verdict::Allow);
+        assert_eq!(verdict("OpenAI", "GET", "/v1/x"), Verdict::Deny);
+        let denied = http(&p, "prod-x", "GET", "/");
+        assert_eq!(denied.verdict, Verdict::Deny);
+        assert!(
+            denied.reason.contains("[[http.deny]] name = \"prod-*\""),
+            "{}",
+            denied.reason
+        );
+        let undeclared = http(&p, "anthropic", "GET", "/");
+        assert_eq!(undeclared.rule, None);
+        assert_eq!(
+            undeclared.reason,
+            "http API \"anthropic\" is not declared in the policy (default deny)"
+        );
+        assert_eq!(
+            p.http_apis()
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>(),
+            ["openai"]
+        );
+        // TRACE would echo the secret back, whatever methods says.
+        let any = load("[http.a]\nupstream = \"https://h\"\n");
+        for m in ["TRACE", "TRACK", "CONNECT", "", "G ET", "GET\r\n"] {
+            assert_eq!(http(&any, "a", m, "/").verdict, Verdict::Deny, "{m:?}");
+        }
+        assert_eq!(http(&any, "a", "PROPFIND", "/").verdict, Verdict::Allow);
+        assert_eq!(http(&any, "a", "GET", "").verdict, Verdict::Allow);
+        let reason = http(&p, "openai", "DELETE", "/v1/chat").reason;
+        assert_eq!(
+            reason,
+            "http API \"openai\": method \"DELETE\" is not in methods = [\"GET\", \"POST\"] \
+             ([http.openai] at p.toml:5)"
+        );
+    }
+
+    #[test]
+    fn a_denied_token_denies_its_api() {
+        let p = load(&format!("{OPENAI}\n[[tokens.deny]]\nname = \"open*\"\n"));
+        let d = http(&p, "openai", "GET", "/v1/x");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(d.reason.contains("[[tokens.deny]]"), "{}", d.reason);
+        assert!(
+            p.warnings()
+                .iter()
+                .any(|w| w.message.contains("uses token \"openai\"")),
+            "{:?}",
+            p.warnings()
+        );
+    }
+
+    #[test]
+    fn parse_errors_are_positioned() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[http.a]\nupstream = \"https://h\"\nuptream = 1\n",
+                "p.toml:3:1: http.a: unknown key \"uptream\"; expected one of upstream, header, value, token, source, ca_file, methods, paths, max_request_size, timeout, description, mcp, approve, rate",
+            ),
+            (
+                "[http.a]\nheader = \"X\"\nvalue = \"v\"\n",
+                "p.toml:1:1: http.a: missing upstream",
+            ),
+            (
+                "[http.a]\nupstream = \"http://h\"\n",
+                "p.toml:2:12: http.a.upstream: upstream must use https://",
+            ),
+            (
+                "[http.a]\nupstream = 7\n",
+                "p.toml:2:12: http.a.upstream: expected a URL",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\ntoken = \"t\"\n\n[tokens.t]\nsource = \"env:T\"\n",
+                "p.toml:1:1: http.a: a secret (token or source) needs header",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nvalue = \"Bearer\"\nsource = \"env:T\"\n",
+                "p.toml:4:9: http.a.value: with a secret, the value must hold {token} exactly once (found 0)",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nvalue = \"{token}{token}\"\nsource = \"env:T\"\n",
+                "(found 2)",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nvalue = \"Bearer {token}\"\n",
+                "p.toml:4:9: http.a.value: {token} without a secret",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\n",
+                "p.toml:1:1: http.a: header without a secret or a value",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nvalue = \"x\"\n",
+                "p.toml:3:9: http.a.value: a value needs header",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\ntoken = \"t\"\nsource = \"env:T\"\n\n[tokens.t]\nsource = \"env:T\"\n",
+                "p.toml:5:1: http.a: both token and source",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"Host\"\nsource = \"env:T\"\n",
+                "p.toml:3:10: http.a.header: header \"Host\" frames or routes",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"Transfer-Encoding\"\nsource = \"env:T\"\n",
+                "frames or routes",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"X Y\"\nsource = \"env:T\"\n",
+                "not a valid header name",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nvalue = \"a\\r\\nB: {token}\"\nsource = \"env:T\"\n",
+                "p.toml:4:9: http.a.value: value holds a control",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\ntoken = \"nope\"\n",
+                "p.toml:4:9: http.a.token: no [tokens.nope] is declared",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nsource = \"vault:x\"\n",
+                "p.toml:4:10: http.a.source: unknown source kind",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmethods = [\"get\"]\n",
+                "p.toml:3:12: http.a.methods: method \"get\" is not an uppercase",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmethods = [\"TRACE\"]\n",
+                "method \"TRACE\" is never forwarded",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmethods = []\n",
+                "the API would allow no method",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\npaths = [\"v1/*\"]\n",
+                "p.toml:3:10: http.a.paths: path glob \"v1/*\" must start with '/'",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\npaths = [\"/v1/../*\"]\n",
+                "'.' or '..' segment",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\npaths = [\"/v1/[\"]\n",
+                "invalid path glob",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmax_request_size = \"2GiB\"\n",
+                "p.toml:3:20: http.a.max_request_size: \"2GiB\" is more than the 1GiB maximum",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmax_request_size = \"1TB\"\n",
+                "unknown size unit",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\ntimeout = \"25h\"\n",
+                "p.toml:3:11: http.a.timeout: timeout \"25h\" must be more than 0 and at most 24h",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nca_file = \"ca.pem\"\n",
+                "p.toml:3:11: http.a.ca_file: ca_file \"ca.pem\" must be absolute",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmcp = \"yes\"\n",
+                "p.toml:3:7: http.a.mcp: expected true or false",
+            ),
+            (
+                "[http.\"a b\"]\nupstream = \"https://h\"\n",
+                "p.toml:1:7: http.\"a b\": invalid API name",
+            ),
+            ("[http]\na = 1\n", "http.a: expected a table"),
+            ("http = 1\n", "http: expected [http.NAME] tables"),
+            (
+                "[http.deny]\nname = \"x\"\n",
+                "[[http.deny]] (double brackets)",
+            ),
+            (
+                "[[http.deny]]\nnam = \"x\"\n",
+                "http.deny: unknown key \"nam\"",
+            ),
+            (
+                "[tokens.t]\nsource = \"env:T\"\nreveal = 1\n",
+                "p.toml:3:10: tokens.t.reveal: expected true or false",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = errors(text);
+            assert!(
+                got.iter().any(|e| e.contains(want)),
+                "{text}\nwant: {want}\ngot: {got:#?}"
+            );
+        }
+        // An API declared twice, in two files.
+        let a = Source::new("a.toml", "[http.x]\nupstream = \"https://h\"\n");
+        let b = Source::new("b.toml", "\n[http.x]\nupstream = \"https://g\"\n");
+        let Err(e) = Policy::from_sources(&[a, b]) else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            e.to_string(),
+            "b.toml:2:1: http.x: declared twice (first at a.toml:1:1); declare each API once"
+        );
+    }
+
+    #[test]
+    fn a_token_is_bound_to_one_origin() {
+        let two = format!(
+            "{OPENAI}\n[http.other]\nupstream = \"https://evil.example\"\nheader = \"A\"\ntoken = \"openai\"\n"
+        );
+        let got = errors(&two);
+        assert_eq!(
+            got,
+            [
+                "p.toml:13:1: http.other: token \"openai\" is already bound to [http.openai] at \
+              p.toml:5:1 (https://api.openai.com:443); a secret is sent to one origin only, so \
+              https://evil.example:443 cannot use it: declare another token for it"
+            ]
+        );
+        // The same source under another name, or inline, is the same secret.
+        let renamed = format!(
+            "{OPENAI}\n[tokens.copy]\nsource = \"keyring:nexus/openai\"\n\n[http.other]\nupstream = \"https://evil.example\"\nheader = \"A\"\ntoken = \"copy\"\n"
+        );
+        assert!(errors(&renamed)[0].contains("its secret's source is already bound"));
+        let inline = format!(
+            "{OPENAI}\n[http.other]\nupstream = \"https://evil.example\"\nheader = \"A\"\nsource = \"keyring:nexus/openai\"\n"
+        );
+        assert!(errors(&inline)[0].contains("already bound to [http.openai]"));
+        // The same origin may use it twice (another base path, say).
+        let same = format!(
+            "{OPENAI}\n[http.openai2]\nupstream = \"https://api.openai.com:443/v2\"\nheader = \"A\"\ntoken = \"openai\"\n"
+        );
+        load(&same);
+        // A workspace section cannot rebind it either, even for the same API name.
+        let ws = format!(
+            "{OPENAI}\n[workspace.ci.http.openai]\nupstream = \"https://evil.example\"\nheader = \"A\"\ntoken = \"openai\"\n"
+        );
+        let got = errors(&ws);
+        assert!(
+            got[0].starts_with("p.toml:13:1: http.openai: token \"openai\" is already bound"),
+            "{got:?}"
+        );
+        // A workspace section resolves tokens from the policy around it.
+        let ok = load(&format!(
+            "{OPENAI}\n[workspace.ci.http.openai]\nupstream = \"https://api.openai.com\"\nheader = \"A\"\ntoken = \"openai\"\n"
+        ));
+        let Some(ws) = ok.workspaces.get("ci") else {
+            panic!("no section")
+        };
+        let r = rule(ws, "openai");
+        assert!(
+            matches!(&r.secret, Some(HttpSecret::Token(t)) if t.rule.line == 2),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn bound_tokens_never_enter_the_workspace() {
+        let p = load(OPENAI);
+        let d = token(&p, "openai");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(
+            d.reason,
+            "token \"openai\" is bound to [http.openai] (https://api.openai.com): its value \
+             never enters the workspace; use $NEXUS_HTTP_URL/openai/..."
+        );
+        assert_eq!(d.rule.map(|r| r.to_string()), Some("p.toml:5".into()));
+        // Another token with the same source is the same value.
+        let copy = load(&format!(
+            "{OPENAI}\n[tokens.copy]\nsource = \"keyring:nexus/openai\"\nmcp = true\n"
+        ));
+        let d = token(&copy, "copy");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(d.reason.contains("same source"), "{}", d.reason);
+        // A binding in a workspace section binds the token everywhere.
+        let in_ws = load(
+            "[tokens.t]\nsource = \"env:T\"\n\n[workspace.ci.http.a]\nupstream = \"https://h\"\nheader = \"A\"\ntoken = \"t\"\n",
+        );
+        assert_eq!(token(&in_ws, "t").verdict, Verdict::Deny);
+        // reveal = true lets it out, with a warning.
+        let revealed = load(&OPENAI.replace(
+            "source = \"keyring:nexus/openai\"\n",
+            "source = \"keyring:nexus/openai\"\nreveal = true\n",
+        ));
+        assert_eq!(token(&revealed, "openai").verdict, Verdict::Allow);
+        let warnings: Vec<String> = revealed
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            warnings.iter().any(|w| w
+                .starts_with("p.toml:2:1: token \"openai\" is bound to [http.openai]")
+                && w.contains("reveal = true")),
+            "{warnings:?}"
+        );
+        // Unbound tokens are unaffected.
+        let free = load(&format!("{OPENAI}\n[tokens.gh]\nsource = \"env:GH\"\n"));
+        assert_eq!(token(&free, "gh").verdict, Verdict::Allow);
+    }
+
+    mod layers {
+        use super::*;
+        use crate::layers::{Outcome, PolicySet};
+
+        const BASE: &str = r#"
+[tokens.org-openai]
+source = "keyring:org/openai"
+
+[http.openai]
+upstream = "https://api.openai.com"
+header = "Authorization"
+value = "Bearer {token}"
+token = "org-openai"
+methods = ["POST"]
+paths = ["/v1/**"]
+max_request_size = "1MiB"
+timeout = "1m"
+mcp = true
+"#;
+
+        const USER: &str = r#"
+[tokens.mine]
+source = "env:MINE"
+
+[http.openai]
+upstream = "https://evil.example/v1"
+header = "X-Leak"
+token = "mine"
+methods = ["GET", "POST"]
+max_request_size = "32MiB"
+timeout = "1h"
+
+[http.other]
+upstream = "https://other.example"
+
+[workspace.ci.http.openai]
+upstream = "https://evil.example/v1"
+header = "X-Leak"
+token = "mine"
+paths = ["/v1/models"]
+"#;
+
+        fn set(baseline: Option<&str>, user: &str) -> PolicySet {
+            let load = |name: &str, text: &str| {
+                Policy::from_sources(&[Source::new(name, text)]).unwrap_or_else(|e| panic!("{e}"))
+            };
+            PolicySet::new(
+                baseline.map(|b| load("base.toml", b)),
+                load("user.toml", user),
+            )
+        }
+
+        fn call(s: &PolicySet, ws: &str, name: &str, method: &str, path: &str) -> Outcome {
+            s.decide(&Request {
+                workspace: ws,
+                caller: None,
+                action: Action::Http { name, method, path },
+            })
+        }
+
+        #[test]
+        fn a_baseline_api_pins_where_and_what() {
+            let s = set(Some(BASE), USER);
+            let out = call(&s, "dev", "openai", "POST", "/v1/chat/completions");
+            assert_eq!(out.verdict, Verdict::Allow, "{}", out.reason);
+            let Some(Grant::Http(r)) = &out.grant else {
+                panic!("{:?}", out.grant)
+            };
+            assert_eq!(r.upstream.as_str(), "https://api.openai.com");
+            assert_eq!(r.header.as_deref(), Some("Authorization"));
+            assert_eq!(r.header_value("k"), "Bearer k");
+            assert!(matches!(&r.secret, Some(HttpSecret::Token(t)) if t.name == "org-openai"));
+            assert_eq!(r.max_request_size, 1 << 20);
+            assert_eq!(r.timeout, Duration::from_secs(60));
+            assert_eq!(r.methods, ["POST"]);
+            assert_eq!(r.paths, ["/v1/**"]);
+            assert!(!r.mcp, "mcp only if every layer says so");
+            assert_eq!(r.rule.file, "user.toml");
+            // The baseline's methods and paths are a ceiling.
+            assert_eq!(
+                call(&s, "dev", "openai", "GET", "/v1/models").verdict,
+                Verdict::Deny
+            );
+            assert_eq!(
+                call(&s, "dev", "openai", "POST", "/v2/x").verdict,
+                Verdict::Deny
+            );
+            // Names the baseline does not declare are cut.
+            let other = call(&s, "dev", "other", "GET", "/");
+            assert_eq!(other.verdict, Verdict::Deny);
+            assert!(
+                other.reason.starts_with("org baseline: "),
+                "{}",
+                other.reason
+            );
+            assert_eq!(
+                s.http_for("dev")
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["openai"]
+            );
+            // The baseline alone never grants.
+            let none = set(Some(BASE), "");
+            assert_eq!(
+                call(&none, "dev", "openai", "POST", "/v1/x").verdict,
+                Verdict::Deny
+            );
+            assert!(none.http_for("dev").is_empty());
+        }
+
+        #[test]
+        fn without_a_baseline_the_user_decides_and_sections_narrow() {
+            let s = set(None, USER);
+            let out = call(&s, "dev", "openai", "GET", "/anything");
+            let Some(Grant::Http(r)) = &out.grant else {
+                panic!("{}", out.reason)
+            };
+            assert_eq!(r.upstream.as_str(), "https://evil.example/v1");
+            assert_eq!(
+                call(&s, "ci", "openai", "GET", "/v1/models").verdict,
+                Verdict::Allow
+            );
+            assert_eq!(
+                call(&s, "ci", "openai", "GET", "/v1/files").verdict,
+                Verdict::Deny
+            );
+            assert_eq!(call(&s, "ci", "other", "GET", "/").verdict, Verdict::Deny);
+            let names = |ws| {
+                s.http_for(ws)
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(names("dev"), ["openai", "other"]);
+            assert_eq!(names("ci"), ["openai"]);
+        }
+
+        #[test]
+        fn a_deny_in_any_layer_wins() {
+            let s = set(Some("[[http.deny]]\nname = \"oth*\"\n"), USER);
+            let out = call(&s, "dev", "other", "GET", "/");
+            assert_eq!(out.verdict, Verdict::Deny);
+            assert_eq!(
+                out.rule.as_ref().map(|r| r.file.as_str()),
+                Some("base.toml")
+            );
+            assert_eq!(
+                call(&s, "dev", "openai", "GET", "/").verdict,
+                Verdict::Allow
+            );
+            assert_eq!(
+                s.http_for("dev")
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["openai"]
+            );
+            let ws = set(
+                None,
+                &format!("{USER}\n[[workspace.ci.http.deny]]\nname = \"*\"\n"),
+            );
+            assert_eq!(
+                call(&ws, "ci", "openai", "GET", "/v1/models").verdict,
+                Verdict::Deny
+            );
+            assert_eq!(
+                call(&ws, "dev", "openai", "GET", "/v1/models").verdict,
+                Verdict::Allow
+            );
+        }
+
+        #[test]
+        fn a_token_the_baseline_binds_stays_on_the_laptop() {
+            let user = "[tokens.org-openai]\nsource = \"env:MINE\"\n";
+            let s = set(Some(BASE), user);
+            let out = s.decide(&Request {
+                workspace: "dev",
+                caller: None,
+                action: Action::Token { name: "org-openai" },
+            });
+            assert_eq!(out.verdict, Verdict::Deny);
+            assert!(
+                out.reason.contains("is bound to [http.openai]"),
+                "{}",
+                out.reason
+            );
+        }
     }
 }
