@@ -586,6 +586,9 @@ pub(crate) struct Binding {
     origin: String,
     /// The `[http.NAME]` rule.
     rule: RuleRef,
+    /// Bound by another layer (e.g. the org baseline): `reveal = true` in
+    /// this one does not lift it.
+    foreign: bool,
 }
 
 /// Every http rule of one source (or, merged, of all).
@@ -603,9 +606,19 @@ impl HttpSection {
         self.deny.append(&mut other.deny);
     }
 
-    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
+    /// Adds `other`'s deny rules (a layer's denies apply in every layer),
+    /// and its bindings: a secret another layer injects is not handed out
+    /// by this one either.
     pub(crate) fn add_denies_from(&mut self, other: &HttpSection) {
         self.deny.extend(other.deny.iter().cloned());
+        for b in &other.bound {
+            if !self.bound.iter().any(|o| o.rule == b.rule) {
+                self.bound.push(Binding {
+                    foreign: true,
+                    ..b.clone()
+                });
+            }
+        }
     }
 
     fn denied(&self, name: &str) -> Option<&GlobDeny> {
@@ -742,12 +755,20 @@ impl HttpSection {
     }
 
     /// The binding that keeps `token`'s value out of the workspace, if any:
-    /// one naming it, or one whose secret has the same source.
+    /// one naming it, or one whose secret has the same source. With
+    /// `reveal = true`, only another layer's binding does.
     pub(crate) fn binding_of(&self, token: &TokenRule) -> Option<&Binding> {
+        let applies = |b: &&Binding| !token.reveal || b.foreign;
         self.bound
             .iter()
+            .filter(applies)
             .find(|b| b.token.as_deref() == Some(token.name.as_str()))
-            .or_else(|| self.bound.iter().find(|b| b.source == token.source))
+            .or_else(|| {
+                self.bound
+                    .iter()
+                    .filter(applies)
+                    .find(|b| b.source == token.source)
+            })
     }
 
     /// Sets the secrets bound in the whole policy.
@@ -788,7 +809,11 @@ impl HttpSection {
             }
         }
         for t in tokens.values().filter(|t| t.reveal) {
-            if let Some(b) = self.binding_of(t) {
+            let unrevealed = TokenRule {
+                reveal: false,
+                ..t.clone()
+            };
+            if let Some(b) = self.binding_of(&unrevealed) {
                 out.push(at(
                     &t.rule,
                     format!(
@@ -875,6 +900,7 @@ pub(crate) fn bind<'a>(
                 upstream: r.upstream.to_string(),
                 origin,
                 rule: r.rule.clone(),
+                foreign: false,
             });
         }
     }
@@ -942,7 +968,7 @@ impl Parser<'_> {
         let errors_before = self.report.errors.len();
         let (mut upstream, mut header, mut value_tpl) = (None, None, None);
         let (mut token, mut source) = (None, None);
-        let mut secret_keys: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+        let mut secret_keys: Vec<std::ops::Range<usize>> = Vec::new();
         let (mut ca_file, mut approve, mut rate) = (None, None, None);
         let (mut methods, mut paths) = (Vec::new(), Vec::new());
         let mut max_request_size = DEFAULT_MAX_REQUEST_SIZE;
@@ -983,7 +1009,7 @@ impl Parser<'_> {
                         .map(|v| (v, item.span()));
                 }
                 "token" => {
-                    secret_keys.push(("token", k.span()));
+                    secret_keys.push(k.span());
                     if let Some(t) = self.string(&at, item, "a token name like \"openai\"") {
                         if valid_token_name(t) {
                             let (line, col) = self.report.position(&item.span());
@@ -1003,7 +1029,7 @@ impl Parser<'_> {
                     }
                 }
                 "source" => {
-                    secret_keys.push(("source", k.span()));
+                    secret_keys.push(k.span());
                     source = self.source(&at, item);
                 }
                 "ca_file" => ca_file = self.checked_string(&at, item, "a file path", check_ca_file),
@@ -1069,8 +1095,8 @@ impl Parser<'_> {
                 ),
             );
         }
-        secret_keys.sort_by_key(|(_, span)| span.start);
-        if let [_, (_, second)] = secret_keys.as_slice() {
+        secret_keys.sort_by_key(|span| span.start);
+        if let [_, second] = secret_keys.as_slice() {
             self.report.error(
                 second,
                 format!(
@@ -1893,6 +1919,40 @@ paths = ["/v1/models"]
                 "{}",
                 out.reason
             );
+            // Nor under another name with the same source, even with reveal:
+            // the org's binding is not the user's to lift.
+            let user = "[tokens.copy]\nsource = \"keyring:org/openai\"\nreveal = true\n\n\
+                        [tokens.free]\nsource = \"env:FREE\"\nreveal = true\n";
+            let s = set(Some(BASE), user);
+            let get = |name| {
+                s.decide(&Request {
+                    workspace: "dev",
+                    caller: None,
+                    action: Action::Token { name },
+                })
+            };
+            let out = get("copy");
+            assert_eq!(out.verdict, Verdict::Deny, "{}", out.reason);
+            assert_eq!(
+                out.rule.as_ref().map(|r| r.file.as_str()),
+                Some("base.toml")
+            );
+            assert!(out.reason.contains("same source"), "{}", out.reason);
+            // (`free` is cut by the baseline's [tokens.*] ceiling; without
+            // one, an unbound token stays the user's.)
+            let inline = BASE
+                .replace("[tokens.org-openai]\nsource = \"keyring:org/openai\"\n", "")
+                .replace("token = \"org-openai\"", "source = \"keyring:org/openai\"");
+            let s = set(Some(&inline), user);
+            let get = |name| {
+                s.decide(&Request {
+                    workspace: "dev",
+                    caller: None,
+                    action: Action::Token { name },
+                })
+            };
+            assert_eq!(get("copy").verdict, Verdict::Deny);
+            assert_eq!(get("free").verdict, Verdict::Allow);
         }
     }
 }
