@@ -601,7 +601,10 @@ pub(crate) struct HttpSection {
 }
 
 impl HttpSection {
+    /// Adds the rules of one more source (`other`, one file's), keeping
+    /// declaration order: a binding clash is reported at the later one.
     pub(crate) fn append(&mut self, other: &mut HttpSection) {
+        other.apis.sort_by_key(|a| (a.rule.rule.line, a.rule.rule.col));
         self.apis.append(&mut other.apis);
         self.deny.append(&mut other.deny);
     }
@@ -623,6 +626,11 @@ impl HttpSection {
 
     fn denied(&self, name: &str) -> Option<&GlobDeny> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
+    }
+
+    /// Every declared API, denied or not.
+    pub(crate) fn rules(&self) -> impl Iterator<Item = &HttpRule> {
+        self.apis.iter().map(|a| &a.rule)
     }
 
     /// Declared APIs no deny rule hides, in declaration order.
@@ -829,6 +837,37 @@ impl HttpSection {
     }
 }
 
+/// Why user rule `rule` reaches past baseline section `b` (`capped`: the
+/// baseline has `[http.*]` allow rules), if it does: a baseline deny, no
+/// baseline declaration, or a declaration pinning another destination.
+pub(crate) fn beyond(b: &HttpSection, capped: bool, rule: &HttpRule) -> Option<String> {
+    if let Some(d) = b.denied(&rule.name) {
+        return Some(format!(
+            "the baseline denies it ([[http.deny]] name = {:?}, {})",
+            d.pattern, d.rule
+        ));
+    }
+    if !capped {
+        return None;
+    }
+    let Some(org) = b.apis.iter().map(|a| &a.rule).find(|o| o.name == rule.name) else {
+        return Some(format!("the baseline declares no [http.{}]", rule.name));
+    };
+    let same = org.upstream == rule.upstream
+        && org.header == rule.header
+        && org.value == rule.value
+        && org.secret.as_ref().map(HttpSecret::source)
+            == rule.secret.as_ref().map(HttpSecret::source)
+        && org.ca_file == rule.ca_file;
+    (!same).then(|| {
+        format!(
+            "the baseline's [http.{}] ({}) pins the upstream, header, value, secret and ca_file; \
+             the ones written here are not used",
+            rule.name, org.rule
+        )
+    })
+}
+
 /// The deny decision for a bound token.
 pub(crate) fn bound_token_denial(token: &TokenRule, b: &Binding) -> Decision {
     let how = if b.token.as_deref() == Some(token.name.as_str()) {
@@ -975,7 +1014,7 @@ impl Parser<'_> {
         let mut timeout = DEFAULT_TIMEOUT;
         let mut description = String::new();
         let mut mcp = false;
-        let mut seen_upstream = false;
+        let (mut seen_upstream, mut seen_header, mut seen_value) = (false, false, false);
         for (k, item) in table {
             let at = format!("{section}.{}", path_key(k.get_ref()));
             match k.get_ref().as_ref() {
@@ -991,6 +1030,7 @@ impl Parser<'_> {
                     }
                 }
                 "header" => {
+                    seen_header = true;
                     header = self.checked_string(
                         &at,
                         item,
@@ -999,6 +1039,7 @@ impl Parser<'_> {
                     );
                 }
                 "value" => {
+                    seen_value = true;
                     value_tpl = self
                         .checked_string(
                             &at,
@@ -1110,7 +1151,10 @@ impl Parser<'_> {
         let (value_text, value_span) =
             value_tpl.unwrap_or_else(|| (PLACEHOLDER.to_owned(), value.span()));
         let placeholders = value_text.matches(PLACEHOLDER).count();
+        // A header or value already reported as invalid says nothing more.
+        let checkable = (header.is_some() || !seen_header) && (value_given || !seen_value);
         match (has_secret, header.is_some(), value_given) {
+            _ if !checkable => {}
             (true, false, _) => self.report.error(
                 &value.span(),
                 format!(
@@ -1833,6 +1877,33 @@ paths = ["/v1/models"]
                     .map(|a| a.name.as_str())
                     .collect::<Vec<_>>(),
                 ["openai"]
+            );
+            // `policy check` names the user rules the baseline overrides.
+            let beyond: Vec<String> = s
+                .warnings()
+                .iter()
+                .map(ToString::to_string)
+                .filter(|w| w.contains("goes beyond"))
+                .collect();
+            let at: Vec<&str> = beyond
+                .iter()
+                .map(|w| w.split(": ").next().unwrap_or(""))
+                .collect();
+            assert_eq!(
+                at,
+                [
+                    "user.toml:2:1",
+                    "user.toml:5:1",
+                    "user.toml:13:1",
+                    "user.toml:16:1"
+                ],
+                "{beyond:#?}"
+            );
+            assert!(beyond[1].contains("pins the upstream"), "{}", beyond[1]);
+            assert!(
+                beyond[2].contains("declares no [http.other]"),
+                "{}",
+                beyond[2]
             );
             // The baseline alone never grants.
             let none = set(Some(BASE), "");
