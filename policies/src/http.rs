@@ -604,7 +604,9 @@ impl HttpSection {
     /// Adds the rules of one more source (`other`, one file's), keeping
     /// declaration order: a binding clash is reported at the later one.
     pub(crate) fn append(&mut self, other: &mut HttpSection) {
-        other.apis.sort_by_key(|a| (a.rule.rule.line, a.rule.rule.col));
+        other
+            .apis
+            .sort_by_key(|a| (a.rule.rule.line, a.rule.rule.col));
         self.apis.append(&mut other.apis);
         self.deny.append(&mut other.deny);
     }
