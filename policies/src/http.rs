@@ -28,6 +28,8 @@
 //!
 //! A section with neither a secret nor a header is a plain pass-through to a
 //! declared upstream. A header without a secret injects its fixed `value`.
+//! With `token = "T"`, the API takes `[tokens.T]`'s `approve` and `rate`
+//! unless it sets its own.
 //!
 //! **Binding.** A secret is bound to the origin (scheme, host, port) of the
 //! section that injects it: a token named by two sections of different
@@ -287,7 +289,8 @@ pub struct HttpRule {
     pub upstream: Upstream,
     /// The header the secret (or fixed value) goes into; `None`: none injected.
     pub header: Option<String>,
-    /// The header value template (`{token}` stands for the secret).
+    /// The header value template (`{token}` stands for the secret); empty
+    /// when no header is injected.
     pub value: String,
     /// The secret, if any.
     pub secret: Option<HttpSecret>,
@@ -305,9 +308,11 @@ pub struct HttpRule {
     pub description: String,
     /// Whether the API is offered to MCP clients as a tool.
     pub mcp: bool,
-    /// Whether the laptop user must approve each request.
+    /// Whether the laptop user must approve each request (the token's
+    /// `approve` when the section sets none).
     pub approve: Option<Approve>,
-    /// Optional rate limit, enforced by the laptop.
+    /// Optional rate limit, enforced by the laptop (the token's `rate` when
+    /// the section sets none).
     pub rate: Option<Rate>,
     /// Where the API is declared.
     pub rule: RuleRef,
@@ -672,7 +677,12 @@ impl HttpSection {
                 continue;
             };
             match tokens.get(name).or_else(|| outer.and_then(|o| o.get(name))) {
-                Some(t) => api.rule.secret = Some(HttpSecret::Token(t.clone())),
+                Some(t) => {
+                    // The key's own limits follow it into the API.
+                    api.rule.approve = api.rule.approve.or(t.approve);
+                    api.rule.rate = api.rule.rate.or(t.rate);
+                    api.rule.secret = Some(HttpSecret::Token(t.clone()));
+                }
                 None => errors.push(at(
                     at_token,
                     format!(
@@ -1437,11 +1447,42 @@ paths = ["/v1/*", "/v2/**"]
         assert_eq!(r.header_value("s"), "");
     }
 
+    fn limited_text_with_own_rate() -> String {
+        OPENAI
+            .replace(
+                "source = \"keyring:nexus/openai\"\n",
+                "source = \"keyring:nexus/openai\"\nrate = \"5/min\"\n",
+            )
+            .replace(
+                "token = \"openai\"\n",
+                "token = \"openai\"\nrate = \"100/min\"\n",
+            )
+    }
+
     #[test]
     fn header_values() {
         let r = rule(&load(OPENAI), "openai");
         assert_eq!(r.header_value("sk-1"), "Bearer sk-1");
         assert_eq!(r.header.as_deref(), Some("Authorization"));
+        assert_eq!((r.rate, r.approve), (None, None));
+        // The token's limits follow it, unless the API sets its own.
+        let limited = load(&OPENAI.replace(
+            "source = \"keyring:nexus/openai\"\n",
+            "source = \"keyring:nexus/openai\"\nrate = \"5/min\"\napprove = \"prompt\"\n",
+        ));
+        let r = rule(&limited, "openai");
+        assert_eq!(r.rate.map(|x| x.to_string()), Some("5/min".into()));
+        assert_eq!(r.approve, Some(Approve::Prompt));
+        let own = load(&limited_text_with_own_rate());
+        assert_eq!(
+            rule(&own, "openai").rate.map(|x| x.to_string()),
+            Some("100/min".into())
+        );
+        let v6 = load("[http.a]\nupstream = \"http://[::1]:8080/b\"\n");
+        assert_eq!(
+            rule(&v6, "a").url_for("/c?d").map(|u| u.to_string()),
+            Ok("http://[::1]:8080/b/c?d".into())
+        );
         let inline = load(
             "[http.a]\nupstream = \"https://h\"\nheader = \"X-Api-Key\"\nsource = \"env:K\"\n",
         );
