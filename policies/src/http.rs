@@ -566,6 +566,52 @@ fn check_ca_file(p: &str) -> Result<(), String> {
     }
 }
 
+/// What does not fit between a section's secret, header and value, if
+/// anything: the message, and whether it is about the value (else the table).
+fn injection_error(
+    section: &str,
+    secret: bool,
+    header: bool,
+    value: Option<&str>,
+) -> Option<(bool, String)> {
+    let placeholders = value.unwrap_or(PLACEHOLDER).matches(PLACEHOLDER).count();
+    match (secret, header, value.is_some()) {
+        (true, false, _) => Some((
+            false,
+            format!(
+                "{section}: a secret (token or source) needs header = \"NAME\" to go into, e.g. \
+                 header = \"Authorization\""
+            ),
+        )),
+        (true, true, _) if placeholders != 1 => Some((
+            true,
+            format!(
+                "{section}.value: with a secret, the value must hold {PLACEHOLDER} exactly once \
+                 (found {placeholders}), e.g. \"Bearer {PLACEHOLDER}\""
+            ),
+        )),
+        (false, _, true) if placeholders > 0 => Some((
+            true,
+            format!(
+                "{section}.value: {PLACEHOLDER} without a secret; add token = \"NAME\" or \
+                 source = \"...\", or write a fixed value"
+            ),
+        )),
+        (false, true, false) => Some((
+            false,
+            format!(
+                "{section}: header without a secret or a value injects nothing; add token = \
+                 \"NAME\" (or source) or value = \"...\""
+            ),
+        )),
+        (false, false, true) => Some((
+            true,
+            format!("{section}.value: a value needs header = \"NAME\" to go into"),
+        )),
+        _ => None,
+    }
+}
+
 /// One declared API, with what the engine needs besides the public rule.
 #[derive(Clone, Debug)]
 struct HttpApi {
@@ -990,7 +1036,6 @@ impl Parser<'_> {
         }
     }
 
-    #[allow(clippy::too_many_lines)]
     fn http_api(&mut self, key: &Key<'_>, value: &Value<'_>) {
         const KEYS: &str = "one of upstream, header, value, token, source, ca_file, methods, \
                             paths, max_request_size, timeout, description, mcp, approve, rate";
@@ -1159,57 +1204,21 @@ impl Parser<'_> {
             );
         }
         let has_secret = !secret_keys.is_empty();
-        let value_given = value_tpl.is_some();
-        let (value_text, value_span) =
-            value_tpl.unwrap_or_else(|| (PLACEHOLDER.to_owned(), value.span()));
-        let placeholders = value_text.matches(PLACEHOLDER).count();
         // A header or value already reported as invalid says nothing more.
-        let checkable = (header.is_some() || !seen_header) && (value_given || !seen_value);
-        match (has_secret, header.is_some(), value_given) {
-            _ if !checkable => {}
-            (true, false, _) => self.report.error(
-                &value.span(),
-                format!(
-                    "{section}: a secret (token or source) needs header = \"NAME\" to go into, \
-                     e.g. header = \"Authorization\""
-                ),
-            ),
-            (true, true, _) if placeholders != 1 => self.report.error(
-                &value_span,
-                format!(
-                    "{section}.value: with a secret, the value must hold {PLACEHOLDER} exactly \
-                     once (found {placeholders}), e.g. \"Bearer {PLACEHOLDER}\""
-                ),
-            ),
-            (false, _, true) if placeholders > 0 => self.report.error(
-                &value_span,
-                format!(
-                    "{section}.value: {PLACEHOLDER} without a secret; add token = \"NAME\" or \
-                     source = \"...\", or write a fixed value"
-                ),
-            ),
-            (false, true, false) => self.report.error(
-                &value.span(),
-                format!(
-                    "{section}: header without a secret or a value injects nothing; add token = \
-                     \"NAME\" (or source) or value = \"...\""
-                ),
-            ),
-            (false, false, true) => self.report.error(
-                &value_span,
-                format!("{section}.value: a value needs header = \"NAME\" to go into"),
-            ),
-            _ => {}
+        let checkable = (header.is_some() || !seen_header) && (value_tpl.is_some() || !seen_value);
+        let value_text = value_tpl.as_ref().map(|(v, _)| v.as_str());
+        if checkable
+            && let Some((at_value, why)) =
+                injection_error(&section, has_secret, header.is_some(), value_text)
+        {
+            let span = match (&value_tpl, at_value) {
+                (Some((_, span)), true) => span.clone(),
+                _ => value.span(),
+            };
+            self.report.error(&span, why);
         }
         if self.report.errors.len() != errors_before {
             return;
-        }
-        if let Some(first) = self.out.http.apis.iter().find(|a| a.rule.name == name) {
-            let msg = format!(
-                "{section}: declared twice (first at {}); declare each API once",
-                first.rule.rule
-            );
-            return self.report.error(&value.span(), msg);
         }
         let Some(upstream) = upstream else {
             return;
@@ -1221,10 +1230,10 @@ impl Parser<'_> {
                 name: name.to_owned(),
                 upstream,
                 header,
-                value: if has_secret || value_given {
-                    value_text
-                } else {
-                    String::new()
+                value: match value_tpl {
+                    Some((v, _)) => v,
+                    None if has_secret => PLACEHOLDER.to_owned(),
+                    None => String::new(),
                 },
                 secret: source.map(HttpSecret::Source),
                 ca_file,
