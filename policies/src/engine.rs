@@ -784,7 +784,6 @@ impl Policy {
             };
         }
         if let Some(token) = self.tokens.get(name)
-            && !token.reveal
             && let Some(b) = self.http.binding_of(token)
         {
             return crate::http::bound_token_denial(token, b);

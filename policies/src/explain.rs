@@ -553,6 +553,52 @@ mod tests {
     }
 
     #[test]
+    fn http_probes() {
+        let s = set(
+            "[http.api]\nupstream = \"https://h\"\nmethods = [\"POST\"]\npaths = [\"/v1/*\"]\n",
+            None,
+        );
+        let verdict = |args: &[(&str, &str)]| {
+            probe("dev", "http", args)
+                .decide(&s)
+                .map(|o| Expect::of(&o))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let post = [("name", "api"), ("method", "POST"), ("path", "/v1/chat")];
+        assert_eq!(verdict(&post), Expect::Allow);
+        assert_eq!(
+            verdict(&[
+                ("name", "api"),
+                ("method", "POST"),
+                ("path", "/v1/chat?x=1")
+            ]),
+            Expect::Allow
+        );
+        // GET by default, and "/" by default.
+        assert_eq!(
+            verdict(&[("name", "api"), ("path", "/v1/chat")]),
+            Expect::Deny
+        );
+        assert_eq!(
+            verdict(&[("name", "api"), ("method", "POST")]),
+            Expect::Deny
+        );
+        assert_eq!(
+            verdict(&[("name", "api"), ("method", "POST"), ("path", "/v1/../x")]),
+            Expect::Deny
+        );
+        let err = |args: &[(&str, &str)]| {
+            probe("dev", "http", args)
+                .decide(&s)
+                .err()
+                .unwrap_or_default()
+        };
+        assert!(err(&[]).contains("needs --arg name"));
+        assert!(err(&[("name", "api"), ("host", "evil")]).contains("no argument \"host\""));
+        assert!(err(&[("name", "api"), ("path", "/v1/x?a b")]).contains("query"));
+    }
+
+    #[test]
     fn fixtures_check_verdict_and_rule() {
         let s = set(
             "[tokens.a]\nsource = \"env:A\"\n\n[tokens.b]\nsource = \"env:B\"\napprove = \"prompt\"\n",

@@ -28,6 +28,8 @@
 //!
 //! A section with neither a secret nor a header is a plain pass-through to a
 //! declared upstream. A header without a secret injects its fixed `value`.
+//! With `token = "T"`, the API takes `[tokens.T]`'s `approve` and `rate`
+//! unless it sets its own.
 //!
 //! **Binding.** A secret is bound to the origin (scheme, host, port) of the
 //! section that injects it: a token named by two sections of different
@@ -287,7 +289,8 @@ pub struct HttpRule {
     pub upstream: Upstream,
     /// The header the secret (or fixed value) goes into; `None`: none injected.
     pub header: Option<String>,
-    /// The header value template (`{token}` stands for the secret).
+    /// The header value template (`{token}` stands for the secret); empty
+    /// when no header is injected.
     pub value: String,
     /// The secret, if any.
     pub secret: Option<HttpSecret>,
@@ -305,9 +308,11 @@ pub struct HttpRule {
     pub description: String,
     /// Whether the API is offered to MCP clients as a tool.
     pub mcp: bool,
-    /// Whether the laptop user must approve each request.
+    /// Whether the laptop user must approve each request (the token's
+    /// `approve` when the section sets none).
     pub approve: Option<Approve>,
-    /// Optional rate limit, enforced by the laptop.
+    /// Optional rate limit, enforced by the laptop (the token's `rate` when
+    /// the section sets none).
     pub rate: Option<Rate>,
     /// Where the API is declared.
     pub rule: RuleRef,
@@ -561,6 +566,52 @@ fn check_ca_file(p: &str) -> Result<(), String> {
     }
 }
 
+/// What does not fit between a section's secret, header and value, if
+/// anything: the message, and whether it is about the value (else the table).
+fn injection_error(
+    section: &str,
+    secret: bool,
+    header: bool,
+    value: Option<&str>,
+) -> Option<(bool, String)> {
+    let placeholders = value.unwrap_or(PLACEHOLDER).matches(PLACEHOLDER).count();
+    match (secret, header, value.is_some()) {
+        (true, false, _) => Some((
+            false,
+            format!(
+                "{section}: a secret (token or source) needs header = \"NAME\" to go into, e.g. \
+                 header = \"Authorization\""
+            ),
+        )),
+        (true, true, _) if placeholders != 1 => Some((
+            true,
+            format!(
+                "{section}.value: with a secret, the value must hold {PLACEHOLDER} exactly once \
+                 (found {placeholders}), e.g. \"Bearer {PLACEHOLDER}\""
+            ),
+        )),
+        (false, _, true) if placeholders > 0 => Some((
+            true,
+            format!(
+                "{section}.value: {PLACEHOLDER} without a secret; add token = \"NAME\" or \
+                 source = \"...\", or write a fixed value"
+            ),
+        )),
+        (false, true, false) => Some((
+            false,
+            format!(
+                "{section}: header without a secret or a value injects nothing; add token = \
+                 \"NAME\" (or source) or value = \"...\""
+            ),
+        )),
+        (false, false, true) => Some((
+            true,
+            format!("{section}.value: a value needs header = \"NAME\" to go into"),
+        )),
+        _ => None,
+    }
+}
+
 /// One declared API, with what the engine needs besides the public rule.
 #[derive(Clone, Debug)]
 struct HttpApi {
@@ -586,6 +637,9 @@ pub(crate) struct Binding {
     origin: String,
     /// The `[http.NAME]` rule.
     rule: RuleRef,
+    /// Bound by another layer (e.g. the org baseline): `reveal = true` in
+    /// this one does not lift it.
+    foreign: bool,
 }
 
 /// Every http rule of one source (or, merged, of all).
@@ -598,18 +652,38 @@ pub(crate) struct HttpSection {
 }
 
 impl HttpSection {
+    /// Adds the rules of one more source (`other`, one file's), keeping
+    /// declaration order: a binding clash is reported at the later one.
     pub(crate) fn append(&mut self, other: &mut HttpSection) {
+        other
+            .apis
+            .sort_by_key(|a| (a.rule.rule.line, a.rule.rule.col));
         self.apis.append(&mut other.apis);
         self.deny.append(&mut other.deny);
     }
 
-    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
+    /// Adds `other`'s deny rules (a layer's denies apply in every layer),
+    /// and its bindings: a secret another layer injects is not handed out
+    /// by this one either.
     pub(crate) fn add_denies_from(&mut self, other: &HttpSection) {
         self.deny.extend(other.deny.iter().cloned());
+        for b in &other.bound {
+            if !self.bound.iter().any(|o| o.rule == b.rule) {
+                self.bound.push(Binding {
+                    foreign: true,
+                    ..b.clone()
+                });
+            }
+        }
     }
 
     fn denied(&self, name: &str) -> Option<&GlobDeny> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
+    }
+
+    /// Every declared API, denied or not.
+    pub(crate) fn rules(&self) -> impl Iterator<Item = &HttpRule> {
+        self.apis.iter().map(|a| &a.rule)
     }
 
     /// Declared APIs no deny rule hides, in declaration order.
@@ -649,7 +723,12 @@ impl HttpSection {
                 continue;
             };
             match tokens.get(name).or_else(|| outer.and_then(|o| o.get(name))) {
-                Some(t) => api.rule.secret = Some(HttpSecret::Token(t.clone())),
+                Some(t) => {
+                    // The key's own limits follow it into the API.
+                    api.rule.approve = api.rule.approve.or(t.approve);
+                    api.rule.rate = api.rule.rate.or(t.rate);
+                    api.rule.secret = Some(HttpSecret::Token(t.clone()));
+                }
                 None => errors.push(at(
                     at_token,
                     format!(
@@ -742,12 +821,20 @@ impl HttpSection {
     }
 
     /// The binding that keeps `token`'s value out of the workspace, if any:
-    /// one naming it, or one whose secret has the same source.
+    /// one naming it, or one whose secret has the same source. With
+    /// `reveal = true`, only another layer's binding does.
     pub(crate) fn binding_of(&self, token: &TokenRule) -> Option<&Binding> {
+        let applies = |b: &&Binding| !token.reveal || b.foreign;
         self.bound
             .iter()
+            .filter(applies)
             .find(|b| b.token.as_deref() == Some(token.name.as_str()))
-            .or_else(|| self.bound.iter().find(|b| b.source == token.source))
+            .or_else(|| {
+                self.bound
+                    .iter()
+                    .filter(applies)
+                    .find(|b| b.source == token.source)
+            })
     }
 
     /// Sets the secrets bound in the whole policy.
@@ -788,7 +875,11 @@ impl HttpSection {
             }
         }
         for t in tokens.values().filter(|t| t.reveal) {
-            if let Some(b) = self.binding_of(t) {
+            let unrevealed = TokenRule {
+                reveal: false,
+                ..t.clone()
+            };
+            if let Some(b) = self.binding_of(&unrevealed) {
                 out.push(at(
                     &t.rule,
                     format!(
@@ -802,6 +893,37 @@ impl HttpSection {
         }
         out
     }
+}
+
+/// Why user rule `rule` reaches past baseline section `b` (`capped`: the
+/// baseline has `[http.*]` allow rules), if it does: a baseline deny, no
+/// baseline declaration, or a declaration pinning another destination.
+pub(crate) fn beyond(b: &HttpSection, capped: bool, rule: &HttpRule) -> Option<String> {
+    if let Some(d) = b.denied(&rule.name) {
+        return Some(format!(
+            "the baseline denies it ([[http.deny]] name = {:?}, {})",
+            d.pattern, d.rule
+        ));
+    }
+    if !capped {
+        return None;
+    }
+    let Some(org) = b.apis.iter().map(|a| &a.rule).find(|o| o.name == rule.name) else {
+        return Some(format!("the baseline declares no [http.{}]", rule.name));
+    };
+    let same = org.upstream == rule.upstream
+        && org.header == rule.header
+        && org.value == rule.value
+        && org.secret.as_ref().map(HttpSecret::source)
+            == rule.secret.as_ref().map(HttpSecret::source)
+        && org.ca_file == rule.ca_file;
+    (!same).then(|| {
+        format!(
+            "the baseline's [http.{}] ({}) pins the upstream, header, value, secret and ca_file; \
+             the ones written here are not used",
+            rule.name, org.rule
+        )
+    })
 }
 
 /// The deny decision for a bound token.
@@ -875,6 +997,7 @@ pub(crate) fn bind<'a>(
                 upstream: r.upstream.to_string(),
                 origin,
                 rule: r.rule.clone(),
+                foreign: false,
             });
         }
     }
@@ -913,7 +1036,6 @@ impl Parser<'_> {
         }
     }
 
-    #[allow(clippy::too_many_lines)]
     fn http_api(&mut self, key: &Key<'_>, value: &Value<'_>) {
         const KEYS: &str = "one of upstream, header, value, token, source, ca_file, methods, \
                             paths, max_request_size, timeout, description, mcp, approve, rate";
@@ -942,14 +1064,14 @@ impl Parser<'_> {
         let errors_before = self.report.errors.len();
         let (mut upstream, mut header, mut value_tpl) = (None, None, None);
         let (mut token, mut source) = (None, None);
-        let mut secret_keys: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+        let mut secret_keys: Vec<std::ops::Range<usize>> = Vec::new();
         let (mut ca_file, mut approve, mut rate) = (None, None, None);
         let (mut methods, mut paths) = (Vec::new(), Vec::new());
         let mut max_request_size = DEFAULT_MAX_REQUEST_SIZE;
         let mut timeout = DEFAULT_TIMEOUT;
         let mut description = String::new();
         let mut mcp = false;
-        let mut seen_upstream = false;
+        let (mut seen_upstream, mut seen_header, mut seen_value) = (false, false, false);
         for (k, item) in table {
             let at = format!("{section}.{}", path_key(k.get_ref()));
             match k.get_ref().as_ref() {
@@ -965,6 +1087,7 @@ impl Parser<'_> {
                     }
                 }
                 "header" => {
+                    seen_header = true;
                     header = self.checked_string(
                         &at,
                         item,
@@ -973,6 +1096,7 @@ impl Parser<'_> {
                     );
                 }
                 "value" => {
+                    seen_value = true;
                     value_tpl = self
                         .checked_string(
                             &at,
@@ -983,7 +1107,7 @@ impl Parser<'_> {
                         .map(|v| (v, item.span()));
                 }
                 "token" => {
-                    secret_keys.push(("token", k.span()));
+                    secret_keys.push(k.span());
                     if let Some(t) = self.string(&at, item, "a token name like \"openai\"") {
                         if valid_token_name(t) {
                             let (line, col) = self.report.position(&item.span());
@@ -1003,7 +1127,7 @@ impl Parser<'_> {
                     }
                 }
                 "source" => {
-                    secret_keys.push(("source", k.span()));
+                    secret_keys.push(k.span());
                     source = self.source(&at, item);
                 }
                 "ca_file" => ca_file = self.checked_string(&at, item, "a file path", check_ca_file),
@@ -1069,7 +1193,8 @@ impl Parser<'_> {
                 ),
             );
         }
-        if let [_, (_, second)] = secret_keys.as_slice() {
+        secret_keys.sort_by_key(|span| span.start);
+        if let [_, second] = secret_keys.as_slice() {
             self.report.error(
                 second,
                 format!(
@@ -1079,54 +1204,21 @@ impl Parser<'_> {
             );
         }
         let has_secret = !secret_keys.is_empty();
-        let value_given = value_tpl.is_some();
-        let (value_text, value_span) =
-            value_tpl.unwrap_or_else(|| (PLACEHOLDER.to_owned(), value.span()));
-        let placeholders = value_text.matches(PLACEHOLDER).count();
-        match (has_secret, header.is_some(), value_given) {
-            (true, false, _) => self.report.error(
-                &value.span(),
-                format!(
-                    "{section}: a secret (token or source) needs header = \"NAME\" to go into, \
-                     e.g. header = \"Authorization\""
-                ),
-            ),
-            (true, true, _) if placeholders != 1 => self.report.error(
-                &value_span,
-                format!(
-                    "{section}.value: with a secret, the value must hold {PLACEHOLDER} exactly \
-                     once (found {placeholders}), e.g. \"Bearer {PLACEHOLDER}\""
-                ),
-            ),
-            (false, _, true) if placeholders > 0 => self.report.error(
-                &value_span,
-                format!(
-                    "{section}.value: {PLACEHOLDER} without a secret; add token = \"NAME\" or \
-                     source = \"...\", or write a fixed value"
-                ),
-            ),
-            (false, true, false) => self.report.error(
-                &value.span(),
-                format!(
-                    "{section}: header without a secret or a value injects nothing; add token = \
-                     \"NAME\" (or source) or value = \"...\""
-                ),
-            ),
-            (false, false, true) => self.report.error(
-                &value_span,
-                format!("{section}.value: a value needs header = \"NAME\" to go into"),
-            ),
-            _ => {}
+        // A header or value already reported as invalid says nothing more.
+        let checkable = (header.is_some() || !seen_header) && (value_tpl.is_some() || !seen_value);
+        let value_text = value_tpl.as_ref().map(|(v, _)| v.as_str());
+        if checkable
+            && let Some((at_value, why)) =
+                injection_error(&section, has_secret, header.is_some(), value_text)
+        {
+            let span = match (&value_tpl, at_value) {
+                (Some((_, span)), true) => span.clone(),
+                _ => value.span(),
+            };
+            self.report.error(&span, why);
         }
         if self.report.errors.len() != errors_before {
             return;
-        }
-        if let Some(first) = self.out.http.apis.iter().find(|a| a.rule.name == name) {
-            let msg = format!(
-                "{section}: declared twice (first at {}); declare each API once",
-                first.rule.rule
-            );
-            return self.report.error(&value.span(), msg);
         }
         let Some(upstream) = upstream else {
             return;
@@ -1138,10 +1230,10 @@ impl Parser<'_> {
                 name: name.to_owned(),
                 upstream,
                 header,
-                value: if has_secret || value_given {
-                    value_text
-                } else {
-                    String::new()
+                value: match value_tpl {
+                    Some((v, _)) => v,
+                    None if has_secret => PLACEHOLDER.to_owned(),
+                    None => String::new(),
                 },
                 secret: source.map(HttpSecret::Source),
                 ca_file,
@@ -1158,5 +1250,832 @@ impl Parser<'_> {
             matchers,
             token,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Action, Policy, Request, Source};
+
+    const OPENAI: &str = r#"
+[tokens.openai]
+source = "keyring:nexus/openai"
+
+[http.openai]
+upstream = "https://api.openai.com"
+header = "Authorization"
+value = "Bearer {token}"
+token = "openai"
+methods = ["GET", "POST"]
+paths = ["/v1/*", "/v2/**"]
+"#;
+
+    fn load(text: &str) -> Policy {
+        Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Policy::from_sources(&[Source::new("p.toml", text)]) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn http(p: &Policy, name: &str, method: &str, path: &str) -> Decision {
+        p.decide(&Request {
+            workspace: "ws",
+            caller: None,
+            action: Action::Http { name, method, path },
+        })
+    }
+
+    fn token(p: &Policy, name: &str) -> Decision {
+        p.decide(&Request {
+            workspace: "ws",
+            caller: None,
+            action: Action::Token { name },
+        })
+    }
+
+    fn rule(p: &Policy, name: &str) -> HttpRule {
+        match http(p, name, "GET", "/v1/x").grant {
+            Some(Grant::Http(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn upstreams() {
+        for (text, base, origin) in [
+            (
+                "https://api.openai.com",
+                "https://api.openai.com",
+                "https://api.openai.com:443",
+            ),
+            (
+                "https://API.openai.com/",
+                "https://api.openai.com",
+                "https://api.openai.com:443",
+            ),
+            ("https://h:443/api/v2/", "https://h/api/v2", "https://h:443"),
+            ("https://h:8443/x", "https://h:8443/x", "https://h:8443"),
+            (
+                "http://127.0.0.1:11434",
+                "http://127.0.0.1:11434",
+                "http://127.0.0.1:11434",
+            ),
+            (
+                "http://127.9.9.9",
+                "http://127.9.9.9",
+                "http://127.9.9.9:80",
+            ),
+            (
+                "http://localhost:8080/v1",
+                "http://localhost:8080/v1",
+                "http://localhost:8080",
+            ),
+            (
+                "http://[::1]:1234",
+                "http://[::1]:1234",
+                "http://[::1]:1234",
+            ),
+        ] {
+            let u = Upstream::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((u.as_str(), u.origin().as_str()), (base, origin), "{text}");
+        }
+        for (text, want) in [
+            ("http://api.openai.com", "only allowed for a loopback host"),
+            ("http://10.0.0.1", "only allowed for a loopback host"),
+            (
+                "http://localhost.evil.com",
+                "only allowed for a loopback host",
+            ),
+            ("ftp://h", "scheme \"ftp\""),
+            ("https://user:pw@h", "user name or password"),
+            ("https://user@h", "user name or password"),
+            ("https://h/?x=1", "query or fragment"),
+            ("https://h/#f", "query or fragment"),
+            ("https://h/a/../b", "'.' or '..'"),
+            ("https://h/a/%2e%2e/b", "'.' or '..'"),
+            ("https://h/a//b", "empty segments"),
+            ("https://h/a b", "space"),
+            ("https:\\\\h", "backslash"),
+            ("api.openai.com", "not a URL"),
+            ("", "not a URL"),
+        ] {
+            match Upstream::parse(text) {
+                Err(e) => assert!(e.contains(want), "{text}: {e}"),
+                Ok(u) => panic!("{text}: accepted as {u:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn urls_stay_on_the_upstream() {
+        let p = load(OPENAI);
+        let r = rule(&p, "openai");
+        let ok = |rest: &str| {
+            r.url_for(rest)
+                .unwrap_or_else(|e| panic!("{rest}: {e}"))
+                .to_string()
+        };
+        assert_eq!(
+            ok("/v1/chat/completions"),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert_eq!(
+            ok("/v1/models?limit=1&x=%20"),
+            "https://api.openai.com/v1/models?limit=1&x=%20"
+        );
+        assert_eq!(ok(""), "https://api.openai.com/");
+        assert_eq!(ok("?a=b"), "https://api.openai.com/?a=b");
+        assert_eq!(
+            ok("/v1/files/a%20b"),
+            "https://api.openai.com/v1/files/a%20b"
+        );
+        for bad in [
+            "/v1/../admin",
+            "/..",
+            "/v1/./x",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E./admin",
+            "/v1/.%2e/admin",
+            "/v1/a%2fb",
+            "/v1/a%2Fb",
+            "/v1/a%5cb",
+            "/v1/a%25b",
+            "/v1/a%00b",
+            "/v1/%c0%ae",
+            "/v1/%zz",
+            "/v1/a%",
+            "/v1/..;/admin",
+            "//evil.com/x",
+            "/v1//x",
+            "@evil.com/x",
+            ":8080/x",
+            ".evil.com/x",
+            "evil",
+            "/v1\\..\\admin",
+            "/v1/x#frag",
+            "/v1/x y",
+            "/v1/x\ty",
+            "/v1/x\ny",
+            "/v1/é",
+            "/v1/x?q=#",
+            "/v1/x?q=%g1",
+            "/v1/x?a\\b",
+        ] {
+            assert!(
+                r.url_for(bad).is_err(),
+                "{bad:?} accepted: {:?}",
+                r.url_for(bad)
+            );
+        }
+        assert!(
+            r.url_for(&format!("/{}", "a".repeat(MAX_REST_LEN)))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn base_paths_are_kept() {
+        let p = load("[http.a]\nupstream = \"https://h:8443/api/v2/\"\n");
+        let r = rule(&p, "a");
+        assert_eq!(
+            r.url_for("/x?y").map(|u| u.to_string()),
+            Ok("https://h:8443/api/v2/x?y".into())
+        );
+        assert_eq!(
+            r.url_for("").map(|u| u.to_string()),
+            Ok("https://h:8443/api/v2".into())
+        );
+        assert!(r.url_for("/../v1").is_err());
+        assert_eq!(r.header, None);
+        assert_eq!(r.secret, None);
+        assert_eq!(r.header_value("s"), "");
+    }
+
+    fn limited_text_with_own_rate() -> String {
+        OPENAI
+            .replace(
+                "source = \"keyring:nexus/openai\"\n",
+                "source = \"keyring:nexus/openai\"\nrate = \"5/min\"\n",
+            )
+            .replace(
+                "token = \"openai\"\n",
+                "token = \"openai\"\nrate = \"100/min\"\n",
+            )
+    }
+
+    #[test]
+    fn header_values() {
+        let r = rule(&load(OPENAI), "openai");
+        assert_eq!(r.header_value("sk-1"), "Bearer sk-1");
+        assert_eq!(r.header.as_deref(), Some("Authorization"));
+        assert_eq!((r.rate, r.approve), (None, None));
+        // The token's limits follow it, unless the API sets its own.
+        let limited = load(&OPENAI.replace(
+            "source = \"keyring:nexus/openai\"\n",
+            "source = \"keyring:nexus/openai\"\nrate = \"5/min\"\napprove = \"prompt\"\n",
+        ));
+        let r = rule(&limited, "openai");
+        assert_eq!(r.rate.map(|x| x.to_string()), Some("5/min".into()));
+        assert_eq!(r.approve, Some(Approve::Prompt));
+        let own = load(&limited_text_with_own_rate());
+        assert_eq!(
+            rule(&own, "openai").rate.map(|x| x.to_string()),
+            Some("100/min".into())
+        );
+        let v6 = load("[http.a]\nupstream = \"http://[::1]:8080/b\"\n");
+        assert_eq!(
+            rule(&v6, "a").url_for("/c?d").map(|u| u.to_string()),
+            Ok("http://[::1]:8080/b/c?d".into())
+        );
+        let inline = load(
+            "[http.a]\nupstream = \"https://h\"\nheader = \"X-Api-Key\"\nsource = \"env:K\"\n",
+        );
+        let r = rule(&inline, "a");
+        assert_eq!(r.header_value("{token}"), "{token}");
+        assert_eq!(
+            r.secret,
+            Some(HttpSecret::Source(TokenSource::Env("K".into())))
+        );
+        assert_eq!(r.max_request_size, DEFAULT_MAX_REQUEST_SIZE);
+        assert_eq!(r.timeout, DEFAULT_TIMEOUT);
+        let fixed =
+            load("[http.a]\nupstream = \"https://h\"\nheader = \"X-Org\"\nvalue = \"acme\"\n");
+        assert_eq!(rule(&fixed, "a").header_value("ignored"), "acme");
+    }
+
+    #[test]
+    fn decisions() {
+        let p = load(&format!(
+            "{OPENAI}\n[[http.deny]]\nname = \"prod-*\"\n\n[http.prod-x]\nupstream = \"https://h\"\n"
+        ));
+        let verdict = |name, method, path| http(&p, name, method, path).verdict;
+        assert_eq!(verdict("openai", "POST", "/v1/chat"), Verdict::Allow);
+        assert_eq!(verdict("openai", "GET", "/v2/a/b/c"), Verdict::Allow);
+        // `*` stays within one segment.
+        assert_eq!(
+            verdict("openai", "POST", "/v1/chat/completions"),
+            Verdict::Deny
+        );
+        assert_eq!(verdict("openai", "DELETE", "/v1/chat"), Verdict::Deny);
+        assert_eq!(verdict("openai", "post", "/v1/chat"), Verdict::Deny);
+        assert_eq!(verdict("openai", "GET", "/v1/../v3/x"), Verdict::Deny);
+        assert_eq!(verdict("openai", "GET", "/v3/x"), Verdict::Deny);
+        assert_eq!(verdict("openai", "GET", ""), Verdict::Deny);
+        // Encoded characters are matched decoded.
+        assert_eq!(verdict("openai", "GET", "/v1/%6dodels"), Verdict::Allow);
+        assert_eq!(verdict("OpenAI", "GET", "/v1/x"), Verdict::Deny);
+        let denied = http(&p, "prod-x", "GET", "/");
+        assert_eq!(denied.verdict, Verdict::Deny);
+        assert!(
+            denied.reason.contains("[[http.deny]] name = \"prod-*\""),
+            "{}",
+            denied.reason
+        );
+        let undeclared = http(&p, "anthropic", "GET", "/");
+        assert_eq!(undeclared.rule, None);
+        assert_eq!(
+            undeclared.reason,
+            "http API \"anthropic\" is not declared in the policy (default deny)"
+        );
+        assert_eq!(
+            p.http_apis()
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>(),
+            ["openai"]
+        );
+        // TRACE would echo the secret back, whatever methods says.
+        let any = load("[http.a]\nupstream = \"https://h\"\n");
+        for m in ["TRACE", "TRACK", "CONNECT", "", "G ET", "GET\r\n"] {
+            assert_eq!(http(&any, "a", m, "/").verdict, Verdict::Deny, "{m:?}");
+        }
+        assert_eq!(http(&any, "a", "PROPFIND", "/").verdict, Verdict::Allow);
+        assert_eq!(http(&any, "a", "GET", "").verdict, Verdict::Allow);
+        let reason = http(&p, "openai", "DELETE", "/v1/chat").reason;
+        assert_eq!(
+            reason,
+            "http API \"openai\": method \"DELETE\" is not in methods = [\"GET\", \"POST\"] \
+             ([http.openai] at p.toml:5)"
+        );
+    }
+
+    #[test]
+    fn a_denied_token_denies_its_api() {
+        let p = load(&format!("{OPENAI}\n[[tokens.deny]]\nname = \"open*\"\n"));
+        let d = http(&p, "openai", "GET", "/v1/x");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(d.reason.contains("[[tokens.deny]]"), "{}", d.reason);
+        assert!(
+            p.warnings()
+                .iter()
+                .any(|w| w.message.contains("uses token \"openai\"")),
+            "{:?}",
+            p.warnings()
+        );
+    }
+
+    #[test]
+    fn parse_errors_are_positioned() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[http.a]\nupstream = \"https://h\"\nuptream = 1\n",
+                "p.toml:3:1: http.a: unknown key \"uptream\"; expected one of upstream, header, value, token, source, ca_file, methods, paths, max_request_size, timeout, description, mcp, approve, rate",
+            ),
+            (
+                "[http.a]\nheader = \"X\"\nvalue = \"v\"\n",
+                "p.toml:1:1: http.a: missing upstream",
+            ),
+            (
+                "[http.a]\nupstream = \"http://h\"\n",
+                "p.toml:2:12: http.a.upstream: upstream must use https://",
+            ),
+            (
+                "[http.a]\nupstream = 7\n",
+                "p.toml:2:12: http.a.upstream: expected a URL",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\ntoken = \"t\"\n\n[tokens.t]\nsource = \"env:T\"\n",
+                "p.toml:1:1: http.a: a secret (token or source) needs header",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nvalue = \"Bearer\"\nsource = \"env:T\"\n",
+                "p.toml:4:9: http.a.value: with a secret, the value must hold {token} exactly once (found 0)",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nvalue = \"{token}{token}\"\nsource = \"env:T\"\n",
+                "(found 2)",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nvalue = \"Bearer {token}\"\n",
+                "p.toml:4:9: http.a.value: {token} without a secret",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\n",
+                "p.toml:1:1: http.a: header without a secret or a value",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nvalue = \"x\"\n",
+                "p.toml:3:9: http.a.value: a value needs header",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\ntoken = \"t\"\nsource = \"env:T\"\n\n[tokens.t]\nsource = \"env:T\"\n",
+                "p.toml:5:1: http.a: both token and source",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"Host\"\nsource = \"env:T\"\n",
+                "p.toml:3:10: http.a.header: header \"Host\" frames or routes",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"Transfer-Encoding\"\nsource = \"env:T\"\n",
+                "frames or routes",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"X Y\"\nsource = \"env:T\"\n",
+                "not a valid header name",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nvalue = \"a\\r\\nB: {token}\"\nsource = \"env:T\"\n",
+                "p.toml:4:9: http.a.value: value holds a control",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\ntoken = \"nope\"\n",
+                "p.toml:4:9: http.a.token: no [tokens.nope] is declared",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nheader = \"A\"\nsource = \"vault:x\"\n",
+                "p.toml:4:10: http.a.source: unknown source kind",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmethods = [\"get\"]\n",
+                "p.toml:3:12: http.a.methods: method \"get\" is not an uppercase",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmethods = [\"TRACE\"]\n",
+                "method \"TRACE\" is never forwarded",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmethods = []\n",
+                "the API would allow no method",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\npaths = [\"v1/*\"]\n",
+                "p.toml:3:10: http.a.paths: path glob \"v1/*\" must start with '/'",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\npaths = [\"/v1/../*\"]\n",
+                "'.' or '..' segment",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\npaths = [\"/v1/[\"]\n",
+                "invalid path glob",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmax_request_size = \"2GiB\"\n",
+                "p.toml:3:20: http.a.max_request_size: \"2GiB\" is more than the 1GiB maximum",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmax_request_size = \"1TB\"\n",
+                "unknown size unit",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\ntimeout = \"25h\"\n",
+                "p.toml:3:11: http.a.timeout: timeout \"25h\" must be more than 0 and at most 24h",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nca_file = \"ca.pem\"\n",
+                "p.toml:3:11: http.a.ca_file: ca_file \"ca.pem\" must be absolute",
+            ),
+            (
+                "[http.a]\nupstream = \"https://h\"\nmcp = \"yes\"\n",
+                "p.toml:3:7: http.a.mcp: expected true or false",
+            ),
+            (
+                "[http.\"a b\"]\nupstream = \"https://h\"\n",
+                "p.toml:1:7: http.\"a b\": invalid API name",
+            ),
+            ("[http]\na = 1\n", "http.a: expected a table"),
+            ("http = 1\n", "http: expected [http.NAME] tables"),
+            (
+                "[http.deny]\nname = \"x\"\n",
+                "[[http.deny]] (double brackets)",
+            ),
+            (
+                "[[http.deny]]\nnam = \"x\"\n",
+                "http.deny: unknown key \"nam\"",
+            ),
+            (
+                "[tokens.t]\nsource = \"env:T\"\nreveal = 1\n",
+                "p.toml:3:10: tokens.t.reveal: expected true or false",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = errors(text);
+            assert!(
+                got.iter().any(|e| e.contains(want)),
+                "{text}\nwant: {want}\ngot: {got:#?}"
+            );
+        }
+        // An API declared twice, in two files.
+        let a = Source::new("a.toml", "[http.x]\nupstream = \"https://h\"\n");
+        let b = Source::new("b.toml", "\n[http.x]\nupstream = \"https://g\"\n");
+        let Err(e) = Policy::from_sources(&[a, b]) else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            e.to_string(),
+            "b.toml:2:1: http.x: declared twice (first at a.toml:1:1); declare each API once"
+        );
+    }
+
+    #[test]
+    fn a_token_is_bound_to_one_origin() {
+        let two = format!(
+            "{OPENAI}\n[http.other]\nupstream = \"https://evil.example\"\nheader = \"A\"\ntoken = \"openai\"\n"
+        );
+        let got = errors(&two);
+        assert_eq!(
+            got,
+            [
+                "p.toml:13:1: http.other: token \"openai\" is already bound to [http.openai] at \
+              p.toml:5:1 (https://api.openai.com:443); a secret is sent to one origin only, so \
+              https://evil.example:443 cannot use it: declare another token for it"
+            ]
+        );
+        // The same source under another name, or inline, is the same secret.
+        let renamed = format!(
+            "{OPENAI}\n[tokens.copy]\nsource = \"keyring:nexus/openai\"\n\n[http.other]\nupstream = \"https://evil.example\"\nheader = \"A\"\ntoken = \"copy\"\n"
+        );
+        assert!(errors(&renamed)[0].contains("its secret's source is already bound"));
+        let inline = format!(
+            "{OPENAI}\n[http.other]\nupstream = \"https://evil.example\"\nheader = \"A\"\nsource = \"keyring:nexus/openai\"\n"
+        );
+        assert!(errors(&inline)[0].contains("already bound to [http.openai]"));
+        // The same origin may use it twice (another base path, say).
+        let same = format!(
+            "{OPENAI}\n[http.openai2]\nupstream = \"https://api.openai.com:443/v2\"\nheader = \"A\"\ntoken = \"openai\"\n"
+        );
+        load(&same);
+        // A workspace section cannot rebind it either, even for the same API name.
+        let ws = format!(
+            "{OPENAI}\n[workspace.ci.http.openai]\nupstream = \"https://evil.example\"\nheader = \"A\"\ntoken = \"openai\"\n"
+        );
+        let got = errors(&ws);
+        assert!(
+            got[0].starts_with("p.toml:13:1: http.openai: token \"openai\" is already bound"),
+            "{got:?}"
+        );
+        // A workspace section resolves tokens from the policy around it.
+        let ok = load(&format!(
+            "{OPENAI}\n[workspace.ci.http.openai]\nupstream = \"https://api.openai.com\"\nheader = \"A\"\ntoken = \"openai\"\n"
+        ));
+        let Some(ws) = ok.workspaces.get("ci") else {
+            panic!("no section")
+        };
+        let r = rule(ws, "openai");
+        assert!(
+            matches!(&r.secret, Some(HttpSecret::Token(t)) if t.rule.line == 2),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn bound_tokens_never_enter_the_workspace() {
+        let p = load(OPENAI);
+        let d = token(&p, "openai");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(
+            d.reason,
+            "token \"openai\" is bound to [http.openai] (https://api.openai.com): its value \
+             never enters the workspace; use $NEXUS_HTTP_URL/openai/..."
+        );
+        assert_eq!(d.rule.map(|r| r.to_string()), Some("p.toml:5".into()));
+        // Another token with the same source is the same value.
+        let copy = load(&format!(
+            "{OPENAI}\n[tokens.copy]\nsource = \"keyring:nexus/openai\"\nmcp = true\n"
+        ));
+        let d = token(&copy, "copy");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(d.reason.contains("same source"), "{}", d.reason);
+        // A binding in a workspace section binds the token everywhere.
+        let in_ws = load(
+            "[tokens.t]\nsource = \"env:T\"\n\n[workspace.ci.http.a]\nupstream = \"https://h\"\nheader = \"A\"\ntoken = \"t\"\n",
+        );
+        assert_eq!(token(&in_ws, "t").verdict, Verdict::Deny);
+        // reveal = true lets it out, with a warning.
+        let revealed = load(&OPENAI.replace(
+            "source = \"keyring:nexus/openai\"\n",
+            "source = \"keyring:nexus/openai\"\nreveal = true\n",
+        ));
+        assert_eq!(token(&revealed, "openai").verdict, Verdict::Allow);
+        let warnings: Vec<String> = revealed
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            warnings.iter().any(|w| w
+                .starts_with("p.toml:2:1: token \"openai\" is bound to [http.openai]")
+                && w.contains("reveal = true")),
+            "{warnings:?}"
+        );
+        // Unbound tokens are unaffected.
+        let free = load(&format!("{OPENAI}\n[tokens.gh]\nsource = \"env:GH\"\n"));
+        assert_eq!(token(&free, "gh").verdict, Verdict::Allow);
+    }
+
+    mod layers {
+        use super::*;
+        use crate::layers::{Outcome, PolicySet};
+
+        const BASE: &str = r#"
+[tokens.org-openai]
+source = "keyring:org/openai"
+
+[http.openai]
+upstream = "https://api.openai.com"
+header = "Authorization"
+value = "Bearer {token}"
+token = "org-openai"
+methods = ["POST"]
+paths = ["/v1/**"]
+max_request_size = "1MiB"
+timeout = "1m"
+mcp = true
+"#;
+
+        const USER: &str = r#"
+[tokens.mine]
+source = "env:MINE"
+
+[http.openai]
+upstream = "https://evil.example/v1"
+header = "X-Leak"
+token = "mine"
+methods = ["GET", "POST"]
+max_request_size = "32MiB"
+timeout = "1h"
+
+[http.other]
+upstream = "https://other.example"
+
+[workspace.ci.http.openai]
+upstream = "https://evil.example/v1"
+header = "X-Leak"
+token = "mine"
+paths = ["/v1/models"]
+"#;
+
+        fn set(baseline: Option<&str>, user: &str) -> PolicySet {
+            let load = |name: &str, text: &str| {
+                Policy::from_sources(&[Source::new(name, text)]).unwrap_or_else(|e| panic!("{e}"))
+            };
+            PolicySet::new(
+                baseline.map(|b| load("base.toml", b)),
+                load("user.toml", user),
+            )
+        }
+
+        fn call(s: &PolicySet, ws: &str, name: &str, method: &str, path: &str) -> Outcome {
+            s.decide(&Request {
+                workspace: ws,
+                caller: None,
+                action: Action::Http { name, method, path },
+            })
+        }
+
+        #[test]
+        fn a_baseline_api_pins_where_and_what() {
+            let s = set(Some(BASE), USER);
+            let out = call(&s, "dev", "openai", "POST", "/v1/chat/completions");
+            assert_eq!(out.verdict, Verdict::Allow, "{}", out.reason);
+            let Some(Grant::Http(r)) = &out.grant else {
+                panic!("{:?}", out.grant)
+            };
+            assert_eq!(r.upstream.as_str(), "https://api.openai.com");
+            assert_eq!(r.header.as_deref(), Some("Authorization"));
+            assert_eq!(r.header_value("k"), "Bearer k");
+            assert!(matches!(&r.secret, Some(HttpSecret::Token(t)) if t.name == "org-openai"));
+            assert_eq!(r.max_request_size, 1 << 20);
+            assert_eq!(r.timeout, Duration::from_secs(60));
+            assert_eq!(r.methods, ["POST"]);
+            assert_eq!(r.paths, ["/v1/**"]);
+            assert!(!r.mcp, "mcp only if every layer says so");
+            assert_eq!(r.rule.file, "user.toml");
+            // The baseline's methods and paths are a ceiling.
+            assert_eq!(
+                call(&s, "dev", "openai", "GET", "/v1/models").verdict,
+                Verdict::Deny
+            );
+            assert_eq!(
+                call(&s, "dev", "openai", "POST", "/v2/x").verdict,
+                Verdict::Deny
+            );
+            // Names the baseline does not declare are cut.
+            let other = call(&s, "dev", "other", "GET", "/");
+            assert_eq!(other.verdict, Verdict::Deny);
+            assert!(
+                other.reason.starts_with("org baseline: "),
+                "{}",
+                other.reason
+            );
+            assert_eq!(
+                s.http_for("dev")
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["openai"]
+            );
+            // `policy check` names the user rules the baseline overrides.
+            let beyond: Vec<String> = s
+                .warnings()
+                .iter()
+                .map(ToString::to_string)
+                .filter(|w| w.contains("goes beyond"))
+                .collect();
+            let at: Vec<&str> = beyond
+                .iter()
+                .map(|w| w.split(": ").next().unwrap_or(""))
+                .collect();
+            assert_eq!(
+                at,
+                [
+                    "user.toml:2:1",
+                    "user.toml:5:1",
+                    "user.toml:13:1",
+                    "user.toml:16:1"
+                ],
+                "{beyond:#?}"
+            );
+            assert!(beyond[1].contains("pins the upstream"), "{}", beyond[1]);
+            assert!(
+                beyond[2].contains("declares no [http.other]"),
+                "{}",
+                beyond[2]
+            );
+            // The baseline alone never grants.
+            let none = set(Some(BASE), "");
+            assert_eq!(
+                call(&none, "dev", "openai", "POST", "/v1/x").verdict,
+                Verdict::Deny
+            );
+            assert!(none.http_for("dev").is_empty());
+        }
+
+        #[test]
+        fn without_a_baseline_the_user_decides_and_sections_narrow() {
+            let s = set(None, USER);
+            let out = call(&s, "dev", "openai", "GET", "/anything");
+            let Some(Grant::Http(r)) = &out.grant else {
+                panic!("{}", out.reason)
+            };
+            assert_eq!(r.upstream.as_str(), "https://evil.example/v1");
+            assert_eq!(
+                call(&s, "ci", "openai", "GET", "/v1/models").verdict,
+                Verdict::Allow
+            );
+            assert_eq!(
+                call(&s, "ci", "openai", "GET", "/v1/files").verdict,
+                Verdict::Deny
+            );
+            assert_eq!(call(&s, "ci", "other", "GET", "/").verdict, Verdict::Deny);
+            let names = |ws| {
+                s.http_for(ws)
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(names("dev"), ["openai", "other"]);
+            assert_eq!(names("ci"), ["openai"]);
+        }
+
+        #[test]
+        fn a_deny_in_any_layer_wins() {
+            let s = set(Some("[[http.deny]]\nname = \"oth*\"\n"), USER);
+            let out = call(&s, "dev", "other", "GET", "/");
+            assert_eq!(out.verdict, Verdict::Deny);
+            assert_eq!(
+                out.rule.as_ref().map(|r| r.file.as_str()),
+                Some("base.toml")
+            );
+            assert_eq!(
+                call(&s, "dev", "openai", "GET", "/").verdict,
+                Verdict::Allow
+            );
+            assert_eq!(
+                s.http_for("dev")
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["openai"]
+            );
+            let ws = set(
+                None,
+                &format!("{USER}\n[[workspace.ci.http.deny]]\nname = \"*\"\n"),
+            );
+            assert_eq!(
+                call(&ws, "ci", "openai", "GET", "/v1/models").verdict,
+                Verdict::Deny
+            );
+            assert_eq!(
+                call(&ws, "dev", "openai", "GET", "/v1/models").verdict,
+                Verdict::Allow
+            );
+        }
+
+        #[test]
+        fn a_token_the_baseline_binds_stays_on_the_laptop() {
+            let user = "[tokens.org-openai]\nsource = \"env:MINE\"\n";
+            let s = set(Some(BASE), user);
+            let out = s.decide(&Request {
+                workspace: "dev",
+                caller: None,
+                action: Action::Token { name: "org-openai" },
+            });
+            assert_eq!(out.verdict, Verdict::Deny);
+            assert!(
+                out.reason.contains("is bound to [http.openai]"),
+                "{}",
+                out.reason
+            );
+            // Nor under another name with the same source, even with reveal:
+            // the org's binding is not the user's to lift.
+            let user = "[tokens.copy]\nsource = \"keyring:org/openai\"\nreveal = true\n\n\
+                        [tokens.free]\nsource = \"env:FREE\"\nreveal = true\n";
+            let s = set(Some(BASE), user);
+            let get = |name| {
+                s.decide(&Request {
+                    workspace: "dev",
+                    caller: None,
+                    action: Action::Token { name },
+                })
+            };
+            let out = get("copy");
+            assert_eq!(out.verdict, Verdict::Deny, "{}", out.reason);
+            assert_eq!(
+                out.rule.as_ref().map(|r| r.file.as_str()),
+                Some("base.toml")
+            );
+            assert!(out.reason.contains("same source"), "{}", out.reason);
+            // (`free` is cut by the baseline's [tokens.*] ceiling; without
+            // one, an unbound token stays the user's.)
+            let inline = BASE
+                .replace("[tokens.org-openai]\nsource = \"keyring:org/openai\"\n", "")
+                .replace("token = \"org-openai\"", "source = \"keyring:org/openai\"");
+            let s = set(Some(&inline), user);
+            let get = |name| {
+                s.decide(&Request {
+                    workspace: "dev",
+                    caller: None,
+                    action: Action::Token { name },
+                })
+            };
+            assert_eq!(get("copy").verdict, Verdict::Deny);
+            assert_eq!(get("free").verdict, Verdict::Allow);
+        }
     }
 }

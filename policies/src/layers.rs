@@ -590,7 +590,8 @@ pub(crate) fn check_workspace_name(name: &str) -> Result<(), String> {
 }
 
 /// Warnings for user rules the baseline cuts back: tokens it does not
-/// allow, SSH rules no baseline rule covers.
+/// allow, SSH rules no baseline rule covers, HTTP APIs it does not declare
+/// or pins elsewhere.
 fn beyond_baseline(baseline: &Policy, user: &Policy) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let mut users: Vec<(Option<&str>, &Policy)> = vec![(None, user)];
@@ -620,6 +621,14 @@ fn beyond_baseline(baseline: &Policy, user: &Policy) -> Vec<Diagnostic> {
         for rule in &policy.ssh_rules {
             for b in ceiling(ws) {
                 if let Some(why) = ssh_beyond(b, rule) {
+                    out.push(beyond(&rule.rule, &why));
+                    break;
+                }
+            }
+        }
+        for rule in policy.http.rules() {
+            for b in ceiling(ws) {
+                if let Some(why) = crate::http::beyond(&b.http, b.has_allow_rules("http"), rule) {
                     out.push(beyond(&rule.rule, &why));
                     break;
                 }

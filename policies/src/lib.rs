@@ -14,6 +14,7 @@
 //! rate = "60/min"                   # optional
 //! mcp = false                       # optional
 //! approve = "prompt"                # optional
+//! reveal = false                    # optional: token get even when [http.*] binds it
 //!
 //! [[tokens.deny]]                   # glob over token names, case-insensitive
 //! name = "prod-*"
@@ -32,7 +33,31 @@
 //! host = "prod-*"                   # glob over the allow rule's host
 //! user = "root"                     # glob over the user
 //! key = "SHA256:..."                # exact fingerprint
+//!
+//! [http.openai]                     # HTTP secret injection: the workspace calls
+//! upstream = "https://api.openai.com"   # $NEXUS_HTTP_URL/openai/v1/...; the laptop
+//! header = "Authorization"          # sends it to upstream + /v1/... with the
+//! value = "Bearer {token}"          # secret in header (value default "{token}")
+//! token = "openai"                  # a [tokens.NAME], or source = "..." inline
+//! ca_file = "~/corp-ca.pem"         # optional extra root
+//! methods = ["GET", "POST"]         # optional, default any
+//! paths = ["/v1/**"]                # optional globs over the path after NAME
+//! max_request_size = "32MiB"        # optional (at most 1GiB)
+//! timeout = "10m"                   # optional, whole request (at most 24h)
+//! description = "OpenAI API"        # optional
+//! mcp = false                       # optional: offered to MCP clients
+//! approve = "prompt"                # optional
+//! rate = "60/min"                   # optional
+//!
+//! [[http.deny]]                     # glob over API names
+//! name = "prod-*"
 //! ```
+//!
+//! A token an `[http.*]` section names is bound to that upstream's origin:
+//! no other origin may use it (load error) and [`Action::Token`] for it, or
+//! for any token with the same source, is denied unless its declaration says
+//! `reveal = true`. [`HttpRule::url_for`] joins the workspace's path to the
+//! upstream and re-checks the result; see `http.rs`.
 //!
 //! The SSH decisions ([`Action::SshUserauth`], [`Action::SshSig`],
 //! [`Action::SshIdentity`]) take key fingerprints and, for logins, a predicate

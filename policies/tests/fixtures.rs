@@ -126,8 +126,8 @@ fn the_commented_ssh_examples_are_valid_once_uncommented() {
         .find("# --- SSH agent forwarding")
         .unwrap_or_else(|| panic!("no ssh part in the example"));
     let end = text
-        .find("# --- Later tools")
-        .unwrap_or_else(|| panic!("no later tools part in the example"));
+        .find("# --- HTTP secret injection")
+        .unwrap_or_else(|| panic!("no http part in the example"));
     // Uncomment the lines that are TOML (`# [[...]]`, `# key = ...`), not the prose.
     let is_toml = |rest: &str| {
         let header = rest.starts_with("[[") && rest.ends_with("]]");

@@ -188,12 +188,13 @@ pub struct ExplainArgs {
     /// The workspace's pairing name (what `[workspace."NAME"]` sections match).
     #[arg(long)]
     pub workspace: String,
-    /// token | ssh
+    /// token | ssh | http
     #[arg(long)]
     pub tool: String,
     /// KEY=VALUE (repeatable). token: name=NAME. ssh: host=HOST user=USER
     /// [key=SHA256:...] [forwarding=true]; op=sshsig namespace=NS [key=...];
-    /// op=identity key=...; op=hop host=HOST.
+    /// op=identity key=...; op=hop host=HOST. http: name=API [method=GET]
+    /// [path=/v1/...].
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_arg)]
     pub args: Vec<(String, String)>,
     /// Policy file or directory [default: CONFIG/policy.toml, else CONFIG/policy.d/].
