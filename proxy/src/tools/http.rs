@@ -290,9 +290,11 @@ fn forwarded_headers(
         ));
     }
     let mut out = reqwest::header::HeaderMap::new();
+    let listed = connection_listed(given.iter().map(|h| (h.name.as_str(), &h.value[..])));
     for h in given {
         let name = h.name.to_ascii_lowercase();
         if HOP_BY_HOP.contains(&name.as_str())
+            || listed.contains(&name)
             || name == "content-length"
             || injected.is_some_and(|i| i.eq_ignore_ascii_case(&name))
         {
@@ -312,11 +314,25 @@ fn forwarded_headers(
     Ok(out)
 }
 
+/// Header names a `Connection` header lists: they belong to this hop too.
+fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<String> {
+    headers
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 /// The upstream's headers that go back to the workspace.
 fn returned_headers(given: &reqwest::header::HeaderMap) -> Vec<HttpHeader> {
+    let listed = connection_listed(given.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
     given
         .iter()
-        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()))
+        .filter(|(n, _)| {
+            !HOP_BY_HOP.contains(&n.as_str()) && !listed.iter().any(|l| l == n.as_str())
+        })
         .map(|(n, v)| HttpHeader {
             name: n.as_str().to_owned(),
             value: v.as_bytes().to_vec(),
@@ -543,4 +559,111 @@ fn upstream_error(api: &str, e: &reqwest::Error) -> String {
         source = s.source();
     }
     format!("[http.{api}]: {what}: {}", super::clip(&cause))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(name: &str, value: &str) -> HttpHeader {
+        HttpHeader {
+            name: name.to_owned(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    /// The workspace's placeholder key, hop-by-hop headers (also those a
+    /// `Connection` header names) and its own length never go upstream.
+    #[test]
+    fn forwarded_headers_drop_the_placeholder_and_this_hops_headers() {
+        let given = [
+            h("Authorization", "Bearer placeholder"),
+            h("host", "evil.test"),
+            h("connection", "keep-alive, X-Hop"),
+            h("x-hop", "1"),
+            h("content-length", "99"),
+            h("transfer-encoding", "chunked"),
+            h("accept", "text/event-stream"),
+            h("x-custom", "kept"),
+        ];
+        let out = forwarded_headers(&given, Some("authorization")).unwrap_or_else(|_| panic!());
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept", "x-custom"]);
+        assert!(forwarded_headers(&[h("bad name", "x")], None).is_err());
+        assert!(forwarded_headers(&[h("x", "a\nb")], None).is_err());
+        let many: Vec<_> = (0..=MAX_HEADERS)
+            .map(|i| h(&format!("x-{i}"), "1"))
+            .collect();
+        assert!(forwarded_headers(&many, None).is_err());
+    }
+
+    async fn upload(
+        frames: Vec<Upload>,
+        max: u64,
+        declared: Option<u64>,
+    ) -> (Result<(), Reply>, Vec<u8>) {
+        let (mut shim, laptop) = tokio::io::duplex(1 << 20);
+        for f in &frames {
+            nexus_transport::send_data(&mut shim, f)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // The shim's side ends after the frames (a cut body is a closed stream).
+        drop(shim);
+        let (tx, mut rx) = mpsc::channel(64);
+        let pumped = pump(laptop, tx, max, declared, 1 << 20).await.map(|_| ());
+        let mut got = Vec::new();
+        while let Ok(Ok(b)) = rx.try_recv() {
+            got.extend_from_slice(&b);
+        }
+        (pumped, got)
+    }
+
+    /// The body is capped by the rule and by its own declared length, and
+    /// a body that never ends is an error, not a hang.
+    #[tokio::test]
+    async fn the_request_body_is_capped() {
+        let data = |n: usize| Upload::Data(vec![7; n]);
+        let (ok, got) = upload(vec![data(10), data(5), Upload::End], 15, Some(15)).await;
+        assert!(ok.is_ok());
+        assert_eq!(got.len(), 15);
+        let (over, _) = upload(vec![data(10), data(6), Upload::End], 15, None).await;
+        assert!(matches!(over, Err(Reply::Error(e)) if e.message.contains("max_request_size")));
+        let (long, _) = upload(vec![data(10), Upload::End], 100, Some(5)).await;
+        assert!(matches!(long, Err(Reply::Error(e)) if e.message.contains("Content-Length")));
+        let (cut, _) = upload(vec![data(3)], 100, None).await;
+        assert!(matches!(cut, Err(Reply::Error(e)) if e.message.contains("broke off")));
+    }
+
+    /// A response body goes in frames of at most one chunk, whole, in order,
+    /// whatever sizes the upstream's pieces come in.
+    #[tokio::test]
+    async fn response_bodies_are_framed_whole() {
+        let pieces: Vec<Result<Bytes, std::io::Error>> =
+            [1usize, MAX_CHUNK + 3, 10, 2 * MAX_CHUNK, 0, 5]
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Ok(Bytes::from(vec![u8::try_from(i).unwrap_or(0); n])))
+                .collect();
+        let expected: Vec<u8> = pieces
+            .iter()
+            .flat_map(|p| p.as_ref().map(|b| b.to_vec()).unwrap_or_default())
+            .collect();
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(pieces));
+        let response = reqwest::Response::from(hyper_response(body));
+        let mut reader = BodyReader {
+            response,
+            left: Bytes::new(),
+        };
+        let mut got = Vec::new();
+        while let Some(frame) = reader.next().await.unwrap_or_else(|e| panic!("{e}")) {
+            assert!(frame.len() <= MAX_CHUNK && !frame.is_empty());
+            got.extend(frame);
+        }
+        assert_eq!(got, expected);
+    }
+
+    fn hyper_response(body: reqwest::Body) -> http::Response<reqwest::Body> {
+        http::Response::new(body)
+    }
 }
