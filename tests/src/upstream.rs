@@ -158,6 +158,19 @@ impl Upstream {
         std::fs::write(path, &self.ca_pem)
     }
 
+    /// The laptop policy text declaring this upstream as `[http.NAME]`: its
+    /// key is token NAME from `env:ENV_VAR`, sent as `Authorization: Bearer
+    /// <key>`, and the server is trusted through `ca_file` (see [`Self::write_ca`]).
+    pub fn policy(&self, name: &str, env_var: &str, ca_file: &Path) -> String {
+        format!(
+            "[tokens.{name}]\nsource = \"env:{env_var}\"\n\n\
+             [http.{name}]\nupstream = \"{}\"\nheader = \"Authorization\"\n\
+             value = \"Bearer {{token}}\"\ntoken = \"{name}\"\nca_file = \"{}\"\n",
+            self.url(),
+            ca_file.display()
+        )
+    }
+
     /// Every request received so far, oldest first.
     pub fn requests(&self) -> Vec<Seen> {
         self.shared
@@ -652,12 +665,16 @@ mod tests {
     }
 
     #[test]
-    fn the_ca_is_written_for_a_policy() {
+    fn the_ca_and_a_policy_are_written_for_the_laptop() {
         let up = Upstream::start("api.test").must("starting");
         let dir = tempfile::tempdir().must("tempdir");
         up.write_ca(&dir.path().join("ca.pem")).must("writing");
         let pem = std::fs::read_to_string(dir.path().join("ca.pem")).must("reading");
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(up.url().starts_with("https://localhost:"));
+        let policy = up.policy("api", "KEY_VAR", &dir.path().join("ca.pem"));
+        assert!(policy.contains(&format!("[http.api]\nupstream = \"{}\"\n", up.url())));
+        assert!(policy.contains("value = \"Bearer {token}\"\ntoken = \"api\"\n"));
+        assert!(policy.contains("source = \"env:KEY_VAR\""));
     }
 }

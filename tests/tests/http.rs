@@ -37,12 +37,8 @@ fn world() -> World {
     let ca = laptop.home().join("upstream-ca.pem");
     up.write_ca(&ca).must("writing the upstream's CA");
     let policy = laptop.write_policy(&format!(
-        "version = 1\n\n\
-         [tokens.api]\nsource = \"env:E2E_API_KEY\"\n\n\
-         [http.api]\nupstream = \"{}\"\nheader = \"Authorization\"\n\
-         value = \"Bearer {{token}}\"\ntoken = \"api\"\nca_file = \"{}\"\n",
-        up.url(),
-        ca.display()
+        "version = 1\n\n{}",
+        up.policy("api", "E2E_API_KEY", &ca)
     ));
     let proxy = laptop.run(&ws, "dev", &policy, &[("E2E_API_KEY", KEY)]);
     World {

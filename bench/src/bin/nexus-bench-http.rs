@@ -225,18 +225,7 @@ fn rates_row(label: &str, rates: &[f64]) {
     );
 }
 
-/// The laptop policy: one API, `bench`, on the test upstream, its key from env.
-fn policy(up: &Upstream, ca: &std::path::Path) -> String {
-    format!(
-        "[tokens.{API}]\nsource = \"env:NEXUS_BENCH_KEY\"\n\n\
-         [http.{API}]\nupstream = \"{}\"\nheader = \"Authorization\"\n\
-         value = \"Bearer {{token}}\"\ntoken = \"{API}\"\nca_file = \"{}\"\n",
-        up.url(),
-        ca.display()
-    )
-}
-
-/// A paired shim and proxy serving [`policy`], and the shim's `http.url`.
+/// A paired shim and proxy serving `policy`, and the shim's `http.url`.
 async fn start_pair(
     bin: &std::path::Path,
     policy: &str,
@@ -281,7 +270,7 @@ async fn main() -> Result<()> {
     }
 
     let bin = bin_dir()?;
-    let policy = policy(&up, &ca);
+    let policy = up.policy(API, "NEXUS_BENCH_KEY", &ca);
     let (pair, url) = start_pair(&bin, &policy, None).await?;
     let mut shim = Client::shim(&url, API).await?;
     // The injection works before anything is timed: the upstream saw the key.
