@@ -664,6 +664,35 @@ mod tests {
         assert_eq!(seen[0].body_len, (RECORDED_BODY_CAP + 10) as u64);
     }
 
+    proptest::proptest! {
+        /// Any path and query a client sends gets an answer, never a panic.
+        #[test]
+        fn any_path_is_answered(path in "/[a-z0-9/?=&%.]{0,40}") {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .must("a runtime");
+            let _in_rt = rt.enter();
+            let shared = Arc::new(Shared {
+                seen: Mutex::default(),
+                gate: Semaphore::new(0),
+            });
+            let seen = Seen {
+                method: "GET".into(),
+                path: path.clone(),
+                version: "HTTP/1.1".into(),
+                headers: vec![],
+                body: vec![],
+                body_len: 0,
+            };
+            let status = route(&shared, &seen).status();
+            let known = path.starts_with("/echo") || path.starts_with("/sse")
+                || path.starts_with("/bytes") || path.starts_with("/redirect")
+                || path.starts_with("/status/");
+            proptest::prop_assert!(known || status == StatusCode::NOT_FOUND, "{path}: {status}");
+        }
+    }
+
     #[test]
     fn the_ca_and_a_policy_are_written_for_the_laptop() {
         let up = Upstream::start("api.test").must("starting");
