@@ -32,15 +32,28 @@ struct World {
 
 #[track_caller]
 fn world() -> World {
+    world_with(&[])
+}
+
+/// [`world`], with more APIs: `(name, upstream, env var, key)` each.
+#[track_caller]
+fn world_with(more: &[(&str, &Upstream, &str, &str)]) -> World {
     let up = Upstream::start("api.test").must("starting the upstream");
     let (ws, laptop) = paired();
-    let ca = laptop.home().join("upstream-ca.pem");
-    up.write_ca(&ca).must("writing the upstream's CA");
-    let policy = laptop.write_policy(&format!(
-        "version = 1\n\n{}",
-        up.policy("api", "E2E_API_KEY", &ca)
-    ));
-    let proxy = laptop.run(&ws, "dev", &policy, &[("E2E_API_KEY", KEY)]);
+    let mut policy = "version = 1\n\n".to_owned();
+    let mut envs = vec![("E2E_API_KEY", KEY)];
+    for (name, server, var, key) in [("api", &up, "E2E_API_KEY", KEY)]
+        .into_iter()
+        .chain(more.iter().copied())
+    {
+        let ca = laptop.home().join(format!("{name}-ca.pem"));
+        server.write_ca(&ca).must("writing an upstream's CA");
+        policy.push_str(&server.policy(name, var, &ca));
+        policy.push('\n');
+        envs.push((var, key));
+    }
+    let policy = laptop.write_policy(&policy);
+    let proxy = laptop.run(&ws, "dev", &policy, &envs);
     World {
         ws,
         _laptop: laptop,
@@ -336,4 +349,37 @@ fn path_and_host_tricks_never_leave_the_upstream() {
     let out =
         w.curl("-o /dev/null -w '%{http_code} %{redirect_url}' \"$NEXUS_HTTP_URL/api/redirect\"");
     assert_eq!(out.stdout.trim(), "302 https://evil.test/", "{out}");
+}
+
+#[test]
+#[ignore = "needs the http feature"]
+fn each_key_goes_only_to_its_own_upstream() {
+    const OTHER_KEY: &str = "sk-e2e-other-9d8c7b6a5f4e";
+    let other = Upstream::start("other.test").must("starting the second upstream");
+    let w = world_with(&[("other", &other, "E2E_OTHER_KEY", OTHER_KEY)]);
+    assert_eq!(w.status("\"$NEXUS_HTTP_URL/api/echo/a\""), 200);
+    assert_eq!(w.status("\"$NEXUS_HTTP_URL/other/echo/b\""), 200);
+    // Crossing over through the path names the other API's upstream, never
+    // the first API's key on it.
+    w.status("\"$NEXUS_HTTP_URL/api/../other/echo/c\"");
+    w.status("\"$NEXUS_HTTP_URL/other/%2e%2e/api/echo/d\"");
+    let bearer = |k: &str| format!("Bearer {k}").into_bytes();
+    for seen in w.up.requests() {
+        assert_eq!(
+            seen.header("authorization"),
+            Some(&bearer(KEY)[..]),
+            "api got {}",
+            seen.path
+        );
+    }
+    for seen in other.requests() {
+        assert_eq!(
+            seen.header("authorization"),
+            Some(&bearer(OTHER_KEY)[..]),
+            "other got {}",
+            seen.path
+        );
+    }
+    assert!(w.up.requests().iter().any(|r| r.path == "/echo/a"));
+    assert!(other.requests().iter().any(|r| r.path == "/echo/b"));
 }
