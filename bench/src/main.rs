@@ -15,14 +15,15 @@
 //! `target/release/nexus-bench [--calls N] [--rtt-ms MS] [--json FILE]`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nexus_bench::{
+    Pair, TOKEN_VALUE, bin_dir, default_delay_proxy, delayed_echo_rtt, pct, rss_kib,
+};
 use nexus_protocol::{
-    Call, CallerContext, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request,
-    Secret,
+    Call, CallerContext, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request, Secret,
 };
 use nexus_transport::tls::{ClientAuthorizer, client_config, server_config, server_name};
 use nexus_transport::tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -30,6 +31,8 @@ use nexus_transport::{Fingerprint, Identity, MuxConfig, mux, recv, send};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
+
+const POLICY: &str = "[tokens.demo]\nsource = \"env:NEXUS_BENCH_TOKEN\"\n";
 
 struct Args {
     calls: usize,
@@ -45,10 +48,7 @@ fn parse_args() -> Result<Args> {
         concurrent: 1000,
         rtt_ms: 50,
         json: None,
-        delay_proxy: PathBuf::from(env_or(
-            "NEXUS_DELAY_PROXY",
-            "../shared/tools/delay_proxy.py",
-        )),
+        delay_proxy: default_delay_proxy(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,25 +72,10 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("no exe dir")?
-        .to_path_buf();
-    for b in ["nexus-shim", "nexus-agent-proxy"] {
-        if !bin.join(b).exists() {
-            bail!(
-                "{} not found; run `cargo build --release --workspace` first",
-                bin.join(b).display()
-            );
-        }
-    }
+    let bin = bin_dir()?;
     let mut report = serde_json::Map::new();
     println!(
         "nexus-bench: {} sequential calls per row, {} concurrent\n",
@@ -100,10 +85,10 @@ async fn main() -> Result<()> {
     let floor = floor(args.calls).await?;
     row("(a) bare TLS+yamux request/response", &floor);
 
-    let setup = Setup::start(&bin, None).await?;
-    let local = status_calls(&setup.sock, args.calls).await?;
+    let setup = Pair::start(&bin, POLICY, &[], None).await?;
+    let local = status_calls(setup.sock(), args.calls).await?;
     row("(b0) status over shim.sock (no tunnel)", &local);
-    let path = daemon_calls(&setup.sock, args.calls).await?;
+    let path = daemon_calls(setup.sock(), args.calls).await?;
     row("(b) token via shim.sock -> tunnel -> proxy", &path);
     let (p50a, p50b) = (pct(&floor, 50.0), pct(&path, 50.0));
     println!(
@@ -112,22 +97,22 @@ async fn main() -> Result<()> {
         pct(&path, 99.0) / p50b
     );
 
-    let (ok, errors, wall) = concurrent_calls(&setup.sock, args.concurrent).await;
+    let (ok, errors, wall) = concurrent_calls(setup.sock(), args.concurrent).await;
     println!(
         "(c) {} concurrent calls: {ok} ok, {errors} errors, {:.1} ms wall",
         args.concurrent,
         wall.as_secs_f64() * 1e3
     );
-    let (rss_proxy, rss_shim) = (rss_kb(setup.proxy.id()), rss_kb(setup.shim.id()));
+    let (rss_proxy, rss_shim) = (rss_kib(setup.proxy.pid()), rss_kib(setup.shim.pid()));
     println!(
         "(d) RSS after load: proxy {} KiB, shim {} KiB",
         rss_proxy, rss_shim
     );
     drop(setup);
 
-    let idle = Setup::start(&bin, None).await?;
-    daemon_calls(&idle.sock, 10).await?;
-    let (idle_proxy, idle_shim) = (rss_kb(idle.proxy.id()), rss_kb(idle.shim.id()));
+    let idle = Pair::start(&bin, POLICY, &[], None).await?;
+    daemon_calls(idle.sock(), 10).await?;
+    let (idle_proxy, idle_shim) = (rss_kib(idle.proxy.pid()), rss_kib(idle.shim.pid()));
     println!(
         "(d) idle RSS (linked, 10 calls served): proxy {idle_proxy} KiB (target <= 15360), shim {idle_shim} KiB (target <= 10240)"
     );
@@ -141,8 +126,9 @@ async fn main() -> Result<()> {
 
     if args.delay_proxy.exists() && args.rtt_ms > 0 {
         let echo_rtt = delayed_echo_rtt(&args.delay_proxy, args.rtt_ms, 50).await?;
-        let delayed = Setup::start(&bin, Some((&args.delay_proxy, args.rtt_ms))).await?;
-        let calls = daemon_calls(&delayed.sock, 50).await?;
+        let delayed =
+            Pair::start(&bin, POLICY, &[], Some((&args.delay_proxy, args.rtt_ms))).await?;
+        let calls = daemon_calls(delayed.sock(), 50).await?;
         let (e50, c50) = (pct(&echo_rtt, 50.0), pct(&calls, 50.0));
         row(
             &format!(
@@ -173,17 +159,6 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn pct(samples: &[f64], p: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let rank = p / 100.0 * (s.len() - 1) as f64;
-    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    s[lo] + (s[hi] - s[lo]) * (rank - lo as f64)
-}
-
 fn summary(s: &[f64]) -> serde_json::Value {
     serde_json::json!({"n": s.len(), "p50": pct(s, 50.0), "p99": pct(s, 99.0)})
 }
@@ -195,17 +170,6 @@ fn row(label: &str, s: &[f64]) {
         pct(s, 99.0),
         s.len()
     );
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[derive(Debug)]
@@ -290,7 +254,7 @@ async fn one_call(sock: &Path) -> Result<()> {
     )
     .await?;
     match recv::<_, LocalReply>(&mut c, MAX_FRAME).await? {
-        LocalReply::Reply(Reply::Token(v)) if v.expose() == b"bench-value" => Ok(()),
+        LocalReply::Reply(Reply::Token(v)) if v.expose() == TOKEN_VALUE.as_bytes() => Ok(()),
         other => bail!("unexpected reply {other:?}"),
     }
 }
@@ -342,216 +306,4 @@ async fn concurrent_calls(sock: &Path, n: usize) -> (usize, usize, Duration) {
         }
     }
     (ok, err, t.elapsed())
-}
-
-/// The "1 RTT" unit: a 32-byte echo through a delay proxy, on a kept-open connection.
-async fn delayed_echo_rtt(script: &Path, rtt_ms: u64, n: usize) -> Result<Vec<f64>> {
-    use tokio::io::AsyncReadExt;
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
-    let target = echo.local_addr()?;
-    let server = tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut buf = [0u8; 32];
-                while s.read_exact(&mut buf).await.is_ok() {
-                    if s.write_all(&buf).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let dp = DelayProxy::start(script, &target.to_string(), rtt_ms)?;
-    let mut s = TcpStream::connect(("127.0.0.1", dp.port)).await?;
-    s.set_nodelay(true)?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 32];
-    for i in 0..n + 3 {
-        let t = Instant::now();
-        s.write_all(&[7u8; 32]).await?;
-        s.read_exact(&mut buf).await?;
-        if i >= 3 {
-            out.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    server.abort();
-    Ok(out)
-}
-
-struct DelayProxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl DelayProxy {
-    fn start(script: &Path, target: &str, rtt_ms: u64) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port_file = dir.path().join("port");
-        let child = Command::new("python3")
-            .arg(script)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--target",
-                target,
-                "--rtt-ms",
-                &rtt_ms.to_string(),
-                "--port-file",
-            ])
-            .arg(&port_file)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting delay_proxy.py (python3)")?;
-        let port = wait_for(
-            || {
-                std::fs::read_to_string(&port_file)
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()
-            },
-            "delay proxy port",
-        )?;
-        Ok(Self {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for DelayProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for<T>(mut f: impl FnMut() -> Option<T>, what: &str) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A shim and a proxy, paired and linked, serving token `demo` from env.
-struct Setup {
-    shim: Child,
-    proxy: Child,
-    sock: PathBuf,
-    _delay: Option<DelayProxy>,
-    _dir: tempfile::TempDir,
-}
-
-impl Setup {
-    async fn start(bin: &Path, delay: Option<(&Path, u64)>) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let (state, config) = (dir.path().join("state"), dir.path().join("config"));
-        let shim = Command::new(bin.join("nexus-shim"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("NEXUS_STATE_DIR", &state)
-            .env("NEXUS_LOG", "warn")
-            .spawn()?;
-        let uri = wait_for(
-            || std::fs::read_to_string(state.join("pairing.uri")).ok(),
-            "pairing.uri",
-        )?;
-        let addr = uri
-            .trim_start_matches("nexus://")
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let pair = Command::new(bin.join("nexus-agent-proxy"))
-            .args(["pair", uri.trim(), "--name", "bench"])
-            .env("NEXUS_CONFIG_DIR", &config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        if !pair.success() {
-            bail!("pairing failed");
-        }
-        let delay = match delay {
-            Some((script, rtt)) => {
-                let dp = DelayProxy::start(script, &addr, rtt)?;
-                let record = config.join("workspaces/bench.toml");
-                let text = std::fs::read_to_string(&record)?
-                    .replace(&addr, &format!("127.0.0.1:{}", dp.port));
-                std::fs::write(&record, text)?;
-                Some(dp)
-            }
-            None => None,
-        };
-        let policy = dir.path().join("policy.toml");
-        std::fs::write(
-            &policy,
-            "[tokens.demo]\nsource = \"env:NEXUS_BENCH_TOKEN\"\n",
-        )?;
-        let proxy = Command::new(bin.join("nexus-agent-proxy"))
-            // The per-tool call-rate limit (default 200/s) is a flood guard;
-            // lifted here so the bench measures the path, not the guard.
-            .args([
-                "run",
-                "--workspace",
-                "bench",
-                "--max-calls-per-second",
-                "1000000",
-                "--policy",
-            ])
-            .arg(&policy)
-            .env("NEXUS_CONFIG_DIR", &config)
-            .env("NEXUS_BENCH_TOKEN", "bench-value")
-            .env("NEXUS_LOG", "warn")
-            .spawn()?;
-        let sock = state.join("shim.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = UnixStream::connect(&sock).await {
-                send(
-                    &mut c,
-                    &LocalRequest {
-                        wait_ms: 0,
-                        op: LocalOp::Status,
-                    },
-                )
-                .await?;
-                if let Ok(LocalReply::Status(s)) = recv::<_, LocalReply>(&mut c, MAX_FRAME).await
-                    && s.link == LinkStatus::Linked
-                {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the proxy did not link within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Self {
-            shim,
-            proxy,
-            sock,
-            _delay: delay,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        for c in [&mut self.proxy, &mut self.shim] {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let _ = c.wait();
-        }
-    }
 }

@@ -12,13 +12,12 @@
 //! `target/release/nexus-bench-tools [--mb N] [--runs N] [--rtt-ms MS] [--delay-proxy PATH]`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use nexus_protocol::{
-    Channel, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request,
-};
+use nexus_bench::{Pair, bin_dir, default_delay_proxy, pct};
+use nexus_protocol::{Channel, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request};
 use nexus_transport::{recv, send};
 use tokio::net::UnixStream;
 
@@ -34,10 +33,7 @@ fn parse_args() -> Result<Args> {
         mb: 100,
         runs: 300,
         rtt_ms: 50,
-        delay_proxy: PathBuf::from(
-            std::env::var("NEXUS_DELAY_PROXY")
-                .unwrap_or_else(|_| "../shared/tools/delay_proxy.py".into()),
-        ),
+        delay_proxy: default_delay_proxy(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,140 +54,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn wait_for<T>(mut f: impl FnMut() -> Option<T>, what: &str) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A paired, linked shim and proxy with a files-and-tools policy, the
-/// proxy optionally dialing through `delay_proxy.py`.
-struct Pair {
-    procs: Vec<Child>,
-    sock: PathBuf,
-    state: PathBuf,
-}
-
-impl Pair {
-    async fn start(
-        bin: &Path,
-        dir: &Path,
-        policy: &str,
-        delay: Option<(&Path, u64)>,
-    ) -> Result<Self> {
-        let (state, config) = (dir.join("state"), dir.join("config"));
-        let mut procs = vec![
-            Command::new(bin.join("nexus-shim"))
-                .args(["serve", "--listen", "127.0.0.1:0"])
-                .env("NEXUS_STATE_DIR", &state)
-                .env("NEXUS_LOG", "warn")
-                .spawn()?,
-        ];
-        let uri = wait_for(
-            || std::fs::read_to_string(state.join("pairing.uri")).ok(),
-            "pairing.uri",
-        )?;
-        let paired = Command::new(bin.join("nexus-agent-proxy"))
-            .args(["pair", uri.trim(), "--name", "bench"])
-            .env("NEXUS_CONFIG_DIR", &config)
-            .stdout(Stdio::null())
-            .status()?;
-        if !paired.success() {
-            bail!("pairing failed");
-        }
-        if let Some((script, rtt)) = delay {
-            let addr = uri
-                .trim_start_matches("nexus://")
-                .split('?')
-                .next()
-                .unwrap_or_default();
-            let port_file = dir.join("delay.port");
-            procs.push(
-                Command::new("python3")
-                    .arg(script)
-                    .args([
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--target",
-                        addr,
-                        "--rtt-ms",
-                        &rtt.to_string(),
-                        "--port-file",
-                    ])
-                    .arg(&port_file)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .context("starting delay_proxy.py")?,
-            );
-            let port: u16 = wait_for(
-                || {
-                    std::fs::read_to_string(&port_file)
-                        .ok()?
-                        .trim()
-                        .parse()
-                        .ok()
-                },
-                "delay proxy port",
-            )?;
-            let record = config.join("workspaces/bench.toml");
-            let text =
-                std::fs::read_to_string(&record)?.replace(addr, &format!("127.0.0.1:{port}"));
-            std::fs::write(&record, text)?;
-        }
-        let policy_file = dir.join("policy.toml");
-        std::fs::write(&policy_file, policy)?;
-        procs.push(
-            Command::new(bin.join("nexus-agent-proxy"))
-                .args([
-                    "run",
-                    "--workspace",
-                    "bench",
-                    "--max-calls-per-second",
-                    "1000000",
-                    "--policy",
-                ])
-                .arg(&policy_file)
-                .env("NEXUS_CONFIG_DIR", &config)
-                .env("NEXUS_BENCH_TOKEN", "v")
-                .env("NEXUS_LOG", "warn")
-                .spawn()?,
-        );
-        let sock = state.join("shim.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(LocalReply::Status(s)) = one(&sock, LocalOp::Status).await
-                && s.link == LinkStatus::Linked
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the proxy did not link within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Self { procs, sock, state })
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for c in self.procs.iter_mut().rev() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let _ = c.wait();
-        }
-    }
 }
 
 async fn open(sock: &Path, op: LocalOp) -> Result<UnixStream> {
@@ -237,13 +99,6 @@ fn cpu_s(pid: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn pct(samples: &[f64], p: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let i = ((p / 100.0) * (s.len().saturating_sub(1)) as f64).round() as usize;
-    s.get(i).copied().unwrap_or(f64::NAN)
-}
-
 fn row(label: &str, ms: &[f64]) {
     println!(
         "{label:<52} p50 {:>8.3} ms  p99 {:>8.3} ms",
@@ -273,10 +128,7 @@ const TOOLS: &str = "[tools.true]\ncommand = [\"true\"]\n\n\
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("no exe dir")?
-        .to_path_buf();
+    let bin = bin_dir()?;
     let dir = tempfile::tempdir()?;
     let big = dir.path().join("big.bin");
     {
@@ -293,9 +145,7 @@ async fn main() -> Result<()> {
         big.display(),
         args.mb + 1
     );
-    let pair_dir = dir.path().join("loop");
-    std::fs::create_dir(&pair_dir)?;
-    let pair = Pair::start(&bin, &pair_dir, &policy, None).await?;
+    let pair = Pair::start(&bin, &policy, &[], None).await?;
     let path = big.display().to_string();
 
     println!(
@@ -303,8 +153,11 @@ async fn main() -> Result<()> {
         args.mb, args.runs
     );
     // Warm the page cache and the link once.
-    drain(&pair.sock, Request::FileGet { path: path.clone() }).await?;
-    let pids: Vec<String> = pair.procs.iter().map(|c| c.id().to_string()).collect();
+    drain(pair.sock(), Request::FileGet { path: path.clone() }).await?;
+    let pids: Vec<String> = [pair.shim.pid(), pair.proxy.pid()]
+        .iter()
+        .map(u32::to_string)
+        .collect();
     let cpu = |pids: &[String]| -> Vec<f64> {
         pids.iter()
             .map(|p| cpu_s(p))
@@ -315,7 +168,7 @@ async fn main() -> Result<()> {
     let mut rates = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let (bytes, _) = drain(&pair.sock, Request::FileGet { path: path.clone() }).await?;
+        let (bytes, _) = drain(pair.sock(), Request::FileGet { path: path.clone() }).await?;
         let secs = t.elapsed().as_secs_f64();
         if bytes != size {
             bail!("file get returned {bytes} of {size} bytes");
@@ -353,7 +206,7 @@ async fn main() -> Result<()> {
         let st = Command::new(bin.join("nexus-shim"))
             .args(["file", "get", &path, "-o"])
             .arg(&dest)
-            .env("NEXUS_STATE_DIR", &pair.state)
+            .env("NEXUS_STATE_DIR", &pair.shim.state)
             .status()?;
         let secs = t.elapsed().as_secs_f64();
         if !st.success() || std::fs::metadata(&dest)?.len() != size {
@@ -374,7 +227,7 @@ async fn main() -> Result<()> {
     })
     .await?;
     row("(t0) local spawn of `true`", &local);
-    let sock = pair.sock.clone();
+    let sock = pair.sock().to_path_buf();
     let remote = timed(args.runs, || {
         let sock = sock.clone();
         async move {
@@ -421,11 +274,9 @@ async fn main() -> Result<()> {
     drop(pair);
 
     if args.delay_proxy.exists() {
-        let d = dir.path().join("delay");
-        std::fs::create_dir(&d)?;
-        let pair = Pair::start(&bin, &d, &policy, Some((&args.delay_proxy, args.rtt_ms))).await?;
+        let pair = Pair::start(&bin, &policy, &[], Some((&args.delay_proxy, args.rtt_ms))).await?;
         let runs = args.runs.min(40);
-        let sock = pair.sock.clone();
+        let sock = pair.sock().to_path_buf();
         let token = timed(runs, || {
             let sock = sock.clone();
             async move {

@@ -24,6 +24,7 @@ mod netns;
 mod process;
 pub mod raw;
 pub mod sshd;
+pub mod upstream;
 mod workspace;
 
 use std::ffi::OsStr;

@@ -124,6 +124,11 @@ impl Workspace {
         self.spawn();
     }
 
+    /// The pid of the running `nexus-shim serve` (to read `/proc/PID`).
+    pub fn pid(&self) -> Option<u32> {
+        self.shim.as_ref().map(Daemon::pid)
+    }
+
     /// The daemon's log (all runs).
     pub fn log(&self) -> String {
         self.shim.as_ref().map(Daemon::log).unwrap_or_default()

@@ -14,14 +14,17 @@
 //! `target/release/nexus-bench-reliability [--cycles N] [--secs S]`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nexus_bench::{
+    Proxy, ProxyOptions, Shim, TOKEN_VALUE, bin_dir, pair, pct, pinned, rss_kib, wait_link,
+};
 use nexus_e2e::link::LinkControl;
-use nexus_protocol::{LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request};
+use nexus_protocol::{LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request};
 use nexus_transport::{recv, send};
 use tokio::net::UnixStream;
 
@@ -46,15 +49,7 @@ async fn main() -> Result<()> {
     };
     let cycles = flag("--cycles", 100)?;
     let secs = flag("--secs", 5)?;
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("no bin dir")?
-        .to_path_buf();
-    for b in ["nexus-shim", "nexus-agent-proxy"] {
-        if !bin.join(b).is_file() {
-            bail!("{b} not found next to this binary: cargo build --release --workspace");
-        }
-    }
+    let bin = bin_dir()?;
     println!("## 1. proxy RSS with 10 workspaces");
     ten_workspaces(&bin).await?;
     println!("## 2. recovery after restore, {cycles} cut/restore cycles");
@@ -64,175 +59,6 @@ async fn main() -> Result<()> {
     isolation(&bin, secs, "1000000").await?;
     println!("(b) default guard (200 calls/s per tool per workspace): both are capped by it");
     isolation(&bin, secs, "200").await?;
-    Ok(())
-}
-
-/// A running `nexus-shim serve` with its own state dir.
-struct Shim {
-    child: Child,
-    sock: PathBuf,
-    uri: String,
-}
-
-impl Shim {
-    fn start(bin: &Path, dir: &Path, name: &str, cpu: Option<&str>) -> Result<Self> {
-        let state = dir.join(name);
-        let mut cmd = pinned(cpu, &bin.join("nexus-shim"));
-        let child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("NEXUS_STATE_DIR", &state)
-            .env("NEXUS_LOG", "warn")
-            .spawn()?;
-        let uri = wait_for(
-            || std::fs::read_to_string(state.join("pairing.uri")).ok(),
-            "pairing.uri",
-        )?;
-        Ok(Self {
-            child,
-            sock: state.join("shim.sock"),
-            uri: uri.trim().to_owned(),
-        })
-    }
-
-    fn address(&self) -> String {
-        self.uri
-            .trim_start_matches("nexus://")
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        term(&mut self.child);
-    }
-}
-
-fn term(c: &mut Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(c.id().to_string())
-        .status();
-    let _ = c.wait();
-}
-
-/// `program`, under `taskset -c CPU` when asked.
-fn pinned(cpu: Option<&str>, program: &Path) -> Command {
-    match cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpu]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-fn pair(bin: &Path, config: &Path, uri: &str, name: &str) -> Result<()> {
-    let ok = Command::new(bin.join("nexus-agent-proxy"))
-        .args(["pair", uri, "--name", name])
-        .env("NEXUS_CONFIG_DIR", config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
-    if !ok {
-        bail!("pairing {name} failed");
-    }
-    Ok(())
-}
-
-struct Proxy(Child);
-
-impl Proxy {
-    fn start(bin: &Path, dir: &Path, names: &[String], cpu: Option<&str>) -> Result<Self> {
-        Self::start_with(bin, dir, names, cpu, "1000000")
-    }
-
-    /// With `rate` as `--max-calls-per-second` (the per-tool guard).
-    fn start_with(
-        bin: &Path,
-        dir: &Path,
-        names: &[String],
-        cpu: Option<&str>,
-        rate: &str,
-    ) -> Result<Self> {
-        let policy = dir.join("policy.toml");
-        std::fs::write(&policy, POLICY)?;
-        let mut cmd = pinned(cpu, &bin.join("nexus-agent-proxy"));
-        cmd.arg("run");
-        for n in names {
-            cmd.args(["--workspace", n]);
-        }
-        // The call-rate guard is lifted unless asked: a flood is then
-        // served, the worst case for the other workspace.
-        let child = cmd
-            .args(["--max-calls-per-second", rate, "--policy"])
-            .arg(&policy)
-            .env("NEXUS_CONFIG_DIR", dir.join("config"))
-            .env("NEXUS_BENCH_TOKEN", "bench-value")
-            .env("NEXUS_LOG", "warn")
-            .spawn()?;
-        Ok(Self(child))
-    }
-
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.0.id())
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        term(&mut self.0);
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn wait_for<T>(mut f: impl FnMut() -> Option<T>, what: &str) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-async fn linked(sock: &Path) -> bool {
-    let Ok(mut c) = UnixStream::connect(sock).await else {
-        return false;
-    };
-    let req = LocalRequest {
-        wait_ms: 0,
-        op: LocalOp::Status,
-    };
-    if send(&mut c, &req).await.is_err() {
-        return false;
-    }
-    matches!(recv::<_, LocalReply>(&mut c, MAX_FRAME).await, Ok(LocalReply::Status(s)) if s.link == LinkStatus::Linked)
-}
-
-async fn wait_link(sock: &Path, up: bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while linked(sock).await != up {
-        if Instant::now() > deadline {
-            bail!("link never went {}", if up { "up" } else { "down" });
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     Ok(())
 }
 
@@ -249,7 +75,7 @@ async fn call(sock: &Path, wait_ms: u64) -> bool {
         send(&mut c, &req).await.ok()?;
         recv::<_, LocalReply>(&mut c, MAX_FRAME).await.ok()
     };
-    matches!(attempt.await, Some(LocalReply::Reply(Reply::Token(v))) if v.expose() == b"bench-value")
+    matches!(attempt.await, Some(LocalReply::Reply(Reply::Token(v))) if v.expose() == TOKEN_VALUE.as_bytes())
 }
 
 /// Calls from `workers` concurrent callers for `dur`: (ok, failed).
@@ -299,14 +125,6 @@ async fn flood(sock: &Path, dur: Duration) -> u64 {
     opened.load(Ordering::Relaxed)
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 async fn ten_workspaces(bin: &Path) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config");
@@ -314,12 +132,21 @@ async fn ten_workspaces(bin: &Path) -> Result<()> {
     let mut names = Vec::new();
     for i in 0..10 {
         let name = format!("ws{i}");
-        let shim = Shim::start(bin, dir.path(), &name, None)?;
+        let shim = Shim::start(bin, &dir.path().join(&name), None)?;
         pair(bin, &config, &shim.uri, &name)?;
         shims.push(shim);
         names.push(name);
     }
-    let proxy = Proxy::start(bin, dir.path(), &names, None)?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let proxy = Proxy::start(
+        bin,
+        dir.path(),
+        POLICY,
+        ProxyOptions {
+            workspaces: &names,
+            ..ProxyOptions::default()
+        },
+    )?;
     for s in &shims {
         wait_link(&s.sock, true).await?;
     }
@@ -330,12 +157,12 @@ async fn ten_workspaces(bin: &Path) -> Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = proxy.rss_kib();
+    let idle = rss_kib(proxy.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
         let (stop, peak) = (stop.clone(), peak.clone());
-        let pid = proxy.0.id();
+        let pid = proxy.pid();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
@@ -370,11 +197,15 @@ async fn ten_workspaces(bin: &Path) -> Result<()> {
 async fn recovery(bin: &Path, cycles: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config");
-    let shim = Shim::start(bin, dir.path(), "ws", None)?;
+    let shim = Shim::start(bin, &dir.path().join("ws"), None)?;
     let link = LinkControl::start(shim.address().parse()?);
     let uri = shim.uri.replace(&shim.address(), &link.address());
     pair(bin, &config, &uri, "ws")?;
-    let _proxy = Proxy::start(bin, dir.path(), &["ws".into()], None)?;
+    let opts = ProxyOptions {
+        workspaces: &["ws"],
+        ..ProxyOptions::default()
+    };
+    let _proxy = Proxy::start(bin, dir.path(), POLICY, opts)?;
     wait_link(&shim.sock, true).await?;
     let mut ms = Vec::new();
     let mut lost = 0;
@@ -396,8 +227,8 @@ async fn recovery(bin: &Path, cycles: u64) -> Result<()> {
     ms.sort_by(f64::total_cmp);
     println!(
         "recovery (restore -> answer of a call held through the outage): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} of {cycles} answered, {lost} failed; {} connections",
-        pct(&ms, 0.5),
-        pct(&ms, 0.99),
+        pct(&ms, 50.0),
+        pct(&ms, 99.0),
         ms.last().copied().unwrap_or(f64::NAN),
         ms.len(),
         link.accepted()
@@ -417,17 +248,17 @@ async fn isolation(bin: &Path, secs: u64, rate: &str) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config");
-    let quiet = Shim::start(bin, dir.path(), "quiet", Some("0"))?;
-    let noisy = Shim::start(bin, dir.path(), "noisy", Some("1"))?;
+    let quiet = Shim::start(bin, &dir.path().join("quiet"), Some("0"))?;
+    let noisy = Shim::start(bin, &dir.path().join("noisy"), Some("1"))?;
     pair(bin, &config, &quiet.uri, "quiet")?;
     pair(bin, &config, &noisy.uri, "noisy")?;
-    let _proxy = Proxy::start_with(
-        bin,
-        dir.path(),
-        &["quiet".into(), "noisy".into()],
-        Some("0"),
+    let opts = ProxyOptions {
+        workspaces: &["quiet", "noisy"],
         rate,
-    )?;
+        cpu: Some("0"),
+        env: &[],
+    };
+    let _proxy = Proxy::start(bin, dir.path(), POLICY, opts)?;
     wait_link(&quiet.sock, true).await?;
     wait_link(&noisy.sock, true).await?;
     let dur = Duration::from_secs(secs);

@@ -1,0 +1,385 @@
+//! End to end: HTTP secret injection. A real HTTPS upstream on the laptop
+//! (`nexus_e2e::upstream`), a policy `[http.api]` naming it, and `curl` on
+//! the workspace host calling `$NEXUS_HTTP_URL/api/...` after
+//! `eval "$(nexus-shim env)"`, as an agent would with a base URL.
+//!
+//! The workspace is the attacker: it must never hold the key, never make
+//! the laptop dial anything but the declared upstream (a decoy listener on
+//! the laptop's loopback counts every connection it gets), and never reach
+//! an API without the capability segment of `NEXUS_HTTP_URL`.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+
+use nexus_e2e::upstream::Upstream;
+use nexus_e2e::{DEADLINE, Daemon, Laptop, Must, Output, Workspace, paired, poll, run_to_end};
+
+/// The real key: only the laptop's environment and the upstream see it.
+const KEY: &str = "sk-e2e-real-4f1c9a0b7d2e6c3a";
+
+/// What the agent is given instead.
+const PLACEHOLDER: &str = "sk-placeholder";
+
+/// A paired workspace and laptop, the proxy serving `[http.api]` on an upstream.
+struct World {
+    ws: Workspace,
+    _laptop: Laptop,
+    proxy: Daemon,
+    up: Upstream,
+}
+
+#[track_caller]
+fn world() -> World {
+    world_with(&[])
+}
+
+/// [`world`], with more APIs: `(name, upstream, env var, key)` each.
+#[track_caller]
+fn world_with(more: &[(&str, &Upstream, &str, &str)]) -> World {
+    let up = Upstream::start("api.test").must("starting the upstream");
+    let (ws, laptop) = paired();
+    let mut policy = "version = 1\n\n".to_owned();
+    let mut envs = vec![("E2E_API_KEY", KEY)];
+    for (name, server, var, key) in [("api", &up, "E2E_API_KEY", KEY)]
+        .into_iter()
+        .chain(more.iter().copied())
+    {
+        let ca = laptop.home().join(format!("{name}-ca.pem"));
+        server.write_ca(&ca).must("writing an upstream's CA");
+        policy.push_str(&server.policy(name, var, &ca));
+        policy.push('\n');
+        envs.push((var, key));
+    }
+    let policy = laptop.write_policy(&policy);
+    let proxy = laptop.run(&ws, "dev", &policy, &envs);
+    World {
+        ws,
+        _laptop: laptop,
+        proxy,
+        up,
+    }
+}
+
+impl World {
+    /// `sh -c SCRIPT` on the workspace host after `eval "$(nexus-shim env)"`.
+    fn sh(&self, script: &str) -> std::process::Command {
+        let mut cmd = self.ws.command_on_host("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "set -e; eval \"$('{}' env)\"; {script}",
+                nexus_e2e::shim_binary().display()
+            ))
+            .env("NEXUS_STATE_DIR", self.ws.state_dir());
+        cmd
+    }
+
+    /// Runs `curl -sS --path-as-is ARGS` on the workspace host; ARGS is
+    /// shell text, so it may use `$NEXUS_HTTP_URL`.
+    #[track_caller]
+    fn curl(&self, args: &str) -> Output {
+        run_to_end(
+            &mut self.sh(&format!("exec curl -sS --path-as-is --max-time 20 {args}")),
+            None,
+        )
+    }
+
+    /// The HTTP status of `curl ARGS` (0 when there was no HTTP answer).
+    #[track_caller]
+    fn status(&self, args: &str) -> u16 {
+        let out = self.curl(&format!("-o /dev/null -w '%{{http_code}}' {args}"));
+        out.stdout.trim().parse().unwrap_or(0)
+    }
+
+    /// `STATE/http.url`, which `nexus-shim env` exports as `NEXUS_HTTP_URL`.
+    #[track_caller]
+    fn http_url(&self) -> String {
+        let file = self.ws.state_dir().join("http.url");
+        poll(DEADLINE, || {
+            Some(std::fs::read_to_string(&file).ok()?.trim().to_owned())
+        })
+        .must("the shim wrote STATE/http.url")
+    }
+}
+
+/// A loopback listener on the laptop that nothing should ever dial.
+struct Decoy(TcpListener);
+
+impl Decoy {
+    #[track_caller]
+    fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").must("binding the decoy");
+        l.set_nonblocking(true).must("a non-blocking decoy");
+        Self(l)
+    }
+
+    fn addr(&self) -> String {
+        self.0
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Whether anything connected so far.
+    fn dialed(&self) -> bool {
+        self.0.accept().is_ok()
+    }
+}
+
+/// `NUL`-separated `/proc/PID/environ`, as text.
+fn environ(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default())
+        .into_owned()
+}
+
+/// Kills a child when dropped (a test that fails half-way leaves no curl).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs the http feature"]
+fn the_upstream_sees_the_real_key_and_the_workspace_never_holds_it() {
+    let w = world();
+    let url = w.http_url();
+    let env = run_to_end(&mut w.sh("echo \"$NEXUS_HTTP_URL\""), None);
+    assert_eq!(
+        env.stdout.trim(),
+        url,
+        "nexus-shim env exports NEXUS_HTTP_URL\n{env}"
+    );
+
+    // The agent sends its placeholder; the laptop replaces it.
+    let out = w.curl(&format!(
+        "-H 'Authorization: Bearer {PLACEHOLDER}' -w '%{{http_code}}' \"$NEXUS_HTTP_URL/api/status/204\""
+    ));
+    assert_eq!(out.stdout.trim(), "204", "{out}");
+    let seen = w.up.requests();
+    assert_eq!(seen.len(), 1, "one request reached the upstream: {seen:?}");
+    let auth: Vec<&[u8]> = seen[0]
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    assert_eq!(
+        auth,
+        [format!("Bearer {KEY}").as_bytes()],
+        "exactly the real key"
+    );
+    assert_eq!(seen[0].path, "/status/204");
+    assert!(!out.stdout.contains(KEY) && !out.stderr.contains(KEY));
+
+    // A caller alive mid-stream: neither its environment nor the shim's has the key.
+    let mut cmd = w.sh("exec curl -sS -N --max-time 20 \"$NEXUS_HTTP_URL/api/sse?events=2\"");
+    let mut curl = Reaped(cmd.stdout(Stdio::piped()).spawn().must("starting curl"));
+    let mut lines = BufReader::new(curl.0.stdout.take().must("curl's stdout")).lines();
+    let first = lines.next().must("a first event").must("reading curl");
+    assert_eq!(first, "data: 0");
+    let caller = environ(curl.0.id());
+    assert!(
+        caller.contains("NEXUS_HTTP_URL="),
+        "read the caller's environ: {caller}"
+    );
+    assert!(
+        !caller.contains(KEY),
+        "the key is in the caller's environment"
+    );
+    let shim = environ(w.ws.pid().must("the shim's pid"));
+    assert!(
+        !shim.is_empty() && !shim.contains(KEY),
+        "the key is in the shim's environment"
+    );
+    w.up.release(1);
+    assert_eq!(
+        lines.next().must("a second event").must("reading curl"),
+        "data: 1"
+    );
+
+    // Nor anything the shim wrote.
+    for entry in walk(w.ws.state_dir()) {
+        let text = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&text).contains(KEY),
+            "the key is in {}",
+            entry.display()
+        );
+    }
+    assert!(!w.ws.log().contains(KEY), "the key is in the shim's log");
+    assert!(
+        !w.proxy.log().contains(KEY),
+        "the key is in the proxy's log"
+    );
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(walk(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs the http feature"]
+fn a_streamed_response_arrives_incrementally() {
+    let w = world();
+    let mut cmd = w.sh("exec curl -sS -N --max-time 30 \"$NEXUS_HTTP_URL/api/sse?events=3\"");
+    let mut curl = Reaped(cmd.stdout(Stdio::piped()).spawn().must("starting curl"));
+    let stdout = curl.0.stdout.take().must("curl's stdout");
+    // Lines come through a channel so that a buffering proxy fails the
+    // test at the deadline instead of hanging it.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !line.is_empty() && tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Event 1 does not exist yet when event 0 is read.
+    assert_eq!(
+        rx.recv_timeout(DEADLINE).must("event 0 before any release"),
+        "data: 0"
+    );
+    w.up.release(1);
+    assert_eq!(rx.recv_timeout(DEADLINE).must("event 1"), "data: 1");
+    w.up.release(1);
+    assert_eq!(rx.recv_timeout(DEADLINE).must("event 2"), "data: 2");
+    let status = curl.0.wait().must("curl's exit");
+    assert!(status.success(), "curl after the last event: {status}");
+}
+
+#[test]
+#[ignore = "needs the http feature"]
+fn an_undeclared_name_is_refused_and_reaches_nothing() {
+    let w = world();
+    for path in ["other/echo/x", "api.test/echo/x", "apix/echo/x", ""] {
+        let code = w.status(&format!("\"$NEXUS_HTTP_URL/{path}\""));
+        assert!(
+            code == 403 || code == 404,
+            "/{path} for an undeclared name: {code}"
+        );
+    }
+    assert!(w.up.requests().is_empty(), "{:?}", w.up.requests());
+}
+
+#[test]
+#[ignore = "needs the http feature"]
+fn the_url_without_its_capability_is_refused() {
+    let w = world();
+    let url = w.http_url();
+    let rest = url.strip_prefix("http://").must("an http:// URL");
+    let (addr, cap) = rest.split_once('/').must("a capability path segment");
+    assert!(
+        cap.len() >= 16,
+        "the capability is long enough to be unguessable: {cap:?}"
+    );
+    let mut wrong = cap.to_owned();
+    wrong.pop();
+    for bad in [
+        format!("http://{addr}/api/echo/x"),
+        format!("http://{addr}/{wrong}/api/echo/x"),
+        format!("http://{addr}/{cap}x/api/echo/x"),
+        format!("http://{addr}//{cap}/../api/echo/x"),
+    ] {
+        let code = w.status(&format!("'{bad}'"));
+        assert!(code == 403 || code == 404, "{bad}: {code}");
+    }
+    assert!(w.up.requests().is_empty(), "{:?}", w.up.requests());
+    // The real URL works, so the refusals above were about the capability.
+    assert_eq!(w.status("\"$NEXUS_HTTP_URL/api/echo/x\""), 200);
+}
+
+#[test]
+#[ignore = "needs the http feature"]
+fn path_and_host_tricks_never_leave_the_upstream() {
+    let w = world();
+    let decoy = Decoy::start();
+    let d = decoy.addr();
+    let tricks = [
+        "\"$NEXUS_HTTP_URL/api/../x\"".to_owned(),
+        "\"$NEXUS_HTTP_URL/api/%2e%2e/x\"".to_owned(),
+        "\"$NEXUS_HTTP_URL/api/%2e%2e%2f%2e%2e/x\"".to_owned(),
+        "\"$NEXUS_HTTP_URL/api//evil.test/x\"".to_owned(),
+        format!("\"$NEXUS_HTTP_URL/api//{d}/x\""),
+        format!("\"$NEXUS_HTTP_URL/api/@{d}/x\""),
+        format!("\"$NEXUS_HTTP_URL/api/http://{d}/x\""),
+        format!("-H 'Host: {d}' \"$NEXUS_HTTP_URL/api/echo/x\""),
+        "-H 'Host: evil.test' \"$NEXUS_HTTP_URL/api/echo/x\"".to_owned(),
+        // Absolute-form request targets, sent to the shim's own port.
+        format!("--request-target 'http://{d}/' \"$NEXUS_HTTP_URL/api/echo/x\""),
+        "--request-target 'http://evil.test/' \"$NEXUS_HTTP_URL/api/echo/x\"".to_owned(),
+        format!(
+            "--request-target \"http://{d}/${{NEXUS_HTTP_URL#http://*/}}/api/echo/x\" \"$NEXUS_HTTP_URL/api/echo/x\""
+        ),
+        // No CONNECT tunnelling through the endpoint either.
+        "-X CONNECT \"$NEXUS_HTTP_URL/api/echo/x\"".to_owned(),
+    ];
+    for t in &tricks {
+        let code = w.status(t);
+        assert!(code != 0, "{t}: no HTTP answer at all");
+    }
+    assert!(!decoy.dialed(), "the laptop dialed the decoy {d}");
+    for seen in w.up.requests() {
+        let host = seen
+            .header("host")
+            .map(|h| String::from_utf8_lossy(h).into_owned());
+        assert_eq!(
+            host.as_deref(),
+            Some(format!("localhost:{}", w.up.addr().port()).as_str()),
+            "the upstream got {} with a Host the workspace chose",
+            seen.path
+        );
+    }
+
+    // The upstream's redirect comes back as it is, not followed.
+    let out =
+        w.curl("-o /dev/null -w '%{http_code} %{redirect_url}' \"$NEXUS_HTTP_URL/api/redirect\"");
+    assert_eq!(out.stdout.trim(), "302 https://evil.test/", "{out}");
+}
+
+#[test]
+#[ignore = "needs the http feature"]
+fn each_key_goes_only_to_its_own_upstream() {
+    const OTHER_KEY: &str = "sk-e2e-other-9d8c7b6a5f4e";
+    let other = Upstream::start("other.test").must("starting the second upstream");
+    let w = world_with(&[("other", &other, "E2E_OTHER_KEY", OTHER_KEY)]);
+    assert_eq!(w.status("\"$NEXUS_HTTP_URL/api/echo/a\""), 200);
+    assert_eq!(w.status("\"$NEXUS_HTTP_URL/other/echo/b\""), 200);
+    // Crossing over through the path names the other API's upstream, never
+    // the first API's key on it.
+    w.status("\"$NEXUS_HTTP_URL/api/../other/echo/c\"");
+    w.status("\"$NEXUS_HTTP_URL/other/%2e%2e/api/echo/d\"");
+    let bearer = |k: &str| format!("Bearer {k}").into_bytes();
+    for seen in w.up.requests() {
+        assert_eq!(
+            seen.header("authorization"),
+            Some(&bearer(KEY)[..]),
+            "api got {}",
+            seen.path
+        );
+    }
+    for seen in other.requests() {
+        assert_eq!(
+            seen.header("authorization"),
+            Some(&bearer(OTHER_KEY)[..]),
+            "other got {}",
+            seen.path
+        );
+    }
+    assert!(w.up.requests().iter().any(|r| r.path == "/echo/a"));
+    assert!(other.requests().iter().any(|r| r.path == "/echo/b"));
+}
