@@ -270,7 +270,7 @@ async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Res
         Some((n, r)) => (n, format!("/{r}")),
         None => (after, String::new()),
     };
-    if name.is_empty() {
+    if after.is_empty() {
         return list(&caller, ctx).await;
     }
     if !valid_api_name(name) {
