@@ -35,9 +35,20 @@ fn world() -> World {
     world_with(&[])
 }
 
+/// [`world`], with `keys` (TOML lines) added to `[http.api]`.
+#[track_caller]
+fn world_tuned(keys: &str) -> World {
+    world_from(&[], keys)
+}
+
 /// [`world`], with more APIs: `(name, upstream, env var, key)` each.
 #[track_caller]
 fn world_with(more: &[(&str, &Upstream, &str, &str)]) -> World {
+    world_from(more, "")
+}
+
+#[track_caller]
+fn world_from(more: &[(&str, &Upstream, &str, &str)], api_keys: &str) -> World {
     let up = Upstream::start("api.test").must("starting the upstream");
     let (ws, laptop) = paired();
     let mut policy = "version = 1\n\n".to_owned();
@@ -48,7 +59,11 @@ fn world_with(more: &[(&str, &Upstream, &str, &str)]) -> World {
     {
         let ca = laptop.home().join(format!("{name}-ca.pem"));
         server.write_ca(&ca).must("writing an upstream's CA");
-        policy.push_str(&server.policy(name, var, &ca));
+        let mut text = server.policy(name, var, &ca);
+        if name == "api" {
+            text = text.replace("[http.api]\n", &format!("[http.api]\n{api_keys}"));
+        }
+        policy.push_str(&text);
         policy.push('\n');
         envs.push((var, key));
     }
@@ -380,4 +395,35 @@ fn each_key_goes_only_to_its_own_upstream() {
     }
     assert!(w.up.requests().iter().any(|r| r.path == "/echo/a"));
     assert!(other.requests().iter().any(|r| r.path == "/echo/b"));
+}
+
+/// A body over the rule's `max_request_size` never reaches the upstream
+/// whole: refused before dialing when its length is declared, cut off (the
+/// upstream sees a broken request, never a complete one) when it is not.
+#[test]
+fn a_body_over_the_limit_is_refused() {
+    let w = world_tuned("max_request_size = \"1KiB\"\n");
+    let ok = w.status("-X POST --data-binary @/dev/null \"$NEXUS_HTTP_URL/api/echo/small\"");
+    assert_eq!(ok, 200);
+    let declared = w.curl(
+        "-X POST -w '\\n%{http_code}' --data-binary \"$(head -c 2048 /dev/zero | tr '\\0' a)\" \
+         \"$NEXUS_HTTP_URL/api/echo/big\"",
+    );
+    assert!(declared.stdout.trim_end().ends_with("400"), "{declared}");
+    assert!(declared.stdout.contains("max_request_size"), "{declared}");
+    let chunked = w.curl(
+        "-X POST -w '\\n%{http_code}' -H 'Transfer-Encoding: chunked' \
+         --data-binary \"$(head -c 4096 /dev/zero | tr '\\0' a)\" \"$NEXUS_HTTP_URL/api/echo/chunked\"",
+    );
+    assert!(!chunked.stdout.trim_end().ends_with("200"), "{chunked}");
+    let whole_big =
+        w.up.requests()
+            .iter()
+            .filter(|r| r.path != "/echo/small")
+            .any(|r| r.body_len > 1024);
+    assert!(
+        !whole_big,
+        "a body over the limit reached the upstream: {:?}",
+        w.up.requests()
+    );
 }

@@ -9,6 +9,12 @@ use nexus_e2e::{Laptop, Must, Workspace, repo_root, run_to_end, shim_binary};
 use serde_json::{Value, json};
 
 fn client(ws: &Workspace, calls: &Value) -> Value {
+    client_with(Command::new("python3"), ws, calls)
+}
+
+/// [`client`], run by `python3` as `cmd` starts it (e.g. on the
+/// workspace's host, where `$NEXUS_HTTP_URL`'s loopback is).
+fn client_with(mut cmd: Command, ws: &Workspace, calls: &Value) -> Value {
     let script = repo_root().join("tests/scripts/mcp_client.py");
     let probe = run_to_end(Command::new("python3").args(["-c", "import mcp"]), None);
     assert_eq!(
@@ -17,8 +23,7 @@ fn client(ws: &Workspace, calls: &Value) -> Value {
         "the `mcp` Python package is missing: pip install mcp (.ci/run does)\n{probe}"
     );
     let out = run_to_end(
-        Command::new("python3")
-            .arg(&script)
+        cmd.arg(&script)
             .arg(shim_binary())
             .arg(ws.state_dir())
             .arg(calls.to_string()),
@@ -124,6 +129,79 @@ fn an_mcp_client_lists_and_calls_laptop_tools() {
     );
     let (err, text) = call(8);
     assert!(err && text.contains("denied"), "git other: {text}");
+}
+
+/// HTTP APIs whose rule says `mcp = true` are tools: the laptop adds the
+/// key, so the model gets the answer and never the key; others are not
+/// offered.
+#[test]
+fn an_mcp_client_calls_http_apis_without_seeing_the_key() {
+    let up = nexus_e2e::upstream::Upstream::start("api.test").must("starting the upstream");
+    let ws = Workspace::start();
+    let laptop = Laptop::new();
+    laptop.pair(&ws.uri(), "dev").ok();
+    let ca = laptop.home().join("ca.pem");
+    up.write_ca(&ca).must("writing the upstream's CA");
+    let api = up.policy("api", "E2E_API_KEY", &ca).replace(
+        "[http.api]\n",
+        "[http.api]\nmcp = true\ndescription = \"Test API\"\n",
+    );
+    let quiet = up.policy("quiet", "E2E_QUIET_KEY", &ca);
+    let policy = laptop.write_policy(&format!("{api}\n{quiet}"));
+    const KEY: &str = "sk-mcp-real-9d3f";
+    let _proxy = laptop.run(
+        &ws,
+        "dev",
+        &policy,
+        &[("E2E_API_KEY", KEY), ("E2E_QUIET_KEY", "sk-quiet")],
+    );
+    let calls = json!([
+        ["http_api", {"path": "/bytes?n=5"}],
+        ["http_api", {"method": "POST", "path": "/status/201", "body": {"a": 1}}],
+        ["http_api", {"path": "/status/404"}],
+        ["http_api", {"path": "/../x"}],
+        ["http_quiet", {"path": "/bytes?n=5"}],
+    ]);
+    let got = client_with(ws.command_on_host("python3"), &ws, &calls);
+    let tools = got["tools"].as_object().must("tools");
+    assert!(
+        tools
+            .get("http_api")
+            .and_then(Value::as_str)
+            .is_some_and(|d| d.contains("Test API")),
+        "{got}"
+    );
+    assert!(!tools.contains_key("http_quiet"), "not mcp = true: {got}");
+    let call = |i: usize| -> (bool, String) {
+        let c = &got["calls"][i];
+        (
+            c["error"].as_bool().unwrap_or(true),
+            c["text"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let (err, text) = call(0);
+    assert!(!err && text.starts_with("HTTP 200"), "bytes: {text}");
+    let (err, text) = call(1);
+    assert!(!err && text.starts_with("HTTP 201"), "post: {text}");
+    let (err, text) = call(2);
+    assert!(err && text.starts_with("HTTP 404"), "404: {text}");
+    let (err, text) = call(3);
+    assert!(err && text.contains("denied"), "dot segment: {text}");
+    let (err, text) = call(4);
+    assert!(err && text.contains("mcp = true"), "quiet: {text}");
+    assert!(
+        !got.to_string().contains(KEY),
+        "the key reached the model: {got}"
+    );
+    let seen = up.requests();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[1].method, "POST");
+    let auth = seen[1]
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(auth, Some(format!("Bearer {KEY}")));
 }
 
 /// Without a linked laptop, the fixed tools are still listed, and a call
