@@ -183,6 +183,14 @@ exec /usr/local/share/nexus-shim/entrypoint.sh cat /var/lib/stop.fifo",
     );
     let token = shim_once(&state, ["token", "get", "demo"]);
     assert_eq!(token.ok().stdout, "from-the-laptop\n");
+    // HTTP injection is served too; `env` exports its URL.
+    let url = shim_once(&state, ["http", "url"]).ok().stdout.clone();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let env = shim_once(&state, ["env"]).ok().stdout.clone();
+    assert!(
+        env.contains(&format!("NEXUS_HTTP_URL='{}'", url.trim())),
+        "{env}"
+    );
     proxy.terminate();
     drop(
         std::fs::OpenOptions::new()

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Dev container feature install script for nexus-shim. Runs as root at image
 # build time with the options as upper-case variables (BINARY, VERSION,
-# LISTEN, ADVERTISE, GITCREDENTIALHELPER) and the dev container user as
+# LISTEN, ADVERTISE, HTTPLISTEN, GITCREDENTIALHELPER) and the dev container user as
 # _REMOTE_USER. It:
 #   1. installs /usr/local/bin/nexus-shim;
 #   2. creates the state directory /var/lib/nexus/state, owned by the remote
@@ -17,6 +17,7 @@ BINARY="${BINARY:-}"
 VERSION="${VERSION:-latest}"
 LISTEN="${LISTEN:-0.0.0.0:7676}"
 ADVERTISE="${ADVERTISE:-}"
+HTTPLISTEN="${HTTPLISTEN:-127.0.0.1:0}"
 GITCREDENTIALHELPER="${GITCREDENTIALHELPER:-true}"
 REMOTE_USER="${_REMOTE_USER:-root}"
 RELEASES="${NEXUS_RELEASES_URL:-https://example.invalid/nexus-agent-proxy/releases}"
@@ -71,6 +72,7 @@ quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
   echo "NEXUS_USER=$(quote "$REMOTE_USER")"
   echo "NEXUS_LISTEN=$(quote "$LISTEN")"
   echo "NEXUS_ADVERTISE=$(quote "$ADVERTISE")"
+  echo "NEXUS_HTTP_LISTEN=$(quote "$HTTPLISTEN")"
 } > "$SHARE/feature.env"
 cat > "$SHARE/entrypoint.sh" <<'ENTRY'
 #!/bin/sh
@@ -83,9 +85,9 @@ state="${NEXUS_STATE_DIR:-/var/lib/nexus/state}"
 log="$(dirname "$state")/shim.log"
 start() {
   if [ -n "$NEXUS_ADVERTISE" ]; then
-    "$@" /usr/local/bin/nexus-shim serve --state-dir "$state" --listen "$NEXUS_LISTEN" --advertise "$NEXUS_ADVERTISE"
+    "$@" /usr/local/bin/nexus-shim serve --state-dir "$state" --listen "$NEXUS_LISTEN" --http-listen "$NEXUS_HTTP_LISTEN" --advertise "$NEXUS_ADVERTISE"
   else
-    "$@" /usr/local/bin/nexus-shim serve --state-dir "$state" --listen "$NEXUS_LISTEN"
+    "$@" /usr/local/bin/nexus-shim serve --state-dir "$state" --listen "$NEXUS_LISTEN" --http-listen "$NEXUS_HTTP_LISTEN"
   fi
 }
 if [ "$(id -u)" = 0 ] && [ "$NEXUS_USER" != root ]; then
