@@ -182,6 +182,23 @@ pub enum Upload {
     End,
 }
 
+/// Headers that belong to one connection (RFC 9110 §7.6.1), or that the
+/// receiving side sets itself (`host`): never relayed in either direction,
+/// by the shim or the laptop. `content-length` is not here: the laptop
+/// keeps a declared length.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
 /// An `[http.NAME]` API as `nexus-shim http list` and MCP show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpApi {

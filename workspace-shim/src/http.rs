@@ -20,7 +20,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request as HttpReq, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nexus_protocol::{
-    Call, CallerContext, ErrorCode, HttpHeader, HttpRequest, MAX_FRAME, Reply, Request, Upload,
+    Call, CallerContext, ErrorCode, HOP_BY_HOP, HttpHeader, HttpRequest, MAX_FRAME, Reply, Request,
+    Upload,
 };
 use nexus_transport::MuxStream;
 use rand::RngCore;
@@ -42,22 +43,6 @@ type Body = BoxBody<Bytes, std::io::Error>;
 const UPLOAD_CHUNK: usize = 64 << 10;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Headers that belong to one connection (RFC 9110 §7.6.1), or that the
-/// laptop sets from what it actually sends.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-];
 
 /// The capability in `$NEXUS_HTTP_URL`'s path: read from the state dir, or
 /// created there (32 hex characters, 128 bits).
@@ -172,6 +157,14 @@ fn answer(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({
         "error": { "message": format!("nexus: {message}"), "type": kind, "code": kind }
     });
+    let mut resp = json_response(status, &body);
+    resp.headers_mut()
+        .insert("x-nexus-error", header::HeaderValue::from_static("1"));
+    resp
+}
+
+/// A local JSON answer.
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
@@ -182,8 +175,6 @@ fn answer(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
-    resp.headers_mut()
-        .insert("x-nexus-error", header::HeaderValue::from_static("1"));
     resp
 }
 
@@ -287,7 +278,7 @@ async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Res
     let headers = req
         .headers()
         .iter()
-        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()))
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && *n != header::CONTENT_LENGTH)
         .map(|(n, v)| HttpHeader {
             name: n.as_str().to_owned(),
             value: v.as_bytes().to_vec(),
@@ -320,16 +311,7 @@ async fn list(caller: &CallerContext, ctx: &Ctx) -> Response<Body> {
                 "name": a.name, "description": a.description, "upstream": a.upstream,
                 "methods": a.methods, "paths": a.paths, "approve": a.approve,
             })).collect::<Vec<_>>() });
-            let mut resp = Response::new(
-                Full::new(Bytes::from(body.to_string()))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            );
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            resp
+            json_response(StatusCode::OK, &body)
         }
         Reply::Error(e) => from_error(e.code, &e.message),
         _ => answer(
@@ -394,7 +376,7 @@ async fn forward(
             let mut resp = Response::new(relay(rx, guard, ctx.shutdown.clone()));
             *resp.status_mut() = status;
             for h in headers {
-                if HOP_BY_HOP.contains(&h.name.as_str()) && h.name != "content-length" {
+                if HOP_BY_HOP.contains(&h.name.as_str()) {
                     continue;
                 }
                 if let (Ok(n), Ok(v)) = (

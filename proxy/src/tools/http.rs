@@ -22,8 +22,8 @@ use futures::FutureExt;
 use futures::channel::mpsc;
 use nexus_policy::{Action, Grant, HttpRule, HttpSecret, TokenSource};
 use nexus_protocol::{
-    CallerContext, Channel, ErrorCode, HttpApi, HttpHeader, HttpRequest, MAX_CHUNK, Reply, Secret,
-    Upload,
+    CallerContext, Channel, ErrorCode, HOP_BY_HOP, HttpApi, HttpHeader, HttpRequest, MAX_CHUNK,
+    Reply, Secret, Upload,
 };
 use nexus_transport::tokio_rustls::rustls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf};
@@ -31,21 +31,6 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::ToolContext;
-
-/// Headers that belong to one connection (RFC 9110 §7.6.1), or that the
-/// laptop sets itself, never passed on in either direction.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
 
 /// Most request headers passed on.
 const MAX_HEADERS: usize = 128;
