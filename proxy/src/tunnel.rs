@@ -466,21 +466,21 @@ async fn answer(
         Err(_) => return warn!("the workspace opened a call and sent nothing; dropped"),
     };
     let tool = call.request.tool();
-    let reply = match tools.try_enter(tool) {
+    let reply: Option<Reply> = match tools.try_enter(tool) {
         None => {
             warn!(
                 tool,
                 limit = tools.max,
                 "too many concurrent calls of one tool; refused"
             );
-            Reply::error(
+            Some(Reply::error(
                 ErrorCode::Denied,
                 format!(
                     "too many concurrent {tool} calls from this workspace (limit {}, \
                      `nexus-agent-proxy run --max-calls-per-tool`); retry when some finish",
                     tools.max
                 ),
-            )
+            ))
         }
         // Streamed answers (tool output, file data) end on their own: a tool
         // at its policy timeout, a file at its end or when the workspace
@@ -488,7 +488,7 @@ async fn answer(
         Some(_place) if call.request.is_streaming() => {
             tools::dispatch_stream(&call, workspace, ctx, &mut stream, limits.max_call_frame).await
         }
-        Some(_place) => {
+        Some(_place) => Some(
             match tokio::time::timeout(limits.call_timeout, tools::dispatch(&call, workspace, ctx))
                 .await
             {
@@ -508,9 +508,11 @@ async fn answer(
                         ),
                     )
                 }
-            }
-        }
+            },
+        ),
     };
-    let _ = nexus_transport::send(&mut stream, &reply).await;
+    if let Some(reply) = reply {
+        let _ = nexus_transport::send(&mut stream, &reply).await;
+    }
     let _ = stream.shutdown().await;
 }

@@ -25,7 +25,7 @@ use nexus_protocol::{
 };
 use nexus_transport::MuxStream;
 use rand::RngCore;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -348,17 +348,26 @@ async fn forward(
     let Ok(mut stream) = link.mux.open().await else {
         return lost();
     };
+    // Without a body, the call and the body's end go in one write: one
+    // piece on the link instead of two.
+    let bodyless = request.body_len == Some(0);
     let call = Call {
         caller,
         request: Request::Http(request),
     };
-    if nexus_transport::send(&mut stream, &call).await.is_err() {
+    let mut frames = zeroize::Zeroizing::new(nexus_protocol::encode_frame(&call));
+    if bodyless {
+        frames.extend_from_slice(&nexus_protocol::encode_frame(&Upload::End));
+    }
+    if stream.write_all(&frames).await.is_err() || stream.flush().await.is_err() {
         return lost();
     }
+    drop(frames);
     let (mut rx, tx) = tokio::io::split(stream);
     // The upload holds the stream's write half until the exchange is over
     // (dropping the last half resets the stream: the laptop stops).
     let done = CancellationToken::new();
+    let body = (!bodyless).then_some(body);
     ctx.tasks
         .spawn(upload(body, tx, done.clone(), ctx.shutdown.clone()).in_current_span());
     let guard = done.drop_guard();
@@ -401,42 +410,16 @@ async fn forward(
     }
 }
 
-/// Sends the request body up as [`Upload`] frames, then holds the write
-/// half until the exchange is `done`.
+/// Sends the request body up as [`Upload`] frames (none: already ended),
+/// then holds the write half until the exchange is `done`.
 async fn upload(
-    mut body: Incoming,
+    body: Option<Incoming>,
     mut tx: WriteHalf<MuxStream>,
     done: CancellationToken,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            () = done.cancelled() => return,
-            () = shutdown.cancelled() => return,
-        };
-        match frame {
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers: not forwarded
-                };
-                for piece in data.chunks(UPLOAD_CHUNK) {
-                    let sent =
-                        nexus_transport::send_data(&mut tx, &Upload::Data(piece.to_vec())).await;
-                    if sent.is_err() {
-                        return;
-                    }
-                }
-            }
-            // The client broke off: dropping the write half (with the
-            // response gone too) resets the stream, and the laptop stops.
-            Some(Err(e)) => return debug!(error = %e, "request body broke off"),
-            None => break,
-        }
-    }
-    if nexus_transport::send_data(&mut tx, &Upload::End)
-        .await
-        .is_err()
+    if let Some(body) = body
+        && !send_body(body, &mut tx, &done, &shutdown).await
     {
         return;
     }
@@ -444,6 +427,43 @@ async fn upload(
         () = done.cancelled() => {}
         () = shutdown.cancelled() => {}
     }
+}
+
+/// Sends the body and its end; false when it broke off.
+async fn send_body(
+    mut body: Incoming,
+    tx: &mut WriteHalf<MuxStream>,
+    done: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            () = done.cancelled() => return false,
+            () = shutdown.cancelled() => return false,
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers: not forwarded
+                };
+                for piece in data.chunks(UPLOAD_CHUNK) {
+                    let sent = nexus_transport::send_data(tx, &Upload::Data(piece.to_vec())).await;
+                    if sent.is_err() {
+                        return false;
+                    }
+                }
+            }
+            // The client broke off: dropping the write half (with the
+            // response gone too) resets the stream, and the laptop stops.
+            Some(Err(e)) => {
+                debug!(error = %e, "request body broke off");
+                return false;
+            }
+            None => break,
+        }
+    }
+    nexus_transport::send_data(tx, &Upload::End).await.is_ok()
 }
 
 /// State of a streamed response body.

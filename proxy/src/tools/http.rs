@@ -26,7 +26,7 @@ use nexus_protocol::{
     Reply, Secret, Upload,
 };
 use nexus_transport::tokio_rustls::rustls;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
@@ -139,7 +139,8 @@ pub fn list(policy: &nexus_policy::PolicySet, workspace: &str) -> Reply {
 }
 
 /// Decides and carries out one HTTP request, streaming the answer on
-/// `stream`; returns the final reply.
+/// `stream`; returns the final reply, or `None` when it was already sent
+/// (a small answer goes whole: head, body and end in one write).
 pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
     req: &HttpRequest,
     workspace: &str,
@@ -147,7 +148,7 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ToolContext,
     stream: &mut S,
     max_frame: usize,
-) -> Reply {
+) -> Option<Reply> {
     let path = req
         .path
         .split_once('?')
@@ -167,14 +168,36 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
     );
     let rule = match super::grant(ctx, decided, workspace, caller, ("http", &shown)).await {
         Ok(Grant::Http(rule)) => rule,
-        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
-        Err(reply) => return reply,
+        Ok(_) => {
+            return Some(Reply::error(
+                ErrorCode::Internal,
+                "policy granted something else",
+            ));
+        }
+        Err(reply) => return Some(reply),
     };
     let prepared = match prepare(req, &rule, ctx).await {
         Ok(p) => p,
-        Err(reply) => return reply,
+        Err(reply) => return Some(reply),
     };
-    exchange(req, &rule, prepared, ctx, stream, max_frame).await
+    match exchange(req, &rule, prepared, ctx, stream, max_frame).await {
+        Final::Send(reply) => Some(reply),
+        Final::Sent => None,
+    }
+}
+
+/// How an exchange ended.
+enum Final {
+    /// With this final reply, still to send.
+    Send(Reply),
+    /// With its final frame already written.
+    Sent,
+}
+
+impl From<Reply> for Final {
+    fn from(reply: Reply) -> Self {
+        Self::Send(reply)
+    }
 }
 
 /// What is ready before any byte goes upstream.
@@ -376,7 +399,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ToolContext,
     stream: &mut S,
     max_frame: usize,
-) -> Reply {
+) -> Final {
     let api = rule.name.as_str();
     let (rx, mut tx) = tokio::io::split(stream);
     let (body_tx, body_rx) = mpsc::channel(4);
@@ -405,13 +428,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             r = &mut pump, if reader.is_none() => match r {
                 Ok(rx) => reader = Some(rx),
-                Err(reply) => return reply,
+                Err(reply) => return reply.into(),
             },
             r = &mut send => break r,
-            () = gone(reader.as_mut()) => return Reply::Done,
-            () = &mut deadline => return timed_out(),
+            () = gone(reader.as_mut()) => return Reply::Done.into(),
+            () = &mut deadline => return timed_out().into(),
             () = super::custom::wait_for_lock(ctx) => {
-                return Reply::error(ErrorCode::Denied, super::gate::LOCKED);
+                return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
             }
         }
     };
@@ -419,7 +442,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(r) => r,
         Err(e) => {
             warn!(api, error = %e, "upstream request failed");
-            return Reply::error(ErrorCode::Internal, upstream_error(api, &e));
+            return Reply::error(ErrorCode::Internal, upstream_error(api, &e)).into();
         }
     };
     info!(
@@ -432,31 +455,64 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         status: response.status().as_u16(),
         headers: returned_headers(response.headers()),
     };
-    if nexus_transport::send(&mut tx, &head).await.is_err() {
-        return Reply::Done;
-    }
     let mut body = BodyReader {
         response,
         left: Bytes::new(),
     };
+    // The head goes with whatever of the body is already here, in one
+    // write: a small answer crosses the link as one piece.
+    let mut first = Zeroizing::new(nexus_protocol::encode_frame(&head));
+    let mut ended = false;
+    while first.len() < MAX_CHUNK {
+        match body.next().now_or_never() {
+            Some(Ok(Some(data))) => {
+                first.extend_from_slice(&nexus_protocol::encode_frame(&Reply::Chunk {
+                    channel: Channel::Data,
+                    data,
+                }));
+            }
+            Some(Ok(None)) => {
+                ended = true;
+                break;
+            }
+            Some(Err(e)) => {
+                return Reply::error(
+                    ErrorCode::Internal,
+                    format!("[http.{api}]: the upstream's response broke off: {e}"),
+                )
+                .into();
+            }
+            None => break,
+        }
+    }
+    if ended {
+        // The whole answer in one piece, end included.
+        first.extend_from_slice(&nexus_protocol::encode_frame(&Reply::Done));
+    }
+    if tx.write_all(&first).await.is_err() || tx.flush().await.is_err() {
+        return Reply::Done.into();
+    }
+    if ended {
+        return Final::Sent;
+    }
     loop {
         let data = tokio::select! {
             r = &mut pump, if reader.is_none() => match r {
                 Ok(rx) => { reader = Some(rx); continue; }
-                Err(reply) => return reply,
+                Err(reply) => return reply.into(),
             },
             c = body.next() => match c {
                 Ok(Some(data)) => data,
-                Ok(None) => return Reply::Done,
+                Ok(None) => return Reply::Done.into(),
                 Err(e) => {
                     warn!(api, error = %e, "upstream response broke off");
-                    return Reply::error(ErrorCode::Internal, format!("[http.{api}]: the upstream's response broke off: {e}"));
+                    return Reply::error(ErrorCode::Internal, format!("[http.{api}]: the upstream's response broke off: {e}")).into();
                 }
             },
-            () = gone(reader.as_mut()) => return Reply::Done,
-            () = &mut deadline => return timed_out(),
+            () = gone(reader.as_mut()) => return Reply::Done.into(),
+            () = &mut deadline => return timed_out().into(),
             () = super::custom::wait_for_lock(ctx) => {
-                return Reply::error(ErrorCode::Denied, super::gate::LOCKED);
+                return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
             }
         };
         // Waits on the stream's flow control: a workspace that stops
@@ -468,14 +524,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         let sent = tokio::select! {
             r = nexus_transport::send_data(&mut tx, &chunk) => r.is_ok(),
             () = gone(reader.as_mut()) => false,
-            () = &mut deadline => return timed_out(),
+            () = &mut deadline => return timed_out().into(),
         };
         if !sent {
             debug!(
                 api,
                 "the workspace caller went away; upstream response dropped"
             );
-            return Reply::Done;
+            return Reply::Done.into();
         }
     }
 }

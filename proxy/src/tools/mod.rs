@@ -96,33 +96,35 @@ fn call_rate(call: &Call, workspace: &str, ctx: &ToolContext) -> Result<(), Repl
         })
 }
 
-/// Decides and answers a streamed call (tool run, file get/sync), writing
-/// its non-final frames on `stream`; returns the final reply.
+/// Decides and answers a streamed call (tool run, file get/sync, HTTP),
+/// writing its non-final frames on `stream`; returns the final reply to
+/// send, or `None` when it was already written (with the last data, in
+/// one piece).
 pub async fn dispatch_stream<S>(
     call: &Call,
     workspace: &str,
     ctx: &ToolContext,
     stream: &mut S,
     max_frame: usize,
-) -> Reply
+) -> Option<Reply>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     if let Err(reply) = call_rate(call, workspace, ctx) {
-        return reply;
+        return Some(reply);
     }
     ctx.links.call(workspace);
-    match &call.request {
+    Some(match &call.request {
         Request::ToolRun { name, args } => {
             custom::run(name, args, workspace, &call.caller, ctx, stream).await
         }
         Request::FileGet { path } => file::get(path, workspace, &call.caller, ctx, stream).await,
         Request::FileSync { set } => file::sync(set, workspace, &call.caller, ctx, stream).await,
         Request::Http(req) => {
-            http::request(req, workspace, &call.caller, ctx, stream, max_frame).await
+            return http::request(req, workspace, &call.caller, ctx, stream, max_frame).await;
         }
         _ => answer(call, workspace, ctx).await,
-    }
+    })
 }
 
 /// Decides and answers one call.
