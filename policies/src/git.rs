@@ -153,7 +153,10 @@ impl GitSection {
         path: Option<&str>,
         action: GitAction,
     ) -> Decision {
-        let host_lc = host.to_ascii_lowercase();
+        // `github.com:443` is `github.com` for https: the same rules judge
+        // both spellings, and a deny on a name covers every port of it.
+        let host_lc = without_default_port(protocol, &host.to_ascii_lowercase());
+        let bare = host_name(&host_lc);
         let what = format!(
             "git credential {} for {}://{}/{}",
             action.as_str(),
@@ -179,7 +182,9 @@ impl GitSection {
         }
         if let Some(d) = self.deny.iter().find(|d| {
             d.protocol.as_deref().is_none_or(|x| x == protocol)
-                && d.host.as_ref().is_none_or(|g| g.matcher.is_match(&host_lc))
+                && d.host
+                    .as_ref()
+                    .is_none_or(|g| g.matcher.is_match(&host_lc) || g.matcher.is_match(bare))
                 && d.path
                     .as_ref()
                     .is_none_or(|g| path.is_none_or(|p| g.matcher.is_match(p)))
@@ -290,6 +295,33 @@ fn check_protocol(p: &str) -> Result<(), String> {
 
 fn check_rule_path(p: &str) -> Result<(), String> {
     check_request_path(p).map_err(|why| format!("path glob {}: {why}", shown_name(p)))
+}
+
+/// `HOST:443` for https and `HOST:80` for http, without the port.
+fn without_default_port(protocol: &str, host: &str) -> String {
+    let default = match protocol {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return host.to_owned(),
+    };
+    host.strip_suffix(default)
+        .filter(|h| !h.is_empty() && (!h.contains(':') || h.ends_with(']')))
+        .unwrap_or(host)
+        .to_owned()
+}
+
+/// The name part of `HOST` or `HOST:PORT` (`[v6]:PORT` too).
+fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            name
+        }
+        _ => host,
+    }
 }
 
 impl Parser<'_> {
@@ -472,6 +504,36 @@ impl Parser<'_> {
 mod tests {
     use super::*;
     use crate::{Action, Policy, Request, Source};
+
+    /// A host's default port is the host, and a deny on a name covers it
+    /// on every port (a deny on `github.com` used to miss `github.com:443`).
+    #[test]
+    fn ports_do_not_dodge_host_rules() {
+        let p = policy(
+            "[[git-credential.allow]]\nhost = \"github.com\"\n\n\
+             [[git-credential.allow]]\nhost = \"secret.corp:8443\"\n\n\
+             [[git-credential.deny]]\nhost = \"secret.corp\"\n",
+        );
+        let get = |host| decide(&p, "https", host, Some("a/b"), GitAction::Get).verdict;
+        assert_eq!(get("github.com:443"), Verdict::Allow);
+        assert_eq!(get("GitHub.com:443"), Verdict::Allow);
+        assert_eq!(
+            get("github.com:8443"),
+            Verdict::Deny,
+            "another port is another rule"
+        );
+        assert_eq!(
+            get("secret.corp:8443"),
+            Verdict::Deny,
+            "the deny names the host"
+        );
+        assert_eq!(get("secret.corp:443"), Verdict::Deny);
+        assert_eq!(without_default_port("http", "h:80"), "h");
+        assert_eq!(without_default_port("https", "[::1]:443"), "[::1]");
+        assert_eq!(without_default_port("https", "::443"), "::443");
+        assert_eq!(host_name("[::1]:8443"), "[::1]");
+        assert_eq!(host_name("h:x"), "h:x");
+    }
 
     fn policy(text: &str) -> Policy {
         Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"))
