@@ -270,21 +270,50 @@ pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let opened = match open_checked(&shown, &real, &root, rule.is_dir(), rule.max_size).await {
         Ok(o) => o,
-        Err(reply) => return reply,
+        Err(reply) => return audited(reply, &shown, workspace, caller, ctx).await,
     };
     if let Some(rule) = denied_real(ctx, workspace, &opened.real).await {
         tracing::warn!(path = %clip(&shown), %rule, "file get resolves to a denied file");
-        return Reply::error(
+        let reply = Reply::error(
             ErrorCode::Denied,
             format!(
                 "{shown}: resolves (through a symlink) to a file [[files.deny]] covers ({rule})"
             ),
         );
+        return audited(reply, &shown, workspace, caller, ctx).await;
     }
     match send_file(&shown, opened, ctx, stream).await {
         Ok(()) => Reply::Done,
         Err(stop) => stop.reply(),
     }
+}
+
+/// A refusal made after the policy allowed the path (a symlink out of the
+/// allowed tree, a denied file behind it, over the size limit, not a
+/// regular file): audited as a denial too, so the audit log does not end
+/// at the "allowed" line for a file that was never sent.
+async fn audited(
+    reply: Reply,
+    shown: &str,
+    workspace: &str,
+    caller: &CallerContext,
+    ctx: &ToolContext,
+) -> Reply {
+    let Reply::Error(e) = &reply else {
+        return reply;
+    };
+    if e.code != ErrorCode::Denied {
+        return reply;
+    }
+    let subject = super::gate::Subject {
+        workspace,
+        tool: "file",
+        target: shown.to_owned(),
+        caller: Some(caller),
+        approval_key: shown.to_owned(),
+    };
+    let policy = ctx.policy.current();
+    super::gate::refuse(ctx, &policy, &subject, None, e.message.clone()).await
 }
 
 /// `file sync SET`.
@@ -489,5 +518,18 @@ mod tests {
             }
             assert!(!leaked, "get {path}: the denied file was sent ({end:?})");
         }
+        // The refusal after the policy's "allow" is in the audit log too.
+        let decisions: Vec<(String, String)> = ctx
+            .audit
+            .recent()
+            .into_iter()
+            .map(|e| (e.target, e.decision))
+            .collect();
+        let current = format!("{}/current", dir.path().display());
+        assert!(
+            decisions.contains(&(current.clone(), "allow".into()))
+                && decisions.contains(&(current, "deny".into())),
+            "{decisions:?}"
+        );
     }
 }
