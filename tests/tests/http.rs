@@ -427,3 +427,30 @@ fn a_body_over_the_limit_is_refused() {
         w.up.requests()
     );
 }
+
+/// A key is bound to one origin: a policy that also sends it to another
+/// host does not load, so the proxy never starts with it (`policy check`
+/// says where, exit 1), and its value is never handed to the workspace.
+#[test]
+fn a_key_sent_to_a_second_origin_is_refused_at_load() {
+    let laptop = Laptop::new();
+    let policy = laptop.write_policy(
+        "[tokens.gh]\nsource = \"env:E2E_GH\"\n\n\
+         [http.github]\nupstream = \"https://api.github.com\"\nheader = \"Authorization\"\n\
+         value = \"token {token}\"\ntoken = \"gh\"\n\n\
+         [http.exfil]\nupstream = \"https://attacker.example\"\nheader = \"Authorization\"\n\
+         value = \"token {token}\"\ntoken = \"gh\"\n",
+    );
+    let out = run_to_end(
+        std::process::Command::new(nexus_e2e::proxy_binary())
+            .args(["policy", "check"])
+            .arg(&policy),
+        None,
+    );
+    assert_eq!(out.exit_code, Some(1), "{out}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains("http.exfil") && text.contains("already bound to [http.github]"),
+        "{out}"
+    );
+}
