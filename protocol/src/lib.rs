@@ -33,6 +33,6 @@ pub use message::{
     HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK, PairingInfo,
     Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
 };
-pub use message::{Control, ControlReply, HOP_BY_HOP, chunk_as_local_frame};
+pub use message::{Control, ControlReply, HOP_BY_HOP, chunk_as_local_frame, connection_listed};
 pub use secret::Secret;
 pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate};

@@ -199,6 +199,18 @@ pub const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
+/// The header names a `Connection` header lists (lowercase): they belong
+/// to the same hop and are dropped with it. `headers` is (name, value).
+pub fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<String> {
+    headers
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 /// An `[http.NAME]` API as `nexus-shim http list` and MCP show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpApi {

@@ -275,10 +275,19 @@ async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Res
         Some(q) => format!("{rest}?{q}"),
         None => rest,
     };
+    let listed = nexus_protocol::connection_listed(
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes())),
+    );
     let headers = req
         .headers()
         .iter()
-        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && *n != header::CONTENT_LENGTH)
+        .filter(|(n, _)| {
+            !HOP_BY_HOP.contains(&n.as_str())
+                && *n != header::CONTENT_LENGTH
+                && !listed.iter().any(|l| l == n.as_str())
+        })
         .map(|(n, v)| HttpHeader {
             name: n.as_str().to_owned(),
             value: v.as_bytes().to_vec(),

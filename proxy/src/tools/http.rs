@@ -23,7 +23,7 @@ use futures::channel::mpsc;
 use nexus_policy::{Action, Grant, HttpRule, HttpSecret, TokenSource};
 use nexus_protocol::{
     CallerContext, Channel, ErrorCode, HOP_BY_HOP, HttpApi, HttpHeader, HttpRequest, MAX_CHUNK,
-    Reply, Secret, Upload,
+    Reply, Secret, Upload, connection_listed,
 };
 use nexus_transport::tokio_rustls::rustls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
@@ -320,17 +320,6 @@ fn forwarded_headers(
         out.append(n, v);
     }
     Ok(out)
-}
-
-/// Header names a `Connection` header lists: they belong to this hop too.
-fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<String> {
-    headers
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect()
 }
 
 /// The upstream's headers that go back to the workspace.
