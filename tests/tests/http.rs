@@ -427,3 +427,23 @@ fn a_body_over_the_limit_is_refused() {
         w.up.requests()
     );
 }
+
+/// An upstream that echoes the request (a debug endpoint, an error message
+/// quoting the headers) must not hand the injected key to the workspace:
+/// the laptop masks it in everything that comes back, keeping lengths.
+#[test]
+fn an_upstream_that_echoes_the_request_does_not_hand_over_the_key() {
+    let w = world();
+    let out = w.curl(&format!(
+        "-i -H 'Authorization: Bearer {PLACEHOLDER}' \"$NEXUS_HTTP_URL/api/echo/x\""
+    ));
+    assert!(out.stdout.contains("authorization"), "{out}");
+    assert!(!out.stdout.contains(KEY), "the key came back: {out}");
+    let seen = w.up.requests();
+    assert!(
+        seen[0]
+            .header("authorization")
+            .is_some_and(|v| v == format!("Bearer {KEY}").as_bytes()),
+        "the upstream still got the key: {seen:?}"
+    );
+}
