@@ -447,3 +447,14 @@ fn an_upstream_that_echoes_the_request_does_not_hand_over_the_key() {
         "the upstream still got the key: {seen:?}"
     );
 }
+
+/// A HEAD request gets the upstream's head and a clean end: its
+/// Content-Length announces a body that never comes (HTTP/2 upstream).
+#[test]
+fn a_head_request_ends_cleanly() {
+    let w = world();
+    let out = w.curl("-I \"$NEXUS_HTTP_URL/api/echo/head\" -I \"$NEXUS_HTTP_URL/api/echo/again\"");
+    assert_eq!(out.stdout.matches("200 OK").count(), 2, "{out}");
+    assert_eq!(w.up.requests().len(), 2);
+    assert!(!w.proxy.log().contains("broke off"), "{}", w.proxy.log());
+}

@@ -400,6 +400,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Reply {
     let api = rule.name.as_str();
     let mut scrub = p.scrub;
+    let is_head = p.method == reqwest::Method::HEAD;
     let (rx, mut tx) = tokio::io::split(stream);
     let (body_tx, body_rx) = mpsc::channel(4);
     let mut builder = p.client.request(p.method, p.url).headers(p.headers);
@@ -460,7 +461,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         status: response.status().as_u16(),
         headers,
     };
-    if nexus_transport::send(&mut tx, &head).await.is_err() {
+    if nexus_transport::send(&mut tx, &head).await.is_err() || is_head {
+        // A HEAD response has no body, whatever its Content-Length says
+        // (reading one over HTTP/2 fails on the length).
         return Reply::Done;
     }
     let mut body = BodyReader {
