@@ -458,3 +458,56 @@ fn a_head_request_ends_cleanly() {
     assert_eq!(w.up.requests().len(), 2);
     assert!(!w.proxy.log().contains("broke off"), "{}", w.proxy.log());
 }
+
+/// Starts `curl -N` on the held SSE stream and waits for its first event.
+#[track_caller]
+fn sse_caller(w: &World) -> (Reaped, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut cmd = w.sh("exec curl -sS -N --max-time 60 \"$NEXUS_HTTP_URL/api/sse?events=100\"");
+    let mut curl = Reaped(cmd.stdout(Stdio::piped()).spawn().must("starting curl"));
+    let mut lines = BufReader::new(curl.0.stdout.take().must("curl's stdout")).lines();
+    assert_eq!(
+        lines.next().must("a first event").must("reading curl"),
+        "data: 0"
+    );
+    (curl, lines)
+}
+
+/// Callers that go away mid-stream end their upstream responses too: no
+/// stream is left running on the laptop (or the upstream) for them.
+#[test]
+fn callers_that_go_away_mid_stream_end_the_upstream_stream() {
+    let w = world();
+    let callers: Vec<_> = (0..5).map(|_| sse_caller(&w)).collect();
+    assert_eq!(w.up.open_streams(), 5);
+    drop(callers);
+    poll(DEADLINE, || (w.up.open_streams() == 0).then_some(()))
+        .must("the upstream streams end once their callers are gone");
+}
+
+/// `nexus-agent-proxy lock` ends a stream under way, even one the
+/// workspace stopped reading.
+#[test]
+fn lock_ends_a_stream_under_way() {
+    let w = world();
+    let (_reading, mut lines) = sse_caller(&w);
+    // A caller that reads nothing more: its window fills.
+    let stalled =
+        w.sh("exec curl -sS -N --max-time 60 \"$NEXUS_HTTP_URL/api/bytes?n=100000000\" | sleep 60");
+    let mut stalled = stalled;
+    let _stalled = Reaped(stalled.stdout(Stdio::null()).spawn().must("starting curl"));
+    poll(DEADLINE, || (w.up.open_streams() == 2).then_some(())).must("both streams started");
+    w._laptop.cli(["lock"]).ok();
+    poll(DEADLINE, || (w.up.open_streams() == 0).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "{} upstream stream(s) still open after lock",
+            w.up.open_streams()
+        )
+    });
+    // Nothing more reaches the reading caller: its stream has ended.
+    w.up.release(5);
+    let rest: Vec<String> = lines
+        .map_while(Result::ok)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(rest.is_empty(), "the stream went on after lock: {rest:?}");
+}

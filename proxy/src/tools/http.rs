@@ -509,6 +509,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             r = nexus_transport::send_data(&mut tx, &chunk) => r.is_ok(),
             () = gone(reader.as_mut()) => false,
             () = &mut deadline => return timed_out(),
+            // A workspace that stopped reading is stopped by a lock too.
+            () = super::custom::wait_for_lock(ctx) => {
+                return Reply::error(ErrorCode::Denied, super::gate::LOCKED);
+            }
         };
         if !sent {
             debug!(
