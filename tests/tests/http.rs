@@ -511,3 +511,23 @@ fn lock_ends_a_stream_under_way() {
         .collect();
     assert!(rest.is_empty(), "the stream went on after lock: {rest:?}");
 }
+
+/// Another uid on the workspace host is refused even with the whole URL
+/// (the capability can leak through a command line in `ps`).
+#[test]
+fn another_uid_is_refused_even_with_the_url() {
+    let w = world();
+    assert_eq!(w.status("\"$NEXUS_HTTP_URL/api/echo/own\""), 200);
+    let out = run_to_end(
+        &mut w.sh(
+            "exec setpriv --reuid=65534 --regid=65534 --clear-groups curl -sS -o /dev/null \
+             -w '%{http_code}' --max-time 5 \"$NEXUS_HTTP_URL/api/echo/nobody\"",
+        ),
+        None,
+    );
+    assert_eq!(out.stdout.trim(), "000", "{out}");
+    assert!(
+        !w.up.requests().iter().any(|r| r.path == "/echo/nobody"),
+        "another uid's request reached the upstream"
+    );
+}
