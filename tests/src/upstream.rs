@@ -382,10 +382,10 @@ fn route(shared: &Arc<Shared>, seen: &Seen) -> Response<AnyBody> {
         }
         "/bytes" => respond(
             StatusCode::OK,
-            Counted(
-                Generated::new(param("n").unwrap_or(0)).boxed(),
-                OpenGuard::new(shared),
-            )
+            Counted {
+                body: Generated::new(param("n").unwrap_or(0)).boxed(),
+                _open: OpenGuard::new(shared),
+            }
             .boxed(),
         )
         .with(CONTENT_TYPE, "application/octet-stream"),
@@ -467,7 +467,10 @@ impl OpenGuard {
 }
 
 /// A body counted by [`OpenGuard`] while it lives.
-struct Counted(AnyBody, OpenGuard);
+struct Counted {
+    body: AnyBody,
+    _open: OpenGuard,
+}
 
 impl Body for Counted {
     type Data = Bytes;
@@ -477,7 +480,7 @@ impl Body for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.0).poll_frame(cx)
+        Pin::new(&mut self.body).poll_frame(cx)
     }
 }
 
@@ -725,6 +728,7 @@ mod tests {
             let shared = Arc::new(Shared {
                 seen: Mutex::default(),
                 gate: Semaphore::new(0),
+                open: std::sync::atomic::AtomicUsize::new(0),
             });
             let seen = Seen {
                 method: "GET".into(),

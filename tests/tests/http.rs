@@ -489,7 +489,7 @@ fn callers_that_go_away_mid_stream_end_the_upstream_stream() {
 #[test]
 fn lock_ends_a_stream_under_way() {
     let w = world();
-    let (_reading, mut lines) = sse_caller(&w);
+    let (_reading, lines) = sse_caller(&w);
     // A caller that reads nothing more: its window fills.
     let stalled =
         w.sh("exec curl -sS -N --max-time 60 \"$NEXUS_HTTP_URL/api/bytes?n=100000000\" | sleep 60");
