@@ -553,8 +553,14 @@ impl Scrub {
     /// Masks every whole occurrence in `buf`.
     fn mask(&self, buf: &mut [u8]) {
         let n = self.secret.len();
+        let first = self.secret[0];
         let mut i = 0;
         while i + n <= buf.len() {
+            // Skip to the next possible start (a fast byte scan).
+            let Some(at) = buf[i..=buf.len() - n].iter().position(|&b| b == first) else {
+                return;
+            };
+            i += at;
             if buf[i..i + n] == self.secret[..] {
                 buf[i..i + n].fill(b'*');
                 i += n;
@@ -785,6 +791,42 @@ mod tests {
         assert_eq!(s.feed(b"sk-re").len(), 0);
         assert!(s.feed(&big).len() <= MAX_CHUNK);
         assert!(Scrub::new(b"short").is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever the body and however it is cut, the output is the whole
+        /// body masked, no secret survives, and no frame exceeds a chunk.
+        #[test]
+        fn masking_does_not_depend_on_the_cuts(
+            parts in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), proptest::prelude::any::<bool>()),
+                0..12,
+            ),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let secret = b"sk-abcabcab";
+            let mut body = Vec::new();
+            for (noise, with_secret) in &parts {
+                body.extend_from_slice(noise);
+                if *with_secret {
+                    body.extend_from_slice(secret);
+                }
+            }
+            let mut expected = body.clone();
+            let whole = Scrub::new(secret).unwrap_or_else(|| panic!());
+            whole.mask(&mut expected);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort_unstable();
+            let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
+            let (mut got, mut from) = (Vec::new(), 0);
+            for c in cuts.into_iter().chain([body.len()]) {
+                got.extend(s.feed(&body[from..c]));
+                from = c;
+            }
+            got.extend(s.finish());
+            proptest::prop_assert_eq!(&got, &expected);
+            proptest::prop_assert!(!got.windows(secret.len()).any(|w| w == secret));
+        }
     }
 
     fn hyper_response(body: reqwest::Body) -> http::Response<reqwest::Body> {
