@@ -85,6 +85,8 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     /// Permits for held SSE events.
     gate: Semaphore,
+    /// Held SSE responses whose client is still there.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 /// A running HTTPS upstream; stops when dropped.
@@ -113,6 +115,7 @@ impl Upstream {
         let shared = Arc::new(Shared {
             seen: Mutex::default(),
             gate: Semaphore::new(0),
+            open: std::sync::atomic::AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
         let acceptor = TlsAcceptor::from(Arc::new(server));
@@ -169,6 +172,11 @@ impl Upstream {
             self.url(),
             ca_file.display()
         )
+    }
+
+    /// Streaming responses (`/sse`, `/bytes`) not yet ended or dropped.
+    pub fn open_streams(&self) -> usize {
+        self.shared.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every request received so far, oldest first.
@@ -374,7 +382,11 @@ fn route(shared: &Arc<Shared>, seen: &Seen) -> Response<AnyBody> {
         }
         "/bytes" => respond(
             StatusCode::OK,
-            Generated::new(param("n").unwrap_or(0)).boxed(),
+            Counted {
+                body: Generated::new(param("n").unwrap_or(0)).boxed(),
+                _open: OpenGuard::new(shared),
+            }
+            .boxed(),
         )
         .with(CONTENT_TYPE, "application/octet-stream"),
         "/redirect" => respond(StatusCode::FOUND, empty()).with(LOCATION, "https://evil.test/"),
@@ -417,7 +429,9 @@ impl With for Response<AnyBody> {
 fn held_events(shared: &Arc<Shared>, events: u64) -> AnyBody {
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let shared = shared.clone();
+    let open = OpenGuard::new(&shared);
     tokio::spawn(async move {
+        let _open = open;
         for i in 0..events {
             if i > 0 {
                 tokio::select! {
@@ -438,6 +452,44 @@ fn held_events(shared: &Arc<Shared>, events: u64) -> AnyBody {
         }
     });
     ChannelBody(rx).boxed()
+}
+
+/// Counts a streaming response (`/sse`, `/bytes`) until it is dropped.
+struct OpenGuard(Arc<Shared>);
+
+impl OpenGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(shared.clone())
+    }
+}
+
+/// A body counted by [`OpenGuard`] while it lives.
+struct Counted {
+    body: AnyBody,
+    _open: OpenGuard,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = <AnyBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A body fed by a channel.
@@ -676,6 +728,7 @@ mod tests {
             let shared = Arc::new(Shared {
                 seen: Mutex::default(),
                 gate: Semaphore::new(0),
+                open: std::sync::atomic::AtomicUsize::new(0),
             });
             let seen = Seen {
                 method: "GET".into(),

@@ -454,3 +454,107 @@ fn a_key_sent_to_a_second_origin_is_refused_at_load() {
         "{out}"
     );
 }
+
+/// An upstream that echoes the request (a debug endpoint, an error message
+/// quoting the headers) must not hand the injected key to the workspace:
+/// the laptop masks it in everything that comes back, keeping lengths.
+#[test]
+fn an_upstream_that_echoes_the_request_does_not_hand_over_the_key() {
+    let w = world();
+    let out = w.curl(&format!(
+        "-i -H 'Authorization: Bearer {PLACEHOLDER}' \"$NEXUS_HTTP_URL/api/echo/x\""
+    ));
+    assert!(out.stdout.contains("authorization"), "{out}");
+    assert!(!out.stdout.contains(KEY), "the key came back: {out}");
+    let seen = w.up.requests();
+    assert!(
+        seen[0]
+            .header("authorization")
+            .is_some_and(|v| v == format!("Bearer {KEY}").as_bytes()),
+        "the upstream still got the key: {seen:?}"
+    );
+}
+
+/// A HEAD request gets the upstream's head and a clean end: its
+/// Content-Length announces a body that never comes (HTTP/2 upstream).
+#[test]
+fn a_head_request_ends_cleanly() {
+    let w = world();
+    let out = w.curl("-I \"$NEXUS_HTTP_URL/api/echo/head\" -I \"$NEXUS_HTTP_URL/api/echo/again\"");
+    assert_eq!(out.stdout.matches("200 OK").count(), 2, "{out}");
+    assert_eq!(w.up.requests().len(), 2);
+    assert!(!w.proxy.log().contains("broke off"), "{}", w.proxy.log());
+}
+
+/// Starts `curl -N` on the held SSE stream and waits for its first event.
+#[track_caller]
+fn sse_caller(w: &World) -> (Reaped, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut cmd = w.sh("exec curl -sS -N --max-time 60 \"$NEXUS_HTTP_URL/api/sse?events=100\"");
+    let mut curl = Reaped(cmd.stdout(Stdio::piped()).spawn().must("starting curl"));
+    let mut lines = BufReader::new(curl.0.stdout.take().must("curl's stdout")).lines();
+    assert_eq!(
+        lines.next().must("a first event").must("reading curl"),
+        "data: 0"
+    );
+    (curl, lines)
+}
+
+/// Callers that go away mid-stream end their upstream responses too: no
+/// stream is left running on the laptop (or the upstream) for them.
+#[test]
+fn callers_that_go_away_mid_stream_end_the_upstream_stream() {
+    let w = world();
+    let callers: Vec<_> = (0..5).map(|_| sse_caller(&w)).collect();
+    assert_eq!(w.up.open_streams(), 5);
+    drop(callers);
+    poll(DEADLINE, || (w.up.open_streams() == 0).then_some(()))
+        .must("the upstream streams end once their callers are gone");
+}
+
+/// `nexus-agent-proxy lock` ends a stream under way, even one the
+/// workspace stopped reading.
+#[test]
+fn lock_ends_a_stream_under_way() {
+    let w = world();
+    let (_reading, lines) = sse_caller(&w);
+    // A caller that reads nothing more: its window fills.
+    let stalled =
+        w.sh("exec curl -sS -N --max-time 60 \"$NEXUS_HTTP_URL/api/bytes?n=100000000\" | sleep 60");
+    let mut stalled = stalled;
+    let _stalled = Reaped(stalled.stdout(Stdio::null()).spawn().must("starting curl"));
+    poll(DEADLINE, || (w.up.open_streams() == 2).then_some(())).must("both streams started");
+    w._laptop.cli(["lock"]).ok();
+    poll(DEADLINE, || (w.up.open_streams() == 0).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "{} upstream stream(s) still open after lock",
+            w.up.open_streams()
+        )
+    });
+    // Nothing more reaches the reading caller: its stream has ended.
+    w.up.release(5);
+    let rest: Vec<String> = lines
+        .map_while(Result::ok)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(rest.is_empty(), "the stream went on after lock: {rest:?}");
+}
+
+/// Another uid on the workspace host is refused even with the whole URL
+/// (the capability can leak through a command line in `ps`).
+#[test]
+fn another_uid_is_refused_even_with_the_url() {
+    let w = world();
+    assert_eq!(w.status("\"$NEXUS_HTTP_URL/api/echo/own\""), 200);
+    let out = run_to_end(
+        &mut w.sh(
+            "exec setpriv --reuid=65534 --regid=65534 --clear-groups curl -sS -o /dev/null \
+             -w '%{http_code}' --max-time 5 \"$NEXUS_HTTP_URL/api/echo/nobody\"",
+        ),
+        None,
+    );
+    assert_eq!(out.stdout.trim(), "000", "{out}");
+    assert!(
+        !w.up.requests().iter().any(|r| r.path == "/echo/nobody"),
+        "another uid's request reached the upstream"
+    );
+}

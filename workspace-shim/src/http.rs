@@ -118,6 +118,12 @@ pub async fn serve_http(
 
 async fn connection(tcp: tokio::net::TcpStream, caller: CallerContext, ctx: Arc<Ctx>) {
     let _ = tcp.set_nodelay(true);
+    if caller.uid.is_none() && !uid_allowed(None) {
+        warn!(
+            "HTTP caller refused: its uid is not in /proc/net/tcp (it closed already, or /proc/net is hidden here)"
+        );
+        return;
+    }
     if !uid_allowed(caller.uid) {
         warn!(
             uid = caller.uid,
@@ -145,10 +151,15 @@ async fn connection(tcp: tokio::net::TcpStream, caller: CallerContext, ctx: Arc<
 }
 
 /// Whether a caller of this uid may use the endpoint: the daemon's own, or
-/// root (as the 0600 sockets allow); unknown (not Linux): yes, the
-/// capability in the URL still applies.
+/// root (as the 0600 sockets allow). Unknown: on Linux no (the socket table
+/// always names a live caller, so an unknown one is a caller that already
+/// closed, or one the lookup cannot see); elsewhere yes, the capability in
+/// the URL still applies.
 fn uid_allowed(uid: Option<u32>) -> bool {
-    uid.is_none_or(|u| u == 0 || u == rustix::process::geteuid().as_raw())
+    match uid {
+        Some(u) => u == 0 || u == rustix::process::geteuid().as_raw(),
+        None => !cfg!(target_os = "linux"),
+    }
 }
 
 /// A local answer in the JSON error shape OpenAI- and Anthropic-style SDKs
@@ -540,6 +551,14 @@ fn tcp_peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
         };
         format!("{ip}:{:04X}", addr.port())
     }
+    // An IPv4 caller of a dual-stack listener is listed in the IPv4 table.
+    let (peer, local) = match (peer.ip().to_canonical(), local.ip().to_canonical()) {
+        (p @ std::net::IpAddr::V4(_), l @ std::net::IpAddr::V4(_)) => (
+            SocketAddr::new(p, peer.port()),
+            SocketAddr::new(l, local.port()),
+        ),
+        _ => (peer, local),
+    };
     let table = if peer.is_ipv4() {
         "/proc/net/tcp"
     } else {
@@ -548,9 +567,12 @@ fn tcp_peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     let text = std::fs::read_to_string(table).ok()?;
     // The caller's socket: its local address is our peer, its remote ours.
     let (want_local, want_remote) = (hex(peer), hex(local));
+    // A socket its process already closed (an orphan in FIN_WAIT or
+    // TIME_WAIT) is listed with uid 0 and inode 0: it has no owner, and must
+    // not pass for root.
     text.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 7 && f[1] == want_local && f[2] == want_remote)
+        (f.len() > 9 && f[1] == want_local && f[2] == want_remote && f[9] != "0")
             .then(|| f[7].parse().ok())
             .flatten()
     })
@@ -671,5 +693,72 @@ mod tests {
         assert_eq!(uid, Some(rustix::process::geteuid().as_raw()));
         drop(client);
         Ok(())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod attack_tests {
+    use super::*;
+
+    /// A caller that writes its request and closes before the daemon
+    /// accepts: its socket is an orphan in FIN_WAIT2, which the kernel's
+    /// table lists with uid 0 (a timewait socket has no owner). That must
+    /// not pass as root.
+    #[tokio::test]
+    async fn a_caller_that_closed_before_accept_is_not_root() -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n")?;
+        let client_addr = client.local_addr()?;
+        drop(client);
+        // Wait until the kernel moved the orphan to FIN_WAIT2 (state 05) or
+        // its timewait form.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (server, peer) = listener.accept().await?;
+        assert_eq!(peer, client_addr);
+        loop {
+            let table = std::fs::read_to_string("/proc/net/tcp")?;
+            let gone = table.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 9 && f[3] == "05" && f[9] == "0"
+            });
+            if gone {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no orphan FIN_WAIT2 socket"
+            );
+            tokio::task::yield_now().await;
+        }
+        let uid = tcp_peer_uid(peer, server.local_addr()?);
+        assert!(
+            !uid_allowed(uid),
+            "an ownerless socket passed as uid {uid:?}"
+        );
+        Ok(())
+    }
+
+    /// An IPv4 caller of a dual-stack listener (`--http-listen [::]:PORT`)
+    /// is found too, now that an unknown caller is refused.
+    #[tokio::test]
+    async fn an_ipv4_caller_of_a_dual_stack_listener_is_found() -> anyhow::Result<()> {
+        let Ok(listener) = TcpListener::bind("[::]:0").await else {
+            return Ok(()); // no IPv6 here
+        };
+        let port = listener.local_addr()?.port();
+        let client = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let (server, peer) = listener.accept().await?;
+        let uid = tcp_peer_uid(peer, server.local_addr()?);
+        assert_eq!(uid, Some(rustix::process::geteuid().as_raw()));
+        drop(client);
+        Ok(())
+    }
+
+    /// On Linux a caller whose uid cannot be found is refused, not waved
+    /// through as "unknown".
+    #[test]
+    fn an_unknown_uid_is_refused_on_linux() {
+        assert!(!uid_allowed(None));
     }
 }

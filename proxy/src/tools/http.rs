@@ -206,6 +206,8 @@ struct Prepared {
     method: reqwest::Method,
     url: reqwest::Url,
     headers: reqwest::header::HeaderMap,
+    /// Masks the injected secret in what goes back to the workspace.
+    scrub: Option<Scrub>,
 }
 
 async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Result<Prepared, Reply> {
@@ -231,6 +233,7 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
         )
     })?;
     let mut headers = forwarded_headers(&req.headers, rule.header.as_deref())?;
+    let mut scrub = None;
     // The length the client declared goes on (some upstreams refuse a
     // chunked body); an empty GET stays without one, as it came.
     let has_body = !matches!(method, reqwest::Method::GET | reqwest::Method::HEAD);
@@ -256,7 +259,9 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
                 format!("[http.{api}] secret is not UTF-8 text"),
             )
         })?;
-        let filled = Zeroizing::new(rule.header_value(text.trim_end_matches(['\r', '\n'])));
+        let text = text.trim_end_matches(['\r', '\n']);
+        scrub = Scrub::new(text.as_bytes());
+        let filled = Zeroizing::new(rule.header_value(text));
         let mut value = reqwest::header::HeaderValue::from_str(&filled).map_err(|_| {
             Reply::error(
                 ErrorCode::Internal,
@@ -281,6 +286,7 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
         method,
         url,
         headers,
+        scrub,
     })
 }
 
@@ -390,6 +396,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     max_frame: usize,
 ) -> Final {
     let api = rule.name.as_str();
+    let mut scrub = p.scrub;
+    let is_head = p.method == reqwest::Method::HEAD;
     let (rx, mut tx) = tokio::io::split(stream);
     let (body_tx, body_rx) = mpsc::channel(4);
     let mut builder = p.client.request(p.method, p.url).headers(p.headers);
@@ -440,29 +448,50 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         ms = started.elapsed().as_millis() as u64,
         "upstream answered"
     );
+    let mut headers = returned_headers(response.headers());
+    if let Some(s) = &scrub {
+        for h in &mut headers {
+            s.mask(&mut h.value);
+        }
+    }
     let head = Reply::HttpHead {
         status: response.status().as_u16(),
-        headers: returned_headers(response.headers()),
+        headers,
     };
     let mut body = BodyReader {
         response,
         left: Bytes::new(),
     };
     // The head goes with whatever of the body is already here, in one
-    // write: a small answer crosses the link as one piece.
+    // write: a small answer crosses the link as one piece. A HEAD response
+    // has no body, whatever its Content-Length says (reading one over
+    // HTTP/2 fails on the length).
     let mut first = Zeroizing::new(nexus_protocol::encode_frame(&head));
-    let mut ended = false;
-    while first.len() < MAX_CHUNK {
+    let mut ended = is_head;
+    while !ended && first.len() < MAX_CHUNK {
         match body.next().now_or_never() {
             Some(Ok(Some(data))) => {
-                first.extend_from_slice(&nexus_protocol::encode_frame(&Reply::Chunk {
-                    channel: Channel::Data,
-                    data,
-                }));
+                let data = match &mut scrub {
+                    Some(s) => s.feed(&data),
+                    None => data,
+                };
+                if !data.is_empty() {
+                    first.extend_from_slice(&nexus_protocol::encode_frame(&Reply::Chunk {
+                        channel: Channel::Data,
+                        data,
+                    }));
+                }
             }
             Some(Ok(None)) => {
                 ended = true;
-                break;
+                if let Some(rest) = scrub.as_mut().map(Scrub::finish)
+                    && !rest.is_empty()
+                {
+                    first.extend_from_slice(&nexus_protocol::encode_frame(&Reply::Chunk {
+                        channel: Channel::Data,
+                        data: rest,
+                    }));
+                }
             }
             Some(Err(e)) => {
                 return Reply::error(
@@ -491,8 +520,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(reply) => return reply.into(),
             },
             c = body.next() => match c {
-                Ok(Some(data)) => data,
-                Ok(None) => return Reply::Done.into(),
+                Ok(Some(data)) => match &mut scrub {
+                    Some(s) => s.feed(&data),
+                    None => data,
+                },
+                Ok(None) => match scrub.as_mut().map(Scrub::finish) {
+                    Some(rest) if !rest.is_empty() => rest,
+                    _ => return Reply::Done.into(),
+                },
                 Err(e) => {
                     warn!(api, error = %e, "upstream response broke off");
                     return Reply::error(ErrorCode::Internal, format!("[http.{api}]: the upstream's response broke off: {e}")).into();
@@ -504,6 +539,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
             }
         };
+        if data.is_empty() {
+            continue; // all held back: a possible start of the secret
+        }
         // Waits on the stream's flow control: a workspace that stops
         // reading holds the upstream here, never an unbounded buffer.
         let chunk = Reply::Chunk {
@@ -514,6 +552,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             r = nexus_transport::send_data(&mut tx, &chunk) => r.is_ok(),
             () = gone(reader.as_mut()) => false,
             () = &mut deadline => return timed_out().into(),
+            // A workspace that stopped reading is stopped by a lock too.
+            () = super::custom::wait_for_lock(ctx) => {
+                return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
+            }
         };
         if !sent {
             debug!(
@@ -522,6 +564,73 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             );
             return Reply::Done.into();
         }
+    }
+}
+
+/// Shortest secret that is masked: a shorter one would garble ordinary
+/// text, and is no real key.
+const MIN_SCRUBBED: usize = 8;
+
+/// Masks the injected secret in the response (an upstream that echoes the
+/// request, or an error quoting its headers, would hand it to the
+/// workspace): each occurrence becomes as many `*`, so lengths (and the
+/// upstream's `Content-Length`) stay right. A body is masked across chunk
+/// boundaries by holding back only a chunk's end that could begin the
+/// secret; text ending in a newline (server-sent events) is never held.
+///
+/// It cannot see the secret in an encoded body (gzip, base64...): a policy
+/// must not bind a key to an upstream that transforms what it echoes.
+struct Scrub {
+    secret: Zeroizing<Vec<u8>>,
+    held: Zeroizing<Vec<u8>>,
+}
+
+impl Scrub {
+    fn new(secret: &[u8]) -> Option<Scrub> {
+        (secret.len() >= MIN_SCRUBBED).then(|| Scrub {
+            secret: Zeroizing::new(secret.to_vec()),
+            held: Zeroizing::new(Vec::new()),
+        })
+    }
+
+    /// Masks every whole occurrence in `buf`.
+    fn mask(&self, buf: &mut [u8]) {
+        let n = self.secret.len();
+        let first = self.secret[0];
+        let mut i = 0;
+        while i + n <= buf.len() {
+            // Skip to the next possible start (a fast byte scan).
+            let Some(at) = buf[i..=buf.len() - n].iter().position(|&b| b == first) else {
+                return;
+            };
+            i += at;
+            if buf[i..i + n] == self.secret[..] {
+                buf[i..i + n].fill(b'*');
+                i += n;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The next piece of the body to send, masked.
+    fn feed(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut *self.held);
+        buf.extend_from_slice(data);
+        self.mask(&mut buf);
+        let keep = (1..self.secret.len().min(buf.len() + 1))
+            .rev()
+            .find(|&k| buf.ends_with(&self.secret[..k]))
+            .unwrap_or(0)
+            // A frame stays within one chunk.
+            .max(buf.len().saturating_sub(MAX_CHUNK));
+        *self.held = buf.split_off(buf.len() - keep);
+        buf
+    }
+
+    /// What was held back, at the body's end (not the secret: never whole).
+    fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.held)
     }
 }
 
@@ -691,6 +800,76 @@ mod tests {
             got.extend(frame);
         }
         assert_eq!(got, expected);
+    }
+
+    /// The secret is masked wherever the body's pieces split it, lengths
+    /// stay, and a piece ending in a newline is sent whole at once.
+    #[test]
+    fn the_secret_is_masked_across_chunk_boundaries() {
+        let secret = b"sk-real-0123456789";
+        let body =
+            b"{\"auth\":\"Bearer sk-real-0123456789\",\"x\":\"sk-real-01sk-real-0123456789\"}\n";
+        let mut expected = body.to_vec();
+        Scrub::new(secret)
+            .unwrap_or_else(|| panic!())
+            .mask(&mut expected);
+        assert!(!expected.windows(secret.len()).any(|w| w == secret));
+        assert_eq!(expected.len(), body.len());
+        for cut1 in 0..body.len() {
+            for cut2 in cut1..body.len() {
+                let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
+                let mut got = s.feed(&body[..cut1]);
+                got.extend(s.feed(&body[cut1..cut2]));
+                got.extend(s.feed(&body[cut2..]));
+                got.extend(s.finish());
+                assert_eq!(got, expected, "cut at {cut1} and {cut2}");
+            }
+        }
+        let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
+        assert_eq!(s.feed(b"data: sk-real\n\n"), b"data: sk-real\n\n");
+        assert_eq!(s.feed(b"data: sk-"), b"data: ");
+        assert_eq!(s.finish(), b"sk-");
+        let big = vec![b'a'; MAX_CHUNK];
+        let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
+        assert_eq!(s.feed(b"sk-re").len(), 0);
+        assert!(s.feed(&big).len() <= MAX_CHUNK);
+        assert!(Scrub::new(b"short").is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever the body and however it is cut, the output is the whole
+        /// body masked, no secret survives, and no frame exceeds a chunk.
+        #[test]
+        fn masking_does_not_depend_on_the_cuts(
+            parts in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), proptest::prelude::any::<bool>()),
+                0..12,
+            ),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let secret = b"sk-abcabcab";
+            let mut body = Vec::new();
+            for (noise, with_secret) in &parts {
+                body.extend_from_slice(noise);
+                if *with_secret {
+                    body.extend_from_slice(secret);
+                }
+            }
+            let mut expected = body.clone();
+            let whole = Scrub::new(secret).unwrap_or_else(|| panic!());
+            whole.mask(&mut expected);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort_unstable();
+            let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
+            let (mut got, mut from) = (Vec::new(), 0);
+            for c in cuts.into_iter().chain([body.len()]) {
+                got.extend(s.feed(&body[from..c]));
+                from = c;
+            }
+            got.extend(s.finish());
+            proptest::prop_assert_eq!(&got, &expected);
+            proptest::prop_assert!(!got.windows(secret.len()).any(|w| w == secret));
+        }
     }
 
     fn hyper_response(body: reqwest::Body) -> http::Response<reqwest::Body> {
