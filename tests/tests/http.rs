@@ -558,3 +558,62 @@ fn another_uid_is_refused_even_with_the_url() {
         "another uid's request reached the upstream"
     );
 }
+
+/// A plain `http://` upstream (loopback only, e.g. a local model server)
+/// is dialed directly: a laptop `HTTP_PROXY`/`ALL_PROXY` would otherwise
+/// receive the key in the clear (found by the red team).
+#[test]
+fn a_loopback_http_upstream_never_goes_through_a_proxy() {
+    use std::io::{Read, Write};
+    let upstream = TcpListener::bind("127.0.0.1:0").must("binding the upstream");
+    let port = upstream.local_addr().must("upstream address").port();
+    let seen = std::thread::spawn(move || {
+        let (mut conn, _) = upstream.accept().ok()?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .ok()?;
+        Some(String::from_utf8_lossy(&got).into_owned())
+    });
+    let proxy_decoy = Decoy::start();
+    let (ws, laptop) = paired();
+    let policy = laptop.write_policy(&format!(
+        "[http.local]\nupstream = \"http://127.0.0.1:{port}\"\nheader = \"Authorization\"\n\
+         value = \"Bearer {{token}}\"\nsource = \"env:E2E_LOCAL_KEY\"\n"
+    ));
+    let via = format!("http://{}", proxy_decoy.addr());
+    let _proxy = laptop.run(
+        &ws,
+        "dev",
+        &policy,
+        &[
+            ("E2E_LOCAL_KEY", KEY),
+            ("HTTP_PROXY", &via),
+            ("http_proxy", &via),
+            ("ALL_PROXY", &via),
+        ],
+    );
+    let w = World {
+        ws,
+        _laptop: laptop,
+        proxy: _proxy,
+        up: Upstream::start("unused.test").must("starting an unused upstream"),
+    };
+    let _ = w.http_url();
+    let out = w.curl("\"$NEXUS_HTTP_URL/local/v1/models\"");
+    assert_eq!(out.stdout, "ok", "{out}");
+    let request = seen
+        .join()
+        .ok()
+        .flatten()
+        .must("the upstream got a request");
+    assert!(request.contains(&format!("Bearer {KEY}")), "{request}");
+    assert!(!proxy_decoy.dialed(), "the key went through HTTP_PROXY");
+}

@@ -51,20 +51,27 @@ type Pooled = (Option<FileStamp>, reqwest::Client);
 /// upstream connections) and secrets from slow sources, kept across calls.
 #[derive(Debug, Default)]
 pub struct HttpState {
-    clients: Mutex<HashMap<Option<PathBuf>, Pooled>>,
+    clients: Mutex<HashMap<(Option<PathBuf>, bool), Pooled>>,
     secrets: Mutex<HashMap<String, (Instant, Secret)>>,
 }
 
 impl HttpState {
     /// A client trusting the OS roots plus `ca_file`, reused while the file
     /// is unchanged (its connections stay pooled across requests).
-    fn client(&self, ca_file: Option<PathBuf>) -> Result<reqwest::Client, String> {
+    ///
+    /// HTTPS goes through the laptop's `HTTPS_PROXY`/`ALL_PROXY` when set
+    /// (a proxy sees only the tunnel); a plain `http://` upstream, which the
+    /// policy allows for loopback only, is always dialed `direct`ly, so the
+    /// key never goes to a proxy in the clear.
+    fn client(&self, ca_file: Option<PathBuf>, direct: bool) -> Result<reqwest::Client, String> {
+        let key = (ca_file, direct);
+        let ca_file = &key.0;
         let stamp = ca_file.as_ref().and_then(|p| {
             let m = std::fs::metadata(p).ok()?;
             Some((m.modified().ok()?, m.len()))
         });
         if let Ok(cache) = self.clients.lock()
-            && let Some((s, client)) = cache.get(&ca_file)
+            && let Some((s, client)) = cache.get(&key)
             && *s == stamp
         {
             return Ok(client.clone());
@@ -78,7 +85,11 @@ impl HttpState {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if direct {
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .use_preconfigured_tls(tls)
             // A redirect could send the secret's header to another origin:
             // the workspace gets the 3xx and decides.
@@ -89,7 +100,7 @@ impl HttpState {
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         if let Ok(mut cache) = self.clients.lock() {
-            cache.insert(ca_file, (stamp, client.clone()));
+            cache.insert(key, (stamp, client.clone()));
         }
         Ok(client)
     }
@@ -279,7 +290,7 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
         .map(|p| super::token::expand_home(p, ctx.home()));
     let client = ctx
         .http
-        .client(ca_file)
+        .client(ca_file, rule.upstream.scheme() == "http")
         .map_err(|e| Reply::error(ErrorCode::Internal, format!("[http.{api}]: {e}")))?;
     Ok(Prepared {
         client,
