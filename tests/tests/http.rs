@@ -462,7 +462,8 @@ fn a_key_sent_to_a_second_origin_is_refused_at_load() {
 fn an_upstream_that_echoes_the_request_does_not_hand_over_the_key() {
     let w = world();
     let out = w.curl(&format!(
-        "-i -H 'Authorization: Bearer {PLACEHOLDER}' \"$NEXUS_HTTP_URL/api/echo/x\""
+        "-i -H 'Authorization: Bearer {PLACEHOLDER}' -H 'Accept-Encoding: gzip, br' \
+         \"$NEXUS_HTTP_URL/api/echo/x\""
     ));
     assert!(out.stdout.contains("authorization"), "{out}");
     assert!(!out.stdout.contains(KEY), "the key came back: {out}");
@@ -472,6 +473,13 @@ fn an_upstream_that_echoes_the_request_does_not_hand_over_the_key() {
             .header("authorization")
             .is_some_and(|v| v == format!("Bearer {KEY}").as_bytes()),
         "the upstream still got the key: {seen:?}"
+    );
+    // A compressed echo would carry the key past the mask: the upstream is
+    // asked for an uncompressed answer whenever a key is injected.
+    assert_eq!(
+        seen[0].header("accept-encoding"),
+        Some(&b"identity"[..]),
+        "{seen:?}"
     );
 }
 

@@ -272,6 +272,12 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
         })?;
         let text = text.trim_end_matches(['\r', '\n']);
         scrub = Scrub::new(text.as_bytes());
+        // The mask can only find the key in a body it can read: with a key
+        // injected, the upstream is asked for an uncompressed answer.
+        headers.insert(
+            reqwest::header::ACCEPT_ENCODING,
+            reqwest::header::HeaderValue::from_static("identity"),
+        );
         let filled = Zeroizing::new(rule.header_value(text));
         let mut value = reqwest::header::HeaderValue::from_str(&filled).map_err(|_| {
             Reply::error(
