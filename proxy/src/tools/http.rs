@@ -489,7 +489,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         match body.next().now_or_never() {
             Some(Ok(Some(data))) => {
                 let data = match &mut scrub {
-                    Some(s) => s.feed(&data),
+                    Some(s) => s.feed(data),
                     None => data,
                 };
                 if !data.is_empty() {
@@ -538,7 +538,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             },
             c = body.next() => match c {
                 Ok(Some(data)) => match &mut scrub {
-                    Some(s) => s.feed(&data),
+                    Some(s) => s.feed(data),
                     None => data,
                 },
                 Ok(None) => match scrub.as_mut().map(Scrub::finish) {
@@ -610,30 +610,27 @@ impl Scrub {
         })
     }
 
-    /// Masks every whole occurrence in `buf`.
+    /// Masks every whole occurrence in `buf` (a vectorized substring
+    /// search: the body streams through here).
     fn mask(&self, buf: &mut [u8]) {
         let n = self.secret.len();
-        let first = self.secret[0];
         let mut i = 0;
-        while i + n <= buf.len() {
-            // Skip to the next possible start (a fast byte scan).
-            let Some(at) = buf[i..=buf.len() - n].iter().position(|&b| b == first) else {
-                return;
-            };
-            i += at;
-            if buf[i..i + n] == self.secret[..] {
-                buf[i..i + n].fill(b'*');
-                i += n;
-            } else {
-                i += 1;
-            }
+        while let Some(at) = memchr::memmem::find(&buf[i..], &self.secret) {
+            buf[i + at..i + at + n].fill(b'*');
+            i += at + n;
         }
     }
 
-    /// The next piece of the body to send, masked.
-    fn feed(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut buf = std::mem::take(&mut *self.held);
-        buf.extend_from_slice(data);
+    /// The next piece of the body to send, masked. `data` is taken as is
+    /// (no copy) unless a held-back end goes before it.
+    fn feed(&mut self, data: Vec<u8>) -> Vec<u8> {
+        let mut buf = if self.held.is_empty() {
+            data
+        } else {
+            let mut buf = std::mem::take(&mut *self.held);
+            buf.extend_from_slice(&data);
+            buf
+        };
         self.mask(&mut buf);
         let keep = (1..self.secret.len().min(buf.len() + 1))
             .rev()
@@ -835,21 +832,21 @@ mod tests {
         for cut1 in 0..body.len() {
             for cut2 in cut1..body.len() {
                 let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
-                let mut got = s.feed(&body[..cut1]);
-                got.extend(s.feed(&body[cut1..cut2]));
-                got.extend(s.feed(&body[cut2..]));
+                let mut got = s.feed(body[..cut1].to_vec());
+                got.extend(s.feed(body[cut1..cut2].to_vec()));
+                got.extend(s.feed(body[cut2..].to_vec()));
                 got.extend(s.finish());
                 assert_eq!(got, expected, "cut at {cut1} and {cut2}");
             }
         }
         let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
-        assert_eq!(s.feed(b"data: sk-real\n\n"), b"data: sk-real\n\n");
-        assert_eq!(s.feed(b"data: sk-"), b"data: ");
+        assert_eq!(s.feed(b"data: sk-real\n\n".to_vec()), b"data: sk-real\n\n");
+        assert_eq!(s.feed(b"data: sk-".to_vec()), b"data: ");
         assert_eq!(s.finish(), b"sk-");
         let big = vec![b'a'; MAX_CHUNK];
         let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
-        assert_eq!(s.feed(b"sk-re").len(), 0);
-        assert!(s.feed(&big).len() <= MAX_CHUNK);
+        assert_eq!(s.feed(b"sk-re".to_vec()).len(), 0);
+        assert!(s.feed(big.to_vec()).len() <= MAX_CHUNK);
         assert!(Scrub::new(b"short").is_none());
     }
 
@@ -880,7 +877,7 @@ mod tests {
             let mut s = Scrub::new(secret).unwrap_or_else(|| panic!());
             let (mut got, mut from) = (Vec::new(), 0);
             for c in cuts.into_iter().chain([body.len()]) {
-                got.extend(s.feed(&body[from..c]));
+                got.extend(s.feed(body[from..c].to_vec()));
                 from = c;
             }
             got.extend(s.finish());
