@@ -26,8 +26,8 @@ Typical setup in a workspace:
   nexus-shim serve &                 # once, e.g. from the container entrypoint
   nexus-shim pairing-uri             # give this URI to `nexus-agent-proxy pair` on the laptop
   nexus-shim token get openai        # from the agent, once the laptop is linked
-  eval \"$(nexus-shim env)\"           # SSH_AUTH_SOCK, git asks the laptop for HTTPS credentials, NEXUS_HTTP_URL
-  OPENAI_BASE_URL=$NEXUS_HTTP_URL/openai/v1 OPENAI_API_KEY=x opencode   # the laptop adds the real key
+  eval \"$(nexus-shim env)\"           # SSH_AUTH_SOCK, git's helper, NEXUS_HTTP_URL
+  export OPENAI_BASE_URL=$NEXUS_HTTP_URL/openai/v1   # any placeholder key: the laptop adds it
   nexus-shim tool list               # laptop tools this workspace may run";
 
 /// The workspace side of Nexus Agent Proxy: a daemon the laptop dials into,
