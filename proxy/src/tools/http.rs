@@ -309,7 +309,8 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
 
 /// The workspace's headers that go on: not hop-by-hop, not the one the
 /// secret goes into (the workspace's placeholder), not `content-length`
-/// (set from the body the laptop actually sends).
+/// (set from the body the laptop actually sends), and with a key injected
+/// no `range` (the mask needs the whole echo).
 fn forwarded_headers(
     given: &[HttpHeader],
     injected: Option<&str>,
@@ -328,6 +329,9 @@ fn forwarded_headers(
             || listed.contains(&name)
             || name == "content-length"
             || injected.is_some_and(|i| i.eq_ignore_ascii_case(&name))
+            // A range of an echo could hand the key over in pieces, each too
+            // short to be masked: with a key injected, answers come whole.
+            || (injected.is_some() && matches!(name.as_str(), "range" | "if-range"))
         {
             continue;
         }
@@ -604,6 +608,9 @@ struct Scrub {
 
 impl Scrub {
     fn new(secret: &[u8]) -> Option<Scrub> {
+        // Spaces around the key go out as read, but an upstream that echoes
+        // the header trims them: the key itself is what is masked.
+        let secret = secret.trim_ascii();
         (secret.len() >= MIN_SCRUBBED).then(|| Scrub {
             secret: Zeroizing::new(secret.to_vec()),
             held: Zeroizing::new(Vec::new()),
@@ -848,6 +855,38 @@ mod tests {
         assert_eq!(s.feed(b"sk-re".to_vec()).len(), 0);
         assert!(s.feed(big.to_vec()).len() <= MAX_CHUNK);
         assert!(Scrub::new(b"short").is_none());
+    }
+
+    /// A secret read with spaces around it (a file or variable written
+    /// `KEY ` ) is sent as is, and an upstream that echoes the header value
+    /// trims them: the mask must still find the key.
+    #[test]
+    fn a_secret_with_spaces_around_it_is_masked_in_a_trimmed_echo() {
+        let mut s = Scrub::new(b" sk-padded-0123456789\t ").unwrap_or_else(|| panic!());
+        let mut got = s.feed(b"{\"authorization\":\"Bearer sk-padded-0123456789\"}".to_vec());
+        got.extend(s.finish());
+        assert!(
+            !got.windows(20).any(|w| w == b"sk-padded-0123456789"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    /// With a key injected, `Range` would let the workspace fetch an echo
+    /// of the key piece by piece (each piece shorter than the key, so never
+    /// masked): it does not go on. Without a key it does.
+    #[test]
+    fn a_range_never_goes_to_a_keyed_upstream() {
+        let given = [
+            h("Range", "bytes=30-40"),
+            h("If-Range", "x"),
+            h("accept", "*/*"),
+        ];
+        let out = forwarded_headers(&given, Some("authorization")).unwrap_or_else(|_| panic!());
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept"]);
+        let out = forwarded_headers(&given, None).unwrap_or_else(|_| panic!());
+        assert!(out.contains_key("range"));
     }
 
     proptest::proptest! {
