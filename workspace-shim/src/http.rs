@@ -38,8 +38,8 @@ use crate::state::StateDir;
 /// local answer.
 type Body = BoxBody<Bytes, std::io::Error>;
 
-/// Request body bytes per upload frame (well under the laptop's call-frame
-/// limit, even when lowered).
+/// Request body bytes per upload frame (the laptop takes body frames of up
+/// to `MAX_CHUNK`, whatever its call-frame limit).
 const UPLOAD_CHUNK: usize = 64 << 10;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -376,6 +376,9 @@ async fn pump<R: AsyncRead + Unpin>(
     max_frame: usize,
 ) -> Result<R, Reply> {
     use futures::SinkExt;
+    // A body frame holds up to one chunk (the shim sends 64 KiB), whatever
+    // the call-frame limit was lowered to (it may go down to 4 KiB).
+    let max_frame = max_frame.max(MAX_CHUNK + 64);
     let mut total = 0u64;
     loop {
         let frame: Upload = nexus_transport::recv(&mut rx, max_frame)
@@ -793,6 +796,22 @@ mod tests {
         assert!(matches!(long, Err(Reply::Error(e)) if e.message.contains("Content-Length")));
         let (cut, _) = upload(vec![data(3)], 100, None).await;
         assert!(matches!(cut, Err(Reply::Error(e)) if e.message.contains("broke off")));
+    }
+
+    /// Body frames of up to one chunk pass whatever `--max-call-frame` is
+    /// (4 KiB at least): the shim sends 64 KiB pieces, and a lowered call
+    /// limit must not break every request body over it.
+    #[tokio::test]
+    async fn body_frames_pass_under_a_lowered_call_frame_limit() {
+        let (mut shim, laptop) = tokio::io::duplex(1 << 20);
+        for f in [Upload::Data(vec![7; 64 << 10]), Upload::End] {
+            nexus_transport::send_data(&mut shim, &f)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (tx, _rx) = mpsc::channel(64);
+        let pumped = pump(laptop, tx, 1 << 20, None, 4 << 10).await;
+        assert!(pumped.is_ok(), "{:?}", pumped.err());
     }
 
     /// A response body goes in frames of at most one chunk, whole, in order,
