@@ -625,3 +625,94 @@ fn a_loopback_http_upstream_never_goes_through_a_proxy() {
     assert!(request.contains(&format!("Bearer {KEY}")), "{request}");
     assert!(!proxy_decoy.dialed(), "the key went through HTTP_PROXY");
 }
+
+/// A plain loopback upstream that answers each request by its path with
+/// raw bytes, in the pieces given (each piece flushed on its own, a short
+/// pause between, so they arrive as separate body chunks), then closes.
+fn raw_upstream(script: fn(&str) -> Vec<String>) -> u16 {
+    use std::io::{Read, Write};
+    let upstream = TcpListener::bind("127.0.0.1:0").must("binding the upstream");
+    let port = upstream.local_addr().must("upstream address").port();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let path = text.split(' ').nth(1).unwrap_or_default().to_owned();
+            for piece in script(&path) {
+                let _ = conn.write_all(piece.as_bytes());
+                let _ = conn.flush();
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+        }
+    });
+    port
+}
+
+/// A workspace and laptop with `[http.raw]` on a [`raw_upstream`].
+fn raw_world(port: u16) -> World {
+    let (ws, laptop) = paired();
+    let policy = laptop.write_policy(&format!(
+        "[http.raw]\nupstream = \"http://127.0.0.1:{port}\"\nheader = \"Authorization\"\n\
+         value = \"Bearer {{token}}\"\nsource = \"env:E2E_RAW_KEY\"\n"
+    ));
+    let proxy = laptop.run(&ws, "dev", &policy, &[("E2E_RAW_KEY", KEY)]);
+    let w = World {
+        ws,
+        _laptop: laptop,
+        proxy,
+        up: Upstream::start("unused.test").must("starting an unused upstream"),
+    };
+    let _ = w.http_url();
+    w
+}
+
+/// Second review: an echo split across body chunks (the key's start in the
+/// first batch, its end later) is masked, and a body cut short by the
+/// upstream (under its Content-Length, or a chunked body without its end)
+/// never looks complete to the workspace's client.
+#[test]
+fn split_echoes_are_masked_and_cut_bodies_never_look_complete() {
+    fn script(path: &str) -> Vec<String> {
+        let head = |len: &str| format!("HTTP/1.1 200 OK\r\n{len}connection: close\r\n\r\n");
+        match path {
+            "/split" => {
+                // The key's start comes with the head (the first batch),
+                // its end in a later chunk.
+                let body = format!("auth=Bearer {KEY}\n");
+                let cut = "auth=Bearer sk-e2e".len();
+                vec![
+                    head(&format!("content-length: {}\r\n", body.len())) + &body[..cut],
+                    body[cut..].to_owned(),
+                ]
+            }
+            "/short" => vec![head("content-length: 100\r\n"), "only ten b".to_owned()],
+            "/chunked" => vec![
+                head("transfer-encoding: chunked\r\n"),
+                "5\r\nhello\r\n".to_owned(),
+            ],
+            _ => vec![head("content-length: 0\r\n")],
+        }
+    }
+    let port = raw_upstream(script);
+    let w = raw_world(port);
+    let out = w.curl("-w '\\n%{http_code}' \"$NEXUS_HTTP_URL/raw/split\"");
+    assert_eq!(out.exit_code, Some(0), "{out}");
+    assert!(!out.stdout.contains(KEY), "the key came back: {out}");
+    assert!(out.stdout.starts_with("auth=Bearer ****"), "{out}");
+    for path in ["short", "chunked"] {
+        let out = w.curl(&format!("\"$NEXUS_HTTP_URL/raw/{path}\""));
+        assert_ne!(
+            out.exit_code,
+            Some(0),
+            "a cut /{path} looked complete: {out}"
+        );
+    }
+}
