@@ -716,4 +716,10 @@ fn split_echoes_are_masked_and_cut_bodies_never_look_complete() {
             "a cut /{path} looked complete: {out}"
         );
     }
+    // HTTP/1.0 has no chunked framing: a body without a length ends at the
+    // close, so a broken-off one would look complete. Such clients are
+    // refused with a clear answer.
+    let old = w.curl("--http1.0 -w '\\n%{http_code}' \"$NEXUS_HTTP_URL/raw/chunked\"");
+    assert!(old.stdout.trim_end().ends_with("505"), "{old}");
+    assert!(old.stdout.contains("HTTP/1.1"), "{old}");
 }
