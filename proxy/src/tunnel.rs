@@ -512,7 +512,23 @@ async fn answer(
         ),
     };
     if let Some(reply) = reply {
-        let _ = nexus_transport::send(&mut stream, &reply).await;
+        // A workspace that stopped reading (the stream's window full) must
+        // not hold this call's place for ever: past the wait, the stream
+        // is dropped (reset).
+        let sent = tokio::time::timeout(
+            FINAL_SEND_TIMEOUT,
+            nexus_transport::send(&mut stream, &reply),
+        )
+        .await;
+        if sent.is_err() {
+            return warn!(
+                tool,
+                "the workspace did not take the final reply; stream reset"
+            );
+        }
     }
     let _ = stream.shutdown().await;
 }
+
+/// How long the final reply of a call may wait for the workspace to read.
+const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -531,7 +531,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         // The whole answer in one piece, end included.
         first.extend_from_slice(&nexus_protocol::encode_frame(&Reply::Done));
     }
-    if tx.write_all(&first).await.is_err() || tx.flush().await.is_err() {
+    // Bounded like every later write: a workspace that never reads must not
+    // hold this past the timeout or a lock (found in the second review).
+    let wrote = tokio::select! {
+        r = async { tx.write_all(&first).await?; tx.flush().await } => r.is_ok(),
+        () = gone(reader.as_mut()) => false,
+        () = &mut deadline => return timed_out().into(),
+        () = super::custom::wait_for_lock(ctx) => {
+            return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
+        }
+    };
+    if !wrote {
         return Reply::Done.into();
     }
     if ended {
