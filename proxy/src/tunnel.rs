@@ -512,23 +512,27 @@ async fn answer(
         ),
     };
     if let Some(reply) = reply {
-        // A workspace that stopped reading (the stream's window full) must
-        // not hold this call's place for ever: past the wait, the stream
-        // is dropped (reset).
-        let sent = tokio::time::timeout(
-            FINAL_SEND_TIMEOUT,
-            nexus_transport::send(&mut stream, &reply),
-        )
-        .await;
-        if sent.is_err() {
-            return warn!(
-                tool,
-                "the workspace did not take the final reply; stream reset"
-            );
+        // An error ending a stream (a timeout, a lock) must not wait for ever
+        // on a workspace that stopped reading (the stream's window full):
+        // past the wait, the stream is dropped (reset). A `Done` after a
+        // slow reader's last chunk still waits for it.
+        let send = nexus_transport::send(&mut stream, &reply);
+        if matches!(reply, Reply::Error(_)) {
+            if tokio::time::timeout(FINAL_SEND_TIMEOUT, send)
+                .await
+                .is_err()
+            {
+                return warn!(
+                    tool,
+                    "the workspace did not take the final reply; stream reset"
+                );
+            }
+        } else {
+            let _ = send.await;
         }
     }
     let _ = stream.shutdown().await;
 }
 
-/// How long the final reply of a call may wait for the workspace to read.
+/// How long a final error may wait for the workspace to read.
 const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(10);
