@@ -512,7 +512,27 @@ async fn answer(
         ),
     };
     if let Some(reply) = reply {
-        let _ = nexus_transport::send(&mut stream, &reply).await;
+        // An error ending a stream (a timeout, a lock) must not wait for ever
+        // on a workspace that stopped reading (the stream's window full):
+        // past the wait, the stream is dropped (reset). A `Done` after a
+        // slow reader's last chunk still waits for it.
+        let send = nexus_transport::send(&mut stream, &reply);
+        if matches!(reply, Reply::Error(_)) {
+            if tokio::time::timeout(FINAL_SEND_TIMEOUT, send)
+                .await
+                .is_err()
+            {
+                return warn!(
+                    tool,
+                    "the workspace did not take the final reply; stream reset"
+                );
+            }
+        } else {
+            let _ = send.await;
+        }
     }
     let _ = stream.shutdown().await;
 }
+
+/// How long a final error may wait for the workspace to read.
+const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -625,3 +625,240 @@ fn a_loopback_http_upstream_never_goes_through_a_proxy() {
     assert!(request.contains(&format!("Bearer {KEY}")), "{request}");
     assert!(!proxy_decoy.dialed(), "the key went through HTTP_PROXY");
 }
+
+/// A plain loopback upstream that answers each request by its path with
+/// raw bytes, in the pieces given (each piece flushed on its own, a short
+/// pause between, so they arrive as separate body chunks), then closes.
+fn raw_upstream(script: fn(&str) -> Vec<String>) -> u16 {
+    use std::io::{Read, Write};
+    let upstream = TcpListener::bind("127.0.0.1:0").must("binding the upstream");
+    let port = upstream.local_addr().must("upstream address").port();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let path = text.split(' ').nth(1).unwrap_or_default().to_owned();
+            for piece in script(&path) {
+                let _ = conn.write_all(piece.as_bytes());
+                let _ = conn.flush();
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+        }
+    });
+    port
+}
+
+/// A workspace and laptop with `[http.raw]` on a [`raw_upstream`].
+fn raw_world(port: u16) -> World {
+    let (ws, laptop) = paired();
+    let policy = laptop.write_policy(&format!(
+        "[http.raw]\nupstream = \"http://127.0.0.1:{port}\"\nheader = \"Authorization\"\n\
+         value = \"Bearer {{token}}\"\nsource = \"env:E2E_RAW_KEY\"\n"
+    ));
+    let proxy = laptop.run(&ws, "dev", &policy, &[("E2E_RAW_KEY", KEY)]);
+    let w = World {
+        ws,
+        _laptop: laptop,
+        proxy,
+        up: Upstream::start("unused.test").must("starting an unused upstream"),
+    };
+    let _ = w.http_url();
+    w
+}
+
+/// Second review: an echo split across body chunks (the key's start in the
+/// first batch, its end later) is masked, and a body cut short by the
+/// upstream (under its Content-Length, or a chunked body without its end)
+/// never looks complete to the workspace's client.
+#[test]
+fn split_echoes_are_masked_and_cut_bodies_never_look_complete() {
+    fn script(path: &str) -> Vec<String> {
+        let head = |len: &str| format!("HTTP/1.1 200 OK\r\n{len}connection: close\r\n\r\n");
+        match path {
+            "/split" => {
+                // The key's start comes with the head (the first batch),
+                // its end in a later chunk.
+                let body = format!("auth=Bearer {KEY}\n");
+                let cut = "auth=Bearer sk-e2e".len();
+                vec![
+                    head(&format!("content-length: {}\r\n", body.len())) + &body[..cut],
+                    body[cut..].to_owned(),
+                ]
+            }
+            "/short" => vec![head("content-length: 100\r\n"), "only ten b".to_owned()],
+            "/chunked" => vec![
+                head("transfer-encoding: chunked\r\n"),
+                "5\r\nhello\r\n".to_owned(),
+            ],
+            _ => vec![head("content-length: 0\r\n")],
+        }
+    }
+    let port = raw_upstream(script);
+    let w = raw_world(port);
+    let out = w.curl("-w '\\n%{http_code}' \"$NEXUS_HTTP_URL/raw/split\"");
+    assert_eq!(out.exit_code, Some(0), "{out}");
+    assert!(!out.stdout.contains(KEY), "the key came back: {out}");
+    assert!(out.stdout.starts_with("auth=Bearer ****"), "{out}");
+    for path in ["short", "chunked"] {
+        // -f: an error answer (when the cut is seen before the head) fails too.
+        let out = w.curl(&format!("-f \"$NEXUS_HTTP_URL/raw/{path}\""));
+        assert_ne!(
+            out.exit_code,
+            Some(0),
+            "a cut /{path} looked complete: {out}"
+        );
+    }
+    // HTTP/1.0 has no chunked framing: a body without a length ends at the
+    // close, so a broken-off one would look complete. Such clients are
+    // refused with a clear answer.
+    let old = w.curl("--http1.0 -w '\\n%{http_code}' \"$NEXUS_HTTP_URL/raw/chunked\"");
+    assert!(old.stdout.trim_end().ends_with("505"), "{old}");
+    assert!(old.stdout.contains("HTTP/1.1"), "{old}");
+}
+
+/// Opens an `[http.NAME]` call on `link` for `path`, body ended, and
+/// returns its stream, never to be read.
+async fn unread_call(
+    link: &nexus_e2e::hostile::Link,
+    name: &str,
+    path: &str,
+) -> nexus_transport::MuxStream {
+    use nexus_protocol::{Call, CallerContext, HttpRequest, Request, Upload, encode_frame};
+    use tokio::io::AsyncWriteExt;
+    let call = Call {
+        caller: CallerContext::default(),
+        request: Request::Http(HttpRequest {
+            name: name.into(),
+            method: "GET".into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body_len: Some(0),
+        }),
+    };
+    let mut stream = link.mux.open().await.must("opening a stream");
+    let mut frames = encode_frame(&call);
+    frames.extend(encode_frame(&Upload::End));
+    stream.write_all(&frames).await.must("sending the call");
+    stream.flush().await.must("sending the call");
+    stream
+}
+
+/// Second review: a workspace that never reads its answer cannot hold the
+/// laptop (and its upstream) past the API's timeout, even when the first
+/// write (head and the body already there) is larger than the stream's
+/// window: over HTTP/1.1 and over HTTP/2 (where the upstream's data is
+/// buffered on the laptop before the first write); and the final reply
+/// that nobody reads does not keep the call's task for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_never_reads_is_dropped_at_the_timeout() {
+    use std::io::{Read, Write};
+    let upstream = TcpListener::bind("127.0.0.1:0").must("binding the upstream");
+    let port = upstream.local_addr().must("upstream address").port();
+    let (closed_tx, closed_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = upstream.accept() else {
+            return;
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut out =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 4 << 20).into_bytes();
+        out.extend(std::iter::repeat_n(b'x', 600 << 10));
+        let _ = conn.write_all(&out);
+        // The rest never comes: this read ends when the laptop lets go.
+        let _ = conn.read(&mut buf);
+        let _ = closed_tx.send(());
+    });
+    let up = Upstream::start("api.test").must("starting the upstream");
+    let fake = nexus_e2e::raw::FakeShim::bind().await;
+    let laptop = Laptop::new();
+    laptop.add_workspace_record("fake", fake.address(), &fake.fingerprint());
+    let ca = laptop.home().join("api-ca.pem");
+    up.write_ca(&ca).must("writing the upstream's CA");
+    let policy = laptop.write_policy(&format!(
+        "[http.raw]\nupstream = \"http://127.0.0.1:{port}\"\nheader = \"Authorization\"\n\
+         value = \"Bearer {{token}}\"\nsource = \"env:E2E_RAW_KEY\"\ntimeout = \"1s\"\n\n{}",
+        up.policy("api", "E2E_API_KEY", &ca)
+            .replace("[http.api]\n", "[http.api]\ntimeout = \"1s\"\n")
+    ));
+    // Two places for HTTP calls: both unread calls hold one until they end.
+    let proxy = laptop.spawn_run_with(
+        "fake",
+        &policy,
+        &[
+            ("E2E_RAW_KEY", std::ffi::OsStr::new(KEY)),
+            (
+                "E2E_API_KEY",
+                std::ffi::OsStr::new("sk-other-key-0123456789"),
+            ),
+        ],
+        &[
+            std::ffi::OsStr::new("--max-calls-per-tool"),
+            std::ffi::OsStr::new("2"),
+        ],
+    );
+    let link =
+        nexus_e2e::hostile::Link::start(fake.accept_link().await, nexus_transport::MuxConfig::SHIM);
+    let _h1 = unread_call(&link, "raw", "/big").await;
+    let _h2 = unread_call(&link, "api", "/bytes?n=67108864").await;
+    let closed = tokio::task::spawn_blocking(move || closed_rx.recv_timeout(DEADLINE)).await;
+    assert!(
+        matches!(closed, Ok(Ok(()))),
+        "the laptop still holds the HTTP/1.1 upstream long past the API's 1s timeout"
+    );
+    let started = poll(DEADLINE, || (up.requests().len() == 1).then_some(()));
+    assert!(started.is_some(), "the HTTP/2 request reached the upstream");
+    let let_go = poll(DEADLINE, || (up.open_streams() == 0).then_some(()));
+    assert!(
+        let_go.is_some(),
+        "the laptop still holds the HTTP/2 upstream long past the API's 1s timeout"
+    );
+    // And their places are free again: a third call is answered (not
+    // refused as one too many) once the final replies gave up waiting.
+    let answered = poll(DEADLINE, || {
+        let call = nexus_protocol::Call {
+            caller: nexus_protocol::CallerContext::default(),
+            request: nexus_protocol::Request::Http(nexus_protocol::HttpRequest {
+                name: "api".into(),
+                method: "GET".into(),
+                path: "/status/204".into(),
+                headers: Vec::new(),
+                body_len: Some(0),
+            }),
+        };
+        let handle = tokio::runtime::Handle::current();
+        let reply =
+            std::thread::scope(|s| s.spawn(|| handle.block_on(link.call(&call))).join().ok())?;
+        match reply {
+            Ok(nexus_protocol::Reply::Error(e)) if e.message.contains("too many") => None,
+            other => Some(other),
+        }
+    });
+    assert!(
+        answered.is_some(),
+        "the unread calls still hold their places"
+    );
+    // Nor does a final reply (the timeout's error) wait for ever on a full
+    // window: the laptop gives up on the stream.
+    let gave_up = poll(DEADLINE, || {
+        proxy
+            .log()
+            .contains("did not take the final reply")
+            .then_some(())
+    });
+    assert!(gave_up.is_some(), "{}", proxy.log());
+}

@@ -38,8 +38,8 @@ use crate::state::StateDir;
 /// local answer.
 type Body = BoxBody<Bytes, std::io::Error>;
 
-/// Request body bytes per upload frame (well under the laptop's call-frame
-/// limit, even when lowered).
+/// Request body bytes per upload frame (the laptop takes body frames of up
+/// to `MAX_CHUNK`, whatever its call-frame limit).
 const UPLOAD_CHUNK: usize = 64 << 10;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -200,7 +200,7 @@ fn from_error(code: ErrorCode, message: &str) -> Response<Body> {
     answer(status, kind, message)
 }
 
-/// Whether `Host` names loopback (any port), or is absent (HTTP/1.0).
+/// Whether `Host` names loopback (any port), or is absent.
 fn loopback_host(req: &HttpReq<Incoming>) -> bool {
     let Some(host) = req.headers().get(header::HOST) else {
         return true;
@@ -248,6 +248,15 @@ async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Res
             StatusCode::METHOD_NOT_ALLOWED,
             "nexus_bad_request",
             "CONNECT is not supported: use $NEXUS_HTTP_URL/NAME as a base URL",
+        );
+    }
+    if req.version() < hyper::Version::HTTP_11 {
+        // Without chunked framing, a body of unknown length ends at the
+        // close: one the laptop had to break off would look complete.
+        return answer(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "nexus_bad_request",
+            "HTTP/1.0 cannot tell a broken-off answer from a complete one: use HTTP/1.1",
         );
     }
     if !loopback_host(&req) {

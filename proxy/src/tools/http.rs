@@ -309,7 +309,8 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
 
 /// The workspace's headers that go on: not hop-by-hop, not the one the
 /// secret goes into (the workspace's placeholder), not `content-length`
-/// (set from the body the laptop actually sends).
+/// (set from the body the laptop actually sends), and with a key injected
+/// no `range` (the mask needs the whole echo).
 fn forwarded_headers(
     given: &[HttpHeader],
     injected: Option<&str>,
@@ -328,6 +329,9 @@ fn forwarded_headers(
             || listed.contains(&name)
             || name == "content-length"
             || injected.is_some_and(|i| i.eq_ignore_ascii_case(&name))
+            // A range of an echo could hand the key over in pieces, each too
+            // short to be masked: with a key injected, answers come whole.
+            || (injected.is_some() && matches!(name.as_str(), "range" | "if-range"))
         {
             continue;
         }
@@ -372,6 +376,9 @@ async fn pump<R: AsyncRead + Unpin>(
     max_frame: usize,
 ) -> Result<R, Reply> {
     use futures::SinkExt;
+    // A body frame holds up to one chunk (the shim sends 64 KiB), whatever
+    // the call-frame limit was lowered to (it may go down to 4 KiB).
+    let max_frame = max_frame.max(MAX_CHUNK + 64);
     let mut total = 0u64;
     loop {
         let frame: Upload = nexus_transport::recv(&mut rx, max_frame)
@@ -524,7 +531,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         // The whole answer in one piece, end included.
         first.extend_from_slice(&nexus_protocol::encode_frame(&Reply::Done));
     }
-    if tx.write_all(&first).await.is_err() || tx.flush().await.is_err() {
+    // Bounded like every later write: a workspace that never reads must not
+    // hold this past the timeout or a lock (found in the second review).
+    let wrote = tokio::select! {
+        r = async { tx.write_all(&first).await?; tx.flush().await } => r.is_ok(),
+        () = gone(reader.as_mut()) => false,
+        () = &mut deadline => return timed_out().into(),
+        () = super::custom::wait_for_lock(ctx) => {
+            return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
+        }
+    };
+    if !wrote {
         return Reply::Done.into();
     }
     if ended {
@@ -604,6 +621,9 @@ struct Scrub {
 
 impl Scrub {
     fn new(secret: &[u8]) -> Option<Scrub> {
+        // Spaces around the key go out as read, but an upstream that echoes
+        // the header trims them: the key itself is what is masked.
+        let secret = secret.trim_ascii();
         (secret.len() >= MIN_SCRUBBED).then(|| Scrub {
             secret: Zeroizing::new(secret.to_vec()),
             held: Zeroizing::new(Vec::new()),
@@ -788,6 +808,22 @@ mod tests {
         assert!(matches!(cut, Err(Reply::Error(e)) if e.message.contains("broke off")));
     }
 
+    /// Body frames of up to one chunk pass whatever `--max-call-frame` is
+    /// (4 KiB at least): the shim sends 64 KiB pieces, and a lowered call
+    /// limit must not break every request body over it.
+    #[tokio::test]
+    async fn body_frames_pass_under_a_lowered_call_frame_limit() {
+        let (mut shim, laptop) = tokio::io::duplex(1 << 20);
+        for f in [Upload::Data(vec![7; 64 << 10]), Upload::End] {
+            nexus_transport::send_data(&mut shim, &f)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (tx, _rx) = mpsc::channel(64);
+        let pumped = pump(laptop, tx, 1 << 20, None, 4 << 10).await;
+        assert!(pumped.is_ok(), "{:?}", pumped.err());
+    }
+
     /// A response body goes in frames of at most one chunk, whole, in order,
     /// whatever sizes the upstream's pieces come in.
     #[tokio::test]
@@ -848,6 +884,38 @@ mod tests {
         assert_eq!(s.feed(b"sk-re".to_vec()).len(), 0);
         assert!(s.feed(big.to_vec()).len() <= MAX_CHUNK);
         assert!(Scrub::new(b"short").is_none());
+    }
+
+    /// A secret read with spaces around it (a file or variable written
+    /// `KEY ` ) is sent as is, and an upstream that echoes the header value
+    /// trims them: the mask must still find the key.
+    #[test]
+    fn a_secret_with_spaces_around_it_is_masked_in_a_trimmed_echo() {
+        let mut s = Scrub::new(b" sk-padded-0123456789\t ").unwrap_or_else(|| panic!());
+        let mut got = s.feed(b"{\"authorization\":\"Bearer sk-padded-0123456789\"}".to_vec());
+        got.extend(s.finish());
+        assert!(
+            !got.windows(20).any(|w| w == b"sk-padded-0123456789"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    /// With a key injected, `Range` would let the workspace fetch an echo
+    /// of the key piece by piece (each piece shorter than the key, so never
+    /// masked): it does not go on. Without a key it does.
+    #[test]
+    fn a_range_never_goes_to_a_keyed_upstream() {
+        let given = [
+            h("Range", "bytes=30-40"),
+            h("If-Range", "x"),
+            h("accept", "*/*"),
+        ];
+        let out = forwarded_headers(&given, Some("authorization")).unwrap_or_else(|_| panic!());
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept"]);
+        let out = forwarded_headers(&given, None).unwrap_or_else(|_| panic!());
+        assert!(out.contains_key("range"));
     }
 
     proptest::proptest! {
