@@ -59,6 +59,11 @@ set +e
 echo "    exit code $?"
 set -e
 
+echo "==> workspace: nexus-shim http list   (HTTP APIs the laptop calls with its own keys)"
+"$bin/nexus-shim" http list
+echo "    an agent uses: OPENAI_BASE_URL=\$NEXUS_HTTP_URL/openai/v1 (from: eval \"\$(nexus-shim env)\")"
+echo "    NEXUS_HTTP_URL=$("$bin/nexus-shim" http url)"
+
 echo "==> laptop log (decisions):"
 grep -h "decision" "$demo/proxy.log" | sed 's/^/    /'
 echo "==> done; stopping both sides"
