@@ -189,6 +189,20 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body>
     resp
 }
 
+/// A local answer for an error reply (anything else is unexpected here).
+fn from_reply(reply: Reply) -> Response<Body> {
+    match reply {
+        Reply::Error(e) => {
+            debug!(code = ?e.code, "HTTP request refused");
+            from_error(e.code, &e.message)
+        }
+        other => {
+            warn!(reply = ?other, "unexpected reply");
+            from_error(ErrorCode::Internal, "unexpected answer from the laptop")
+        }
+    }
+}
+
 fn from_error(code: ErrorCode, message: &str) -> Response<Body> {
     let (status, kind) = match code {
         ErrorCode::Denied => (StatusCode::FORBIDDEN, "nexus_denied"),
@@ -342,12 +356,7 @@ async fn list(caller: &CallerContext, ctx: &Ctx) -> Response<Body> {
             })).collect::<Vec<_>>() });
             json_response(StatusCode::OK, &body)
         }
-        Reply::Error(e) => from_error(e.code, &e.message),
-        _ => answer(
-            StatusCode::BAD_GATEWAY,
-            "nexus_upstream_error",
-            "unexpected answer from the laptop",
-        ),
+        other => from_reply(other),
     }
 }
 
@@ -366,13 +375,7 @@ async fn forward(
 ) -> Response<Body> {
     let wait = ctx.shared.agent_wait;
     let Some(link) = crate::sockets::wait_for_link(&ctx.shared, wait).await else {
-        return from_error(
-            ErrorCode::NotConnected,
-            &format!(
-                "no laptop is linked to this workspace (waited {}s); on the laptop run: nexus-agent-proxy run",
-                wait.as_secs()
-            ),
-        );
+        return from_reply(crate::sockets::not_linked(wait));
     };
     let Ok(mut stream) = link.mux.open().await else {
         return lost();
@@ -427,14 +430,7 @@ async fn forward(
             info!(status = status.as_u16(), "HTTP response streaming");
             resp
         }
-        Ok(Reply::Error(e)) => {
-            debug!(code = ?e.code, "HTTP request refused");
-            from_error(e.code, &e.message)
-        }
-        Ok(other) => {
-            warn!(reply = ?other, "unexpected first reply to an HTTP request");
-            from_error(ErrorCode::Internal, "unexpected answer from the laptop")
-        }
+        Ok(other) => from_reply(other),
         Err(_) => lost(),
     }
 }

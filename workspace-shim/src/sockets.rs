@@ -254,7 +254,7 @@ fn lost() -> Reply {
     )
 }
 
-fn not_linked(wait: Duration) -> Reply {
+pub(crate) fn not_linked(wait: Duration) -> Reply {
     Reply::error(
         ErrorCode::NotConnected,
         format!(

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::channel::mpsc;
-use nexus_policy::{Action, Grant, HttpRule, HttpSecret, TokenSource};
+use nexus_policy::{Action, Grant, HttpRule, TokenSource};
 use nexus_protocol::{
     CallerContext, Channel, ErrorCode, HOP_BY_HOP, HttpApi, HttpHeader, HttpRequest, MAX_CHUNK,
     Reply, Secret, Upload, connection_listed,
@@ -252,18 +252,11 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
         headers.insert(reqwest::header::CONTENT_LENGTH, len.into());
     }
     if let (Some(name), Some(secret)) = (&rule.header, &rule.secret) {
-        let source = match secret {
-            HttpSecret::Token(t) => &t.source,
-            HttpSecret::Source(s) => s,
-        };
-        let value = ctx.http.secret(source, ctx).await.map_err(|e| match e {
-            super::token::SourceError::Missing(m) => {
-                Reply::error(ErrorCode::Missing, format!("[http.{api}] secret: {m}"))
-            }
-            super::token::SourceError::Failed(m) => {
-                Reply::error(ErrorCode::Internal, format!("[http.{api}] secret: {m}"))
-            }
-        })?;
+        let value = ctx
+            .http
+            .secret(secret.source(), ctx)
+            .await
+            .map_err(|e| e.reply(&format!("[http.{api}] secret")))?;
         let text = std::str::from_utf8(value.expose()).map_err(|_| {
             Reply::error(
                 ErrorCode::Internal,

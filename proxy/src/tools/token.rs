@@ -62,11 +62,17 @@ pub async fn answer(name: &str, decision: Decision, ctx: &ToolContext) -> Reply 
     };
     match fetch(&rule.source, ctx).await {
         Ok(value) => Reply::Token(value),
-        Err(SourceError::Missing(m)) => {
-            Reply::error(ErrorCode::Missing, format!("token {name:?}: {m}"))
-        }
-        Err(SourceError::Failed(m)) => {
-            Reply::error(ErrorCode::Internal, format!("token {name:?}: {m}"))
+        Err(e) => e.reply(&format!("token {name:?}")),
+    }
+}
+
+impl SourceError {
+    /// The error reply for `what` (`token "x"`): exit 5 when the value is
+    /// missing at its source, 1 when the source failed.
+    pub fn reply(self, what: &str) -> Reply {
+        match self {
+            Self::Missing(m) => Reply::error(ErrorCode::Missing, format!("{what}: {m}")),
+            Self::Failed(m) => Reply::error(ErrorCode::Internal, format!("{what}: {m}")),
         }
     }
 }
