@@ -330,12 +330,6 @@ async fn call_laptop(
     } else {
         CALL_TIMEOUT
     };
-    let lost = || {
-        Reply::error(
-            ErrorCode::Internal,
-            "the link to the laptop dropped during the call; it was not retried",
-        )
-    };
     let mut stream = link.mux.open().await.map_err(|_| lost())?;
     nexus_transport::send(&mut stream, &Call { caller, request })
         .await
