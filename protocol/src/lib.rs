@@ -18,6 +18,8 @@ mod error;
 mod frame;
 mod message;
 mod secret;
+mod section;
+pub mod units;
 mod version;
 
 pub use credential::{
@@ -35,4 +37,5 @@ pub use message::{
 };
 pub use message::{Control, ControlReply, HOP_BY_HOP, chunk_as_local_frame, connection_listed};
 pub use secret::Secret;
+pub use section::{Section, UnknownSection};
 pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate};

@@ -278,17 +278,24 @@ pub enum Channel {
 }
 
 impl Request {
-    /// Tool name, for logs and policy.
+    /// The policy section (and laptop tool) that answers this request.
+    #[must_use]
+    pub fn section(&self) -> crate::Section {
+        use crate::Section;
+        match self {
+            Self::Token { .. } | Self::McpTokens => Section::Tokens,
+            Self::SshIdentities | Self::SshSign { .. } | Self::SshKnownHosts => Section::Ssh,
+            Self::GitCredential { .. } => Section::GitCredential,
+            Self::ToolList | Self::ToolRun { .. } => Section::Tools,
+            Self::FileGet { .. } | Self::FileSync { .. } => Section::Files,
+            Self::HttpList | Self::Http(_) => Section::Http,
+        }
+    }
+
+    /// Tool name, for logs and policy: [`crate::Section::tool_name`].
     #[must_use]
     pub fn tool(&self) -> &'static str {
-        match self {
-            Self::Token { .. } | Self::McpTokens => "token",
-            Self::SshIdentities | Self::SshSign { .. } | Self::SshKnownHosts => "ssh",
-            Self::GitCredential { .. } => "git-credential",
-            Self::ToolList | Self::ToolRun { .. } => "tool",
-            Self::FileGet { .. } | Self::FileSync { .. } => "file",
-            Self::HttpList | Self::Http(_) => "http",
-        }
+        self.section().tool_name()
     }
 
     /// Whether the answer is a stream of frames (tool output, file data)
