@@ -1,5 +1,6 @@
 //! The audit log: every decision, one JSON line each, hash-chained, in
-//! `$NEXUS_CONFIG_DIR/audit.jsonl` (0600).
+//! `$NEXUS_CONFIG_DIR/audit.jsonl` (0600), kept under a size budget by
+//! rotating segments (see `store.rs`).
 //!
 //! Each line is a JSON object whose last field is `"hash"`: the SHA-256 of
 //! the line's text before that field (the object up to and without
@@ -11,14 +12,18 @@
 //! moved, or says that the tail is gone.
 //!
 //! What a line holds comes from the workspace only through names (token
-//! names, hosts, users), never values; JSON escaping keeps newlines and
-//! control characters inside their field, and every string is cut to a
-//! bounded length. Writes happen on a dedicated thread; a call waits for its
+//! names, hosts, users), never values; JSON escaping keeps newlines, control
+//! and bidi characters as `\u` escapes inside their field (`escape.rs`), and
+//! every string is cut to a bounded length: a target is kept whole up to
+//! the approval prompt's limit, so the log holds what was decided. Writes happen on a dedicated thread; a call waits for its
 //! line to be written, and is denied if it cannot be (fail closed).
 
+mod escape;
+mod store;
+
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -27,10 +32,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-/// The log's file name in the configuration directory.
-pub const LOG_FILE: &str = "audit.jsonl";
-/// The head file's name: `SEQ HASH` of the last line.
-pub const HEAD_FILE: &str = "audit.head";
+pub use escape::escape_json_text;
+pub use store::{ANCHOR_FILE, DEFAULT_BUDGET, HEAD_FILE, LOG_FILE, MIN_BUDGET};
 /// `prev` of the first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Lines waiting to be written; calls beyond wait (up to [`WRITE_TIMEOUT`]).
@@ -39,8 +42,12 @@ pub const QUEUE: usize = 1024;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Decisions kept in memory for `status`.
 pub const RECENT: usize = 20;
-/// Longest name field (target, executable) kept in a line, in characters.
+/// Longest name field (workspace, rule, executable) kept in a line, in characters.
 const MAX_NAME: usize = 256;
+/// Longest target kept in a line, in characters: what an approval prompt
+/// shows at most (longer requests needing approval are refused), so the log
+/// keeps everything the user was asked about.
+const MAX_TARGET: usize = crate::approvals::MAX_SHOWN_SUMMARY;
 /// Longest reason kept in a line, in characters.
 const MAX_REASON: usize = 1024;
 
@@ -92,6 +99,20 @@ pub struct Entry {
     pub policy: String,
     /// Hash of the previous line.
     pub prev: String,
+    /// Identical denials this line stands for (within a second); 1 unless
+    /// a workspace repeated a refused call.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+// serde's skip_serializing_if passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 /// A line as read back: the entry and its hash.
@@ -103,8 +124,6 @@ pub struct Line {
     /// Its hash.
     pub hash: String,
 }
-
-type Job = (Entry, oneshot::Sender<Result<(), String>>);
 
 /// The writer's handle.
 #[derive(Debug)]
@@ -128,10 +147,20 @@ fn hash_of(body: &[u8]) -> String {
 
 /// `body` with its hash appended as the last field, and the hash.
 fn seal(entry: &Entry) -> Result<(String, String), String> {
-    let body = serde_json::to_string(entry).map_err(|e| e.to_string())?;
+    let body = to_json_line(entry)?;
     let hash = hash_of(body.as_bytes());
     let open = body.strip_suffix('}').ok_or("entry is not a JSON object")?;
     Ok((format!("{open},\"hash\":\"{hash}\"}}\n"), hash))
+}
+
+/// An entry as one JSON object with every control and bidi character
+/// escaped: what the log holds and what `audit tail --json` prints.
+///
+/// # Errors
+/// When the entry cannot be serialized.
+pub fn to_json_line(entry: &Entry) -> Result<String, String> {
+    let json = serde_json::to_string(entry).map_err(|e| e.to_string())?;
+    Ok(escape_json_text(&json).into_owned())
 }
 
 /// Splits a line into its body (what the hash covers) and the hash written.
@@ -141,150 +170,71 @@ fn unseal(line: &str) -> Option<(String, &str)> {
     Some((format!("{open}}}"), hash))
 }
 
-/// Reads `SEQ HASH` from the head file.
-fn read_head(path: &Path) -> std::io::Result<Option<(u64, String)>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let mut parts = text.split_whitespace();
-            match (parts.next().and_then(|s| s.parse().ok()), parts.next()) {
-                (Some(seq), Some(hash)) => Ok(Some((seq, hash.to_owned()))),
-                _ => Err(std::io::Error::other(format!(
-                    "{} is not `SEQ HASH`",
-                    path.display()
-                ))),
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+/// What the writer thread is asked: write (or count) an entry, or write
+/// whatever denial is waiting for its twins.
+enum Job {
+    Entry(Box<Entry>, oneshot::Sender<Result<(), String>>),
+    Flush(oneshot::Sender<Result<(), String>>),
 }
 
-/// The last complete line of the log, read from its end.
-fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
-    const TAIL: u64 = 64 << 10;
-    let len = file.seek(SeekFrom::End(0))?;
-    let start = len.saturating_sub(TAIL);
-    file.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .lines()
-        .rev()
-        .find(|l| !l.is_empty())
-        .map(str::to_owned))
-}
-
-/// Opens `path` for appending, created 0600.
-fn open_private(path: &Path, append: bool) -> std::io::Result<File> {
-    let mut o = OpenOptions::new();
-    if append {
-        o.append(true).read(true);
-    } else {
-        o.write(true);
-    }
-    o.create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    o.open(path)
-}
-
-/// Writes `bytes` at offset 0 in one positioned write.
-#[cfg(unix)]
-fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, bytes, 0)
-}
-
-/// Writes `bytes` at offset 0.
-#[cfg(not(unix))]
-fn write_at_start(mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(bytes)
-}
-
-/// The writer thread's state.
-struct Writer {
-    log: File,
-    head: File,
-    seq: u64,
-    prev: String,
-}
-
-impl Writer {
-    fn append(&mut self, mut entry: Entry) -> Result<(), String> {
-        entry.seq = self.seq + 1;
-        entry.prev = self.prev.clone();
-        let (line, hash) = seal(&entry)?;
-        self.log
-            .write_all(line.as_bytes())
-            .and_then(|()| self.log.flush())
-            .map_err(|e| format!("writing the audit log: {e}"))?;
-        self.seq = entry.seq;
-        self.prev = hash;
-        // Fixed width (the hash is always 64 hex digits), one positioned
-        // write in place: a reader never sees half of it.
-        let head = format!("{:020} {}\n", self.seq, self.prev);
-        write_at_start(&self.head, head.as_bytes())
-            .map_err(|e| format!("writing the audit head: {e}"))
+/// Sleeps until `due` (never, for `None`: the caller guards the branch).
+async fn sleep_until(due: Option<std::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
 }
 
 impl Audit {
-    /// Opens (or starts) the log in `dir` and starts its writer thread,
-    /// which ends when the last handle is dropped.
+    /// Opens (or starts) the log in `dir` with the default budget.
     ///
-    /// The chain continues from the head file when there is one, so that
-    /// lines removed from the end while the proxy was stopped still show.
+    /// # Errors
+    /// As [`Audit::open_with_budget`].
+    pub fn open(dir: &Path) -> anyhow::Result<Audit> {
+        Self::open_with_budget(dir, DEFAULT_BUDGET)
+    }
+
+    /// Opens (or starts) the log in `dir`, kept under `budget` bytes in all,
+    /// and starts its writer thread, which ends when the last handle is
+    /// dropped (writing any denial still waiting for its twins).
     ///
     /// # Errors
     /// When the files cannot be opened or the head is unreadable.
-    pub fn open(dir: &Path) -> anyhow::Result<Audit> {
-        let log_path = dir.join(LOG_FILE);
-        let mut log = open_private(&log_path, true)
-            .map_err(|e| anyhow::anyhow!("opening {}: {e}", log_path.display()))?;
-        // Not a device or a pipe: reading its end must end.
-        if !log.metadata()?.is_file() {
-            anyhow::bail!("{} is not a regular file", log_path.display());
-        }
-        let head_path = dir.join(HEAD_FILE);
-        let (seq, prev) = match read_head(&head_path)? {
-            Some(head) => head,
-            None => match last_line(&mut log)? {
-                Some(line) => {
-                    let parsed: Line = serde_json::from_str(&line).map_err(|e| {
-                        anyhow::anyhow!(
-                            "the last line of {} is not an audit entry ({e}); move the file \
-                             away to start a new log",
-                            log_path.display()
-                        )
-                    })?;
-                    tracing::warn!(
-                        "{} is missing; continuing the chain from the log's last line",
-                        head_path.display()
-                    );
-                    (parsed.entry.seq, parsed.hash)
-                }
-                None => (0, GENESIS.to_owned()),
-            },
-        };
-        let head = open_private(&head_path, false)
-            .map_err(|e| anyhow::anyhow!("opening {}: {e}", head_path.display()))?;
-        // From here on every head has the same length.
-        head.set_len(0)?;
-        write_at_start(&head, format!("{seq:020} {prev}\n").as_bytes())?;
-        let mut writer = Writer {
-            log,
-            head,
-            seq,
-            prev,
-        };
+    pub fn open_with_budget(dir: &Path, budget: u64) -> anyhow::Result<Audit> {
+        let mut writer = store::Writer::open(dir, budget.max(MIN_BUDGET))?;
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                while let Some((entry, done)) = rx.blocking_recv() {
-                    let _ = done.send(writer.append(entry));
-                }
+                runtime.block_on(async move {
+                    loop {
+                        let due = writer.due();
+                        let job = tokio::select! {
+                            job = rx.recv() => job,
+                            () = sleep_until(due), if due.is_some() => {
+                                if let Err(e) = writer.flush() {
+                                    tracing::error!(error = %e, "audit log");
+                                }
+                                continue;
+                            }
+                        };
+                        match job {
+                            Some(Job::Entry(entry, done)) => {
+                                let _ = done.send(writer.take(*entry, std::time::Instant::now()));
+                            }
+                            Some(Job::Flush(done)) => {
+                                let _ = done.send(writer.flush());
+                            }
+                            None => break,
+                        }
+                    }
+                    if let Err(e) = writer.flush() {
+                        tracing::error!(error = %e, "audit log");
+                    }
+                });
             })?;
         Ok(Audit {
             tx,
@@ -307,7 +257,7 @@ impl Audit {
             .unwrap_or(u64::MAX),
             workspace: cut(&event.workspace, MAX_NAME),
             tool: cut(&event.tool, MAX_NAME),
-            target: cut(&event.target, MAX_NAME),
+            target: cut(&event.target, MAX_TARGET),
             decision: if event.allowed { "allow" } else { "deny" }.to_owned(),
             rule: event.rule.map(|r| cut(&r, MAX_NAME)),
             reason: cut(&event.reason, MAX_REASON),
@@ -315,6 +265,7 @@ impl Audit {
             caller_exe: event.caller_exe.map(|e| cut(&e, MAX_NAME)),
             policy: policy.to_owned(),
             prev: String::new(),
+            count: 1,
         };
         {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
@@ -324,7 +275,26 @@ impl Audit {
             recent.push_back(entry.clone());
         }
         let (done, written) = oneshot::channel();
-        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.tx.send((entry, done))).await;
+        self.ask(Job::Entry(Box::new(entry), done), written).await
+    }
+
+    /// Writes any denial still waiting for identical ones (on shutdown, so
+    /// the last count is on disk before the proxy exits).
+    ///
+    /// # Errors
+    /// Why it could not be written.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (done, written) = oneshot::channel();
+        self.ask(Job::Flush(done), written).await
+    }
+
+    /// Sends a job to the writer thread and waits for its answer.
+    async fn ask(
+        &self,
+        job: Job,
+        written: oneshot::Receiver<Result<(), String>>,
+    ) -> Result<(), String> {
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(job)).await;
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err("the audit writer has stopped".into()),
@@ -379,24 +349,46 @@ pub enum Tampered {
     /// There is a log but no head.
     #[error("{HEAD_FILE} is missing, so a truncated end would not show")]
     NoHead,
+    /// The oldest kept line does not follow the last line rotated out.
+    #[error(
+        "the oldest kept entry does not follow entry {0} named in {ANCHOR_FILE} (lines were removed from the start)"
+    )]
+    BadAnchor(u64),
+    /// Something is wrong in a rotated segment.
+    #[error("{file}: {error}")]
+    InSegment {
+        /// The segment's file name.
+        file: String,
+        /// What is wrong there (line numbers count in that file).
+        error: Box<Tampered>,
+    },
 }
 
-/// Checks the chain of `dir/audit.jsonl` against `dir/audit.head`; the
-/// number of entries when intact.
-///
-/// # Errors
-/// `Err(Ok(_))`: tampering found; `Err(Err(_))`: the files cannot be read.
-pub fn verify(dir: &Path) -> Result<u64, Result<Tampered, std::io::Error>> {
-    let log = match File::open(dir.join(LOG_FILE)) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Err(e)),
-    };
-    let head = read_head(&dir.join(HEAD_FILE)).map_err(Err)?;
-    let mut prev = GENESIS.to_owned();
-    let mut seq = 0u64;
-    if let Some(log) = log {
-        for (i, line) in BufReader::new(log).split(b'\n').enumerate() {
+/// What an intact log holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Entries kept and checked.
+    pub entries: u64,
+    /// Entries rotated out to keep the log within its budget (their chain
+    /// ends at `audit.anchor`, where the oldest kept entry picks it up).
+    pub rotated_out: u64,
+    /// Segment files read (rotated ones plus `audit.jsonl`).
+    pub segments: usize,
+}
+
+/// The chain as far as it has been checked.
+struct Chain {
+    prev: String,
+    seq: u64,
+    entries: u64,
+    /// The anchor, until the first kept line has been checked against it.
+    start: Option<(u64, String)>,
+}
+
+impl Chain {
+    /// Checks one segment's lines; errors count lines in that file.
+    fn check(&mut self, file: File) -> Result<(), Result<Tampered, std::io::Error>> {
+        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
             let n = i + 1;
             let line = line.map_err(Err)?;
             let text = std::str::from_utf8(&line).map_err(|_| Ok(Tampered::Garbled(n)))?;
@@ -405,25 +397,81 @@ pub fn verify(dir: &Path) -> Result<u64, Result<Tampered, std::io::Error>> {
                 return Err(Ok(Tampered::Changed(n)));
             }
             let entry: Entry = serde_json::from_str(&body).map_err(|_| Ok(Tampered::Garbled(n)))?;
-            if n == 1 && (entry.seq != 1 || entry.prev != GENESIS) {
-                return Err(Ok(Tampered::BadStart));
-            }
-            if entry.prev != prev || entry.seq != seq + 1 {
+            if self.entries == 0 {
+                match &self.start {
+                    // A segment left behind by a rotation cut short (the
+                    // anchor was written, the file not yet removed).
+                    Some((anchor, _)) if entry.seq <= *anchor => continue,
+                    Some((anchor, hash)) if entry.seq != anchor + 1 || entry.prev != *hash => {
+                        return Err(Ok(Tampered::BadAnchor(*anchor)));
+                    }
+                    None if entry.seq != 1 || entry.prev != GENESIS => {
+                        return Err(Ok(Tampered::BadStart));
+                    }
+                    _ => {}
+                }
+            } else if entry.prev != self.prev || entry.seq != self.seq + 1 {
                 return Err(Ok(Tampered::Broken(n)));
             }
-            prev = written.to_owned();
-            seq = entry.seq;
+            self.prev = written.to_owned();
+            self.seq = entry.seq;
+            self.entries += 1;
         }
+        Ok(())
     }
+}
+
+/// Checks the chain of every segment in `dir` (rotated ones, oldest first,
+/// then `audit.jsonl`) from `audit.anchor` (or the start) to `audit.head`.
+///
+/// # Errors
+/// `Err(Ok(_))`: tampering found; `Err(Err(_))`: the files cannot be read.
+pub fn verify(dir: &Path) -> Result<Verified, Result<Tampered, std::io::Error>> {
+    let anchor = store::read_mark(&dir.join(ANCHOR_FILE)).map_err(Err)?;
+    let head = store::read_mark(&dir.join(HEAD_FILE)).map_err(Err)?;
+    let mut chain = Chain {
+        prev: anchor
+            .as_ref()
+            .map_or_else(|| GENESIS.to_owned(), |a| a.1.clone()),
+        seq: anchor.as_ref().map_or(0, |a| a.0),
+        entries: 0,
+        start: anchor.clone(),
+    };
+    let mut segments = 0;
+    for path in store::rotated_segments(dir).map_err(Err)? {
+        chain.check(File::open(&path).map_err(Err)?).map_err(|e| {
+            e.map(|error| Tampered::InSegment {
+                file: path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                error: Box::new(error),
+            })
+        })?;
+        segments += 1;
+    }
+    match File::open(dir.join(LOG_FILE)) {
+        Ok(f) => {
+            chain.check(f)?;
+            segments += 1;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Err(e)),
+    }
+    let rotated_out = anchor.as_ref().map_or(0, |a| a.0);
+    let verified = Verified {
+        entries: chain.entries,
+        rotated_out,
+        segments,
+    };
     match head {
-        None if seq == 0 => Ok(0),
+        None if chain.seq == 0 => Ok(verified),
         None => Err(Ok(Tampered::NoHead)),
-        Some((h_seq, _)) if h_seq != seq => Err(Ok(Tampered::Truncated {
-            found: seq,
+        Some((h_seq, _)) if h_seq != chain.seq => Err(Ok(Tampered::Truncated {
+            found: chain.seq,
             expected: h_seq,
         })),
-        Some((_, h_hash)) if h_hash != prev => Err(Ok(Tampered::HeadMismatch)),
-        Some(_) => Ok(seq),
+        Some((_, h_hash)) if h_hash != chain.prev => Err(Ok(Tampered::HeadMismatch)),
+        Some(_) => Ok(verified),
     }
 }
 
@@ -540,10 +588,10 @@ mod tests {
     #[tokio::test]
     async fn the_chain_verifies_and_survives_a_restart() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(verify(tmp.path()).ok(), Some(0));
+        assert_eq!(verify(tmp.path()).ok().map(|v| v.entries), Some(0));
         write(tmp.path(), &["a", "b"]).await;
         write(tmp.path(), &["c"]).await;
-        assert_eq!(verify(tmp.path()).ok(), Some(3));
+        assert_eq!(verify(tmp.path()).ok().map(|v| v.entries), Some(3));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -617,7 +665,7 @@ mod tests {
         let ls = lines(tmp.path());
         assert_eq!(ls.len(), 2, "one line per decision");
         assert!(ls[1].len() < 4096, "names are cut");
-        assert_eq!(verify(tmp.path()).ok(), Some(2));
+        assert_eq!(verify(tmp.path()).ok().map(|v| v.entries), Some(2));
         let (read, _) = read_lines(&log_path(tmp.path()), 0).unwrap_or_default();
         assert_eq!(read[0].entry.target, forged);
         let shown = describe(&read[0].entry);
@@ -633,12 +681,7 @@ mod tests {
         let path = tmp.path().join("ro");
         std::fs::write(&path, "").unwrap_or_else(|e| panic!("{e}"));
         let open_ro = || File::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        let mut w = Writer {
-            log: open_ro(),
-            head: open_ro(),
-            seq: 4,
-            prev: GENESIS.to_owned(),
-        };
+        let mut w = store::Writer::broken(tmp.path(), open_ro(), open_ro(), 4);
         let entry = Entry {
             seq: 0,
             ts: 0,
@@ -652,12 +695,13 @@ mod tests {
             caller_exe: None,
             policy: String::new(),
             prev: String::new(),
+            count: 1,
         };
         assert!(
             w.append(entry)
                 .is_err_and(|e| e.contains("writing the audit log"))
         );
-        assert_eq!(w.seq, 4);
+        assert_eq!(w.seq(), 4);
     }
 
     #[test]
@@ -669,6 +713,165 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             assert!(Audit::open(tmp.path()).is_err());
         }
+    }
+
+    fn deny(target: &str) -> Event {
+        Event {
+            allowed: false,
+            reason: "denied by the laptop's policy".into(),
+            ..event(target)
+        }
+    }
+
+    fn dir_size(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// A flood of allowed calls stays within the budget; the chain still
+    /// verifies from the anchor, and says how many entries went.
+    #[tokio::test]
+    async fn the_log_stays_within_its_budget_and_still_verifies() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let budget = MIN_BUDGET;
+        {
+            let audit =
+                Audit::open_with_budget(tmp.path(), budget).unwrap_or_else(|e| panic!("{e}"));
+            for i in 0..2000 {
+                let target = format!("token-{i}-{}", "x".repeat(100));
+                audit
+                    .record(event(&target), "abc")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        assert!(
+            dir_size(tmp.path()) <= budget,
+            "{} > {budget}",
+            dir_size(tmp.path())
+        );
+        let v = verify(tmp.path()).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(v.entries + v.rotated_out, 2000, "{v:?}");
+        assert!(v.rotated_out > 0 && v.segments > 1, "{v:?}");
+        // The chain goes on across a restart with a smaller budget.
+        {
+            let audit =
+                Audit::open_with_budget(tmp.path(), budget).unwrap_or_else(|e| panic!("{e}"));
+            audit
+                .record(event("after"), "abc")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let again = verify(tmp.path()).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(again.entries + again.rotated_out, 2001);
+    }
+
+    /// Removing the oldest kept segment by hand, or changing a line in a
+    /// rotated segment, shows.
+    #[tokio::test]
+    async fn tampering_with_rotated_segments_shows() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        {
+            let audit =
+                Audit::open_with_budget(tmp.path(), MIN_BUDGET).unwrap_or_else(|e| panic!("{e}"));
+            for i in 0..1500 {
+                audit
+                    .record(event(&format!("t{i:0100}")), "abc")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let segs = store::rotated_segments(tmp.path()).unwrap_or_default();
+        assert!(segs.len() >= 2, "{segs:?}");
+        let text = std::fs::read_to_string(&segs[1]).unwrap_or_default();
+        std::fs::write(&segs[1], text.replacen("\"t0", "\"x0", 1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            verify(tmp.path()),
+            Err(Ok(Tampered::InSegment { ref error, .. })) if **error == Tampered::Changed(1)
+        ));
+        std::fs::write(&segs[1], text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(verify(tmp.path()).is_ok());
+        std::fs::remove_file(&segs[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            verify(tmp.path()),
+            Err(Ok(Tampered::InSegment { ref error, .. })) if matches!(**error, Tampered::BadAnchor(_))
+        ));
+    }
+
+    /// A workspace repeating a refused call writes one line a second, with
+    /// a count; an allowed call in between keeps the order.
+    #[tokio::test]
+    async fn identical_denials_are_one_line_with_a_count() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        {
+            let audit = Audit::open(tmp.path()).unwrap_or_else(|e| panic!("{e}"));
+            for _ in 0..500 {
+                audit
+                    .record(deny("prod-db"), "abc")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            audit
+                .record(event("ok"), "abc")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            audit
+                .record(deny("prod-db"), "abc")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            audit.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (read, _) = read_lines(&log_path(tmp.path()), 0).unwrap_or_default();
+        let summary: Vec<(String, String, u64)> = read
+            .iter()
+            .map(|l| {
+                (
+                    l.entry.target.clone(),
+                    l.entry.decision.clone(),
+                    l.entry.count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("prod-db".into(), "deny".into(), 500),
+                ("ok".into(), "allow".into(), 1),
+                ("prod-db".into(), "deny".into(), 1),
+            ]
+        );
+        assert_eq!(verify(tmp.path()).ok().map(|v| v.entries), Some(3));
+    }
+
+    /// The log keeps the whole target an approval prompt could show, and
+    /// no control, C1 or bidi character raw.
+    #[tokio::test]
+    async fn the_line_holds_what_was_decided_and_no_raw_controls() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let long = format!("deploy {} DANGEROUS-ARG", "a".repeat(300));
+        let hostile = "x\u{9b}31m\u{7f}\u{202e}gpj.exe";
+        write(tmp.path(), &[&long, hostile]).await;
+        let raw = std::fs::read_to_string(log_path(tmp.path())).unwrap_or_default();
+        assert!(raw.contains("DANGEROUS-ARG"), "the target was cut");
+        assert!(
+            raw.chars()
+                .all(|c| c == '\n' || !c.is_control() && !('\u{2028}'..='\u{206f}').contains(&c)),
+            "{raw:?}"
+        );
+        assert!(raw.contains("\\u009b") && raw.contains("\\u202e"), "{raw}");
+        let (read, _) = read_lines(&log_path(tmp.path()), 0).unwrap_or_default();
+        assert_eq!(read[1].entry.target, hostile);
+        let json = to_json_line(&read[1].entry).unwrap_or_default();
+        assert!(json.is_ascii(), "{json}");
+        assert_eq!(verify(tmp.path()).ok().map(|v| v.entries), Some(2));
     }
 
     #[test]

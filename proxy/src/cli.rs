@@ -340,7 +340,7 @@ async fn serve(
         .context("loading this laptop's identity")?;
     config.prepare()?;
     let control = crate::control::bind(config.root()).await?;
-    let audit = crate::audit::Audit::open(config.root())
+    let audit = crate::audit::Audit::open_with_budget(config.root(), limits.audit_max_size)
         .context("opening the audit log; refusing to run without one")?;
     let approvals = Arc::new(crate::approvals::Approvals::new(Some(
         sources.approval_timeout,
@@ -386,6 +386,10 @@ async fn serve(
     }
     tasks.close();
     tasks.wait().await;
+    // A denial still counting its twins goes to disk before we exit.
+    if let Err(e) = ctx.audit.flush().await {
+        tracing::error!(error = %e, "audit log");
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -370,10 +370,20 @@ pub enum AuditCommand {
 pub async fn audit(config: &ConfigDir, cmd: &AuditCommand) -> Result<ExitCode> {
     match cmd {
         AuditCommand::Verify => match crate::audit::verify(config.root()) {
-            Ok(n) => {
+            Ok(v) => {
+                let rotated = if v.rotated_out > 0 {
+                    format!(
+                        "; {} older entries were rotated out to keep the log within its budget",
+                        v.rotated_out
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{}: intact, {n} entries, head matches",
-                    crate::audit::log_path(config.root()).display()
+                    "{}: intact, {} entries in {} segment(s), head matches{rotated}",
+                    crate::audit::log_path(config.root()).display(),
+                    v.entries,
+                    v.segments
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -397,7 +407,9 @@ pub async fn audit(config: &ConfigDir, cmd: &AuditCommand) -> Result<ExitCode> {
                 let mut out = std::io::stdout().lock();
                 for l in items {
                     if *json {
-                        writeln!(out, "{}", serde_json::to_string(&l.entry)?)?;
+                        let line =
+                            crate::audit::to_json_line(&l.entry).map_err(anyhow::Error::msg)?;
+                        writeln!(out, "{line}")?;
                     } else {
                         writeln!(out, "{}", crate::audit::describe(&l.entry))?;
                     }

@@ -52,6 +52,12 @@ pub struct Limits {
     #[arg(long, env = "NEXUS_CALL_TIMEOUT", value_name = "DURATION",
           default_value = "60s", value_parser = parse_call_timeout)]
     pub call_timeout: Duration,
+    /// Most disk space the audit log may take, all segments together; the
+    /// oldest segments are removed beyond it (`audit verify` says how many
+    /// entries went). At least 64KiB.
+    #[arg(long, env = "NEXUS_AUDIT_MAX_SIZE", value_name = "SIZE",
+          default_value = "512MiB", value_parser = parse_audit_budget)]
+    pub audit_max_size: u64,
 }
 
 impl Default for Limits {
@@ -62,6 +68,7 @@ impl Default for Limits {
             max_calls_per_tool: DEFAULT_MAX_CALLS_PER_TOOL,
             max_call_frame: DEFAULT_MAX_CALL_FRAME,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            audit_max_size: crate::audit::DEFAULT_BUDGET,
         }
     }
 }
@@ -100,6 +107,16 @@ fn parse_call_timeout(s: &str) -> Result<Duration, String> {
         return Err("a call timeout of 0 would fail every call; use e.g. 60s".into());
     }
     Ok(d)
+}
+
+fn parse_audit_budget(s: &str) -> Result<u64, String> {
+    let n = nexus_protocol::units::parse_size(s)?;
+    if n < crate::audit::MIN_BUDGET {
+        return Err(format!(
+            "an audit budget of {s:?} is too small to hold a segment: use at least 64KiB"
+        ));
+    }
+    Ok(n)
 }
 
 /// Bytes, `KiB` or `MiB`; between 4 KiB and the 1 MiB protocol maximum.
