@@ -13,6 +13,7 @@ mod error;
 mod fingerprint;
 mod frame_io;
 mod identity;
+pub mod log_limit;
 pub mod mux;
 pub mod process;
 pub mod tls;

@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 const YAMUX_LOG_CAP: &str = "yamux=info";
 
 /// Logs to stderr with the filter in `NEXUS_LOG` (else `default`), colours
-/// only on a terminal.
+/// only on a terminal, at most [`crate::log_limit::LINES_PER_SECOND`] lines
+/// a second.
 ///
 /// A log line that cannot be written is dropped quietly: by default
 /// tracing-subscriber reports it with `eprintln!`, which panics when stderr
@@ -20,7 +21,7 @@ pub fn init_tracing(default: &str) {
         .add_directive(YAMUX_LOG_CAP.parse().unwrap_or_default());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::log_limit::Limited::new(std::io::stderr))
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
