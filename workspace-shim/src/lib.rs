@@ -19,6 +19,7 @@ pub mod mcp;
 pub mod serve;
 mod sockets;
 pub mod state;
+pub mod trust;
 
 /// Name and version reported to the peer and in `status`.
 pub const SOFTWARE: &str = concat!("nexus-shim ", env!("CARGO_PKG_VERSION"));

@@ -39,14 +39,13 @@ impl StateDir {
         Ok(Self { root })
     }
 
-    /// Creates the directory (0700) if needed, then checks it is safe.
+    /// Creates the directory and any missing parent 0700 (whatever the
+    /// umask: with umask 000, `~/.local/state` made 0777 let any user swap
+    /// the state dir), then checks it is safe.
     pub fn prepare(&self) -> Result<()> {
         if !self.root.exists() {
-            if let Some(parent) = self.root.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
             let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
             #[cfg(unix)]
             std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
             b.create(&self.root)
@@ -55,7 +54,9 @@ impl StateDir {
         self.check()
     }
 
-    /// Refuses a directory owned by another user or writable by others.
+    /// Refuses a directory owned by another user or writable by others, or
+    /// one below a folder where another user could swap it
+    /// ([`crate::trust::check_ancestors`]).
     pub fn check(&self) -> Result<()> {
         let meta = std::fs::symlink_metadata(&self.root)
             .with_context(|| format!("reading state dir {}", self.root.display()))?;
@@ -84,7 +85,7 @@ impl StateDir {
                 );
             }
         }
-        Ok(())
+        crate::trust::check_ancestors(&self.root)
     }
 
     /// The directory itself.
