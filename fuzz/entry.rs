@@ -97,3 +97,21 @@ pub fn credential(data: &[u8]) {
         );
     }
 }
+
+/// A push request as the laptop reads it before forwarding (git's
+/// receive-pack command list): fed whole and again in two pieces, which
+/// must give the same answer.
+pub fn pktline(data: &[u8]) {
+    use nexus_protocol::pktline::PushCommands;
+    let whole = PushCommands::new().feed(data);
+    let cut = data.len() / 2;
+    let mut r = PushCommands::new();
+    let split = match r.feed(&data[..cut]) {
+        Ok(nexus_protocol::pktline::Progress::NeedMore) => r.feed(&data[cut..]),
+        other => other,
+    };
+    assert_eq!(
+        whole, split,
+        "the answer depends on where the request is cut"
+    );
+}

@@ -17,6 +17,7 @@ mod credential;
 mod error;
 mod frame;
 mod message;
+pub mod pktline;
 mod secret;
 mod section;
 pub mod units;

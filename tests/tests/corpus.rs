@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("agent", entry::agent),
     ("policy", entry::policy),
     ("credential", entry::credential),
+    ("pktline", entry::pktline),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
