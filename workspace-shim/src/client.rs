@@ -7,21 +7,15 @@ use tokio::net::UnixStream;
 
 use crate::state::StateDir;
 
-/// Why a client command could not get an answer.
-#[derive(Debug)]
+/// Why a client command could not get an answer (exit 1 either way).
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No daemon listens on the state dir (exit 1).
+    /// No daemon listens on the state dir.
+    #[error("{0}")]
     NoDaemon(String),
-    /// The daemon broke the conversation (exit 1).
+    /// The daemon broke the conversation.
+    #[error("{0}")]
     Broken(String),
-}
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NoDaemon(m) | Self::Broken(m) => f.write_str(m),
-        }
-    }
 }
 
 /// A connection to the daemon carrying one request.

@@ -11,7 +11,6 @@
 pub mod agent;
 pub mod cli;
 mod client;
-mod commands;
 pub mod http;
 pub mod ingress;
 pub mod keepalive;
