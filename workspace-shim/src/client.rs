@@ -16,6 +16,9 @@ pub enum ClientError {
     /// The daemon broke the conversation.
     #[error("{0}")]
     Broken(String),
+    /// The state dir or the daemon is not the caller's own.
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 /// A connection to the daemon carrying one request.
@@ -25,8 +28,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects and sends the request.
+    /// Connects and sends the request, once the state dir and the daemon
+    /// behind its socket have been found to be the caller's own (see
+    /// [`crate::trust`]).
     pub async fn start(state: &StateDir, wait: Duration, op: LocalOp) -> Result<Self, ClientError> {
+        if state.root().exists() {
+            state
+                .check()
+                .map_err(|e| ClientError::Unsafe(format!("{e:#}")))?;
+        }
         let path = state.shim_sock();
         let mut conn = UnixStream::connect(&path).await.map_err(|e| {
             ClientError::NoDaemon(format!(
@@ -35,6 +45,9 @@ impl Session {
                 path.display()
             ))
         })?;
+        #[cfg(unix)]
+        crate::trust::check_peer(&conn, &path)
+            .map_err(|e| ClientError::Unsafe(format!("{e:#}")))?;
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         nexus_transport::send(&mut conn, &LocalRequest { wait_ms, op })
             .await

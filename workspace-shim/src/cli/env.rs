@@ -9,6 +9,10 @@ use crate::state::StateDir;
 
 /// Prints the lines for `eval "$(nexus-shim env)"`.
 pub(super) fn run(state: &StateDir) -> Result<ExitCode> {
+    // Nothing of a state dir another user could have swapped is exported.
+    if state.root().exists() {
+        state.check()?;
+    }
     let q = |p: &Path| shell_quote(&p.display().to_string());
     println!("export NEXUS_STATE_DIR={}", q(state.root()));
     println!("export SSH_AUTH_SOCK={}", q(&state.agent_sock()));
@@ -24,7 +28,7 @@ pub(super) fn run(state: &StateDir) -> Result<ExitCode> {
     );
     println!("export GIT_CONFIG_KEY_2=credential.useHttpPath GIT_CONFIG_VALUE_2=true");
     // Written by a daemon serving HTTP injection.
-    if let Ok(url) = std::fs::read_to_string(state.http_url()) {
+    if let Ok(url) = crate::trust::read_private(&state.http_url()) {
         println!("export NEXUS_HTTP_URL={}", shell_quote(url.trim()));
     }
     Ok(ExitCode::SUCCESS)

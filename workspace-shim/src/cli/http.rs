@@ -43,15 +43,20 @@ struct ApiView<'a> {
 pub(super) async fn run(state: &StateDir, cmd: HttpCommand) -> Result<ExitCode> {
     match cmd {
         HttpCommand::Url => {
-            let url = std::fs::read_to_string(state.http_url()).map_err(|_| {
-                Stop::new(
-                    ERROR,
+            if state.root().exists() {
+                state.check()?;
+            }
+            let url = crate::trust::read_private(&state.http_url()).map_err(|e| {
+                let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    e.to_string()
+                } else {
                     format!(
                         "no daemon serves HTTP injection for {} (start one with: nexus-shim serve; \
                          not with --http-listen none)",
                         state.root().display()
-                    ),
-                )
+                    )
+                };
+                Stop::new(ERROR, why)
             })?;
             println!("{}", url.trim());
             Ok(ExitCode::SUCCESS)
@@ -65,7 +70,7 @@ async fn list(state: &StateDir, json: bool, client: &ClientArgs) -> Result<ExitC
         LocalReply::Reply(Reply::HttpApis(apis)) => apis,
         other => return Err(Stop::reply(other).into()),
     };
-    let base = std::fs::read_to_string(state.http_url())
+    let base = crate::trust::read_private(&state.http_url())
         .map(|u| u.trim().to_owned())
         .unwrap_or_else(|_| "$NEXUS_HTTP_URL".to_owned());
     if json {
