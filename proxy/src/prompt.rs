@@ -27,12 +27,12 @@ pub fn show(id: u64, request: &ApprovalRequest, hash: &str, timeout: Duration) {
     eprintln!(
         "\n=== approval {id}: workspace {} asks: {}\n    tool {}, caller {caller} (as the workspace reports it)\n    \
          rule {}, request hash {hash}\n    answer: y {id} | y {id} 10m (also identical requests for 10 min) | n {id}   \
-         (denied in {}s)",
+         (denied in {})",
         clip(&request.workspace),
         crate::approvals::shown_summary(&request.summary),
         request.tool,
         clip(&request.rule),
-        timeout.as_secs()
+        nexus_protocol::units::format_duration(timeout)
     );
 }
 

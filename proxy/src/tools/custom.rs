@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{debug, info};
 
 use super::ToolContext;
-use super::pipeline::{Asked, Decided, Scope, Tool, wrong_grant};
+use super::pipeline::{Asked, Decided, Listing, Scope, Tool, wrong_grant};
 
 /// Read size for tool output; smaller than a chunk so output flows early.
 const READ_SIZE: usize = 64 << 10;
@@ -25,18 +25,8 @@ pub const TIMEOUT_EXIT: i32 = 124;
 #[derive(Debug)]
 pub struct List;
 
-impl Tool for List {
-    fn ask(&mut self, _: &Scope<'_>, _: &PolicySet) -> Result<Asked, Reply> {
-        Ok(Asked::Listing)
-    }
-
-    async fn run<S>(
-        self,
-        scope: &Scope<'_>,
-        policy: &PolicySet,
-        _: Option<Grant>,
-        _: &mut S,
-    ) -> Option<Reply> {
+impl Listing for List {
+    fn list(&self, scope: &Scope<'_>, policy: &PolicySet) -> Reply {
         let tools = policy
             .tools_for(scope.workspace)
             .into_iter()
@@ -47,7 +37,7 @@ impl Tool for List {
                 approve: t.approve.is_some(),
             })
             .collect();
-        Some(Reply::Tools(tools))
+        Reply::Tools(tools)
     }
 }
 

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::ToolContext;
-use super::pipeline::{Asked, Decided, Scope, Tool, wrong_grant};
+use super::pipeline::{Asked, Decided, Listing, Scope, Tool, wrong_grant};
 
 /// Most request headers passed on.
 const MAX_HEADERS: usize = 128;
@@ -135,18 +135,8 @@ impl HttpState {
 #[derive(Debug)]
 pub struct List;
 
-impl Tool for List {
-    fn ask(&mut self, _: &Scope<'_>, _: &nexus_policy::PolicySet) -> Result<Asked, Reply> {
-        Ok(Asked::Listing)
-    }
-
-    async fn run<S>(
-        self,
-        scope: &Scope<'_>,
-        policy: &nexus_policy::PolicySet,
-        _: Option<Grant>,
-        _: &mut S,
-    ) -> Option<Reply> {
+impl Listing for List {
+    fn list(&self, scope: &Scope<'_>, policy: &nexus_policy::PolicySet) -> Reply {
         let apis = policy
             .http_for(scope.workspace)
             .into_iter()
@@ -160,7 +150,7 @@ impl Tool for List {
                 approve: r.approve.is_some(),
             })
             .collect();
-        Some(Reply::HttpApis(apis))
+        Reply::HttpApis(apis)
     }
 }
 

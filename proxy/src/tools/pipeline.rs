@@ -59,8 +59,7 @@ impl Scope<'_> {
 pub(crate) enum Asked {
     /// A decision for the gate.
     Decided(Box<Decided>),
-    /// A listing drawn from the policy alone (names and descriptions, never
-    /// a value): nothing to decide or audit.
+    /// A [`Listing`]: nothing to decide or audit.
     Listing,
 }
 
@@ -115,6 +114,29 @@ pub(crate) trait Tool {
     ) -> Option<Reply>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send;
+}
+
+/// A listing drawn from the policy alone (names and descriptions, never a
+/// value): no decision to gate or audit, no laptop resource to wait on.
+pub(crate) trait Listing {
+    /// The list this workspace may see.
+    fn list(&self, scope: &Scope<'_>, policy: &PolicySet) -> Reply;
+}
+
+impl<T: Listing> Tool for T {
+    fn ask(&mut self, _: &Scope<'_>, _: &PolicySet) -> Result<Asked, Reply> {
+        Ok(Asked::Listing)
+    }
+
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        policy: &PolicySet,
+        _: Option<Grant>,
+        _: &mut S,
+    ) -> Option<Reply> {
+        Some(self.list(scope, policy))
+    }
 }
 
 /// The reply when the policy granted another kind of rule than the tool

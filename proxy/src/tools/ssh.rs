@@ -32,7 +32,7 @@ use tokio::net::UnixStream;
 use tracing::{info, warn};
 
 use super::ToolContext;
-use super::pipeline::{Asked, Decided, Scope, Tool};
+use super::pipeline::{Asked, Decided, Listing, Scope, Tool};
 use crate::known_hosts::HostKeys;
 use crate::ssh_wire::{Method, SignData, parse_sign_data};
 
@@ -234,19 +234,9 @@ fn known_as(host_key: &KeyData, known: &HostKeys, policy: &PolicySet) -> Vec<Str
 #[derive(Debug)]
 pub struct KnownHosts;
 
-impl Tool for KnownHosts {
-    fn ask(&mut self, _: &Scope<'_>, _: &PolicySet) -> Result<Asked, Reply> {
-        Ok(Asked::Listing)
-    }
-
-    async fn run<S>(
-        self,
-        scope: &Scope<'_>,
-        policy: &PolicySet,
-        _: Option<Grant>,
-        _: &mut S,
-    ) -> Option<Reply> {
-        Some(known_hosts(policy, scope.ctx))
+impl Listing for KnownHosts {
+    fn list(&self, scope: &Scope<'_>, policy: &PolicySet) -> Reply {
+        known_hosts(policy, scope.ctx)
     }
 }
 

@@ -13,7 +13,7 @@ use tracing::warn;
 use zeroize::Zeroize;
 
 use super::ToolContext;
-use super::pipeline::{Asked, Decided, Scope, Tool, wrong_grant};
+use super::pipeline::{Asked, Decided, Listing, Scope, Tool, wrong_grant};
 
 /// Largest value a file or command source may produce.
 pub const MAX_VALUE: usize = 64 << 10;
@@ -69,18 +69,8 @@ impl Tool for Token<'_> {
 #[derive(Debug)]
 pub struct McpNames;
 
-impl Tool for McpNames {
-    fn ask(&mut self, _: &Scope<'_>, _: &PolicySet) -> Result<Asked, Reply> {
-        Ok(Asked::Listing)
-    }
-
-    async fn run<S>(
-        self,
-        scope: &Scope<'_>,
-        policy: &PolicySet,
-        _: Option<Grant>,
-        _: &mut S,
-    ) -> Option<Reply> {
+impl Listing for McpNames {
+    fn list(&self, scope: &Scope<'_>, policy: &PolicySet) -> Reply {
         let names = policy
             .user()
             .token_names()
@@ -92,7 +82,7 @@ impl Tool for McpNames {
             })
             .map(str::to_owned)
             .collect();
-        Some(Reply::McpTokens(names))
+        Reply::McpTokens(names)
     }
 }
 
