@@ -98,8 +98,8 @@ pub struct PendingView {
 pub struct Answer {
     /// Allow or deny.
     pub allow: bool,
-    /// Also allow identical requests for this many seconds.
-    pub for_secs: Option<u64>,
+    /// Also allow identical requests for this many milliseconds.
+    pub for_ms: Option<u64>,
 }
 
 struct Pending {
@@ -231,7 +231,7 @@ impl Approvals {
             .collect()
     }
 
-    /// Answers request `id`; with `for_secs`, identical requests are allowed
+    /// Answers request `id`; with `for_ms`, identical requests are allowed
     /// until then too.
     ///
     /// # Errors
@@ -249,9 +249,9 @@ impl Approvals {
             return Err(format!("request {id} was just answered or timed out"));
         };
         if answer.allow
-            && let Some(secs) = answer.for_secs
+            && let Some(ms) = answer.for_ms
         {
-            let span = Duration::from_secs(secs).min(MAX_GRANT);
+            let span = Duration::from_millis(ms).min(MAX_GRANT);
             st.grants.insert(p.hash.clone(), Instant::now() + span);
         }
         let _ = p.reply.send(answer.allow);
@@ -286,27 +286,20 @@ pub fn caller_text(pid: Option<u32>, exe: Option<&str>) -> String {
     }
 }
 
-/// Parses `10m`, `90s`, `1h`, or a bare number of seconds.
+/// How long an "allow for" lasts (`approve --for`, `y ID DURATION` at a
+/// prompt): a duration in the one grammar, more than 0 and at most
+/// [`MAX_GRANT`].
 ///
 /// # Errors
-/// A message showing the accepted forms.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let (n, unit) = text.split_at(digits);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}; expected e.g. 90s, 10m or 1h"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        _ => {
-            return Err(format!(
-                "invalid duration {text:?}; expected e.g. 90s, 10m or 1h"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(n.saturating_mul(scale)))
+/// A message with the accepted forms and the bound.
+pub fn grant_span(text: &str) -> Result<Duration, String> {
+    match nexus_protocol::units::parse_duration(text)? {
+        d if d.is_zero() || d > MAX_GRANT => Err(format!(
+            "{text}: an approval may also cover identical requests for 1ms to {}",
+            nexus_protocol::units::format_duration(MAX_GRANT)
+        )),
+        d => Ok(d),
+    }
 }
 
 #[cfg(test)]
@@ -375,7 +368,7 @@ mod tests {
                 id_a,
                 Answer {
                     allow: true,
-                    for_secs: None
+                    for_ms: None
                 }
             )
             .is_ok()
@@ -386,7 +379,7 @@ mod tests {
                 id_b,
                 Answer {
                     allow: false,
-                    for_secs: None
+                    for_ms: None
                 }
             )
             .is_ok()
@@ -401,7 +394,7 @@ mod tests {
                 p[0].id,
                 Answer {
                     allow: true,
-                    for_secs: Some(600)
+                    for_ms: Some(600_000)
                 }
             )
             .is_ok()
@@ -414,7 +407,7 @@ mod tests {
                 999,
                 Answer {
                     allow: true,
-                    for_secs: None
+                    for_ms: None
                 }
             )
             .is_err()
@@ -430,7 +423,7 @@ mod tests {
         assert_eq!(p[0].workspace, "ci");
         let deny = Answer {
             allow: false,
-            for_secs: None,
+            for_ms: None,
         };
         assert!(a.answer(p[0].id, deny).is_ok());
         assert!(other.await.ok().is_some_and(|r| r.is_err()));
@@ -463,12 +456,16 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+    fn grant_spans_use_the_one_grammar_within_a_day() {
+        assert_eq!(grant_span("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(grant_span("10min"), Ok(Duration::from_secs(600)));
+        assert_eq!(grant_span("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(grant_span("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(grant_span("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(grant_span("1d"), Ok(MAX_GRANT));
+        assert!(grant_span("ten").is_err());
+        assert!(grant_span("5d").is_err_and(|e| e.contains("1ms to 1d")));
+        assert!(grant_span("0").is_err());
     }
 
     /// What the user approves must be visible whole: a workspace must not

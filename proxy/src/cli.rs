@@ -75,9 +75,10 @@ enum Command {
         policy: Option<PathBuf>,
         #[command(flatten)]
         baseline: crate::commands::BaselineArg,
-        /// How long an `approve = "prompt"` call waits for an answer before it is denied.
         #[arg(long, value_name = "DURATION", default_value = "60s",
-              value_parser = crate::commands::approval_timeout_arg)]
+              value_parser = crate::commands::approval_timeout_arg,
+              help = format!("How long an `approve = \"prompt\"` call waits for an answer before \
+                              it is denied (at most 110s): {}", nexus_protocol::units::DURATION_FORMS))]
         approval_timeout: std::time::Duration,
         /// PATH for `command` token sources (service managers start with none).
         #[arg(long, env = "NEXUS_SOURCE_PATH", value_name = "PATH")]
@@ -351,6 +352,7 @@ async fn serve(
         audit,
         approvals,
         links: Default::default(),
+        lock: Arc::new(crate::control::KillSwitch::new(config.root())),
         config,
         source_path: sources.source_path,
         rates: Default::default(),
@@ -369,6 +371,10 @@ async fn serve(
     let tasks = TaskTracker::new();
     let limits = Arc::new(limits);
     tasks.spawn(handle.watch(shutdown.clone()));
+    tasks.spawn({
+        let (ctx, stop) = (ctx.clone(), shutdown.clone());
+        async move { ctx.lock.watch(stop).await }
+    });
     tasks.spawn(crate::control::serve(
         control,
         ctx.clone(),
@@ -412,5 +418,54 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// `approve --for` and `run`'s duration flags read the one grammar
+    /// (`500ms` .. `1d`), each within its own bound.
+    #[test]
+    fn duration_flags_read_the_one_grammar() {
+        use clap::Parser;
+        use std::time::Duration;
+
+        use super::{Cli, Command};
+        let parse = |args: &[&str]| Cli::try_parse_from([&["nexus-agent-proxy"], args].concat());
+        let Ok(Cli {
+            command: Command::Approve(a),
+            ..
+        }) = parse(&["approve", "3", "--for", "500ms"])
+        else {
+            panic!("approve --for 500ms refused");
+        };
+        assert_eq!(a.for_, Some(Duration::from_millis(500)));
+        assert!(parse(&["approve", "3", "--for", "1d"]).is_ok());
+        assert!(parse(&["approve", "3", "--for", "10min"]).is_ok());
+        let err = parse(&["approve", "3", "--for", "2d"])
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("1ms to 1d")));
+        let Ok(Cli {
+            command:
+                Command::Run {
+                    approval_timeout,
+                    limits,
+                    ..
+                },
+            ..
+        }) = parse(&[
+            "run",
+            "--call-timeout",
+            "10min",
+            "--approval-timeout",
+            "500ms",
+        ])
+        else {
+            panic!("run --call-timeout 10min refused");
+        };
+        assert_eq!(limits.call_timeout, Duration::from_secs(600));
+        assert_eq!(approval_timeout, Duration::from_millis(500));
+        assert!(parse(&["run", "--approval-timeout", "2min"]).is_err());
+        let help = parse(&["approve", "--help"]).err().map(|e| e.to_string());
+        let words = help.map(|h| h.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert!(words.is_some_and(|h| h.contains(nexus_protocol::units::DURATION_FORMS)));
     }
 }

@@ -10,10 +10,11 @@ use clap::{Args, Subcommand};
 use nexus_policy::explain::{FixturePaths, Probe, parse_arg, run_fixtures};
 use nexus_policy::{PolicySet, Verdict};
 
-use crate::approvals::{Answer, PendingView, parse_duration};
+use crate::approvals::{Answer, PendingView};
 use crate::config::ConfigDir;
 use crate::control::{ControlRequest, Status, lock_path};
 use crate::reload::{PolicyHandle, PolicyPaths};
+use nexus_protocol::units::{DURATION_FORMS, parse_duration};
 
 /// Where the org baseline lives when nothing says otherwise.
 pub const DEFAULT_BASELINE: &str = "/etc/nexus/policy.d";
@@ -104,16 +105,8 @@ impl PolicyArgs {
     }
 }
 
-/// A duration flag: `60s`, `10m`, `1h`, or seconds.
-///
-/// # Errors
-/// A message with the accepted forms.
-pub fn duration_arg(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
-}
-
-/// `run --approval-timeout`: at most 110 s, since the workspace gives up on
-/// a call after 120 s.
+/// `run --approval-timeout`: more than 0 and at most 110 s, since the
+/// workspace gives up on a call after 120 s.
 ///
 /// # Errors
 /// A message with the accepted forms and the bound.
@@ -121,8 +114,7 @@ pub fn approval_timeout_arg(text: &str) -> Result<Duration, String> {
     const MAX: Duration = Duration::from_secs(110);
     match parse_duration(text)? {
         d if d.is_zero() || d > MAX => Err(format!(
-            "{text}: an approval may wait 1s to {}s (the workspace gives up on a call after 120 s)",
-            MAX.as_secs()
+            "{text}: an approval may wait 1ms to 110s (the workspace gives up on a call after 120s)"
         )),
         d => Ok(d),
     }
@@ -555,8 +547,9 @@ pub fn status(config: &ConfigDir, json: bool) -> Result<ExitCode> {
 pub struct ApproveArgs {
     /// The request to answer (see the list without ID).
     pub id: Option<u64>,
-    /// Also allow identical requests for this long (e.g. 10m; at most 24h).
-    #[arg(long = "for", value_name = "DURATION", value_parser = duration_arg, conflicts_with = "deny")]
+    #[arg(long = "for", value_name = "DURATION", value_parser = crate::approvals::grant_span,
+          conflicts_with = "deny",
+          help = format!("Also allow identical requests for this long, at most 1d: {DURATION_FORMS}"))]
     pub for_: Option<Duration>,
     /// Refuse the request.
     #[arg(long)]
@@ -608,7 +601,9 @@ pub fn approve(config: &ConfigDir, args: &ApproveArgs) -> Result<ExitCode> {
     };
     let answer = Answer {
         allow: !args.deny,
-        for_secs: args.for_.map(|d| d.as_secs()),
+        for_ms: args
+            .for_
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     let view: PendingView = serde_json::from_value(crate::control::request(
         config.root(),

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -166,6 +167,61 @@ pub fn is_locked(config: &Path) -> bool {
     }
 }
 
+/// How often the running proxy looks at the lock file for calls under way.
+const LOCK_POLL: Duration = Duration::from_millis(250);
+
+/// The kill switch as a running proxy sees it: the lock file, looked at
+/// before every call ([`KillSwitch::is_on`]) and watched by one task
+/// ([`KillSwitch::watch`]) for the calls under way, which wait on
+/// [`KillSwitch::engaged`].
+#[derive(Debug)]
+pub struct KillSwitch {
+    config: PathBuf,
+    state: watch::Sender<bool>,
+}
+
+impl KillSwitch {
+    /// The switch of configuration directory `config`.
+    #[must_use]
+    pub fn new(config: &Path) -> Self {
+        Self {
+            config: config.to_owned(),
+            state: watch::channel(is_locked(config)).0,
+        }
+    }
+
+    /// Looks at the lock file now; when it is on, every call waiting in
+    /// [`engaged`](Self::engaged) wakes.
+    pub fn is_on(&self) -> bool {
+        let on = is_locked(&self.config);
+        self.state
+            .send_if_modified(|seen| std::mem::replace(seen, on) != on);
+        on
+    }
+
+    /// Returns once the switch is seen on.
+    pub async fn engaged(&self) {
+        let mut seen = self.state.subscribe();
+        // The sender lives in `self`, borrowed here: this never errs.
+        let _ = seen.wait_for(|on| *on).await;
+    }
+
+    /// Looks at the lock file every 250 ms until `shutdown`, so a lock made
+    /// while no proxy answered `lock`'s notice still stops calls under way.
+    pub async fn watch(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(LOCK_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    self.is_on();
+                }
+            }
+        }
+    }
+}
+
 /// Binds the control socket of `config` (0600). Also what keeps two proxies
 /// off one configuration directory (they would interleave one audit chain).
 ///
@@ -241,7 +297,7 @@ async fn handle(stream: UnixStream, ctx: &ToolContext) {
 fn respond(req: ControlRequest, ctx: &ToolContext) -> serde_json::Value {
     let value = match req {
         ControlRequest::Status => serde_json::to_value(Status {
-            locked: is_locked(ctx.config.root()),
+            locked: ctx.lock.is_on(),
             policy: ctx.policy.info(),
             workspaces: ctx.links.view(),
             pending: ctx.approvals.pending(),
@@ -250,19 +306,22 @@ fn respond(req: ControlRequest, ctx: &ToolContext) -> serde_json::Value {
         ControlRequest::Pending => serde_json::to_value(ctx.approvals.pending()),
         ControlRequest::Answer { id, answer } => match ctx.approvals.answer(id, answer) {
             Ok(view) => {
-                info!(id, allow = answer.allow, for_secs = answer.for_secs, hash = %view.hash, "approval answered");
+                info!(id, allow = answer.allow, for_ms = answer.for_ms, hash = %view.hash, "approval answered");
                 serde_json::to_value(view)
             }
             Err(e) => return serde_json::json!({ "error": e }),
         },
         ControlRequest::Locked => {
             ctx.approvals.revoke_all();
+            // Calls under way stop now, not at the next look.
+            ctx.lock.is_on();
             warn!(
                 "locked: every call from every workspace is denied until `nexus-agent-proxy unlock`"
             );
             Ok(serde_json::json!({}))
         }
         ControlRequest::Unlocked => {
+            ctx.lock.is_on();
             info!("unlocked");
             Ok(serde_json::json!({}))
         }
@@ -294,4 +353,39 @@ pub fn request(config: &Path, req: &ControlRequest) -> Result<serde_json::Value>
         bail!("{e}");
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One watcher serves every call under way: a lock file written while
+    /// calls wait wakes each of them, and `is_on` sees it at once.
+    #[tokio::test]
+    async fn the_kill_switch_wakes_every_waiting_call() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let switch = Arc::new(KillSwitch::new(dir.path()));
+        assert!(!switch.is_on());
+        let stop = CancellationToken::new();
+        let watcher = tokio::spawn({
+            let (switch, stop) = (switch.clone(), stop.clone());
+            async move { switch.watch(stop).await }
+        });
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let switch = switch.clone();
+                tokio::spawn(async move { switch.engaged().await })
+            })
+            .collect();
+        std::fs::write(lock_path(dir.path()), b"1\n").unwrap_or_else(|e| panic!("{e}"));
+        for call in waiting {
+            let woke = tokio::time::timeout(Duration::from_secs(10), call).await;
+            assert!(matches!(woke, Ok(Ok(()))), "a call missed the lock");
+        }
+        assert!(switch.is_on());
+        std::fs::remove_file(lock_path(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!switch.is_on(), "unlock is seen at once");
+        stop.cancel();
+        assert!(watcher.await.is_ok());
+    }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use nexus_transport::parse_duration;
+use nexus_protocol::units::{DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size};
 
 /// Default time without an answer to a ping before a link is declared dead.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,10 +27,10 @@ const MAX_IN_FLIGHT_CEILING: usize = 448;
 /// Limits per workspace link (`run` flags).
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
-    /// A link is declared dead (and redialed) after this long without an
-    /// answer to a ping; pings go every quarter of it.
     #[arg(long, env = "NEXUS_KEEPALIVE_TIMEOUT", value_name = "DURATION",
-          default_value = "10s", value_parser = parse_keepalive)]
+          default_value = "10s", value_parser = parse_keepalive,
+          help = format!("A link is declared dead (and redialed) after this long without an \
+                          answer to a ping; pings go every quarter of it (500ms to 1h): {DURATION_FORMS}"))]
     pub keepalive_timeout: Duration,
     /// Calls of one workspace answered at once; more wait their turn.
     #[arg(long, env = "NEXUS_MAX_CALLS_IN_FLIGHT", value_name = "N",
@@ -43,14 +43,14 @@ pub struct Limits {
           default_value_t = DEFAULT_MAX_CALLS_PER_TOOL,
           value_parser = parse_calls)]
     pub max_calls_per_tool: usize,
-    /// Largest call frame accepted (bytes; KiB and MiB suffixes work); a
-    /// larger call is refused, its stream closed.
-    #[arg(long, env = "NEXUS_MAX_CALL_FRAME", value_name = "BYTES",
-          default_value = "512KiB", value_parser = parse_frame_size)]
+    #[arg(long, env = "NEXUS_MAX_CALL_FRAME", value_name = "SIZE",
+          default_value = "512KiB", value_parser = parse_frame_size,
+          help = format!("Largest call frame accepted (4KiB to 1MiB); a larger call is refused, \
+                          its stream closed: {SIZE_FORMS}"))]
     pub max_call_frame: usize,
-    /// How long the laptop works on one call before failing it.
     #[arg(long, env = "NEXUS_CALL_TIMEOUT", value_name = "DURATION",
-          default_value = "60s", value_parser = parse_call_timeout)]
+          default_value = "60s", value_parser = parse_call_timeout,
+          help = format!("How long the laptop works on one call before failing it: {DURATION_FORMS}"))]
     pub call_timeout: Duration,
     /// Most disk space the audit log may take, all segments together; the
     /// oldest segments are removed beyond it (`audit verify` says how many
@@ -110,7 +110,7 @@ fn parse_call_timeout(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_audit_budget(s: &str) -> Result<u64, String> {
-    let n = nexus_protocol::units::parse_size(s)?;
+    let n = parse_size(s)?;
     if n < crate::audit::MIN_BUDGET {
         return Err(format!(
             "an audit budget of {s:?} is too small to hold a segment: use at least 64KiB"
@@ -119,27 +119,15 @@ fn parse_audit_budget(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
-/// Bytes, `KiB` or `MiB`; between 4 KiB and the 1 MiB protocol maximum.
+/// A size between 4 KiB and the 1 MiB protocol maximum.
 fn parse_frame_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("MiB") {
-        (n, 1 << 20)
-    } else if let Some(n) = t.strip_suffix("KiB") {
-        (n, 1 << 10)
-    } else {
-        (t, 1)
-    };
-    let n: usize = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 524288, 512KiB or 1MiB"))?;
-    let bytes = n.saturating_mul(mult);
-    if !(4 << 10..=nexus_protocol::MAX_FRAME).contains(&bytes) {
-        return Err(format!(
+    let bytes = parse_size(s)?;
+    match usize::try_from(bytes) {
+        Ok(n) if (4 << 10..=nexus_protocol::MAX_FRAME).contains(&n) => Ok(n),
+        _ => Err(format!(
             "frame size {s:?} is out of range: use 4KiB to 1MiB"
-        ));
+        )),
     }
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -151,9 +139,39 @@ mod tests {
         assert_eq!(parse_frame_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_frame_size("1MiB"), Ok(1 << 20));
         assert_eq!(parse_frame_size("8192"), Ok(8192));
-        for bad in ["2MiB", "1", "x", "-5KiB", ""] {
+        assert_eq!(parse_frame_size("65536B"), Ok(64 << 10));
+        for bad in ["2MiB", "1", "x", "-5KiB", "", "1GiB", "512kb"] {
             assert!(parse_frame_size(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Every duration flag reads the one grammar: `10min` and `500ms` as
+    /// well as `600` and `10m`.
+    #[test]
+    fn durations_read_the_one_grammar() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        let parse = |args: &[&str]| T::try_parse_from([&["t"], args].concat()).map(|t| t.limits);
+        let l = parse(&["--call-timeout", "10min", "--keepalive-timeout", "500ms"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.call_timeout, Duration::from_secs(600));
+        assert_eq!(l.keepalive_timeout, Duration::from_millis(500));
+        for same in ["10m", "600", "600s"] {
+            let l = parse(&["--call-timeout", same]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(l.call_timeout, Duration::from_secs(600), "{same}");
+        }
+        assert_eq!(
+            parse(&["--call-timeout", "1d"])
+                .map(|l| l.call_timeout)
+                .ok(),
+            Some(Duration::from_secs(86_400))
+        );
+        assert!(parse(&["--call-timeout", "10 minutes"]).is_err());
+        assert!(parse(&["--max-call-frame", "64KiB"]).is_ok_and(|l| l.max_call_frame == 64 << 10));
     }
 
     #[test]

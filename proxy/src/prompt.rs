@@ -8,7 +8,7 @@ use std::io::{BufRead, IsTerminal};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::approvals::{Answer, ApprovalRequest, Approvals, parse_duration};
+use crate::approvals::{Answer, ApprovalRequest, Approvals, grant_span};
 
 /// Whether prompts go to this terminal.
 fn interactive() -> bool {
@@ -27,12 +27,12 @@ pub fn show(id: u64, request: &ApprovalRequest, hash: &str, timeout: Duration) {
     eprintln!(
         "\n=== approval {id}: workspace {} asks: {}\n    tool {}, caller {caller} (as the workspace reports it)\n    \
          rule {}, request hash {hash}\n    answer: y {id} | y {id} 10m (also identical requests for 10 min) | n {id}   \
-         (denied in {}s)",
+         (denied in {})",
         clip(&request.workspace),
         crate::approvals::shown_summary(&request.summary),
         request.tool,
         clip(&request.rule),
-        timeout.as_secs()
+        nexus_protocol::units::format_duration(timeout)
     );
 }
 
@@ -98,15 +98,15 @@ fn parse_answer(line: &str) -> Option<(u64, Answer)> {
         _ => return None,
     };
     let id = words.next()?.parse().ok()?;
-    let for_secs = match words.next() {
-        Some(d) if allow => Some(parse_duration(d).ok()?.as_secs()),
+    let for_ms = match words.next() {
+        Some(d) if allow => Some(u64::try_from(grant_span(d).ok()?.as_millis()).ok()?),
         Some(_) => return None,
         None => None,
     };
     words
         .next()
         .is_none()
-        .then_some((id, Answer { allow, for_secs }))
+        .then_some((id, Answer { allow, for_ms }))
 }
 
 #[cfg(test)]
@@ -115,9 +115,12 @@ mod tests {
 
     #[test]
     fn answers() {
-        let a = |allow, for_secs| Answer { allow, for_secs };
+        let a = |allow, for_ms| Answer { allow, for_ms };
         assert_eq!(parse_answer("y 3"), Some((3, a(true, None))));
-        assert_eq!(parse_answer("yes 3 10m"), Some((3, a(true, Some(600)))));
+        assert_eq!(parse_answer("yes 3 10m"), Some((3, a(true, Some(600_000)))));
+        assert_eq!(parse_answer("y 3 500ms"), Some((3, a(true, Some(500)))));
+        assert_eq!(parse_answer("y 3 1d"), Some((3, a(true, Some(86_400_000)))));
+        assert_eq!(parse_answer("y 3 2d"), None);
         assert_eq!(parse_answer("n 4"), Some((4, a(false, None))));
         assert_eq!(parse_answer("n 4 10m"), None);
         assert_eq!(parse_answer("y"), None);

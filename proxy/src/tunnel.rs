@@ -486,30 +486,25 @@ async fn answer(
         // at its policy timeout, a file at its end or when the workspace
         // stops reading (yamux flow control holds the laptop side).
         Some(_place) if call.request.is_streaming() => {
-            tools::dispatch_stream(&call, workspace, ctx, &mut stream, limits.max_call_frame).await
+            tools::dispatch(&call, workspace, ctx, &mut stream, limits.max_call_frame).await
         }
-        Some(_place) => Some(
-            match tokio::time::timeout(limits.call_timeout, tools::dispatch(&call, workspace, ctx))
-                .await
-            {
+        Some(_place) => {
+            let answer = tools::dispatch(&call, workspace, ctx, &mut stream, limits.max_call_frame);
+            match tokio::time::timeout(limits.call_timeout, answer).await {
                 Ok(reply) => reply,
                 Err(_) => {
-                    warn!(
-                        tool,
-                        timeout_s = limits.call_timeout.as_secs(),
-                        "call timed out"
-                    );
-                    Reply::error(
+                    let timeout = nexus_protocol::units::format_duration(limits.call_timeout);
+                    warn!(tool, %timeout, "call timed out");
+                    Some(Reply::error(
                         ErrorCode::Internal,
                         format!(
-                            "the laptop gave up on this {tool} call after {}s \
-                             (`nexus-agent-proxy run --call-timeout`)",
-                            limits.call_timeout.as_secs()
+                            "the laptop gave up on this {tool} call after {timeout} \
+                             (`nexus-agent-proxy run --call-timeout`)"
                         ),
-                    )
+                    ))
                 }
-            },
-        ),
+            }
+        }
     };
     if let Some(reply) = reply {
         // An error ending a stream (a timeout, a lock) must not wait for ever

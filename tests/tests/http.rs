@@ -545,6 +545,27 @@ fn lock_ends_a_stream_under_way() {
         .filter(|l| !l.is_empty())
         .collect();
     assert!(rest.is_empty(), "the stream went on after lock: {rest:?}");
+    // Both stops are audited, naming the call.
+    let log = w._laptop.config_dir().join("audit.jsonl");
+    poll(DEADLINE, || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let stopped = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| {
+                e["tool"] == "http"
+                    && e["target"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("api GET "))
+                    && e["decision"] == "deny"
+                    && e["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("stopped under way"))
+            })
+            .count();
+        (stopped == 2).then_some(())
+    })
+    .must("two audit lines for the streams the lock stopped");
 }
 
 /// Another uid on the workspace host is refused even with the whole URL

@@ -708,5 +708,26 @@ fn lock_kills_a_tool_that_is_already_running() {
     let status = poll(DEADLINE, || child.try_wait().ok().flatten())
         .must("the caller never ended after the lock");
     assert_eq!(status.code(), Some(3), "a lock is a denial");
+    // The run's end is in the audit log like any other outcome.
+    let log = std::fs::read_to_string(laptop.config_dir().join("audit.jsonl"))
+        .must("reading the audit log");
+    let stopped = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|e| {
+            e["tool"] == "tool"
+                && e["target"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("linger"))
+                && e["decision"] == "deny"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("stopped under way"))
+        });
+    assert!(
+        stopped,
+        "no audit line for the run the lock stopped:\n{log}"
+    );
+    laptop.cli(["audit", "verify"]).ok();
     laptop.cli(["unlock"]).ok();
 }

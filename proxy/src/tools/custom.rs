@@ -5,12 +5,13 @@
 
 use std::process::Stdio;
 
-use nexus_policy::{Action, Grant, ToolRule};
-use nexus_protocol::{CallerContext, Channel, ErrorCode, MAX_CHUNK, Reply, ToolInfo};
+use nexus_policy::{Action, Grant, PolicySet, ToolRule};
+use nexus_protocol::{Channel, ErrorCode, MAX_CHUNK, Reply, ToolInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{debug, info};
 
 use super::ToolContext;
+use super::pipeline::{Asked, Decided, Listing, Scope, Tool, wrong_grant};
 
 /// Read size for tool output; smaller than a chunk so output flows early.
 const READ_SIZE: usize = 64 << 10;
@@ -21,10 +22,13 @@ pub const TIMEOUT_EXIT: i32 = 124;
 /// binding layer, hidden by no deny rule of any layer (a baseline deny or a
 /// `[workspace."NAME"]` section narrows the list too; running one is still
 /// decided in full).
-pub fn list(policy: &nexus_policy::PolicySet, workspace: &str) -> Reply {
-    Reply::Tools(
-        policy
-            .tools_for(workspace)
+#[derive(Debug)]
+pub struct List;
+
+impl Listing for List {
+    fn list(&self, scope: &Scope<'_>, policy: &PolicySet) -> Reply {
+        let tools = policy
+            .tools_for(scope.workspace)
             .into_iter()
             .map(|t| ToolInfo {
                 name: t.name.clone(),
@@ -32,8 +36,9 @@ pub fn list(policy: &nexus_policy::PolicySet, workspace: &str) -> Reply {
                 args: t.args.clone(),
                 approve: t.approve.is_some(),
             })
-            .collect(),
-    )
+            .collect();
+        Reply::Tools(tools)
+    }
 }
 
 /// Kills the tool's whole process group when dropped, unless disarmed.
@@ -61,24 +66,39 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Decides and runs `tool run NAME -- ARGS`, streaming on `stream`.
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    name: &str,
-    args: &[String],
-    workspace: &str,
-    caller: &CallerContext,
-    ctx: &ToolContext,
-    stream: &mut S,
-) -> Reply {
-    // The arguments are part of what an approval covers.
-    let shown = format!("{name} {args:?}");
-    let decided = super::decide(ctx, workspace, caller, Action::Tool { name, args });
-    let rule = match super::grant(ctx, decided, workspace, caller, ("tool", &shown)).await {
-        Ok(Grant::Tool(rule)) => rule,
-        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
-        Err(reply) => return reply,
-    };
-    execute(&rule, args, ctx, stream).await
+/// `tool run NAME -- ARGS`, its output streamed.
+#[derive(Debug)]
+pub struct Run<'a> {
+    /// The tool's name in the policy.
+    pub name: &'a str,
+    /// The arguments after the rule's fixed command.
+    pub args: &'a [String],
+}
+
+impl Tool for Run<'_> {
+    fn ask(&mut self, scope: &Scope<'_>, policy: &PolicySet) -> Result<Asked, Reply> {
+        let (name, args) = (self.name, self.args);
+        let outcome = scope.decide(policy, Action::Tool { name, args });
+        // The arguments are part of what an approval covers.
+        let shown = format!("{name} {args:?}");
+        Ok(Asked::decided(Decided::new(outcome, "tool", shown)))
+    }
+
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        _: &PolicySet,
+        grant: Option<Grant>,
+        stream: &mut S,
+    ) -> Option<Reply>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(Grant::Tool(rule)) = grant else {
+            return wrong_grant();
+        };
+        Some(execute(&rule, self.args, scope.ctx, stream).await)
+    }
 }
 
 /// The program to run: a name is looked up on `path` here, so that the
@@ -181,9 +201,8 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
     let mut obuf = vec![0u8; READ_SIZE.min(MAX_CHUNK)];
     let mut ebuf = vec![0u8; READ_SIZE.min(MAX_CHUNK)];
     let mut probe = [0u8; 1];
-    // `lock` is a kill switch for runs already going too.
-    let mut lock_check = tokio::time::interval(LOCK_POLL);
-    lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A lock drops this future (the pipeline selects on it): the group
+    // guard kills the tool.
     loop {
         let (channel, n) = tokio::select! {
             r = out.read(&mut obuf), if out_open => match r {
@@ -215,12 +234,6 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
                 debug!(tool = %rule.name, "the workspace caller went away; tool killed");
                 return Reply::Done;
             }
-            _ = lock_check.tick() => {
-                if ctx.locked() {
-                    return locked(&mut group, rule, &mut tx).await;
-                }
-                continue;
-            }
             () = &mut deadline => {
                 group.kill();
                 let note = format!("nexus: tool {:?} killed by the laptop after its timeout of {:?}\n", rule.name, rule.timeout);
@@ -238,9 +251,6 @@ async fn execute<S: AsyncRead + AsyncWrite + Unpin>(
         let sent = tokio::select! {
             r = send_chunk(&mut tx, channel, data) => r,
             _ = rx.read(&mut probe) => Err(()),
-            () = wait_for_lock(ctx) => {
-                return locked(&mut group, rule, &mut tx).await;
-            }
             () = &mut deadline => {
                 group.kill();
                 return Reply::Exit(TIMEOUT_EXIT);
@@ -278,37 +288,6 @@ async fn leader_exit(pid: Option<rustix::process::Pid>) -> bool {
     }
 }
 
-/// How often a running tool looks at the kill switch.
-const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Returns once the laptop is locked.
-pub(super) async fn wait_for_lock(ctx: &ToolContext) {
-    let mut tick = tokio::time::interval(LOCK_POLL);
-    loop {
-        tick.tick().await;
-        if ctx.locked() {
-            return;
-        }
-    }
-}
-
-/// Kills the tool because the laptop was locked, and says so.
-async fn locked<W: AsyncWrite + Unpin>(
-    group: &mut GroupGuard,
-    rule: &ToolRule,
-    tx: &mut W,
-) -> Reply {
-    group.kill();
-    tracing::warn!(tool = %rule.name, "the laptop was locked; running tool killed");
-    let note = format!(
-        "nexus: tool {:?} killed: {}\n",
-        rule.name,
-        super::gate::LOCKED
-    );
-    let _ = send_chunk(tx, Channel::Stderr, note.into_bytes()).await;
-    Reply::error(ErrorCode::Denied, super::gate::LOCKED)
-}
-
 async fn send_chunk<W: AsyncWrite + Unpin>(
     tx: &mut W,
     channel: Channel,
@@ -331,7 +310,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::test_support::context;
+    use crate::tools::test_support::{self, context};
 
     const POLICY: &str = "[tools.t]\ncommand = [\"sh\", \"-c\", \"echo out; echo err >&2; exit 3\"]\n\n\
         [tools.slow]\ncommand = [\"sh\", \"-c\", \"echo $$; exec sleep 30\"]\n\n\
@@ -418,25 +397,53 @@ mod tests {
     }
 
     /// `lock` is a kill switch: a tool already running when the laptop
-    /// locks is killed, not left to run until its timeout.
+    /// locks is killed, not left to run until its timeout, and the audit
+    /// log records how the run ended.
     #[tokio::test]
     async fn a_lock_stops_a_running_tool() {
-        let mut ctx = context(POLICY, None);
         let config = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        ctx.config = crate::config::ConfigDir::resolve(Some(config.path().to_path_buf()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let ctx = test_support::with_config(context(POLICY, None), config.path());
+        let ctx = std::sync::Arc::new(ctx);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let watcher = tokio::spawn({
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            async move { ctx.lock.watch(stop).await }
+        });
         let lock = crate::control::lock_path(config.path());
         let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
-        let run = tokio::spawn(async move {
-            let r = rule(&ctx, "slow");
-            execute(&r, &[], &ctx, &mut ours).await
+        let run = tokio::spawn({
+            let ctx = ctx.clone();
+            async move {
+                let request = nexus_protocol::Request::ToolRun {
+                    name: "slow".into(),
+                    args: Vec::new(),
+                };
+                test_support::call(&ctx, request, &mut ours).await
+            }
         });
         let first = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await;
         assert!(matches!(first, Ok(Reply::Chunk { .. })), "{first:?}");
         std::fs::write(&lock, b"1\n").unwrap_or_else(|e| panic!("{e}"));
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
-        assert!(end.is_ok(), "the tool ran on after the lock");
+        let Ok(Ok(Some(Reply::Error(e)))) = end else {
+            panic!("the tool ran on after the lock: {end:?}");
+        };
+        assert_eq!(e.code, ErrorCode::Denied);
+        let lines: Vec<_> = ctx
+            .audit
+            .recent()
+            .into_iter()
+            .map(|e| (e.target, e.decision, e.reason))
+            .collect();
+        assert!(
+            matches!(&lines[..], [(t1, allow, _), (t2, deny, why)]
+                if t1 == "slow []" && t2 == t1 && allow == "allow" && deny == "deny"
+                    && why.contains("stopped under way")),
+            "{lines:?}"
+        );
         drop(theirs);
+        stop.cancel();
+        assert!(watcher.await.is_ok());
     }
 
     /// A tool that leaves a child behind in its group (with its pipes

@@ -10,11 +10,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nexus_policy::{Action, Grant};
-use nexus_protocol::{CallerContext, Channel, ErrorCode, MAX_CHUNK, Reply};
+use nexus_policy::{Action, Grant, PolicySet};
+use nexus_protocol::{Channel, ErrorCode, MAX_CHUNK, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::debug;
 
+use super::pipeline::{Asked, Decided, Scope, Tool, wrong_grant};
 use super::{ToolContext, clip};
 
 /// Files a set may install at most (directories are walked).
@@ -157,23 +158,13 @@ async fn open_checked(
     })
 }
 
-/// Why a file was not sent whole.
-enum Stop {
-    /// The workspace caller went away.
-    Gone,
-    /// The laptop was locked meanwhile (`lock` stops streams too).
-    Locked,
-}
+/// A file was not sent whole: the workspace caller went away.
+struct Gone;
 
-impl Stop {
+impl Gone {
     fn reply(self) -> Reply {
-        match self {
-            Stop::Gone => {
-                debug!("the workspace caller went away during a file transfer");
-                Reply::Done
-            }
-            Stop::Locked => Reply::error(ErrorCode::Denied, super::gate::LOCKED),
-        }
+        debug!("the workspace caller went away during a file transfer");
+        Reply::Done
     }
 }
 
@@ -201,9 +192,8 @@ async fn denied_real(ctx: &ToolContext, workspace: &str, real: &Path) -> Option<
 async fn send_file<S: AsyncWrite + Unpin>(
     shown: &str,
     mut f: Opened,
-    ctx: &ToolContext,
     out: &mut S,
-) -> Result<(), Stop> {
+) -> Result<(), Gone> {
     let header = Reply::FileStart {
         path: shown.to_owned(),
         size: f.size,
@@ -211,15 +201,12 @@ async fn send_file<S: AsyncWrite + Unpin>(
     };
     nexus_transport::send(out, &header)
         .await
-        .map_err(|_| Stop::Gone)?;
+        .map_err(|_| Gone)?;
     let mut left = f.size;
     while left > 0 {
-        if ctx.locked() {
-            return Err(Stop::Locked);
-        }
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK);
         let mut data = vec![0u8; want];
-        let n = f.file.read(&mut data).await.map_err(|_| Stop::Gone)?;
+        let n = f.file.read(&mut data).await.map_err(|_| Gone)?;
         if n == 0 {
             // Shrank while read: the workspace sees a short file and fails.
             break;
@@ -232,113 +219,131 @@ async fn send_file<S: AsyncWrite + Unpin>(
         };
         nexus_transport::send_data(out, &chunk)
             .await
-            .map_err(|_| Stop::Gone)?;
+            .map_err(|_| Gone)?;
     }
     Ok(())
 }
 
 /// `file get PATH`.
-pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
-    path: &str,
-    workspace: &str,
-    caller: &CallerContext,
-    ctx: &ToolContext,
-    stream: &mut S,
-) -> Reply {
-    let shown = match normalize(path) {
-        Ok(p) => p,
-        Err(m) => return Reply::error(ErrorCode::BadRequest, m),
-    };
-    let action = Action::File { path: &shown };
-    let decided = super::decide(ctx, workspace, caller, action);
-    let rule = match super::grant(ctx, decided, workspace, caller, ("file", &shown)).await {
-        Ok(Grant::File(rule)) => rule,
-        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
-        Err(reply) => return reply,
-    };
-    let home = ctx.home();
-    let (Some(real), Some(root)) = (
-        expand(&shown, home.as_deref()),
-        expand(&rule.path, home.as_deref()),
-    ) else {
-        return Reply::error(ErrorCode::Internal, "the laptop user has no home directory");
-    };
-    if rule.is_dir() && is_dir_inside(&real, &root).await {
-        let dir = format!("{}/", shown.trim_end_matches('/'));
-        let files = collect(&[dir], &root, home.as_deref()).await;
-        return send_all(files, rule.max_size, workspace, ctx, stream).await;
-    }
-    let opened = match open_checked(&shown, &real, &root, rule.is_dir(), rule.max_size).await {
-        Ok(o) => o,
-        Err(reply) => return audited(reply, &shown, workspace, caller, ctx).await,
-    };
-    if let Some(rule) = denied_real(ctx, workspace, &opened.real).await {
-        tracing::warn!(path = %clip(&shown), %rule, "file get resolves to a denied file");
-        let reply = Reply::error(
-            ErrorCode::Denied,
-            format!(
-                "{shown}: resolves (through a symlink) to a file [[files.deny]] covers ({rule})"
-            ),
-        );
-        return audited(reply, &shown, workspace, caller, ctx).await;
-    }
-    match send_file(&shown, opened, ctx, stream).await {
-        Ok(()) => Reply::Done,
-        Err(stop) => stop.reply(),
+#[derive(Debug)]
+pub struct Get<'a> {
+    path: &'a str,
+    /// The path normalized by `ask` (`~/x` or `/x`).
+    shown: String,
+}
+
+impl<'a> Get<'a> {
+    /// The request for `path`, as the workspace wrote it.
+    pub fn new(path: &'a str) -> Self {
+        Self {
+            path,
+            shown: String::new(),
+        }
     }
 }
 
-/// A refusal made after the policy allowed the path (a symlink out of the
-/// allowed tree, a denied file behind it, over the size limit, not a
-/// regular file): audited as a denial too, so the audit log does not end
-/// at the "allowed" line for a file that was never sent.
-async fn audited(
-    reply: Reply,
-    shown: &str,
-    workspace: &str,
-    caller: &CallerContext,
-    ctx: &ToolContext,
-) -> Reply {
-    let Reply::Error(e) = &reply else {
-        return reply;
-    };
-    if e.code != ErrorCode::Denied {
-        return reply;
+impl Tool for Get<'_> {
+    fn ask(&mut self, scope: &Scope<'_>, policy: &PolicySet) -> Result<Asked, Reply> {
+        self.shown = normalize(self.path).map_err(|m| Reply::error(ErrorCode::BadRequest, m))?;
+        let outcome = scope.decide(policy, Action::File { path: &self.shown });
+        Ok(Asked::decided(Decided::new(
+            outcome,
+            "file",
+            self.shown.clone(),
+        )))
     }
-    let subject = super::gate::Subject {
-        workspace,
-        tool: "file",
-        target: shown.to_owned(),
-        caller: Some(caller),
-        approval_key: shown.to_owned(),
-    };
-    let policy = ctx.policy.current();
-    super::gate::refuse(ctx, &policy, &subject, None, e.message.clone()).await
+
+    /// A refusal made here, after the policy allowed the path (a symlink
+    /// out of the allowed tree, a denied file behind it, over the size
+    /// limit, not a regular file), is audited by the pipeline.
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        _: &PolicySet,
+        grant: Option<Grant>,
+        stream: &mut S,
+    ) -> Option<Reply>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(Grant::File(rule)) = grant else {
+            return wrong_grant();
+        };
+        let (shown, ctx, workspace) = (self.shown, scope.ctx, scope.workspace);
+        let home = ctx.home();
+        let (Some(real), Some(root)) = (
+            expand(&shown, home.as_deref()),
+            expand(&rule.path, home.as_deref()),
+        ) else {
+            return Some(Reply::error(
+                ErrorCode::Internal,
+                "the laptop user has no home directory",
+            ));
+        };
+        if rule.is_dir() && is_dir_inside(&real, &root).await {
+            let dir = format!("{}/", shown.trim_end_matches('/'));
+            let files = collect(&[dir], &root, home.as_deref()).await;
+            return Some(send_all(files, rule.max_size, workspace, ctx, stream).await);
+        }
+        let opened = match open_checked(&shown, &real, &root, rule.is_dir(), rule.max_size).await {
+            Ok(o) => o,
+            Err(reply) => return Some(reply),
+        };
+        if let Some(rule) = denied_real(ctx, workspace, &opened.real).await {
+            tracing::warn!(path = %clip(&shown), %rule, "file get resolves to a denied file");
+            return Some(Reply::error(
+                ErrorCode::Denied,
+                format!(
+                    "{shown}: resolves (through a symlink) to a file [[files.deny]] covers ({rule})"
+                ),
+            ));
+        }
+        Some(match send_file(&shown, opened, stream).await {
+            Ok(()) => Reply::Done,
+            Err(gone) => gone.reply(),
+        })
+    }
 }
 
 /// `file sync SET`.
-pub async fn sync<S: AsyncRead + AsyncWrite + Unpin>(
-    set: &str,
-    workspace: &str,
-    caller: &CallerContext,
-    ctx: &ToolContext,
-    stream: &mut S,
-) -> Reply {
-    let action = Action::FileSet { name: set };
-    let decided = super::decide(ctx, workspace, caller, action);
-    let rule = match super::grant(ctx, decided, workspace, caller, ("file-set", set)).await {
-        Ok(Grant::FileSet(rule)) => rule,
-        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
-        Err(reply) => return reply,
-    };
-    let home = ctx.home();
-    let mut files = Vec::new();
-    for entry in &rule.paths {
-        if let Some(root) = expand(entry, home.as_deref()) {
-            files.extend(collect(std::slice::from_ref(entry), &root, home.as_deref()).await);
-        }
+#[derive(Debug)]
+pub struct Sync<'a> {
+    /// The set's name in the policy.
+    pub set: &'a str,
+}
+
+impl Tool for Sync<'_> {
+    fn ask(&mut self, scope: &Scope<'_>, policy: &PolicySet) -> Result<Asked, Reply> {
+        let outcome = scope.decide(policy, Action::FileSet { name: self.set });
+        Ok(Asked::decided(Decided::new(
+            outcome,
+            "file-set",
+            self.set.to_owned(),
+        )))
     }
-    send_all(files, rule.max_size, workspace, ctx, stream).await
+
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        _: &PolicySet,
+        grant: Option<Grant>,
+        stream: &mut S,
+    ) -> Option<Reply>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(Grant::FileSet(rule)) = grant else {
+            return wrong_grant();
+        };
+        let home = scope.ctx.home();
+        let mut files = Vec::new();
+        for entry in &rule.paths {
+            if let Some(root) = expand(entry, home.as_deref()) {
+                files.extend(collect(std::slice::from_ref(entry), &root, home.as_deref()).await);
+            }
+        }
+        Some(send_all(files, rule.max_size, scope.workspace, scope.ctx, stream).await)
+    }
 }
 
 /// Whether `real` is a directory that resolves inside `root`.
@@ -362,9 +367,6 @@ async fn send_all<S: AsyncWrite + Unpin>(
     stream: &mut S,
 ) -> Reply {
     for (shown, real, root, dir) in files {
-        if ctx.locked() {
-            return Stop::Locked.reply();
-        }
         if let Some(deny) = ctx.policy.current().file_denied(workspace, &shown) {
             debug!(path = %clip(&shown), rule = %deny, "file denied inside a granted directory");
             continue;
@@ -375,8 +377,8 @@ async fn send_all<S: AsyncWrite + Unpin>(
                     debug!(path = %clip(&shown), %rule, "file resolves to a denied file");
                     continue;
                 }
-                if let Err(stop) = send_file(&shown, opened, ctx, stream).await {
-                    return stop.reply();
+                if let Err(gone) = send_file(&shown, opened, stream).await {
+                    return gone.reply();
                 }
             }
             Err(Reply::Error(e)) => {
@@ -440,6 +442,7 @@ async fn collect(entries: &[String], root: &Path, home: Option<&Path>) -> Vec<Fo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::test_support;
 
     #[test]
     fn normalizing() {
@@ -452,26 +455,31 @@ mod tests {
     }
 
     /// `lock` is a kill switch: a file being streamed when the laptop
-    /// locks stops there, with a denial.
+    /// locks stops there, with a denial, and the audit log says so.
     #[tokio::test]
     async fn a_lock_stops_a_file_being_sent() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join("big");
         std::fs::write(&file, vec![7u8; 4 << 20]).unwrap_or_else(|e| panic!("{e}"));
         let policy = format!("[[files.allow]]\npath = \"{}/\"\n", dir.path().display());
-        let mut ctx = crate::tools::test_support::context(&policy, None);
         let config = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        ctx.config = crate::config::ConfigDir::resolve(Some(config.path().to_path_buf()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let ctx = test_support::with_config(test_support::context(&policy, None), config.path());
+        let ctx = std::sync::Arc::new(ctx);
         let lock = crate::control::lock_path(config.path());
         let (mut ours, mut theirs) = tokio::io::duplex(1 << 12);
         let path = file.display().to_string();
-        let send = tokio::spawn(async move {
-            get(&path, "w", &CallerContext::default(), &ctx, &mut ours).await
+        let send = tokio::spawn({
+            let ctx = ctx.clone();
+            async move {
+                let get = nexus_protocol::Request::FileGet { path };
+                test_support::call(&ctx, get, &mut ours).await
+            }
         });
         let first = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await;
         assert!(matches!(first, Ok(Reply::FileStart { .. })), "{first:?}");
         std::fs::write(&lock, b"1\n").unwrap_or_else(|e| panic!("{e}"));
+        // What `lock`'s notice on the control socket does.
+        assert!(ctx.lock.is_on());
         let reader = tokio::spawn(async move {
             let mut got = 0usize;
             while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {
@@ -481,13 +489,20 @@ mod tests {
             }
             got
         });
-        let end = send.await.unwrap_or(Reply::Done);
+        let end = send.await.ok().flatten().unwrap_or(Reply::Done);
         assert!(
             matches!(&end, Reply::Error(e) if e.code == ErrorCode::Denied),
             "{end:?}"
         );
         let got = reader.await.unwrap_or(usize::MAX);
         assert!(got < 4 << 20, "the whole file went out after the lock");
+        let last = ctx.audit.recent().pop();
+        assert!(
+            last.as_ref().is_some_and(|e| e.decision == "deny"
+                && e.target.ends_with("/big")
+                && e.reason.contains("stopped under way")),
+            "{last:?}"
+        );
     }
 
     /// A deny rule judges the file actually read, not only the name asked
@@ -508,7 +523,8 @@ mod tests {
         for ask in ["current", ""] {
             let path = format!("{}/{ask}", dir.path().display());
             let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
-            let end = get(&path, "w", &CallerContext::default(), &ctx, &mut ours).await;
+            let get = nexus_protocol::Request::FileGet { path: path.clone() };
+            let end = test_support::call(&ctx, get, &mut ours).await;
             drop(ours);
             let mut leaked = false;
             while let Ok(r) = nexus_transport::recv::<_, Reply>(&mut theirs, 1 << 20).await {

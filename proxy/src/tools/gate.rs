@@ -1,8 +1,8 @@
-//! The one gate every tool passes a decision through before acting on it:
-//! the kill switch, the policy's verdict, every rate limit of every layer,
-//! the approval prompt, and the audit log, in that order. Tools call
-//! [`enforce`] with the [`Outcome`] of `PolicySet::decide`, and [`refuse`]
-//! for any other denial that should be audited.
+//! The gate every decision passes before its call runs: the policy's
+//! verdict, every rate limit of every layer, the approval prompt, the kill
+//! switch again (an approval can take a while), and the audit log, in that
+//! order. The pipeline calls [`enforce`] with the [`Outcome`] of
+//! `PolicySet::decide`, and [`refuse`] for any other denial to audit.
 //!
 //! An allowed call goes ahead only once its audit line is written: if the
 //! log cannot be written, the call is denied (fail closed) and says so.

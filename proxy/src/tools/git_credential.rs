@@ -8,11 +8,12 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use nexus_policy::{Action, GitAction, Grant};
+use nexus_policy::{Action, GitAction, Grant, PolicySet};
 use nexus_protocol::{Credential, ErrorCode, GitOperation, Reply, Secret, parse_credential};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::warn;
 
+use super::pipeline::{Asked, Decided, Scope, Tool, wrong_grant};
 use super::{ToolContext, clip};
 
 /// How long the laptop's git (and its helper) may take; a helper that shows
@@ -29,79 +30,107 @@ fn action(op: GitOperation) -> GitAction {
     }
 }
 
-/// Decides and answers one helper call.
-pub async fn answer(
+/// One helper call (`get`, `store`, `erase`) with git's description of
+/// the credential.
+#[derive(Debug)]
+pub struct Helper<'a> {
     op: GitOperation,
-    input: &Secret,
-    workspace: &str,
-    caller: &nexus_protocol::CallerContext,
-    ctx: &ToolContext,
-) -> Reply {
-    let cred = match parse_credential(input.expose()) {
-        Ok(c) => c,
-        Err(e) => {
-            return Reply::error(
+    input: &'a Secret,
+    /// The description, once parsed by `ask`.
+    cred: Credential,
+}
+
+impl<'a> Helper<'a> {
+    /// The call `op` with git's description `input` (not yet parsed).
+    pub fn new(op: GitOperation, input: &'a Secret) -> Self {
+        Self {
+            op,
+            input,
+            cred: Credential::default(),
+        }
+    }
+}
+
+impl Tool for Helper<'_> {
+    fn ask(&mut self, scope: &Scope<'_>, policy: &PolicySet) -> Result<Asked, Reply> {
+        self.cred = parse_credential(self.input.expose()).map_err(|e| {
+            Reply::error(
                 ErrorCode::BadRequest,
                 format!("credential description refused by the laptop: {e}"),
-            );
-        }
-    };
-    let (Some(protocol), Some(host)) = (cred.protocol.as_deref(), cred.host.as_deref()) else {
-        return Reply::error(
-            ErrorCode::BadRequest,
-            "the credential description names no protocol or host",
+            )
+        })?;
+        let cred = &self.cred;
+        let (Some(protocol), Some(host)) = (cred.protocol.as_deref(), cred.host.as_deref()) else {
+            return Err(Reply::error(
+                ErrorCode::BadRequest,
+                "the credential description names no protocol or host",
+            ));
+        };
+        // The username is part of what is asked (the laptop's helpers pick
+        // the account by it), so the prompt, the audit line and what an
+        // approval "for 10 minutes" covers all name it, percent-encoded in
+        // the URL's userinfo: text in the path (which comes last) cannot
+        // pass for it.
+        let user = cred
+            .username
+            .as_deref()
+            .map(|u| format!("{}@", userinfo(u)))
+            .unwrap_or_default();
+        let target = format!(
+            "{protocol}://{user}{host}/{}",
+            cred.path.as_deref().unwrap_or_default()
         );
-    };
-    // The username is part of what is asked (the laptop's helpers pick the
-    // account by it), so the prompt, the audit line and what an approval
-    // "for 10 minutes" covers all name it, percent-encoded in the URL's
-    // userinfo: text in the path (which comes last) cannot pass for it.
-    let user = cred
-        .username
-        .as_deref()
-        .map(|u| format!("{}@", userinfo(u)))
-        .unwrap_or_default();
-    let target = format!(
-        "{protocol}://{user}{host}/{}",
-        cred.path.as_deref().unwrap_or_default()
-    );
-    let logged = format!("{} {target}", op.as_str());
-    let action = Action::GitCredential {
-        protocol,
-        host,
-        path: cred.path.as_deref(),
-        action: action(op),
-    };
-    let decided = super::decide(ctx, workspace, caller, action);
-    match super::grant(ctx, decided, workspace, caller, ("git-credential", &logged)).await {
-        Ok(Grant::GitCredential(_)) => {}
-        Ok(_) => return Reply::error(ErrorCode::Internal, "policy granted something else"),
-        Err(reply) => return reply,
-    };
-    // Only the fields that name the credential (and, for store/erase, the
-    // credential itself) reach the laptop's git.
-    let mut ask = Credential {
-        protocol: cred.protocol.clone(),
-        host: cred.host.clone(),
-        path: cred.path.clone(),
-        username: cred.username.clone(),
-        ..Credential::default()
-    };
-    match op {
-        GitOperation::Get => fill(&ask, ctx).await,
-        GitOperation::Store | GitOperation::Erase => {
-            ask.password = cred.password.clone();
-            ask.password_expiry_utc = cred.password_expiry_utc.clone();
-            let verb = if op == GitOperation::Store {
-                "approve"
-            } else {
-                "reject"
-            };
-            match run_git(verb, &ask, ctx).await {
-                Ok(_) => Reply::GitCredential(Secret::default()),
-                Err(reply) => reply,
+        let action = Action::GitCredential {
+            protocol,
+            host,
+            path: cred.path.as_deref(),
+            action: action(self.op),
+        };
+        let outcome = scope.decide(policy, action);
+        let logged = format!("{} {target}", self.op.as_str());
+        Ok(Asked::decided(Decided::new(
+            outcome,
+            "git-credential",
+            logged,
+        )))
+    }
+
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        _: &PolicySet,
+        grant: Option<Grant>,
+        _: &mut S,
+    ) -> Option<Reply> {
+        let Some(Grant::GitCredential(_)) = grant else {
+            return wrong_grant();
+        };
+        let (op, cred, ctx) = (self.op, self.cred, scope.ctx);
+        // Only the fields that name the credential (and, for store/erase,
+        // the credential itself) reach the laptop's git.
+        let mut ask = Credential {
+            protocol: cred.protocol.clone(),
+            host: cred.host.clone(),
+            path: cred.path.clone(),
+            username: cred.username.clone(),
+            ..Credential::default()
+        };
+        Some(match op {
+            GitOperation::Get => fill(&ask, ctx).await,
+            GitOperation::Store | GitOperation::Erase => {
+                ask.password = cred.password.clone();
+                ask.password_expiry_utc = cred.password_expiry_utc.clone();
+                let verb = if op == GitOperation::Store {
+                    "approve"
+                } else {
+                    "reject"
+                };
+                match run_git(verb, &ask, ctx).await {
+                    Ok(_) => Reply::GitCredential(Secret::default()),
+                    Err(reply) => reply,
+                }
             }
-        }
+        })
     }
 }
 
@@ -238,6 +267,12 @@ mod tests {
     use super::*;
     use crate::tools::test_support::context;
 
+    /// One helper call through the whole pipeline.
+    async fn helper(ctx: &ToolContext, operation: GitOperation, input: Secret) -> Reply {
+        let request = nexus_protocol::Request::GitCredential { operation, input };
+        crate::tools::test_support::ask(ctx, request).await
+    }
+
     const POLICY: &str = "[[git-credential.allow]]\nhost = \"h.test\"\npath = \"a/*\"\n";
 
     /// A fake `git` on the source path printing `output` and exiting `code`.
@@ -261,14 +296,7 @@ mod tests {
         let mut ctx = context(POLICY, None);
         ctx.source_path = Some(path);
         let input = Secret::new(b"protocol=https\nhost=h.test\npath=a/r.git\n".to_vec());
-        answer(
-            GitOperation::Get,
-            &input,
-            "w",
-            &nexus_protocol::CallerContext::default(),
-            &ctx,
-        )
-        .await
+        helper(&ctx, GitOperation::Get, input).await
     }
 
     #[tokio::test]
@@ -314,14 +342,7 @@ mod tests {
             b"url=https://u:p@h.test/a/r\n",
             b"path=a/r\n",
         ] {
-            let r = answer(
-                GitOperation::Get,
-                &Secret::new(input.to_vec()),
-                "w",
-                &nexus_protocol::CallerContext::default(),
-                &ctx,
-            )
-            .await;
+            let r = helper(&ctx, GitOperation::Get, Secret::new(input.to_vec())).await;
             assert!(
                 matches!(&r, Reply::Error(e) if e.code == ErrorCode::BadRequest),
                 "{input:?}: {r:?}"
@@ -348,14 +369,7 @@ mod tests {
             let ctx = ctx.clone();
             let input = format!("protocol=https\nhost=h.test\nusername={user}\n");
             tokio::spawn(async move {
-                answer(
-                    GitOperation::Get,
-                    &Secret::new(input.into_bytes()),
-                    "w",
-                    &nexus_protocol::CallerContext::default(),
-                    &ctx,
-                )
-                .await
+                helper(&ctx, GitOperation::Get, Secret::new(input.into_bytes())).await
             })
         };
         let first = ask("work");
@@ -375,7 +389,7 @@ mod tests {
         assert_eq!(userinfo("a@b.c/d:e f"), "a%40b.c%2Fd%3Ae%20f");
         let given = crate::approvals::Answer {
             allow: true,
-            for_secs: Some(600),
+            for_ms: Some(600_000),
         };
         assert!(ctx.approvals.answer(id, given).is_ok());
         let r = first.await.unwrap_or(Reply::Done);

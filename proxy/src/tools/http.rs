@@ -22,8 +22,8 @@ use futures::FutureExt;
 use futures::channel::mpsc;
 use nexus_policy::{Action, Grant, HttpRule, TokenSource};
 use nexus_protocol::{
-    CallerContext, Channel, ErrorCode, HOP_BY_HOP, HttpApi, HttpHeader, HttpRequest, MAX_CHUNK,
-    Reply, Secret, Upload, connection_listed,
+    Channel, ErrorCode, HOP_BY_HOP, HttpApi, HttpHeader, HttpRequest, MAX_CHUNK, Reply, Secret,
+    Upload, connection_listed,
 };
 use nexus_transport::tokio_rustls::rustls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::ToolContext;
+use super::pipeline::{Asked, Decided, Listing, Scope, Tool, wrong_grant};
 
 /// Most request headers passed on.
 const MAX_HEADERS: usize = 128;
@@ -131,10 +132,13 @@ impl HttpState {
 }
 
 /// `nexus-shim http list`: the APIs this workspace could call.
-pub fn list(policy: &nexus_policy::PolicySet, workspace: &str) -> Reply {
-    Reply::HttpApis(
-        policy
-            .http_for(workspace)
+#[derive(Debug)]
+pub struct List;
+
+impl Listing for List {
+    fn list(&self, scope: &Scope<'_>, policy: &nexus_policy::PolicySet) -> Reply {
+        let apis = policy
+            .http_for(scope.workspace)
             .into_iter()
             .map(|r| HttpApi {
                 name: r.name.clone(),
@@ -145,55 +149,59 @@ pub fn list(policy: &nexus_policy::PolicySet, workspace: &str) -> Reply {
                 mcp: r.mcp,
                 approve: r.approve.is_some(),
             })
-            .collect(),
-    )
+            .collect();
+        Reply::HttpApis(apis)
+    }
 }
 
-/// Decides and carries out one HTTP request, streaming the answer on
-/// `stream`; returns the final reply, or `None` when it was already sent
+/// One HTTP request to `$NEXUS_HTTP_URL/NAME/...`, its answer streamed
 /// (a small answer goes whole: head, body and end in one write).
-pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
-    req: &HttpRequest,
-    workspace: &str,
-    caller: &CallerContext,
-    ctx: &ToolContext,
-    stream: &mut S,
-    max_frame: usize,
-) -> Option<Reply> {
-    let path = req
-        .path
-        .split_once('?')
-        .map_or(req.path.as_str(), |(p, _)| p);
-    // What an approval covers: the API, the method and the path (not the
-    // query or the body).
-    let shown = format!("{} {} {path}", req.name, req.method);
-    let decided = super::decide(
-        ctx,
-        workspace,
-        caller,
-        Action::Http {
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The request as the shim forwarded it.
+    pub req: &'a HttpRequest,
+}
+
+impl Tool for Call<'_> {
+    fn ask(&mut self, scope: &Scope<'_>, policy: &nexus_policy::PolicySet) -> Result<Asked, Reply> {
+        let req = self.req;
+        let path = req
+            .path
+            .split_once('?')
+            .map_or(req.path.as_str(), |(p, _)| p);
+        let action = Action::Http {
             name: &req.name,
             method: &req.method,
             path,
-        },
-    );
-    let rule = match super::grant(ctx, decided, workspace, caller, ("http", &shown)).await {
-        Ok(Grant::Http(rule)) => rule,
-        Ok(_) => {
-            return Some(Reply::error(
-                ErrorCode::Internal,
-                "policy granted something else",
-            ));
+        };
+        let outcome = scope.decide(policy, action);
+        // What an approval covers: the API, the method and the path (not
+        // the query or the body).
+        let shown = format!("{} {} {path}", req.name, req.method);
+        Ok(Asked::decided(Decided::new(outcome, "http", shown)))
+    }
+
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        _: &nexus_policy::PolicySet,
+        grant: Option<Grant>,
+        stream: &mut S,
+    ) -> Option<Reply>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(Grant::Http(rule)) = grant else {
+            return wrong_grant();
+        };
+        let prepared = match prepare(self.req, &rule, scope.ctx).await {
+            Ok(p) => p,
+            Err(reply) => return Some(reply),
+        };
+        match exchange(self.req, &rule, prepared, stream, scope.max_frame).await {
+            Final::Send(reply) => Some(reply),
+            Final::Sent => None,
         }
-        Err(reply) => return Some(reply),
-    };
-    let prepared = match prepare(req, &rule, ctx).await {
-        Ok(p) => p,
-        Err(reply) => return Some(reply),
-    };
-    match exchange(req, &rule, prepared, ctx, stream, max_frame).await {
-        Final::Send(reply) => Some(reply),
-        Final::Sent => None,
     }
 }
 
@@ -408,7 +416,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     req: &HttpRequest,
     rule: &HttpRule,
     p: Prepared,
-    ctx: &ToolContext,
     stream: &mut S,
     max_frame: usize,
 ) -> Final {
@@ -447,9 +454,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             r = &mut send => break r,
             () = gone(reader.as_mut()) => return Reply::Done.into(),
             () = &mut deadline => return timed_out().into(),
-            () = super::custom::wait_for_lock(ctx) => {
-                return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
-            }
         }
     };
     let response = match response {
@@ -525,14 +529,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         first.extend_from_slice(&nexus_protocol::encode_frame(&Reply::Done));
     }
     // Bounded like every later write: a workspace that never reads must not
-    // hold this past the timeout or a lock (found in the second review).
+    // hold this past the timeout (a lock drops the whole exchange; found in
+    // the second review).
     let wrote = tokio::select! {
         r = async { tx.write_all(&first).await?; tx.flush().await } => r.is_ok(),
         () = gone(reader.as_mut()) => false,
         () = &mut deadline => return timed_out().into(),
-        () = super::custom::wait_for_lock(ctx) => {
-            return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
-        }
     };
     if !wrote {
         return Reply::Done.into();
@@ -562,9 +564,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             },
             () = gone(reader.as_mut()) => return Reply::Done.into(),
             () = &mut deadline => return timed_out().into(),
-            () = super::custom::wait_for_lock(ctx) => {
-                return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
-            }
         };
         if data.is_empty() {
             continue; // all held back: a possible start of the secret
@@ -579,10 +578,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             r = nexus_transport::send_data(&mut tx, &chunk) => r.is_ok(),
             () = gone(reader.as_mut()) => false,
             () = &mut deadline => return timed_out().into(),
-            // A workspace that stopped reading is stopped by a lock too.
-            () = super::custom::wait_for_lock(ctx) => {
-                return Reply::error(ErrorCode::Denied, super::gate::LOCKED).into();
-            }
         };
         if !sent {
             debug!(

@@ -1,11 +1,12 @@
-//! Laptop-side tools: each forwarded request is decided by the policy, then
-//! answered by one tool module.
+//! Laptop-side tools: each forwarded request passes the one [`pipeline`],
+//! then is answered by one tool module.
 
 pub mod custom;
 pub mod file;
 pub mod gate;
 pub mod git_credential;
 pub mod http;
+pub mod pipeline;
 pub mod ssh;
 pub mod token;
 
@@ -13,8 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use nexus_policy::{Action, Caller, Rate, Request as PolicyRequest};
+use nexus_policy::Rate;
 use nexus_protocol::{Call, ErrorCode, Reply, Request};
+use pipeline::{Scope, serve};
 
 use crate::config::ConfigDir;
 use crate::rate::RateLimiter;
@@ -32,6 +34,8 @@ pub struct ToolContext {
     pub links: crate::control::LinkBoard,
     /// The configuration directory.
     pub config: ConfigDir,
+    /// The kill switch of `config`, watched for calls under way.
+    pub lock: Arc<crate::control::KillSwitch>,
     /// `PATH` for command token sources (service managers give none).
     pub source_path: Option<String>,
     /// Per-rule rate limits.
@@ -52,9 +56,10 @@ impl ToolContext {
         self.config.identity()
     }
 
-    /// Whether the kill switch (`nexus-agent-proxy lock`) is on.
+    /// Whether the kill switch (`nexus-agent-proxy lock`) is on, looking
+    /// at it now.
     pub fn locked(&self) -> bool {
-        crate::control::is_locked(self.config.root())
+        self.lock.is_on()
     }
 
     /// Home directory for `~/` in sources.
@@ -96,11 +101,12 @@ fn call_rate(call: &Call, workspace: &str, ctx: &ToolContext) -> Result<(), Repl
         })
 }
 
-/// Decides and answers a streamed call (tool run, file get/sync, HTTP),
-/// writing its non-final frames on `stream`; returns the final reply to
-/// send, or `None` when it was already written (with the last data, in
-/// one piece).
-pub async fn dispatch_stream<S>(
+/// Carries one call through the pipeline (see [`pipeline`]): its final
+/// reply, or `None` when the tool already wrote it (a streamed answer's
+/// last data, in one piece). Streamed tools (tool run, file get/sync, HTTP)
+/// write their non-final frames on `stream`; the others only read the
+/// policy and the laptop.
+pub async fn dispatch<S>(
     call: &Call,
     workspace: &str,
     ctx: &ToolContext,
@@ -108,74 +114,23 @@ pub async fn dispatch_stream<S>(
     max_frame: usize,
 ) -> Option<Reply>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     if let Err(reply) = call_rate(call, workspace, ctx) {
         return Some(reply);
     }
     ctx.links.call(workspace);
-    Some(match &call.request {
-        Request::ToolRun { name, args } => {
-            custom::run(name, args, workspace, &call.caller, ctx, stream).await
-        }
-        Request::FileGet { path } => file::get(path, workspace, &call.caller, ctx, stream).await,
-        Request::FileSync { set } => file::sync(set, workspace, &call.caller, ctx, stream).await,
-        Request::Http(req) => {
-            return http::request(req, workspace, &call.caller, ctx, stream, max_frame).await;
-        }
-        _ => answer(call, workspace, ctx).await,
-    })
-}
-
-/// Decides and answers one call.
-pub async fn dispatch(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
-    if let Err(reply) = call_rate(call, workspace, ctx) {
-        return reply;
-    }
-    ctx.links.call(workspace);
-    answer(call, workspace, ctx).await
-}
-
-/// Decides and answers one call with a single reply.
-async fn answer(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
-    // One policy snapshot per call: a reload applies from the next call on.
-    let policy = ctx.policy.current();
-    if ctx.locked() {
-        let subject = gate::Subject {
-            workspace,
-            tool: call.request.tool(),
-            target: "(any call)".to_owned(),
-            caller: Some(&call.caller),
-            approval_key: String::new(),
-        };
-        return gate::refuse(ctx, &policy, &subject, None, gate::LOCKED.to_owned()).await;
-    }
-    let caller = Caller {
-        uid: call.caller.uid,
-        pid: call.caller.pid,
-        exe: call.caller.exe.clone(),
-        cwd: call.caller.cwd.clone(),
+    let scope = Scope {
+        ctx,
+        workspace,
+        caller: &call.caller,
+        tool: call.request.tool(),
+        max_frame,
     };
     match &call.request {
-        Request::Token { name } => {
-            let outcome = policy.decide(&PolicyRequest {
-                workspace,
-                caller: Some(&caller),
-                action: Action::Token { name },
-            });
-            let subject = gate::Subject {
-                workspace,
-                tool: "token",
-                target: name.clone(),
-                caller: Some(&call.caller),
-                approval_key: name.clone(),
-            };
-            if let Err(reply) = gate::enforce(ctx, &policy, &subject, &outcome).await {
-                return reply;
-            }
-            token::answer(name, outcome.decision, ctx).await
-        }
-        Request::SshIdentities => ssh::identities(workspace, &policy, ctx).await,
+        Request::Token { name } => serve(token::Token { name }, &scope, stream).await,
+        Request::McpTokens => serve(token::McpNames, &scope, stream).await,
+        Request::SshIdentities => serve(ssh::Identities, &scope, stream).await,
         Request::SshSign {
             connection,
             binds,
@@ -183,78 +138,20 @@ async fn answer(call: &Call, workspace: &str, ctx: &ToolContext) -> Reply {
         } => {
             // Reported by the workspace: for matching the shim's log only.
             tracing::debug!(agent_connection = connection, "ssh sign request");
-            ssh::sign(workspace, &call.caller, binds, request, &policy, ctx).await
+            serve(ssh::Sign::new(binds, request), &scope, stream).await
         }
-        Request::SshKnownHosts => ssh::known_hosts(&policy, ctx),
+        Request::SshKnownHosts => serve(ssh::KnownHosts, &scope, stream).await,
         Request::GitCredential { operation, input } => {
-            git_credential::answer(*operation, input, workspace, &call.caller, ctx).await
+            let helper = git_credential::Helper::new(*operation, input);
+            serve(helper, &scope, stream).await
         }
-        Request::ToolList => custom::list(&policy, workspace),
-        Request::McpTokens => token::mcp_names(workspace, &caller, &policy),
-        Request::HttpList => http::list(&policy, workspace),
-        Request::ToolRun { .. }
-        | Request::FileGet { .. }
-        | Request::FileSync { .. }
-        | Request::Http(_) => Reply::error(
-            ErrorCode::BadRequest,
-            "this request needs a streamed answer",
-        ),
+        Request::ToolList => serve(custom::List, &scope, stream).await,
+        Request::ToolRun { name, args } => serve(custom::Run { name, args }, &scope, stream).await,
+        Request::FileGet { path } => serve(file::Get::new(path), &scope, stream).await,
+        Request::FileSync { set } => serve(file::Sync { set }, &scope, stream).await,
+        Request::HttpList => serve(http::List, &scope, stream).await,
+        Request::Http(req) => serve(http::Call { req }, &scope, stream).await,
     }
-}
-
-/// Decides `action` with the policy in force (one snapshot, returned for
-/// the gate). Synchronous: an [`Action`] may hold a non-`Send` matcher and
-/// must not live across an await.
-pub(crate) fn decide(
-    ctx: &ToolContext,
-    workspace: &str,
-    caller: &nexus_protocol::CallerContext,
-    action: Action<'_>,
-) -> (Arc<nexus_policy::PolicySet>, nexus_policy::Outcome) {
-    let policy = ctx.policy.current();
-    let as_caller = Caller {
-        uid: caller.uid,
-        pid: caller.pid,
-        exe: caller.exe.clone(),
-        cwd: caller.cwd.clone(),
-    };
-    let outcome = policy.decide(&PolicyRequest {
-        workspace,
-        caller: Some(&as_caller),
-        action,
-    });
-    (policy, outcome)
-}
-
-/// Passes a decision through the gate (lock, verdict, every layer's rate
-/// limits, the approval prompt, the audit log): the grant, or the denial to
-/// send.
-///
-/// `target` names what is asked in the audit log and the prompt (never a
-/// secret), and is what makes two requests identical for an approval given
-/// "for 10 minutes".
-pub(crate) async fn grant(
-    ctx: &ToolContext,
-    (policy, outcome): (Arc<nexus_policy::PolicySet>, nexus_policy::Outcome),
-    workspace: &str,
-    caller: &nexus_protocol::CallerContext,
-    (tool, target): (&'static str, &str),
-) -> Result<nexus_policy::Grant, Reply> {
-    let subject = gate::Subject {
-        workspace,
-        tool,
-        target: target.to_owned(),
-        caller: Some(caller),
-        approval_key: target.to_owned(),
-    };
-    if ctx.locked() {
-        return Err(gate::refuse(ctx, &policy, &subject, None, gate::LOCKED.to_owned()).await);
-    }
-    gate::enforce(ctx, &policy, &subject, &outcome).await?;
-    outcome
-        .decision
-        .grant
-        .ok_or_else(|| Reply::error(ErrorCode::Internal, "policy allowed without a rule"))
 }
 
 #[cfg(test)]
@@ -294,6 +191,7 @@ pub(crate) mod test_support {
             links: Default::default(),
             config: ConfigDir::resolve(Some(std::env::temp_dir()))
                 .unwrap_or_else(|e| panic!("{e}")),
+            lock: Arc::new(crate::control::KillSwitch::new(&std::env::temp_dir())),
             source_path: path.map(|p| p.display().to_string()),
             rates: RateLimiter::default(),
             ssh_agent: None,
@@ -304,5 +202,34 @@ pub(crate) mod test_support {
             },
             http: http::HttpState::default(),
         }
+    }
+
+    /// `ctx` with its own configuration directory `dir` (and lock file).
+    pub(crate) fn with_config(mut ctx: ToolContext, dir: &std::path::Path) -> ToolContext {
+        ctx.config = ConfigDir::resolve(Some(dir.to_path_buf())).unwrap_or_else(|e| panic!("{e}"));
+        ctx.lock = Arc::new(crate::control::KillSwitch::new(dir));
+        ctx
+    }
+
+    /// Sends `request` through the whole pipeline, as from workspace `w`.
+    pub(crate) async fn call<S>(
+        ctx: &ToolContext,
+        request: Request,
+        stream: &mut S,
+    ) -> Option<Reply>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        let call = Call {
+            caller: nexus_protocol::CallerContext::default(),
+            request,
+        };
+        dispatch(&call, "w", ctx, stream, nexus_protocol::MAX_FRAME).await
+    }
+
+    /// Like [`call`] for a request answered with one reply.
+    pub(crate) async fn ask(ctx: &ToolContext, request: Request) -> Reply {
+        let (mut ours, _theirs) = tokio::io::duplex(1 << 16);
+        call(ctx, request, &mut ours).await.unwrap_or(Reply::Done)
     }
 }

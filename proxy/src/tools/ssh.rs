@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nexus_policy::{Action, PolicySet, Request as PolicyRequest, SshRule, Verdict};
-use nexus_protocol::{CallerContext, ErrorCode, Reply, SshIdentity};
+use nexus_policy::{Action, Grant, PolicySet, Request as PolicyRequest, SshRule, Verdict};
+use nexus_protocol::{ErrorCode, Reply, SshIdentity};
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::client::Client;
 use ssh_agent_lib::proto::extension::SessionBind;
@@ -32,7 +32,7 @@ use tokio::net::UnixStream;
 use tracing::{info, warn};
 
 use super::ToolContext;
-use super::gate::{self, Subject};
+use super::pipeline::{Asked, Decided, Listing, Scope, Tool};
 use crate::known_hosts::HostKeys;
 use crate::ssh_wire::{Method, SignData, parse_sign_data};
 
@@ -120,8 +120,44 @@ async fn agent(ctx: &ToolContext) -> Result<Client<UnixStream>, Reply> {
     Ok(Client::new(stream))
 }
 
-/// The identities the workspace may see.
-pub async fn identities(workspace: &str, policy: &PolicySet, ctx: &ToolContext) -> Reply {
+/// `ssh-add -l` in the workspace: the identities the policy lets it see
+/// (public keys only; each key is decided once the agent has listed it).
+#[derive(Debug)]
+pub struct Identities;
+
+impl Tool for Identities {
+    fn ask(&mut self, _: &Scope<'_>, _: &PolicySet) -> Result<Asked, Reply> {
+        let outcome = nexus_policy::Outcome {
+            decision: nexus_policy::Decision {
+                verdict: Verdict::Allow,
+                rule: None,
+                reason: "agent identities shown as the policy allows each key".to_owned(),
+                grant: None,
+            },
+            limits: Vec::new(),
+            approve: None,
+            trace: Vec::new(),
+        };
+        Ok(Asked::decided(Decided {
+            outcome,
+            tool: "ssh",
+            target: "list identities".to_owned(),
+            approval_key: String::new(),
+        }))
+    }
+
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        policy: &PolicySet,
+        _: Option<Grant>,
+        _: &mut S,
+    ) -> Option<Reply> {
+        Some(identities(scope.workspace, policy, scope.ctx).await)
+    }
+}
+
+async fn identities(workspace: &str, policy: &PolicySet, ctx: &ToolContext) -> Reply {
     let mut client = match agent(ctx).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -155,28 +191,12 @@ pub async fn identities(workspace: &str, policy: &PolicySet, ctx: &ToolContext) 
             });
         }
     }
-    let subject = Subject {
-        workspace,
-        tool: "ssh",
-        target: "list identities".to_owned(),
-        caller: None,
-        approval_key: String::new(),
-    };
-    let reason = format!("{} of {total} agent identities shown", out.len());
-    let outcome = nexus_policy::Outcome {
-        decision: nexus_policy::Decision {
-            verdict: Verdict::Allow,
-            rule: None,
-            reason,
-            grant: None,
-        },
-        limits: Vec::new(),
-        approve: None,
-        trace: Vec::new(),
-    };
-    if let Err(reply) = gate::enforce(ctx, policy, &subject, &outcome).await {
-        return reply;
-    }
+    info!(
+        tool = "ssh",
+        shown = out.len(),
+        total,
+        "agent identities listed"
+    );
     Reply::SshIdentities(out)
 }
 
@@ -210,8 +230,17 @@ fn known_as(host_key: &KeyData, known: &HostKeys, policy: &PolicySet) -> Vec<Str
     names
 }
 
-/// `known_hosts` lines for the hosts the policy allows.
-pub fn known_hosts(policy: &PolicySet, ctx: &ToolContext) -> Reply {
+/// `known_hosts` lines for the hosts the policy allows (public keys only).
+#[derive(Debug)]
+pub struct KnownHosts;
+
+impl Listing for KnownHosts {
+    fn list(&self, scope: &Scope<'_>, policy: &PolicySet) -> Reply {
+        known_hosts(policy, scope.ctx)
+    }
+}
+
+fn known_hosts(policy: &PolicySet, ctx: &ToolContext) -> Reply {
     let known = laptop_known_hosts(ctx);
     let mut lines = Vec::new();
     for rule in policy.ssh_rules() {
@@ -228,126 +257,159 @@ pub fn known_hosts(policy: &PolicySet, ctx: &ToolContext) -> Reply {
     Reply::SshKnownHosts(lines)
 }
 
-/// Verifies and, when everything holds, signs.
-pub async fn sign(
-    workspace: &str,
-    caller: &CallerContext,
-    binds: &[Vec<u8>],
-    raw: &[u8],
-    policy: &PolicySet,
-    ctx: &ToolContext,
-) -> Reply {
-    let request = match SignRequest::decode(&mut &raw[..]) {
-        Ok(r) => r,
-        Err(e) => return deny(format!("malformed sign request: {e}")),
-    };
-    let PublicCredential::Key(key) = &request.credential else {
-        return deny("signing with certificates is not supported through the proxy");
-    };
-    let key_fp = fingerprint(key);
-    let data = match parse_sign_data(&request.data) {
-        Ok(d) => d,
-        Err(e) => return deny(e.to_string()),
-    };
-    // Binds matter only for logins; an SSHSIG signature is made without them
-    // (none are checked against policy, so none may reach the laptop agent).
-    let chain = match &data {
-        SignData::Userauth(_) => match parse_binds(binds) {
-            Ok(c) => c,
-            Err(r) => return r,
-        },
-        SignData::SshSig(_) => Vec::new(),
-    };
-    let (decision, subject) = match &data {
-        SignData::SshSig(sig) => {
-            let d = policy.decide(&PolicyRequest {
-                workspace,
-                caller: None,
-                action: Action::SshSig {
-                    namespace: &sig.namespace,
-                    key: &key_fp,
-                },
-            });
-            info!(tool = "ssh", op = "sshsig", namespace = %super::clip(&sig.namespace), key = %key_fp, decision = ?d.verdict, "decision");
-            let subject = Subject {
-                workspace,
-                tool: "ssh",
-                target: format!(
-                    "SSHSIG signature in namespace {:?} with key {key_fp}",
-                    sig.namespace
-                ),
-                caller: Some(caller),
-                approval_key: format!("sshsig\0{}\0{key_fp}", sig.namespace),
-            };
-            (d, subject)
+/// A signature: verified here, and made by the laptop agent only when
+/// everything holds.
+#[derive(Debug)]
+pub struct Sign<'a> {
+    binds: &'a [Vec<u8>],
+    raw: &'a [u8],
+    /// The binds and request `ask` verified, for `run`.
+    verified: Option<(Vec<SessionBind>, SignRequest)>,
+}
+
+impl<'a> Sign<'a> {
+    /// The sign request `raw`, with the binds the shim acknowledged on the
+    /// same agent connection.
+    pub fn new(binds: &'a [Vec<u8>], raw: &'a [u8]) -> Self {
+        Self {
+            binds,
+            raw,
+            verified: None,
         }
-        SignData::Userauth(auth) => {
-            let Some((bind, hops)) = chain.split_last() else {
-                return deny(
-                    "userauth signature without a session-bind on the same agent connection",
-                );
-            };
-            let known = laptop_known_hosts(ctx);
-            if let Err(r) = check_hops(workspace, caller, hops, &known, policy, ctx).await {
-                return r;
-            }
-            if auth.session_id != bind.session_id {
-                return deny("the data to sign belongs to another SSH session than the bound one");
-            }
-            if auth.key != *key {
-                return deny("the userauth request names another key than the one asked to sign");
-            }
-            if auth.method == Method::HostBound && auth.host_key.as_ref() != Some(&bind.host_key) {
-                return deny("the hostbound userauth names another host key than the bound one");
-            }
-            let host_key = bind.host_key.clone();
-            let pinned_for = |rule: &SshRule| pinned(rule, &known).contains(&host_key);
-            let known_as = known_as(&host_key, &known, policy);
-            let d = policy.decide(&PolicyRequest {
-                workspace,
-                caller: None,
-                action: Action::SshUserauth {
-                    host_key_pinned_for: &pinned_for,
-                    user: &auth.user,
-                    key: &key_fp,
-                    forwarding: bind.is_forwarding,
-                    known_as: &known_as,
-                },
-            });
-            info!(tool = "ssh", op = "userauth", user = %super::clip(&auth.user), host_key = %fingerprint(&bind.host_key),
-                key = %key_fp, decision = ?d.verdict, rule = ?d.rule.as_ref().map(ToString::to_string), "decision");
-            // Recorded only for allowed (pinned) hosts: a workspace can mint
-            // valid binds with a key of its own, and must not grow this cache.
-            if d.verdict == Verdict::Allow
-                && !ctx.replay.admit(workspace, &bind.session_id, &key_fp)
-            {
-                return deny("this session already had a signature with this key (replay)");
-            }
-            let host_fp = fingerprint(&bind.host_key);
-            let names = if known_as.is_empty() {
-                "an unknown host".to_owned()
-            } else {
-                known_as.join(", ")
-            };
-            let subject = Subject {
-                workspace,
-                tool: "ssh",
-                // Identical logins for "allow for": same host key, user and
-                // key; the session id changes every time.
-                target: format!(
-                    "ssh login as {:?} to {names} (host key {host_fp}) with key {key_fp}",
-                    auth.user
-                ),
-                caller: Some(caller),
-                approval_key: format!("userauth\0{host_fp}\0{}\0{key_fp}", auth.user),
-            };
-            (d, subject)
-        }
-    };
-    if let Err(reply) = gate::enforce(ctx, policy, &subject, &decision).await {
-        return reply;
     }
-    forward(&chain, request, ctx).await
+}
+
+impl Tool for Sign<'_> {
+    fn ask(&mut self, scope: &Scope<'_>, policy: &PolicySet) -> Result<Asked, Reply> {
+        let (workspace, ctx) = (scope.workspace, scope.ctx);
+        let request = SignRequest::decode(&mut &self.raw[..])
+            .map_err(|e| deny(format!("malformed sign request: {e}")))?;
+        let PublicCredential::Key(key) = &request.credential else {
+            return Err(deny(
+                "signing with certificates is not supported through the proxy",
+            ));
+        };
+        let key_fp = fingerprint(key);
+        let data = parse_sign_data(&request.data).map_err(|e| deny(e.to_string()))?;
+        // Binds matter only for logins; an SSHSIG signature is made without
+        // them (none are checked against policy, so none may reach the
+        // laptop agent).
+        let chain = match &data {
+            SignData::Userauth(_) => parse_binds(self.binds)?,
+            SignData::SshSig(_) => Vec::new(),
+        };
+        let decided = match &data {
+            SignData::SshSig(sig) => {
+                let d = policy.decide(&PolicyRequest {
+                    workspace,
+                    caller: None,
+                    action: Action::SshSig {
+                        namespace: &sig.namespace,
+                        key: &key_fp,
+                    },
+                });
+                info!(tool = "ssh", op = "sshsig", namespace = %super::clip(&sig.namespace), key = %key_fp, decision = ?d.verdict, "decision");
+                Decided {
+                    outcome: d,
+                    tool: "ssh",
+                    target: format!(
+                        "SSHSIG signature in namespace {:?} with key {key_fp}",
+                        sig.namespace
+                    ),
+                    approval_key: format!("sshsig\0{}\0{key_fp}", sig.namespace),
+                }
+            }
+            SignData::Userauth(auth) => {
+                let Some((bind, hops)) = chain.split_last() else {
+                    return Err(deny(
+                        "userauth signature without a session-bind on the same agent connection",
+                    ));
+                };
+                let known = laptop_known_hosts(ctx);
+                if let Some(refused) = check_hops(workspace, hops, &known, policy)? {
+                    return Ok(Asked::decided(refused));
+                }
+                if auth.session_id != bind.session_id {
+                    return Err(deny(
+                        "the data to sign belongs to another SSH session than the bound one",
+                    ));
+                }
+                if auth.key != *key {
+                    return Err(deny(
+                        "the userauth request names another key than the one asked to sign",
+                    ));
+                }
+                if auth.method == Method::HostBound
+                    && auth.host_key.as_ref() != Some(&bind.host_key)
+                {
+                    return Err(deny(
+                        "the hostbound userauth names another host key than the bound one",
+                    ));
+                }
+                let host_key = bind.host_key.clone();
+                let pinned_for = |rule: &SshRule| pinned(rule, &known).contains(&host_key);
+                let known_as = known_as(&host_key, &known, policy);
+                let d = policy.decide(&PolicyRequest {
+                    workspace,
+                    caller: None,
+                    action: Action::SshUserauth {
+                        host_key_pinned_for: &pinned_for,
+                        user: &auth.user,
+                        key: &key_fp,
+                        forwarding: bind.is_forwarding,
+                        known_as: &known_as,
+                    },
+                });
+                info!(tool = "ssh", op = "userauth", user = %super::clip(&auth.user), host_key = %fingerprint(&bind.host_key),
+                    key = %key_fp, decision = ?d.verdict, rule = ?d.rule.as_ref().map(ToString::to_string), "decision");
+                // Recorded only for allowed (pinned) hosts: a workspace can
+                // mint valid binds with a key of its own, and must not grow
+                // this cache.
+                if d.verdict == Verdict::Allow
+                    && !ctx.replay.admit(workspace, &bind.session_id, &key_fp)
+                {
+                    return Err(deny(
+                        "this session already had a signature with this key (replay)",
+                    ));
+                }
+                let host_fp = fingerprint(&bind.host_key);
+                let names = if known_as.is_empty() {
+                    "an unknown host".to_owned()
+                } else {
+                    known_as.join(", ")
+                };
+                Decided {
+                    outcome: d,
+                    tool: "ssh",
+                    // Identical logins for "allow for": same host key, user
+                    // and key; the session id changes every time.
+                    target: format!(
+                        "ssh login as {:?} to {names} (host key {host_fp}) with key {key_fp}",
+                        auth.user
+                    ),
+                    approval_key: format!("userauth\0{host_fp}\0{}\0{key_fp}", auth.user),
+                }
+            }
+        };
+        self.verified = Some((chain, request));
+        Ok(Asked::decided(decided))
+    }
+
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        _: &PolicySet,
+        _: Option<Grant>,
+        _: &mut S,
+    ) -> Option<Reply> {
+        let Some((chain, request)) = self.verified else {
+            return Some(Reply::error(
+                ErrorCode::Internal,
+                "sign request run before it was verified",
+            ));
+        };
+        Some(forward(&chain, request, scope.ctx).await)
+    }
 }
 
 /// Most binds one agent connection may carry (OpenSSH's agent keeps 16).
@@ -374,14 +436,14 @@ fn parse_binds(binds: &[Vec<u8>]) -> Result<Vec<SessionBind>, Reply> {
 /// The binds before the last are the hops the agent was forwarded through,
 /// as OpenSSH's agent sees them: each must have been made by a session that
 /// forwards the agent, through a host whose rule sets `forwarding = true`.
-async fn check_hops(
+/// `Ok(Some)` is the policy's denial of the first hop it refuses, for the
+/// gate to audit.
+fn check_hops(
     workspace: &str,
-    caller: &CallerContext,
     hops: &[SessionBind],
     known: &HostKeys,
     policy: &PolicySet,
-    ctx: &ToolContext,
-) -> Result<(), Reply> {
+) -> Result<Option<Decided>, Reply> {
     for hop in hops {
         if !hop.is_forwarding {
             return Err(deny(
@@ -401,22 +463,18 @@ async fn check_hops(
         });
         info!(tool = "ssh", op = "hop", host_key = %fingerprint(&hop.host_key), decision = ?d.verdict, "decision");
         if d.verdict == Verdict::Deny {
-            let subject = Subject {
-                workspace,
+            return Ok(Some(Decided {
+                outcome: d,
                 tool: "ssh",
                 target: format!(
                     "agent forwarding through host key {}",
                     fingerprint(&hop.host_key)
                 ),
-                caller: Some(caller),
                 approval_key: String::new(),
-            };
-            let msg = format!("denied by the laptop's policy: {}", d.reason);
-            let rule = d.rule.as_ref().map(ToString::to_string);
-            return Err(gate::refuse(ctx, policy, &subject, rule, msg).await);
+            }));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 fn parse_bind(body: &[u8]) -> Result<SessionBind, Reply> {

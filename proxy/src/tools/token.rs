@@ -6,15 +6,14 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use nexus_policy::{
-    Action, Caller, Decision, Grant, PolicySet, Request as PolicyRequest, TokenSource, Verdict,
-};
+use nexus_policy::{Action, Grant, PolicySet, TokenSource, Verdict};
 use nexus_protocol::{ErrorCode, Reply, Secret};
 use tokio::io::AsyncReadExt;
 use tracing::warn;
 use zeroize::Zeroize;
 
 use super::ToolContext;
+use super::pipeline::{Asked, Decided, Listing, Scope, Tool, wrong_grant};
 
 /// Largest value a file or command source may produce.
 pub const MAX_VALUE: usize = 64 << 10;
@@ -30,39 +29,60 @@ pub enum SourceError {
     Failed(String),
 }
 
+/// `token get NAME`: the value, from where the deciding rule says it lives.
+#[derive(Debug)]
+pub struct Token<'a> {
+    /// The token's name in the policy.
+    pub name: &'a str,
+}
+
+impl Tool for Token<'_> {
+    fn ask(&mut self, scope: &Scope<'_>, policy: &PolicySet) -> Result<Asked, Reply> {
+        let outcome = scope.decide(policy, Action::Token { name: self.name });
+        Ok(Asked::decided(Decided::new(
+            outcome,
+            "token",
+            self.name.to_owned(),
+        )))
+    }
+
+    async fn run<S>(
+        self,
+        scope: &Scope<'_>,
+        _: &PolicySet,
+        grant: Option<Grant>,
+        _: &mut S,
+    ) -> Option<Reply> {
+        let Some(Grant::Token(rule)) = grant else {
+            return wrong_grant();
+        };
+        Some(match fetch(&rule.source, scope.ctx).await {
+            Ok(value) => Reply::Token(value),
+            Err(e) => e.reply(&format!("token {:?}", self.name)),
+        })
+    }
+}
+
 /// `nexus-shim mcp`'s question: the tokens this workspace would be allowed
 /// whose deciding rule says `mcp = true` (names only; getting one is still
 /// a `Token` request through the gate).
-pub fn mcp_names(workspace: &str, caller: &Caller, policy: &PolicySet) -> Reply {
-    let names = policy
-        .user()
-        .token_names()
-        .into_iter()
-        .filter(|name| {
-            let outcome = policy.decide(&PolicyRequest {
-                workspace,
-                caller: Some(caller),
-                action: Action::Token { name },
-            });
-            outcome.decision.verdict == Verdict::Allow
-                && matches!(&outcome.decision.grant, Some(Grant::Token(rule)) if rule.mcp)
-        })
-        .map(str::to_owned)
-        .collect();
-    Reply::McpTokens(names)
-}
+#[derive(Debug)]
+pub struct McpNames;
 
-/// Answers an allowed token request (after `gate::enforce`).
-pub async fn answer(name: &str, decision: Decision, ctx: &ToolContext) -> Reply {
-    let Some(Grant::Token(rule)) = decision.grant else {
-        return Reply::error(
-            ErrorCode::Internal,
-            "policy allowed the token without saying where it lives",
-        );
-    };
-    match fetch(&rule.source, ctx).await {
-        Ok(value) => Reply::Token(value),
-        Err(e) => e.reply(&format!("token {name:?}")),
+impl Listing for McpNames {
+    fn list(&self, scope: &Scope<'_>, policy: &PolicySet) -> Reply {
+        let names = policy
+            .user()
+            .token_names()
+            .into_iter()
+            .filter(|name| {
+                let outcome = scope.decide(policy, Action::Token { name });
+                outcome.decision.verdict == Verdict::Allow
+                    && matches!(&outcome.decision.grant, Some(Grant::Token(rule)) if rule.mcp)
+            })
+            .map(str::to_owned)
+            .collect();
+        Reply::McpTokens(names)
     }
 }
 
