@@ -99,8 +99,8 @@ pub struct Entry {
     pub policy: String,
     /// Hash of the previous line.
     pub prev: String,
-    /// Identical denials this line stands for (within a second); 1 unless
-    /// a workspace repeated a refused call.
+    /// Identical denials this line stands for: 1, or for the line that
+    /// follows a denial, how often it was repeated within the next second.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub count: u64,
 }
@@ -806,8 +806,9 @@ mod tests {
         ));
     }
 
-    /// A workspace repeating a refused call writes one line a second, with
-    /// a count; an allowed call in between keeps the order.
+    /// A workspace repeating a refused call writes the first at once and
+    /// then one line a second with the count of repeats; an allowed call in
+    /// between keeps the order.
     #[tokio::test]
     async fn identical_denials_are_one_line_with_a_count() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -843,12 +844,13 @@ mod tests {
         assert_eq!(
             summary,
             [
-                ("prod-db".into(), "deny".into(), 500),
+                ("prod-db".into(), "deny".into(), 1),
+                ("prod-db".into(), "deny".into(), 499),
                 ("ok".into(), "allow".into(), 1),
                 ("prod-db".into(), "deny".into(), 1),
             ]
         );
-        assert_eq!(verify(tmp.path()).ok().map(|v| v.entries), Some(3));
+        assert_eq!(verify(tmp.path()).ok().map(|v| v.entries), Some(4));
     }
 
     /// The log keeps the whole target an approval prompt could show, and

@@ -8,8 +8,9 @@
 //! checks that the oldest kept line follows the anchor, and says how many
 //! entries were rotated out.
 //!
-//! Identical denials (same workspace, tool, target, rule and reason) within
-//! a second become one line with a `count`: a workspace that repeats a
+//! A denial is written at once; identical ones (same workspace, tool,
+//! target, rule and reason) that follow within a second are counted and
+//! written as one more line with that `count`: a workspace that repeats a
 //! refused call cannot grow the log faster than its distinct calls.
 
 use std::collections::VecDeque;
@@ -145,8 +146,9 @@ fn write_mark(path: &Path, seq: u64, hash: &str) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// A denial waiting to see whether identical ones follow within [`COALESCE`].
+/// The last denial written, and the identical ones counted since.
 struct Pending {
+    /// The denial; its `count` is the repeats seen since it was written.
     entry: Entry,
     since: Instant,
 }
@@ -246,8 +248,9 @@ impl Writer {
         Ok(writer)
     }
 
-    /// Takes one entry: a denial may wait for its twins (answered at once),
-    /// anything else is written now (after any waiting denial, in order).
+    /// Takes one entry: a repeat of the last denial within [`COALESCE`] is
+    /// only counted; anything else is written now (after the count of the
+    /// repeats, if any, in order).
     pub(super) fn take(&mut self, entry: Entry, now: Instant) -> Result<(), String> {
         if let Some(p) = &mut self.pending
             && same_denial(&p.entry, &entry)
@@ -257,24 +260,25 @@ impl Writer {
             return Ok(());
         }
         self.flush()?;
-        if entry.decision == "deny" {
-            self.pending = Some(Pending { entry, since: now });
-            Ok(())
-        } else {
-            self.append(entry)
-        }
+        let deny = (entry.decision == "deny").then(|| entry.clone());
+        self.append(entry)?;
+        self.pending = deny.map(|mut entry| {
+            entry.count = 0;
+            Pending { entry, since: now }
+        });
+        Ok(())
     }
 
-    /// When the waiting denial, if any, is due to be written.
+    /// When the repeats of the last denial are due to be written.
     pub(super) fn due(&self) -> Option<Instant> {
         self.pending.as_ref().map(|p| p.since + COALESCE)
     }
 
-    /// Writes the waiting denial, if any.
+    /// Writes the count of the last denial's repeats, if any, and forgets it.
     pub(super) fn flush(&mut self) -> Result<(), String> {
         match self.pending.take() {
-            Some(p) => self.append(p.entry),
-            None => Ok(()),
+            Some(p) if p.entry.count > 0 => self.append(p.entry),
+            _ => Ok(()),
         }
     }
 
