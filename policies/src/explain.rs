@@ -16,8 +16,9 @@
 //! rule = "policy.toml:42"           # optional: the deciding rule, or "default"
 //! ```
 //!
-//! SSH probes name a host instead of a host key: a rule "pins" the probe's
-//! host key when its `host` equals the probe's `host`.
+//! SSH probes name a host instead of a host key: the probe's host key is the
+//! one known_hosts pins for `host` or, when a rule for `host` lists
+//! `host_keys`, the first of them.
 //!
 //! HTTP probes: `tool = "http"`, `args = { name = "openai", method = "POST",
 //! path = "/v1/chat/completions" }`; `method` defaults to `GET` and `path`
@@ -28,12 +29,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use crate::diag::{Diagnostic, line_col};
 use crate::engine::{Action, Request, RuleRef, Verdict};
 use crate::layers::{Outcome, PolicySet};
-use crate::ssh::SshRule;
+use crate::ssh::BoundHostKey;
 
 /// The tools a probe may name, for messages.
 pub const TOOLS: &str = "token, ssh, http";
@@ -175,20 +178,21 @@ impl Probe {
                         ));
                     }
                 };
-                let pinned = |rule: &SshRule| rule.host == host;
-                let known_as = [host.to_owned()];
+                let names = [host.to_owned()];
+                let blob = probe_host_key(set, host);
+                let host_key = BoundHostKey {
+                    blob: &blob,
+                    known_hosts_pins: &names,
+                    known_as: &names,
+                };
                 let action = if op == "hop" {
-                    Action::SshHop {
-                        host_key_pinned_for: &pinned,
-                        known_as: &known_as,
-                    }
+                    Action::SshHop { host_key }
                 } else {
                     Action::SshUserauth {
-                        host_key_pinned_for: &pinned,
+                        host_key,
                         user: self.need("user", "git")?,
                         key,
                         forwarding,
-                        known_as: &known_as,
                     }
                 };
                 Ok(set.decide(&req(action)))
@@ -209,6 +213,18 @@ impl Probe {
             )),
         }
     }
+}
+
+/// The host key a probe stands for: the first `host_keys` entry of a rule for
+/// `host`, or none (then only known_hosts, which the probe says pins `host`,
+/// can pin it).
+fn probe_host_key(set: &PolicySet, host: &str) -> Vec<u8> {
+    set.ssh_rules()
+        .into_iter()
+        .filter(|r| r.host == host)
+        .find_map(|r| r.host_keys.as_ref()?.first()?.split_whitespace().nth(1))
+        .and_then(|b64| STANDARD.decode(b64).ok())
+        .unwrap_or_default()
 }
 
 /// What a fixture expects.

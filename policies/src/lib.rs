@@ -109,5 +109,5 @@ pub use http::{
 };
 pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
 pub use rate::{Rate, RateError};
-pub use ssh::SshRule;
+pub use ssh::{BoundHostKey, SshRule};
 pub use tools::{ToolRule, match_args};

@@ -19,9 +19,10 @@
 //! ```
 //!
 //! The session bind names a host *key*, never a host name, so the engine never
-//! sees host names from the workspace: the proxy says, per rule, whether the
-//! bound host key is pinned for that rule's host
-//! ([`Action::SshUserauth`](crate::Action::SshUserauth)).
+//! sees host names from the workspace: the proxy passes the bound key and what
+//! the laptop's known_hosts says of it ([`BoundHostKey`]), and a rule pins the
+//! key when its `host_keys` hold it or, without `host_keys`, when known_hosts
+//! pins it for the rule's host.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -90,6 +91,18 @@ impl SshRule {
         split_port(&self.host)
     }
 
+    /// Whether this rule pins `bound`: one of its `host_keys`, or (when it has
+    /// none) a key the laptop's known_hosts pins for its `host`.
+    #[must_use]
+    pub fn pins(&self, bound: &BoundHostKey<'_>) -> bool {
+        match &self.host_keys {
+            Some(lines) => lines
+                .iter()
+                .any(|l| host_key_blob(l).as_deref() == Some(bound.blob)),
+            None => bound.known_hosts_pins.contains(&self.host),
+        }
+    }
+
     /// Whether this rule admits the agent key with fingerprint `key`.
     fn admits_key(&self, key: &str) -> bool {
         self.keys
@@ -114,6 +127,29 @@ fn split_port(host: &str) -> (&str, Option<u16>) {
         }
         _ => (host, None),
     }
+}
+
+/// A host key bound by `session-bind@openssh.com`, with what the laptop's
+/// known_hosts says of it: data the proxy gathers, so that the engine reads no file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundHostKey<'a> {
+    /// The key in SSH wire form (the base64-decoded second field of a
+    /// known_hosts or `host_keys` line).
+    pub blob: &'a [u8],
+    /// The rule hosts (`HOST` or `HOST:PORT`) for which the laptop's
+    /// known_hosts pins this key, `@revoked` keys excluded. Hashed known_hosts
+    /// names can only be checked this way, one candidate host at a time.
+    pub known_hosts_pins: &'a [String],
+    /// Every name the key is known under: the plain names known_hosts lists
+    /// it under and the hosts of the rules that pin it. A host key names no
+    /// host, so a deny rule for any of these names applies: one key shared by
+    /// `dev` and `prod` must not let a `dev` rule reach `prod`.
+    pub known_as: &'a [String],
+}
+
+/// The wire blob of a `host_keys` line (`ALGO BASE64 [COMMENT]`).
+fn host_key_blob(line: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(line.split_whitespace().nth(1)?).ok()
 }
 
 /// A compiled case-insensitive glob with the text it came from.
@@ -253,34 +289,33 @@ impl Miss<'_> {
     }
 }
 
-/// `Action::SshUserauth`: the first allow rule, in file order, whose host key is
-/// pinned and which admits user, key and forwarding, and that no deny rule hits.
 /// The facts of one login signature, as the proxy established them.
 pub(crate) struct Login<'a> {
-    pub pinned: &'a dyn Fn(&SshRule) -> bool,
+    pub host_key: BoundHostKey<'a>,
     pub user: &'a str,
     pub key: &'a str,
     pub forwarding: bool,
-    pub known_as: &'a [String],
 }
 
+/// `Action::SshUserauth`: the first allow rule, in file order, whose host key is
+/// pinned and which admits user, key and forwarding, and that no deny rule hits.
 pub(crate) fn decide_userauth(
     rules: &[SshRule],
     denies: &[SshDenyRule],
     login: &Login<'_>,
 ) -> Decision {
     let Login {
-        pinned,
+        host_key,
         user,
         key,
         forwarding,
-        known_as,
     } = *login;
     let shown_user = shown_name(user);
     let shown_key = shown_key(key);
+    let known_as = host_key.known_as;
     let mut best: Option<Miss<'_>> = None;
     for rule in rules {
-        if !pinned(rule) {
+        if !rule.pins(&host_key) {
             continue;
         }
         let miss = if !rule.admits_user(user) {
@@ -340,11 +375,11 @@ pub(crate) fn decide_userauth(
 pub(crate) fn decide_hop(
     rules: &[SshRule],
     denies: &[SshDenyRule],
-    pinned: &dyn Fn(&SshRule) -> bool,
-    known_as: &[String],
+    host_key: &BoundHostKey<'_>,
 ) -> Decision {
+    let known_as = host_key.known_as;
     let mut refused: Option<&SshRule> = None;
-    for rule in rules.iter().filter(|r| pinned(r)) {
+    for rule in rules.iter().filter(|r| r.pins(host_key)) {
         if !rule.forwarding {
             refused.get_or_insert(rule);
             continue;
@@ -666,17 +701,20 @@ mod shared_key_tests {
             "[[ssh.allow]]\nhost = \"dev.corp\"\nuser = \"deploy\"\n[[ssh.deny]]\nhost = \"prod.*\"\n",
         )])
         .unwrap_or_else(|e| panic!("{e}"));
-        let pinned = |r: &crate::SshRule| r.host == "dev.corp";
+        let pins = ["dev.corp".to_owned()];
         let decide = |known_as: &[String]| {
             p.decide(&Request {
                 workspace: "w",
                 caller: None,
                 action: Action::SshUserauth {
-                    host_key_pinned_for: &pinned,
+                    host_key: crate::BoundHostKey {
+                        blob: &[],
+                        known_hosts_pins: &pins,
+                        known_as,
+                    },
                     user: "deploy",
                     key: "SHA256:k",
                     forwarding: false,
-                    known_as,
                 },
             })
         };
@@ -696,13 +734,16 @@ mod hop_tests {
     }
 
     fn hop(p: &Policy, host: &str) -> (Verdict, String) {
-        let pinned = |r: &crate::SshRule| r.host == host;
+        let pins = [host.to_owned()];
         let d = p.decide(&Request {
             workspace: "w",
             caller: None,
             action: Action::SshHop {
-                host_key_pinned_for: &pinned,
-                known_as: &[],
+                host_key: crate::BoundHostKey {
+                    blob: &[],
+                    known_hosts_pins: &pins,
+                    known_as: &[],
+                },
             },
         });
         (d.verdict, d.reason)
@@ -1025,6 +1066,26 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
         Policy::from_sources(&[Source::new("p.toml", POLICY)]).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The hosts of the rules `pinned` picks: what known_hosts would pin a
+    /// host key for.
+    fn pinned_where(policy: &Policy, pinned: &dyn Fn(&SshRule) -> bool) -> Vec<String> {
+        policy
+            .ssh_rules()
+            .iter()
+            .filter(|r| pinned(r))
+            .map(|r| r.host.clone())
+            .collect()
+    }
+
+    /// A host key known_hosts pins for `hosts`, listed under no other name.
+    fn known_hosts_pin(hosts: &[String]) -> BoundHostKey<'_> {
+        BoundHostKey {
+            blob: &[],
+            known_hosts_pins: hosts,
+            known_as: &[],
+        }
+    }
+
     fn decide(policy: &Policy, action: Action<'_>) -> crate::Decision {
         policy.decide(&Request {
             workspace: "ws",
@@ -1159,14 +1220,14 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
         for (i, (pinned, user, key, forwarding, verdict, line, granted, reason)) in
             cases.iter().enumerate()
         {
+            let pins = pinned_where(&policy, *pinned);
             let d = decide(
                 &policy,
                 Action::SshUserauth {
-                    host_key_pinned_for: *pinned,
+                    host_key: known_hosts_pin(&pins),
                     user,
                     key,
                     forwarding: *forwarding,
-                    known_as: &[],
                 },
             );
             assert_eq!(&d.reason, reason, "case {i}");
@@ -1345,13 +1406,13 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
     fn deny_all_denies_every_ssh_action() {
         let p = Policy::deny_all();
         assert!(p.ssh_rules().is_empty());
+        let everywhere = ["github.com".to_owned()];
         let actions = [
             Action::SshUserauth {
-                host_key_pinned_for: &|_| true,
+                host_key: known_hosts_pin(&everywhere),
                 user: "git",
                 key: K1,
                 forwarding: false,
-                known_as: &[],
             },
             Action::SshSig {
                 namespace: "git",
@@ -1370,36 +1431,48 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
     }
 
     #[test]
-    fn pinned_is_asked_lazily_and_only_with_policy_rules() {
-        use std::cell::RefCell;
-        let asked = RefCell::new(Vec::new());
-        let pinned = |r: &SshRule| {
-            asked.borrow_mut().push(r.rule.line);
-            true
-        };
-        let d = decide(
-            &policy(),
-            Action::SshUserauth {
-                host_key_pinned_for: &pinned,
-                user: "git",
-                key: K1,
-                forwarding: false,
-                known_as: &[],
-            },
+    fn host_keys_pin_by_key_and_known_hosts_by_host() {
+        let text = format!(
+            "[[ssh.allow]]\nhost = \"a.example\"\nuser = \"git\"\nhost_keys = [\"{ED25519}\"]\n\
+             [[ssh.allow]]\nhost = \"b.example\"\nuser = \"git\"\n"
         );
-        assert_eq!(d.verdict, Verdict::Allow);
-        assert_eq!(*asked.borrow(), [1]);
+        let p =
+            Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"));
+        let blob = host_key_blob(ED25519).unwrap_or_default();
+        let other = host_key_blob(ECDSA).unwrap_or_default();
+        let both = ["a.example".to_owned(), "b.example".to_owned()];
+        let line = |blob: &[u8], pins: &[String]| {
+            let host_key = BoundHostKey {
+                blob,
+                known_hosts_pins: pins,
+                known_as: &[],
+            };
+            let d = decide(
+                &p,
+                Action::SshUserauth {
+                    host_key,
+                    user: "git",
+                    key: K1,
+                    forwarding: false,
+                },
+            );
+            granted_line(&d)
+        };
+        // host_keys decide for a.example, whatever known_hosts says of it.
+        assert_eq!(line(&blob, &[]), Some(1));
+        assert_eq!(line(&other, &both), Some(5));
+        assert_eq!(line(&other, &both[..1]), None);
+        assert_eq!(line(&[], &[]), None);
     }
 
     #[test]
     fn actions_compare_and_print() {
-        let pin = |_: &SshRule| true;
+        let pins = ["github.com".to_owned()];
         let a = Action::SshUserauth {
-            host_key_pinned_for: &pin,
+            host_key: known_hosts_pin(&pins),
             user: "git",
             key: K1,
             forwarding: false,
-            known_as: &[],
         };
         let b = a;
         assert_eq!(a, b);
