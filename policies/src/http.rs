@@ -1154,24 +1154,14 @@ impl Parser<'_> {
                         .unwrap_or_default();
                 }
                 "max_request_size" => {
-                    if let Some(text) = self.string(&at, item, "a size like \"32MiB\"") {
-                        match crate::files::parse_size(text) {
-                            Ok(n) if n <= MAX_REQUEST_SIZE => max_request_size = n,
-                            Ok(_) => self.report.error(
-                                &item.span(),
-                                format!("{at}: {text:?} is more than the 1GiB maximum"),
-                            ),
-                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
-                        }
-                    }
+                    max_request_size = self
+                        .size(&at, item, MAX_REQUEST_SIZE)
+                        .unwrap_or(max_request_size);
                 }
                 "timeout" => {
-                    if let Some(t) = self.string(&at, item, "a duration like \"10m\"") {
-                        match crate::tools::parse_timeout(t) {
-                            Ok(d) => timeout = d,
-                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
-                        }
-                    }
+                    timeout = self
+                        .timeout(&at, item, crate::tools::MAX_TIMEOUT)
+                        .unwrap_or(timeout);
                 }
                 "description" => {
                     description = self.string(&at, item, "a string").unwrap_or("").to_owned();
@@ -1680,7 +1670,7 @@ paths = ["/v1/*", "/v2/**"]
             ),
             (
                 "[http.a]\nupstream = \"https://h\"\nmax_request_size = \"1TB\"\n",
-                "unknown size unit",
+                "p.toml:3:20: http.a.max_request_size: invalid size \"1TB\": expected a number with B, KiB",
             ),
             (
                 "[http.a]\nupstream = \"https://h\"\ntimeout = \"25h\"\n",

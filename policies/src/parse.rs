@@ -8,10 +8,13 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::time::Duration;
 
 use globset::{GlobBuilder, GlobMatcher};
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
+
+use nexus_protocol::units;
 
 use crate::diag::{Diagnostic, Reporter};
 use crate::engine::{Approve, DenyRule, RuleRef, TokenRule, TokenSource};
@@ -739,6 +742,47 @@ impl Parser<'_> {
             .ok()
     }
 
+    /// A size in the one grammar of [`units`], at most `max`.
+    pub(crate) fn size(&mut self, path: &str, value: &Value<'_>, max: u64) -> Option<u64> {
+        let text = self.string(path, value, "a size like \"10MiB\"")?;
+        let checked = units::parse_size(text).and_then(|n| {
+            if n <= max {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{text:?} is more than the {} maximum",
+                    units::format_size(max)
+                ))
+            }
+        });
+        checked
+            .map_err(|why| self.report.error(&value.span(), format!("{path}: {why}")))
+            .ok()
+    }
+
+    /// A timeout in the one grammar of [`units`]: more than 0, at most `max`.
+    pub(crate) fn timeout(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        max: Duration,
+    ) -> Option<Duration> {
+        let text = self.string(path, value, "a duration like \"60s\"")?;
+        let checked = units::parse_duration(text).and_then(|d| {
+            if d.is_zero() || d > max {
+                Err(format!(
+                    "timeout {text:?} must be more than 0 and at most {}",
+                    shown_hours(max)
+                ))
+            } else {
+                Ok(d)
+            }
+        });
+        checked
+            .map_err(|why| self.report.error(&value.span(), format!("{path}: {why}")))
+            .ok()
+    }
+
     /// `approve = "prompt"`.
     pub(crate) fn approve(&mut self, path: &str, value: &Value<'_>) -> Option<Approve> {
         match self.string(path, value, "\"prompt\"")? {
@@ -951,6 +995,17 @@ pub(crate) fn path_key(key: &str) -> String {
         key.to_owned()
     } else {
         format!("{key:?}")
+    }
+}
+
+/// A limit in whole hours (`24h`), as people think of timeouts; otherwise as
+/// [`units::format_duration`] writes it.
+fn shown_hours(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 3600 && secs.is_multiple_of(3600) && d.subsec_nanos() == 0 {
+        format!("{}h", secs / 3600)
+    } else {
+        units::format_duration(d)
     }
 }
 

@@ -5,7 +5,7 @@
 //! command = ["gh", "pr", "create"]     # run without a shell
 //! args = ["--title", "*", "--body", "*"]  # optional, default: no arguments
 //! description = "Open a pull request"
-//! timeout = "60s"                      # optional, default 60s (ms, s, m, h)
+//! timeout = "60s"                      # optional, default 60s (ms, s, min, h, d)
 //! env = ["GH_TOKEN"]                   # optional: proxy variables passed on
 //! cwd = "~/src/app"                    # optional working directory
 //! approve = "prompt"                   # optional
@@ -248,26 +248,6 @@ impl ToolsSection {
     }
 }
 
-/// `60s`, `5m`, `1h`, `500ms`.
-pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}; expected e.g. \"60s\", \"5m\" or \"500ms\"")
-    })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
-    };
-    if d.is_zero() || d > MAX_TIMEOUT {
-        return Err(format!("timeout {s:?} must be more than 0 and at most 24h"));
-    }
-    Ok(d)
-}
-
 fn check_pattern(p: &str) -> Result<(), String> {
     if p.contains('\0') {
         return Err("an argument pattern contains a NUL character".to_owned());
@@ -365,14 +345,7 @@ impl Parser<'_> {
                 "description" => {
                     description = self.string(&at, item, "a string").unwrap_or("").to_owned();
                 }
-                "timeout" => {
-                    if let Some(t) = self.string(&at, item, "a duration like \"60s\"") {
-                        match parse_timeout(t) {
-                            Ok(d) => timeout = d,
-                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
-                        }
-                    }
-                }
+                "timeout" => timeout = self.timeout(&at, item, MAX_TIMEOUT).unwrap_or(timeout),
                 "env" => {
                     env = self.string_list(&at, item, "a list of variable names", check_env, "")
                 }
@@ -459,11 +432,19 @@ mod tests {
     }
 
     #[test]
-    fn timeouts() {
-        assert_eq!(parse_timeout("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["0s", "25h", "1d", "", "s"] {
-            assert!(parse_timeout(bad).is_err(), "{bad}");
+    fn timeouts_use_the_one_duration_grammar() {
+        let timeout = |t: &str| {
+            let text = format!("[tools.t]\ncommand = [\"true\"]\ntimeout = \"{t}\"\n");
+            crate::Policy::from_sources(&[crate::Source::new("p.toml", text)])
+                .map(|p| p.tools().first().map(|r| r.timeout))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(timeout("60s"), Ok(Some(Duration::from_secs(60))));
+        assert_eq!(timeout("500ms"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(timeout("10min"), Ok(Some(Duration::from_secs(600))));
+        assert_eq!(timeout("1d"), Ok(Some(MAX_TIMEOUT)));
+        for bad in ["0s", "25h", "2d", "", "s", "5 fortnights"] {
+            assert!(timeout(bad).is_err(), "{bad}");
         }
     }
 }
