@@ -52,7 +52,7 @@ impl GitAction {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "get" => Some(GitAction::Get),
             "store" => Some(GitAction::Store),
