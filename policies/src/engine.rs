@@ -14,8 +14,21 @@ use crate::git::{GitAction, GitRule, GitSection};
 use crate::http::{HttpRule, HttpSection};
 use crate::parse;
 use crate::rate::Rate;
+use crate::schema::Table;
 use crate::ssh::{self, BoundHostKey, SshDenyRule, SshRule};
 use crate::tools::{ToolRule, ToolsSection};
+
+/// Every table a policy may hold, section by section in
+/// [`nexus_protocol::Section::ALL`]
+/// order: the schema `docs/policy.md` documents.
+pub const SCHEMA: [&[Table]; 6] = [
+    parse::TOKEN_TABLES,
+    ssh::TABLES,
+    crate::git::TABLES,
+    crate::files::TABLES,
+    crate::tools::TABLES,
+    crate::http::TABLES,
+];
 
 /// Longest part of a requested name quoted in a decision reason; the name comes
 /// from the untrusted workspace and must not flood the audit log.

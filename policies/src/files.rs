@@ -26,6 +26,59 @@ use crate::diag::Diagnostic;
 use crate::engine::{Decision, Grant, RuleRef, Verdict, shown_name};
 use crate::glob_deny::{GlobDeny, deny};
 use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
+use crate::schema::{DESCRIPTION, Field, Table, expected};
+
+/// `max_size`, shared by `[[files.allow]]` and `[files.sets.NAME]`.
+const MAX_SIZE: Field =
+    Field::optional("max_size", "size", "largest file handed out").default("10MiB");
+
+/// The keys of `[[files.allow]]`.
+const ALLOW_FIELDS: &[Field] = &[
+    Field::required(
+        "path",
+        "path",
+        "`~/...` or absolute; a trailing `/` allows every file below the directory",
+    ),
+    MAX_SIZE,
+    DESCRIPTION,
+];
+
+/// The keys of `[[files.deny]]`.
+const DENY_FIELDS: &[Field] = &[
+    Field::required(
+        "path",
+        "glob",
+        "glob over the requested path (`~/...` form), case-insensitive; `*` crosses `/`",
+    ),
+    DESCRIPTION,
+];
+
+/// The keys of `[files.sets.NAME]`.
+const SET_FIELDS: &[Field] = &[
+    Field::required(
+        "paths",
+        "list of paths",
+        "files or directories (`~/...`) installed into the workspace's home",
+    ),
+    MAX_SIZE.limits("per file"),
+    DESCRIPTION,
+];
+
+/// The tables of the `files` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[[files.allow]]",
+        fields: ALLOW_FIELDS,
+    },
+    Table {
+        header: "[[files.deny]]",
+        fields: DENY_FIELDS,
+    },
+    Table {
+        header: "[files.sets.NAME]",
+        fields: SET_FIELDS,
+    },
+];
 
 /// Default per-file size limit (10 MiB).
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
@@ -254,7 +307,7 @@ impl Parser<'_> {
                 "description" => {
                     self.string(&at, item, "a string");
                 }
-                _ => self.unknown_key(SECTION, key, "one of path, max_size, description"),
+                _ => self.unknown_key(SECTION, key, &expected(ALLOW_FIELDS)),
             }
         }
         if !seen_path {
@@ -274,7 +327,7 @@ impl Parser<'_> {
     }
 
     fn file_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("files.deny", "path", "**/*.key", value) {
+        if let Some(deny) = self.glob_deny("files.deny", DENY_FIELDS, "**/*.key", value) {
             self.out.files.deny.push(deny);
         }
     }
@@ -323,7 +376,7 @@ impl Parser<'_> {
                 "description" => {
                     self.string(&at, item, "a string");
                 }
-                _ => self.unknown_key(&section, k, "one of paths, max_size, description"),
+                _ => self.unknown_key(&section, k, &expected(SET_FIELDS)),
             }
         }
         if paths.is_none() && self.report.errors.len() == errors_before {

@@ -7,6 +7,7 @@ use toml::de::DeValue;
 
 use crate::engine::{Decision, RuleRef, Verdict};
 use crate::parse::{Parser, Value, compile_glob, path_key};
+use crate::schema::{Field, expected};
 
 /// A denial by `rule` (`None`: the default deny).
 pub(crate) fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
@@ -30,15 +31,16 @@ pub(crate) struct GlobDeny {
 }
 
 impl Parser<'_> {
-    /// One `[[SECTION]]` deny rule whose only key (besides `description`) is
-    /// `field`, a glob; `example` shows one in messages.
+    /// One `[[SECTION]]` deny rule declared by `fields`: its first field, a
+    /// glob, then `description`; `example` shows one in messages.
     pub(crate) fn glob_deny(
         &mut self,
         section: &str,
-        field: &str,
+        fields: &[Field],
         example: &str,
         value: &Value<'_>,
     ) -> Option<GlobDeny> {
+        let field = fields.first().map_or("name", |f| f.name);
         let DeValue::Table(table) = value.get_ref() else {
             let found = value.get_ref();
             let expected = format!("a table with {field} = \"GLOB\"");
@@ -58,7 +60,7 @@ impl Parser<'_> {
                 "description" => {
                     self.string(&at, item, "a string");
                 }
-                _ => self.unknown_key(section, key, &format!("one of {field}, description")),
+                _ => self.unknown_key(section, key, &expected(fields)),
             }
         }
         let Some((pattern, span)) = pattern else {

@@ -61,6 +61,66 @@ use crate::engine::{Approve, Decision, DenyRule, Grant, RuleRef, TokenRule, Toke
 use crate::glob_deny::{GlobDeny, deny};
 use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
 use crate::rate::Rate;
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+
+/// The keys of `[http.NAME]`.
+const API_FIELDS: &[Field] = &[
+    Field::required(
+        "upstream",
+        "URL",
+        "`https://HOST[:PORT][/base]`; `http://` only for a loopback host",
+    ),
+    Field::optional("header", "header name", "where the secret goes"),
+    Field::optional(
+        "value",
+        "string",
+        "the header's value; exactly one `{token}` when a secret is injected",
+    )
+    .default("\"{token}\""),
+    Field::optional("token", "token name", "a `[tokens.NAME]` whose value is injected"),
+    Field::optional(
+        "source",
+        "token source",
+        "an inline source instead of `token` (at most one of the two)",
+    ),
+    Field::optional("ca_file", "path", "an extra root certificate (absolute or `~/...`)"),
+    Field::optional("methods", "list of strings", "HTTP methods allowed (never CONNECT, TRACE, TRACK)")
+        .default("any"),
+    Field::optional(
+        "paths",
+        "list of globs",
+        "over the path after NAME, without the query; `*` stays within a segment, `/**` crosses them",
+    )
+    .default("any"),
+    Field::optional("max_request_size", "size", "largest request body")
+        .default("32MiB")
+        .limits("at most 1GiB"),
+    Field::optional("timeout", "duration", "the whole request")
+        .default("10min")
+        .limits("more than 0, at most 24h"),
+    DESCRIPTION,
+    Field::optional("mcp", "bool", "offered to MCP clients").default("false"),
+    APPROVE,
+    RATE,
+];
+
+/// The keys of `[[http.deny]]`.
+const DENY_FIELDS: &[Field] = &[
+    Field::required("name", "glob", "glob over API names, case-insensitive"),
+    DESCRIPTION,
+];
+
+/// The tables of the `http` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[http.NAME]",
+        fields: API_FIELDS,
+    },
+    Table {
+        header: "[[http.deny]]",
+        fields: DENY_FIELDS,
+    },
+];
 
 /// Default largest request body (32 MiB).
 pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 32 << 20;
@@ -1031,14 +1091,12 @@ impl Parser<'_> {
     }
 
     fn http_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("http.deny", "name", "prod-*", value) {
+        if let Some(deny) = self.glob_deny("http.deny", DENY_FIELDS, "prod-*", value) {
             self.out.http.deny.push(deny);
         }
     }
 
     fn http_api(&mut self, key: &Key<'_>, value: &Value<'_>) {
-        const KEYS: &str = "one of upstream, header, value, token, source, ca_file, methods, \
-                            paths, max_request_size, timeout, description, mcp, approve, rate";
         let name: &str = key.get_ref();
         let section = format!("http.{}", path_key(name));
         if !valid_token_name(name) {
@@ -1172,7 +1230,7 @@ impl Parser<'_> {
                 },
                 "approve" => approve = self.approve(&at, item),
                 "rate" => rate = self.rate(&at, item),
-                _ => self.unknown_key(&section, k, KEYS),
+                _ => self.unknown_key(&section, k, &expected(API_FIELDS)),
             }
         }
         if !seen_upstream {

@@ -93,12 +93,13 @@ mod http;
 mod layers;
 mod parse;
 mod rate;
+pub mod schema;
 mod ssh;
 mod tools;
 
 pub use diag::{Diagnostic, PolicyErrors};
 pub use engine::{
-    Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, Source, TokenRule,
+    Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, SCHEMA, Source, TokenRule,
     TokenSource, Verdict,
 };
 pub use files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};

@@ -19,6 +19,7 @@ use nexus_protocol::units;
 use crate::diag::{Diagnostic, Reporter};
 use crate::engine::{Approve, DenyRule, RuleRef, TokenRule, TokenSource};
 use crate::rate::{RATE_EXPECTED, Rate};
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 use crate::ssh::{self, Glob, SshDenyRule, SshRule};
 use crate::{files, git, tools};
 
@@ -252,7 +253,7 @@ impl Parser<'_> {
                 "description" => {
                     self.string("tokens.deny.description", item, "a string");
                 }
-                _ => self.unknown_key(SECTION, key, "one of name, description"),
+                _ => self.unknown_key(SECTION, key, &expected(TOKEN_DENY_FIELDS)),
             }
         }
         if !seen_name {
@@ -422,10 +423,7 @@ impl Parser<'_> {
                     self.unknown_key(
                         SECTION,
                         key,
-                        &format!(
-                            "one of host, user, keys, host_keys, sshsig_namespaces, forwarding, \
-                             approve, rate, description{hint}"
-                        ),
+                        &format!("{}{hint}", expected(ssh::ALLOW_FIELDS)),
                     );
                 }
             }
@@ -503,7 +501,7 @@ impl Parser<'_> {
                     self.unknown_key(
                         SECTION,
                         key,
-                        &format!("one of host, user, key, description{hint}"),
+                        &format!("{}{hint}", expected(ssh::DENY_FIELDS)),
                     );
                 }
             }
@@ -650,11 +648,7 @@ impl Parser<'_> {
                 "description" => {
                     self.string(&path, item, "a string");
                 }
-                _ => self.unknown_key(
-                    &section,
-                    key,
-                    "one of source, rate, mcp, approve, reveal, description",
-                ),
+                _ => self.unknown_key(&section, key, &expected(TOKEN_FIELDS)),
             }
         }
         if !seen_source {
@@ -997,6 +991,43 @@ pub(crate) fn path_key(key: &str) -> String {
         format!("{key:?}")
     }
 }
+
+/// The keys of `[tokens.NAME]`.
+const TOKEN_FIELDS: &[Field] = &[
+    Field::required(
+        "source",
+        "token source",
+        "`keyring:SERVICE/ACCOUNT`, `env:VAR`, `file:PATH`, `command:[...]` or `{ command = [...] }`",
+    ),
+    RATE,
+    Field::optional("mcp", "bool", "whether an MCP client may see the value").default("false"),
+    APPROVE,
+    Field::optional(
+        "reveal",
+        "bool",
+        "`token get` works even when an `[http.*]` section binds the token",
+    )
+    .default("false"),
+    DESCRIPTION,
+];
+
+/// The keys of `[[tokens.deny]]`.
+const TOKEN_DENY_FIELDS: &[Field] = &[
+    Field::required("name", "glob", "glob over token names, case-insensitive"),
+    DESCRIPTION,
+];
+
+/// The tables of the `tokens` section.
+pub(crate) const TOKEN_TABLES: &[Table] = &[
+    Table {
+        header: "[tokens.NAME]",
+        fields: TOKEN_FIELDS,
+    },
+    Table {
+        header: "[[tokens.deny]]",
+        fields: TOKEN_DENY_FIELDS,
+    },
+];
 
 /// A limit in whole hours (`24h`), as people think of timeouts; otherwise as
 /// [`units::format_duration`] writes it.

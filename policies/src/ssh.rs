@@ -31,6 +31,72 @@ use globset::GlobMatcher;
 use crate::diag::Diagnostic;
 use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
 use crate::rate::Rate;
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table};
+
+/// The keys of `[[ssh.allow]]`.
+pub(crate) const ALLOW_FIELDS: &[Field] = &[
+    Field::required(
+        "host",
+        "host",
+        "`HOST` or `HOST:PORT`, one exact host, no globs",
+    ),
+    Field::required(
+        "user",
+        "string",
+        "the remote user, exact, or `\"*\"` for any",
+    ),
+    Field::optional(
+        "keys",
+        "list of fingerprints",
+        "agent keys allowed (`SHA256:...`, as `ssh-add -l` prints them)",
+    )
+    .default("every key in the laptop agent"),
+    Field::optional(
+        "host_keys",
+        "list of public keys",
+        "pinned host keys (`ALGO BASE64`), instead of the laptop's known_hosts",
+    )
+    .default("the laptop's known_hosts for host"),
+    Field::optional(
+        "sshsig_namespaces",
+        "list of strings",
+        "SSHSIG namespaces the keys may sign (`git` for commit signing)",
+    )
+    .default("[]"),
+    Field::optional(
+        "forwarding",
+        "bool",
+        "allow sessions that forward the agent onward",
+    )
+    .default("false"),
+    APPROVE,
+    RATE,
+    DESCRIPTION,
+];
+
+/// The keys of `[[ssh.deny]]`; at least one of the first three.
+pub(crate) const DENY_FIELDS: &[Field] = &[
+    Field::optional(
+        "host",
+        "glob",
+        "glob over the allow rule's host, case-insensitive",
+    ),
+    Field::optional("user", "glob", "glob over the user, case-insensitive"),
+    Field::optional("key", "fingerprint", "one agent key, exact"),
+    DESCRIPTION,
+];
+
+/// The tables of the `ssh` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[[ssh.allow]]",
+        fields: ALLOW_FIELDS,
+    },
+    Table {
+        header: "[[ssh.deny]]",
+        fields: DENY_FIELDS,
+    },
+];
 
 /// Key types accepted in `host_keys`, as OpenSSH writes them.
 pub(crate) const HOST_KEY_ALGORITHMS: &[&str] = &[

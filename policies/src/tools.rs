@@ -31,6 +31,53 @@ use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
 use crate::glob_deny::{GlobDeny, deny};
 use crate::parse::{Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name};
 use crate::rate::Rate;
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+
+/// The keys of `[tools.NAME]`.
+const TOOL_FIELDS: &[Field] = &[
+    Field::required(
+        "command",
+        "list of strings",
+        "program and its fixed arguments, run without a shell",
+    ),
+    Field::optional(
+        "args",
+        "list of patterns",
+        "the workspace's arguments, matched element by element",
+    )
+    .default("no arguments"),
+    DESCRIPTION,
+    Field::optional("timeout", "duration", "the run is killed after this long")
+        .default("60s")
+        .limits("more than 0, at most 24h"),
+    Field::optional(
+        "env",
+        "list of variable names",
+        "variables of the proxy's environment passed on",
+    )
+    .default("none"),
+    Field::optional("cwd", "path", "working directory (absolute or `~/...`)").default("~"),
+    APPROVE,
+    RATE,
+];
+
+/// The keys of `[[tools.deny]]`.
+const DENY_FIELDS: &[Field] = &[
+    Field::required("name", "glob", "glob over tool names, case-insensitive"),
+    DESCRIPTION,
+];
+
+/// The tables of the `tools` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[tools.NAME]",
+        fields: TOOL_FIELDS,
+    },
+    Table {
+        header: "[[tools.deny]]",
+        fields: DENY_FIELDS,
+    },
+];
 
 /// Default time a tool may run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -294,7 +341,7 @@ impl Parser<'_> {
     }
 
     fn tool_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("tools.deny", "name", "deploy-*", value) {
+        if let Some(deny) = self.glob_deny("tools.deny", DENY_FIELDS, "deploy-*", value) {
             self.out.tools.deny.push(deny);
         }
     }
@@ -352,11 +399,7 @@ impl Parser<'_> {
                 "cwd" => cwd = self.checked_string(&at, item, "a directory", check_cwd),
                 "approve" => approve = self.approve(&at, item),
                 "rate" => rate = self.rate(&at, item),
-                _ => self.unknown_key(
-                    &section,
-                    k,
-                    "one of command, args, description, timeout, env, cwd, approve, rate",
-                ),
+                _ => self.unknown_key(&section, k, &expected(TOOL_FIELDS)),
             }
         }
         if command.is_none() && self.report.errors.len() == errors_before {
