@@ -1,20 +1,8 @@
 //! The `files` section: laptop files the workspace may read (`nexus-shim
 //! file get`) and named sets it may install (`nexus-shim file sync`).
 //!
-//! ```toml
-//! [[files.allow]]
-//! path = "~/.opencode/"       # "~/..." or absolute; a trailing slash allows
-//!                             # every file below the directory
-//! max_size = "10MiB"          # optional, default 10MiB (B, KiB, MiB, GiB)
-//!
-//! [[files.deny]]
-//! path = "**/*.key"           # glob over the path as requested (~/... form),
-//!                             # case-insensitive; `*` crosses `/`
-//!
-//! [files.sets.opencode]
-//! paths = ["~/.opencode/config.json", "~/.config/opencode/"]
-//! max_size = "1MiB"           # optional, per file
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 //!
 //! The engine judges paths lexically, in the `~/x` or `/abs` form the proxy
 //! normalizes them to; the proxy then resolves symlinks on the laptop and

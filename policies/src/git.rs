@@ -2,23 +2,8 @@
 //! own `git credential fill` may hand to the workspace, and whether the
 //! workspace's `store`/`erase` reach the laptop's helpers.
 //!
-//! ```toml
-//! [[git-credential.allow]]
-//! protocol = "https"          # optional, default "https"
-//! host = "github.com"         # "HOST" or "HOST:PORT", exact (case-insensitive)
-//! path = "acme/*"             # optional glob over the path git sends with
-//!                             # credential.useHttpPath=true; `*` stays within
-//!                             # one path segment, `**` crosses them
-//! actions = ["get"]           # optional, default ["get"]; "store", "erase"
-//! approve = "prompt"          # optional
-//! rate = "60/min"             # optional
-//!
-//! [[git-credential.deny]]     # matches when ALL given fields match
-//! host = "*.corp"             # glob, case-insensitive
-//! path = "acme/secret*"       # glob, case-insensitive; a request without a
-//!                             # path matches (its credential covers the host)
-//! protocol = "http"           # exact
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 
 use globset::{GlobBuilder, GlobMatcher};
 use toml::de::DeValue;

@@ -3,28 +3,8 @@
 //! `upstream` of `[http.NAME]` plus `/rest?query`, with the real secret put
 //! into the named header. The workspace never names a host.
 //!
-//! ```toml
-//! [http.openai]                     # $NEXUS_HTTP_URL/openai/v1/... -> https://api.openai.com/v1/...
-//! upstream = "https://api.openai.com"   # https; http:// only for a loopback host;
-//!                                   # may carry a base path ("https://h/api/v2")
-//! header = "Authorization"          # where the secret goes
-//! value = "Bearer {token}"          # default "{token}"; exactly one {token} with a secret
-//! token = "openai"                  # a [tokens.openai] declaration ...
-//! # source = "keyring:nexus/openai" # ... or an inline source (at most one of the two)
-//! ca_file = "~/corp-ca.pem"         # optional extra root (absolute or ~/)
-//! methods = ["GET", "POST"]         # optional, default any (never CONNECT, TRACE, TRACK)
-//! paths = ["/v1/*"]                 # optional globs over the path after NAME (no query):
-//!                                   # `*` stays within a segment, `/**` crosses them
-//! max_request_size = "32MiB"        # optional, default 32MiB, at most 1GiB
-//! timeout = "10m"                   # optional, whole request, default 10m, at most 24h
-//! description = "OpenAI API"        # optional
-//! mcp = false                       # optional: offered to MCP clients
-//! approve = "prompt"                # optional
-//! rate = "60/min"                   # optional
-//!
-//! [[http.deny]]
-//! name = "prod-*"                   # glob over API names, case-insensitive
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 //!
 //! A section with neither a secret nor a header is a plain pass-through to a
 //! declared upstream. A header without a secret injects its fixed `value`.

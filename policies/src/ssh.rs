@@ -1,22 +1,8 @@
 //! The `ssh` section: which hosts, users and keys the laptop's SSH agent may
 //! sign for, which SSHSIG namespaces it may sign, and the three SSH decisions.
 //!
-//! ```toml
-//! [[ssh.allow]]
-//! host = "github.com"          # "HOST" or "HOST:PORT"; one exact host, no globs
-//! user = "git"                 # exact remote user, or "*" for any
-//! keys = ["SHA256:..."]        # optional; absent = every key in the laptop agent
-//! host_keys = ["ssh-ed25519 AAAA..."]  # optional; absent = the laptop's known_hosts for host
-//! sshsig_namespaces = ["git"]  # optional: SSHSIG signing (git commit signing)
-//! forwarding = false           # optional: allow binds with is_forwarding = true
-//! approve = "prompt"           # optional
-//! rate = "30/min"              # optional
-//!
-//! [[ssh.deny]]                 # matches when ALL given fields match
-//! host = "prod-*"              # glob over the allow rule's host, case-insensitive
-//! user = "root"                # glob over the user, case-insensitive
-//! key = "SHA256:..."           # exact fingerprint
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 //!
 //! The session bind names a host *key*, never a host name, so the engine never
 //! sees host names from the workspace: the proxy passes the bound key and what

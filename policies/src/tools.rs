@@ -1,19 +1,7 @@
 //! The `tools` section: laptop commands the workspace may run by name.
 //!
-//! ```toml
-//! [tools.open-pr]
-//! command = ["gh", "pr", "create"]     # run without a shell
-//! args = ["--title", "*", "--body", "*"]  # optional, default: no arguments
-//! description = "Open a pull request"
-//! timeout = "60s"                      # optional, default 60s (ms, s, min, h, d)
-//! env = ["GH_TOKEN"]                   # optional: proxy variables passed on
-//! cwd = "~/src/app"                    # optional working directory
-//! approve = "prompt"                   # optional
-//! rate = "10/min"                      # optional
-//!
-//! [[tools.deny]]
-//! name = "rm-*"                        # glob over tool names
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 //!
 //! Arguments are matched element by element against `args`: a literal, or a
 //! pattern with `*` (any run of characters) and `?` (one character). An
