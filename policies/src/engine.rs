@@ -6,11 +6,10 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use globset::GlobMatcher;
-
 use crate::diag::{Diagnostic, PolicyErrors};
 use crate::files::{FileRule, FileSet, FilesSection};
 use crate::git::{GitAction, GitRule, GitSection};
+use crate::glob_deny::DenyRule;
 use crate::http::{HttpRule, HttpSection};
 use crate::parse;
 use crate::rate::Rate;
@@ -296,17 +295,6 @@ pub struct Decision {
     pub reason: String,
     /// What the laptop must do; `Some` only when allowed.
     pub grant: Option<Grant>,
-}
-
-/// A `[[tokens.deny]]` rule.
-#[derive(Clone, Debug)]
-pub(crate) struct DenyRule {
-    /// The glob as written.
-    pub pattern: String,
-    /// The compiled glob (case-insensitive).
-    pub matcher: GlobMatcher,
-    /// Where the rule is written.
-    pub rule: RuleRef,
 }
 
 /// A validated policy: every rule of every source, merged. Immutable once built.

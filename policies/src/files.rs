@@ -12,7 +12,7 @@ use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::{GlobDeny, deny};
+use crate::glob_deny::{DenyRule, DenyShape, deny};
 use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
 use crate::schema::{DESCRIPTION, Field, Table, expected};
 
@@ -117,7 +117,7 @@ pub struct FileSet {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FilesSection {
     allow: Vec<FileRule>,
-    deny: Vec<GlobDeny>,
+    deny: Vec<DenyRule>,
     sets: Vec<FileSet>,
 }
 
@@ -134,7 +134,7 @@ impl FilesSection {
     }
 
     /// The deny rule matching `path`, if any.
-    fn denied(&self, path: &str) -> Option<&GlobDeny> {
+    fn denied(&self, path: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(path))
     }
 
@@ -315,7 +315,15 @@ impl Parser<'_> {
     }
 
     fn file_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("files.deny", DENY_FIELDS, "**/*.key", value) {
+        if let Some(deny) = self.glob_deny(
+            &DenyShape {
+                section: "files.deny",
+                fields: DENY_FIELDS,
+                example: "**/*.key",
+                over: "paths",
+            },
+            value,
+        ) {
             self.out.files.deny.push(deny);
         }
     }

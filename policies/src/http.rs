@@ -37,8 +37,8 @@ use url::{Host, Url};
 
 use crate::diag::Diagnostic;
 use crate::engine::shown_name;
-use crate::engine::{Approve, Decision, DenyRule, Grant, RuleRef, TokenRule, TokenSource, Verdict};
-use crate::glob_deny::{GlobDeny, deny};
+use crate::engine::{Approve, Decision, Grant, RuleRef, TokenRule, TokenSource, Verdict};
+use crate::glob_deny::{DenyRule, DenyShape, deny};
 use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
 use crate::rate::Rate;
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
@@ -686,7 +686,7 @@ pub(crate) struct Binding {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HttpSection {
     apis: Vec<HttpApi>,
-    deny: Vec<GlobDeny>,
+    deny: Vec<DenyRule>,
     /// Secrets bound by this policy and its workspace sections.
     bound: Vec<Binding>,
 }
@@ -717,7 +717,7 @@ impl HttpSection {
         }
     }
 
-    fn denied(&self, name: &str) -> Option<&GlobDeny> {
+    fn denied(&self, name: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
 
@@ -1071,7 +1071,15 @@ impl Parser<'_> {
     }
 
     fn http_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("http.deny", DENY_FIELDS, "prod-*", value) {
+        if let Some(deny) = self.glob_deny(
+            &DenyShape {
+                section: "http.deny",
+                fields: DENY_FIELDS,
+                example: "prod-*",
+                over: "API names",
+            },
+            value,
+        ) {
             self.out.http.deny.push(deny);
         }
     }

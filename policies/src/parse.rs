@@ -17,7 +17,8 @@ use toml::de::{DeString, DeTable, DeValue};
 use nexus_protocol::units;
 
 use crate::diag::{Diagnostic, Reporter};
-use crate::engine::{Approve, DenyRule, RuleRef, TokenRule, TokenSource};
+use crate::engine::{Approve, RuleRef, TokenRule, TokenSource};
+use crate::glob_deny::{DenyRule, DenyShape};
 use crate::rate::{RATE_EXPECTED, Rate};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 use crate::ssh::{self, Glob, SshDenyRule, SshRule};
@@ -230,58 +231,14 @@ impl Parser<'_> {
 
     /// One `[[tokens.deny]]` entry.
     fn deny_rule(&mut self, value: &Value<'_>) {
-        const SECTION: &str = "tokens.deny";
-        let DeValue::Table(table) = value.get_ref() else {
-            let found = value.get_ref();
-            return self.wrong_type(SECTION, value, found, "a table with name = \"GLOB\"");
+        let shape = DenyShape {
+            section: "tokens.deny",
+            fields: TOKEN_DENY_FIELDS,
+            example: "prod-*",
+            over: "token names",
         };
-        let errors_before = self.report.errors.len();
-        let mut pattern = None;
-        let mut seen_name = false;
-        for (key, item) in table {
-            match key.get_ref().as_ref() {
-                "name" => {
-                    seen_name = true;
-                    pattern = self
-                        .string(
-                            "tokens.deny.name",
-                            item,
-                            "a glob over token names like \"prod-*\"",
-                        )
-                        .map(|p| (p, item.span()));
-                }
-                "description" => {
-                    self.string("tokens.deny.description", item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, &expected(TOKEN_DENY_FIELDS)),
-            }
-        }
-        if !seen_name {
-            self.report.error(
-                &value.span(),
-                "tokens.deny: missing name; expected name = \"GLOB\" (e.g. \"prod-*\")",
-            );
-        }
-        let Some((pattern, span)) = pattern else {
-            return;
-        };
-        match compile_glob(pattern) {
-            Ok(matcher) if self.report.errors.len() == errors_before => {
-                let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-                self.out.denies.push(DenyRule {
-                    pattern: pattern.to_owned(),
-                    matcher,
-                    rule,
-                });
-            }
-            Ok(_) => {}
-            Err(why) => self.report.error(
-                &span,
-                format!(
-                    "tokens.deny.name: invalid glob {pattern:?} ({why}); expected a glob over \
-                     token names using *, ? and [...]"
-                ),
-            ),
+        if let Some(deny) = self.glob_deny(&shape, value) {
+            self.out.denies.push(deny);
         }
     }
 

@@ -16,7 +16,7 @@ use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::{GlobDeny, deny};
+use crate::glob_deny::{DenyRule, DenyShape, deny};
 use crate::parse::{Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name};
 use crate::rate::Rate;
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
@@ -103,7 +103,7 @@ pub struct ToolRule {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ToolsSection {
     tools: Vec<ToolRule>,
-    deny: Vec<GlobDeny>,
+    deny: Vec<DenyRule>,
 }
 
 /// Whether one argument matches one pattern element.
@@ -221,7 +221,7 @@ impl ToolsSection {
         self.deny.extend(other.deny.iter().cloned());
     }
 
-    fn denied(&self, name: &str) -> Option<&GlobDeny> {
+    fn denied(&self, name: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
 
@@ -329,7 +329,15 @@ impl Parser<'_> {
     }
 
     fn tool_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("tools.deny", DENY_FIELDS, "deploy-*", value) {
+        if let Some(deny) = self.glob_deny(
+            &DenyShape {
+                section: "tools.deny",
+                fields: DENY_FIELDS,
+                example: "deploy-*",
+                over: "tool names",
+            },
+            value,
+        ) {
             self.out.tools.deny.push(deny);
         }
     }
