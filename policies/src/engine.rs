@@ -6,16 +6,28 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use globset::GlobMatcher;
-
 use crate::diag::{Diagnostic, PolicyErrors};
 use crate::files::{FileRule, FileSet, FilesSection};
 use crate::git::{GitAction, GitRule, GitSection};
+use crate::glob_deny::DenyRule;
 use crate::http::{HttpRule, HttpSection};
 use crate::parse;
 use crate::rate::Rate;
-use crate::ssh::{self, SshDenyRule, SshRule};
+use crate::schema::Table;
+use crate::ssh::{self, BoundHostKey, SshDenyRule, SshRule};
 use crate::tools::{ToolRule, ToolsSection};
+
+/// Every table a policy may hold, section by section in
+/// [`nexus_protocol::Section::ALL`]
+/// order: the schema `docs/policy.md` documents.
+pub const SCHEMA: [&[Table]; 6] = [
+    parse::TOKEN_TABLES,
+    ssh::TABLES,
+    crate::git::TABLES,
+    crate::files::TABLES,
+    crate::tools::TABLES,
+    crate::http::TABLES,
+];
 
 /// Longest part of a requested name quoted in a decision reason; the name comes
 /// from the untrusted workspace and must not flood the audit log.
@@ -55,11 +67,9 @@ pub struct Caller {
     pub cwd: Option<String>,
 }
 
-/// What a forwarded call asks the laptop to do.
-///
-/// `PartialEq` compares `host_key_pinned_for` by address: two actions are
-/// equal only when they hold the very same predicate.
-#[derive(Clone, Copy)]
+/// What a forwarded call asks the laptop to do: plain data, so that deciding
+/// stays pure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Action<'a> {
     /// Hand out the token declared as `[tokens.NAME]`.
@@ -69,27 +79,20 @@ pub enum Action<'a> {
     },
     /// Sign an SSH userauth request (after a verified `session-bind@openssh.com`).
     ///
-    /// Allowed by the first `[[ssh.allow]]` rule, in file order, whose host key
-    /// is pinned, whose `user` is `*` or equals `user`, whose `keys` are absent
-    /// or list `key`, that sets `forwarding = true` if `forwarding`, and that no
-    /// `[[ssh.deny]]` rule matches (host = that rule's host or any name in
-    /// `known_as`, user, key).
+    /// Allowed by the first `[[ssh.allow]]` rule, in file order, that pins
+    /// `host_key` ([`SshRule::pins`]), whose `user` is `*` or equals `user`,
+    /// whose `keys` are absent or list `key`, that sets `forwarding = true` if
+    /// `forwarding`, and that no `[[ssh.deny]]` rule matches (host = that
+    /// rule's host or any name the host key goes by, user, key).
     SshUserauth {
-        /// Whether the host key of the session bind is pinned for this rule's
-        /// host: one of its `host_keys`, or (when absent) a laptop `known_hosts`
-        /// key for its `host`. The proxy answers; the engine reads no file.
-        host_key_pinned_for: &'a dyn Fn(&SshRule) -> bool,
+        /// The host key of the session bind and what known_hosts says of it.
+        host_key: BoundHostKey<'a>,
         /// The user name in the userauth request (untrusted).
         user: &'a str,
         /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
         key: &'a str,
         /// The bind's `is_forwarding` flag (the session is an onward hop).
         forwarding: bool,
-        /// Every name the bound host key is known under (laptop known_hosts
-        /// lines and rules that pin it). A host key names no host, so a deny
-        /// rule for any of these names applies: one key shared by `dev` and
-        /// `prod` must not let a `dev` rule reach `prod`.
-        known_as: &'a [String],
     },
     /// Sign an SSHSIG blob (`ssh-keygen -Y sign`, git commit signing).
     ///
@@ -107,12 +110,10 @@ pub enum Action<'a> {
     /// An onward hop: an earlier session bound on the same agent connection,
     /// marked as forwarding the agent. Allowed when a rule pinning its host
     /// key sets `forwarding = true` and no deny rule for that host (or any
-    /// name in `known_as`) applies.
+    /// name the host key goes by) applies.
     SshHop {
-        /// Whether the hop's host key is pinned for a given allow rule.
-        host_key_pinned_for: &'a dyn Fn(&SshRule) -> bool,
-        /// Every name the hop's host key is known under (see `SshUserauth`).
-        known_as: &'a [String],
+        /// The hop's host key and what known_hosts says of it.
+        host_key: BoundHostKey<'a>,
     },
     /// Whether an agent identity may be shown to the workspace (identities
     /// not allowed are hidden from the list).
@@ -164,139 +165,6 @@ pub enum Action<'a> {
         path: &'a str,
     },
 }
-
-impl fmt::Debug for Action<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::Token { name } => f.debug_struct("Token").field("name", name).finish(),
-            Action::SshUserauth {
-                host_key_pinned_for: _,
-                user,
-                key,
-                forwarding,
-                known_as,
-            } => f
-                .debug_struct("SshUserauth")
-                .field("host_key_pinned_for", &format_args!("<fn>"))
-                .field("user", user)
-                .field("key", key)
-                .field("forwarding", forwarding)
-                .field("known_as", known_as)
-                .finish(),
-            Action::SshSig { namespace, key } => f
-                .debug_struct("SshSig")
-                .field("namespace", namespace)
-                .field("key", key)
-                .finish(),
-            Action::SshIdentity { key } => f.debug_struct("SshIdentity").field("key", key).finish(),
-            Action::SshHop { .. } => f.debug_struct("SshHop").finish_non_exhaustive(),
-            Action::GitCredential {
-                protocol,
-                host,
-                path,
-                action,
-            } => f
-                .debug_struct("GitCredential")
-                .field("protocol", protocol)
-                .field("host", host)
-                .field("path", path)
-                .field("action", action)
-                .finish(),
-            Action::File { path } => f.debug_struct("File").field("path", path).finish(),
-            Action::FileSet { name } => f.debug_struct("FileSet").field("name", name).finish(),
-            Action::Tool { name, args } => f
-                .debug_struct("Tool")
-                .field("name", name)
-                .field("args", args)
-                .finish(),
-            Action::Http { name, method, path } => f
-                .debug_struct("Http")
-                .field("name", name)
-                .field("method", method)
-                .field("path", path)
-                .finish(),
-        }
-    }
-}
-
-impl PartialEq for Action<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Action::Token { name: a }, Action::Token { name: b }) => a == b,
-            (
-                Action::SshUserauth {
-                    host_key_pinned_for: p1,
-                    user: u1,
-                    key: k1,
-                    forwarding: f1,
-                    known_as: n1,
-                },
-                Action::SshUserauth {
-                    host_key_pinned_for: p2,
-                    user: u2,
-                    key: k2,
-                    forwarding: f2,
-                    known_as: n2,
-                },
-            ) => std::ptr::addr_eq(*p1, *p2) && u1 == u2 && k1 == k2 && f1 == f2 && n1 == n2,
-            (
-                Action::SshSig {
-                    namespace: n1,
-                    key: k1,
-                },
-                Action::SshSig {
-                    namespace: n2,
-                    key: k2,
-                },
-            ) => n1 == n2 && k1 == k2,
-            (Action::SshIdentity { key: a }, Action::SshIdentity { key: b }) => a == b,
-            (
-                Action::SshHop {
-                    host_key_pinned_for: a,
-                    known_as: n1,
-                },
-                Action::SshHop {
-                    host_key_pinned_for: b,
-                    known_as: n2,
-                },
-            ) => std::ptr::addr_eq(*a, *b) && n1 == n2,
-            (
-                Action::GitCredential {
-                    protocol: p1,
-                    host: h1,
-                    path: q1,
-                    action: a1,
-                },
-                Action::GitCredential {
-                    protocol: p2,
-                    host: h2,
-                    path: q2,
-                    action: a2,
-                },
-            ) => p1 == p2 && h1 == h2 && q1 == q2 && a1 == a2,
-            (Action::File { path: a }, Action::File { path: b }) => a == b,
-            (Action::FileSet { name: a }, Action::FileSet { name: b }) => a == b,
-            (Action::Tool { name: n1, args: a1 }, Action::Tool { name: n2, args: a2 }) => {
-                n1 == n2 && a1 == a2
-            }
-            (
-                Action::Http {
-                    name: n1,
-                    method: m1,
-                    path: p1,
-                },
-                Action::Http {
-                    name: n2,
-                    method: m2,
-                    path: p2,
-                },
-            ) => n1 == n2 && m1 == m2 && p1 == p2,
-            _ => false,
-        }
-    }
-}
-
-impl Eq for Action<'_> {}
 
 /// One request to decide.
 #[derive(Clone, Copy, Debug)]
@@ -429,17 +297,6 @@ pub struct Decision {
     pub grant: Option<Grant>,
 }
 
-/// A `[[tokens.deny]]` rule.
-#[derive(Clone, Debug)]
-pub(crate) struct DenyRule {
-    /// The glob as written.
-    pub pattern: String,
-    /// The compiled glob (case-insensitive).
-    pub matcher: GlobMatcher,
-    /// Where the rule is written.
-    pub rule: RuleRef,
-}
-
 /// A validated policy: every rule of every source, merged. Immutable once built.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
@@ -538,20 +395,18 @@ impl Policy {
         match req.action {
             Action::Token { name } => self.decide_token(name),
             Action::SshUserauth {
-                host_key_pinned_for,
+                host_key,
                 user,
                 key,
                 forwarding,
-                known_as,
             } => ssh::decide_userauth(
                 &self.ssh_rules,
                 &self.ssh_denies,
                 &ssh::Login {
-                    pinned: host_key_pinned_for,
+                    host_key,
                     user,
                     key,
                     forwarding,
-                    known_as,
                 },
             ),
             Action::SshSig { namespace, key } => {
@@ -560,15 +415,9 @@ impl Policy {
             Action::SshIdentity { key } => {
                 ssh::decide_identity(&self.ssh_rules, &self.ssh_denies, key)
             }
-            Action::SshHop {
-                host_key_pinned_for,
-                known_as,
-            } => ssh::decide_hop(
-                &self.ssh_rules,
-                &self.ssh_denies,
-                host_key_pinned_for,
-                known_as,
-            ),
+            Action::SshHop { host_key } => {
+                ssh::decide_hop(&self.ssh_rules, &self.ssh_denies, &host_key)
+            }
             Action::GitCredential {
                 protocol,
                 host,

@@ -16,8 +16,24 @@
 //! rule = "policy.toml:42"           # optional: the deciding rule, or "default"
 //! ```
 //!
-//! SSH probes name a host instead of a host key: a rule "pins" the probe's
-//! host key when its `host` equals the probe's `host`.
+//! SSH probes name a host instead of a host key: the probe's host key is the
+//! one known_hosts pins for `host` or, when a rule for `host` lists
+//! `host_keys`, the first of them.
+//!
+//! Git credential probes: `tool = "git-credential"`, `args = { protocol =
+//! "https", host = "github.com", path = "acme/app.git" }`, with optional
+//! `action` (`get`, the default, `store` or `erase`) and `username` (taken
+//! and, for now, not matched by any rule).
+//!
+//! File probes: `tool = "file"`, `args = { path = "~/.gitconfig" }`, or
+//! `args = { set = "opencode" }` for a `[files.sets.NAME]`.
+//!
+//! Tool probes: `tool = "tool"`, `args = { name = "open-pr", args =
+//! ["--title", "x"] }`; on the command line each argument is one
+//! `--arg args=VALUE`, in order. No `args` means a run without arguments.
+//!
+//! `tool` takes the tool names above or the section names (`tokens`,
+//! `files`, `tools`).
 //!
 //! HTTP probes: `tool = "http"`, `args = { name = "openai", method = "POST",
 //! path = "/v1/chat/completions" }`; `method` defaults to `GET` and `path`
@@ -28,29 +44,36 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use crate::diag::{Diagnostic, line_col};
-use crate::engine::{Action, Request, RuleRef, Verdict};
-use crate::layers::{Outcome, PolicySet};
-use crate::ssh::SshRule;
+use nexus_protocol::{Section, UnknownSection};
 
-/// The tools a probe may name, for messages.
-pub const TOOLS: &str = "token, ssh, http";
+use crate::engine::{Action, Request, RuleRef, Verdict};
+use crate::files::check_path as check_file_path;
+use crate::git::GitAction;
+use crate::layers::{Outcome, PolicySet};
+use crate::ssh::BoundHostKey;
 
 /// Longest argument value, so that a fixture cannot balloon a report.
 const MAX_ARG: usize = 4096;
+
+/// Most `args=` arguments of one tool probe, like the proxy's limit on a run.
+const MAX_TOOL_ARGS: usize = 256;
 
 /// A request to decide, as `policy explain` and fixtures write it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Probe {
     /// The workspace's pairing name.
     pub workspace: String,
-    /// `token`, `ssh` or `http`.
+    /// The tool or section name (`token` or `tokens`, `file` or `files`, ...;
+    /// see [`Section`]).
     pub tool: String,
-    /// `key=value` arguments (`name` for tokens; `op`, `host`, `user`, `key`,
-    /// `namespace`, `forwarding` for ssh; `name`, `method`, `path` for http).
-    pub args: BTreeMap<String, String>,
+    /// `key=value` arguments, in the order given. Only `args` (a tool's
+    /// arguments, one per entry) may repeat; see the module docs per tool.
+    pub args: Vec<(String, String)>,
 }
 
 /// Splits `KEY=VALUE` (the value may hold `=`).
@@ -81,21 +104,29 @@ fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// The allowed argument keys per tool and operation.
-fn check_keys(probe: &Probe, allowed: &[&str]) -> Result<(), String> {
-    match probe.args.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(format!(
-            "--tool {} takes no argument {k:?}; expected {}",
-            probe.tool,
-            allowed.join(", ")
-        )),
-        None => Ok(()),
-    }
-}
-
 impl Probe {
+    /// The allowed argument keys; only `args` may be given more than once.
+    fn check_keys(&self, allowed: &[&str]) -> Result<(), String> {
+        for (i, (k, _)) in self.args.iter().enumerate() {
+            if !allowed.contains(&k.as_str()) {
+                return Err(format!(
+                    "--tool {} takes no argument {k:?}; expected {}",
+                    self.tool,
+                    allowed.join(", ")
+                ));
+            }
+            if k != "args" && self.args[..i].iter().any(|(seen, _)| seen == k) {
+                return Err(format!("--tool {} takes --arg {k}=... once", self.tool));
+            }
+        }
+        Ok(())
+    }
+
     fn arg(&self, key: &str) -> Option<&str> {
-        self.args.get(key).map(String::as_str)
+        self.args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn need(&self, key: &str, example: &str) -> Result<&str, String> {
@@ -112,20 +143,69 @@ impl Probe {
     /// # Errors
     /// A message naming what is missing or unknown in the probe.
     pub fn decide(&self, set: &PolicySet) -> Result<Outcome, String> {
+        let section: Section = self
+            .tool
+            .parse()
+            .map_err(|e: UnknownSection| format!("{:?}: {e}", clip(&self.tool)))?;
         let req = |action| Request {
             workspace: &self.workspace,
             caller: None,
             action,
         };
-        match self.tool.as_str() {
-            "token" | "tokens" => {
-                check_keys(self, &["name"])?;
+        match section {
+            Section::Tokens => {
+                self.check_keys(&["name"])?;
                 let name = self.need("name", "openai")?;
                 Ok(set.decide(&req(Action::Token { name })))
             }
-            "ssh" => self.decide_ssh(set),
-            "http" => {
-                check_keys(self, &["name", "method", "path"])?;
+            Section::Ssh => self.decide_ssh(set),
+            Section::GitCredential => {
+                self.check_keys(&["protocol", "host", "path", "username", "action"])?;
+                let action = match self.arg("action") {
+                    None => GitAction::Get,
+                    Some(a) => GitAction::parse(a).ok_or_else(|| {
+                        format!("action={:?}: expected get, store or erase", clip(a))
+                    })?,
+                };
+                // `username` is accepted for the day rules match it; no rule does yet.
+                Ok(set.decide(&req(Action::GitCredential {
+                    protocol: self.need("protocol", "https")?,
+                    host: self.need("host", "github.com")?,
+                    path: self.arg("path"),
+                    action,
+                })))
+            }
+            Section::Files => {
+                self.check_keys(&["path", "set"])?;
+                match (self.arg("path"), self.arg("set")) {
+                    (Some(path), None) => {
+                        check_file_path(path)
+                            .map_err(|why| format!("path={:?}: {why}", clip(path)))?;
+                        Ok(set.decide(&req(Action::File { path })))
+                    }
+                    (None, Some(name)) => Ok(set.decide(&req(Action::FileSet { name }))),
+                    _ => Err(format!(
+                        "--tool {} needs one of --arg path=PATH (e.g. path=~/.gitconfig) or --arg set=NAME",
+                        self.tool
+                    )),
+                }
+            }
+            Section::Tools => {
+                self.check_keys(&["name", "args"])?;
+                let name = self.need("name", "open-pr")?;
+                let args: Vec<String> = self
+                    .args
+                    .iter()
+                    .filter(|(k, _)| k == "args")
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                if args.len() > MAX_TOOL_ARGS {
+                    return Err(format!("more than {MAX_TOOL_ARGS} args= arguments"));
+                }
+                Ok(set.decide(&req(Action::Tool { name, args: &args })))
+            }
+            Section::Http => {
+                self.check_keys(&["name", "method", "path"])?;
                 let name = self.need("name", "openai")?;
                 let method = self.arg("method").unwrap_or("GET");
                 let path = self.arg("path").unwrap_or("/");
@@ -139,10 +219,6 @@ impl Probe {
                 };
                 Ok(set.decide(&req(Action::Http { name, method, path })))
             }
-            other => Err(format!(
-                "unknown tool {:?}; expected one of {TOOLS}",
-                clip(other)
-            )),
         }
     }
 
@@ -163,7 +239,7 @@ impl Probe {
                 } else {
                     &["op", "host", "user", "key", "forwarding"]
                 };
-                check_keys(self, keys)?;
+                self.check_keys(keys)?;
                 let host = self.need("host", "github.com")?;
                 let forwarding = match self.arg("forwarding") {
                     None | Some("false") => false,
@@ -175,31 +251,32 @@ impl Probe {
                         ));
                     }
                 };
-                let pinned = |rule: &SshRule| rule.host == host;
-                let known_as = [host.to_owned()];
+                let names = [host.to_owned()];
+                let blob = probe_host_key(set, host);
+                let host_key = BoundHostKey {
+                    blob: &blob,
+                    known_hosts_pins: &names,
+                    known_as: &names,
+                };
                 let action = if op == "hop" {
-                    Action::SshHop {
-                        host_key_pinned_for: &pinned,
-                        known_as: &known_as,
-                    }
+                    Action::SshHop { host_key }
                 } else {
                     Action::SshUserauth {
-                        host_key_pinned_for: &pinned,
+                        host_key,
                         user: self.need("user", "git")?,
                         key,
                         forwarding,
-                        known_as: &known_as,
                     }
                 };
                 Ok(set.decide(&req(action)))
             }
             "sshsig" => {
-                check_keys(self, &["op", "namespace", "key"])?;
+                self.check_keys(&["op", "namespace", "key"])?;
                 let namespace = self.need("namespace", "git")?;
                 Ok(set.decide(&req(Action::SshSig { namespace, key })))
             }
             "identity" => {
-                check_keys(self, &["op", "key"])?;
+                self.check_keys(&["op", "key"])?;
                 let key = self.need("key", "SHA256:...")?;
                 Ok(set.decide(&req(Action::SshIdentity { key })))
             }
@@ -209,6 +286,18 @@ impl Probe {
             )),
         }
     }
+}
+
+/// The host key a probe stands for: the first `host_keys` entry of a rule for
+/// `host`, or none (then only known_hosts, which the probe says pins `host`,
+/// can pin it).
+fn probe_host_key(set: &PolicySet, host: &str) -> Vec<u8> {
+    set.ssh_rules()
+        .into_iter()
+        .filter(|r| r.host == host)
+        .find_map(|r| r.host_keys.as_ref()?.first()?.split_whitespace().nth(1))
+        .and_then(|b64| STANDARD.decode(b64).ok())
+        .unwrap_or_default()
 }
 
 /// What a fixture expects.
@@ -269,7 +358,8 @@ pub struct Case {
     pub workspace: String,
     /// The tool.
     pub tool: String,
-    /// Arguments; strings, or booleans and integers written as such.
+    /// Arguments; strings, or booleans and integers written as such, or a
+    /// list of strings (each one argument: `args = ["--title", "x"]`).
     #[serde(default)]
     pub args: BTreeMap<String, ArgValue>,
     /// The expected decision.
@@ -289,6 +379,8 @@ pub enum ArgValue {
     Bool(bool),
     /// A number.
     Int(i64),
+    /// A list of strings: one argument each, e.g. a tool's `args`.
+    List(Vec<String>),
 }
 
 impl fmt::Display for ArgValue {
@@ -297,6 +389,7 @@ impl fmt::Display for ArgValue {
             ArgValue::Text(s) => f.write_str(s),
             ArgValue::Bool(b) => write!(f, "{b}"),
             ArgValue::Int(n) => write!(f, "{n}"),
+            ArgValue::List(items) => write!(f, "{items:?}"),
         }
     }
 }
@@ -331,7 +424,10 @@ impl Case {
             args: self
                 .args
                 .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
+                .flat_map(|(k, v)| match v {
+                    ArgValue::List(items) => items.iter().map(|i| (k.clone(), i.clone())).collect(),
+                    other => vec![(k.clone(), other.to_string())],
+                })
                 .collect(),
         }
     }
@@ -550,6 +646,77 @@ mod tests {
             err(probe("dev", "ssh", &[("host", "h"), ("forwarding", "yes")]))
                 .contains("true or false")
         );
+    }
+
+    #[test]
+    fn git_credential_file_and_tool_probes() {
+        let s = set(
+            "[[git-credential.allow]]\nhost = \"github.com\"\npath = \"acme/*\"\n\n\
+             [[files.allow]]\npath = \"~/.config/x/\"\n\n\
+             [tools.t]\ncommand = [\"true\"]\nargs = [\"-v\", \"*\"]\n",
+            None,
+        );
+        let verdict = |tool: &str, args: &[(&str, &str)]| {
+            probe("dev", tool, args)
+                .decide(&s)
+                .map(|o| Expect::of(&o))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let git = [("protocol", "https"), ("host", "github.com")];
+        let with = |extra: &[(&'static str, &'static str)]| [&git[..], extra].concat();
+        assert_eq!(
+            verdict("git-credential", &with(&[("path", "acme/a")])),
+            Expect::Allow
+        );
+        assert_eq!(
+            verdict(
+                "git-credential",
+                &with(&[("path", "acme/a"), ("username", "u")])
+            ),
+            Expect::Allow
+        );
+        assert_eq!(
+            verdict("git-credential", &with(&[("path", "other/a")])),
+            Expect::Deny
+        );
+        assert_eq!(
+            verdict(
+                "git-credential",
+                &with(&[("path", "acme/a"), ("action", "erase")])
+            ),
+            Expect::Deny
+        );
+        for tool in ["file", "files"] {
+            assert_eq!(verdict(tool, &[("path", "~/.config/x/a")]), Expect::Allow);
+            assert_eq!(verdict(tool, &[("path", "~/.ssh/id")]), Expect::Deny);
+        }
+        for tool in ["tool", "tools"] {
+            assert_eq!(
+                verdict(tool, &[("name", "t"), ("args", "-v"), ("args", "x")]),
+                Expect::Allow
+            );
+            // Order matters, as on the command line.
+            assert_eq!(
+                verdict(tool, &[("name", "t"), ("args", "x"), ("args", "-v")]),
+                Expect::Deny
+            );
+            assert_eq!(verdict(tool, &[("name", "t")]), Expect::Deny);
+        }
+        let err = |tool: &str, args: &[(&str, &str)]| {
+            probe("dev", tool, args)
+                .decide(&s)
+                .err()
+                .unwrap_or_default()
+        };
+        assert!(err("git-credential", &git[..1]).contains("needs --arg host"));
+        assert!(
+            err("git-credential", &with(&[("action", "fill")])).contains("get, store or erase")
+        );
+        assert!(err("file", &[]).contains("path=PATH"));
+        assert!(err("file", &[("path", "~/a"), ("set", "s")]).contains("path=PATH"));
+        assert!(err("file", &[("path", "rel")]).contains("path=\"rel\""));
+        assert!(err("tool", &[("name", "t"), ("name", "u")]).contains("once"));
+        assert!(err("tool", &[("args", "x")]).contains("needs --arg name"));
     }
 
     #[test]

@@ -1,20 +1,8 @@
 //! The `files` section: laptop files the workspace may read (`nexus-shim
 //! file get`) and named sets it may install (`nexus-shim file sync`).
 //!
-//! ```toml
-//! [[files.allow]]
-//! path = "~/.opencode/"       # "~/..." or absolute; a trailing slash allows
-//!                             # every file below the directory
-//! max_size = "10MiB"          # optional, default 10MiB (B, KiB, MiB, GiB)
-//!
-//! [[files.deny]]
-//! path = "**/*.key"           # glob over the path as requested (~/... form),
-//!                             # case-insensitive; `*` crosses `/`
-//!
-//! [files.sets.opencode]
-//! paths = ["~/.opencode/config.json", "~/.config/opencode/"]
-//! max_size = "1MiB"           # optional, per file
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 //!
 //! The engine judges paths lexically, in the `~/x` or `/abs` form the proxy
 //! normalizes them to; the proxy then resolves symlinks on the laptop and
@@ -24,8 +12,61 @@ use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::{GlobDeny, deny};
+use crate::glob_deny::{DenyRule, DenyShape, deny};
 use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
+use crate::schema::{DESCRIPTION, Field, Table, expected};
+
+/// `max_size`, shared by `[[files.allow]]` and `[files.sets.NAME]`.
+const MAX_SIZE: Field =
+    Field::optional("max_size", "size", "largest file handed out").default("10MiB");
+
+/// The keys of `[[files.allow]]`.
+const ALLOW_FIELDS: &[Field] = &[
+    Field::required(
+        "path",
+        "path",
+        "`~/...` or absolute; a trailing `/` allows every file below the directory",
+    ),
+    MAX_SIZE,
+    DESCRIPTION,
+];
+
+/// The keys of `[[files.deny]]`.
+const DENY_FIELDS: &[Field] = &[
+    Field::required(
+        "path",
+        "glob",
+        "glob over the requested path (`~/...` form), case-insensitive; `*` crosses `/`",
+    ),
+    DESCRIPTION,
+];
+
+/// The keys of `[files.sets.NAME]`.
+const SET_FIELDS: &[Field] = &[
+    Field::required(
+        "paths",
+        "list of paths",
+        "files or directories (`~/...`) installed into the workspace's home",
+    ),
+    MAX_SIZE.limits("per file"),
+    DESCRIPTION,
+];
+
+/// The tables of the `files` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[[files.allow]]",
+        fields: ALLOW_FIELDS,
+    },
+    Table {
+        header: "[[files.deny]]",
+        fields: DENY_FIELDS,
+    },
+    Table {
+        header: "[files.sets.NAME]",
+        fields: SET_FIELDS,
+    },
+];
 
 /// Default per-file size limit (10 MiB).
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
@@ -76,7 +117,7 @@ pub struct FileSet {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FilesSection {
     allow: Vec<FileRule>,
-    deny: Vec<GlobDeny>,
+    deny: Vec<DenyRule>,
     sets: Vec<FileSet>,
 }
 
@@ -93,7 +134,7 @@ impl FilesSection {
     }
 
     /// The deny rule matching `path`, if any.
-    fn denied(&self, path: &str) -> Option<&GlobDeny> {
+    fn denied(&self, path: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(path))
     }
 
@@ -197,29 +238,6 @@ pub fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `10MiB`, `512KiB`, `100B`, `1GiB`, or a bare number of bytes.
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid size {s:?}; expected e.g. \"10MiB\", \"512KiB\" or \"100B\"")
-    })?;
-    let mult: u64 = match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "unknown size unit {unit:?} in {s:?}; use B, KiB, MiB or GiB"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
 /// Set files are installed into the workspace's home, so they live in the laptop's.
 fn check_set_path(p: &str) -> Result<(), String> {
     check_path_msg(p)?;
@@ -258,13 +276,6 @@ impl Parser<'_> {
         }
     }
 
-    fn max_size(&mut self, at: &str, item: &Value<'_>) -> Option<u64> {
-        let text = self.string(at, item, "a size like \"10MiB\"")?;
-        parse_size(text)
-            .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
-            .ok()
-    }
-
     fn file_allow(&mut self, value: &Value<'_>) {
         const SECTION: &str = "files.allow";
         let DeValue::Table(table) = value.get_ref() else {
@@ -280,11 +291,11 @@ impl Parser<'_> {
                     seen_path = true;
                     path = self.checked_string(&at, item, "\"~/...\" or \"/...\"", check_path_msg);
                 }
-                "max_size" => max_size = self.max_size(&at, item).unwrap_or(max_size),
+                "max_size" => max_size = self.size(&at, item, u64::MAX).unwrap_or(max_size),
                 "description" => {
                     self.string(&at, item, "a string");
                 }
-                _ => self.unknown_key(SECTION, key, "one of path, max_size, description"),
+                _ => self.unknown_key(SECTION, key, &expected(ALLOW_FIELDS)),
             }
         }
         if !seen_path {
@@ -304,7 +315,15 @@ impl Parser<'_> {
     }
 
     fn file_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("files.deny", "path", "**/*.key", value) {
+        if let Some(deny) = self.glob_deny(
+            &DenyShape {
+                section: "files.deny",
+                fields: DENY_FIELDS,
+                example: "**/*.key",
+                over: "paths",
+            },
+            value,
+        ) {
             self.out.files.deny.push(deny);
         }
     }
@@ -349,11 +368,11 @@ impl Parser<'_> {
                         "the set would install nothing",
                     );
                 }
-                "max_size" => max_size = self.max_size(&at, item).unwrap_or(max_size),
+                "max_size" => max_size = self.size(&at, item, u64::MAX).unwrap_or(max_size),
                 "description" => {
                     self.string(&at, item, "a string");
                 }
-                _ => self.unknown_key(&section, k, "one of paths, max_size, description"),
+                _ => self.unknown_key(&section, k, &expected(SET_FIELDS)),
             }
         }
         if paths.is_none() && self.report.errors.len() == errors_before {
@@ -429,14 +448,5 @@ mod tests {
             action: Action::FileSet { name: "oc" },
         });
         assert!(matches!(set.grant, Some(Grant::FileSet(ref s)) if s.paths.len() == 1));
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
-        assert_eq!(parse_size("7"), Ok(7));
-        assert!(parse_size("1TB").is_err());
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("99999999999999999999GiB").is_err());
     }
 }

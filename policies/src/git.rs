@@ -2,23 +2,8 @@
 //! own `git credential fill` may hand to the workspace, and whether the
 //! workspace's `store`/`erase` reach the laptop's helpers.
 //!
-//! ```toml
-//! [[git-credential.allow]]
-//! protocol = "https"          # optional, default "https"
-//! host = "github.com"         # "HOST" or "HOST:PORT", exact (case-insensitive)
-//! path = "acme/*"             # optional glob over the path git sends with
-//!                             # credential.useHttpPath=true; `*` stays within
-//!                             # one path segment, `**` crosses them
-//! actions = ["get"]           # optional, default ["get"]; "store", "erase"
-//! approve = "prompt"          # optional
-//! rate = "60/min"             # optional
-//!
-//! [[git-credential.deny]]     # matches when ALL given fields match
-//! host = "*.corp"             # glob, case-insensitive
-//! path = "acme/secret*"       # glob, case-insensitive; a request without a
-//!                             # path matches (its credential covers the host)
-//! protocol = "http"           # exact
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 
 use globset::{GlobBuilder, GlobMatcher};
 use toml::de::DeValue;
@@ -28,6 +13,56 @@ use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
 use crate::glob_deny::deny;
 use crate::parse::{Parser, Value, path_key};
 use crate::rate::Rate;
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+
+/// The keys of `[[git-credential.allow]]`.
+const ALLOW_FIELDS: &[Field] = &[
+    Field::optional("protocol", "string", "URL scheme git sends").default("\"https\""),
+    Field::required(
+        "host",
+        "host",
+        "`HOST` or `HOST:PORT`, exact (case-insensitive)",
+    ),
+    Field::optional(
+        "path",
+        "glob",
+        "over the repository path git sends with `credential.useHttpPath`; `*` stays within a segment, `**` crosses them",
+    )
+    .default("any path"),
+    Field::optional(
+        "actions",
+        "list of get, store, erase",
+        "what the workspace's git may ask of the laptop's helpers",
+    )
+    .default("[\"get\"]"),
+    APPROVE,
+    RATE,
+    DESCRIPTION,
+];
+
+/// The keys of `[[git-credential.deny]]`; at least one of the first three.
+const DENY_FIELDS: &[Field] = &[
+    Field::optional("protocol", "string", "URL scheme, exact"),
+    Field::optional("host", "glob", "glob over the host, case-insensitive"),
+    Field::optional(
+        "path",
+        "glob",
+        "glob over the path, case-insensitive; a request without a path matches",
+    ),
+    DESCRIPTION,
+];
+
+/// The tables of the `git-credential` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[[git-credential.allow]]",
+        fields: ALLOW_FIELDS,
+    },
+    Table {
+        header: "[[git-credential.deny]]",
+        fields: DENY_FIELDS,
+    },
+];
 use crate::ssh::{self, Glob};
 
 /// What the workspace's git asks the helper to do.
@@ -52,7 +87,7 @@ impl GitAction {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "get" => Some(GitAction::Get),
             "store" => Some(GitAction::Store),
@@ -409,11 +444,7 @@ impl Parser<'_> {
                 "description" => {
                     self.string(&at, item, "a string");
                 }
-                _ => self.unknown_key(
-                    SECTION,
-                    key,
-                    "one of protocol, host, path, actions, approve, rate, description",
-                ),
+                _ => self.unknown_key(SECTION, key, &expected(ALLOW_FIELDS)),
             }
         }
         if !seen_host {
@@ -478,7 +509,7 @@ impl Parser<'_> {
                 "description" => {
                     self.string(&at, item, "a string");
                 }
-                _ => self.unknown_key(SECTION, key, "one of protocol, host, path, description"),
+                _ => self.unknown_key(SECTION, key, &expected(DENY_FIELDS)),
             }
         }
         if !seen {

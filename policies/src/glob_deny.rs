@@ -1,12 +1,12 @@
-//! What the git-credential, files and tools sections share: deny rules with
-//! one glob field (`[[files.deny]] path = ...`, `[[tools.deny]] name = ...`)
-//! and the shape of a denial.
+//! What the sections share: deny rules with one glob field (`[[tokens.deny]]
+//! name = ...`, `[[files.deny]] path = ...`) and the shape of a denial.
 
 use globset::GlobMatcher;
 use toml::de::DeValue;
 
 use crate::engine::{Decision, RuleRef, Verdict};
 use crate::parse::{Parser, Value, compile_glob, path_key};
+use crate::schema::{Field, expected};
 
 /// A denial by `rule` (`None`: the default deny).
 pub(crate) fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
@@ -18,9 +18,10 @@ pub(crate) fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
     }
 }
 
-/// A parsed single-glob deny rule.
+/// A deny rule with one glob: `[[tokens.deny]] name`, `[[files.deny]] path`,
+/// `[[tools.deny]] name`, `[[http.deny]] name`.
 #[derive(Clone, Debug)]
-pub(crate) struct GlobDeny {
+pub(crate) struct DenyRule {
     /// The glob as written.
     pub pattern: String,
     /// The compiled glob (case-insensitive).
@@ -29,16 +30,32 @@ pub(crate) struct GlobDeny {
     pub rule: RuleRef,
 }
 
+/// How a section writes its glob deny rules.
+pub(crate) struct DenyShape<'a> {
+    /// The table, e.g. `tokens.deny`.
+    pub section: &'a str,
+    /// Its declared keys: the glob first, then `description`.
+    pub fields: &'a [Field],
+    /// An example glob, for messages.
+    pub example: &'a str,
+    /// What the glob is matched against, e.g. `token names`.
+    pub over: &'a str,
+}
+
 impl Parser<'_> {
-    /// One `[[SECTION]]` deny rule whose only key (besides `description`) is
-    /// `field`, a glob; `example` shows one in messages.
+    /// One deny rule of `shape`; errors are reported, `None` then.
     pub(crate) fn glob_deny(
         &mut self,
-        section: &str,
-        field: &str,
-        example: &str,
+        shape: &DenyShape<'_>,
         value: &Value<'_>,
-    ) -> Option<GlobDeny> {
+    ) -> Option<DenyRule> {
+        let DenyShape {
+            section,
+            fields,
+            example,
+            over,
+        } = *shape;
+        let field = fields.first().map_or("name", |f| f.name);
         let DeValue::Table(table) = value.get_ref() else {
             let found = value.get_ref();
             let expected = format!("a table with {field} = \"GLOB\"");
@@ -47,41 +64,46 @@ impl Parser<'_> {
         };
         let errors_before = self.report.errors.len();
         let mut pattern = None;
+        let mut seen = false;
         for (key, item) in table {
             let at = format!("{section}.{}", path_key(key.get_ref()));
             match key.get_ref().as_ref() {
                 k if k == field => {
+                    seen = true;
                     pattern = self
-                        .string(&at, item, &format!("a glob like {example:?}"))
+                        .string(&at, item, &format!("a glob over {over} like {example:?}"))
                         .map(|p| (p.to_owned(), item.span()));
                 }
                 "description" => {
                     self.string(&at, item, "a string");
                 }
-                _ => self.unknown_key(section, key, &format!("one of {field}, description")),
+                _ => self.unknown_key(section, key, &expected(fields)),
             }
         }
-        let Some((pattern, span)) = pattern else {
-            if self.report.errors.len() == errors_before {
-                self.report.error(
-                    &value.span(),
-                    format!(
-                        "{section}: missing {field}; expected {field} = \"GLOB\" (e.g. {example:?})"
-                    ),
-                );
-            }
-            return None;
-        };
+        if !seen {
+            self.report.error(
+                &value.span(),
+                format!(
+                    "{section}: missing {field}; expected {field} = \"GLOB\" (e.g. {example:?})"
+                ),
+            );
+        }
+        let (pattern, span) = pattern?;
         match compile_glob(&pattern) {
-            Ok(matcher) if self.report.errors.len() == errors_before => Some(GlobDeny {
+            Ok(matcher) if self.report.errors.len() == errors_before => Some(DenyRule {
                 pattern,
                 matcher,
                 rule: self.rule_ref(&value.span(), section.to_owned()),
             }),
             Ok(_) => None,
             Err(why) => {
-                self.report
-                    .error(&span, format!("{section}.{field}: invalid glob ({why})"));
+                self.report.error(
+                    &span,
+                    format!(
+                        "{section}.{field}: invalid glob {pattern:?} ({why}); expected a glob over \
+                         {over} using *, ? and [...]"
+                    ),
+                );
                 None
             }
         }

@@ -3,28 +3,8 @@
 //! `upstream` of `[http.NAME]` plus `/rest?query`, with the real secret put
 //! into the named header. The workspace never names a host.
 //!
-//! ```toml
-//! [http.openai]                     # $NEXUS_HTTP_URL/openai/v1/... -> https://api.openai.com/v1/...
-//! upstream = "https://api.openai.com"   # https; http:// only for a loopback host;
-//!                                   # may carry a base path ("https://h/api/v2")
-//! header = "Authorization"          # where the secret goes
-//! value = "Bearer {token}"          # default "{token}"; exactly one {token} with a secret
-//! token = "openai"                  # a [tokens.openai] declaration ...
-//! # source = "keyring:nexus/openai" # ... or an inline source (at most one of the two)
-//! ca_file = "~/corp-ca.pem"         # optional extra root (absolute or ~/)
-//! methods = ["GET", "POST"]         # optional, default any (never CONNECT, TRACE, TRACK)
-//! paths = ["/v1/*"]                 # optional globs over the path after NAME (no query):
-//!                                   # `*` stays within a segment, `/**` crosses them
-//! max_request_size = "32MiB"        # optional, default 32MiB, at most 1GiB
-//! timeout = "10m"                   # optional, whole request, default 10m, at most 24h
-//! description = "OpenAI API"        # optional
-//! mcp = false                       # optional: offered to MCP clients
-//! approve = "prompt"                # optional
-//! rate = "60/min"                   # optional
-//!
-//! [[http.deny]]
-//! name = "prod-*"                   # glob over API names, case-insensitive
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 //!
 //! A section with neither a secret nor a header is a plain pass-through to a
 //! declared upstream. A header without a secret injects its fixed `value`.
@@ -57,10 +37,70 @@ use url::{Host, Url};
 
 use crate::diag::Diagnostic;
 use crate::engine::shown_name;
-use crate::engine::{Approve, Decision, DenyRule, Grant, RuleRef, TokenRule, TokenSource, Verdict};
-use crate::glob_deny::{GlobDeny, deny};
+use crate::engine::{Approve, Decision, Grant, RuleRef, TokenRule, TokenSource, Verdict};
+use crate::glob_deny::{DenyRule, DenyShape, deny};
 use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
 use crate::rate::Rate;
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+
+/// The keys of `[http.NAME]`.
+const API_FIELDS: &[Field] = &[
+    Field::required(
+        "upstream",
+        "URL",
+        "`https://HOST[:PORT][/base]`; `http://` only for a loopback host",
+    ),
+    Field::optional("header", "header name", "where the secret goes"),
+    Field::optional(
+        "value",
+        "string",
+        "the header's value; exactly one `{token}` when a secret is injected",
+    )
+    .default("\"{token}\""),
+    Field::optional("token", "token name", "a `[tokens.NAME]` whose value is injected"),
+    Field::optional(
+        "source",
+        "token source",
+        "an inline source instead of `token` (at most one of the two)",
+    ),
+    Field::optional("ca_file", "path", "an extra root certificate (absolute or `~/...`)"),
+    Field::optional("methods", "list of strings", "HTTP methods allowed (never CONNECT, TRACE, TRACK)")
+        .default("any"),
+    Field::optional(
+        "paths",
+        "list of globs",
+        "over the path after NAME, without the query; `*` stays within a segment, `/**` crosses them",
+    )
+    .default("any"),
+    Field::optional("max_request_size", "size", "largest request body")
+        .default("32MiB")
+        .limits("at most 1GiB"),
+    Field::optional("timeout", "duration", "the whole request")
+        .default("10min")
+        .limits("more than 0, at most 24h"),
+    DESCRIPTION,
+    Field::optional("mcp", "bool", "offered to MCP clients").default("false"),
+    APPROVE,
+    RATE,
+];
+
+/// The keys of `[[http.deny]]`.
+const DENY_FIELDS: &[Field] = &[
+    Field::required("name", "glob", "glob over API names, case-insensitive"),
+    DESCRIPTION,
+];
+
+/// The tables of the `http` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[http.NAME]",
+        fields: API_FIELDS,
+    },
+    Table {
+        header: "[[http.deny]]",
+        fields: DENY_FIELDS,
+    },
+];
 
 /// Default largest request body (32 MiB).
 pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 32 << 20;
@@ -646,7 +686,7 @@ pub(crate) struct Binding {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HttpSection {
     apis: Vec<HttpApi>,
-    deny: Vec<GlobDeny>,
+    deny: Vec<DenyRule>,
     /// Secrets bound by this policy and its workspace sections.
     bound: Vec<Binding>,
 }
@@ -677,7 +717,7 @@ impl HttpSection {
         }
     }
 
-    fn denied(&self, name: &str) -> Option<&GlobDeny> {
+    fn denied(&self, name: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
 
@@ -1031,14 +1071,20 @@ impl Parser<'_> {
     }
 
     fn http_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("http.deny", "name", "prod-*", value) {
+        if let Some(deny) = self.glob_deny(
+            &DenyShape {
+                section: "http.deny",
+                fields: DENY_FIELDS,
+                example: "prod-*",
+                over: "API names",
+            },
+            value,
+        ) {
             self.out.http.deny.push(deny);
         }
     }
 
     fn http_api(&mut self, key: &Key<'_>, value: &Value<'_>) {
-        const KEYS: &str = "one of upstream, header, value, token, source, ca_file, methods, \
-                            paths, max_request_size, timeout, description, mcp, approve, rate";
         let name: &str = key.get_ref();
         let section = format!("http.{}", path_key(name));
         if !valid_token_name(name) {
@@ -1154,24 +1200,14 @@ impl Parser<'_> {
                         .unwrap_or_default();
                 }
                 "max_request_size" => {
-                    if let Some(text) = self.string(&at, item, "a size like \"32MiB\"") {
-                        match crate::files::parse_size(text) {
-                            Ok(n) if n <= MAX_REQUEST_SIZE => max_request_size = n,
-                            Ok(_) => self.report.error(
-                                &item.span(),
-                                format!("{at}: {text:?} is more than the 1GiB maximum"),
-                            ),
-                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
-                        }
-                    }
+                    max_request_size = self
+                        .size(&at, item, MAX_REQUEST_SIZE)
+                        .unwrap_or(max_request_size);
                 }
                 "timeout" => {
-                    if let Some(t) = self.string(&at, item, "a duration like \"10m\"") {
-                        match crate::tools::parse_timeout(t) {
-                            Ok(d) => timeout = d,
-                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
-                        }
-                    }
+                    timeout = self
+                        .timeout(&at, item, crate::tools::MAX_TIMEOUT)
+                        .unwrap_or(timeout);
                 }
                 "description" => {
                     description = self.string(&at, item, "a string").unwrap_or("").to_owned();
@@ -1182,7 +1218,7 @@ impl Parser<'_> {
                 },
                 "approve" => approve = self.approve(&at, item),
                 "rate" => rate = self.rate(&at, item),
-                _ => self.unknown_key(&section, k, KEYS),
+                _ => self.unknown_key(&section, k, &expected(API_FIELDS)),
             }
         }
         if !seen_upstream {
@@ -1680,7 +1716,7 @@ paths = ["/v1/*", "/v2/**"]
             ),
             (
                 "[http.a]\nupstream = \"https://h\"\nmax_request_size = \"1TB\"\n",
-                "unknown size unit",
+                "p.toml:3:20: http.a.max_request_size: invalid size \"1TB\": expected a number with B, KiB",
             ),
             (
                 "[http.a]\nupstream = \"https://h\"\ntimeout = \"25h\"\n",

@@ -698,6 +698,7 @@ fn ssh_beyond(b: &Policy, rule: &SshRule) -> Option<String> {
 mod tests {
     use super::*;
     use crate::engine::TokenSource;
+    use crate::ssh::BoundHostKey;
 
     fn load(name: &str, text: &str) -> Policy {
         Policy::from_sources(&[Source::new(name, text)]).unwrap_or_else(|e| panic!("{e}"))
@@ -719,17 +720,19 @@ mod tests {
     }
 
     fn login(set: &PolicySet, host: &str, user: &str) -> Outcome {
-        let pinned = |r: &SshRule| r.host == host;
-        let known_as = [host.to_owned()];
+        let names = [host.to_owned()];
         set.decide(&Request {
             workspace: "dev",
             caller: None,
             action: Action::SshUserauth {
-                host_key_pinned_for: &pinned,
+                host_key: BoundHostKey {
+                    blob: &[],
+                    known_hosts_pins: &names,
+                    known_as: &names,
+                },
                 user,
                 key: "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
                 forwarding: false,
-                known_as: &known_as,
             },
         })
     }
@@ -854,17 +857,19 @@ user = "git"
         assert_eq!(token(&s, "ci", "gh").verdict, Verdict::Deny);
         assert_eq!(login(&s, "gitlab.com", "git").verdict, Verdict::Allow);
         let ci_login = {
-            let pinned = |r: &SshRule| r.host == "gitlab.com";
-            let known_as = ["gitlab.com".to_owned()];
+            let names = ["gitlab.com".to_owned()];
             s.decide(&Request {
                 workspace: "ci",
                 caller: None,
                 action: Action::SshUserauth {
-                    host_key_pinned_for: &pinned,
+                    host_key: BoundHostKey {
+                        blob: &[],
+                        known_hosts_pins: &names,
+                        known_as: &names,
+                    },
                     user: "git",
                     key: "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
                     forwarding: false,
-                    known_as: &known_as,
                 },
             })
         };

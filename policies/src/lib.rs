@@ -6,52 +6,10 @@
 //! rule beats any allow. It is pure: no sockets, no clock, no environment; the
 //! only I/O is reading the files given to [`Policy::load`].
 //!
-//! ```toml
-//! version = 1
-//!
-//! [tokens.openai]
-//! source = "keyring:nexus/openai"   # env:VAR | file:PATH | { command = [...] } | command:[...]
-//! rate = "60/min"                   # optional
-//! mcp = false                       # optional
-//! approve = "prompt"                # optional
-//! reveal = false                    # optional: token get even when [http.*] binds it
-//!
-//! [[tokens.deny]]                   # glob over token names, case-insensitive
-//! name = "prod-*"
-//!
-//! [[ssh.allow]]                     # SSH agent forwarding and SSHSIG signing
-//! host = "github.com"               # "HOST" or "HOST:PORT", exact
-//! user = "git"                      # exact, or "*"
-//! keys = ["SHA256:..."]             # optional; default: every agent key
-//! host_keys = ["ssh-ed25519 AAAA..."] # optional; default: laptop known_hosts for host
-//! sshsig_namespaces = ["git"]       # optional
-//! forwarding = false                # optional
-//! approve = "prompt"                # optional
-//! rate = "30/min"                   # optional
-//!
-//! [[ssh.deny]]                      # matches when all its fields match
-//! host = "prod-*"                   # glob over the allow rule's host
-//! user = "root"                     # glob over the user
-//! key = "SHA256:..."                # exact fingerprint
-//!
-//! [http.openai]                     # HTTP secret injection: the workspace calls
-//! upstream = "https://api.openai.com"   # $NEXUS_HTTP_URL/openai/v1/...; the laptop
-//! header = "Authorization"          # sends it to upstream + /v1/... with the
-//! value = "Bearer {token}"          # secret in header (value default "{token}")
-//! token = "openai"                  # a [tokens.NAME], or source = "..." inline
-//! ca_file = "~/corp-ca.pem"         # optional extra root
-//! methods = ["GET", "POST"]         # optional, default any
-//! paths = ["/v1/**"]                # optional globs over the path after NAME
-//! max_request_size = "32MiB"        # optional (at most 1GiB)
-//! timeout = "10m"                   # optional, whole request (at most 24h)
-//! description = "OpenAI API"        # optional
-//! mcp = false                       # optional: offered to MCP clients
-//! approve = "prompt"                # optional
-//! rate = "60/min"                   # optional
-//!
-//! [[http.deny]]                     # glob over API names
-//! name = "prod-*"
-//! ```
+//! The policy language (every section, key, default and limit, the layers
+//! and the duration/size grammar) is documented once, in `docs/policy.md`;
+//! each section file declares its keys as [`schema::Field`] tables, and a
+//! test checks the document against them.
 //!
 //! A token an `[http.*]` section names is bound to that upstream's origin:
 //! no other origin may use it (load error) and [`Action::Token`] for it, or
@@ -60,9 +18,9 @@
 //! upstream and re-checks the result; see `http.rs`.
 //!
 //! The SSH decisions ([`Action::SshUserauth`], [`Action::SshSig`],
-//! [`Action::SshIdentity`]) take key fingerprints and, for logins, a predicate
-//! saying whether the bound host key is pinned for a rule: the proxy reads
-//! `known_hosts`, this crate does not.
+//! [`Action::SshIdentity`]) take key fingerprints and, for logins, the bound
+//! host key with what the laptop's known_hosts says of it ([`BoundHostKey`]):
+//! the proxy reads `known_hosts`, this crate does not.
 //!
 //! Rule references ([`RuleRef`]) give the position of the rule's table: the
 //! `[tokens.NAME]` or `[[tokens.deny]]` header line when the table has one,
@@ -93,12 +51,13 @@ mod http;
 mod layers;
 mod parse;
 mod rate;
+pub mod schema;
 mod ssh;
 mod tools;
 
 pub use diag::{Diagnostic, PolicyErrors};
 pub use engine::{
-    Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, Source, TokenRule,
+    Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, SCHEMA, Source, TokenRule,
     TokenSource, Verdict,
 };
 pub use files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
@@ -109,5 +68,5 @@ pub use http::{
 };
 pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
 pub use rate::{Rate, RateError};
-pub use ssh::SshRule;
+pub use ssh::{BoundHostKey, SshRule};
 pub use tools::{ToolRule, match_args};

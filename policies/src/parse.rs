@@ -8,14 +8,19 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::time::Duration;
 
 use globset::{GlobBuilder, GlobMatcher};
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
+use nexus_protocol::units;
+
 use crate::diag::{Diagnostic, Reporter};
-use crate::engine::{Approve, DenyRule, RuleRef, TokenRule, TokenSource};
+use crate::engine::{Approve, RuleRef, TokenRule, TokenSource};
+use crate::glob_deny::{DenyRule, DenyShape};
 use crate::rate::{RATE_EXPECTED, Rate};
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 use crate::ssh::{self, Glob, SshDenyRule, SshRule};
 use crate::{files, git, tools};
 
@@ -226,58 +231,14 @@ impl Parser<'_> {
 
     /// One `[[tokens.deny]]` entry.
     fn deny_rule(&mut self, value: &Value<'_>) {
-        const SECTION: &str = "tokens.deny";
-        let DeValue::Table(table) = value.get_ref() else {
-            let found = value.get_ref();
-            return self.wrong_type(SECTION, value, found, "a table with name = \"GLOB\"");
+        let shape = DenyShape {
+            section: "tokens.deny",
+            fields: TOKEN_DENY_FIELDS,
+            example: "prod-*",
+            over: "token names",
         };
-        let errors_before = self.report.errors.len();
-        let mut pattern = None;
-        let mut seen_name = false;
-        for (key, item) in table {
-            match key.get_ref().as_ref() {
-                "name" => {
-                    seen_name = true;
-                    pattern = self
-                        .string(
-                            "tokens.deny.name",
-                            item,
-                            "a glob over token names like \"prod-*\"",
-                        )
-                        .map(|p| (p, item.span()));
-                }
-                "description" => {
-                    self.string("tokens.deny.description", item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, "one of name, description"),
-            }
-        }
-        if !seen_name {
-            self.report.error(
-                &value.span(),
-                "tokens.deny: missing name; expected name = \"GLOB\" (e.g. \"prod-*\")",
-            );
-        }
-        let Some((pattern, span)) = pattern else {
-            return;
-        };
-        match compile_glob(pattern) {
-            Ok(matcher) if self.report.errors.len() == errors_before => {
-                let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-                self.out.denies.push(DenyRule {
-                    pattern: pattern.to_owned(),
-                    matcher,
-                    rule,
-                });
-            }
-            Ok(_) => {}
-            Err(why) => self.report.error(
-                &span,
-                format!(
-                    "tokens.deny.name: invalid glob {pattern:?} ({why}); expected a glob over \
-                     token names using *, ? and [...]"
-                ),
-            ),
+        if let Some(deny) = self.glob_deny(&shape, value) {
+            self.out.denies.push(deny);
         }
     }
 
@@ -419,10 +380,7 @@ impl Parser<'_> {
                     self.unknown_key(
                         SECTION,
                         key,
-                        &format!(
-                            "one of host, user, keys, host_keys, sshsig_namespaces, forwarding, \
-                             approve, rate, description{hint}"
-                        ),
+                        &format!("{}{hint}", expected(ssh::ALLOW_FIELDS)),
                     );
                 }
             }
@@ -500,7 +458,7 @@ impl Parser<'_> {
                     self.unknown_key(
                         SECTION,
                         key,
-                        &format!("one of host, user, key, description{hint}"),
+                        &format!("{}{hint}", expected(ssh::DENY_FIELDS)),
                     );
                 }
             }
@@ -647,11 +605,7 @@ impl Parser<'_> {
                 "description" => {
                     self.string(&path, item, "a string");
                 }
-                _ => self.unknown_key(
-                    &section,
-                    key,
-                    "one of source, rate, mcp, approve, reveal, description",
-                ),
+                _ => self.unknown_key(&section, key, &expected(TOKEN_FIELDS)),
             }
         }
         if !seen_source {
@@ -736,6 +690,47 @@ impl Parser<'_> {
                     format!("{path}: invalid rate {text:?}: {e}; {RATE_EXPECTED}"),
                 );
             })
+            .ok()
+    }
+
+    /// A size in the one grammar of [`units`], at most `max`.
+    pub(crate) fn size(&mut self, path: &str, value: &Value<'_>, max: u64) -> Option<u64> {
+        let text = self.string(path, value, "a size like \"10MiB\"")?;
+        let checked = units::parse_size(text).and_then(|n| {
+            if n <= max {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{text:?} is more than the {} maximum",
+                    units::format_size(max)
+                ))
+            }
+        });
+        checked
+            .map_err(|why| self.report.error(&value.span(), format!("{path}: {why}")))
+            .ok()
+    }
+
+    /// A timeout in the one grammar of [`units`]: more than 0, at most `max`.
+    pub(crate) fn timeout(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        max: Duration,
+    ) -> Option<Duration> {
+        let text = self.string(path, value, "a duration like \"60s\"")?;
+        let checked = units::parse_duration(text).and_then(|d| {
+            if d.is_zero() || d > max {
+                Err(format!(
+                    "timeout {text:?} must be more than 0 and at most {}",
+                    shown_hours(max)
+                ))
+            } else {
+                Ok(d)
+            }
+        });
+        checked
+            .map_err(|why| self.report.error(&value.span(), format!("{path}: {why}")))
             .ok()
     }
 
@@ -951,6 +946,54 @@ pub(crate) fn path_key(key: &str) -> String {
         key.to_owned()
     } else {
         format!("{key:?}")
+    }
+}
+
+/// The keys of `[tokens.NAME]`.
+const TOKEN_FIELDS: &[Field] = &[
+    Field::required(
+        "source",
+        "token source",
+        "`keyring:SERVICE/ACCOUNT`, `env:VAR`, `file:PATH`, `command:[...]` or `{ command = [...] }`",
+    ),
+    RATE,
+    Field::optional("mcp", "bool", "whether an MCP client may see the value").default("false"),
+    APPROVE,
+    Field::optional(
+        "reveal",
+        "bool",
+        "`token get` works even when an `[http.*]` section binds the token",
+    )
+    .default("false"),
+    DESCRIPTION,
+];
+
+/// The keys of `[[tokens.deny]]`.
+const TOKEN_DENY_FIELDS: &[Field] = &[
+    Field::required("name", "glob", "glob over token names, case-insensitive"),
+    DESCRIPTION,
+];
+
+/// The tables of the `tokens` section.
+pub(crate) const TOKEN_TABLES: &[Table] = &[
+    Table {
+        header: "[tokens.NAME]",
+        fields: TOKEN_FIELDS,
+    },
+    Table {
+        header: "[[tokens.deny]]",
+        fields: TOKEN_DENY_FIELDS,
+    },
+];
+
+/// A limit in whole hours (`24h`), as people think of timeouts; otherwise as
+/// [`units::format_duration`] writes it.
+fn shown_hours(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 3600 && secs.is_multiple_of(3600) && d.subsec_nanos() == 0 {
+        format!("{}h", secs / 3600)
+    } else {
+        units::format_duration(d)
     }
 }
 

@@ -1,27 +1,14 @@
 //! The `ssh` section: which hosts, users and keys the laptop's SSH agent may
 //! sign for, which SSHSIG namespaces it may sign, and the three SSH decisions.
 //!
-//! ```toml
-//! [[ssh.allow]]
-//! host = "github.com"          # "HOST" or "HOST:PORT"; one exact host, no globs
-//! user = "git"                 # exact remote user, or "*" for any
-//! keys = ["SHA256:..."]        # optional; absent = every key in the laptop agent
-//! host_keys = ["ssh-ed25519 AAAA..."]  # optional; absent = the laptop's known_hosts for host
-//! sshsig_namespaces = ["git"]  # optional: SSHSIG signing (git commit signing)
-//! forwarding = false           # optional: allow binds with is_forwarding = true
-//! approve = "prompt"           # optional
-//! rate = "30/min"              # optional
-//!
-//! [[ssh.deny]]                 # matches when ALL given fields match
-//! host = "prod-*"              # glob over the allow rule's host, case-insensitive
-//! user = "root"                # glob over the user, case-insensitive
-//! key = "SHA256:..."           # exact fingerprint
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 //!
 //! The session bind names a host *key*, never a host name, so the engine never
-//! sees host names from the workspace: the proxy says, per rule, whether the
-//! bound host key is pinned for that rule's host
-//! ([`Action::SshUserauth`](crate::Action::SshUserauth)).
+//! sees host names from the workspace: the proxy passes the bound key and what
+//! the laptop's known_hosts says of it ([`BoundHostKey`]), and a rule pins the
+//! key when its `host_keys` hold it or, without `host_keys`, when known_hosts
+//! pins it for the rule's host.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -30,6 +17,72 @@ use globset::GlobMatcher;
 use crate::diag::Diagnostic;
 use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
 use crate::rate::Rate;
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table};
+
+/// The keys of `[[ssh.allow]]`.
+pub(crate) const ALLOW_FIELDS: &[Field] = &[
+    Field::required(
+        "host",
+        "host",
+        "`HOST` or `HOST:PORT`, one exact host, no globs",
+    ),
+    Field::required(
+        "user",
+        "string",
+        "the remote user, exact, or `\"*\"` for any",
+    ),
+    Field::optional(
+        "keys",
+        "list of fingerprints",
+        "agent keys allowed (`SHA256:...`, as `ssh-add -l` prints them)",
+    )
+    .default("every key in the laptop agent"),
+    Field::optional(
+        "host_keys",
+        "list of public keys",
+        "pinned host keys (`ALGO BASE64`), instead of the laptop's known_hosts",
+    )
+    .default("the laptop's known_hosts for host"),
+    Field::optional(
+        "sshsig_namespaces",
+        "list of strings",
+        "SSHSIG namespaces the keys may sign (`git` for commit signing)",
+    )
+    .default("[]"),
+    Field::optional(
+        "forwarding",
+        "bool",
+        "allow sessions that forward the agent onward",
+    )
+    .default("false"),
+    APPROVE,
+    RATE,
+    DESCRIPTION,
+];
+
+/// The keys of `[[ssh.deny]]`; at least one of the first three.
+pub(crate) const DENY_FIELDS: &[Field] = &[
+    Field::optional(
+        "host",
+        "glob",
+        "glob over the allow rule's host, case-insensitive",
+    ),
+    Field::optional("user", "glob", "glob over the user, case-insensitive"),
+    Field::optional("key", "fingerprint", "one agent key, exact"),
+    DESCRIPTION,
+];
+
+/// The tables of the `ssh` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[[ssh.allow]]",
+        fields: ALLOW_FIELDS,
+    },
+    Table {
+        header: "[[ssh.deny]]",
+        fields: DENY_FIELDS,
+    },
+];
 
 /// Key types accepted in `host_keys`, as OpenSSH writes them.
 pub(crate) const HOST_KEY_ALGORITHMS: &[&str] = &[
@@ -90,6 +143,18 @@ impl SshRule {
         split_port(&self.host)
     }
 
+    /// Whether this rule pins `bound`: one of its `host_keys`, or (when it has
+    /// none) a key the laptop's known_hosts pins for its `host`.
+    #[must_use]
+    pub fn pins(&self, bound: &BoundHostKey<'_>) -> bool {
+        match &self.host_keys {
+            Some(lines) => lines
+                .iter()
+                .any(|l| host_key_blob(l).as_deref() == Some(bound.blob)),
+            None => bound.known_hosts_pins.contains(&self.host),
+        }
+    }
+
     /// Whether this rule admits the agent key with fingerprint `key`.
     fn admits_key(&self, key: &str) -> bool {
         self.keys
@@ -114,6 +179,29 @@ fn split_port(host: &str) -> (&str, Option<u16>) {
         }
         _ => (host, None),
     }
+}
+
+/// A host key bound by `session-bind@openssh.com`, with what the laptop's
+/// known_hosts says of it: data the proxy gathers, so that the engine reads no file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundHostKey<'a> {
+    /// The key in SSH wire form (the base64-decoded second field of a
+    /// known_hosts or `host_keys` line).
+    pub blob: &'a [u8],
+    /// The rule hosts (`HOST` or `HOST:PORT`) for which the laptop's
+    /// known_hosts pins this key, `@revoked` keys excluded. Hashed known_hosts
+    /// names can only be checked this way, one candidate host at a time.
+    pub known_hosts_pins: &'a [String],
+    /// Every name the key is known under: the plain names known_hosts lists
+    /// it under and the hosts of the rules that pin it. A host key names no
+    /// host, so a deny rule for any of these names applies: one key shared by
+    /// `dev` and `prod` must not let a `dev` rule reach `prod`.
+    pub known_as: &'a [String],
+}
+
+/// The wire blob of a `host_keys` line (`ALGO BASE64 [COMMENT]`).
+fn host_key_blob(line: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(line.split_whitespace().nth(1)?).ok()
 }
 
 /// A compiled case-insensitive glob with the text it came from.
@@ -253,34 +341,33 @@ impl Miss<'_> {
     }
 }
 
-/// `Action::SshUserauth`: the first allow rule, in file order, whose host key is
-/// pinned and which admits user, key and forwarding, and that no deny rule hits.
 /// The facts of one login signature, as the proxy established them.
 pub(crate) struct Login<'a> {
-    pub pinned: &'a dyn Fn(&SshRule) -> bool,
+    pub host_key: BoundHostKey<'a>,
     pub user: &'a str,
     pub key: &'a str,
     pub forwarding: bool,
-    pub known_as: &'a [String],
 }
 
+/// `Action::SshUserauth`: the first allow rule, in file order, whose host key is
+/// pinned and which admits user, key and forwarding, and that no deny rule hits.
 pub(crate) fn decide_userauth(
     rules: &[SshRule],
     denies: &[SshDenyRule],
     login: &Login<'_>,
 ) -> Decision {
     let Login {
-        pinned,
+        host_key,
         user,
         key,
         forwarding,
-        known_as,
     } = *login;
     let shown_user = shown_name(user);
     let shown_key = shown_key(key);
+    let known_as = host_key.known_as;
     let mut best: Option<Miss<'_>> = None;
     for rule in rules {
-        if !pinned(rule) {
+        if !rule.pins(&host_key) {
             continue;
         }
         let miss = if !rule.admits_user(user) {
@@ -340,11 +427,11 @@ pub(crate) fn decide_userauth(
 pub(crate) fn decide_hop(
     rules: &[SshRule],
     denies: &[SshDenyRule],
-    pinned: &dyn Fn(&SshRule) -> bool,
-    known_as: &[String],
+    host_key: &BoundHostKey<'_>,
 ) -> Decision {
+    let known_as = host_key.known_as;
     let mut refused: Option<&SshRule> = None;
-    for rule in rules.iter().filter(|r| pinned(r)) {
+    for rule in rules.iter().filter(|r| r.pins(host_key)) {
         if !rule.forwarding {
             refused.get_or_insert(rule);
             continue;
@@ -666,17 +753,20 @@ mod shared_key_tests {
             "[[ssh.allow]]\nhost = \"dev.corp\"\nuser = \"deploy\"\n[[ssh.deny]]\nhost = \"prod.*\"\n",
         )])
         .unwrap_or_else(|e| panic!("{e}"));
-        let pinned = |r: &crate::SshRule| r.host == "dev.corp";
+        let pins = ["dev.corp".to_owned()];
         let decide = |known_as: &[String]| {
             p.decide(&Request {
                 workspace: "w",
                 caller: None,
                 action: Action::SshUserauth {
-                    host_key_pinned_for: &pinned,
+                    host_key: crate::BoundHostKey {
+                        blob: &[],
+                        known_hosts_pins: &pins,
+                        known_as,
+                    },
                     user: "deploy",
                     key: "SHA256:k",
                     forwarding: false,
-                    known_as,
                 },
             })
         };
@@ -696,13 +786,16 @@ mod hop_tests {
     }
 
     fn hop(p: &Policy, host: &str) -> (Verdict, String) {
-        let pinned = |r: &crate::SshRule| r.host == host;
+        let pins = [host.to_owned()];
         let d = p.decide(&Request {
             workspace: "w",
             caller: None,
             action: Action::SshHop {
-                host_key_pinned_for: &pinned,
-                known_as: &[],
+                host_key: crate::BoundHostKey {
+                    blob: &[],
+                    known_hosts_pins: &pins,
+                    known_as: &[],
+                },
             },
         });
         (d.verdict, d.reason)
@@ -1025,6 +1118,26 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
         Policy::from_sources(&[Source::new("p.toml", POLICY)]).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The hosts of the rules `pinned` picks: what known_hosts would pin a
+    /// host key for.
+    fn pinned_where(policy: &Policy, pinned: &dyn Fn(&SshRule) -> bool) -> Vec<String> {
+        policy
+            .ssh_rules()
+            .iter()
+            .filter(|r| pinned(r))
+            .map(|r| r.host.clone())
+            .collect()
+    }
+
+    /// A host key known_hosts pins for `hosts`, listed under no other name.
+    fn known_hosts_pin(hosts: &[String]) -> BoundHostKey<'_> {
+        BoundHostKey {
+            blob: &[],
+            known_hosts_pins: hosts,
+            known_as: &[],
+        }
+    }
+
     fn decide(policy: &Policy, action: Action<'_>) -> crate::Decision {
         policy.decide(&Request {
             workspace: "ws",
@@ -1159,14 +1272,14 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
         for (i, (pinned, user, key, forwarding, verdict, line, granted, reason)) in
             cases.iter().enumerate()
         {
+            let pins = pinned_where(&policy, *pinned);
             let d = decide(
                 &policy,
                 Action::SshUserauth {
-                    host_key_pinned_for: *pinned,
+                    host_key: known_hosts_pin(&pins),
                     user,
                     key,
                     forwarding: *forwarding,
-                    known_as: &[],
                 },
             );
             assert_eq!(&d.reason, reason, "case {i}");
@@ -1345,13 +1458,13 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
     fn deny_all_denies_every_ssh_action() {
         let p = Policy::deny_all();
         assert!(p.ssh_rules().is_empty());
+        let everywhere = ["github.com".to_owned()];
         let actions = [
             Action::SshUserauth {
-                host_key_pinned_for: &|_| true,
+                host_key: known_hosts_pin(&everywhere),
                 user: "git",
                 key: K1,
                 forwarding: false,
-                known_as: &[],
             },
             Action::SshSig {
                 namespace: "git",
@@ -1370,36 +1483,48 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
     }
 
     #[test]
-    fn pinned_is_asked_lazily_and_only_with_policy_rules() {
-        use std::cell::RefCell;
-        let asked = RefCell::new(Vec::new());
-        let pinned = |r: &SshRule| {
-            asked.borrow_mut().push(r.rule.line);
-            true
-        };
-        let d = decide(
-            &policy(),
-            Action::SshUserauth {
-                host_key_pinned_for: &pinned,
-                user: "git",
-                key: K1,
-                forwarding: false,
-                known_as: &[],
-            },
+    fn host_keys_pin_by_key_and_known_hosts_by_host() {
+        let text = format!(
+            "[[ssh.allow]]\nhost = \"a.example\"\nuser = \"git\"\nhost_keys = [\"{ED25519}\"]\n\
+             [[ssh.allow]]\nhost = \"b.example\"\nuser = \"git\"\n"
         );
-        assert_eq!(d.verdict, Verdict::Allow);
-        assert_eq!(*asked.borrow(), [1]);
+        let p =
+            Policy::from_sources(&[Source::new("p.toml", text)]).unwrap_or_else(|e| panic!("{e}"));
+        let blob = host_key_blob(ED25519).unwrap_or_default();
+        let other = host_key_blob(ECDSA).unwrap_or_default();
+        let both = ["a.example".to_owned(), "b.example".to_owned()];
+        let line = |blob: &[u8], pins: &[String]| {
+            let host_key = BoundHostKey {
+                blob,
+                known_hosts_pins: pins,
+                known_as: &[],
+            };
+            let d = decide(
+                &p,
+                Action::SshUserauth {
+                    host_key,
+                    user: "git",
+                    key: K1,
+                    forwarding: false,
+                },
+            );
+            granted_line(&d)
+        };
+        // host_keys decide for a.example, whatever known_hosts says of it.
+        assert_eq!(line(&blob, &[]), Some(1));
+        assert_eq!(line(&other, &both), Some(5));
+        assert_eq!(line(&other, &both[..1]), None);
+        assert_eq!(line(&[], &[]), None);
     }
 
     #[test]
     fn actions_compare_and_print() {
-        let pin = |_: &SshRule| true;
+        let pins = ["github.com".to_owned()];
         let a = Action::SshUserauth {
-            host_key_pinned_for: &pin,
+            host_key: known_hosts_pin(&pins),
             user: "git",
             key: K1,
             forwarding: false,
-            known_as: &[],
         };
         let b = a;
         assert_eq!(a, b);

@@ -1,19 +1,7 @@
 //! The `tools` section: laptop commands the workspace may run by name.
 //!
-//! ```toml
-//! [tools.open-pr]
-//! command = ["gh", "pr", "create"]     # run without a shell
-//! args = ["--title", "*", "--body", "*"]  # optional, default: no arguments
-//! description = "Open a pull request"
-//! timeout = "60s"                      # optional, default 60s (ms, s, m, h)
-//! env = ["GH_TOKEN"]                   # optional: proxy variables passed on
-//! cwd = "~/src/app"                    # optional working directory
-//! approve = "prompt"                   # optional
-//! rate = "10/min"                      # optional
-//!
-//! [[tools.deny]]
-//! name = "rm-*"                        # glob over tool names
-//! ```
+//! Its keys are declared in the `Field` tables below and documented in
+//! `docs/policy.md`.
 //!
 //! Arguments are matched element by element against `args`: a literal, or a
 //! pattern with `*` (any run of characters) and `?` (one character). An
@@ -28,9 +16,56 @@ use toml::de::DeValue;
 
 use crate::diag::Diagnostic;
 use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::{GlobDeny, deny};
+use crate::glob_deny::{DenyRule, DenyShape, deny};
 use crate::parse::{Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name};
 use crate::rate::Rate;
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+
+/// The keys of `[tools.NAME]`.
+const TOOL_FIELDS: &[Field] = &[
+    Field::required(
+        "command",
+        "list of strings",
+        "program and its fixed arguments, run without a shell",
+    ),
+    Field::optional(
+        "args",
+        "list of patterns",
+        "the workspace's arguments, matched element by element",
+    )
+    .default("no arguments"),
+    DESCRIPTION,
+    Field::optional("timeout", "duration", "the run is killed after this long")
+        .default("60s")
+        .limits("more than 0, at most 24h"),
+    Field::optional(
+        "env",
+        "list of variable names",
+        "variables of the proxy's environment passed on",
+    )
+    .default("none"),
+    Field::optional("cwd", "path", "working directory (absolute or `~/...`)").default("~"),
+    APPROVE,
+    RATE,
+];
+
+/// The keys of `[[tools.deny]]`.
+const DENY_FIELDS: &[Field] = &[
+    Field::required("name", "glob", "glob over tool names, case-insensitive"),
+    DESCRIPTION,
+];
+
+/// The tables of the `tools` section.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        header: "[tools.NAME]",
+        fields: TOOL_FIELDS,
+    },
+    Table {
+        header: "[[tools.deny]]",
+        fields: DENY_FIELDS,
+    },
+];
 
 /// Default time a tool may run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -68,7 +103,7 @@ pub struct ToolRule {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ToolsSection {
     tools: Vec<ToolRule>,
-    deny: Vec<GlobDeny>,
+    deny: Vec<DenyRule>,
 }
 
 /// Whether one argument matches one pattern element.
@@ -186,7 +221,7 @@ impl ToolsSection {
         self.deny.extend(other.deny.iter().cloned());
     }
 
-    fn denied(&self, name: &str) -> Option<&GlobDeny> {
+    fn denied(&self, name: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
 
@@ -248,26 +283,6 @@ impl ToolsSection {
     }
 }
 
-/// `60s`, `5m`, `1h`, `500ms`.
-pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}; expected e.g. \"60s\", \"5m\" or \"500ms\"")
-    })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
-    };
-    if d.is_zero() || d > MAX_TIMEOUT {
-        return Err(format!("timeout {s:?} must be more than 0 and at most 24h"));
-    }
-    Ok(d)
-}
-
 fn check_pattern(p: &str) -> Result<(), String> {
     if p.contains('\0') {
         return Err("an argument pattern contains a NUL character".to_owned());
@@ -314,7 +329,15 @@ impl Parser<'_> {
     }
 
     fn tool_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny("tools.deny", "name", "deploy-*", value) {
+        if let Some(deny) = self.glob_deny(
+            &DenyShape {
+                section: "tools.deny",
+                fields: DENY_FIELDS,
+                example: "deploy-*",
+                over: "tool names",
+            },
+            value,
+        ) {
             self.out.tools.deny.push(deny);
         }
     }
@@ -365,25 +388,14 @@ impl Parser<'_> {
                 "description" => {
                     description = self.string(&at, item, "a string").unwrap_or("").to_owned();
                 }
-                "timeout" => {
-                    if let Some(t) = self.string(&at, item, "a duration like \"60s\"") {
-                        match parse_timeout(t) {
-                            Ok(d) => timeout = d,
-                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
-                        }
-                    }
-                }
+                "timeout" => timeout = self.timeout(&at, item, MAX_TIMEOUT).unwrap_or(timeout),
                 "env" => {
                     env = self.string_list(&at, item, "a list of variable names", check_env, "")
                 }
                 "cwd" => cwd = self.checked_string(&at, item, "a directory", check_cwd),
                 "approve" => approve = self.approve(&at, item),
                 "rate" => rate = self.rate(&at, item),
-                _ => self.unknown_key(
-                    &section,
-                    k,
-                    "one of command, args, description, timeout, env, cwd, approve, rate",
-                ),
+                _ => self.unknown_key(&section, k, &expected(TOOL_FIELDS)),
             }
         }
         if command.is_none() && self.report.errors.len() == errors_before {
@@ -459,11 +471,19 @@ mod tests {
     }
 
     #[test]
-    fn timeouts() {
-        assert_eq!(parse_timeout("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["0s", "25h", "1d", "", "s"] {
-            assert!(parse_timeout(bad).is_err(), "{bad}");
+    fn timeouts_use_the_one_duration_grammar() {
+        let timeout = |t: &str| {
+            let text = format!("[tools.t]\ncommand = [\"true\"]\ntimeout = \"{t}\"\n");
+            crate::Policy::from_sources(&[crate::Source::new("p.toml", text)])
+                .map(|p| p.tools().first().map(|r| r.timeout))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(timeout("60s"), Ok(Some(Duration::from_secs(60))));
+        assert_eq!(timeout("500ms"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(timeout("10min"), Ok(Some(Duration::from_secs(600))));
+        assert_eq!(timeout("1d"), Ok(Some(MAX_TIMEOUT)));
+        for bad in ["0s", "25h", "2d", "", "s", "5 fortnights"] {
+            assert!(timeout(bad).is_err(), "{bad}");
         }
     }
 }

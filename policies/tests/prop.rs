@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use nexus_policy::{Action, Decision, Grant, Policy, Rate, Request, Source, SshRule, Verdict};
+use nexus_policy::{Action, BoundHostKey, Decision, Grant, Policy, Rate, Request, Source, Verdict};
 use proptest::prelude::*;
 
 const EXAMPLE: &str = include_str!("../examples/policy.toml");
@@ -14,6 +14,15 @@ fn decide(policy: &Policy, name: &str) -> Decision {
         caller: None,
         action: Action::Token { name },
     })
+}
+
+/// A host key known_hosts pins for `hosts`, listed under no other name.
+fn known_hosts_pin(hosts: &[String]) -> BoundHostKey<'_> {
+    BoundHostKey {
+        blob: &[],
+        known_hosts_pins: hosts,
+        known_as: &[],
+    }
 }
 
 /// One edit of a text: at a position (taken modulo the length), delete some
@@ -55,7 +64,7 @@ fn decide_everything(policy: &Policy) {
     for name in policy.token_names() {
         let _ = decide(policy, name);
     }
-    let pinned = |_: &SshRule| true;
+    let everywhere: Vec<String> = policy.ssh_rules().iter().map(|r| r.host.clone()).collect();
     for rule in policy.ssh_rules() {
         let key = rule
             .keys
@@ -64,11 +73,10 @@ fn decide_everything(policy: &Policy) {
             .map_or(K[0], String::as_str);
         let actions = [
             Action::SshUserauth {
-                host_key_pinned_for: &pinned,
+                host_key: known_hosts_pin(&everywhere),
                 user: &rule.user,
                 key,
                 forwarding: rule.forwarding,
-                known_as: &[],
             },
             Action::SshIdentity { key },
         ];
@@ -342,9 +350,10 @@ proptest! {
         let policy = Policy::from_sources(&[Source::new("p.toml", text.as_str())])
             .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         prop_assert_eq!(policy.ssh_rules().len(), allows.len());
-        let rules = policy.ssh_rules();
-        let pin = |r: &SshRule| rules.iter().position(|x| x == r).is_some_and(|i| pinned[i]);
-        let d = on(&policy, Action::SshUserauth { host_key_pinned_for: &pin, user: &user, key: &key, forwarding, known_as: &[] });
+        // known_hosts pins a key for hosts, so rules of one host are pinned together.
+        let pins: Vec<String> = allows.iter().zip(&pinned).filter(|(_, p)| **p).map(|(a, _)| HOSTS[a.host].to_owned()).collect();
+        let pinned: Vec<bool> = allows.iter().map(|a| pins.iter().any(|h| h == HOSTS[a.host])).collect();
+        let d = on(&policy, Action::SshUserauth { host_key: known_hosts_pin(&pins), user: &user, key: &key, forwarding });
         prop_assert_eq!(
             granted(&policy, &d),
             model_userauth(&allows, &denies, &pinned, &user, &key, forwarding),
@@ -414,9 +423,9 @@ proptest! {
     ) {
         let policy = Policy::from_sources(&[Source::new("example.toml", EXAMPLE)])
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let pinned = |_: &SshRule| pin;
+        let everywhere: Vec<String> = policy.ssh_rules().iter().filter(|_| pin).map(|r| r.host.clone()).collect();
         for action in [
-            Action::SshUserauth { host_key_pinned_for: &pinned, user: &user, key: &key, forwarding, known_as: &[] },
+            Action::SshUserauth { host_key: known_hosts_pin(&everywhere), user: &user, key: &key, forwarding },
             Action::SshSig { namespace: &namespace, key: &key },
             Action::SshIdentity { key: &key },
         ] {

@@ -180,13 +180,16 @@ pub struct ExplainArgs {
     /// The workspace's pairing name (what `[workspace."NAME"]` sections match).
     #[arg(long)]
     pub workspace: String,
-    /// token | ssh | http
+    /// token | ssh | git-credential | file | tool | http (or the section
+    /// names tokens, files, tools)
     #[arg(long)]
     pub tool: String,
     /// KEY=VALUE (repeatable). token: name=NAME. ssh: host=HOST user=USER
     /// [key=SHA256:...] [forwarding=true]; op=sshsig namespace=NS [key=...];
-    /// op=identity key=...; op=hop host=HOST. http: name=API [method=GET]
-    /// [path=/v1/...].
+    /// op=identity key=...; op=hop host=HOST. git-credential: protocol=https
+    /// host=HOST [path=PATH] [username=U] [action=get|store|erase]. file:
+    /// path=PATH, or set=NAME. tool: name=NAME [args=ARG]... (one per
+    /// argument, in order). http: name=API [method=GET] [path=/v1/...].
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_arg)]
     pub args: Vec<(String, String)>,
     /// Policy file or directory [default: CONFIG/policy.toml, else CONFIG/policy.d/].
@@ -211,7 +214,7 @@ pub fn explain(config: &ConfigDir, args: &ExplainArgs) -> Result<ExitCode> {
     let probe = Probe {
         workspace: args.workspace.clone(),
         tool: args.tool.clone(),
-        args: args.args.iter().cloned().collect(),
+        args: args.args.clone(),
     };
     let outcome = probe.decide(&set).map_err(|e| anyhow::anyhow!("{e}"))?;
     let allowed = outcome.verdict == Verdict::Allow;

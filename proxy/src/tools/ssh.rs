@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nexus_policy::{Action, Grant, PolicySet, Request as PolicyRequest, SshRule, Verdict};
+use nexus_policy::{
+    Action, BoundHostKey, Grant, PolicySet, Request as PolicyRequest, SshRule, Verdict,
+};
 use nexus_protocol::{ErrorCode, Reply, SshIdentity};
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::client::Client;
@@ -217,17 +219,51 @@ fn pinned(rule: &SshRule, known: &HostKeys) -> Vec<KeyData> {
     }
 }
 
-/// Every name a host key is known under: the laptop's known_hosts lines and
-/// the hosts of rules that pin it. A bind names a key, never a host, so a
-/// deny rule for any of these names must apply.
-fn known_as(host_key: &KeyData, known: &HostKeys, policy: &PolicySet) -> Vec<String> {
-    let mut names = known.names_for_key(host_key);
-    for rule in policy.ssh_rules() {
-        if pinned(rule, known).contains(host_key) && !names.contains(&rule.host) {
-            names.push(rule.host.clone());
+/// What the laptop knows of a bound host key, as the policy takes it: its
+/// wire blob, the rule hosts known_hosts pins it for, and every name it is
+/// known under (known_hosts lines and the hosts of rules that pin it).
+struct HostKeyFacts {
+    blob: Vec<u8>,
+    pins: Vec<String>,
+    known_as: Vec<String>,
+}
+
+impl HostKeyFacts {
+    fn new(host_key: &KeyData, known: &HostKeys, policy: &PolicySet) -> Self {
+        // Encoding into memory cannot fail; an empty blob would pin nothing.
+        let mut blob = Vec::new();
+        if host_key.encode(&mut blob).is_err() {
+            blob.clear();
+        }
+        let rules = policy.ssh_rules();
+        let mut pins: Vec<String> = Vec::new();
+        for rule in &rules {
+            if !pins.contains(&rule.host) && known.pinned_keys(&rule.host).contains(host_key) {
+                pins.push(rule.host.clone());
+            }
+        }
+        let mut facts = HostKeyFacts {
+            blob,
+            pins,
+            known_as: known.names_for_key(host_key),
+        };
+        // A bind names a key, never a host, so a deny rule for any name it
+        // goes by must apply.
+        for rule in &rules {
+            if rule.pins(&facts.bound()) && !facts.known_as.contains(&rule.host) {
+                facts.known_as.push(rule.host.clone());
+            }
+        }
+        facts
+    }
+
+    fn bound(&self) -> BoundHostKey<'_> {
+        BoundHostKey {
+            blob: &self.blob,
+            known_hosts_pins: &self.pins,
+            known_as: &self.known_as,
         }
     }
-    names
 }
 
 /// `known_hosts` lines for the hosts the policy allows (public keys only).
@@ -346,18 +382,15 @@ impl Tool for Sign<'_> {
                         "the hostbound userauth names another host key than the bound one",
                     ));
                 }
-                let host_key = bind.host_key.clone();
-                let pinned_for = |rule: &SshRule| pinned(rule, &known).contains(&host_key);
-                let known_as = known_as(&host_key, &known, policy);
+                let facts = HostKeyFacts::new(&bind.host_key, &known, policy);
                 let d = policy.decide(&PolicyRequest {
                     workspace,
                     caller: None,
                     action: Action::SshUserauth {
-                        host_key_pinned_for: &pinned_for,
+                        host_key: facts.bound(),
                         user: &auth.user,
                         key: &key_fp,
                         forwarding: bind.is_forwarding,
-                        known_as: &known_as,
                     },
                 });
                 info!(tool = "ssh", op = "userauth", user = %super::clip(&auth.user), host_key = %fingerprint(&bind.host_key),
@@ -373,10 +406,10 @@ impl Tool for Sign<'_> {
                     ));
                 }
                 let host_fp = fingerprint(&bind.host_key);
-                let names = if known_as.is_empty() {
+                let names = if facts.known_as.is_empty() {
                     "an unknown host".to_owned()
                 } else {
-                    known_as.join(", ")
+                    facts.known_as.join(", ")
                 };
                 Decided {
                     outcome: d,
@@ -450,15 +483,12 @@ fn check_hops(
                 "a second session-bind on an agent connection whose first session did not forward the agent",
             ));
         }
-        let host_key = hop.host_key.clone();
-        let pinned_for = |rule: &SshRule| pinned(rule, known).contains(&host_key);
-        let known_as = known_as(&host_key, known, policy);
+        let facts = HostKeyFacts::new(&hop.host_key, known, policy);
         let d = policy.decide(&PolicyRequest {
             workspace,
             caller: None,
             action: Action::SshHop {
-                host_key_pinned_for: &pinned_for,
-                known_as: &known_as,
+                host_key: facts.bound(),
             },
         });
         info!(tool = "ssh", op = "hop", host_key = %fingerprint(&hop.host_key), decision = ?d.verdict, "decision");

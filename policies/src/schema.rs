@@ -1,0 +1,107 @@
+//! The declared shape of every policy table: its keys, their types,
+//! defaults, limits and meaning. Parsers take their unknown-key messages
+//! from here, and `docs/policy.md` is checked against it (see
+//! `tests/schema_doc.rs`), so the schema is written once.
+
+/// One key of a policy table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The key as written in policy files.
+    pub name: &'static str,
+    /// Its type, as the reference names it (`string`, `size`, `list of globs`...).
+    pub ty: &'static str,
+    /// Whether a table without it is an error.
+    pub required: bool,
+    /// The value taken when the key is absent; empty when none applies.
+    pub default: &'static str,
+    /// Bounds beyond the type; empty when none.
+    pub limits: &'static str,
+    /// What it means, in one line.
+    pub help: &'static str,
+}
+
+impl Field {
+    /// An optional key with no default and no limits.
+    #[must_use]
+    pub const fn optional(name: &'static str, ty: &'static str, help: &'static str) -> Field {
+        Field {
+            name,
+            ty,
+            required: false,
+            default: "",
+            limits: "",
+            help,
+        }
+    }
+
+    /// A key every table must have.
+    #[must_use]
+    pub const fn required(name: &'static str, ty: &'static str, help: &'static str) -> Field {
+        Field {
+            required: true,
+            ..Field::optional(name, ty, help)
+        }
+    }
+
+    /// This key with a default.
+    #[must_use]
+    pub const fn default(self, default: &'static str) -> Field {
+        Field { default, ..self }
+    }
+
+    /// This key with limits.
+    #[must_use]
+    pub const fn limits(self, limits: &'static str) -> Field {
+        Field { limits, ..self }
+    }
+}
+
+/// `approve = "prompt"`, shared by every rule that can ask the laptop user.
+pub const APPROVE: Field = Field::optional(
+    "approve",
+    "\"prompt\"",
+    "ask the laptop user before each use",
+);
+
+/// `rate = "60/min"`, shared by every rule with a rate limit.
+pub const RATE: Field = Field::optional(
+    "rate",
+    "rate",
+    "at most N uses per s, min or h, e.g. \"60/min\"",
+);
+
+/// `description = "..."`, accepted by every table.
+pub const DESCRIPTION: Field =
+    Field::optional("description", "string", "shown in listings and prompts");
+
+/// One policy table: where it is written and its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// Its header as written, e.g. `[tokens.NAME]` or `[[ssh.allow]]`.
+    pub header: &'static str,
+    /// Its keys, in the order messages list them.
+    pub fields: &'static [Field],
+}
+
+/// `one of a, b, c`: the declared keys, for unknown-key messages.
+#[must_use]
+pub fn expected(fields: &[Field]) -> String {
+    let names: Vec<&str> = fields.iter().map(|f| f.name).collect();
+    format!("one of {}", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_lists_names_in_order() {
+        let fields = [
+            Field::required("a", "string", "x"),
+            Field::optional("b", "bool", "y").default("false"),
+        ];
+        assert_eq!(expected(&fields), "one of a, b");
+        assert!(fields[0].required && !fields[1].required);
+        assert_eq!(fields[1].default, "false");
+    }
+}
