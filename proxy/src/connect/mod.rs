@@ -221,7 +221,7 @@ async fn gzip(path: &Path) -> Result<Vec<u8>> {
 /// Any step, phrased for the user; [`Failure`] for exit codes 3 and 4.
 pub async fn connect(config: &ConfigDir, c: &Connect) -> Result<String> {
     let us = config.identity()?.fingerprint();
-    let route = c.channel.line(remote::STDIO);
+    let route = c.channel.line(&remote::stdio());
     let existing = config.workspace(&c.name).ok();
     if let Some(ws) = &existing
         && ws.connect_command.as_deref() != Some(route.as_str())
@@ -302,7 +302,7 @@ pub async fn disconnect(config: &ConfigDir, name: &str, uninstall: bool) -> Resu
     let channel = ws
         .connect_command
         .as_deref()
-        .and_then(|line| Channel::from_line(line, remote::STDIO))
+        .and_then(|line| Channel::from_line(line, &remote::stdio()))
         .with_context(|| {
             format!(
                 "{name:?} was not set up by `connect`; forget it with `nexus-agent-proxy workspaces remove {name}`"

@@ -27,6 +27,25 @@ stop_daemon() {
     nap
   done
 }
+start_daemon() {
+  "$b" status --wait 0 >/dev/null 2>&1
+  [ $? -eq 1 ] || return 0
+  mkdir -p "$st" || fail "cannot create the state dir $st"
+  log="$st/serve.log"
+  if command -v setsid >/dev/null 2>&1; then
+    setsid "$b" serve --listen none </dev/null >>"$log" 2>&1 &
+  else
+    nohup "$b" serve --listen none </dev/null >>"$log" 2>&1 &
+  fi
+  i=0
+  while :; do
+    "$b" status --wait 0 >/dev/null 2>&1
+    [ $? -ne 1 ] && return 0
+    i=$((i+1))
+    if [ $i -gt 150 ]; then tail -n 3 "$log" >&2; fail "the nexus-shim daemon did not start (log: $log)"; fi
+    nap
+  done
+}
 "#;
 
 /// What the workspace is and has: `key=value` lines after a marker.
@@ -59,29 +78,12 @@ if [ -n "$want" ]; then
   got=$(sha256sum "$t" | cut -d' ' -f1)
   if [ "$got" != "$want" ]; then
     rm -f "$t"
-    fail "the uploaded shim's SHA-256 is $got, not $want: it was altered on the way; nothing was installed"
+    fail "nothing was installed: the upload arrived with another SHA-256 ($got), altered on the way"
   fi
   chmod 755 "$t" && mv -f "$t" "$b" || { rm -f "$t"; fail "cannot install $b"; }
 fi
 [ "$restart" = 1 ] && stop_daemon
-"$b" status --wait 0 >/dev/null 2>&1
-if [ $? -eq 1 ]; then
-  mkdir -p "$st" || fail "cannot create the state dir $st"
-  log="$st/serve.log"
-  if command -v setsid >/dev/null 2>&1; then
-    setsid "$b" serve --listen none </dev/null >>"$log" 2>&1 &
-  else
-    nohup "$b" serve --listen none </dev/null >>"$log" 2>&1 &
-  fi
-  i=0
-  while :; do
-    "$b" status --wait 0 >/dev/null 2>&1
-    [ $? -ne 1 ] && break
-    i=$((i+1))
-    if [ $i -gt 150 ]; then tail -n 3 "$log" >&2; fail "the nexus-shim daemon did not start (log: $log)"; fi
-    nap
-  done
-fi
+start_daemon
 if [ "$pair" = 1 ]; then
   printf 'uri='
   "$b" pairing-uri --rotate 2>/dev/null || fail "the daemon gave no pairing token (log: $st/serve.log)"
@@ -95,8 +97,13 @@ if [ "$uninstall" = 1 ]; then rm -f "$b" "$st/paired.json" || fail "cannot remov
 echo nexus-stopped
 "#;
 
-/// What the tunnel route runs: the installed shim relaying into its daemon.
-pub const STDIO: &str = r#"exec "$HOME/.local/bin/nexus-shim" serve --stdio"#;
+/// What the tunnel route runs: the daemon started if it is not running
+/// (after a reboot, say: a `serve --stdio` of its own would end with the
+/// link, taking `agent.sock` with it), then a relay into it.
+#[must_use]
+pub fn stdio() -> String {
+    format!("{PATHS}start_daemon\nexec \"$b\" serve --stdio\n")
+}
 
 /// The probe script.
 #[must_use]
