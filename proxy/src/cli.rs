@@ -20,6 +20,48 @@ Getting started:
   (laptop)    nexus-agent-proxy run
   (workspace) nexus-shim token get demo";
 
+const CONNECT_HELP: &str = "\
+Examples:
+  nexus-agent-proxy connect ssh://dev@build.example          # ~/.ssh/config, ProxyJump, agent apply
+  nexus-agent-proxy connect ssh://build.example:2222 --name build
+  nexus-agent-proxy connect kubectl://team/agent-pod/main    # [NAMESPACE/]POD[/CONTAINER]
+  nexus-agent-proxy connect docker://my-devcontainer --no-run
+  nexus-agent-proxy connect --command 'gcloud compute ssh vm --' --name vm
+  nexus-agent-proxy disconnect build --uninstall
+
+--command CMD is run by sh -c with one more word appended, a shell command
+line, which CMD must run through a shell in the workspace (as ssh HOST does).";
+
+#[derive(Debug, clap::Args)]
+struct ConnectArgs {
+    /// ssh://[USER@]HOST[:PORT], kubectl://[NAMESPACE/]POD[/CONTAINER] or docker://CONTAINER.
+    #[arg(required_unless_present = "command", conflicts_with = "command",
+          value_parser = |s: &str| s.parse::<crate::connect::Target>().map_err(|e| format!("{e:#}")))]
+    target: Option<crate::connect::Target>,
+    /// Reach the workspace through CMD instead (needs --name).
+    #[arg(long, value_name = "CMD", requires = "name")]
+    command: Option<String>,
+    /// The laptop's name for the workspace [default: the host, pod or container].
+    #[arg(long)]
+    name: Option<String>,
+    /// Policy file or directory for the link [default: CONFIG/policy.toml, else CONFIG/policy.d/].
+    #[arg(long, env = "NEXUS_POLICY", value_name = "PATH")]
+    policy: Option<PathBuf>,
+    #[command(flatten)]
+    baseline: crate::commands::BaselineArg,
+    /// The shim to install [default: CONFIG/shims/nexus-shim-linux-ARCH, else the nexus-shim beside this program].
+    #[arg(long, value_name = "PATH")]
+    shim_binary: Option<PathBuf>,
+    /// Set up and pair only; link later with `run`.
+    #[arg(long)]
+    no_run: bool,
+    /// Take over a workspace paired with another laptop.
+    #[arg(long)]
+    replace: bool,
+    #[command(flatten, next_help_heading = "Link limits (as for run)")]
+    limits: crate::limits::Limits,
+}
+
 /// The laptop side of Nexus Agent Proxy: dials out to paired workspaces and
 /// answers their calls from laptop credentials, as far as the policy allows.
 #[derive(Debug, Parser)]
@@ -61,6 +103,27 @@ enum Command {
         /// Extra root certificate(s) (PEM) for a wss:// ingress with a private CA.
         #[arg(long, value_name = "FILE", requires = "connect")]
         ca_file: Option<PathBuf>,
+    },
+    /// Set up a workspace through ssh, kubectl, docker or any shell command,
+    /// pair with it, and link (like `run`).
+    ///
+    /// Through that one channel (your own ssh config and agent, kubeconfig
+    /// or docker context): checks the workspace (Linux, architecture,
+    /// writable home), uploads nexus-shim into ~/.local/bin when the
+    /// installed one differs (gzip, SHA-256 checked), starts its daemon (it
+    /// outlives this command), pairs without copy-paste and records the
+    /// route. Run again, it changes nothing. Exit codes: 0 linked (set up,
+    /// with --no-run), 1 error, 2 usage, 3 refused (paired with another
+    /// laptop; see --replace), 4 workspace unreachable.
+    #[command(after_help = CONNECT_HELP)]
+    Connect(ConnectArgs),
+    /// Undo `connect`: stop the workspace's daemon and forget the workspace.
+    Disconnect {
+        /// Workspace name.
+        name: String,
+        /// Also remove the installed shim and its pairing from the workspace.
+        #[arg(long)]
+        uninstall: bool,
     },
     /// Link to workspaces and answer their calls until interrupted.
     ///
@@ -192,16 +255,20 @@ enum SecretCommand {
 /// Entry point: parse, run, map the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    nexus_transport::process::init_tracing(if matches!(cli.command, Command::Run { .. }) {
-        "info"
-    } else {
-        "warn"
-    });
+    nexus_transport::process::init_tracing(
+        if matches!(cli.command, Command::Run { .. } | Command::Connect(_)) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
     // The keyring must be set up while the process has a single thread: on
     // Linux, joining a session keyring changes only the calling thread's
     // credentials, and threads started later inherit them.
-    if matches!(cli.command, Command::Run { .. } | Command::Secret(_))
-        && let Err(e) = crate::keyring::init()
+    if matches!(
+        cli.command,
+        Command::Run { .. } | Command::Connect(_) | Command::Secret(_)
+    ) && let Err(e) = crate::keyring::init()
     {
         tracing::warn!(
             error = format!("{e:#}"),
@@ -266,6 +333,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await
         }
+        Command::Connect(args) => connect(config, args).await,
+        Command::Disconnect { name, uninstall } => {
+            match crate::connect::disconnect(&config, &name, uninstall).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => Ok(crate::connect::report(&e)),
+            }
+        }
         Command::Workspaces(WorkspacesCommand::List { json }) => {
             let list = config.workspaces()?;
             if json {
@@ -303,6 +377,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             crate::secret::delete(&name).map(|()| ExitCode::SUCCESS)
         }
     }
+}
+
+/// `connect`: validates the policy first when it will link, sets up and
+/// pairs, then serves that workspace as `run --workspace NAME` would.
+async fn connect(config: ConfigDir, args: ConnectArgs) -> Result<ExitCode> {
+    let policy = crate::commands::PolicyArgs {
+        policy: args.policy,
+        baseline: args.baseline,
+    };
+    if !args.no_run {
+        policy.load_for_run(&config)?;
+    }
+    let setup = crate::connect::Connect::new(
+        args.target.as_ref(),
+        args.command,
+        args.name,
+        args.shim_binary,
+        args.replace,
+    )?;
+    let name = match crate::connect::connect(&config, &setup).await {
+        Ok(name) => name,
+        Err(e) => return Ok(crate::connect::report(&e)),
+    };
+    if args.no_run {
+        eprintln!("next: nexus-agent-proxy run --workspace {name}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sources = Sources {
+        approval_timeout: std::time::Duration::from_secs(60),
+        source_path: std::env::var("NEXUS_SOURCE_PATH").ok(),
+        ssh_agent: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
+        max_calls_per_second: crate::tools::DEFAULT_CALLS_PER_SECOND,
+        connect_command: None,
+    };
+    serve(config, vec![name], policy, sources, args.limits).await
 }
 
 /// Where answers come from, and how fast a workspace may ask.

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connect;
 pub mod control;
 pub mod keepalive;
 mod keyring;

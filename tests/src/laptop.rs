@@ -50,7 +50,8 @@ impl Laptop {
         self.config.join("identity")
     }
 
-    fn command(&self) -> Command {
+    /// A `nexus-agent-proxy` command with this laptop's environment.
+    pub fn command(&self) -> Command {
         let mut cmd = command(proxy_bin(), &self.home);
         cmd.env("NEXUS_CONFIG_DIR", &self.config);
         cmd

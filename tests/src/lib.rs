@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_wire;
+pub mod connect_host;
 pub mod front;
 pub mod githttp;
 pub mod hostile;

@@ -94,6 +94,11 @@ impl NetNs {
         panic!("no free 10.231.N.0/30 subnet: 254 nxe*h interfaces exist");
     }
 
+    /// The namespace's name (for `ip netns exec NAME` in scripts).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `ip netns exec NAME program`: runs `program` on the workspace host.
     pub fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");

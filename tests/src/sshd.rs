@@ -352,7 +352,7 @@ impl GitHost {
     }
 }
 
-fn sshd_config(root: &Path, ip: std::net::Ipv4Addr, port: u16, user: &str) -> String {
+pub(crate) fn sshd_config(root: &Path, ip: std::net::Ipv4Addr, port: u16, user: &str) -> String {
     let root = root.display();
     format!(
         "Port {port}
@@ -390,11 +390,22 @@ pub(crate) fn spawn_sshd(
     root: &Path,
     config: impl Fn(u16) -> String,
 ) -> (Daemon, u16) {
+    spawn_sshd_on(&|| ws.command_on_host(SSHD), root, config)
+}
+
+/// [`spawn_sshd`] with sshd started by `on_host` (a command for `SSHD` on
+/// the host it should listen on).
+#[track_caller]
+pub(crate) fn spawn_sshd_on(
+    on_host: &dyn Fn() -> Command,
+    root: &Path,
+    config: impl Fn(u16) -> String,
+) -> (Daemon, u16) {
     for attempt in 0..8 {
         let port = free_port();
         let file = root.join(format!("sshd_config.{attempt}"));
         std::fs::write(&file, config(port)).must("writing sshd_config");
-        let mut cmd = ws.command_on_host(SSHD);
+        let mut cmd = on_host();
         cmd.args(["-D", "-e", "-f"]).arg(&file);
         let mut sshd = Daemon::spawn(cmd, &root.join(format!("sshd.{attempt}.log")));
         let ready = poll(DEADLINE, || {

@@ -65,6 +65,67 @@ pub fn load_or_create_key(state: &StateDir) -> anyhow::Result<String> {
     Ok(key)
 }
 
+/// Binds `$NEXUS_HTTP_URL`'s listener for `serve --http-listen ADDR`
+/// (`none`: no endpoint) and returns it with the URL's key.
+///
+/// With port 0 the port chosen at first start is kept in the state dir and
+/// asked for again at every later start, because agents' config files hold
+/// the URL literally: if another program took it meanwhile, starting fails
+/// naming the port, rather than moving the URL silently.
+///
+/// # Errors
+/// A bad address, the address or the kept port taken, the state dir
+/// unwritable.
+pub async fn bind(state: &StateDir, listen: &str) -> anyhow::Result<Option<(TcpListener, String)>> {
+    use anyhow::Context as _;
+    if listen == "none" {
+        return Ok(None);
+    }
+    let mut addr: SocketAddr = tokio::net::lookup_host(listen)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("--http-listen {listen:?} is not an ADDR:PORT (or none)"))?;
+    let requested = addr.port();
+    let kept = if requested == 0 {
+        read_kept_port(state)
+    } else {
+        None
+    };
+    if let Some(port) = kept {
+        addr.set_port(port);
+    }
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if kept.is_some() && e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "HTTP port {} is taken by another program, but $NEXUS_HTTP_URL keeps the port chosen at \
+             first start (agents' configs hold it): stop that program, or pick a port with \
+             --http-listen 127.0.0.1:PORT (and update configs holding the old URL)",
+            addr.port()
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("binding the HTTP endpoint on {addr} (--http-listen)"));
+        }
+    };
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        warn!(%bound, "--http-listen is not a loopback address: other hosts can reach it (its URL's key still applies)");
+    }
+    if requested == 0 && kept.is_none() {
+        nexus_transport::write_private(
+            &state.http_port(),
+            format!("{}\n", bound.port()).as_bytes(),
+        )?;
+    }
+    Ok(Some((listener, load_or_create_key(state)?)))
+}
+
+fn read_kept_port(state: &StateDir) -> Option<u16> {
+    let text = std::fs::read_to_string(state.http_port()).ok()?;
+    text.trim().parse::<u16>().ok().filter(|p| *p != 0)
+}
+
 /// The base URL agents use: loopback, whatever address was bound.
 #[must_use]
 pub fn base_url(bound: SocketAddr, key: &str) -> String {
@@ -661,6 +722,40 @@ pub(crate) async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `$NEXUS_HTTP_URL` survives a restart: the port chosen at first start
+    /// is asked for again, and when another program holds it the daemon
+    /// says so, naming the port and `--http-listen`, instead of moving.
+    #[tokio::test]
+    async fn the_http_port_is_kept_across_restarts() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let state = StateDir::resolve(Some(tmp.path().join("s")))?;
+        state.prepare()?;
+        let first = bind(&state, "127.0.0.1:0")
+            .await?
+            .map(|(l, k)| (l.local_addr(), k));
+        let Some((Ok(addr), key)) = first else {
+            anyhow::bail!("no listener");
+        };
+        let again = bind(&state, "127.0.0.1:0").await?;
+        let Some((listener, key2)) = again else {
+            anyhow::bail!("no listener");
+        };
+        assert_eq!((listener.local_addr()?, key2), (addr, key));
+        let taken = bind(&state, "127.0.0.1:0")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let Err(msg) = taken else {
+            anyhow::bail!("a taken port was not reported");
+        };
+        assert!(
+            msg.contains(&addr.port().to_string()) && msg.contains("--http-listen"),
+            "{msg}"
+        );
+        assert!(bind(&state, "none").await?.is_none());
+        Ok(())
+    }
 
     #[test]
     fn urls_name_loopback() {

@@ -212,6 +212,10 @@ pub async fn run(
     )?);
     info!(listen = ?listen, fingerprint = %identity.fingerprint(), state_dir = %cfg.state.root().display(), "nexus-shim serving");
 
+    nexus_transport::write_private(
+        &cfg.state.pid_file(),
+        format!("{}\n", std::process::id()).as_bytes(),
+    )?;
     let tasks = TaskTracker::new();
     tasks.spawn(crate::sockets::serve_local(
         local,
@@ -313,6 +317,7 @@ pub async fn run(
     let _ = std::fs::remove_file(shared.state.tunnel_sock());
     let _ = std::fs::remove_file(shared.state.pairing_uri());
     let _ = std::fs::remove_file(shared.state.http_url());
+    let _ = std::fs::remove_file(shared.state.pid_file());
     info!("stopped");
     Ok(())
 }

@@ -36,6 +36,10 @@ impl StateDir {
                     .join(".local/state/nexus"),
             },
         };
+        // `env` prints these paths for agents' config files, read from any
+        // working directory: keep them absolute.
+        let root = std::path::absolute(&root)
+            .with_context(|| format!("resolving state dir {}", root.display()))?;
         Ok(Self { root })
     }
 
@@ -122,6 +126,18 @@ impl StateDir {
     /// that a fixed `--http-listen` gives a stable URL.
     pub fn http_key(&self) -> PathBuf {
         self.root.join("http.key")
+    }
+
+    /// The HTTP endpoint's port chosen at first start, reused by later
+    /// starts so that `$NEXUS_HTTP_URL` never changes.
+    pub fn http_port(&self) -> PathBuf {
+        self.root.join("http.port")
+    }
+
+    /// The running daemon's pid (`nexus-agent-proxy connect` stops it to
+    /// upgrade the shim).
+    pub fn pid_file(&self) -> PathBuf {
+        self.root.join("serve.pid")
     }
 
     fn paired_file(&self) -> PathBuf {

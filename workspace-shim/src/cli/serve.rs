@@ -97,18 +97,7 @@ pub(super) async fn run(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let http = match args.http_listen.as_str() {
-        "none" => None,
-        addr => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the HTTP endpoint on {addr} (--http-listen)"))?;
-            if !listener.local_addr()?.ip().is_loopback() {
-                tracing::warn!(%addr, "--http-listen is not a loopback address: other hosts can reach it (its URL's key still applies)");
-            }
-            Some((listener, crate::http::load_or_create_key(&state)?))
-        }
-    };
+    let http = crate::http::bind(&state, &args.http_listen).await?;
     let listeners = Listeners {
         tunnel,
         relay: bind_private(&state.tunnel_sock())?,
