@@ -154,8 +154,8 @@ enum TokenCommand {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Address for the laptop's tunnel, raw TLS or WebSocket on the same port
-    /// (port 0 picks a free port; `none`: only --stdio relays)
-    /// [default: 0.0.0.0:7676, or none with --stdio].
+    /// (numeric IP:PORT, host names are not resolved; port 0 picks a free port;
+    /// `none`: only --stdio relays) [default: 0.0.0.0:7676, or none with --stdio].
     #[arg(long, env = "NEXUS_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
     /// Carry the tunnel on stdin/stdout (the laptop runs this through
@@ -174,7 +174,7 @@ struct ServeArgs {
         value_name = "ADDR"
     )]
     http_listen: String,
-    /// HOST:PORT the pairing URI names, when the laptop reaches us by another address.
+    /// HOST:PORT the pairing URI names, when the laptop reaches us by another address (the laptop resolves it).
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
     /// Lifetime of a pairing token.
@@ -296,7 +296,7 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         .filter(|l| l != "none");
     let tunnel = match &listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+            tokio::net::TcpListener::bind(crate::serve::numeric_addr("--listen", addr)?)
                 .await
                 .with_context(|| format!("binding the tunnel listener on {addr}"))?,
         ),
@@ -305,9 +305,12 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
     let http = match args.http_listen.as_str() {
         "none" => None,
         addr => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the HTTP endpoint on {addr} (--http-listen)"))?;
+            let listener =
+                tokio::net::TcpListener::bind(crate::serve::numeric_addr("--http-listen", addr)?)
+                    .await
+                    .with_context(|| {
+                        format!("binding the HTTP endpoint on {addr} (--http-listen)")
+                    })?;
             if !listener.local_addr()?.ip().is_loopback() {
                 tracing::warn!(%addr, "--http-listen is not a loopback address: other hosts can reach it (its URL's key still applies)");
             }
