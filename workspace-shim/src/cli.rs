@@ -15,7 +15,7 @@ use nexus_protocol::{LinkStatus, LocalOp, LocalReply, PairingInfo, Reply, Reques
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Session;
-use crate::serve::{Listeners, ServeConfig};
+use crate::serve::{Listeners, ServeConfig, numeric_addr};
 use crate::state::StateDir;
 
 const AFTER_HELP: &str = "\
@@ -166,7 +166,7 @@ struct ServeArgs {
     stdio: bool,
     /// Address of the plain-HTTP endpoint for HTTP secret injection, on
     /// workspace loopback (`nexus-shim env` exports its URL as
-    /// NEXUS_HTTP_URL; `none` turns it off).
+    /// NEXUS_HTTP_URL; numeric IP:PORT; `none` turns it off).
     #[arg(
         long,
         env = "NEXUS_HTTP_LISTEN",
@@ -296,7 +296,7 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         .filter(|l| l != "none");
     let tunnel = match &listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(crate::serve::numeric_addr("--listen", addr)?)
+            tokio::net::TcpListener::bind(numeric_addr("--listen", addr)?)
                 .await
                 .with_context(|| format!("binding the tunnel listener on {addr}"))?,
         ),
@@ -305,12 +305,9 @@ async fn serve(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
     let http = match args.http_listen.as_str() {
         "none" => None,
         addr => {
-            let listener =
-                tokio::net::TcpListener::bind(crate::serve::numeric_addr("--http-listen", addr)?)
-                    .await
-                    .with_context(|| {
-                        format!("binding the HTTP endpoint on {addr} (--http-listen)")
-                    })?;
+            let listener = tokio::net::TcpListener::bind(numeric_addr("--http-listen", addr)?)
+                .await
+                .with_context(|| format!("binding the HTTP endpoint on {addr} (--http-listen)"))?;
             if !listener.local_addr()?.ip().is_loopback() {
                 tracing::warn!(%addr, "--http-listen is not a loopback address: other hosts can reach it (its URL's key still applies)");
             }
