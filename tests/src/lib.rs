@@ -21,7 +21,7 @@ pub mod githttp;
 pub mod hostile;
 mod laptop;
 pub mod link;
-mod netns;
+pub mod netns;
 mod process;
 pub mod raw;
 pub mod sshd;

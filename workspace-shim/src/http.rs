@@ -81,11 +81,7 @@ pub async fn bind(state: &StateDir, listen: &str) -> anyhow::Result<Option<(TcpL
     if listen == "none" {
         return Ok(None);
     }
-    let mut addr: SocketAddr = tokio::net::lookup_host(listen)
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-        .with_context(|| format!("--http-listen {listen:?} is not an ADDR:PORT (or none)"))?;
+    let mut addr: SocketAddr = crate::serve::numeric_addr("--http-listen", listen)?;
     let requested = addr.port();
     let kept = if requested == 0 {
         read_kept_port(state)

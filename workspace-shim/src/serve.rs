@@ -346,6 +346,18 @@ fn setup_pairing(shared: &Shared, cfg: &ServeConfig, paired: bool) -> Result<()>
     Ok(())
 }
 
+/// Parses an address to bind (`--listen`, `--http-listen`): numeric only.
+/// The static shim cannot resolve host names (glibc loads its resolver at
+/// run time, which a static binary cannot do), so every build refuses them
+/// with the same error instead of failing one way here and another there.
+pub fn numeric_addr(flag: &str, value: &str) -> Result<SocketAddr> {
+    value.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{flag} {value}: not a numeric IP:PORT such as 0.0.0.0:7676, 127.0.0.1:0 or [::]:7676 (host names are not resolved)"
+        )
+    })
+}
+
 /// A host name for the pairing URI when bound to a wildcard address.
 fn advertised(listen: SocketAddr) -> String {
     if !listen.ip().is_unspecified() {
@@ -491,5 +503,26 @@ fn judge(shared: &Shared, fp: Fingerprint, hello: &ClientHello) -> ServerHello {
         version,
         paired_now,
         software: crate::SOFTWARE.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numeric_addr;
+
+    #[test]
+    fn bind_addresses_are_numeric() {
+        for ok in ["0.0.0.0:7676", "127.0.0.1:0", "[::]:7676", "[::1]:0"] {
+            assert!(numeric_addr("--listen", ok).is_ok(), "{ok}");
+        }
+        for bad in ["localhost:7676", "example.com:1", "0.0.0.0", ":7676", ""] {
+            let err = numeric_addr("--listen", bad).err().map(|e| e.to_string());
+            assert_eq!(
+                err.as_deref(),
+                Some(
+                    format!("--listen {bad}: not a numeric IP:PORT such as 0.0.0.0:7676, 127.0.0.1:0 or [::]:7676 (host names are not resolved)").as_str()
+                ),
+            );
+        }
     }
 }

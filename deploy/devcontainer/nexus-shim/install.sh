@@ -10,7 +10,13 @@
 #      stays valid;
 #   3. installs the entrypoint that starts `nexus-shim serve` as that user;
 #   4. points git's credential helper at the shim (system git config).
-# Offline or air-gapped images: pass `binary` as a path in the build context.
+# The binary is the static shim (it runs on any Linux, glibc or musl):
+#   - `binary` set: that path in the build context, or an https:// URL, of
+#     the binary or of the release archive nexus-shim-linux-ARCH.gz;
+#   - else nexus-shim-linux-ARCH (or .gz) next to this script, which is how
+#     an offline or air-gapped image carries it (copy the output of
+#     scripts/build-static.sh into the feature's folder);
+#   - else the release archive of `version`, checked against its .sha256.
 set -eu
 
 BINARY="${BINARY:-}"
@@ -20,6 +26,7 @@ ADVERTISE="${ADVERTISE:-}"
 HTTPLISTEN="${HTTPLISTEN:-127.0.0.1:0}"
 GITCREDENTIALHELPER="${GITCREDENTIALHELPER:-true}"
 REMOTE_USER="${_REMOTE_USER:-root}"
+# GitHub's layout: $RELEASES/latest/download/ASSET, $RELEASES/download/TAG/ASSET.
 RELEASES="${NEXUS_RELEASES_URL:-https://example.invalid/nexus-agent-proxy/releases}"
 
 BIN_DIR=/usr/local/bin
@@ -37,22 +44,45 @@ id "$REMOTE_USER" >/dev/null 2>&1 || die "remote user '$REMOTE_USER' does not ex
 # 1. The binary.
 mkdir -p "$BIN_DIR" "$SHARE"
 tmp="$BIN_DIR/.nexus-shim.$$"
-trap 'rm -f "$tmp"' EXIT
+trap 'rm -f "$tmp" "$tmp.sha256" "$tmp.unpacked"' EXIT
+name="nexus-shim-linux-$(uname -m)"
+here=$(cd "$(dirname "$0")" && pwd)
+fetch() { # fetch URL DEST
+  command -v curl >/dev/null 2>&1 || die "curl is needed to download $1 (or pass the binary option)"
+  curl -fsSL --proto '=https' -o "$2" "$1" || die "could not download $1"
+}
 case "$BINARY" in
-  https://*)
-    command -v curl >/dev/null 2>&1 || die "curl is needed to download $BINARY"
-    curl -fsSL --proto '=https' -o "$tmp" "$BINARY" ;;
+  https://*) fetch "$BINARY" "$tmp" ;;
   "")
-    command -v curl >/dev/null 2>&1 || die "curl is needed to download nexus-shim $VERSION (or pass the binary option)"
-    arch=$(uname -m)
-    curl -fsSL --proto '=https' -o "$tmp" "$RELEASES/$VERSION/nexus-shim-$arch-linux" ;;
+    if [ -f "$here/$name" ]; then
+      cp "$here/$name" "$tmp"
+    elif [ -f "$here/$name.gz" ]; then
+      cp "$here/$name.gz" "$tmp"
+    else
+      case "$VERSION" in
+        latest) url="$RELEASES/latest/download/$name.gz" ;;
+        *) url="$RELEASES/download/$VERSION/$name.gz" ;;
+      esac
+      fetch "$url" "$tmp"
+      fetch "$url.sha256" "$tmp.sha256"
+      want=$(cut -d' ' -f1 < "$tmp.sha256")
+      got=$(sha256sum "$tmp" | cut -d' ' -f1)
+      [ "$want" = "$got" ] || die "$url does not match its .sha256 (got $got, want $want)"
+    fi ;;
   *)
     [ -f "$BINARY" ] || die "binary '$BINARY' not found (paths are relative to the feature's build context)"
     cp "$BINARY" "$tmp" ;;
 esac
+# The release archive is gzip (magic 1f 8b): unpack it.
+if [ "$(head -c 2 "$tmp" | od -An -tx1 | tr -d ' \n')" = 1f8b ]; then
+  command -v gzip >/dev/null 2>&1 || die "gzip is needed to unpack $name.gz"
+  gzip -dc < "$tmp" > "$tmp.unpacked" || die "could not unpack $name.gz"
+  mv -f "$tmp.unpacked" "$tmp"
+fi
 chmod 0755 "$tmp"
-"$tmp" --version >/dev/null 2>&1 || die "the installed binary does not run here (wrong architecture or libc?)"
+"$tmp" --version >/dev/null 2>&1 || die "the installed binary does not run here (wrong architecture, or not the static build?)"
 mv -f "$tmp" "$BIN_DIR/nexus-shim"
+rm -f "$tmp.sha256"
 trap - EXIT
 
 # 2. State directory on the feature's volume. Only the state dir is the

@@ -11,7 +11,7 @@ use nexus_protocol::units::parse_duration;
 use tokio_util::sync::CancellationToken;
 
 use super::call::duration_grammar;
-use crate::serve::{Listeners, ServeConfig};
+use crate::serve::{Listeners, ServeConfig, numeric_addr};
 use crate::state::StateDir;
 
 /// Flags of `serve`.
@@ -19,8 +19,8 @@ use crate::state::StateDir;
 #[command(after_help = duration_grammar())]
 pub(super) struct ServeArgs {
     /// Address for the laptop's tunnel, raw TLS or WebSocket on the same port
-    /// (port 0 picks a free port; `none`: only --stdio relays)
-    /// [default: 0.0.0.0:7676, or none with --stdio].
+    /// (numeric IP:PORT, host names are not resolved; port 0 picks a free port;
+    /// `none`: only --stdio relays) [default: 0.0.0.0:7676, or none with --stdio].
     #[arg(long, env = "NEXUS_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
     /// Carry the tunnel on stdin/stdout (the laptop runs this through
@@ -31,7 +31,7 @@ pub(super) struct ServeArgs {
     stdio: bool,
     /// Address of the plain-HTTP endpoint for HTTP secret injection, on
     /// workspace loopback (`nexus-shim env` exports its URL as
-    /// NEXUS_HTTP_URL; `none` turns it off).
+    /// NEXUS_HTTP_URL; numeric IP:PORT; `none` turns it off).
     #[arg(
         long,
         env = "NEXUS_HTTP_LISTEN",
@@ -39,7 +39,7 @@ pub(super) struct ServeArgs {
         value_name = "ADDR"
     )]
     http_listen: String,
-    /// HOST:PORT the pairing URI names, when the laptop reaches us by another address.
+    /// HOST:PORT the pairing URI names, when the laptop reaches us by another address (the laptop resolves it).
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
     /// Lifetime of a pairing token.
@@ -91,7 +91,7 @@ pub(super) async fn run(state: StateDir, args: ServeArgs) -> Result<ExitCode> {
         .filter(|l| l != "none");
     let tunnel = match &listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+            tokio::net::TcpListener::bind(numeric_addr("--listen", addr)?)
                 .await
                 .with_context(|| format!("binding the tunnel listener on {addr}"))?,
         ),
