@@ -42,14 +42,15 @@ use crate::ssh_wire::{Method, SignData, parse_sign_data};
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a session id stays in the replay cache.
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
-/// Most session ids remembered; only binds for pinned hosts that the policy
-/// allowed get this far, so this is generous.
+/// Most session ids remembered per workspace; only binds for pinned hosts
+/// that the policy allowed get this far, so this is generous. Each workspace
+/// has its own cache: one that fills its own cannot block another's logins.
 pub const REPLAY_CAPACITY: usize = 100_000;
 
 const BIND_NAME: &str = "session-bind@openssh.com";
 
-/// (workspace, session id, key fingerprint) → first signed.
-type Seen = HashMap<(String, Vec<u8>, String), Instant>;
+/// (session id, key fingerprint) → first signed, for one workspace.
+type Seen = HashMap<(Vec<u8>, String), Instant>;
 
 /// Login signatures already made, per workspace. The agent connection number
 /// comes from the workspace, so it cannot be what tells a replay apart: each
@@ -57,30 +58,39 @@ type Seen = HashMap<(String, Vec<u8>, String), Instant>;
 /// offers, so trying key after key still works).
 #[derive(Debug, Default)]
 pub struct ReplayCache {
-    seen: Mutex<Seen>,
+    seen: Mutex<HashMap<String, Seen>>,
 }
 
 impl ReplayCache {
     /// Records a login signature; false when this workspace already had one
-    /// for the same session and key.
+    /// for the same session and key, or when its own cache is full of live
+    /// entries.
     fn admit(&self, workspace: &str, session_id: &[u8], key: &str) -> bool {
-        let Ok(mut seen) = self.seen.lock() else {
+        self.admit_at(workspace, session_id, key, Instant::now(), REPLAY_CAPACITY)
+    }
+
+    fn admit_at(
+        &self,
+        workspace: &str,
+        session_id: &[u8],
+        key: &str,
+        now: Instant,
+        capacity: usize,
+    ) -> bool {
+        let Ok(mut all) = self.seen.lock() else {
             return false;
         };
-        let now = Instant::now();
-        if seen.len() >= REPLAY_CAPACITY {
+        let seen = all.entry(workspace.to_owned()).or_default();
+        if seen.len() >= capacity {
             seen.retain(|_, t| now.duration_since(*t) < REPLAY_WINDOW);
         }
-        if seen.len() >= REPLAY_CAPACITY {
+        if seen.len() >= capacity {
             // Full of live entries: refuse rather than forget one, which
-            // would reopen a replay window.
+            // would reopen a replay window (for this workspace only).
             return false;
         }
-        seen.insert(
-            (workspace.to_owned(), session_id.to_vec(), key.to_owned()),
-            now,
-        )
-        .is_none()
+        seen.insert((session_id.to_vec(), key.to_owned()), now)
+            .is_none()
     }
 }
 
@@ -584,6 +594,28 @@ mod tests {
         assert!(
             cache.admit("other", b"sid", "SHA256:a"),
             "workspaces are independent"
+        );
+    }
+
+    /// One workspace filling its replay cache with allowed logins does not
+    /// block another workspace's logins; it blocks only its own until
+    /// entries age out.
+    #[test]
+    fn one_workspace_fills_only_its_own_replay_cache() {
+        let cache = ReplayCache::default();
+        let t0 = Instant::now();
+        for i in 0..8u32 {
+            assert!(cache.admit_at("flood", &i.to_be_bytes(), "k", t0, 8));
+        }
+        assert!(!cache.admit_at("flood", b"one more", "k", t0, 8));
+        assert!(
+            cache.admit_at("quiet", b"sid", "k", t0, 8),
+            "another workspace is blocked"
+        );
+        let later = t0 + REPLAY_WINDOW;
+        assert!(
+            cache.admit_at("flood", b"one more", "k", later, 8),
+            "aged entries go"
         );
     }
 }
