@@ -160,6 +160,15 @@ pub(crate) async fn git_credential(
         {
             Ok(ExitCode::SUCCESS)
         }
+        // Allowed, but the laptop has nothing for this URL: answer like a
+        // helper with nothing to offer (no output, success), so git asks
+        // its next helper or the user. Only a denial stops git (`quit=1`).
+        Ok(LocalReply::Reply(Reply::Error(e)))
+            if op == GitOperation::Get && e.code == nexus_protocol::ErrorCode::Missing =>
+        {
+            tracing::debug!(reason = %e.message, "the laptop has no credential for this URL");
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(other) => {
             quit();
             Ok(reply_error(other))
