@@ -84,7 +84,10 @@ fi
 sort -u "$r/nexus-reached" 2>/dev/null >"$work/reached"
 sort -u "$r/nexus-failed" 2>/dev/null >"$work/failed"
 expected=$here/expected-failures.txt
-sed -e 's/ *|.*//' -e '/^#/d' -e '/^$/d' "$expected" | sort -u >"$work/expected"
+sed -e 's/ *|.*//' -e '/^#/d' -e '/^$/d' -e 's/^~ //' "$expected" | sort -u >"$work/expected"
+# `~ ` marks a case whose outcome depends on timing (the shim's identity
+# cache refreshes every 5 s): it may pass without failing the run.
+sed -n -e 's/ *|.*//' -e 's/^~ //p' "$expected" | sort -u >"$work/timing"
 passed=0 failed=0 status=0
 while IFS= read -r c; do
   if grep -qxF -- "$c" "$work/failed"; then
@@ -93,7 +96,9 @@ while IFS= read -r c; do
     else echo "FAIL (unexpected) $c"; status=1; fi
   else
     passed=$((passed + 1))
-    if grep -qxF -- "$c" "$work/expected"; then
+    if grep -qxF -- "$c" "$work/timing"; then
+      echo "PASS (listed as timing-dependent) $c"
+    elif grep -qxF -- "$c" "$work/expected"; then
       echo "PASS (listed as failing: remove it from expected-failures.txt) $c"; status=1
     else echo "PASS $c"; fi
   fi
