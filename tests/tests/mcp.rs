@@ -233,3 +233,113 @@ fn without_a_laptop_calls_fail_with_the_reason() {
         "{got}"
     );
 }
+
+/// `@modelcontextprotocol/sdk` installed from npm into `target/` (once);
+/// `None`, loudly, when npm is missing or unreachable.
+fn ts_sdk() -> Option<std::path::PathBuf> {
+    let dir = repo_root().join("target/conformance/mcp-ts-sdk");
+    if dir
+        .join("node_modules/@modelcontextprotocol/sdk/package.json")
+        .exists()
+    {
+        return Some(dir);
+    }
+    std::fs::create_dir_all(&dir).must("creating the npm cache dir");
+    let out = run_to_end(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .arg("@modelcontextprotocol/sdk"),
+        None,
+    );
+    if out.exit_code == Some(0) {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: cannot install @modelcontextprotocol/sdk from npm (is npm installed and the registry reachable?)\n{out}"
+        );
+        None
+    }
+}
+
+/// The official TypeScript client: lists and calls tools, and gets JSON-RPC
+/// errors (unknown method -32601, malformed params -32602) answered with the
+/// request's id, so its pending requests settle instead of timing out.
+#[test]
+fn the_typescript_sdk_client_works_and_gets_errors_with_their_ids() {
+    let Some(sdk) = ts_sdk() else { return };
+    let ws = Workspace::start();
+    let laptop = Laptop::new();
+    laptop.pair(&ws.uri(), "dev").ok();
+    let policy = laptop.write_policy(
+        "[tools.echo-it]\ncommand = [\"echo\"]\nargs = [\"*\"]\ndescription = \"Echo one word\"\n",
+    );
+    let _proxy = laptop.run(&ws, "dev", &policy, &[]);
+    let out = run_to_end(
+        Command::new("node")
+            .arg(repo_root().join("tests/scripts/mcp_client_ts.mjs"))
+            .arg(&sdk)
+            .arg(shim_binary())
+            .arg(ws.state_dir()),
+        None,
+    );
+    let got: Value =
+        serde_json::from_str(out.ok().stdout.trim()).must(&format!("the client's JSON\n{out}"));
+    assert_eq!(got["server"], "nexus-shim", "{got}");
+    assert!(
+        got["tools"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("tool_echo-it"))),
+        "{got}"
+    );
+    assert_eq!(
+        got["call"],
+        json!({"error": false, "text": "hello\n"}),
+        "{got}"
+    );
+    assert_eq!(got["unknown_method"], -32601, "{got}");
+    assert_eq!(got["bad_params"], -32602, "{got}");
+    assert_eq!(got["after"], true, "{got}");
+}
+
+/// Raw lines a client library would never send: not JSON gets -32700 with
+/// a null id; valid JSON that is no request gets -32600 with its id; and
+/// the session goes on.
+#[test]
+fn malformed_lines_get_json_rpc_errors() {
+    let ws = Workspace::start();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}});
+    let input = format!(
+        "{init}\n{}\nnot json at all\n{}\n{}\n",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": "x-2", "method": "tools/call", "params": "oops"}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}),
+    );
+    let out = run_to_end(
+        Command::new(shim_binary())
+            .args(["mcp", "--wait", "0", "--state-dir"])
+            .arg(ws.state_dir()),
+        Some(input.as_bytes()),
+    );
+    let answers: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).must(&format!("a JSON line: {l}")))
+        .collect();
+    let summary: Vec<(Value, Value)> = answers
+        .iter()
+        .map(|a| (a["id"].clone(), a["error"]["code"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (json!(1), Value::Null),
+            (Value::Null, json!(-32700)),
+            (json!("x-2"), json!(-32600)),
+            (json!(3), Value::Null),
+        ],
+        "{out}"
+    );
+}

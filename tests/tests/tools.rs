@@ -212,6 +212,43 @@ fn injected_credential_fields_are_refused() {
     out.ok().stdout_has(PASSWORD);
 }
 
+/// An allowed URL the laptop has no credential for: the helper offers
+/// nothing (no output, exit 0) instead of `quit=1`, so git goes on to its
+/// next helper.
+#[test]
+fn nothing_on_the_laptop_lets_git_ask_its_next_helper() {
+    let (ws, laptop) = paired();
+    std::fs::write(
+        laptop.home().join(".gitconfig"),
+        "[credential]\n\thelper = store\n",
+    )
+    .must("writing the laptop's .gitconfig");
+    let host = "git.example.test";
+    let policy = laptop.write_policy(&format!(
+        "[[git-credential.allow]]\nprotocol = \"https\"\nhost = \"{host}\"\n"
+    ));
+    let _proxy = laptop.run(&ws, "dev", &policy, &[]);
+    let ask = format!("protocol=https\nhost={host}\npath=acme/r.git\n");
+    let out = shim_stdin(&ws, &["git-credential", "get"], ask.as_bytes());
+    out.ok();
+    assert_eq!(out.stdout, "", "{out}");
+    let out = ws_sh(
+        &ws,
+        &format!(
+            "printf 'protocol=https\\nhost={host}\\npath=acme/r.git\\n\\n' | git \
+             -c credential.useHttpPath=true \
+             -c credential.helper='!f() {{ echo username=next; echo password=from-the-next-helper; }}; f' \
+             credential fill"
+        ),
+    );
+    out.ok().stdout_has("password=from-the-next-helper");
+    // A denied URL still stops git.
+    let denied = "protocol=https\nhost=other.example\npath=acme/r.git\n";
+    let out = shim_stdin(&ws, &["git-credential", "get"], denied.as_bytes());
+    out.code(3);
+    assert_eq!(out.stdout, "quit=1\n", "{out}");
+}
+
 #[test]
 fn erase_reaches_the_laptop_only_when_listed_and_answers_are_filtered() {
     let (ws, laptop) = paired();

@@ -30,9 +30,10 @@ use rmcp::model::{
     InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
     Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 
 use crate::client::Session;
 use crate::state::StateDir;
@@ -510,8 +511,9 @@ impl ServerHandler for Server {
 /// The MCP session could not start or broke.
 pub async fn serve(state: StateDir, wait: Duration) -> anyhow::Result<()> {
     let server = Server::new(state, wait);
+    let (stdin, stdout) = rmcp::transport::stdio();
     let running = server
-        .serve(rmcp::transport::stdio())
+        .serve(LineTransport::new(stdin, stdout))
         .await
         .map_err(|e| anyhow::anyhow!("starting the MCP session: {e}"))?;
     running
@@ -519,4 +521,253 @@ pub async fn serve(state: StateDir, wait: Duration) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("MCP session: {e}"))?;
     Ok(())
+}
+
+/// Longest JSON-RPC line read; a longer one is answered as a parse error and
+/// skipped (one line is one message, and a client never needs this much).
+pub const MAX_LINE: usize = 4 << 20;
+
+/// Newline-delimited JSON-RPC over a reader and a writer, like rmcp's stdio
+/// transport, except that a line it cannot take is answered instead of
+/// dropped (a client would wait for ever): not JSON is -32700 with a null
+/// id, JSON that is no valid message is -32600 carrying the request's id.
+struct LineTransport<R, W> {
+    input: tokio::io::BufReader<R>,
+    out: Arc<tokio::sync::Mutex<W>>,
+}
+
+impl<R: tokio::io::AsyncRead, W> LineTransport<R, W> {
+    fn new(input: R, out: W) -> Self {
+        Self {
+            input: tokio::io::BufReader::new(input),
+            out: Arc::new(tokio::sync::Mutex::new(out)),
+        }
+    }
+}
+
+/// What one input line is: a message for rmcp, nothing to do, or the error
+/// line to answer.
+#[derive(Debug)]
+enum Line {
+    Message(Box<RxJsonRpcMessage<RoleServer>>),
+    Skip,
+    Answer(Vec<u8>),
+}
+
+fn error_line(id: &Value, code: i32, message: &str) -> Vec<u8> {
+    let mut line = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+        .to_string()
+        .into_bytes();
+    line.push(b'\n');
+    line
+}
+
+/// The requests a client may send this server (MCP 2025-06-18).
+const MCP_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+];
+
+fn classify(line: &[u8]) -> Line {
+    let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Line::Skip;
+    }
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(_) => return Line::Answer(error_line(&Value::Null, -32700, "Parse error: not JSON")),
+    };
+    let id = match value.get("id") {
+        Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+        _ => Value::Null,
+    };
+    let method = value
+        .get("method")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let is_notification = method.is_some() && value.get("id").is_none();
+    match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
+        // rmcp takes an MCP method whose params it cannot read for a
+        // custom request and answers "method not found"; it is -32602.
+        Ok(rmcp::model::JsonRpcMessage::Request(r))
+            if matches!(&r.request, rmcp::model::ClientRequest::CustomRequest(c)
+                if MCP_METHODS.contains(&c.method.as_str())) =>
+        {
+            let method = method.unwrap_or_default();
+            Line::Answer(error_line(
+                &id,
+                -32602,
+                &format!("Invalid params for {method}"),
+            ))
+        }
+        Ok(message) => Line::Message(Box::new(message)),
+        // Notifications get no answer, even malformed ones (JSON-RPC 2.0).
+        Err(_) if is_notification => Line::Skip,
+        Err(e) => Line::Answer(error_line(&id, -32600, &format!("Invalid request: {e}"))),
+    }
+}
+
+impl<R, W> rmcp::transport::Transport<RoleServer> for LineTransport<R, W>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Error = std::io::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleServer>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let out = self.out.clone();
+        async move {
+            let mut line = serde_json::to_vec(&item)?;
+            line.push(b'\n');
+            write_line(&out, &line).await
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            let mut line = Vec::new();
+            let read = (&mut self.input)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .await
+                .ok()?;
+            if read == 0 {
+                return None;
+            }
+            let answer = if line.len() > MAX_LINE {
+                // Skip the rest of the oversized line.
+                let mut rest = Vec::new();
+                while !line.ends_with(b"\n") && !rest.ends_with(b"\n") {
+                    rest.clear();
+                    let n = (&mut self.input)
+                        .take(64 << 10)
+                        .read_until(b'\n', &mut rest)
+                        .await
+                        .ok()?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                error_line(&Value::Null, -32700, "Parse error: line too long")
+            } else {
+                match classify(&line) {
+                    Line::Message(m) => return Some(*m),
+                    Line::Skip => continue,
+                    Line::Answer(a) => a,
+                }
+            };
+            if write_line(&self.out, &answer).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+async fn write_line<W: tokio::io::AsyncWrite + Unpin>(
+    out: &tokio::sync::Mutex<W>,
+    line: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = out.lock().await;
+    out.write_all(line).await?;
+    out.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::transport::Transport;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    /// Feeds `input` to the transport and returns the first message it hands
+    /// to rmcp (if any) and every line it answered by itself.
+    async fn run(input: &str) -> (Option<RxJsonRpcMessage<RoleServer>>, Vec<Value>) {
+        let (mut client, server_in) = tokio::io::duplex(1 << 16);
+        let (server_out, answers) = tokio::io::duplex(1 << 16);
+        let mut transport = LineTransport::new(server_in, server_out);
+        // Written while the transport reads: the input may exceed the pipe.
+        let input = input.to_owned();
+        let writer = tokio::spawn(async move {
+            let _ = client.write_all(input.as_bytes()).await;
+        });
+        let got = transport.receive().await;
+        // Drain what a test leaves unread, so the writer finishes.
+        while transport.receive().await.is_some() {}
+        let _ = writer.await;
+        drop(transport);
+        let mut lines = tokio::io::BufReader::new(answers).lines();
+        let mut out = Vec::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            out.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l}: {e}")));
+        }
+        (got, out)
+    }
+
+    #[tokio::test]
+    async fn a_line_that_is_not_json_gets_a_parse_error_with_a_null_id() {
+        let (got, answers) = run("not json\n\n").await;
+        assert!(got.is_none());
+        assert_eq!(
+            answers,
+            vec![
+                json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error: not JSON"}})
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_request_is_answered_with_its_id_and_the_next_line_still_served() {
+        let input = concat!(
+            "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":\"x\"}\n",
+            "{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"result\":5,\"error\":{}}\n",
+            "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/bogus\",\"params\":1}\n",
+            "[1]\n",
+            "{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{\"name\":5}}\n",
+            "{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"ping\"}\n",
+        );
+        let (got, answers) = run(input).await;
+        let ids: Vec<_> = answers.iter().map(|a| a["id"].clone()).collect();
+        assert_eq!(
+            ids,
+            vec![json!(7), json!("a"), Value::Null, json!(9)],
+            "{answers:?}"
+        );
+        let codes: Vec<_> = answers.iter().map(|a| a["error"]["code"].clone()).collect();
+        assert_eq!(codes, [-32600, -32600, -32600, -32602], "{answers:?}");
+        let Some(rmcp::model::JsonRpcMessage::Request(request)) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(request.id, rmcp::model::RequestId::Number(8));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_line_is_refused_and_skipped() {
+        let input = format!(
+            "{}\n{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}}\n",
+            "x".repeat(MAX_LINE + 10)
+        );
+        let (got, answers) = run(&input).await;
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(answers[0]["error"]["code"], -32700);
+        assert!(got.is_some());
+    }
 }

@@ -76,6 +76,15 @@ async fn forward(
         {
             Ok(ExitCode::SUCCESS)
         }
+        // Allowed, but the laptop has nothing for this URL: answer like a
+        // helper with nothing to offer (no output, success), so git asks
+        // its next helper or the user. Only a denial stops git (`quit=1`).
+        LocalReply::Reply(Reply::Error(e))
+            if op == GitOperation::Get && e.code == ErrorCode::Missing =>
+        {
+            tracing::debug!(reason = %e.message, "the laptop has no credential for this URL");
+            Ok(ExitCode::SUCCESS)
+        }
         other => Err(Stop::reply(other).into()),
     }
 }
