@@ -38,7 +38,8 @@ pub struct Limits {
           value_parser = parse_calls)]
     pub max_calls_in_flight: usize,
     /// Calls of one tool (token, ssh...) one workspace may have running at
-    /// once; a call beyond it is refused (exit 3 in the workspace).
+    /// once; calls beyond it wait their turn (first come, first served) for up
+    /// to --call-timeout, and only then are refused (exit 3 in the workspace).
     #[arg(long, env = "NEXUS_MAX_CALLS_PER_TOOL", value_name = "N",
           default_value_t = DEFAULT_MAX_CALLS_PER_TOOL,
           value_parser = parse_calls)]

@@ -337,16 +337,54 @@ impl ToolGates {
         }
     }
 
-    /// A place for one call of `tool`, or `None` when all are taken.
-    fn try_enter(&self, tool: &'static str) -> Option<OwnedSemaphorePermit> {
-        let gate = {
-            let mut gates = self.gates.lock().ok()?;
+    fn gate(&self, tool: &'static str) -> Option<Arc<Semaphore>> {
+        let mut gates = self.gates.lock().ok()?;
+        Some(
             gates
                 .entry(tool)
                 .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
-                .clone()
-        };
-        gate.try_acquire_owned().ok()
+                .clone(),
+        )
+    }
+
+    /// A place for one call of `tool`: at once if one is free, else in turn
+    /// (tokio's semaphore is first come, first served), waiting at most
+    /// `wait`. `None` when none came free in time.
+    async fn enter(&self, tool: &'static str, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        let gate = self.gate(tool)?;
+        if let Ok(place) = gate.clone().try_acquire_owned() {
+            return Some(place);
+        }
+        tokio::time::timeout(wait, gate.acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// A call's place among the calls one workspace has in flight, given back
+/// while the call waits its turn for its tool, so that a queue of one
+/// tool's calls never holds up the others.
+struct InFlight {
+    gate: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    /// Waits for a place for `tool` (FIFO), not counted in flight meanwhile.
+    async fn queue_for(
+        &mut self,
+        tools: &ToolGates,
+        tool: &'static str,
+        wait: Duration,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Some(place) = tools.gate(tool).and_then(|g| g.try_acquire_owned().ok()) {
+            return Some(place);
+        }
+        self.permit = None;
+        let place = tools.enter(tool, wait).await?;
+        self.permit = self.gate.clone().acquire_owned().await.ok();
+        Some(place)
     }
 }
 
@@ -408,12 +446,17 @@ impl Link<'_> {
             next += 1;
             let span = info_span!("call", id = next);
             let (ctx, limits, tools) = (self.ctx.clone(), self.limits.clone(), self.tools.clone());
+            let gate_for_call = gate.clone();
             let workspace = self.workspace.to_owned();
             self.calls.spawn(
                 on_link
                     .track_future(async move {
-                        answer(stream, &workspace, &ctx, &limits, &tools).await;
-                        drop(permit);
+                        let mut in_flight = InFlight {
+                            gate: gate_for_call,
+                            permit: Some(permit),
+                        };
+                        answer(stream, &workspace, &ctx, &limits, &tools, &mut in_flight).await;
+                        drop(in_flight);
                     })
                     .instrument(span),
             );
@@ -444,6 +487,7 @@ async fn answer(
     ctx: &ToolContext,
     limits: &Limits,
     tools: &ToolGates,
+    in_flight: &mut InFlight,
 ) {
     let call: Call = match tokio::time::timeout(
         CALL_READ_TIMEOUT,
@@ -466,18 +510,18 @@ async fn answer(
         Err(_) => return warn!("the workspace opened a call and sent nothing; dropped"),
     };
     let tool = call.request.tool();
-    let reply: Option<Reply> = match tools.try_enter(tool) {
+    // Beyond the tool's places, calls wait their turn (as long as a call
+    // may take), rather than fail: a `make -j64` whose jobs each ask for a
+    // credential gets 64 answers.
+    let reply: Option<Reply> = match in_flight.queue_for(tools, tool, limits.call_timeout).await {
         None => {
-            warn!(
-                tool,
-                limit = tools.max,
-                "too many concurrent calls of one tool; refused"
-            );
+            let waited = nexus_protocol::units::format_duration(limits.call_timeout);
+            warn!(tool, limit = tools.max, %waited, "no place for a call of this tool in time; refused");
             Some(Reply::error(
                 ErrorCode::Denied,
                 format!(
-                    "too many concurrent {tool} calls from this workspace (limit {}, \
-                     `nexus-agent-proxy run --max-calls-per-tool`); retry when some finish",
+                    "{} {tool} calls from this workspace were running for all of {waited} \
+                     (`nexus-agent-proxy run --max-calls-per-tool`, `--call-timeout`); retry later",
                     tools.max
                 ),
             ))
