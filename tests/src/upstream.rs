@@ -346,6 +346,37 @@ async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<AnyBod
     reply
 }
 
+/// `data` as a gzip member of uncompressed (stored) deflate blocks: what
+/// `gunzip` and `curl --compressed` read, without a compression crate.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let mut blocks = data.chunks(0xffff).peekable();
+    if blocks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(block) = blocks.next() {
+        let len = u16::try_from(block.len()).unwrap_or(u16::MAX);
+        out.push(u8::from(blocks.peek().is_none()));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    out.extend_from_slice(&(!crc).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(0).to_le_bytes());
+    out
+}
+
 fn route(shared: &Arc<Shared>, seen: &Seen) -> Response<AnyBody> {
     let (path, query) = seen.path.split_once('?').unwrap_or((&seen.path, ""));
     let param = |key: &str| -> Option<u64> {
@@ -354,7 +385,8 @@ fn route(shared: &Arc<Shared>, seen: &Seen) -> Response<AnyBody> {
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
             .and_then(|v| v.parse().ok())
     };
-    if path.starts_with("/echo/") || path == "/echo" {
+    let gzipped = path.starts_with("/gzip-echo/");
+    if path.starts_with("/echo/") || path == "/echo" || gzipped {
         let headers: Vec<[String; 2]> = seen
             .headers
             .iter()
@@ -367,6 +399,16 @@ fn route(shared: &Arc<Shared>, seen: &Seen) -> Response<AnyBody> {
             "headers": headers,
             "body_len": seen.body_len,
         });
+        // `/gzip-echo/`: a hostile upstream that compresses the echo even
+        // when asked for `identity`.
+        if gzipped {
+            return respond(
+                StatusCode::OK,
+                Full::new(Bytes::from(gzip_stored(json.to_string().as_bytes()))).boxed(),
+            )
+            .with(CONTENT_TYPE, "application/json")
+            .with(hyper::header::CONTENT_ENCODING, "gzip");
+        }
         return respond(
             StatusCode::OK,
             Full::new(Bytes::from(json.to_string())).boxed(),

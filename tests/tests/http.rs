@@ -483,6 +483,27 @@ fn an_upstream_that_echoes_the_request_does_not_hand_over_the_key() {
     );
 }
 
+/// An upstream that compresses its echo although asked for `identity`
+/// would carry the key past the mask inside the gzip body: with a key
+/// injected, such an answer is refused (502), never passed through unread.
+#[test]
+fn a_compressed_echo_of_the_key_is_refused() {
+    let w = world();
+    let out = w.curl(&format!(
+        "-i --compressed -H 'Authorization: Bearer {PLACEHOLDER}' \"$NEXUS_HTTP_URL/api/gzip-echo/x\""
+    ));
+    assert!(
+        !out.stdout.contains(KEY),
+        "the key came back compressed: {out}"
+    );
+    assert!(out.stdout.contains("502"), "{out}");
+    assert!(
+        out.stdout.contains("Content-Encoding"),
+        "the refusal names why: {out}"
+    );
+    assert_eq!(w.up.requests().len(), 1, "the upstream was asked once");
+}
+
 /// A HEAD request gets the upstream's head and a clean end: its
 /// Content-Length announces a body that never comes (HTTP/2 upstream).
 #[test]

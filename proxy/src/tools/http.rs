@@ -469,6 +469,23 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         ms = started.elapsed().as_millis() as u64,
         "upstream answered"
     );
+    if scrub.is_some()
+        && let Some(encoding) = encoded(response.headers())
+    {
+        // Asked for `identity`, the upstream compressed anyway: the mask
+        // cannot read the body, and an echo of the key would reach the
+        // workspace inside it. Refused, never passed through unread.
+        warn!(api, %encoding, "upstream compressed a keyed answer; refused");
+        return Reply::error(
+            ErrorCode::Internal,
+            format!(
+                "[http.{api}]: the upstream answered with Content-Encoding {encoding:?} although \
+                 asked for an uncompressed answer; with a key injected the laptop must read the \
+                 body to keep the key out of it, so the answer is refused"
+            ),
+        )
+        .into();
+    }
     let mut headers = returned_headers(response.headers());
     if let Some(s) = &scrub {
         for h in &mut headers {
@@ -587,6 +604,22 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             return Reply::Done.into();
         }
     }
+}
+
+/// The response's content coding, unless it is none or `identity`.
+fn encoded(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let codings: Vec<String> = headers
+        .get_all(reqwest::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    (!codings.is_empty()).then(|| super::clip(&codings.join(", ")))
 }
 
 /// Shortest secret that is masked: a shorter one would garble ordinary
