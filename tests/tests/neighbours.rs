@@ -304,3 +304,48 @@ fn a_daemon_of_another_user_is_not_trusted() {
     assert_ne!(out.exit_code, Some(0), "{out}");
     out.stderr_has(&format!("runs as uid {}", s.mallory));
 }
+
+/// Behind a state dir opened up by mistake (0711, sockets 0666), the
+/// daemon itself still refuses another user on `agent.sock` and
+/// `shim.sock`, as ssh-agent does (same uid or root).
+#[test]
+fn the_daemon_refuses_another_users_connections() {
+    let Some(s) = Scene::new() else { return };
+    let home = s.folder("victim-home5", s.victim, 0o755);
+    let state = home.join("state");
+    let daemon = s.serve(&home, Some(&state), "077");
+    wait_for(&state.join("http.url"), &daemon);
+    chmod(&state, 0o711);
+    for sock in ["agent.sock", "shim.sock"] {
+        chmod(&state.join(sock), 0o666);
+    }
+    let out = s.run(
+        s.mallory,
+        &home,
+        &format!(
+            "SSH_AUTH_SOCK='{}' ssh-add -l",
+            state.join("agent.sock").display()
+        ),
+    );
+    // Closed at once: ssh-add dies of the broken pipe or says it cannot
+    // talk to the agent; never a list, never "no identities" (an answer).
+    assert!(
+        out.exit_code != Some(0)
+            && !out.stdout.contains("SHA256")
+            && !out.stdout.contains("no identities"),
+        "another user used the agent\n{out}"
+    );
+    let refused = poll(DEADLINE, || {
+        daemon
+            .log()
+            .contains("agent connection from another user refused")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", daemon.log());
+    let out = s.run(
+        s.mallory,
+        &home,
+        &format!("\"$SHIM\" status --state-dir '{}'", state.display()),
+    );
+    assert_ne!(out.exit_code, Some(0), "{out}");
+}

@@ -32,9 +32,10 @@ use crate::serve::Shared;
 pub const MAX_AGENT_MESSAGE: usize = 256 << 10;
 /// Agent connections served at once.
 pub const MAX_AGENT_CONNECTIONS: usize = 256;
-/// Session binds kept per agent connection; OpenSSH sends one per hop, and
-/// the laptop refuses a login signature after more than one anyway.
-pub const MAX_BINDS: usize = 4;
+/// Session binds kept per agent connection: OpenSSH's own agent keeps 16
+/// (`AGENT_MAX_SESSION_IDS`), one per hop of a forwarding chain; the laptop
+/// decides each hop.
+pub const MAX_BINDS: usize = 16;
 
 /// Accepts agent connections until `shutdown`.
 pub async fn serve_agent(
@@ -56,6 +57,12 @@ pub async fn serve_agent(
                 Err(e) => { crate::serve::accept_failed(&e).await; continue; }
             },
         };
+        // As ssh-agent does: only our own user (or root) may use the agent,
+        // a second wall behind the socket's 0600.
+        if !crate::trust::peer_is_trusted(&conn) {
+            warn!("agent connection from another user refused");
+            continue;
+        }
         let id = next.fetch_add(1, Ordering::Relaxed) + 1;
         let shared = shared.clone();
         let stop = shutdown.clone();

@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::serve::{Link, Shared};
 
@@ -49,6 +49,10 @@ pub async fn serve_local(
                 Err(e) => { crate::serve::accept_failed(&e).await; continue; }
             },
         };
+        if !crate::trust::peer_is_trusted(&conn) {
+            warn!("shim.sock connection from another user refused");
+            continue;
+        }
         next += 1;
         let (shared, stop, gate, id) = (shared.clone(), shutdown.clone(), gate.clone(), next);
         tasks.spawn(async move {

@@ -129,6 +129,19 @@ pub fn check_peer(stream: &tokio::net::UnixStream, socket: &Path) -> Result<()> 
     )
 }
 
+/// Whether the process at the other end of an accepted connection runs as
+/// this daemon's user or as root (what ssh-agent checks with getpeereid).
+#[cfg(unix)]
+pub fn peer_is_trusted(stream: &tokio::net::UnixStream) -> bool {
+    stream.peer_cred().is_ok_and(|c| trusted_owner(c.uid()))
+}
+
+/// Elsewhere: the socket's permissions are the only wall.
+#[cfg(not(unix))]
+pub fn peer_is_trusted(_stream: &tokio::net::UnixStream) -> bool {
+    true
+}
+
 /// Elsewhere: no uids to compare.
 #[cfg(not(unix))]
 pub fn check_ancestors(_dir: &Path) -> Result<()> {
