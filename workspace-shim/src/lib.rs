@@ -16,6 +16,7 @@ pub mod ingress;
 pub mod keepalive;
 pub mod mcp;
 pub mod serve;
+pub mod setup;
 mod sockets;
 pub mod state;
 pub mod trust;

@@ -27,8 +27,8 @@ use nexus_protocol::{
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
-    Tool,
+    InitializeRequestParams, InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, Tool,
 };
 use rmcp::service::{RequestContext, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
@@ -502,6 +502,41 @@ impl ServerHandler for Server {
             },
         };
         Ok(result.into())
+    }
+}
+
+/// Why no daemon answers on `state` (none listening, or not the caller's
+/// own), if so: an agent would otherwise see a server with no laptop tools
+/// and no reason.
+pub async fn daemon_missing(state: &StateDir) -> Option<String> {
+    let answer = async {
+        let mut session = Session::start(state, Duration::ZERO, LocalOp::Status).await?;
+        session.next().await
+    };
+    answer.await.err().map(|e| e.to_string())
+}
+
+/// An MCP server that cannot serve: its `initialize` fails with the reason,
+/// which is what agents show for a broken server.
+#[derive(Clone, Debug)]
+struct Unavailable(String);
+
+impl ServerHandler for Unavailable {
+    async fn initialize(
+        &self,
+        _request: InitializeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        Err(McpError::internal_error(self.0.clone(), None))
+    }
+}
+
+/// Answers the client's `initialize` with `why` and ends the session.
+pub async fn refuse(why: String) {
+    // The session ends in an error by design: it is the refusal itself,
+    // or the client left first; `why` was already told either way.
+    if let Ok(running) = Unavailable(why).serve(rmcp::transport::stdio()).await {
+        let _ = running.waiting().await;
     }
 }
 

@@ -308,8 +308,13 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
     })
 }
 
+/// The headers the SDKs carry an API key in: with a key injected, none of
+/// them goes on from the workspace.
+const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
 /// The workspace's headers that go on: not hop-by-hop, not the one the
-/// secret goes into (the workspace's placeholder), not `content-length`
+/// secret goes into nor any other credential header (the workspace's
+/// placeholders), not `content-length`
 /// (set from the body the laptop actually sends), and with a key injected
 /// no `range` (the mask needs the whole echo).
 fn forwarded_headers(
@@ -330,6 +335,10 @@ fn forwarded_headers(
             || listed.contains(&name)
             || name == "content-length"
             || injected.is_some_and(|i| i.eq_ignore_ascii_case(&name))
+            // Whatever credential the client's SDK sent (its placeholder, in
+            // whichever header that SDK uses) must not reach the upstream
+            // beside the real key.
+            || (injected.is_some() && CREDENTIAL_HEADERS.contains(&name.as_str()))
             // A range of an echo could hand the key over in pieces, each too
             // short to be masked: with a key injected, answers come whole.
             || (injected.is_some() && matches!(name.as_str(), "range" | "if-range"))
@@ -920,6 +929,25 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&got)
         );
+    }
+
+    /// With a key injected, every SDK's placeholder goes, whichever header
+    /// it rides in; without one (a keyless API) the client's own headers pass.
+    #[test]
+    fn every_placeholder_credential_goes_when_a_key_is_injected() {
+        let given = [
+            h("Authorization", "Bearer PLACEHOLDER"),
+            h("x-api-key", "PLACEHOLDER"),
+            h("api-key", "PLACEHOLDER"),
+            h("x-goog-api-key", "PLACEHOLDER"),
+            h("x-custom-key", "PLACEHOLDER"),
+            h("anthropic-version", "2023-06-01"),
+        ];
+        let out = forwarded_headers(&given, Some("x-custom-key")).unwrap_or_else(|_| panic!());
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["anthropic-version"]);
+        let out = forwarded_headers(&given, None).unwrap_or_else(|_| panic!());
+        assert_eq!(out.len(), given.len());
     }
 
     /// With a key injected, `Range` would let the workspace fetch an echo

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::call::ClientArgs;
+use super::call::{ClientArgs, ERROR};
 use crate::state::StateDir;
 
 /// Flags of `mcp`.
@@ -15,8 +15,16 @@ pub(super) struct McpArgs {
     client: ClientArgs,
 }
 
-/// Serves MCP on stdin/stdout until the client closes it.
+/// Serves MCP on stdin/stdout until the client closes it; with no daemon,
+/// fails loudly (exit 1).
 pub(super) async fn run(state: StateDir, args: &McpArgs) -> Result<ExitCode> {
-    crate::mcp::serve(state, args.client.wait).await?;
-    Ok(ExitCode::SUCCESS)
+    let Some(why) = crate::mcp::daemon_missing(&state).await else {
+        crate::mcp::serve(state, args.client.wait).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Agents hide a server's stderr in a log and show a failed
+    // `initialize`: say it in both places, at once.
+    eprintln!("nexus-shim: {why}");
+    crate::mcp::refuse(why).await;
+    Ok(ExitCode::from(ERROR))
 }

@@ -15,6 +15,7 @@ mod http;
 mod mcp;
 mod pairing;
 mod serve;
+mod setup;
 mod ssh;
 mod status;
 mod token;
@@ -106,6 +107,13 @@ enum Command {
     ///
     /// Claude Code: `claude mcp add nexus -- nexus-shim mcp`.
     Mcp(mcp::McpArgs),
+    /// Write an agent's own configuration from the live daemon: the LLM
+    /// base URL through $NEXUS_HTTP_URL with a placeholder key, and the
+    /// `nexus` MCP server (`setup shell`: `eval "$(nexus-shim env)"` in the
+    /// shell's start-up files). Merges, is idempotent; `--remove` takes out
+    /// what it added, `--print` only shows it. Exit 4: no laptop linked.
+    #[command(subcommand)]
+    Setup(setup::SetupCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// bash: `nexus-shim completions bash > ~/.local/share/bash-completion/completions/nexus-shim`;
@@ -139,6 +147,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Http(cmd) => http::run(&state, cmd).await,
         Command::Exec(args) => token::exec(&state, args).await,
         Command::Mcp(args) => mcp::run(state, &args).await,
+        Command::Setup(cmd) => setup::run(&state, cmd).await,
         Command::Completions(args) => Ok(docs::completions(Cli::command(), &args)),
         Command::ManPages(args) => Ok(docs::man_pages(Cli::command(), &args)),
     })

@@ -2,29 +2,50 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use nexus_protocol::units::parse_duration;
 use nexus_protocol::{LinkStatus, LocalOp, LocalReply, StatusInfo};
+use tokio::time::Instant;
 
-use super::call::{ClientArgs, NOT_LINKED, Stop, ask, print_json};
+use super::call::{ClientArgs, NOT_LINKED, Stop, ask, duration_grammar, print_json};
 use crate::state::StateDir;
+
+/// How often `status --wait` asks the daemon again: the link state is a
+/// local answer, so asking is cheap, and a user waits at most this long
+/// after the link comes up.
+const POLL_EVERY: Duration = Duration::from_millis(50);
 
 /// Flags of `status`.
 #[derive(Debug, Args)]
+#[command(after_help = duration_grammar())]
 pub(super) struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    client: ClientArgs,
+    /// Wait up to DURATION for the laptop to link before answering. Unlike
+    /// other commands, `status` answers at once unless asked (no NEXUS_WAIT).
+    #[arg(long, default_value = "0", value_parser = parse_duration, value_name = "DURATION")]
+    wait: Duration,
 }
 
 /// Prints the state; exit 0 linked, 4 not linked (1 with no daemon).
 pub(super) async fn run(state: &StateDir, args: &StatusArgs) -> Result<ExitCode> {
-    let info = match ask(state, &args.client, LocalOp::Status).await? {
-        LocalReply::Status(info) => info,
-        other => return Err(Stop::reply(other).into()),
+    let deadline = Instant::now() + args.wait;
+    let client = ClientArgs {
+        wait: Duration::ZERO,
+    };
+    let info = loop {
+        let info = match ask(state, &client, LocalOp::Status).await? {
+            LocalReply::Status(info) => info,
+            other => return Err(Stop::reply(other).into()),
+        };
+        if info.link == LinkStatus::Linked || Instant::now() >= deadline {
+            break info;
+        }
+        tokio::time::sleep_until(deadline.min(Instant::now() + POLL_EVERY)).await;
     };
     if args.json {
         print_json(&json_view(&info, state.root())?)?;
