@@ -449,6 +449,21 @@ impl Reply {
         Self::Error(ErrorReply {
             code,
             message: message.into(),
+            retry_after_ms: None,
+        })
+    }
+
+    /// A denial because a rate limit is spent, with when to try again (the
+    /// HTTP endpoint answers 429 with `Retry-After`, which SDKs honour).
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self::Error(ErrorReply {
+            code: ErrorCode::Denied,
+            message: message.into(),
+            retry_after_ms: Some(
+                u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
         })
     }
 }
@@ -460,6 +475,9 @@ pub struct ErrorReply {
     pub code: ErrorCode,
     /// One line for the user; never contains a secret.
     pub message: String,
+    /// Set when a rate limit refused the call: when a retry may succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Failure categories with stable CLI exit codes.

@@ -504,6 +504,33 @@ fn a_compressed_echo_of_the_key_is_refused() {
     assert_eq!(w.up.requests().len(), 1, "the upstream was asked once");
 }
 
+/// A rule's rate limit answers 429 with `Retry-After` (which the OpenAI
+/// and Anthropic SDKs wait for and retry), not a 403 they raise at once.
+#[test]
+fn a_spent_rate_limit_is_429_with_retry_after() {
+    let w = world_tuned("rate = \"1/min\"\n");
+    let first = w.curl("-s -o /dev/null -w '%{http_code}' \"$NEXUS_HTTP_URL/api/echo/a\"");
+    assert_eq!(first.stdout.trim(), "200", "{first}");
+    let second = w.curl("-s -i \"$NEXUS_HTTP_URL/api/echo/b\"");
+    assert!(second.stdout.starts_with("HTTP/1.1 429"), "{second}");
+    let retry = second
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(retry.is_some_and(|s| (1..=60).contains(&s)), "{second}");
+    assert!(second.stdout.contains("rate-limited"), "{second}");
+    assert_eq!(
+        w.up.requests().len(),
+        1,
+        "the refused call reached the upstream"
+    );
+}
+
 /// A HEAD request gets the upstream's head and a clean end: its
 /// Content-Length announces a body that never comes (HTTP/2 upstream).
 #[test]

@@ -251,7 +251,10 @@ fn from_reply(reply: Reply) -> Response<Body> {
     match reply {
         Reply::Error(e) => {
             debug!(code = ?e.code, "HTTP request refused");
-            from_error(e.code, &e.message)
+            match e.retry_after_ms {
+                Some(ms) if e.code == ErrorCode::Denied => rate_limited(&e.message, ms),
+                _ => from_error(e.code, &e.message),
+            }
         }
         other => {
             warn!(reply = ?other, "unexpected reply");
@@ -269,6 +272,17 @@ fn from_error(code: ErrorCode, message: &str) -> Response<Body> {
         ErrorCode::Internal => (StatusCode::BAD_GATEWAY, "nexus_upstream_error"),
     };
     answer(status, kind, message)
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up), which the OpenAI and
+/// Anthropic SDKs wait for and retry, where a 403 would fail at once.
+fn rate_limited(message: &str, retry_after_ms: u64) -> Response<Body> {
+    let mut response = answer(StatusCode::TOO_MANY_REQUESTS, "nexus_rate_limited", message);
+    let secs = retry_after_ms.div_ceil(1000).max(1);
+    if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
 }
 
 /// Whether `Host` names loopback (any port), or is absent.

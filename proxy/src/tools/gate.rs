@@ -66,7 +66,8 @@ pub async fn enforce(
                 limit.rule,
                 retry.as_secs().max(1)
             );
-            return Err(refuse(ctx, policy, subject, rule, msg).await);
+            refuse(ctx, policy, subject, rule, msg.clone()).await;
+            return Err(Reply::rate_limited(msg, retry));
         }
     }
     if let Some(asking) = &outcome.approve {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use nexus_policy::Rate;
-use nexus_protocol::{Call, ErrorCode, Reply, Request};
+use nexus_protocol::{Call, Reply, Request};
 use pipeline::{Scope, serve};
 
 use crate::config::ConfigDir;
@@ -90,13 +90,13 @@ fn call_rate(call: &Call, workspace: &str, ctx: &ToolContext) -> Result<(), Repl
     ctx.rates
         .check(&format!("{workspace}\0calls\0{tool}"), ctx.call_rate)
         .map_err(|retry| {
-            Reply::error(
-                ErrorCode::Denied,
+            Reply::rate_limited(
                 format!(
                     "too many {tool} calls (limit {}); retry in {} ms",
                     ctx.call_rate,
                     retry.as_millis().max(1)
                 ),
+                retry,
             )
         })
 }
