@@ -531,6 +531,55 @@ fn a_spent_rate_limit_is_429_with_retry_after() {
     );
 }
 
+/// An HTTP/2 client with prior knowledge (h2c) is served like an HTTP/1.1
+/// one: same checks, the key injected on the laptop, never seen here.
+#[test]
+fn http2_prior_knowledge_is_served() {
+    let w = world();
+    let out = w.curl(&format!(
+        "--http2-prior-knowledge -i -H 'Authorization: Bearer {PLACEHOLDER}' \"$NEXUS_HTTP_URL/api/echo/h2\""
+    ));
+    assert!(out.stdout.starts_with("HTTP/2 200"), "{out}");
+    assert!(!out.stdout.contains(KEY), "{out}");
+    let bad = w.curl("--http2-prior-knowledge -s -o /dev/null -w '%{http_code}' -H 'Host: evil.test' \"$NEXUS_HTTP_URL/api/echo/x\"");
+    assert_ne!(
+        bad.stdout.trim(),
+        "200",
+        "a foreign Host passed over h2c: {bad}"
+    );
+    let seen = w.up.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0]
+            .header("authorization")
+            .is_some_and(|v| v == format!("Bearer {KEY}").as_bytes()),
+        "{seen:?}"
+    );
+}
+
+/// With `methods` set, a method-override header cannot turn an allowed GET
+/// into a DELETE at an upstream that honours it: the headers are dropped.
+#[test]
+fn method_override_headers_do_not_pass_a_methods_rule() {
+    let w = world_tuned("methods = [\"GET\"]\n");
+    let status = w.status(
+        "-H 'X-HTTP-Method-Override: DELETE' -H 'X-HTTP-Method: DELETE' \
+         -H 'X-Method-Override: DELETE' \"$NEXUS_HTTP_URL/api/echo/o\"",
+    );
+    assert_eq!(status, 200);
+    let seen = w.up.requests();
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        assert!(
+            seen[0].header(name).is_none(),
+            "{name} reached the upstream: {seen:?}"
+        );
+    }
+}
+
 /// A HEAD request gets the upstream's head and a clean end: its
 /// Content-Length announces a body that never comes (HTTP/2 upstream).
 #[test]

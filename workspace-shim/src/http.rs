@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request as HttpReq, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nexus_protocol::{
     Call, CallerContext, ErrorCode, HOP_BY_HOP, HttpHeader, HttpRequest, MAX_FRAME, Reply, Request,
     Upload,
@@ -193,10 +193,16 @@ async fn connection(tcp: tokio::net::TcpStream, caller: CallerContext, ctx: Arc<
         let (ctx, caller) = (ctx.clone(), caller.clone());
         async move { Ok::<_, Infallible>(handle(req, caller, &ctx).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    // HTTP/1.1, and HTTP/2 with prior knowledge (h2c: `curl
+    // --http2-prior-knowledge`, httpx with `http1=False`), told apart by
+    // the connection preface.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(tcp), service);
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "HTTP connection ended"); },
@@ -297,6 +303,12 @@ fn loopback_host(req: &HttpReq<Incoming>) -> bool {
         Some(rest) => rest.split(']').next().unwrap_or_default(),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
+    loopback_name(name)
+}
+
+/// `127.0.0.1`, `localhost` or `::1` (brackets allowed), any case.
+fn loopback_name(name: &str) -> bool {
+    let name = name.trim_start_matches('[').trim_end_matches(']');
     matches!(
         name.to_ascii_lowercase().as_str(),
         "127.0.0.1" | "localhost" | "::1"
@@ -321,7 +333,18 @@ fn valid_api_name(name: &str) -> bool {
 }
 
 async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Response<Body> {
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+    // HTTP/2 always carries :scheme and :authority in the URI; there they
+    // must name plain http on loopback, as `Host` must for HTTP/1.1.
+    let foreign = if req.version() == hyper::Version::HTTP_2 {
+        req.uri().scheme_str().is_some_and(|s| s != "http")
+            || req
+                .uri()
+                .authority()
+                .is_some_and(|a| !loopback_name(a.host()))
+    } else {
+        req.uri().scheme().is_some() || req.uri().authority().is_some()
+    };
+    if foreign {
         return answer(
             StatusCode::BAD_REQUEST,
             "nexus_bad_request",

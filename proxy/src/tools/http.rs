@@ -252,6 +252,13 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
         )
     })?;
     let mut headers = forwarded_headers(&req.headers, rule.header.as_deref())?;
+    if !rule.methods.is_empty() {
+        // Upstreams that honour these would turn an allowed GET into a
+        // DELETE the rule's `methods` does not allow.
+        for name in METHOD_OVERRIDES {
+            headers.remove(name);
+        }
+    }
     let mut scrub = None;
     // The length the client declared goes on (some upstreams refuse a
     // chunked body); an empty GET stays without one, as it came.
@@ -307,6 +314,13 @@ async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Resul
         scrub,
     })
 }
+
+/// Headers some frameworks read as the request's real method.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// The headers the SDKs carry an API key in: with a key injected, none of
 /// them goes on from the workspace.
