@@ -48,14 +48,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
-use crate::diag::{Diagnostic, line_col};
+use crate::schema::diag::{Diagnostic, line_col};
 use nexus_protocol::{Section, UnknownSection};
 
-use crate::engine::{Action, Request, RuleRef, Verdict};
-use crate::files::check_path as check_file_path;
-use crate::git::GitAction;
+use crate::engine::{Action, Request};
 use crate::layers::{Outcome, PolicySet};
-use crate::ssh::BoundHostKey;
+use crate::schema::decision::{RuleRef, Verdict};
+use crate::sections::files::check_path as check_file_path;
+use crate::sections::git::GitAction;
+use crate::sections::ssh::BoundHostKey;
 
 /// Longest argument value, so that a fixture cannot balloon a report.
 const MAX_ARG: usize = 4096;
@@ -211,7 +212,7 @@ impl Probe {
                 let path = self.arg("path").unwrap_or("/");
                 let path = match path.split_once('?') {
                     Some((path, query)) => {
-                        crate::http::check_query(query)
+                        crate::sections::http::check_query(query)
                             .map_err(|why| format!("path={:?}: {why}", clip(path)))?;
                         path
                     }

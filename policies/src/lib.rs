@@ -41,32 +41,23 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod diag;
 mod engine;
 pub mod explain;
-mod files;
-mod git;
-mod glob_deny;
-mod http;
 mod layers;
-mod parse;
-mod rate;
 pub mod schema;
-mod ssh;
-mod tools;
+mod sections;
 
-pub use diag::{Diagnostic, PolicyErrors};
-pub use engine::{
-    Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, SCHEMA, Source, TokenRule,
-    TokenSource, Verdict,
-};
-pub use files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
-pub use git::{GitAction, GitRule};
-pub use http::{
+pub use engine::{Action, Caller, Decision, Grant, Policy, Request, SCHEMA, Source};
+pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
+pub use schema::decision::{Approve, Decided, RuleRef, Verdict};
+pub use schema::diag::{Diagnostic, PolicyErrors};
+pub use schema::rate::{Rate, RateError};
+pub use sections::files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
+pub use sections::git::{GitAction, GitRule};
+pub use sections::http::{
     DEFAULT_MAX_REQUEST_SIZE, DEFAULT_TIMEOUT as HTTP_DEFAULT_TIMEOUT, HttpRule, HttpSecret,
     MAX_REQUEST_SIZE, MAX_REST_LEN, Upstream,
 };
-pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
-pub use rate::{Rate, RateError};
-pub use ssh::{BoundHostKey, SshRule};
-pub use tools::{ToolRule, match_args};
+pub use sections::ssh::{BoundHostKey, SshRule};
+pub use sections::tokens::{TokenRule, TokenSource};
+pub use sections::tools::{ToolRule, match_args};

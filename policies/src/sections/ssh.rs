@@ -12,12 +12,16 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use globset::GlobMatcher;
 
-use crate::diag::Diagnostic;
-use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::rate::Rate;
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table};
+use toml::de::DeValue;
+
+use super::{Section, SectionGrant, Terms};
+use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::glob_deny::Glob;
+use crate::schema::rate::Rate;
+use crate::schema::read::{Parser, Value, path_key};
+use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The keys of `[[ssh.allow]]`.
 pub(crate) const ALLOW_FIELDS: &[Field] = &[
@@ -73,7 +77,7 @@ pub(crate) const DENY_FIELDS: &[Field] = &[
 ];
 
 /// The tables of the `ssh` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[[ssh.allow]]",
         fields: ALLOW_FIELDS,
@@ -204,15 +208,6 @@ fn host_key_blob(line: &str) -> Option<Vec<u8>> {
     STANDARD.decode(line.split_whitespace().nth(1)?).ok()
 }
 
-/// A compiled case-insensitive glob with the text it came from.
-#[derive(Clone, Debug)]
-pub(crate) struct Glob {
-    /// The glob as written.
-    pub pattern: String,
-    /// The compiled glob.
-    pub matcher: GlobMatcher,
-}
-
 /// An `[[ssh.deny]]` rule; at least one of `host`, `user`, `key` is set.
 #[derive(Clone, Debug)]
 pub(crate) struct SshDenyRule {
@@ -288,8 +283,8 @@ fn shown_key(key: &str) -> String {
 }
 
 /// A denial by a deny rule.
-fn denied(deny: &SshDenyRule, what: String) -> Decision {
-    Decision {
+fn denied(deny: &SshDenyRule, what: String) -> Decided<SshRule> {
+    Decided {
         verdict: Verdict::Deny,
         reason: format!("{what} denied by {}", describe_deny(deny)),
         rule: Some(deny.rule.clone()),
@@ -298,8 +293,8 @@ fn denied(deny: &SshDenyRule, what: String) -> Decision {
 }
 
 /// A default denial (no rule decided), with a reason naming the closest rule.
-fn not_allowed(reason: String) -> Decision {
-    Decision {
+fn not_allowed(reason: String) -> Decided<SshRule> {
+    Decided {
         verdict: Verdict::Deny,
         reason,
         rule: None,
@@ -308,12 +303,12 @@ fn not_allowed(reason: String) -> Decision {
 }
 
 /// An allow by `rule`.
-fn allowed(rule: &SshRule, what: String) -> Decision {
-    Decision {
+fn allowed(rule: &SshRule, what: String) -> Decided<SshRule> {
+    Decided {
         verdict: Verdict::Allow,
         reason: format!("{what} allowed by [[ssh.allow]] ({})", rule.rule),
         rule: Some(rule.rule.clone()),
-        grant: Some(Grant::Ssh(rule.clone())),
+        grant: Some(rule.clone()),
     }
 }
 
@@ -355,7 +350,7 @@ pub(crate) fn decide_userauth(
     rules: &[SshRule],
     denies: &[SshDenyRule],
     login: &Login<'_>,
-) -> Decision {
+) -> Decided<SshRule> {
     let Login {
         host_key,
         user,
@@ -428,7 +423,7 @@ pub(crate) fn decide_hop(
     rules: &[SshRule],
     denies: &[SshDenyRule],
     host_key: &BoundHostKey<'_>,
-) -> Decision {
+) -> Decided<SshRule> {
     let known_as = host_key.known_as;
     let mut refused: Option<&SshRule> = None;
     for rule in rules.iter().filter(|r| r.pins(host_key)) {
@@ -461,7 +456,7 @@ pub(crate) fn decide_sshsig(
     denies: &[SshDenyRule],
     namespace: &str,
     key: &str,
-) -> Decision {
+) -> Decided<SshRule> {
     let shown_ns = shown_name(namespace);
     let shown_key = shown_key(key);
     let what = || format!("SSHSIG signature in namespace {shown_ns} with key {shown_key}");
@@ -486,7 +481,11 @@ pub(crate) fn decide_sshsig(
 }
 
 /// `Action::SshIdentity`: a key-only deny rule first, then the first allow rule admitting the key.
-pub(crate) fn decide_identity(rules: &[SshRule], denies: &[SshDenyRule], key: &str) -> Decision {
+pub(crate) fn decide_identity(
+    rules: &[SshRule],
+    denies: &[SshDenyRule],
+    key: &str,
+) -> Decided<SshRule> {
     let shown_key = shown_key(key);
     let what = || format!("identity {shown_key}");
     if let Some(deny) = denies.iter().find(|d| d.denies_identity(key)) {
@@ -504,7 +503,7 @@ pub(crate) fn decide_identity(rules: &[SshRule], denies: &[SshDenyRule], key: &s
 }
 
 /// Warnings about allow rules that a deny rule always blocks.
-pub(crate) fn cross_check(rules: &[SshRule], denies: &[SshDenyRule]) -> Vec<Diagnostic> {
+fn cross_check(rules: &[SshRule], denies: &[SshDenyRule]) -> Vec<Diagnostic> {
     let mut warnings = Vec::new();
     for rule in rules {
         let blocker = denies.iter().find(|d| {
@@ -535,6 +534,247 @@ pub(crate) fn cross_check(rules: &[SshRule], denies: &[SshDenyRule]) -> Vec<Diag
         }
     }
     warnings
+}
+
+/// Every ssh rule of one source (or, merged, of all).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SshSection {
+    /// `[[ssh.allow]]`, in source order.
+    pub rules: Vec<SshRule>,
+    /// `[[ssh.deny]]`, in source order.
+    pub denies: Vec<SshDenyRule>,
+}
+
+impl Section for SshSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::Ssh;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.ssh(value);
+    }
+
+    fn append(&mut self, other: Self) {
+        self.rules.extend(other.rules);
+        self.denies.extend(other.denies);
+    }
+
+    fn add_denies_from(&mut self, other: &Self) {
+        self.denies.extend(other.denies.iter().cloned());
+    }
+
+    fn cross_check(&self) -> Vec<Diagnostic> {
+        cross_check(&self.rules, &self.denies)
+    }
+}
+
+impl SectionGrant for SshRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: self.rate,
+            approve: self.approve,
+            rule: &self.rule,
+        }
+    }
+}
+
+impl Parser<'_, '_, SshSection> {
+    /// `[ssh]`: `[[ssh.allow]]` and `[[ssh.deny]]`.
+    fn ssh(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(
+                "ssh",
+                value,
+                found,
+                "a table of [[ssh.allow]] and [[ssh.deny]] rules",
+            );
+        };
+        for (key, value) in table {
+            match key.get_ref().as_ref() {
+                "allow" => self.rule_list("ssh.allow", value, Self::ssh_allow),
+                "deny" => self.rule_list("ssh.deny", value, Self::ssh_deny),
+                _ => self.unknown_key("ssh", key, "[[ssh.allow]] or [[ssh.deny]]"),
+            }
+        }
+    }
+
+    /// One `[[ssh.allow]]` rule.
+    fn ssh_allow(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "ssh.allow";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(
+                SECTION,
+                value,
+                found,
+                "a table with host = \"HOST\" and user = \"USER\"",
+            );
+        };
+        let errors_before = self.report.errors.len();
+        let (mut host, mut user) = (None, None);
+        let (mut seen_host, mut seen_user) = (false, false);
+        let (mut keys, mut host_keys) = (None, None);
+        let mut sshsig_namespaces = Vec::new();
+        let mut forwarding = false;
+        let (mut approve, mut rate) = (None, None);
+        for (key, item) in table {
+            let path = format!("{SECTION}.{}", path_key(key.get_ref()));
+            match key.get_ref().as_ref() {
+                "host" => {
+                    seen_host = true;
+                    host =
+                        self.checked_string(&path, item, "\"HOST\" or \"HOST:PORT\"", check_host);
+                }
+                "user" => {
+                    seen_user = true;
+                    user = self.checked_string(
+                        &path,
+                        item,
+                        "a user name like \"git\", or \"*\"",
+                        check_user,
+                    );
+                }
+                "keys" => {
+                    keys = self.string_list(
+                        &path,
+                        item,
+                        "an array of key fingerprints like [\"SHA256:...\"]",
+                        check_fingerprint,
+                        "the rule would allow no key; leave keys out to allow every key in the \
+                         laptop agent, or list fingerprints from `ssh-add -l`",
+                    );
+                }
+                "host_keys" => {
+                    host_keys = self.string_list(
+                        &path,
+                        item,
+                        "an array of host public keys like [\"ssh-ed25519 AAAA...\"]",
+                        check_host_key,
+                        "the rule would pin no host key; leave host_keys out to use the laptop's \
+                         known_hosts for host, or list keys from `ssh-keyscan HOST`",
+                    );
+                }
+                "sshsig_namespaces" => {
+                    sshsig_namespaces = self
+                        .string_list(
+                            &path,
+                            item,
+                            "an array of namespaces like [\"git\"]",
+                            check_namespace,
+                            "",
+                        )
+                        .unwrap_or_default();
+                }
+                "forwarding" => match item.get_ref() {
+                    DeValue::Boolean(b) => forwarding = *b,
+                    other => self.wrong_type(&path, item, other, "true or false"),
+                },
+                "approve" => approve = self.approve(&path, item),
+                "rate" => rate = self.rate(&path, item),
+                "description" => {
+                    self.string(&path, item, "a string");
+                }
+                other => {
+                    let hint = if other == "key" {
+                        " (allow rules take a list, keys = [\"SHA256:...\"])"
+                    } else {
+                        ""
+                    };
+                    self.unknown_key(SECTION, key, &format!("{}{hint}", expected(ALLOW_FIELDS)));
+                }
+            }
+        }
+        if !seen_host {
+            self.report.error(
+                &value.span(),
+                "ssh.allow: missing host; expected host = \"HOST\" or \"HOST:PORT\" (e.g. \"github.com\")",
+            );
+        }
+        if !seen_user {
+            self.report.error(
+                &value.span(),
+                "ssh.allow: missing user; expected user = \"NAME\" (e.g. \"git\"), or \"*\" for any user",
+            );
+        }
+        let (Some(host), Some(user)) = (host, user) else {
+            return;
+        };
+        if self.report.errors.len() == errors_before {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.rules.push(SshRule {
+                host,
+                user,
+                keys,
+                host_keys,
+                sshsig_namespaces,
+                forwarding,
+                approve,
+                rate,
+                rule,
+            });
+        }
+    }
+
+    /// One `[[ssh.deny]]` rule.
+    fn ssh_deny(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "ssh.deny";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(SECTION, value, found, "a table with host, user and/or key");
+        };
+        let errors_before = self.report.errors.len();
+        let (mut host, mut user, mut key_fp) = (None, None, None);
+        let mut seen_field = false;
+        for (key, item) in table {
+            let path = format!("{SECTION}.{}", path_key(key.get_ref()));
+            match key.get_ref().as_ref() {
+                "host" => {
+                    seen_field = true;
+                    host = self.glob(&path, item, "host names like \"prod-*\"");
+                }
+                "user" => {
+                    seen_field = true;
+                    user = self.glob(&path, item, "user names like \"root\"");
+                }
+                "key" => {
+                    seen_field = true;
+                    key_fp = self.checked_string(
+                        &path,
+                        item,
+                        "a key fingerprint like \"SHA256:...\"",
+                        check_fingerprint,
+                    );
+                }
+                "description" => {
+                    self.string(&path, item, "a string");
+                }
+                other => {
+                    let hint = if other == "keys" {
+                        " (a deny rule takes one key = \"SHA256:...\"; write one rule per key)"
+                    } else {
+                        ""
+                    };
+                    self.unknown_key(SECTION, key, &format!("{}{hint}", expected(DENY_FIELDS)));
+                }
+            }
+        }
+        if !seen_field {
+            self.report.error(
+                &value.span(),
+                "ssh.deny: a deny rule needs at least one of host, user or key (it matches when \
+                 all of them match); to deny every SSH use, write host = \"*\"",
+            );
+        }
+        if self.report.errors.len() == errors_before {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.denies.push(SshDenyRule {
+                host,
+                user,
+                key: key_fp,
+                rule,
+            });
+        }
+    }
 }
 
 // --- Value checks -----------------------------------------------------------
@@ -826,6 +1066,7 @@ mod hop_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Grant;
     use crate::{Action, Policy, Request, Source};
 
     const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEHsucdjWiw4eZ00s1dyPRy/jsOoop/LVxRIrPReSepQ test-ed25519";

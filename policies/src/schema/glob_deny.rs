@@ -4,13 +4,13 @@
 use globset::GlobMatcher;
 use toml::de::DeValue;
 
-use crate::engine::{Decision, RuleRef, Verdict};
-use crate::parse::{Parser, Value, compile_glob, path_key};
-use crate::schema::{Field, expected};
+use super::decision::{Decided, RuleRef, Verdict};
+use super::read::{Parser, Value, compile_glob, path_key};
+use super::{Field, expected};
 
 /// A denial by `rule` (`None`: the default deny).
-pub(crate) fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
-    Decision {
+pub(crate) fn deny<G>(rule: Option<RuleRef>, reason: String) -> Decided<G> {
+    Decided {
         verdict: Verdict::Deny,
         rule,
         reason,
@@ -42,7 +42,37 @@ pub(crate) struct DenyShape<'a> {
     pub over: &'a str,
 }
 
-impl Parser<'_> {
+/// A compiled case-insensitive glob with the text it came from.
+#[derive(Clone, Debug)]
+pub(crate) struct Glob {
+    /// The glob as written.
+    pub pattern: String,
+    /// The compiled glob.
+    pub matcher: GlobMatcher,
+}
+
+impl<O> Parser<'_, '_, O> {
+    /// A case-insensitive glob in a string.
+    pub(crate) fn glob(&mut self, path: &str, value: &Value<'_>, over: &str) -> Option<Glob> {
+        let pattern = self.string(path, value, &format!("a glob over {over}"))?;
+        compile_glob(pattern)
+            .map(|matcher| Glob {
+                pattern: pattern.to_owned(),
+                matcher,
+            })
+            .map_err(|why| {
+                self.report.error(
+                    &value.span(),
+                    format!(
+                        "{path}: invalid glob {pattern:?} ({why}); expected a glob over {over} \
+                         using *, ? and [...]"
+                    ),
+                );
+            })
+            .ok()
+    }
+
+    /// A string that passes `check`; otherwise an error saying why.
     /// One deny rule of `shape`; errors are reported, `None` then.
     pub(crate) fn glob_deny(
         &mut self,

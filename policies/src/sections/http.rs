@@ -35,12 +35,13 @@ use globset::{GlobBuilder, GlobMatcher};
 use toml::de::DeValue;
 use url::{Host, Url};
 
-use crate::diag::Diagnostic;
-use crate::engine::shown_name;
-use crate::engine::{Approve, Decision, Grant, RuleRef, TokenRule, TokenSource, Verdict};
-use crate::glob_deny::{DenyRule, DenyShape, deny};
-use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
-use crate::rate::Rate;
+use super::tokens::{TokenRule, TokenSource, TokensSection};
+use super::{Section, SectionGrant, Terms};
+use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::rate::Rate;
+use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The keys of `[http.NAME]`.
@@ -91,7 +92,7 @@ const DENY_FIELDS: &[Field] = &[
 ];
 
 /// The tables of the `http` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[http.NAME]",
         fields: API_FIELDS,
@@ -691,10 +692,17 @@ pub(crate) struct HttpSection {
     bound: Vec<Binding>,
 }
 
-impl HttpSection {
+impl Section for HttpSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::Http;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.http_section(value);
+    }
+
     /// Adds the rules of one more source (`other`, one file's), keeping
     /// declaration order: a binding clash is reported at the later one.
-    pub(crate) fn append(&mut self, other: &mut HttpSection) {
+    fn append(&mut self, mut other: Self) {
         other
             .apis
             .sort_by_key(|a| (a.rule.rule.line, a.rule.rule.col));
@@ -705,7 +713,7 @@ impl HttpSection {
     /// Adds `other`'s deny rules (a layer's denies apply in every layer),
     /// and its bindings: a secret another layer injects is not handed out
     /// by this one either.
-    pub(crate) fn add_denies_from(&mut self, other: &HttpSection) {
+    fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
         for b in &other.bound {
             if !self.bound.iter().any(|o| o.rule == b.rule) {
@@ -717,6 +725,59 @@ impl HttpSection {
         }
     }
 
+    /// Warnings: APIs always denied.
+    fn cross_check(&self) -> Vec<Diagnostic> {
+        self.apis
+            .iter()
+            .filter_map(|api| {
+                let r = &api.rule;
+                let d = self.denied(&r.name)?;
+                Some(r.rule.diagnostic(format!(
+                    "http API {:?} is declared but always denied by [[http.deny]] name = {:?} ({})",
+                    r.name, d.pattern, d.rule
+                )))
+            })
+            .collect()
+    }
+}
+
+/// Where the request goes and what it carries is the org's: a baseline
+/// that declares the API pins its upstream, header, value, secret and
+/// ca_file. Every allowing layer caps the size and timeout (smallest), the
+/// methods (intersection; an empty list allows any) and MCP (only if all
+/// say so); a baseline's paths replace the user's.
+impl SectionGrant for HttpRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: self.rate,
+            approve: self.approve,
+            rule: &self.rule,
+        }
+    }
+
+    fn cap(&mut self, ceiling: &Self, org: bool) {
+        if org {
+            self.upstream.clone_from(&ceiling.upstream);
+            self.header.clone_from(&ceiling.header);
+            self.value.clone_from(&ceiling.value);
+            self.secret.clone_from(&ceiling.secret);
+            self.ca_file.clone_from(&ceiling.ca_file);
+            if !ceiling.paths.is_empty() {
+                self.paths.clone_from(&ceiling.paths);
+            }
+        }
+        self.max_request_size = self.max_request_size.min(ceiling.max_request_size);
+        self.timeout = self.timeout.min(ceiling.timeout);
+        if self.methods.is_empty() {
+            self.methods.clone_from(&ceiling.methods);
+        } else if !ceiling.methods.is_empty() {
+            self.methods.retain(|m| ceiling.methods.contains(m));
+        }
+        self.mcp &= ceiling.mcp;
+    }
+}
+
+impl HttpSection {
     fn denied(&self, name: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
@@ -740,20 +801,17 @@ impl HttpSection {
     /// section). Errors for names declared twice and unknown tokens.
     pub(crate) fn resolve(
         &mut self,
-        tokens: &BTreeMap<String, TokenRule>,
-        outer: Option<&BTreeMap<String, TokenRule>>,
+        tokens: &TokensSection,
+        outer: Option<&TokensSection>,
     ) -> Vec<Diagnostic> {
         let mut errors = Vec::new();
         let mut seen: BTreeMap<&str, &RuleRef> = BTreeMap::new();
         for api in &self.apis {
             if let Some(first) = seen.insert(&api.rule.name, &api.rule.rule) {
-                errors.push(at(
-                    &api.rule.rule,
-                    format!(
-                        "{}: declared twice (first at {}:{}:{}); declare each API once",
-                        api.rule.rule.section, first.file, first.line, first.col
-                    ),
-                ));
+                errors.push(api.rule.rule.diagnostic(format!(
+                    "{}: declared twice (first at {}:{}:{}); declare each API once",
+                    api.rule.rule.section, first.file, first.line, first.col
+                )));
                 seen.insert(&api.rule.name, first);
             }
         }
@@ -762,22 +820,23 @@ impl HttpSection {
             let Some((name, at_token)) = &api.token else {
                 continue;
             };
-            match tokens.get(name).or_else(|| outer.and_then(|o| o.get(name))) {
+            match tokens
+                .tokens
+                .get(name)
+                .or_else(|| outer.and_then(|o| o.tokens.get(name)))
+            {
                 Some(t) => {
                     // The key's own limits follow it into the API.
                     api.rule.approve = api.rule.approve.or(t.approve);
                     api.rule.rate = api.rule.rate.or(t.rate);
                     api.rule.secret = Some(HttpSecret::Token(t.clone()));
                 }
-                None => errors.push(at(
-                    at_token,
-                    format!(
-                        "{}.token: no [tokens.{}] is declared in this policy; declare it (with \
+                None => errors.push(at_token.diagnostic(format!(
+                    "{}.token: no [tokens.{}] is declared in this policy; declare it (with \
                          its source) or write source = \"...\" here instead",
-                        api.rule.rule.section,
-                        path_key(name)
-                    ),
-                )),
+                    api.rule.rule.section,
+                    path_key(name)
+                ))),
             }
         }
         errors
@@ -789,8 +848,8 @@ impl HttpSection {
         name: &str,
         method: &str,
         path: &str,
-        token_denies: &[DenyRule],
-    ) -> Decision {
+        tokens: &TokensSection,
+    ) -> Decided<HttpRule> {
         let shown = shown_name(name);
         if let Some(d) = self.denied(name) {
             return deny(
@@ -818,7 +877,7 @@ impl HttpSection {
             )
         };
         if let Some(HttpSecret::Token(t)) = &rule.secret
-            && let Some(d) = token_denies.iter().find(|d| d.matcher.is_match(&t.name))
+            && let Some(d) = tokens.denied(&t.name)
         {
             return deny(
                 Some(d.rule.clone()),
@@ -849,14 +908,14 @@ impl HttpSection {
                 rule.paths
             ));
         }
-        Decision {
+        Decided {
             verdict: Verdict::Allow,
             reason: format!(
                 "http API {shown} allowed by [{}] ({}): {method} to {}",
                 rule.rule.section, rule.rule, rule.upstream
             ),
             rule: Some(rule.rule.clone()),
-            grant: Some(Grant::Http(rule.clone())),
+            grant: Some(rule.clone()),
         }
     }
 
@@ -882,53 +941,34 @@ impl HttpSection {
         self.bound = bound;
     }
 
-    /// Warnings: APIs always denied, APIs whose token is denied, bound
-    /// tokens revealed anyway.
-    pub(crate) fn cross_check(
-        &self,
-        tokens: &BTreeMap<String, TokenRule>,
-        token_denies: &[DenyRule],
-    ) -> Vec<Diagnostic> {
+    /// Warnings about the tokens of `tokens` this section binds: APIs
+    /// whose token is denied, bound tokens revealed anyway.
+    pub(crate) fn cross_check_tokens(&self, tokens: &TokensSection) -> Vec<Diagnostic> {
         let mut out = Vec::new();
         for api in &self.apis {
             let r = &api.rule;
-            if let Some(d) = self.denied(&r.name) {
-                out.push(at(
-                    &r.rule,
-                    format!(
-                        "http API {:?} is declared but always denied by [[http.deny]] name = {:?} ({})",
-                        r.name, d.pattern, d.rule
-                    ),
-                ));
-            }
             if let Some(HttpSecret::Token(t)) = &r.secret
-                && let Some(d) = token_denies.iter().find(|d| d.matcher.is_match(&t.name))
+                && let Some(d) = tokens.denied(&t.name)
             {
-                out.push(at(
-                    &r.rule,
-                    format!(
-                        "http API {:?} uses token {:?}, which [[tokens.deny]] name = {:?} ({}) \
-                         denies: its requests are denied",
-                        r.name, t.name, d.pattern, d.rule
-                    ),
-                ));
+                out.push(r.rule.diagnostic(format!(
+                    "http API {:?} uses token {:?}, which [[tokens.deny]] name = {:?} ({}) \
+                     denies: its requests are denied",
+                    r.name, t.name, d.pattern, d.rule
+                )));
             }
         }
-        for t in tokens.values().filter(|t| t.reveal) {
+        for t in tokens.tokens.values().filter(|t| t.reveal) {
             let unrevealed = TokenRule {
                 reveal: false,
                 ..t.clone()
             };
             if let Some(b) = self.binding_of(&unrevealed) {
-                out.push(at(
-                    &t.rule,
-                    format!(
-                        "token {:?} is bound to [http.{}] ({}) but says reveal = true: \
-                         `token get` hands its value to the workspace too; remove reveal unless \
-                         the workspace really needs the raw value",
-                        t.name, b.api, b.upstream
-                    ),
-                ));
+                out.push(t.rule.diagnostic(format!(
+                    "token {:?} is bound to [http.{}] ({}) but says reveal = true: \
+                     `token get` hands its value to the workspace too; remove reveal unless \
+                     the workspace really needs the raw value",
+                    t.name, b.api, b.upstream
+                )));
             }
         }
         out
@@ -967,7 +1007,7 @@ pub(crate) fn beyond(b: &HttpSection, capped: bool, rule: &HttpRule) -> Option<S
 }
 
 /// The deny decision for a bound token.
-pub(crate) fn bound_token_denial(token: &TokenRule, b: &Binding) -> Decision {
+pub(crate) fn bound_token_denial<G>(token: &TokenRule, b: &Binding) -> Decided<G> {
     let how = if b.token.as_deref() == Some(token.name.as_str()) {
         String::new()
     } else {
@@ -1013,21 +1053,18 @@ pub(crate) fn bind<'a>(
                     (Some(t), true) => format!("token {t:?}"),
                     _ => "its secret's source".to_owned(),
                 };
-                errors.push(at(
-                    &r.rule,
-                    format!(
-                        "{}: {what} is already bound to [http.{}] at {}:{}:{} ({}); a secret is \
+                errors.push(r.rule.diagnostic(format!(
+                    "{}: {what} is already bound to [http.{}] at {}:{}:{} ({}); a secret is \
                          sent to one origin only, so {} cannot use it: declare another token \
                          for it",
-                        r.rule.section,
-                        first.api,
-                        first.rule.file,
-                        first.rule.line,
-                        first.rule.col,
-                        first.origin,
-                        origin
-                    ),
-                ));
+                    r.rule.section,
+                    first.api,
+                    first.rule.file,
+                    first.rule.line,
+                    first.rule.col,
+                    first.origin,
+                    origin
+                )));
                 continue;
             }
             bound.push(Binding {
@@ -1044,17 +1081,7 @@ pub(crate) fn bind<'a>(
     (bound, errors)
 }
 
-/// A diagnostic placed at a rule.
-fn at(rule: &RuleRef, message: String) -> Diagnostic {
-    Diagnostic {
-        file: rule.file.clone(),
-        line: rule.line,
-        col: rule.col,
-        message,
-    }
-}
-
-impl Parser<'_> {
+impl Parser<'_, '_, HttpSection> {
     /// `[http]`: `[http.NAME]` declarations and `[[http.deny]]`.
     pub(crate) fn http_section(&mut self, value: &Value<'_>) {
         let DeValue::Table(table) = value.get_ref() else {
@@ -1063,7 +1090,7 @@ impl Parser<'_> {
         };
         for (key, value) in table {
             if key.get_ref() == "deny" {
-                self.ssh_list("http.deny", value, Self::http_deny);
+                self.rule_list("http.deny", value, Self::http_deny);
             } else {
                 self.http_api(key, value);
             }
@@ -1080,7 +1107,7 @@ impl Parser<'_> {
             },
             value,
         ) {
-            self.out.http.deny.push(deny);
+            self.out.deny.push(deny);
         }
     }
 
@@ -1206,7 +1233,7 @@ impl Parser<'_> {
                 }
                 "timeout" => {
                     timeout = self
-                        .timeout(&at, item, crate::tools::MAX_TIMEOUT)
+                        .timeout(&at, item, crate::sections::tools::MAX_TIMEOUT)
                         .unwrap_or(timeout);
                 }
                 "description" => {
@@ -1261,7 +1288,7 @@ impl Parser<'_> {
         };
         let matchers = paths.iter().filter_map(|p| path_glob(p).ok()).collect();
         let rule = self.rule_ref(&value.span(), section);
-        self.out.http.apis.push(HttpApi {
+        self.out.apis.push(HttpApi {
             rule: HttpRule {
                 name: name.to_owned(),
                 upstream,
@@ -1293,6 +1320,7 @@ impl Parser<'_> {
 mod tests {
     use super::*;
     use crate::engine::{Action, Policy, Request, Source};
+    use crate::{Decision, Grant};
 
     const OPENAI: &str = r#"
 [tokens.openai]

@@ -2,6 +2,17 @@
 //! defaults, limits and meaning. Parsers take their unknown-key messages
 //! from here, and `docs/policy.md` is checked against it (see
 //! `tests/schema_doc.rs`), so the schema is written once.
+//!
+//! This is the bottom layer of the crate: the vocabulary the sections
+//! decide in (`decision`), diagnostics, rates, the typed value readers
+//! (`read`) and glob deny rules. It imports nothing else of the crate;
+//! `sections` build on it, `engine` on those, `layers` and `explain` on top.
+
+pub(crate) mod decision;
+pub(crate) mod diag;
+pub(crate) mod glob_deny;
+pub(crate) mod rate;
+pub(crate) mod read;
 
 /// One key of a policy table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

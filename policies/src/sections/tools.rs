@@ -14,11 +14,14 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use crate::diag::Diagnostic;
-use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::{DenyRule, DenyShape, deny};
-use crate::parse::{Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name};
-use crate::rate::Rate;
+use super::{Section, SectionGrant, Terms};
+use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::rate::Rate;
+use crate::schema::read::{
+    Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name,
+};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The keys of `[tools.NAME]`.
@@ -56,7 +59,7 @@ const DENY_FIELDS: &[Field] = &[
 ];
 
 /// The tables of the `tools` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[tools.NAME]",
         fields: TOOL_FIELDS,
@@ -210,17 +213,63 @@ fn describe(patterns: &[String]) -> String {
     }
 }
 
-impl ToolsSection {
-    pub(crate) fn append(&mut self, other: &mut ToolsSection) {
-        self.tools.append(&mut other.tools);
-        self.deny.append(&mut other.deny);
+impl Section for ToolsSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::Tools;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.tools_section(value);
     }
 
-    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
-    pub(crate) fn add_denies_from(&mut self, other: &ToolsSection) {
+    fn append(&mut self, other: Self) {
+        self.tools.extend(other.tools);
+        self.deny.extend(other.deny);
+    }
+
+    fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
     }
 
+    fn cross_check(&self) -> Vec<Diagnostic> {
+        self.tools
+            .iter()
+            .filter_map(|t| {
+                let d = self.denied(&t.name)?;
+                Some(t.rule.diagnostic(format!(
+                    "tool {:?} is declared but always denied by [[tools.deny]] name = {:?} ({})",
+                    t.name, d.pattern, d.rule
+                )))
+            })
+            .collect()
+    }
+}
+
+impl SectionGrant for ToolRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: self.rate,
+            approve: self.approve,
+            rule: &self.rule,
+        }
+    }
+
+    /// What runs is the org's: a baseline that declares the tool pins its
+    /// command and working directory; its timeout and environment cap the
+    /// user's (shorter, fewer variables).
+    fn cap(&mut self, ceiling: &Self, org: bool) {
+        if !org {
+            return;
+        }
+        self.command.clone_from(&ceiling.command);
+        self.timeout = self.timeout.min(ceiling.timeout);
+        self.env.retain(|e| ceiling.env.contains(e));
+        if ceiling.cwd.is_some() {
+            self.cwd.clone_from(&ceiling.cwd);
+        }
+    }
+}
+
+impl ToolsSection {
     fn denied(&self, name: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
@@ -233,7 +282,7 @@ impl ToolsSection {
             .collect()
     }
 
-    pub(crate) fn decide(&self, name: &str, args: &[String]) -> Decision {
+    pub(crate) fn decide(&self, name: &str, args: &[String]) -> Decided<ToolRule> {
         let shown = shown_name(name);
         if let Some(d) = self.denied(name) {
             return deny(
@@ -251,35 +300,17 @@ impl ToolsSection {
             );
         };
         match match_args(&tool.args, args) {
-            Ok(()) => Decision {
+            Ok(()) => Decided {
                 verdict: Verdict::Allow,
                 reason: format!("tool {shown} allowed by [tools.{name}] ({})", tool.rule),
                 rule: Some(tool.rule.clone()),
-                grant: Some(Grant::Tool(tool.clone())),
+                grant: Some(tool.clone()),
             },
             Err(why) => deny(
                 Some(tool.rule.clone()),
                 format!("tool {shown}: {why} ([tools.{name}] at {})", tool.rule),
             ),
         }
-    }
-
-    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
-        self.tools
-            .iter()
-            .filter_map(|t| {
-                let d = self.denied(&t.name)?;
-                Some(Diagnostic {
-                    file: t.rule.file.clone(),
-                    line: t.rule.line,
-                    col: t.rule.col,
-                    message: format!(
-                        "tool {:?} is declared but always denied by [[tools.deny]] name = {:?} ({})",
-                        t.name, d.pattern, d.rule
-                    ),
-                })
-            })
-            .collect()
     }
 }
 
@@ -312,7 +343,7 @@ fn check_cwd(p: &str) -> Result<(), String> {
     }
 }
 
-impl Parser<'_> {
+impl Parser<'_, '_, ToolsSection> {
     /// `[tools]`: `[tools.NAME]` declarations and `[[tools.deny]]`.
     pub(crate) fn tools_section(&mut self, value: &Value<'_>) {
         let DeValue::Table(table) = value.get_ref() else {
@@ -321,7 +352,7 @@ impl Parser<'_> {
         };
         for (key, value) in table {
             if key.get_ref() == "deny" {
-                self.ssh_list("tools.deny", value, Self::tool_deny);
+                self.rule_list("tools.deny", value, Self::tool_deny);
             } else {
                 self.tool(key, value);
             }
@@ -338,7 +369,7 @@ impl Parser<'_> {
             },
             value,
         ) {
-            self.out.tools.deny.push(deny);
+            self.out.deny.push(deny);
         }
     }
 
@@ -409,7 +440,7 @@ impl Parser<'_> {
         if self.report.errors.len() != errors_before {
             return;
         }
-        if let Some(first) = self.out.tools.tools.iter().find(|t| t.name == name) {
+        if let Some(first) = self.out.tools.iter().find(|t| t.name == name) {
             let msg = format!(
                 "{section}: declared twice (first at {}); declare each tool once",
                 first.rule
@@ -418,7 +449,7 @@ impl Parser<'_> {
         }
         if let (Some(command), Some(args), Some(env)) = (command, args, env) {
             let rule = self.rule_ref(&value.span(), section);
-            self.out.tools.tools.push(ToolRule {
+            self.out.tools.push(ToolRule {
                 name: name.to_owned(),
                 command,
                 args,

@@ -8,11 +8,14 @@
 use globset::{GlobBuilder, GlobMatcher};
 use toml::de::DeValue;
 
-use crate::diag::Diagnostic;
-use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::deny;
-use crate::parse::{Parser, Value, path_key};
-use crate::rate::Rate;
+use super::ssh;
+use super::{Section, SectionGrant, Terms};
+use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::glob_deny::Glob;
+use crate::schema::glob_deny::deny;
+use crate::schema::rate::Rate;
+use crate::schema::read::{Parser, Value, path_key};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The keys of `[[git-credential.allow]]`.
@@ -53,7 +56,7 @@ const DENY_FIELDS: &[Field] = &[
 ];
 
 /// The tables of the `git-credential` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[[git-credential.allow]]",
         fields: ALLOW_FIELDS,
@@ -63,7 +66,6 @@ pub(crate) const TABLES: &[Table] = &[
         fields: DENY_FIELDS,
     },
 ];
-use crate::ssh::{self, Glob};
 
 /// What the workspace's git asks the helper to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,20 +140,25 @@ pub(crate) struct GitSection {
     deny: Vec<GitDenyRule>,
 }
 
-impl GitSection {
-    /// Adds the rules of a later source.
-    pub(crate) fn append(&mut self, other: &mut GitSection) {
-        self.allow.append(&mut other.allow);
-        self.deny.append(&mut other.deny);
+impl Section for GitSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::GitCredential;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.git_credential(value);
     }
 
-    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
-    pub(crate) fn add_denies_from(&mut self, other: &GitSection) {
+    fn append(&mut self, other: Self) {
+        self.allow.extend(other.allow);
+        self.deny.extend(other.deny);
+    }
+
+    fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
     }
 
     /// Warnings about allow rules a deny rule always blocks.
-    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
+    fn cross_check(&self) -> Vec<Diagnostic> {
         let mut out = Vec::new();
         for rule in &self.allow {
             let blocker = self.deny.iter().find(|d| {
@@ -164,20 +171,27 @@ impl GitSection {
                         .is_none_or(|g| g.pattern == "*" || g.pattern == "**")
             });
             if let Some(deny) = blocker {
-                out.push(Diagnostic {
-                    file: rule.rule.file.clone(),
-                    line: rule.rule.line,
-                    col: rule.rule.col,
-                    message: format!(
-                        "[[git-credential.allow]] host = {:?} is always denied by [[git-credential.deny]] ({})",
-                        rule.host, deny.rule
-                    ),
-                });
+                out.push(rule.rule.diagnostic(format!(
+                    "[[git-credential.allow]] host = {:?} is always denied by [[git-credential.deny]] ({})",
+                    rule.host, deny.rule
+                )));
             }
         }
         out
     }
+}
 
+impl SectionGrant for GitRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: self.rate,
+            approve: self.approve,
+            rule: &self.rule,
+        }
+    }
+}
+
+impl GitSection {
     /// Decides one helper call. The path must be canonical (no `.`/`..`
     /// segments, no empty segments, no encoded separators): git sends what
     /// the URL said, and a server may resolve `acme/../other` elsewhere.
@@ -187,7 +201,7 @@ impl GitSection {
         host: &str,
         path: Option<&str>,
         action: GitAction,
-    ) -> Decision {
+    ) -> Decided<GitRule> {
         // `github.com:443` is `github.com` for https: the same rules judge
         // both spellings, and a deny on a name covers every port of it.
         let host_lc = without_default_port(protocol, &host.to_ascii_lowercase());
@@ -248,11 +262,11 @@ impl GitSection {
                 missing_action.get_or_insert(rule);
                 continue;
             }
-            return Decision {
+            return Decided {
                 verdict: Verdict::Allow,
                 reason: format!("{what} allowed by [[git-credential.allow]] ({})", rule.rule),
                 rule: Some(rule.rule.clone()),
-                grant: Some(Grant::GitCredential(rule.clone())),
+                grant: Some(rule.clone()),
             };
         }
         let reason = if let Some(rule) = missing_action {
@@ -359,7 +373,7 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-impl Parser<'_> {
+impl Parser<'_, '_, GitSection> {
     /// `[git-credential]`: `[[git-credential.allow]]` and `[[git-credential.deny]]`.
     pub(crate) fn git_credential(&mut self, value: &Value<'_>) {
         let DeValue::Table(table) = value.get_ref() else {
@@ -373,8 +387,8 @@ impl Parser<'_> {
         };
         for (key, value) in table {
             match key.get_ref().as_ref() {
-                "allow" => self.ssh_list("git-credential.allow", value, Self::git_allow),
-                "deny" => self.ssh_list("git-credential.deny", value, Self::git_deny),
+                "allow" => self.rule_list("git-credential.allow", value, Self::git_allow),
+                "deny" => self.rule_list("git-credential.deny", value, Self::git_deny),
                 _ => self.unknown_key(
                     "git-credential",
                     key,
@@ -458,7 +472,7 @@ impl Parser<'_> {
         }
         if let (Some(protocol), Some(host), Some(actions)) = (protocol, host, actions) {
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-            self.out.git.allow.push(GitRule {
+            self.out.allow.push(GitRule {
                 protocol,
                 host,
                 path,
@@ -521,7 +535,7 @@ impl Parser<'_> {
         }
         if self.report.errors.len() == errors_before {
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-            self.out.git.deny.push(GitDenyRule {
+            self.out.deny.push(GitDenyRule {
                 protocol,
                 host,
                 path,
@@ -534,6 +548,7 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Decision;
     use crate::{Action, Policy, Request, Source};
 
     /// A host's default port is the host, and a deny on a name covers it
@@ -732,6 +747,7 @@ path = "acme/secret*"
 #[cfg(test)]
 mod review_tests {
     use super::*;
+    use crate::Decision;
     use crate::{Action, Policy, Request, Source};
 
     fn decide(text: &str, path: &str) -> Decision {
