@@ -471,44 +471,15 @@ fn beyond_baseline(baseline: &Policy, user: &Policy) -> Vec<Diagnostic> {
     let mut users: Vec<(Option<&str>, &Policy)> = vec![(None, user)];
     users.extend(user.workspaces.iter().map(|(n, p)| (Some(n.as_str()), p)));
     for (ws, policy) in users {
-        let ceiling = |ws: Option<&str>| -> Vec<&Policy> {
-            let mut c = vec![baseline];
-            if let Some(w) = ws.and_then(|w| baseline.workspaces.get(w)) {
-                c.push(w);
-            }
-            c
-        };
-        for token in policy.sections.tokens.tokens.values() {
-            for b in ceiling(ws) {
-                let d = b.decide(&Request {
-                    workspace: ws.unwrap_or(""),
-                    caller: None,
-                    action: Action::Token { name: &token.name },
-                });
-                let capped = d.rule.is_some() || b.has_allow_rules(Section::Tokens);
-                if d.verdict == Verdict::Deny && capped {
-                    out.push(beyond(&token.rule, &format!("there, {}", d.reason)));
-                    break;
-                }
-            }
-        }
-        for rule in &policy.sections.ssh.rules {
-            for b in ceiling(ws) {
-                if let Some(why) = ssh_beyond(b, rule) {
-                    out.push(beyond(&rule.rule, &why));
-                    break;
-                }
-            }
-        }
-        for rule in policy.sections.http.rules() {
-            for b in ceiling(ws) {
-                if let Some(why) = crate::sections::http::beyond(
-                    &b.sections.http,
-                    b.has_allow_rules(Section::Http),
-                    rule,
-                ) {
-                    out.push(beyond(&rule.rule, &why));
-                    break;
+        let mut ceilings = vec![baseline];
+        ceilings.extend(ws.and_then(|w| baseline.workspaces.get(w)));
+        // A rule is reported once, for the first ceiling that cuts it back.
+        let mut reported: Vec<&RuleRef> = Vec::new();
+        for b in ceilings {
+            for (rule, why) in policy.beyond(b, ws.unwrap_or("")) {
+                if !reported.contains(&rule) {
+                    reported.push(rule);
+                    out.push(beyond(rule, &why));
                 }
             }
         }
@@ -523,48 +494,6 @@ fn beyond(rule: &RuleRef, why: &str) -> Diagnostic {
         "[{}] goes beyond the org baseline and is ignored where it does: {why}",
         rule.section
     ))
-}
-
-/// Why an `[[ssh.allow]]` rule reaches past what baseline `b` allows, if it does.
-fn ssh_beyond(b: &Policy, rule: &SshRule) -> Option<String> {
-    if let Some(deny) = b.sections.ssh.denies.iter().find(|d| {
-        d.user.is_none()
-            && d.key.is_none()
-            && d.host
-                .as_ref()
-                .is_some_and(|g| g.matcher.is_match(&rule.host))
-    }) {
-        return Some(format!(
-            "the baseline denies host {} ({})",
-            rule.host, deny.rule
-        ));
-    }
-    if !b.has_allow_rules(Section::Ssh) {
-        return None;
-    }
-    let covers = |r: &&SshRule| {
-        r.host == rule.host
-            && (r.user == "*" || r.user == rule.user)
-            && match (&r.keys, &rule.keys) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(allowed), Some(wanted)) => wanted.iter().all(|k| allowed.contains(k)),
-            }
-            && (r.forwarding || !rule.forwarding)
-            && rule
-                .sshsig_namespaces
-                .iter()
-                .all(|n| r.sshsig_namespaces.contains(n))
-    };
-    if b.sections.ssh.rules.iter().any(|r| covers(&r)) {
-        None
-    } else {
-        Some(format!(
-            "no baseline [[ssh.allow]] rule covers host {}, user {:?} with these keys, \
-             namespaces and forwarding",
-            rule.host, rule.user
-        ))
-    }
 }
 
 #[cfg(test)]

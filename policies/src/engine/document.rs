@@ -5,10 +5,11 @@
 use nexus_protocol::Section;
 use toml::de::{DeTable, DeValue};
 
-use super::Sections;
 use crate::schema::decision::shown_name;
 use crate::schema::diag::{Diagnostic, Reporter};
 use crate::schema::read::{Key, Parser, Value, path_key};
+use crate::schema::section::PolicySection;
+use crate::sections::Sections;
 
 /// Everything found in one source.
 #[derive(Debug, Default)]
@@ -138,7 +139,7 @@ impl Parser<'_, '_, ParsedFile> {
     }
 
     /// Reads one section's table with that section's reader.
-    fn section<S: crate::sections::Section>(
+    fn section<S: PolicySection>(
         &mut self,
         value: &Value<'_>,
         field: fn(&mut ParsedFile) -> &mut S,

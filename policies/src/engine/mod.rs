@@ -10,15 +10,16 @@ mod document;
 use nexus_protocol::Section;
 
 use crate::schema::Table;
-use crate::schema::decision::{Decided, RuleRef};
+use crate::schema::decision::{Decided, RuleRef, Verdict};
 use crate::schema::diag::{Diagnostic, PolicyErrors};
+use crate::schema::section::{PolicySection as _, SectionGrant, Terms};
+use crate::sections::Sections;
 use crate::sections::files::{FileRule, FileSet, FilesSection};
 use crate::sections::git::{GitAction, GitRule, GitSection};
 use crate::sections::http::{HttpRule, HttpSection};
 use crate::sections::ssh::{self, BoundHostKey, SshRule, SshSection};
 use crate::sections::tokens::{TokenRule, TokensSection};
 use crate::sections::tools::{ToolRule, ToolsSection};
-use crate::sections::{Section as _, SectionGrant, Terms};
 
 /// Every table a policy may hold, section by section in
 /// [`nexus_protocol::Section::ALL`]
@@ -250,51 +251,7 @@ impl Grant {
 /// The outcome of [`Policy::decide`].
 pub type Decision = Decided<Grant>;
 
-/// One of each section: the rules of one source, or merged.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Sections {
-    pub(crate) tokens: TokensSection,
-    pub(crate) ssh: SshSection,
-    pub(crate) git: GitSection,
-    pub(crate) files: FilesSection,
-    pub(crate) tools: ToolsSection,
-    pub(crate) http: HttpSection,
-}
-
 impl Sections {
-    /// Adds the rules of a later source.
-    fn append(&mut self, other: Sections) {
-        self.tokens.append(other.tokens);
-        self.ssh.append(other.ssh);
-        self.git.append(other.git);
-        self.files.append(other.files);
-        self.tools.append(other.tools);
-        self.http.append(other.http);
-    }
-
-    /// Adds every deny rule of `other` (after these sections' own).
-    fn add_denies_from(&mut self, other: &Sections) {
-        self.tokens.add_denies_from(&other.tokens);
-        self.ssh.add_denies_from(&other.ssh);
-        self.git.add_denies_from(&other.git);
-        self.files.add_denies_from(&other.files);
-        self.tools.add_denies_from(&other.tools);
-        self.http.add_denies_from(&other.http);
-    }
-
-    /// Every section's warnings, and those of HTTP APIs about the tokens
-    /// they bind.
-    fn cross_check(&self) -> Vec<Diagnostic> {
-        let mut found = self.tokens.cross_check();
-        found.extend(self.ssh.cross_check());
-        found.extend(self.git.cross_check());
-        found.extend(self.files.cross_check());
-        found.extend(self.tools.cross_check());
-        found.extend(self.http.cross_check());
-        found.extend(self.http.cross_check_tokens(&self.tokens));
-        found
-    }
-
     /// Decides one request by the section it belongs to.
     fn decide(&self, action: &Action<'_>) -> Decision {
         match *action {
@@ -507,6 +464,37 @@ impl Policy {
     #[must_use]
     pub fn ssh_rules(&self) -> &[SshRule] {
         &self.sections.ssh.rules
+    }
+
+    /// The rules of this policy, a user layer, that reach past `ceiling`,
+    /// an org baseline layer for `workspace`, each with why.
+    pub(crate) fn beyond<'a>(
+        &'a self,
+        ceiling: &Policy,
+        workspace: &str,
+    ) -> Vec<(&'a RuleRef, String)> {
+        let mut out = Vec::new();
+        // A token's decision takes the ceiling's `[http.*]` bindings too, so
+        // it is asked of the whole ceiling policy.
+        for token in self.sections.tokens.tokens.values() {
+            let d = ceiling.decide(&Request {
+                workspace,
+                caller: None,
+                action: Action::Token { name: &token.name },
+            });
+            let capped = d.rule.is_some() || ceiling.has_allow_rules(Section::Tokens);
+            if d.verdict == Verdict::Deny && capped {
+                out.push((&token.rule, format!("there, {}", d.reason)));
+            }
+        }
+        let (mine, theirs) = (&self.sections, &ceiling.sections);
+        let capped = |s| ceiling.has_allow_rules(s);
+        out.extend(mine.ssh.beyond(&theirs.ssh, capped(Section::Ssh)));
+        out.extend(mine.git.beyond(&theirs.git, capped(Section::GitCredential)));
+        out.extend(mine.files.beyond(&theirs.files, capped(Section::Files)));
+        out.extend(mine.tools.beyond(&theirs.tools, capped(Section::Tools)));
+        out.extend(mine.http.beyond(&theirs.http, capped(Section::Http)));
+        out
     }
 
     /// Parses every source, merges them and collects all errors, sorted by position per source.

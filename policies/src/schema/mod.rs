@@ -5,7 +5,7 @@
 //!
 //! This is the bottom layer of the crate: the vocabulary the sections
 //! decide in (`decision`), diagnostics, rates, the typed value readers
-//! (`read`) and glob deny rules. It imports nothing else of the crate;
+//! (`read`), glob deny rules, and what a section is (`section`). It imports nothing else of the crate;
 //! `sections` build on it, `engine` on those, `layers` and `explain` on top.
 
 pub(crate) mod decision;
@@ -13,6 +13,7 @@ pub(crate) mod diag;
 pub(crate) mod glob_deny;
 pub(crate) mod rate;
 pub(crate) mod read;
+pub(crate) mod section;
 
 /// One key of a policy table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

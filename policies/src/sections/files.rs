@@ -10,11 +10,11 @@
 
 use toml::de::DeValue;
 
-use super::{Section, SectionGrant, Terms};
 use crate::schema::decision::{Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
 use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{DESCRIPTION, Field, Table, expected};
 
 /// `max_size`, shared by `[[files.allow]]` and `[files.sets.NAME]`.
@@ -122,7 +122,7 @@ pub(crate) struct FilesSection {
     sets: Vec<FileSet>,
 }
 
-impl Section for FilesSection {
+impl PolicySection for FilesSection {
     const NAME: nexus_protocol::Section = nexus_protocol::Section::Files;
     const TABLES: &'static [Table] = TABLES;
 

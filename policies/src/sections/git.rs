@@ -9,13 +9,13 @@ use globset::{GlobBuilder, GlobMatcher};
 use toml::de::DeValue;
 
 use super::ssh;
-use super::{Section, SectionGrant, Terms};
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::Glob;
 use crate::schema::glob_deny::deny;
 use crate::schema::rate::Rate;
 use crate::schema::read::{Parser, Value, path_key};
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The keys of `[[git-credential.allow]]`.
@@ -140,7 +140,7 @@ pub(crate) struct GitSection {
     deny: Vec<GitDenyRule>,
 }
 
-impl Section for GitSection {
+impl PolicySection for GitSection {
     const NAME: nexus_protocol::Section = nexus_protocol::Section::GitCredential;
     const TABLES: &'static [Table] = TABLES;
 

@@ -36,12 +36,12 @@ use toml::de::DeValue;
 use url::{Host, Url};
 
 use super::tokens::{TokenRule, TokenSource, TokensSection};
-use super::{Section, SectionGrant, Terms};
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
 use crate::schema::rate::Rate;
 use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The keys of `[http.NAME]`.
@@ -692,7 +692,7 @@ pub(crate) struct HttpSection {
     bound: Vec<Binding>,
 }
 
-impl Section for HttpSection {
+impl PolicySection for HttpSection {
     const NAME: nexus_protocol::Section = nexus_protocol::Section::Http;
     const TABLES: &'static [Table] = TABLES;
 
@@ -737,6 +737,12 @@ impl Section for HttpSection {
                     r.name, d.pattern, d.rule
                 )))
             })
+            .collect()
+    }
+
+    fn beyond<'a>(&'a self, ceiling: &Self, capped: bool) -> Vec<(&'a RuleRef, String)> {
+        self.rules()
+            .filter_map(|r| Some((&r.rule, beyond(ceiling, capped, r)?)))
             .collect()
     }
 }
@@ -978,7 +984,7 @@ impl HttpSection {
 /// Why user rule `rule` reaches past baseline section `b` (`capped`: the
 /// baseline has `[http.*]` allow rules), if it does: a baseline deny, no
 /// baseline declaration, or a declaration pinning another destination.
-pub(crate) fn beyond(b: &HttpSection, capped: bool, rule: &HttpRule) -> Option<String> {
+fn beyond(b: &HttpSection, capped: bool, rule: &HttpRule) -> Option<String> {
     if let Some(d) = b.denied(&rule.name) {
         return Some(format!(
             "the baseline denies it ([[http.deny]] name = {:?}, {})",

@@ -3,7 +3,9 @@
 //! and warns about rules that never fire.
 //!
 //! A section depends only on [`crate::schema`] (and `http` on `tokens`,
-//! whose tokens it binds); the engine holds one of each and dispatches.
+//! whose tokens it binds) and implements
+//! [`PolicySection`](crate::schema::section::PolicySection); the engine holds one of
+//! each ([`Sections`]) and dispatches.
 
 pub(crate) mod files;
 pub(crate) mod git;
@@ -12,50 +14,58 @@ pub(crate) mod ssh;
 pub(crate) mod tokens;
 pub(crate) mod tools;
 
-use crate::schema::Table;
-use crate::schema::decision::{Approve, RuleRef};
 use crate::schema::diag::Diagnostic;
-use crate::schema::rate::Rate;
-use crate::schema::read::{Parser, Value};
+use crate::schema::section::PolicySection as _;
 
-/// One top-level section of a policy (`[tokens]`, `[ssh]`, ...), as read
-/// from one source or merged from several.
-pub(crate) trait Section: Default + Sized {
-    /// Which section this is.
-    const NAME: nexus_protocol::Section;
-    /// Its tables and their declared keys.
-    const TABLES: &'static [Table];
-    /// Reads the section's value (the whole `[NAME]` table) into `p.out`.
-    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>);
+use files::FilesSection;
+use git::GitSection;
+use http::HttpSection;
+use ssh::SshSection;
+use tokens::TokensSection;
+use tools::ToolsSection;
+
+/// One of each section: the rules of one source, or merged.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sections {
+    pub(crate) tokens: TokensSection,
+    pub(crate) ssh: SshSection,
+    pub(crate) git: GitSection,
+    pub(crate) files: FilesSection,
+    pub(crate) tools: ToolsSection,
+    pub(crate) http: HttpSection,
+}
+
+impl Sections {
     /// Adds the rules of a later source.
-    fn append(&mut self, other: Self);
-    /// Adds another layer's deny rules, after this one's: a deny applies in
-    /// every layer.
-    fn add_denies_from(&mut self, other: &Self);
-    /// Warnings about rules that never fire or never allow.
-    fn cross_check(&self) -> Vec<Diagnostic> {
-        Vec::new()
+    pub(crate) fn append(&mut self, other: Sections) {
+        self.tokens.append(other.tokens);
+        self.ssh.append(other.ssh);
+        self.git.append(other.git);
+        self.files.append(other.files);
+        self.tools.append(other.tools);
+        self.http.append(other.http);
     }
-}
 
-/// The rate, approval and rule that come with a grant.
-pub(crate) struct Terms<'a> {
-    /// The rule's rate limit, if any.
-    pub rate: Option<Rate>,
-    /// Whether the laptop user approves each use.
-    pub approve: Option<Approve>,
-    /// The granting rule.
-    pub rule: &'a RuleRef,
-}
+    /// Adds every deny rule of `other` (after these sections' own).
+    pub(crate) fn add_denies_from(&mut self, other: &Sections) {
+        self.tokens.add_denies_from(&other.tokens);
+        self.ssh.add_denies_from(&other.ssh);
+        self.git.add_denies_from(&other.git);
+        self.files.add_denies_from(&other.files);
+        self.tools.add_denies_from(&other.tools);
+        self.http.add_denies_from(&other.http);
+    }
 
-/// What an allowing rule of a section hands the laptop.
-pub(crate) trait SectionGrant {
-    /// Its rate, approval and rule.
-    fn terms(&self) -> Terms<'_>;
-    /// Narrows this grant (the user's) under `ceiling`, the same kind of
-    /// grant from another allowing layer; `org`: that layer is the org
-    /// baseline's. By default a ceiling narrows nothing beyond allowing.
-    fn cap(&mut self, ceiling: &Self, org: bool) {
-        let _ = (ceiling, org);
+    /// Every section's warnings, and those of HTTP APIs about the tokens
+    /// they bind.
+    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
+        let mut found = self.tokens.cross_check();
+        found.extend(self.ssh.cross_check());
+        found.extend(self.git.cross_check());
+        found.extend(self.files.cross_check());
+        found.extend(self.tools.cross_check());
+        found.extend(self.http.cross_check());
+        found.extend(self.http.cross_check_tokens(&self.tokens));
+        found
     }
 }

@@ -15,12 +15,12 @@ use base64::engine::general_purpose::STANDARD;
 
 use toml::de::DeValue;
 
-use super::{Section, SectionGrant, Terms};
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::Glob;
 use crate::schema::rate::Rate;
 use crate::schema::read::{Parser, Value, path_key};
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The keys of `[[ssh.allow]]`.
@@ -545,7 +545,7 @@ pub(crate) struct SshSection {
     pub denies: Vec<SshDenyRule>,
 }
 
-impl Section for SshSection {
+impl PolicySection for SshSection {
     const NAME: nexus_protocol::Section = nexus_protocol::Section::Ssh;
     const TABLES: &'static [Table] = TABLES;
 
@@ -564,6 +564,56 @@ impl Section for SshSection {
 
     fn cross_check(&self) -> Vec<Diagnostic> {
         cross_check(&self.rules, &self.denies)
+    }
+
+    fn beyond<'a>(&'a self, ceiling: &Self, capped: bool) -> Vec<(&'a RuleRef, String)> {
+        self.rules
+            .iter()
+            .filter_map(|r| Some((&r.rule, beyond(ceiling, capped, r)?)))
+            .collect()
+    }
+}
+
+/// Why an `[[ssh.allow]]` rule reaches past what baseline section `b`
+/// allows (`capped`: it has allow rules), if it does.
+fn beyond(b: &SshSection, capped: bool, rule: &SshRule) -> Option<String> {
+    if let Some(deny) = b.denies.iter().find(|d| {
+        d.user.is_none()
+            && d.key.is_none()
+            && d.host
+                .as_ref()
+                .is_some_and(|g| g.matcher.is_match(&rule.host))
+    }) {
+        return Some(format!(
+            "the baseline denies host {} ({})",
+            rule.host, deny.rule
+        ));
+    }
+    if !capped {
+        return None;
+    }
+    let covers = |r: &&SshRule| {
+        r.host == rule.host
+            && (r.user == "*" || r.user == rule.user)
+            && match (&r.keys, &rule.keys) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(allowed), Some(wanted)) => wanted.iter().all(|k| allowed.contains(k)),
+            }
+            && (r.forwarding || !rule.forwarding)
+            && rule
+                .sshsig_namespaces
+                .iter()
+                .all(|n| r.sshsig_namespaces.contains(n))
+    };
+    if b.rules.iter().any(|r| covers(&r)) {
+        None
+    } else {
+        Some(format!(
+            "no baseline [[ssh.allow]] rule covers host {}, user {:?} with these keys, \
+             namespaces and forwarding",
+            rule.host, rule.user
+        ))
     }
 }
 

@@ -9,7 +9,6 @@ use std::fmt;
 
 use toml::de::{DeTable, DeValue};
 
-use super::{Section, SectionGrant, Terms};
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
@@ -17,6 +16,7 @@ use crate::schema::rate::Rate;
 use crate::schema::read::{
     Key, MAX_TOKEN_NAME, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name,
 };
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The accepted forms of `source`, for error messages.
@@ -192,7 +192,7 @@ pub(crate) struct TokensSection {
     pub denies: Vec<DenyRule>,
 }
 
-impl Section for TokensSection {
+impl PolicySection for TokensSection {
     const NAME: nexus_protocol::Section = nexus_protocol::Section::Tokens;
     const TABLES: &'static [Table] = TABLES;
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use super::{Section, SectionGrant, Terms};
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
@@ -22,6 +21,7 @@ use crate::schema::rate::Rate;
 use crate::schema::read::{
     Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name,
 };
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
 
 /// The keys of `[tools.NAME]`.
@@ -213,7 +213,7 @@ fn describe(patterns: &[String]) -> String {
     }
 }
 
-impl Section for ToolsSection {
+impl PolicySection for ToolsSection {
     const NAME: nexus_protocol::Section = nexus_protocol::Section::Tools;
     const TABLES: &'static [Table] = TABLES;
 
