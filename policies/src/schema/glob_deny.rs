@@ -42,37 +42,7 @@ pub(crate) struct DenyShape<'a> {
     pub over: &'a str,
 }
 
-/// A compiled case-insensitive glob with the text it came from.
-#[derive(Clone, Debug)]
-pub(crate) struct Glob {
-    /// The glob as written.
-    pub pattern: String,
-    /// The compiled glob.
-    pub matcher: GlobMatcher,
-}
-
 impl<O> Parser<'_, '_, O> {
-    /// A case-insensitive glob in a string.
-    pub(crate) fn glob(&mut self, path: &str, value: &Value<'_>, over: &str) -> Option<Glob> {
-        let pattern = self.string(path, value, &format!("a glob over {over}"))?;
-        compile_glob(pattern)
-            .map(|matcher| Glob {
-                pattern: pattern.to_owned(),
-                matcher,
-            })
-            .map_err(|why| {
-                self.report.error(
-                    &value.span(),
-                    format!(
-                        "{path}: invalid glob {pattern:?} ({why}); expected a glob over {over} \
-                         using *, ? and [...]"
-                    ),
-                );
-            })
-            .ok()
-    }
-
-    /// A string that passes `check`; otherwise an error saying why.
     /// One deny rule of `shape`; errors are reported, `None` then.
     pub(crate) fn glob_deny(
         &mut self,

@@ -15,8 +15,47 @@ pub(crate) mod rate;
 pub(crate) mod read;
 pub(crate) mod section;
 
+use std::time::Duration;
+
+/// How a key's value is read and checked (see `read::Parser::fields`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    /// Read by the section itself: its shape is the section's own.
+    Custom,
+    /// Any string.
+    Text,
+    /// `true` or `false`.
+    Bool,
+    /// `approve = "prompt"`.
+    Approve,
+    /// `rate = "N/s|min|h"`.
+    Rate,
+    /// A duration in the one grammar, more than 0 and at most this.
+    Timeout(Duration),
+    /// A size in the one grammar, at most this many bytes.
+    Size(u64),
+    /// A string that passes `check`; `expected` names its form.
+    Checked {
+        /// The form, for a value of the wrong type.
+        expected: &'static str,
+        /// Why a string is refused.
+        check: fn(&str) -> Result<(), String>,
+    },
+    /// An array of strings that each pass `check`.
+    List {
+        /// The form, for a value of the wrong type.
+        expected: &'static str,
+        /// Why an element is refused.
+        check: fn(&str) -> Result<(), String>,
+        /// The error for an empty array; empty when `[]` is fine.
+        when_empty: &'static str,
+    },
+    /// A case-insensitive glob over what this names (`host names like "prod-*"`).
+    Glob(&'static str),
+}
+
 /// One key of a policy table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Field {
     /// The key as written in policy files.
     pub name: &'static str,
@@ -30,6 +69,8 @@ pub struct Field {
     pub limits: &'static str,
     /// What it means, in one line.
     pub help: &'static str,
+    /// How its value is read.
+    pub(crate) kind: Kind,
 }
 
 impl Field {
@@ -43,6 +84,7 @@ impl Field {
             default: "",
             limits: "",
             help,
+            kind: Kind::Custom,
         }
     }
 
@@ -66,6 +108,12 @@ impl Field {
     pub const fn limits(self, limits: &'static str) -> Field {
         Field { limits, ..self }
     }
+
+    /// This key, read as `kind`.
+    #[must_use]
+    pub(crate) const fn read(self, kind: Kind) -> Field {
+        Field { kind, ..self }
+    }
 }
 
 /// `approve = "prompt"`, shared by every rule that can ask the laptop user.
@@ -73,21 +121,23 @@ pub const APPROVE: Field = Field::optional(
     "approve",
     "\"prompt\"",
     "ask the laptop user before each use",
-);
+)
+.read(Kind::Approve);
 
 /// `rate = "60/min"`, shared by every rule with a rate limit.
 pub const RATE: Field = Field::optional(
     "rate",
     "rate",
     "at most N uses per s, min or h, e.g. \"60/min\"",
-);
+)
+.read(Kind::Rate);
 
 /// `description = "..."`, accepted by every table.
 pub const DESCRIPTION: Field =
-    Field::optional("description", "string", "shown in listings and prompts");
+    Field::optional("description", "string", "shown in listings and prompts").read(Kind::Text);
 
 /// One policy table: where it is written and its keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Table {
     /// Its header as written, e.g. `[tokens.NAME]` or `[[ssh.allow]]`.
     pub header: &'static str,

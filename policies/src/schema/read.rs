@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use globset::{GlobBuilder, GlobMatcher};
 use toml::Spanned;
-use toml::de::{DeString, DeValue};
+use toml::de::{DeString, DeTable, DeValue};
 
 use nexus_protocol::units;
 
 use super::decision::{Approve, RuleRef};
 use super::diag::Reporter;
 use super::rate::{RATE_EXPECTED, Rate};
+use super::{Field, Kind, expected};
 
 /// The longest token name.
 pub(crate) const MAX_TOKEN_NAME: usize = 64;
@@ -37,7 +38,205 @@ pub(crate) struct Parser<'r, 'a, O> {
     pub(crate) out: O,
 }
 
+/// A compiled case-insensitive glob with the text it came from.
+#[derive(Clone, Debug)]
+pub(crate) struct Glob {
+    /// The glob as written.
+    pub pattern: String,
+    /// The compiled glob.
+    pub matcher: GlobMatcher,
+}
+
+/// One key's value as its [`Kind`] read it.
+#[derive(Debug)]
+enum Found {
+    /// Present but wrong; the error is reported.
+    Bad,
+    /// A [`Kind::Custom`] key, for the section to read.
+    Custom,
+    Text(String),
+    Bool(bool),
+    Approve(Approve),
+    Rate(Rate),
+    Duration(Duration),
+    Size(u64),
+    List(Vec<String>),
+    Glob(Glob),
+}
+
+/// The keys of one table, each read as its [`Field`] declares; a key
+/// written wrong is present (see [`Values::has`]) but yields no value.
+#[derive(Debug, Default)]
+pub(crate) struct Values<'v> {
+    /// Each key: its name, dotted path, value as written, and as read.
+    found: Vec<(&'static str, String, &'v Value<'v>, Found)>,
+}
+
+impl<'v> Values<'v> {
+    fn get(&self, name: &str) -> Option<&Found> {
+        self.found
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .map(|(.., f)| f)
+    }
+
+    /// Whether the table holds key `name`, valid or not.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Key `name`'s dotted path and value as written: a [`Kind::Custom`]
+    /// key for the section to read, or another for a further check.
+    pub(crate) fn at(&self, name: &str) -> Option<(&str, &'v Value<'v>)> {
+        self.found
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .map(|(_, path, value, _)| (path.as_str(), *value))
+    }
+
+    /// A [`Kind::Text`] or [`Kind::Checked`] key.
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
+        match self.get(name)? {
+            Found::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// A [`Kind::Bool`] key.
+    pub(crate) fn bool(&self, name: &str) -> Option<bool> {
+        match self.get(name)? {
+            Found::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// A [`Kind::Approve`] key.
+    pub(crate) fn approve(&self, name: &str) -> Option<Approve> {
+        match self.get(name)? {
+            Found::Approve(a) => Some(*a),
+            _ => None,
+        }
+    }
+
+    /// A [`Kind::Rate`] key.
+    pub(crate) fn rate(&self, name: &str) -> Option<Rate> {
+        match self.get(name)? {
+            Found::Rate(r) => Some(*r),
+            _ => None,
+        }
+    }
+
+    /// A [`Kind::Timeout`] key.
+    pub(crate) fn duration(&self, name: &str) -> Option<Duration> {
+        match self.get(name)? {
+            Found::Duration(d) => Some(*d),
+            _ => None,
+        }
+    }
+
+    /// A [`Kind::Size`] key.
+    pub(crate) fn size(&self, name: &str) -> Option<u64> {
+        match self.get(name)? {
+            Found::Size(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// A [`Kind::List`] key.
+    pub(crate) fn list(&self, name: &str) -> Option<Vec<String>> {
+        match self.get(name)? {
+            Found::List(l) => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    /// A [`Kind::Glob`] key.
+    pub(crate) fn glob(&self, name: &str) -> Option<Glob> {
+        match self.get(name)? {
+            Found::Glob(g) => Some(g.clone()),
+            _ => None,
+        }
+    }
+}
+
 impl<O> Parser<'_, '_, O> {
+    /// A case-insensitive glob in a string.
+    pub(crate) fn glob(&mut self, path: &str, value: &Value<'_>, over: &str) -> Option<Glob> {
+        let pattern = self.string(path, value, &format!("a glob over {over}"))?;
+        compile_glob(pattern)
+            .map(|matcher| Glob {
+                pattern: pattern.to_owned(),
+                matcher,
+            })
+            .map_err(|why| {
+                self.report.error(
+                    &value.span(),
+                    format!(
+                        "{path}: invalid glob {pattern:?} ({why}); expected a glob over {over} \
+                         using *, ? and [...]"
+                    ),
+                );
+            })
+            .ok()
+    }
+
+    /// Reads every key of `table` (written at `section`, e.g. `tools.gh`)
+    /// as `fields` declare it, reporting each mistake at its position. A
+    /// key not declared is an error listing the declared ones, followed by
+    /// the hint `hints` give for that key, if any.
+    pub(crate) fn fields<'v>(
+        &mut self,
+        section: &str,
+        fields: &[Field],
+        table: &'v DeTable<'v>,
+        hints: &[(&str, &str)],
+    ) -> Values<'v> {
+        let mut values = Values::default();
+        for (key, item) in table {
+            let name: &str = key.get_ref();
+            let Some(field) = fields.iter().find(|f| f.name == name) else {
+                let hint = hints
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map_or("", |(_, h)| h);
+                self.unknown_key(section, key, &format!("{}{hint}", expected(fields)));
+                continue;
+            };
+            let path = format!("{section}.{}", path_key(name));
+            let found = match field.kind {
+                Kind::Custom => Some(Found::Custom),
+                Kind::Text => self
+                    .string(&path, item, "a string")
+                    .map(|t| Found::Text(t.to_owned())),
+                Kind::Bool => match item.get_ref() {
+                    DeValue::Boolean(b) => Some(Found::Bool(*b)),
+                    other => {
+                        self.wrong_type(&path, item, other, "true or false");
+                        None
+                    }
+                },
+                Kind::Approve => self.approve(&path, item).map(Found::Approve),
+                Kind::Rate => self.rate(&path, item).map(Found::Rate),
+                Kind::Timeout(max) => self.timeout(&path, item, max).map(Found::Duration),
+                Kind::Size(max) => self.size(&path, item, max).map(Found::Size),
+                Kind::Checked { expected, check } => self
+                    .checked_string(&path, item, expected, check)
+                    .map(Found::Text),
+                Kind::List {
+                    expected,
+                    check,
+                    when_empty,
+                } => self
+                    .string_list(&path, item, expected, check, when_empty)
+                    .map(Found::List),
+                Kind::Glob(over) => self.glob(&path, item, over).map(Found::Glob),
+            };
+            let found = found.unwrap_or(Found::Bad);
+            values.found.push((field.name, path, item, found));
+        }
+        values
+    }
+
     /// `[[X.allow]]` or `[[X.deny]]`: an array of tables, each checked by `rule`.
     pub(crate) fn rule_list(
         &mut self,

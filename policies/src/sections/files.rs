@@ -15,11 +15,12 @@ use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
 use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
-use crate::schema::{DESCRIPTION, Field, Table, expected};
+use crate::schema::{DESCRIPTION, Field, Kind, Table};
 
 /// `max_size`, shared by `[[files.allow]]` and `[files.sets.NAME]`.
-const MAX_SIZE: Field =
-    Field::optional("max_size", "size", "largest file handed out").default("10MiB");
+const MAX_SIZE: Field = Field::optional("max_size", "size", "largest file handed out")
+    .default("10MiB")
+    .read(Kind::Size(u64::MAX));
 
 /// The keys of `[[files.allow]]`.
 const ALLOW_FIELDS: &[Field] = &[
@@ -27,7 +28,11 @@ const ALLOW_FIELDS: &[Field] = &[
         "path",
         "path",
         "`~/...` or absolute; a trailing `/` allows every file below the directory",
-    ),
+    )
+    .read(Kind::Checked {
+        expected: "\"~/...\" or \"/...\"",
+        check: check_path_msg,
+    }),
     MAX_SIZE,
     DESCRIPTION,
 ];
@@ -48,7 +53,12 @@ const SET_FIELDS: &[Field] = &[
         "paths",
         "list of paths",
         "files or directories (`~/...`) installed into the workspace's home",
-    ),
+    )
+    .read(Kind::List {
+        expected: "a list of paths like [\"~/.opencode/config.json\"]",
+        check: check_set_path,
+        when_empty: "the set would install nothing",
+    }),
     MAX_SIZE.limits("per file"),
     DESCRIPTION,
 ];
@@ -330,32 +340,21 @@ impl Parser<'_, '_, FilesSection> {
             return self.wrong_type(SECTION, value, found, "a table with path = \"~/...\"");
         };
         let errors_before = self.report.errors.len();
-        let (mut path, mut seen_path, mut max_size) = (None, false, DEFAULT_MAX_SIZE);
-        for (key, item) in table {
-            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "path" => {
-                    seen_path = true;
-                    path = self.checked_string(&at, item, "\"~/...\" or \"/...\"", check_path_msg);
-                }
-                "max_size" => max_size = self.size(&at, item, u64::MAX).unwrap_or(max_size),
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, &expected(ALLOW_FIELDS)),
-            }
-        }
-        if !seen_path {
+        let v = self.fields(SECTION, ALLOW_FIELDS, table, &[]);
+        if !v.has("path") {
             self.report.error(
                 &value.span(),
                 "files.allow: missing path; expected path = \"~/FILE\" or \"~/DIR/\"",
             );
         }
-        if let Some(path) = path.filter(|_| self.report.errors.len() == errors_before) {
+        let path = v
+            .text("path")
+            .filter(|_| self.report.errors.len() == errors_before);
+        if let Some(path) = path {
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
             self.out.allow.push(FileRule {
-                path,
-                max_size,
+                path: path.to_owned(),
+                max_size: v.size("max_size").unwrap_or(DEFAULT_MAX_SIZE),
                 rule,
             });
         }
@@ -402,26 +401,8 @@ impl Parser<'_, '_, FilesSection> {
             return self.wrong_type(&section, value, found, "a table with paths = [...]");
         };
         let errors_before = self.report.errors.len();
-        let (mut paths, mut max_size) = (None, DEFAULT_MAX_SIZE);
-        for (k, item) in table {
-            let at = format!("{section}.{}", path_key(k.get_ref()));
-            match k.get_ref().as_ref() {
-                "paths" => {
-                    paths = self.string_list(
-                        &at,
-                        item,
-                        "a list of paths like [\"~/.opencode/config.json\"]",
-                        check_set_path,
-                        "the set would install nothing",
-                    );
-                }
-                "max_size" => max_size = self.size(&at, item, u64::MAX).unwrap_or(max_size),
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(&section, k, &expected(SET_FIELDS)),
-            }
-        }
+        let v = self.fields(&section, SET_FIELDS, table, &[]);
+        let paths = v.list("paths");
         if paths.is_none() && self.report.errors.len() == errors_before {
             self.report.error(
                 &value.span(),
@@ -440,7 +421,7 @@ impl Parser<'_, '_, FilesSection> {
             self.out.sets.push(FileSet {
                 name: name.to_owned(),
                 paths,
-                max_size,
+                max_size: v.size("max_size").unwrap_or(DEFAULT_MAX_SIZE),
                 rule,
             });
         }

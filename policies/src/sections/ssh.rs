@@ -17,62 +17,93 @@ use toml::de::DeValue;
 
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
-use crate::schema::glob_deny::Glob;
 use crate::schema::rate::Rate;
-use crate::schema::read::{Parser, Value, path_key};
+use crate::schema::read::Glob;
+use crate::schema::read::{Parser, Value};
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
 /// The keys of `[[ssh.allow]]`.
-pub(crate) const ALLOW_FIELDS: &[Field] = &[
+const ALLOW_FIELDS: &[Field] = &[
     Field::required(
         "host",
         "host",
         "`HOST` or `HOST:PORT`, one exact host, no globs",
-    ),
+    )
+    .read(Kind::Checked {
+        expected: "\"HOST\" or \"HOST:PORT\"",
+        check: check_host,
+    }),
     Field::required(
         "user",
         "string",
         "the remote user, exact, or `\"*\"` for any",
-    ),
+    )
+    .read(Kind::Checked {
+        expected: "a user name like \"git\", or \"*\"",
+        check: check_user,
+    }),
     Field::optional(
         "keys",
         "list of fingerprints",
         "agent keys allowed (`SHA256:...`, as `ssh-add -l` prints them)",
     )
-    .default("every key in the laptop agent"),
+    .default("every key in the laptop agent")
+    .read(Kind::List {
+        expected: "an array of key fingerprints like [\"SHA256:...\"]",
+        check: check_fingerprint,
+        when_empty: "the rule would allow no key; leave keys out to allow every key in the \
+                     laptop agent, or list fingerprints from `ssh-add -l`",
+    }),
     Field::optional(
         "host_keys",
         "list of public keys",
         "pinned host keys (`ALGO BASE64`), instead of the laptop's known_hosts",
     )
-    .default("the laptop's known_hosts for host"),
+    .default("the laptop's known_hosts for host")
+    .read(Kind::List {
+        expected: "an array of host public keys like [\"ssh-ed25519 AAAA...\"]",
+        check: check_host_key,
+        when_empty: "the rule would pin no host key; leave host_keys out to use the laptop's \
+                     known_hosts for host, or list keys from `ssh-keyscan HOST`",
+    }),
     Field::optional(
         "sshsig_namespaces",
         "list of strings",
         "SSHSIG namespaces the keys may sign (`git` for commit signing)",
     )
-    .default("[]"),
+    .default("[]")
+    .read(Kind::List {
+        expected: "an array of namespaces like [\"git\"]",
+        check: check_namespace,
+        when_empty: "",
+    }),
     Field::optional(
         "forwarding",
         "bool",
         "allow sessions that forward the agent onward",
     )
-    .default("false"),
+    .default("false")
+    .read(Kind::Bool),
     APPROVE,
     RATE,
     DESCRIPTION,
 ];
 
 /// The keys of `[[ssh.deny]]`; at least one of the first three.
-pub(crate) const DENY_FIELDS: &[Field] = &[
+const DENY_FIELDS: &[Field] = &[
     Field::optional(
         "host",
         "glob",
         "glob over the allow rule's host, case-insensitive",
-    ),
-    Field::optional("user", "glob", "glob over the user, case-insensitive"),
-    Field::optional("key", "fingerprint", "one agent key, exact"),
+    )
+    .read(Kind::Glob("host names like \"prod-*\"")),
+    Field::optional("user", "glob", "glob over the user, case-insensitive")
+        .read(Kind::Glob("user names like \"root\"")),
+    Field::optional("key", "fingerprint", "one agent key, exact").read(Kind::Checked {
+        expected: "a key fingerprint like \"SHA256:...\"",
+        check: check_fingerprint,
+    }),
     DESCRIPTION,
 ];
 
@@ -661,105 +692,34 @@ impl Parser<'_, '_, SshSection> {
             );
         };
         let errors_before = self.report.errors.len();
-        let (mut host, mut user) = (None, None);
-        let (mut seen_host, mut seen_user) = (false, false);
-        let (mut keys, mut host_keys) = (None, None);
-        let mut sshsig_namespaces = Vec::new();
-        let mut forwarding = false;
-        let (mut approve, mut rate) = (None, None);
-        for (key, item) in table {
-            let path = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "host" => {
-                    seen_host = true;
-                    host =
-                        self.checked_string(&path, item, "\"HOST\" or \"HOST:PORT\"", check_host);
-                }
-                "user" => {
-                    seen_user = true;
-                    user = self.checked_string(
-                        &path,
-                        item,
-                        "a user name like \"git\", or \"*\"",
-                        check_user,
-                    );
-                }
-                "keys" => {
-                    keys = self.string_list(
-                        &path,
-                        item,
-                        "an array of key fingerprints like [\"SHA256:...\"]",
-                        check_fingerprint,
-                        "the rule would allow no key; leave keys out to allow every key in the \
-                         laptop agent, or list fingerprints from `ssh-add -l`",
-                    );
-                }
-                "host_keys" => {
-                    host_keys = self.string_list(
-                        &path,
-                        item,
-                        "an array of host public keys like [\"ssh-ed25519 AAAA...\"]",
-                        check_host_key,
-                        "the rule would pin no host key; leave host_keys out to use the laptop's \
-                         known_hosts for host, or list keys from `ssh-keyscan HOST`",
-                    );
-                }
-                "sshsig_namespaces" => {
-                    sshsig_namespaces = self
-                        .string_list(
-                            &path,
-                            item,
-                            "an array of namespaces like [\"git\"]",
-                            check_namespace,
-                            "",
-                        )
-                        .unwrap_or_default();
-                }
-                "forwarding" => match item.get_ref() {
-                    DeValue::Boolean(b) => forwarding = *b,
-                    other => self.wrong_type(&path, item, other, "true or false"),
-                },
-                "approve" => approve = self.approve(&path, item),
-                "rate" => rate = self.rate(&path, item),
-                "description" => {
-                    self.string(&path, item, "a string");
-                }
-                other => {
-                    let hint = if other == "key" {
-                        " (allow rules take a list, keys = [\"SHA256:...\"])"
-                    } else {
-                        ""
-                    };
-                    self.unknown_key(SECTION, key, &format!("{}{hint}", expected(ALLOW_FIELDS)));
-                }
-            }
-        }
-        if !seen_host {
+        let hints = [("key", " (allow rules take a list, keys = [\"SHA256:...\"])")];
+        let v = self.fields(SECTION, ALLOW_FIELDS, table, &hints);
+        if !v.has("host") {
             self.report.error(
                 &value.span(),
                 "ssh.allow: missing host; expected host = \"HOST\" or \"HOST:PORT\" (e.g. \"github.com\")",
             );
         }
-        if !seen_user {
+        if !v.has("user") {
             self.report.error(
                 &value.span(),
                 "ssh.allow: missing user; expected user = \"NAME\" (e.g. \"git\"), or \"*\" for any user",
             );
         }
-        let (Some(host), Some(user)) = (host, user) else {
+        let (Some(host), Some(user)) = (v.text("host"), v.text("user")) else {
             return;
         };
         if self.report.errors.len() == errors_before {
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
             self.out.rules.push(SshRule {
-                host,
-                user,
-                keys,
-                host_keys,
-                sshsig_namespaces,
-                forwarding,
-                approve,
-                rate,
+                host: host.to_owned(),
+                user: user.to_owned(),
+                keys: v.list("keys"),
+                host_keys: v.list("host_keys"),
+                sshsig_namespaces: v.list("sshsig_namespaces").unwrap_or_default(),
+                forwarding: v.bool("forwarding").unwrap_or(false),
+                approve: v.approve("approve"),
+                rate: v.rate("rate"),
                 rule,
             });
         }
@@ -773,42 +733,12 @@ impl Parser<'_, '_, SshSection> {
             return self.wrong_type(SECTION, value, found, "a table with host, user and/or key");
         };
         let errors_before = self.report.errors.len();
-        let (mut host, mut user, mut key_fp) = (None, None, None);
-        let mut seen_field = false;
-        for (key, item) in table {
-            let path = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "host" => {
-                    seen_field = true;
-                    host = self.glob(&path, item, "host names like \"prod-*\"");
-                }
-                "user" => {
-                    seen_field = true;
-                    user = self.glob(&path, item, "user names like \"root\"");
-                }
-                "key" => {
-                    seen_field = true;
-                    key_fp = self.checked_string(
-                        &path,
-                        item,
-                        "a key fingerprint like \"SHA256:...\"",
-                        check_fingerprint,
-                    );
-                }
-                "description" => {
-                    self.string(&path, item, "a string");
-                }
-                other => {
-                    let hint = if other == "keys" {
-                        " (a deny rule takes one key = \"SHA256:...\"; write one rule per key)"
-                    } else {
-                        ""
-                    };
-                    self.unknown_key(SECTION, key, &format!("{}{hint}", expected(DENY_FIELDS)));
-                }
-            }
-        }
-        if !seen_field {
+        let hints = [(
+            "keys",
+            " (a deny rule takes one key = \"SHA256:...\"; write one rule per key)",
+        )];
+        let v = self.fields(SECTION, DENY_FIELDS, table, &hints);
+        if !["host", "user", "key"].iter().any(|k| v.has(k)) {
             self.report.error(
                 &value.span(),
                 "ssh.deny: a deny rule needs at least one of host, user or key (it matches when \
@@ -818,9 +748,9 @@ impl Parser<'_, '_, SshSection> {
         if self.report.errors.len() == errors_before {
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
             self.out.denies.push(SshDenyRule {
-                host,
-                user,
-                key: key_fp,
+                host: v.glob("host"),
+                user: v.glob("user"),
+                key: v.text("key").map(str::to_owned),
                 rule,
             });
         }

@@ -17,7 +17,7 @@ use crate::schema::read::{
     Key, MAX_TOKEN_NAME, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name,
 };
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
 /// The accepted forms of `source`, for error messages.
 const SOURCE_EXPECTED: &str =
@@ -103,14 +103,17 @@ const TOKEN_FIELDS: &[Field] = &[
         "`keyring:SERVICE/ACCOUNT`, `env:VAR`, `file:PATH`, `command:[...]` or `{ command = [...] }`",
     ),
     RATE,
-    Field::optional("mcp", "bool", "whether an MCP client may see the value").default("false"),
+    Field::optional("mcp", "bool", "whether an MCP client may see the value")
+        .default("false")
+        .read(Kind::Bool),
     APPROVE,
     Field::optional(
         "reveal",
         "bool",
         "`token get` works even when an `[http.*]` section binds the token",
     )
-    .default("false"),
+    .default("false")
+    .read(Kind::Bool),
     DESCRIPTION,
 ];
 
@@ -352,36 +355,11 @@ impl Parser<'_, '_, TokensSection> {
         self.out.declared.push((name.to_owned(), rule.clone()));
 
         let errors_before = self.report.errors.len();
-        let mut source = None;
-        let mut seen_source = false;
-        let mut rate = None;
-        let mut mcp = false;
-        let mut approve = None;
-        let mut reveal = false;
-        for (key, item) in table {
-            let path = format!("{section}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "source" => {
-                    seen_source = true;
-                    source = self.source(&path, item);
-                }
-                "rate" => rate = self.rate(&path, item),
-                "mcp" => match item.get_ref() {
-                    DeValue::Boolean(b) => mcp = *b,
-                    other => self.wrong_type(&path, item, other, "true or false"),
-                },
-                "approve" => approve = self.approve(&path, item),
-                "reveal" => match item.get_ref() {
-                    DeValue::Boolean(b) => reveal = *b,
-                    other => self.wrong_type(&path, item, other, "true or false"),
-                },
-                "description" => {
-                    self.string(&path, item, "a string");
-                }
-                _ => self.unknown_key(&section, key, &expected(TOKEN_FIELDS)),
-            }
-        }
-        if !seen_source {
+        let v = self.fields(&section, TOKEN_FIELDS, table, &[]);
+        let source = v
+            .at("source")
+            .and_then(|(path, item)| self.source(path, item));
+        if !v.has("source") {
             self.report.error(
                 &value.span(),
                 format!(
@@ -396,10 +374,10 @@ impl Parser<'_, '_, TokensSection> {
                 TokenRule {
                     name: name.to_owned(),
                     source,
-                    rate,
-                    mcp,
-                    approve,
-                    reveal,
+                    rate: v.rate("rate"),
+                    mcp: v.bool("mcp").unwrap_or(false),
+                    approve: v.approve("approve"),
+                    reveal: v.bool("reveal").unwrap_or(false),
                     rule,
                 },
             );

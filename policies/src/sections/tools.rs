@@ -22,7 +22,7 @@ use crate::schema::read::{
     Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name,
 };
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
 /// The keys of `[tools.NAME]`.
 const TOOL_FIELDS: &[Field] = &[
@@ -36,18 +36,34 @@ const TOOL_FIELDS: &[Field] = &[
         "list of patterns",
         "the workspace's arguments, matched element by element",
     )
-    .default("no arguments"),
+    .default("no arguments")
+    .read(Kind::List {
+        expected: "a list of patterns",
+        check: check_pattern,
+        when_empty: "",
+    }),
     DESCRIPTION,
     Field::optional("timeout", "duration", "the run is killed after this long")
         .default("60s")
-        .limits("more than 0, at most 24h"),
+        .limits("more than 0, at most 24h")
+        .read(Kind::Timeout(MAX_TIMEOUT)),
     Field::optional(
         "env",
         "list of variable names",
         "variables of the proxy's environment passed on",
     )
-    .default("none"),
-    Field::optional("cwd", "path", "working directory (absolute or `~/...`)").default("~"),
+    .default("none")
+    .read(Kind::List {
+        expected: "a list of variable names",
+        check: check_env,
+        when_empty: "",
+    }),
+    Field::optional("cwd", "path", "working directory (absolute or `~/...`)")
+        .default("~")
+        .read(Kind::Checked {
+            expected: "a directory",
+            check: check_cwd,
+        }),
     APPROVE,
     RATE,
 ];
@@ -391,43 +407,19 @@ impl Parser<'_, '_, ToolsSection> {
             return self.wrong_type(&section, value, found, "a table with command = [...]");
         };
         let errors_before = self.report.errors.len();
-        let mut command = None;
-        let mut args = Some(Vec::new());
-        let mut description = String::new();
-        let mut timeout = DEFAULT_TIMEOUT;
-        let mut env = Some(Vec::new());
-        let (mut cwd, mut approve, mut rate) = (None, None, None);
-        for (k, item) in table {
-            let at = format!("{section}.{}", path_key(k.get_ref()));
-            match k.get_ref().as_ref() {
-                "command" => {
-                    command = argv_from(item.get_ref())
-                        .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
-                        .ok();
-                }
-                "args" => {
-                    args = self.string_list(&at, item, "a list of patterns", check_pattern, "");
-                    if let Some(list) = &args
-                        && list.iter().rev().skip(1).any(|p| p == "**")
-                    {
-                        self.report.error(
-                            &item.span(),
-                            format!("{at}: \"**\" may only be the last pattern"),
-                        );
-                    }
-                }
-                "description" => {
-                    description = self.string(&at, item, "a string").unwrap_or("").to_owned();
-                }
-                "timeout" => timeout = self.timeout(&at, item, MAX_TIMEOUT).unwrap_or(timeout),
-                "env" => {
-                    env = self.string_list(&at, item, "a list of variable names", check_env, "")
-                }
-                "cwd" => cwd = self.checked_string(&at, item, "a directory", check_cwd),
-                "approve" => approve = self.approve(&at, item),
-                "rate" => rate = self.rate(&at, item),
-                _ => self.unknown_key(&section, k, &expected(TOOL_FIELDS)),
-            }
+        let v = self.fields(&section, TOOL_FIELDS, table, &[]);
+        let command = v.at("command").and_then(|(at, item)| {
+            argv_from(item.get_ref())
+                .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
+                .ok()
+        });
+        if let (Some(list), Some((at, item))) = (v.list("args"), v.at("args"))
+            && list.iter().rev().skip(1).any(|p| p == "**")
+        {
+            self.report.error(
+                &item.span(),
+                format!("{at}: \"**\" may only be the last pattern"),
+            );
         }
         if command.is_none() && self.report.errors.len() == errors_before {
             self.report.error(
@@ -447,18 +439,18 @@ impl Parser<'_, '_, ToolsSection> {
             );
             return self.report.error(&value.span(), msg);
         }
-        if let (Some(command), Some(args), Some(env)) = (command, args, env) {
+        if let Some(command) = command {
             let rule = self.rule_ref(&value.span(), section);
             self.out.tools.push(ToolRule {
                 name: name.to_owned(),
                 command,
-                args,
-                description,
-                timeout,
-                env,
-                cwd,
-                approve,
-                rate,
+                args: v.list("args").unwrap_or_default(),
+                description: v.text("description").unwrap_or_default().to_owned(),
+                timeout: v.duration("timeout").unwrap_or(DEFAULT_TIMEOUT),
+                env: v.list("env").unwrap_or_default(),
+                cwd: v.text("cwd").map(str::to_owned),
+                approve: v.approve("approve"),
+                rate: v.rate("rate"),
                 rule,
             });
         }
