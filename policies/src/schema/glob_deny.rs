@@ -4,9 +4,9 @@
 use globset::GlobMatcher;
 use toml::de::DeValue;
 
+use super::Field;
 use super::decision::{Decided, RuleRef, Verdict};
-use super::read::{Parser, Value, compile_glob, path_key};
-use super::{Field, expected};
+use super::read::{Parser, Value, compile_glob};
 
 /// A denial by `rule` (`None`: the default deny).
 pub(crate) fn deny<G>(rule: Option<RuleRef>, reason: String) -> Decided<G> {
@@ -63,24 +63,12 @@ impl<O> Parser<'_, '_, O> {
             return None;
         };
         let errors_before = self.report.errors.len();
-        let mut pattern = None;
-        let mut seen = false;
-        for (key, item) in table {
-            let at = format!("{section}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                k if k == field => {
-                    seen = true;
-                    pattern = self
-                        .string(&at, item, &format!("a glob over {over} like {example:?}"))
-                        .map(|p| (p.to_owned(), item.span()));
-                }
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(section, key, &expected(fields)),
-            }
-        }
-        if !seen {
+        let v = self.fields(section, fields, table, &[]);
+        let pattern = v.at(field).and_then(|(at, item)| {
+            self.string(at, item, &format!("a glob over {over} like {example:?}"))
+                .map(|p| (p.to_owned(), item.span()))
+        });
+        if !v.has(field) {
             self.report.error(
                 &value.span(),
                 format!(

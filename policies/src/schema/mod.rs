@@ -103,6 +103,12 @@ impl Field {
         Field { default, ..self }
     }
 
+    /// This key with another meaning (a shared key in one table).
+    #[must_use]
+    pub const fn help(self, help: &'static str) -> Field {
+        Field { help, ..self }
+    }
+
     /// This key with limits.
     #[must_use]
     pub const fn limits(self, limits: &'static str) -> Field {

@@ -14,30 +14,51 @@ use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::deny;
 use crate::schema::rate::Rate;
 use crate::schema::read::Glob;
-use crate::schema::read::{Parser, Value, path_key};
+use crate::schema::read::{Parser, Value};
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
+
+/// `protocol`, in allow and deny rules.
+const PROTOCOL: Field = Field::optional("protocol", "string", "").read(Kind::Checked {
+    expected: PROTOCOL_SHAPE,
+    check: check_protocol,
+});
 
 /// The keys of `[[git-credential.allow]]`.
 const ALLOW_FIELDS: &[Field] = &[
-    Field::optional("protocol", "string", "URL scheme git sends").default("\"https\""),
+    PROTOCOL
+        .help("URL scheme git sends")
+        .default("\"https\""),
     Field::required(
         "host",
         "host",
         "`HOST` or `HOST:PORT`, exact (case-insensitive)",
-    ),
+    )
+    .read(Kind::Checked {
+        expected: "\"HOST\" or \"HOST:PORT\"",
+        check: ssh::check_host,
+    }),
     Field::optional(
         "path",
         "glob",
         "over the repository path git sends with `credential.useHttpPath`; `*` stays within a segment, `**` crosses them",
     )
-    .default("any path"),
+    .default("any path")
+    .read(Kind::Checked {
+        expected: "a glob like \"acme/*\"",
+        check: check_rule_path,
+    }),
     Field::optional(
         "actions",
         "list of get, store, erase",
         "what the workspace's git may ask of the laptop's helpers",
     )
-    .default("[\"get\"]"),
+    .default("[\"get\"]")
+    .read(Kind::List {
+        expected: "a list of \"get\", \"store\", \"erase\"",
+        check: check_action,
+        when_empty: "the rule would allow nothing; leave actions out for [\"get\"]",
+    }),
     APPROVE,
     RATE,
     DESCRIPTION,
@@ -45,8 +66,9 @@ const ALLOW_FIELDS: &[Field] = &[
 
 /// The keys of `[[git-credential.deny]]`; at least one of the first three.
 const DENY_FIELDS: &[Field] = &[
-    Field::optional("protocol", "string", "URL scheme, exact"),
-    Field::optional("host", "glob", "glob over the host, case-insensitive"),
+    PROTOCOL.help("URL scheme, exact"),
+    Field::optional("host", "glob", "glob over the host, case-insensitive")
+        .read(Kind::Glob("host names like \"*.corp\"")),
     Field::optional(
         "path",
         "glob",
@@ -342,6 +364,16 @@ fn check_protocol(p: &str) -> Result<(), String> {
     }
 }
 
+/// `get`, `store` or `erase`.
+fn check_action(a: &str) -> Result<(), String> {
+    GitAction::parse(a).map(|_| ()).ok_or_else(|| {
+        format!(
+            "unknown action {}; expected \"get\", \"store\" or \"erase\"",
+            shown_name(a)
+        )
+    })
+}
+
 fn check_rule_path(p: &str) -> Result<(), String> {
     check_request_path(p).map_err(|why| format!("path glob {}: {why}", shown_name(p)))
 }
@@ -405,63 +437,21 @@ impl Parser<'_, '_, GitSection> {
             return self.wrong_type(SECTION, value, found, "a table with host = \"HOST\"");
         };
         let errors_before = self.report.errors.len();
-        let mut protocol = Some("https".to_owned());
-        let (mut host, mut seen_host, mut path) = (None, false, None);
-        let mut actions = Some(vec![GitAction::Get]);
-        let (mut approve, mut rate) = (None, None);
-        for (key, item) in table {
-            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "protocol" => {
-                    protocol = self.checked_string(&at, item, PROTOCOL_SHAPE, check_protocol);
+        let v = self.fields(SECTION, ALLOW_FIELDS, table, &[]);
+        let path = v
+            .text("path")
+            .zip(v.at("path"))
+            .and_then(|(p, (at, item))| match path_glob(p, false) {
+                Ok(m) => Some((p.to_owned(), m)),
+                Err(why) => {
+                    self.report.error(
+                        &item.span(),
+                        format!("{at}: invalid glob ({why}); expected e.g. \"acme/*\""),
+                    );
+                    None
                 }
-                "host" => {
-                    seen_host = true;
-                    host = self
-                        .checked_string(&at, item, "\"HOST\" or \"HOST:PORT\"", ssh::check_host)
-                        .map(|h| h.to_ascii_lowercase());
-                }
-                "path" => {
-                    path = self
-                        .checked_string(&at, item, "a glob like \"acme/*\"", check_rule_path)
-                        .and_then(|p| match path_glob(&p, false) {
-                            Ok(m) => Some((p, m)),
-                            Err(why) => {
-                                self.report.error(
-                                    &item.span(),
-                                    format!("{at}: invalid glob ({why}); expected e.g. \"acme/*\""),
-                                );
-                                None
-                            }
-                        });
-                }
-                "actions" => {
-                    actions = self
-                        .string_list(
-                            &at,
-                            item,
-                            "a list of \"get\", \"store\", \"erase\"",
-                            |a| {
-                                GitAction::parse(a).map(|_| ()).ok_or_else(|| {
-                                    format!(
-                                        "unknown action {}; expected \"get\", \"store\" or \"erase\"",
-                                        shown_name(a)
-                                    )
-                                })
-                            },
-                            "the rule would allow nothing; leave actions out for [\"get\"]",
-                        )
-                        .map(|v| v.iter().filter_map(|a| GitAction::parse(a)).collect());
-                }
-                "approve" => approve = self.approve(&at, item),
-                "rate" => rate = self.rate(&at, item),
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, &expected(ALLOW_FIELDS)),
-            }
-        }
-        if !seen_host {
+            });
+        if !v.has("host") {
             self.report.error(
                 &value.span(),
                 "git-credential.allow: missing host; expected host = \"HOST\" (e.g. \"github.com\")",
@@ -470,15 +460,19 @@ impl Parser<'_, '_, GitSection> {
         if self.report.errors.len() != errors_before {
             return;
         }
-        if let (Some(protocol), Some(host), Some(actions)) = (protocol, host, actions) {
+        if let Some(host) = v.text("host") {
+            let actions = match v.list("actions") {
+                Some(list) => list.iter().filter_map(|a| GitAction::parse(a)).collect(),
+                None => vec![GitAction::Get],
+            };
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
             self.out.allow.push(GitRule {
-                protocol,
-                host,
+                protocol: v.text("protocol").unwrap_or("https").to_owned(),
+                host: host.to_ascii_lowercase(),
                 path,
                 actions,
-                approve,
-                rate,
+                approve: v.approve("approve"),
+                rate: v.rate("rate"),
                 rule,
             });
         }
@@ -491,42 +485,22 @@ impl Parser<'_, '_, GitSection> {
             return self.wrong_type(SECTION, value, found, "a table with host and/or path");
         };
         let errors_before = self.report.errors.len();
-        let (mut protocol, mut host, mut path, mut seen) = (None, None, None, false);
-        for (key, item) in table {
-            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "protocol" => {
-                    seen = true;
-                    protocol = self.checked_string(&at, item, PROTOCOL_SHAPE, check_protocol);
+        let v = self.fields(SECTION, DENY_FIELDS, table, &[]);
+        let path = v.at("path").and_then(|(at, item)| {
+            let p = self.string(at, item, "a glob like \"acme/secret*\"")?;
+            match path_glob(p, true) {
+                Ok(matcher) => Some(Glob {
+                    pattern: p.to_owned(),
+                    matcher,
+                }),
+                Err(why) => {
+                    self.report
+                        .error(&item.span(), format!("{at}: invalid glob ({why})"));
+                    None
                 }
-                "host" => {
-                    seen = true;
-                    host = self.glob(&at, item, "host names like \"*.corp\"");
-                }
-                "path" => {
-                    seen = true;
-                    let Some(p) = self.string(&at, item, "a glob like \"acme/secret*\"") else {
-                        continue;
-                    };
-                    match path_glob(p, true) {
-                        Ok(matcher) => {
-                            path = Some(Glob {
-                                pattern: p.to_owned(),
-                                matcher,
-                            });
-                        }
-                        Err(why) => self
-                            .report
-                            .error(&item.span(), format!("{at}: invalid glob ({why})")),
-                    }
-                }
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, &expected(DENY_FIELDS)),
             }
-        }
-        if !seen {
+        });
+        if !["protocol", "host", "path"].iter().any(|k| v.has(k)) {
             self.report.error(
                 &value.span(),
                 "git-credential.deny: a deny rule needs at least one of protocol, host or path; \
@@ -536,8 +510,8 @@ impl Parser<'_, '_, GitSection> {
         if self.report.errors.len() == errors_before {
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
             self.out.deny.push(GitDenyRule {
-                protocol,
-                host,
+                protocol: v.text("protocol").map(str::to_owned),
+                host: v.glob("host"),
                 path,
                 rule,
             });

@@ -36,13 +36,14 @@ use toml::de::DeValue;
 use url::{Host, Url};
 
 use super::tokens::{TokenRule, TokenSource, TokensSection};
+use super::tools::MAX_TIMEOUT;
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
 use crate::schema::rate::Rate;
 use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
 /// The keys of `[http.NAME]`.
 const API_FIELDS: &[Field] = &[
@@ -51,36 +52,62 @@ const API_FIELDS: &[Field] = &[
         "URL",
         "`https://HOST[:PORT][/base]`; `http://` only for a loopback host",
     ),
-    Field::optional("header", "header name", "where the secret goes"),
+    Field::optional("header", "header name", "where the secret goes").read(Kind::Checked {
+        expected: "a header name like \"Authorization\"",
+        check: check_header,
+    }),
     Field::optional(
         "value",
         "string",
         "the header's value; exactly one `{token}` when a secret is injected",
     )
-    .default("\"{token}\""),
+    .default("\"{token}\"")
+    .read(Kind::Checked {
+        expected: "a template like \"Bearer {token}\"",
+        check: check_value,
+    }),
     Field::optional("token", "token name", "a `[tokens.NAME]` whose value is injected"),
     Field::optional(
         "source",
         "token source",
         "an inline source instead of `token` (at most one of the two)",
     ),
-    Field::optional("ca_file", "path", "an extra root certificate (absolute or `~/...`)"),
+    Field::optional("ca_file", "path", "an extra root certificate (absolute or `~/...`)").read(
+        Kind::Checked {
+            expected: "a file path",
+            check: check_ca_file,
+        },
+    ),
     Field::optional("methods", "list of strings", "HTTP methods allowed (never CONNECT, TRACE, TRACK)")
-        .default("any"),
+        .default("any")
+        .read(Kind::List {
+            expected: "a list of methods like [\"GET\", \"POST\"]",
+            check: check_rule_method,
+            when_empty: "the API would allow no method; leave methods out to allow any",
+        }),
     Field::optional(
         "paths",
         "list of globs",
         "over the path after NAME, without the query; `*` stays within a segment, `/**` crosses them",
     )
-    .default("any"),
+    .default("any")
+    .read(Kind::List {
+        expected: "a list of path globs like [\"/v1/*\"]",
+        check: check_path_glob,
+        when_empty: "the API would allow no path; leave paths out to allow any",
+    }),
     Field::optional("max_request_size", "size", "largest request body")
         .default("32MiB")
-        .limits("at most 1GiB"),
+        .limits("at most 1GiB")
+        .read(Kind::Size(MAX_REQUEST_SIZE)),
     Field::optional("timeout", "duration", "the whole request")
         .default("10min")
-        .limits("more than 0, at most 24h"),
+        .limits("more than 0, at most 24h")
+        .read(Kind::Timeout(MAX_TIMEOUT)),
     DESCRIPTION,
-    Field::optional("mcp", "bool", "offered to MCP clients").default("false"),
+    Field::optional("mcp", "bool", "offered to MCP clients")
+        .default("false")
+        .read(Kind::Bool),
     APPROVE,
     RATE,
 ];
@@ -1141,120 +1168,42 @@ impl Parser<'_, '_, HttpSection> {
             );
         };
         let errors_before = self.report.errors.len();
-        let (mut upstream, mut header, mut value_tpl) = (None, None, None);
-        let (mut token, mut source) = (None, None);
-        let mut secret_keys: Vec<std::ops::Range<usize>> = Vec::new();
-        let (mut ca_file, mut approve, mut rate) = (None, None, None);
-        let (mut methods, mut paths) = (Vec::new(), Vec::new());
-        let mut max_request_size = DEFAULT_MAX_REQUEST_SIZE;
-        let mut timeout = DEFAULT_TIMEOUT;
-        let mut description = String::new();
-        let mut mcp = false;
-        let (mut seen_upstream, mut seen_header, mut seen_value) = (false, false, false);
-        for (k, item) in table {
-            let at = format!("{section}.{}", path_key(k.get_ref()));
-            match k.get_ref().as_ref() {
-                "upstream" => {
-                    seen_upstream = true;
-                    if let Some(text) =
-                        self.string(&at, item, "a URL like \"https://api.openai.com\"")
-                    {
-                        match Upstream::parse(text) {
-                            Ok(u) => upstream = Some(u),
-                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
-                        }
-                    }
-                }
-                "header" => {
-                    seen_header = true;
-                    header = self.checked_string(
-                        &at,
-                        item,
-                        "a header name like \"Authorization\"",
-                        check_header,
-                    );
-                }
-                "value" => {
-                    seen_value = true;
-                    value_tpl = self
-                        .checked_string(
-                            &at,
-                            item,
-                            "a template like \"Bearer {token}\"",
-                            check_value,
-                        )
-                        .map(|v| (v, item.span()));
-                }
-                "token" => {
-                    secret_keys.push(k.span());
-                    if let Some(t) = self.string(&at, item, "a token name like \"openai\"") {
-                        if valid_token_name(t) {
-                            let (line, col) = self.report.position(&item.span());
-                            let rule = RuleRef {
-                                file: self.report.file.to_owned(),
-                                line,
-                                col,
-                                section: at.clone(),
-                            };
-                            token = Some((t.to_owned(), rule));
-                        } else {
-                            self.report.error(
-                                &item.span(),
-                                format!("{at}: invalid token name {}; expected the NAME of a [tokens.NAME]", shown_name(t)),
-                            );
-                        }
-                    }
-                }
-                "source" => {
-                    secret_keys.push(k.span());
-                    source = self.source(&at, item);
-                }
-                "ca_file" => ca_file = self.checked_string(&at, item, "a file path", check_ca_file),
-                "methods" => {
-                    methods = self
-                        .string_list(
-                            &at,
-                            item,
-                            "a list of methods like [\"GET\", \"POST\"]",
-                            check_rule_method,
-                            "the API would allow no method; leave methods out to allow any",
-                        )
-                        .unwrap_or_default();
-                }
-                "paths" => {
-                    paths = self
-                        .string_list(
-                            &at,
-                            item,
-                            "a list of path globs like [\"/v1/*\"]",
-                            check_path_glob,
-                            "the API would allow no path; leave paths out to allow any",
-                        )
-                        .unwrap_or_default();
-                }
-                "max_request_size" => {
-                    max_request_size = self
-                        .size(&at, item, MAX_REQUEST_SIZE)
-                        .unwrap_or(max_request_size);
-                }
-                "timeout" => {
-                    timeout = self
-                        .timeout(&at, item, crate::sections::tools::MAX_TIMEOUT)
-                        .unwrap_or(timeout);
-                }
-                "description" => {
-                    description = self.string(&at, item, "a string").unwrap_or("").to_owned();
-                }
-                "mcp" => match item.get_ref() {
-                    DeValue::Boolean(b) => mcp = *b,
-                    other => self.wrong_type(&at, item, other, "true or false"),
-                },
-                "approve" => approve = self.approve(&at, item),
-                "rate" => rate = self.rate(&at, item),
-                _ => self.unknown_key(&section, k, &expected(API_FIELDS)),
+        let v = self.fields(&section, API_FIELDS, table, &[]);
+        let upstream = v.at("upstream").and_then(|(at, item)| {
+            let text = self.string(at, item, "a URL like \"https://api.openai.com\"")?;
+            Upstream::parse(text)
+                .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
+                .ok()
+        });
+        let token = v.at("token").and_then(|(at, item)| {
+            let t = self.string(at, item, "a token name like \"openai\"")?;
+            if !valid_token_name(t) {
+                self.report.error(
+                    &item.span(),
+                    format!(
+                        "{at}: invalid token name {}; expected the NAME of a [tokens.NAME]",
+                        shown_name(t)
+                    ),
+                );
+                return None;
             }
-        }
-        if !seen_upstream {
+            let (line, col) = self.report.position(&item.span());
+            let rule = RuleRef {
+                file: self.report.file.to_owned(),
+                line,
+                col,
+                section: at.to_owned(),
+            };
+            Some((t.to_owned(), rule))
+        });
+        let source = v.at("source").and_then(|(at, item)| self.source(at, item));
+        let header = v.text("header").map(str::to_owned);
+        let value_tpl = v
+            .text("value")
+            .zip(v.at("value"))
+            .map(|(t, (_, item))| (t.to_owned(), item.span()));
+        let (seen_header, seen_value) = (v.has("header"), v.has("value"));
+        if !v.has("upstream") {
             self.report.error(
                 &value.span(),
                 format!(
@@ -1262,6 +1211,11 @@ impl Parser<'_, '_, HttpSection> {
                 ),
             );
         }
+        let mut secret_keys: Vec<_> = table
+            .iter()
+            .filter(|(k, _)| matches!(k.get_ref().as_ref(), "token" | "source"))
+            .map(|(k, _)| k.span())
+            .collect();
         secret_keys.sort_by_key(|span| span.start);
         if let [_, second] = secret_keys.as_slice() {
             self.report.error(
@@ -1292,6 +1246,7 @@ impl Parser<'_, '_, HttpSection> {
         let Some(upstream) = upstream else {
             return;
         };
+        let paths = v.list("paths").unwrap_or_default();
         let matchers = paths.iter().filter_map(|p| path_glob(p).ok()).collect();
         let rule = self.rule_ref(&value.span(), section);
         self.out.apis.push(HttpApi {
@@ -1305,15 +1260,17 @@ impl Parser<'_, '_, HttpSection> {
                     None => String::new(),
                 },
                 secret: source.map(HttpSecret::Source),
-                ca_file,
-                methods,
+                ca_file: v.text("ca_file").map(str::to_owned),
+                methods: v.list("methods").unwrap_or_default(),
                 paths,
-                max_request_size,
-                timeout,
-                description,
-                mcp,
-                approve,
-                rate,
+                max_request_size: v
+                    .size("max_request_size")
+                    .unwrap_or(DEFAULT_MAX_REQUEST_SIZE),
+                timeout: v.duration("timeout").unwrap_or(DEFAULT_TIMEOUT),
+                description: v.text("description").unwrap_or_default().to_owned(),
+                mcp: v.bool("mcp").unwrap_or(false),
+                approve: v.approve("approve"),
+                rate: v.rate("rate"),
                 rule,
             },
             matchers,
