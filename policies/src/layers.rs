@@ -25,9 +25,10 @@ use sha2::{Digest, Sha256};
 use crate::schema::diag::{Diagnostic, PolicyErrors};
 use nexus_protocol::Section;
 
-use crate::engine::{Action, Decision, Policy, Request, Source};
+use crate::engine::{Decision, Policy, Source};
 use crate::schema::decision::{RuleRef, Verdict};
 use crate::schema::rate::Rate;
+use crate::schema::request::{Action, Request};
 use crate::sections::ssh::SshRule;
 
 /// Which layer a rule or a decision comes from.
@@ -259,12 +260,18 @@ impl PolicySet {
     /// resolving pinned host keys and the names a host key is known under.
     #[must_use]
     pub fn ssh_rules(&self) -> Vec<&SshRule> {
+        self.policies()
+            .into_iter()
+            .flat_map(Policy::ssh_rules)
+            .collect()
+    }
+
+    /// Every policy of the set: each layer, then its workspace sections.
+    pub(crate) fn policies(&self) -> Vec<&Policy> {
         let mut out = Vec::new();
         for policy in self.baseline.iter().chain(std::iter::once(&self.user)) {
-            out.extend(policy.ssh_rules());
-            for section in policy.workspaces.values() {
-                out.extend(section.ssh_rules());
-            }
+            out.push(policy);
+            out.extend(policy.workspaces.values());
         }
         out
     }
@@ -499,8 +506,8 @@ fn beyond(rule: &RuleRef, why: &str) -> Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BoundHostKey;
     use crate::Grant;
-    use crate::sections::ssh::BoundHostKey;
     use crate::sections::tokens::TokenSource;
 
     fn load(name: &str, text: &str) -> Policy {

@@ -47,17 +47,18 @@ mod layers;
 pub mod schema;
 mod sections;
 
-pub use engine::{Action, Caller, Decision, Grant, Policy, Request, SCHEMA, Source};
+pub use engine::{Decision, Grant, Policy, SCHEMA, Source};
 pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
 pub use schema::decision::{Approve, Decided, RuleRef, Verdict};
 pub use schema::diag::{Diagnostic, PolicyErrors};
 pub use schema::rate::{Rate, RateError};
+pub use schema::request::{Action, BoundHostKey, Caller, GitAction, Request};
 pub use sections::files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
-pub use sections::git::{GitAction, GitRule};
+pub use sections::git::GitRule;
 pub use sections::http::{
     DEFAULT_MAX_REQUEST_SIZE, DEFAULT_TIMEOUT as HTTP_DEFAULT_TIMEOUT, HttpRule, HttpSecret,
     MAX_REQUEST_SIZE, MAX_REST_LEN, Upstream,
 };
-pub use sections::ssh::{BoundHostKey, SshRule};
+pub use sections::ssh::SshRule;
 pub use sections::tokens::{TokenRule, TokenSource};
 pub use sections::tools::{ToolRule, match_args};

@@ -12,12 +12,14 @@ use nexus_protocol::Section;
 use crate::schema::Table;
 use crate::schema::decision::{Decided, RuleRef, Verdict};
 use crate::schema::diag::{Diagnostic, PolicyErrors};
+use crate::schema::probe::ProbeArgs;
+use crate::schema::request::{Action, Request};
 use crate::schema::section::{PolicySection as _, SectionGrant, Terms};
 use crate::sections::Sections;
 use crate::sections::files::{FileRule, FileSet, FilesSection};
-use crate::sections::git::{GitAction, GitRule, GitSection};
+use crate::sections::git::{GitRule, GitSection};
 use crate::sections::http::{HttpRule, HttpSection};
-use crate::sections::ssh::{self, BoundHostKey, SshRule, SshSection};
+use crate::sections::ssh::{self, SshRule, SshSection};
 use crate::sections::tokens::{TokenRule, TokensSection};
 use crate::sections::tools::{ToolRule, ToolsSection};
 
@@ -50,149 +52,6 @@ impl Source {
             text: text.into(),
         }
     }
-}
-
-/// What the untrusted workspace reports about the process making a call.
-///
-/// It may only ever narrow what the policy allows, never grant more.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Caller {
-    /// User id of the calling process, if reported.
-    pub uid: Option<u32>,
-    /// Process id of the calling process, if reported.
-    pub pid: Option<u32>,
-    /// Executable path of the calling process, if reported.
-    pub exe: Option<String>,
-    /// Working directory of the calling process, if reported.
-    pub cwd: Option<String>,
-}
-
-/// What a forwarded call asks the laptop to do: plain data, so that deciding
-/// stays pure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Action<'a> {
-    /// Hand out the token declared as `[tokens.NAME]`.
-    Token {
-        /// The token name as the workspace sent it (untrusted).
-        name: &'a str,
-    },
-    /// Sign an SSH userauth request (after a verified `session-bind@openssh.com`).
-    ///
-    /// Allowed by the first `[[ssh.allow]]` rule, in file order, that pins
-    /// `host_key` ([`SshRule::pins`]), whose `user` is `*` or equals `user`,
-    /// whose `keys` are absent or list `key`, that sets `forwarding = true` if
-    /// `forwarding`, and that no `[[ssh.deny]]` rule matches (host = that
-    /// rule's host or any name the host key goes by, user, key).
-    SshUserauth {
-        /// The host key of the session bind and what known_hosts says of it.
-        host_key: BoundHostKey<'a>,
-        /// The user name in the userauth request (untrusted).
-        user: &'a str,
-        /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
-        key: &'a str,
-        /// The bind's `is_forwarding` flag (the session is an onward hop).
-        forwarding: bool,
-    },
-    /// Sign an SSHSIG blob (`ssh-keygen -Y sign`, git commit signing).
-    ///
-    /// Allowed by the first `[[ssh.allow]]` rule listing `namespace` in its
-    /// `sshsig_namespaces` whose `keys` are absent or list `key`, unless an
-    /// `[[ssh.deny]]` rule with `key = KEY` exists (its host and user fields
-    /// are ignored: a signature names neither; a deny without `key` never
-    /// matches a signature).
-    SshSig {
-        /// The SSHSIG namespace (untrusted).
-        namespace: &'a str,
-        /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
-        key: &'a str,
-    },
-    /// An onward hop: an earlier session bound on the same agent connection,
-    /// marked as forwarding the agent. Allowed when a rule pinning its host
-    /// key sets `forwarding = true` and no deny rule for that host (or any
-    /// name the host key goes by) applies.
-    SshHop {
-        /// The hop's host key and what known_hosts says of it.
-        host_key: BoundHostKey<'a>,
-    },
-    /// Whether an agent identity may be shown to the workspace (identities
-    /// not allowed are hidden from the list).
-    ///
-    /// Allowed when any `[[ssh.allow]]` rule admits `key` and no `[[ssh.deny]]`
-    /// rule with only a `key` field (no host, no user) names it.
-    SshIdentity {
-        /// Fingerprint (`SHA256:...`) of the identity.
-        key: &'a str,
-    },
-    /// A git credential helper call (`[[git-credential.allow]]`).
-    GitCredential {
-        /// URL scheme git sent (untrusted).
-        protocol: &'a str,
-        /// Host (and port) git sent (untrusted).
-        host: &'a str,
-        /// Repository path, sent with `credential.useHttpPath` (untrusted).
-        path: Option<&'a str>,
-        /// get, store or erase.
-        action: GitAction,
-    },
-    /// Read one laptop file (`[[files.allow]]`): `~/x` or `/x`, normalized
-    /// by the proxy (untrusted content).
-    File {
-        /// The path.
-        path: &'a str,
-    },
-    /// Install a named set of files (`[files.sets.NAME]`).
-    FileSet {
-        /// The set name (untrusted).
-        name: &'a str,
-    },
-    /// Run a custom tool (`[tools.NAME]`) with these arguments.
-    Tool {
-        /// The tool name (untrusted).
-        name: &'a str,
-        /// The arguments after the declared command (untrusted).
-        args: &'a [String],
-    },
-    /// An HTTP request through `$NEXUS_HTTP_URL/NAME/...` (`[http.NAME]`).
-    /// The path is checked like [`HttpRule::url_for`] checks it, then
-    /// matched against the rule's `methods` and `paths`.
-    Http {
-        /// The API name (untrusted).
-        name: &'a str,
-        /// The request method (untrusted), e.g. `POST`.
-        method: &'a str,
-        /// The path after `/NAME`, without the query (untrusted).
-        path: &'a str,
-    },
-}
-
-impl Action<'_> {
-    /// The policy section that decides this action.
-    #[must_use]
-    pub fn section(&self) -> Section {
-        match self {
-            Action::Token { .. } => Section::Tokens,
-            Action::SshUserauth { .. }
-            | Action::SshSig { .. }
-            | Action::SshHop { .. }
-            | Action::SshIdentity { .. } => Section::Ssh,
-            Action::GitCredential { .. } => Section::GitCredential,
-            Action::File { .. } | Action::FileSet { .. } => Section::Files,
-            Action::Tool { .. } => Section::Tools,
-            Action::Http { .. } => Section::Http,
-        }
-    }
-}
-
-/// One request to decide.
-#[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
-    /// The laptop's pairing name of the workspace the call came from.
-    pub workspace: &'a str,
-    /// Caller details reported by the untrusted workspace, if any; no v1 rule uses them.
-    pub caller: Option<&'a Caller>,
-    /// What is asked.
-    pub action: Action<'a>,
 }
 
 /// What the laptop must do to carry out an allowed request.
@@ -298,6 +157,27 @@ impl Sections {
                 .http
                 .decide(name, method, path, &self.tokens)
                 .map(Grant::Http),
+        }
+    }
+
+    /// Builds the action a probe of `section` asks for and decides it with
+    /// `decide`; `all`: the sections of every policy of the set.
+    pub(crate) fn probe<T>(
+        section: Section,
+        args: &ProbeArgs<'_>,
+        all: &[&Sections],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        fn each<'a, S>(all: &[&'a Sections], pick: impl Fn(&'a Sections) -> &'a S) -> Vec<&'a S> {
+            all.iter().map(|s| pick(s)).collect()
+        }
+        match section {
+            Section::Tokens => TokensSection::probe(args, &each(all, |s| &s.tokens), decide),
+            Section::Ssh => SshSection::probe(args, &each(all, |s| &s.ssh), decide),
+            Section::GitCredential => GitSection::probe(args, &each(all, |s| &s.git), decide),
+            Section::Files => FilesSection::probe(args, &each(all, |s| &s.files), decide),
+            Section::Tools => ToolsSection::probe(args, &each(all, |s| &s.tools), decide),
+            Section::Http => HttpSection::probe(args, &each(all, |s| &s.http), decide),
         }
     }
 
@@ -621,7 +501,7 @@ fn cannot_read(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Approve, TokenSource, Verdict};
+    use crate::{Approve, Caller, TokenSource, Verdict};
 
     const POLICY: &str = r#"version = 1
 

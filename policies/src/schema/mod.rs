@@ -11,8 +11,10 @@
 pub(crate) mod decision;
 pub(crate) mod diag;
 pub(crate) mod glob_deny;
+pub(crate) mod probe;
 pub(crate) mod rate;
 pub(crate) mod read;
+pub(crate) mod request;
 pub(crate) mod section;
 
 use std::time::Duration;

@@ -4,8 +4,10 @@
 use super::Table;
 use super::decision::{Approve, RuleRef};
 use super::diag::Diagnostic;
+use super::probe::ProbeArgs;
 use super::rate::Rate;
 use super::read::{Parser, Value};
+use super::request::Action;
 
 /// One top-level section of a policy (`[tokens]`, `[ssh]`, ...), as read
 /// from one source or merged from several.
@@ -33,6 +35,18 @@ pub(crate) trait PolicySection: Default + Sized {
         let _ = (ceiling, capped);
         Vec::new()
     }
+    /// The action a `policy explain` or `policy test` probe of this
+    /// section asks for, decided by `decide`. `layers`: this section in
+    /// each layer that decides the probe (SSH takes a pinned host key from
+    /// them).
+    ///
+    /// # Errors
+    /// A message naming what is missing or wrong in the probe.
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        layers: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String>;
 }
 
 /// The rate, approval and rule that come with a grant.

@@ -13,7 +13,9 @@ use toml::de::DeValue;
 use crate::schema::decision::{Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::probe::{ProbeArgs, clip};
 use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
+use crate::schema::request::Action;
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{DESCRIPTION, Field, Kind, Table};
 
@@ -148,6 +150,25 @@ impl PolicySection for FilesSection {
 
     fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
+    }
+
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["path", "set"])?;
+        match (args.arg("path"), args.arg("set")) {
+            (Some(path), None) => {
+                check_path(path).map_err(|why| format!("path={:?}: {why}", clip(path)))?;
+                Ok(decide(Action::File { path }))
+            }
+            (None, Some(name)) => Ok(decide(Action::FileSet { name })),
+            _ => Err(format!(
+                "--tool {} needs one of --arg path=PATH (e.g. path=~/.gitconfig) or --arg set=NAME",
+                args.tool
+            )),
+        }
     }
 
     fn cross_check(&self) -> Vec<Diagnostic> {

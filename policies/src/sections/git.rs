@@ -12,9 +12,11 @@ use super::ssh;
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::deny;
+use crate::schema::probe::{ProbeArgs, clip};
 use crate::schema::rate::Rate;
 use crate::schema::read::Glob;
 use crate::schema::read::{Parser, Value};
+use crate::schema::request::{Action, GitAction};
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
@@ -89,38 +91,6 @@ const TABLES: &[Table] = &[
     },
 ];
 
-/// What the workspace's git asks the helper to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GitAction {
-    /// `get`: hand out a credential.
-    Get,
-    /// `store`: pass a working credential on to the laptop's helpers.
-    Store,
-    /// `erase`: tell the laptop's helpers a credential was rejected.
-    Erase,
-}
-
-impl GitAction {
-    /// The name used in `actions` and by git.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GitAction::Get => "get",
-            GitAction::Store => "store",
-            GitAction::Erase => "erase",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "get" => Some(GitAction::Get),
-            "store" => Some(GitAction::Store),
-            "erase" => Some(GitAction::Erase),
-            _ => None,
-        }
-    }
-}
-
 /// A `[[git-credential.allow]]` rule.
 #[derive(Clone, Debug)]
 pub struct GitRule {
@@ -177,6 +147,26 @@ impl PolicySection for GitSection {
 
     fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
+    }
+
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["protocol", "host", "path", "username", "action"])?;
+        let action = match args.arg("action") {
+            None => GitAction::Get,
+            Some(a) => GitAction::parse(a)
+                .ok_or_else(|| format!("action={:?}: expected get, store or erase", clip(a)))?,
+        };
+        // `username` is accepted for the day rules match it; no rule does yet.
+        Ok(decide(Action::GitCredential {
+            protocol: args.need("protocol", "https")?,
+            host: args.need("host", "github.com")?,
+            path: args.arg("path"),
+            action,
+        }))
     }
 
     /// Warnings about allow rules a deny rule always blocks.

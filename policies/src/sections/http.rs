@@ -40,8 +40,10 @@ use super::tools::MAX_TIMEOUT;
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::probe::{ProbeArgs, clip};
 use crate::schema::rate::Rate;
 use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
+use crate::schema::request::Action;
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
@@ -767,6 +769,25 @@ impl PolicySection for HttpSection {
             .collect()
     }
 
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["name", "method", "path"])?;
+        let name = args.need("name", "openai")?;
+        let method = args.arg("method").unwrap_or("GET");
+        let path = args.arg("path").unwrap_or("/");
+        let path = match path.split_once('?') {
+            Some((path, query)) => {
+                check_query(query).map_err(|why| format!("path={:?}: {why}", clip(path)))?;
+                path
+            }
+            None => path,
+        };
+        Ok(decide(Action::Http { name, method, path }))
+    }
+
     fn beyond<'a>(&'a self, ceiling: &Self, capped: bool) -> Vec<(&'a RuleRef, String)> {
         self.rules()
             .filter_map(|r| Some((&r.rule, beyond(ceiling, capped, r)?)))
@@ -1282,7 +1303,7 @@ impl Parser<'_, '_, HttpSection> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Action, Policy, Request, Source};
+    use crate::{Action, Policy, Request, Source};
     use crate::{Decision, Grant};
 
     const OPENAI: &str = r#"

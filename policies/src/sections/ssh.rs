@@ -17,9 +17,11 @@ use toml::de::DeValue;
 
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
+use crate::schema::probe::{ProbeArgs, clip};
 use crate::schema::rate::Rate;
 use crate::schema::read::Glob;
 use crate::schema::read::{Parser, Value};
+use crate::schema::request::{Action, BoundHostKey};
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
@@ -214,24 +216,6 @@ fn split_port(host: &str) -> (&str, Option<u16>) {
         }
         _ => (host, None),
     }
-}
-
-/// A host key bound by `session-bind@openssh.com`, with what the laptop's
-/// known_hosts says of it: data the proxy gathers, so that the engine reads no file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BoundHostKey<'a> {
-    /// The key in SSH wire form (the base64-decoded second field of a
-    /// known_hosts or `host_keys` line).
-    pub blob: &'a [u8],
-    /// The rule hosts (`HOST` or `HOST:PORT`) for which the laptop's
-    /// known_hosts pins this key, `@revoked` keys excluded. Hashed known_hosts
-    /// names can only be checked this way, one candidate host at a time.
-    pub known_hosts_pins: &'a [String],
-    /// Every name the key is known under: the plain names known_hosts lists
-    /// it under and the hosts of the rules that pin it. A host key names no
-    /// host, so a deny rule for any of these names applies: one key shared by
-    /// `dev` and `prod` must not let a `dev` rule reach `prod`.
-    pub known_as: &'a [String],
 }
 
 /// The wire blob of a `host_keys` line (`ALGO BASE64 [COMMENT]`).
@@ -597,12 +581,92 @@ impl PolicySection for SshSection {
         cross_check(&self.rules, &self.denies)
     }
 
+    /// `op=userauth` (the default), `hop`, `sshsig` or `identity`. A probe
+    /// names a host, not a host key: it stands for the first `host_keys`
+    /// entry of a rule for that host in any layer, or for a key the
+    /// laptop's known_hosts pins for the host.
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        layers: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        // Rules without `keys` admit any key; this stands for "some agent key".
+        const ANY_KEY: &str = "(any agent key)";
+        let key = args.arg("key").unwrap_or(ANY_KEY);
+        match args.arg("op").unwrap_or("userauth") {
+            op @ ("userauth" | "hop") => {
+                let keys: &[&str] = if op == "hop" {
+                    &["op", "host"]
+                } else {
+                    &["op", "host", "user", "key", "forwarding"]
+                };
+                args.check_keys(keys)?;
+                let host = args.need("host", "github.com")?;
+                let forwarding = match args.arg("forwarding") {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(format!(
+                            "forwarding={:?}: expected true or false",
+                            clip(other)
+                        ));
+                    }
+                };
+                let names = [host.to_owned()];
+                let blob = probe_host_key(layers, host);
+                let host_key = BoundHostKey {
+                    blob: &blob,
+                    known_hosts_pins: &names,
+                    known_as: &names,
+                };
+                let action = if op == "hop" {
+                    Action::SshHop { host_key }
+                } else {
+                    Action::SshUserauth {
+                        host_key,
+                        user: args.need("user", "git")?,
+                        key,
+                        forwarding,
+                    }
+                };
+                Ok(decide(action))
+            }
+            "sshsig" => {
+                args.check_keys(&["op", "namespace", "key"])?;
+                let namespace = args.need("namespace", "git")?;
+                Ok(decide(Action::SshSig { namespace, key }))
+            }
+            "identity" => {
+                args.check_keys(&["op", "key"])?;
+                let key = args.need("key", "SHA256:...")?;
+                Ok(decide(Action::SshIdentity { key }))
+            }
+            other => Err(format!(
+                "unknown ssh op {:?}; expected userauth (default), sshsig, identity or hop",
+                clip(other)
+            )),
+        }
+    }
+
     fn beyond<'a>(&'a self, ceiling: &Self, capped: bool) -> Vec<(&'a RuleRef, String)> {
         self.rules
             .iter()
             .filter_map(|r| Some((&r.rule, beyond(ceiling, capped, r)?)))
             .collect()
     }
+}
+
+/// The host key a probe stands for: the first `host_keys` entry of a rule
+/// for `host`, or none (then only known_hosts, which the probe says pins
+/// `host`, can pin it).
+fn probe_host_key(layers: &[&SshSection], host: &str) -> Vec<u8> {
+    layers
+        .iter()
+        .flat_map(|s| &s.rules)
+        .filter(|r| r.host == host)
+        .find_map(|r| r.host_keys.as_ref()?.first()?.split_whitespace().nth(1))
+        .and_then(|b64| STANDARD.decode(b64).ok())
+        .unwrap_or_default()
 }
 
 /// Why an `[[ssh.allow]]` rule reaches past what baseline section `b`

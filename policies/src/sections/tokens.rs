@@ -12,10 +12,12 @@ use toml::de::{DeTable, DeValue};
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::probe::ProbeArgs;
 use crate::schema::rate::Rate;
 use crate::schema::read::{
     Key, MAX_TOKEN_NAME, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name,
 };
+use crate::schema::request::Action;
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
@@ -213,6 +215,16 @@ impl PolicySection for TokensSection {
 
     fn add_denies_from(&mut self, other: &Self) {
         self.denies.extend(other.denies.iter().cloned());
+    }
+
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["name"])?;
+        let name = args.need("name", "openai")?;
+        Ok(decide(Action::Token { name }))
     }
 
     /// Warnings about deny rules that never fire and declarations that never allow.

@@ -17,10 +17,12 @@ use toml::de::DeValue;
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::diag::Diagnostic;
 use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::probe::ProbeArgs;
 use crate::schema::rate::Rate;
 use crate::schema::read::{
     Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name,
 };
+use crate::schema::request::Action;
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
@@ -244,6 +246,20 @@ impl PolicySection for ToolsSection {
 
     fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
+    }
+
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["name", "args"])?;
+        let name = args.need("name", "open-pr")?;
+        let list = args.all("args");
+        if list.len() > MAX_ARGS {
+            return Err(format!("more than {MAX_ARGS} args= arguments"));
+        }
+        Ok(decide(Action::Tool { name, args: &list }))
     }
 
     fn cross_check(&self) -> Vec<Diagnostic> {
