@@ -6,7 +6,7 @@ use toml::de::DeValue;
 
 use super::Field;
 use super::decision::{Decided, RuleRef, Verdict};
-use super::read::{Parser, Value, compile_glob};
+use super::read::{Key, Parser, Value, compile_glob};
 
 /// A denial by `rule` (`None`: the default deny).
 pub(crate) fn deny<G>(rule: Option<RuleRef>, reason: String) -> Decided<G> {
@@ -43,6 +43,46 @@ pub(crate) struct DenyShape<'a> {
 }
 
 impl<O> Parser<'_, '_, O> {
+    /// `[X]` holding `[X.NAME]` tables and `[[X.deny]]` rules of `shape`:
+    /// each named table goes to `named`; the valid deny rules come back.
+    /// `what` names the tables for a value of the wrong type.
+    pub(crate) fn named_tables(
+        &mut self,
+        section: &str,
+        what: &str,
+        value: &Value<'_>,
+        shape: &DenyShape<'_>,
+        named: fn(&mut Self, &Key<'_>, &Value<'_>),
+    ) -> Vec<DenyRule> {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            self.wrong_type(section, value, found, what);
+            return Vec::new();
+        };
+        let mut denies = Vec::new();
+        for (key, value) in table {
+            if key.get_ref() == "deny" {
+                denies.extend(self.glob_denies(shape, value));
+            } else {
+                named(self, key, value);
+            }
+        }
+        denies
+    }
+
+    /// `[[X.deny]]`: the valid rules of `shape`; errors are reported.
+    pub(crate) fn glob_denies(
+        &mut self,
+        shape: &DenyShape<'_>,
+        value: &Value<'_>,
+    ) -> Vec<DenyRule> {
+        let mut denies = Vec::new();
+        self.rule_list(shape.section, value, |p, rule| {
+            denies.extend(p.glob_deny(shape, rule));
+        });
+        denies
+    }
+
     /// One deny rule of `shape`; errors are reported, `None` then.
     pub(crate) fn glob_deny(
         &mut self,

@@ -242,7 +242,7 @@ impl<O> Parser<'_, '_, O> {
         &mut self,
         section: &str,
         value: &Value<'_>,
-        rule: fn(&mut Self, &Value<'_>),
+        mut rule: impl FnMut(&mut Self, &Value<'_>),
     ) {
         match value.get_ref() {
             DeValue::Array(items) => {

@@ -343,7 +343,16 @@ impl Parser<'_, '_, FilesSection> {
         for (key, value) in table {
             match key.get_ref().as_ref() {
                 "allow" => self.rule_list("files.allow", value, Self::file_allow),
-                "deny" => self.rule_list("files.deny", value, Self::file_deny),
+                "deny" => {
+                    let shape = DenyShape {
+                        section: "files.deny",
+                        fields: DENY_FIELDS,
+                        example: "**/*.key",
+                        over: "paths",
+                    };
+                    let denies = self.glob_denies(&shape, value);
+                    self.out.deny.extend(denies);
+                }
                 "sets" => self.file_sets(value),
                 _ => self.unknown_key(
                     "files",
@@ -378,20 +387,6 @@ impl Parser<'_, '_, FilesSection> {
                 max_size: v.size("max_size").unwrap_or(DEFAULT_MAX_SIZE),
                 rule,
             });
-        }
-    }
-
-    fn file_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny(
-            &DenyShape {
-                section: "files.deny",
-                fields: DENY_FIELDS,
-                example: "**/*.key",
-                over: "paths",
-            },
-            value,
-        ) {
-            self.out.deny.push(deny);
         }
     }
 

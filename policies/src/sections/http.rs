@@ -1138,31 +1138,14 @@ pub(crate) fn bind<'a>(
 impl Parser<'_, '_, HttpSection> {
     /// `[http]`: `[http.NAME]` declarations and `[[http.deny]]`.
     pub(crate) fn http_section(&mut self, value: &Value<'_>) {
-        let DeValue::Table(table) = value.get_ref() else {
-            let found = value.get_ref();
-            return self.wrong_type("http", value, found, "[http.NAME] tables");
+        let shape = DenyShape {
+            section: "http.deny",
+            fields: DENY_FIELDS,
+            example: "prod-*",
+            over: "API names",
         };
-        for (key, value) in table {
-            if key.get_ref() == "deny" {
-                self.rule_list("http.deny", value, Self::http_deny);
-            } else {
-                self.http_api(key, value);
-            }
-        }
-    }
-
-    fn http_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny(
-            &DenyShape {
-                section: "http.deny",
-                fields: DENY_FIELDS,
-                example: "prod-*",
-                over: "API names",
-            },
-            value,
-        ) {
-            self.out.deny.push(deny);
-        }
+        let denies = self.named_tables("http", "[http.NAME] tables", value, &shape, Self::http_api);
+        self.out.deny.extend(denies);
     }
 
     fn http_api(&mut self, key: &Key<'_>, value: &Value<'_>) {

@@ -378,31 +378,14 @@ fn check_cwd(p: &str) -> Result<(), String> {
 impl Parser<'_, '_, ToolsSection> {
     /// `[tools]`: `[tools.NAME]` declarations and `[[tools.deny]]`.
     pub(crate) fn tools_section(&mut self, value: &Value<'_>) {
-        let DeValue::Table(table) = value.get_ref() else {
-            let found = value.get_ref();
-            return self.wrong_type("tools", value, found, "[tools.NAME] tables");
+        let shape = DenyShape {
+            section: "tools.deny",
+            fields: DENY_FIELDS,
+            example: "deploy-*",
+            over: "tool names",
         };
-        for (key, value) in table {
-            if key.get_ref() == "deny" {
-                self.rule_list("tools.deny", value, Self::tool_deny);
-            } else {
-                self.tool(key, value);
-            }
-        }
-    }
-
-    fn tool_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny(
-            &DenyShape {
-                section: "tools.deny",
-                fields: DENY_FIELDS,
-                example: "deploy-*",
-                over: "tool names",
-            },
-            value,
-        ) {
-            self.out.deny.push(deny);
-        }
+        let denies = self.named_tables("tools", "[tools.NAME] tables", value, &shape, Self::tool);
+        self.out.deny.extend(denies);
     }
 
     fn tool(&mut self, key: &Key<'_>, value: &Value<'_>) {
