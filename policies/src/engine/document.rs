@@ -8,7 +8,6 @@ use toml::de::{DeTable, DeValue};
 use crate::schema::decision::shown_name;
 use crate::schema::diag::{Diagnostic, Reporter};
 use crate::schema::read::{Key, Parser, Value, path_key};
-use crate::schema::section::PolicySection;
 use crate::sections::Sections;
 
 /// Everything found in one source.
@@ -61,25 +60,25 @@ impl Parser<'_, '_, ParsedFile> {
     fn document(&mut self, root: &DeTable<'_>, nested: bool) {
         for (key, value) in root {
             let name: &str = key.get_ref();
-            let section = Section::ALL.into_iter().find(|s| s.section_name() == name);
-            match (name, section) {
-                ("version", _) => self.version(value),
-                ("workspace", _) => self.workspaces(key, value, nested),
-                (_, Some(Section::Tokens)) => self.section(value, |f| &mut f.sections.tokens),
-                (_, Some(Section::Ssh)) => self.section(value, |f| &mut f.sections.ssh),
-                (_, Some(Section::GitCredential)) => self.section(value, |f| &mut f.sections.git),
-                (_, Some(Section::Files)) => self.section(value, |f| &mut f.sections.files),
-                (_, Some(Section::Tools)) => self.section(value, |f| &mut f.sections.tools),
-                (_, Some(Section::Http)) => self.section(value, |f| &mut f.sections.http),
-                _ => self.report.error(
-                    &key.span(),
-                    format!(
-                        "unknown top-level key {name:?}; expected version, [tokens.NAME], \
+            match name {
+                "version" => self.version(value),
+                "workspace" => self.workspaces(key, value, nested),
+                _ => match self.out.sections.parse(self.report, name, value) {
+                    Some(section) => {
+                        if holds_allow_rules(value.get_ref()) {
+                            self.out.allow_sections.insert(section);
+                        }
+                    }
+                    None => self.report.error(
+                        &key.span(),
+                        format!(
+                            "unknown top-level key {name:?}; expected version, [tokens.NAME], \
                          [[tokens.deny]], [[ssh.allow]], [[ssh.deny]], [[git-credential.allow]], \
                          [[files.allow]], [files.sets.NAME], [tools.NAME], [http.NAME], each \
                          also in [workspace.\"NAME\"]"
+                        ),
                     ),
-                ),
+                },
             }
         }
     }
@@ -136,23 +135,6 @@ impl Parser<'_, '_, ParsedFile> {
             }
             other => self.wrong_type("version", value, other, "an integer (version = 1)"),
         }
-    }
-
-    /// Reads one section's table with that section's reader.
-    fn section<S: PolicySection>(
-        &mut self,
-        value: &Value<'_>,
-        field: fn(&mut ParsedFile) -> &mut S,
-    ) {
-        if holds_allow_rules(value.get_ref()) {
-            self.out.allow_sections.insert(S::NAME);
-        }
-        let mut p = Parser {
-            report: &mut *self.report,
-            out: std::mem::take(field(&mut self.out)),
-        };
-        S::parse(&mut p, value);
-        *field(&mut self.out) = p.out;
     }
 }
 

@@ -12,28 +12,20 @@ use nexus_protocol::Section;
 use crate::schema::Table;
 use crate::schema::decision::{Decided, RuleRef, Verdict};
 use crate::schema::diag::{Diagnostic, PolicyErrors};
-use crate::schema::probe::ProbeArgs;
 use crate::schema::request::{Action, Request};
-use crate::schema::section::{PolicySection as _, SectionGrant, Terms};
+use crate::schema::section::{SectionGrant, Terms};
 use crate::sections::Sections;
-use crate::sections::files::{FileRule, FileSet, FilesSection};
-use crate::sections::git::{GitRule, GitSection};
-use crate::sections::http::{HttpRule, HttpSection};
-use crate::sections::ssh::{self, SshRule, SshSection};
+use crate::sections::files::{FileRule, FileSet};
+use crate::sections::git::GitRule;
+use crate::sections::http::HttpRule;
+use crate::sections::ssh::{self, SshRule};
 use crate::sections::tokens::{TokenRule, TokensSection};
-use crate::sections::tools::{ToolRule, ToolsSection};
+use crate::sections::tools::ToolRule;
 
 /// Every table a policy may hold, section by section in
 /// [`nexus_protocol::Section::ALL`]
 /// order: the schema `docs/policy.md` documents.
-pub const SCHEMA: [&[Table]; 6] = [
-    TokensSection::TABLES,
-    SshSection::TABLES,
-    GitSection::TABLES,
-    FilesSection::TABLES,
-    ToolsSection::TABLES,
-    HttpSection::TABLES,
-];
+pub const SCHEMA: &[&[Table]] = Sections::SCHEMA;
 
 /// One policy text in memory, e.g. the contents of one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,27 +149,6 @@ impl Sections {
                 .http
                 .decide(name, method, path, &self.tokens)
                 .map(Grant::Http),
-        }
-    }
-
-    /// Builds the action a probe of `section` asks for and decides it with
-    /// `decide`; `all`: the sections of every policy of the set.
-    pub(crate) fn probe<T>(
-        section: Section,
-        args: &ProbeArgs<'_>,
-        all: &[&Sections],
-        decide: impl FnOnce(Action<'_>) -> T,
-    ) -> Result<T, String> {
-        fn each<'a, S>(all: &[&'a Sections], pick: impl Fn(&'a Sections) -> &'a S) -> Vec<&'a S> {
-            all.iter().map(|s| pick(s)).collect()
-        }
-        match section {
-            Section::Tokens => TokensSection::probe(args, &each(all, |s| &s.tokens), decide),
-            Section::Ssh => SshSection::probe(args, &each(all, |s| &s.ssh), decide),
-            Section::GitCredential => GitSection::probe(args, &each(all, |s| &s.git), decide),
-            Section::Files => FilesSection::probe(args, &each(all, |s| &s.files), decide),
-            Section::Tools => ToolsSection::probe(args, &each(all, |s| &s.tools), decide),
-            Section::Http => HttpSection::probe(args, &each(all, |s| &s.http), decide),
         }
     }
 
@@ -367,13 +338,10 @@ impl Policy {
                 out.push((&token.rule, format!("there, {}", d.reason)));
             }
         }
-        let (mine, theirs) = (&self.sections, &ceiling.sections);
-        let capped = |s| ceiling.has_allow_rules(s);
-        out.extend(mine.ssh.beyond(&theirs.ssh, capped(Section::Ssh)));
-        out.extend(mine.git.beyond(&theirs.git, capped(Section::GitCredential)));
-        out.extend(mine.files.beyond(&theirs.files, capped(Section::Files)));
-        out.extend(mine.tools.beyond(&theirs.tools, capped(Section::Tools)));
-        out.extend(mine.http.beyond(&theirs.http, capped(Section::Http)));
+        out.extend(
+            self.sections
+                .beyond(&ceiling.sections, |s| ceiling.has_allow_rules(s)),
+        );
         out
     }
 
