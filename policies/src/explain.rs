@@ -16,29 +16,12 @@
 //! rule = "policy.toml:42"           # optional: the deciding rule, or "default"
 //! ```
 //!
-//! SSH probes name a host instead of a host key: the probe's host key is the
-//! one known_hosts pins for `host` or, when a rule for `host` lists
-//! `host_keys`, the first of them.
-//!
-//! Git credential probes: `tool = "git-credential"`, `args = { protocol =
-//! "https", host = "github.com", path = "acme/app.git" }`, with optional
-//! `action` (`get`, the default, `store` or `erase`) and `username` (taken
-//! and, for now, not matched by any rule).
-//!
-//! File probes: `tool = "file"`, `args = { path = "~/.gitconfig" }`, or
-//! `args = { set = "opencode" }` for a `[files.sets.NAME]`.
-//!
-//! Tool probes: `tool = "tool"`, `args = { name = "open-pr", args =
-//! ["--title", "x"] }`; on the command line each argument is one
-//! `--arg args=VALUE`, in order. No `args` means a run without arguments.
-//!
-//! `tool` takes the tool names above or the section names (`tokens`,
-//! `files`, `tools`).
-//!
-//! HTTP probes: `tool = "http"`, `args = { name = "openai", method = "POST",
-//! path = "/v1/chat/completions" }`; `method` defaults to `GET` and `path`
-//! to `/`. A `?query` in `path` is checked like the proxy checks it, then
-//! left out of the decision (which never sees the query).
+//! `tool` takes a tool name (`token`, `file`, ...) or a section name
+//! (`tokens`, `files`, ...); each section turns the arguments into its
+//! request (`PolicySection::probe` in its file), and `docs/policy.md` lists
+//! them. In a fixture, a repeated argument is a list (`args = { name =
+//! "open-pr", args = ["--title", "x"] }`); on the command line it is one
+//! `--arg args=VALUE` each, in order.
 
 use std::collections::BTreeMap;
 use std::fmt;

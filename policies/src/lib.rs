@@ -8,14 +8,20 @@
 //!
 //! The policy language (every section, key, default and limit, the layers
 //! and the duration/size grammar) is documented once, in `docs/policy.md`;
-//! each section file declares its keys as [`schema::Field`] tables, and a
-//! test checks the document against them.
+//! each section file declares its keys as [`schema::Field`] tables, which
+//! also drive how they are read, and a test checks the document against
+//! them.
+//!
+//! The modules are layered (`tests/layering.rs` checks it): `schema` (the
+//! vocabulary of requests and decisions, the value readers, what a section
+//! is), then `sections` (one file per policy section), then `engine` (one
+//! of each section, dispatch, loading), then `layers` and `explain`.
 //!
 //! A token an `[http.*]` section names is bound to that upstream's origin:
 //! no other origin may use it (load error) and [`Action::Token`] for it, or
 //! for any token with the same source, is denied unless its declaration says
 //! `reveal = true`. [`HttpRule::url_for`] joins the workspace's path to the
-//! upstream and re-checks the result; see `http.rs`.
+//! upstream and re-checks the result; see `sections/http.rs`.
 //!
 //! The SSH decisions ([`Action::SshUserauth`], [`Action::SshSig`],
 //! [`Action::SshIdentity`]) take key fingerprints and, for logins, the bound

@@ -152,6 +152,7 @@ impl PolicySection for FilesSection {
         self.deny.extend(other.deny.iter().cloned());
     }
 
+    /// `path` (a file read) or `set` (a `[files.sets.NAME]`).
     fn probe<T>(
         args: &ProbeArgs<'_>,
         _: &[&Self],

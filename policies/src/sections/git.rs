@@ -149,6 +149,9 @@ impl PolicySection for GitSection {
         self.deny.extend(other.deny.iter().cloned());
     }
 
+    /// `protocol`, `host` and optional `path`, `action` (`get`, the default,
+    /// `store` or `erase`) and `username` (taken and, for now, not matched
+    /// by any rule).
     fn probe<T>(
         args: &ProbeArgs<'_>,
         _: &[&Self],

@@ -769,6 +769,9 @@ impl PolicySection for HttpSection {
             .collect()
     }
 
+    /// `name`, with `method` (default `GET`) and `path` (default `/`). A
+    /// `?query` in `path` is checked like the proxy checks it, then left out
+    /// of the decision (which never sees the query).
     fn probe<T>(
         args: &ProbeArgs<'_>,
         _: &[&Self],

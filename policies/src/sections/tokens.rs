@@ -217,6 +217,7 @@ impl PolicySection for TokensSection {
         self.denies.extend(other.denies.iter().cloned());
     }
 
+    /// `name`.
     fn probe<T>(
         args: &ProbeArgs<'_>,
         _: &[&Self],

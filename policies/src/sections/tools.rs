@@ -248,6 +248,8 @@ impl PolicySection for ToolsSection {
         self.deny.extend(other.deny.iter().cloned());
     }
 
+    /// `name` and one `args` per argument, in order; none is a run without
+    /// arguments.
     fn probe<T>(
         args: &ProbeArgs<'_>,
         _: &[&Self],
