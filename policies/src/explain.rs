@@ -16,52 +16,29 @@
 //! rule = "policy.toml:42"           # optional: the deciding rule, or "default"
 //! ```
 //!
-//! SSH probes name a host instead of a host key: the probe's host key is the
-//! one known_hosts pins for `host` or, when a rule for `host` lists
-//! `host_keys`, the first of them.
-//!
-//! Git credential probes: `tool = "git-credential"`, `args = { protocol =
-//! "https", host = "github.com", path = "acme/app.git" }`, with optional
-//! `action` (`get`, the default, `store` or `erase`) and `username` (taken
-//! and, for now, not matched by any rule).
-//!
-//! File probes: `tool = "file"`, `args = { path = "~/.gitconfig" }`, or
-//! `args = { set = "opencode" }` for a `[files.sets.NAME]`.
-//!
-//! Tool probes: `tool = "tool"`, `args = { name = "open-pr", args =
-//! ["--title", "x"] }`; on the command line each argument is one
-//! `--arg args=VALUE`, in order. No `args` means a run without arguments.
-//!
-//! `tool` takes the tool names above or the section names (`tokens`,
-//! `files`, `tools`).
-//!
-//! HTTP probes: `tool = "http"`, `args = { name = "openai", method = "POST",
-//! path = "/v1/chat/completions" }`; `method` defaults to `GET` and `path`
-//! to `/`. A `?query` in `path` is checked like the proxy checks it, then
-//! left out of the decision (which never sees the query).
+//! `tool` takes a tool name (`token`, `file`, ...) or a section name
+//! (`tokens`, `files`, ...); each section turns the arguments into its
+//! request (`PolicySection::probe` in its file), and `docs/policy.md` lists
+//! them. In a fixture, a repeated argument is a list (`args = { name =
+//! "open-pr", args = ["--title", "x"] }`); on the command line it is one
+//! `--arg args=VALUE` each, in order.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use nexus_protocol::{Section, UnknownSection};
 use serde::Deserialize;
 
-use crate::diag::{Diagnostic, line_col};
-use nexus_protocol::{Section, UnknownSection};
-
-use crate::engine::{Action, Request, RuleRef, Verdict};
-use crate::files::check_path as check_file_path;
-use crate::git::GitAction;
 use crate::layers::{Outcome, PolicySet};
-use crate::ssh::BoundHostKey;
+use crate::schema::decision::{RuleRef, Verdict};
+use crate::schema::diag::{Diagnostic, line_col};
+use crate::schema::probe::{ProbeArgs, clip};
+use crate::schema::request::Request;
+use crate::sections::Sections;
 
 /// Longest argument value, so that a fixture cannot balloon a report.
 const MAX_ARG: usize = 4096;
-
-/// Most `args=` arguments of one tool probe, like the proxy's limit on a run.
-const MAX_TOOL_ARGS: usize = 256;
 
 /// A request to decide, as `policy explain` and fixtures write it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,45 +76,7 @@ pub fn parse_arg(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-/// A string cut for messages.
-fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
 impl Probe {
-    /// The allowed argument keys; only `args` may be given more than once.
-    fn check_keys(&self, allowed: &[&str]) -> Result<(), String> {
-        for (i, (k, _)) in self.args.iter().enumerate() {
-            if !allowed.contains(&k.as_str()) {
-                return Err(format!(
-                    "--tool {} takes no argument {k:?}; expected {}",
-                    self.tool,
-                    allowed.join(", ")
-                ));
-            }
-            if k != "args" && self.args[..i].iter().any(|(seen, _)| seen == k) {
-                return Err(format!("--tool {} takes --arg {k}=... once", self.tool));
-            }
-        }
-        Ok(())
-    }
-
-    fn arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn need(&self, key: &str, example: &str) -> Result<&str, String> {
-        self.arg(key).ok_or_else(|| {
-            format!(
-                "--tool {} needs --arg {key}=VALUE (e.g. {key}={example})",
-                self.tool
-            )
-        })
-    }
-
     /// Decides this probe with `set`.
     ///
     /// # Errors
@@ -147,157 +86,20 @@ impl Probe {
             .tool
             .parse()
             .map_err(|e: UnknownSection| format!("{:?}: {e}", clip(&self.tool)))?;
-        let req = |action| Request {
-            workspace: &self.workspace,
-            caller: None,
-            action,
+        let args = ProbeArgs {
+            tool: &self.tool,
+            args: &self.args,
         };
-        match section {
-            Section::Tokens => {
-                self.check_keys(&["name"])?;
-                let name = self.need("name", "openai")?;
-                Ok(set.decide(&req(Action::Token { name })))
-            }
-            Section::Ssh => self.decide_ssh(set),
-            Section::GitCredential => {
-                self.check_keys(&["protocol", "host", "path", "username", "action"])?;
-                let action = match self.arg("action") {
-                    None => GitAction::Get,
-                    Some(a) => GitAction::parse(a).ok_or_else(|| {
-                        format!("action={:?}: expected get, store or erase", clip(a))
-                    })?,
-                };
-                // `username` is accepted for the day rules match it; no rule does yet.
-                Ok(set.decide(&req(Action::GitCredential {
-                    protocol: self.need("protocol", "https")?,
-                    host: self.need("host", "github.com")?,
-                    path: self.arg("path"),
-                    action,
-                })))
-            }
-            Section::Files => {
-                self.check_keys(&["path", "set"])?;
-                match (self.arg("path"), self.arg("set")) {
-                    (Some(path), None) => {
-                        check_file_path(path)
-                            .map_err(|why| format!("path={:?}: {why}", clip(path)))?;
-                        Ok(set.decide(&req(Action::File { path })))
-                    }
-                    (None, Some(name)) => Ok(set.decide(&req(Action::FileSet { name }))),
-                    _ => Err(format!(
-                        "--tool {} needs one of --arg path=PATH (e.g. path=~/.gitconfig) or --arg set=NAME",
-                        self.tool
-                    )),
-                }
-            }
-            Section::Tools => {
-                self.check_keys(&["name", "args"])?;
-                let name = self.need("name", "open-pr")?;
-                let args: Vec<String> = self
-                    .args
-                    .iter()
-                    .filter(|(k, _)| k == "args")
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                if args.len() > MAX_TOOL_ARGS {
-                    return Err(format!("more than {MAX_TOOL_ARGS} args= arguments"));
-                }
-                Ok(set.decide(&req(Action::Tool { name, args: &args })))
-            }
-            Section::Http => {
-                self.check_keys(&["name", "method", "path"])?;
-                let name = self.need("name", "openai")?;
-                let method = self.arg("method").unwrap_or("GET");
-                let path = self.arg("path").unwrap_or("/");
-                let path = match path.split_once('?') {
-                    Some((path, query)) => {
-                        crate::http::check_query(query)
-                            .map_err(|why| format!("path={:?}: {why}", clip(path)))?;
-                        path
-                    }
-                    None => path,
-                };
-                Ok(set.decide(&req(Action::Http { name, method, path })))
-            }
-        }
+        let policies = set.policies();
+        let all: Vec<&Sections> = policies.iter().map(|p| &p.sections).collect();
+        Sections::probe(section, &args, &all, |action| {
+            set.decide(&Request {
+                workspace: &self.workspace,
+                caller: None,
+                action,
+            })
+        })
     }
-
-    fn decide_ssh(&self, set: &PolicySet) -> Result<Outcome, String> {
-        // Rules without `keys` admit any key; this stands for "some agent key".
-        const ANY_KEY: &str = "(any agent key)";
-        let req = |action| Request {
-            workspace: &self.workspace,
-            caller: None,
-            action,
-        };
-        let key = self.arg("key").unwrap_or(ANY_KEY);
-        let op = self.arg("op").unwrap_or("userauth");
-        match op {
-            "userauth" | "hop" => {
-                let keys: &[&str] = if op == "hop" {
-                    &["op", "host"]
-                } else {
-                    &["op", "host", "user", "key", "forwarding"]
-                };
-                self.check_keys(keys)?;
-                let host = self.need("host", "github.com")?;
-                let forwarding = match self.arg("forwarding") {
-                    None | Some("false") => false,
-                    Some("true") => true,
-                    Some(other) => {
-                        return Err(format!(
-                            "forwarding={:?}: expected true or false",
-                            clip(other)
-                        ));
-                    }
-                };
-                let names = [host.to_owned()];
-                let blob = probe_host_key(set, host);
-                let host_key = BoundHostKey {
-                    blob: &blob,
-                    known_hosts_pins: &names,
-                    known_as: &names,
-                };
-                let action = if op == "hop" {
-                    Action::SshHop { host_key }
-                } else {
-                    Action::SshUserauth {
-                        host_key,
-                        user: self.need("user", "git")?,
-                        key,
-                        forwarding,
-                    }
-                };
-                Ok(set.decide(&req(action)))
-            }
-            "sshsig" => {
-                self.check_keys(&["op", "namespace", "key"])?;
-                let namespace = self.need("namespace", "git")?;
-                Ok(set.decide(&req(Action::SshSig { namespace, key })))
-            }
-            "identity" => {
-                self.check_keys(&["op", "key"])?;
-                let key = self.need("key", "SHA256:...")?;
-                Ok(set.decide(&req(Action::SshIdentity { key })))
-            }
-            other => Err(format!(
-                "unknown ssh op {:?}; expected userauth (default), sshsig, identity or hop",
-                clip(other)
-            )),
-        }
-    }
-}
-
-/// The host key a probe stands for: the first `host_keys` entry of a rule for
-/// `host`, or none (then only known_hosts, which the probe says pins `host`,
-/// can pin it).
-fn probe_host_key(set: &PolicySet, host: &str) -> Vec<u8> {
-    set.ssh_rules()
-        .into_iter()
-        .filter(|r| r.host == host)
-        .find_map(|r| r.host_keys.as_ref()?.first()?.split_whitespace().nth(1))
-        .and_then(|b64| STANDARD.decode(b64).ok())
-        .unwrap_or_default()
 }
 
 /// What a fixture expects.

@@ -21,12 +21,15 @@ use std::ops::Deref;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use toml::de::DeValue;
 
-use crate::diag::{Diagnostic, PolicyErrors};
-use crate::engine::{Action, Approve, Decision, Grant, Policy, Request, RuleRef, Source, Verdict};
-use crate::rate::Rate;
-use crate::ssh::SshRule;
+use crate::schema::diag::{Diagnostic, PolicyErrors};
+use nexus_protocol::Section;
+
+use crate::engine::{Decision, Policy, Source};
+use crate::schema::decision::{RuleRef, Verdict};
+use crate::schema::rate::Rate;
+use crate::schema::request::{Action, Request};
+use crate::sections::ssh::SshRule;
 
 /// Which layer a rule or a decision comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -257,12 +260,18 @@ impl PolicySet {
     /// resolving pinned host keys and the names a host key is known under.
     #[must_use]
     pub fn ssh_rules(&self) -> Vec<&SshRule> {
+        self.policies()
+            .into_iter()
+            .flat_map(Policy::ssh_rules)
+            .collect()
+    }
+
+    /// Every policy of the set: each layer, then its workspace sections.
+    pub(crate) fn policies(&self) -> Vec<&Policy> {
         let mut out = Vec::new();
         for policy in self.baseline.iter().chain(std::iter::once(&self.user)) {
-            out.extend(policy.ssh_rules());
-            for section in policy.workspaces.values() {
-                out.extend(section.ssh_rules());
-            }
+            out.push(policy);
+            out.extend(policy.workspaces.values());
         }
         out
     }
@@ -295,8 +304,8 @@ impl PolicySet {
     /// declaration. A baseline deny or a `[workspace."NAME"]` section that
     /// narrows the tools also narrows what the workspace learns of them.
     #[must_use]
-    pub fn tools_for(&self, workspace: &str) -> Vec<&crate::tools::ToolRule> {
-        self.listed_for(workspace, "tools", Policy::tools, |t| &t.name)
+    pub fn tools_for(&self, workspace: &str) -> Vec<&crate::sections::tools::ToolRule> {
+        self.listed_for(workspace, Section::Tools, Policy::tools, |t| &t.name)
     }
 
     /// The HTTP APIs workspace `workspace` may call (for listings: MCP,
@@ -305,8 +314,8 @@ impl PolicySet {
     /// most specific user layer's declaration (a baseline's pinned values
     /// apply to requests, through [`PolicySet::decide`]).
     #[must_use]
-    pub fn http_for(&self, workspace: &str) -> Vec<&crate::http::HttpRule> {
-        self.listed_for(workspace, "http", Policy::http_apis, |a| &a.name)
+    pub fn http_for(&self, workspace: &str) -> Vec<&crate::sections::http::HttpRule> {
+        self.listed_for(workspace, Section::Http, Policy::http_apis, |a| &a.name)
     }
 
     /// What `tools_for` and `http_for` share: the most specific user
@@ -314,7 +323,7 @@ impl PolicySet {
     fn listed_for<'a, T>(
         &'a self,
         workspace: &str,
-        section: &str,
+        section: Section,
         list: fn(&'a Policy) -> Vec<&'a T>,
         name: fn(&T) -> &String,
     ) -> Vec<&'a T> {
@@ -366,9 +375,10 @@ impl PolicySet {
                 // Deny rules apply in every layer; the reason names the file.
                 (Layer::User, _) | (_, true) => t.decision.reason.clone(),
                 (layer, false) => format!(
-                    "{layer}: {}; it has [{section}] allow rules, and user rules cannot go \
+                    "{layer}: {}; it has [{}] allow rules, and user rules cannot go \
                      beyond them",
-                    t.decision.reason
+                    t.decision.reason,
+                    section.section_name()
                 ),
             };
             let decision = Decision {
@@ -391,15 +401,15 @@ impl PolicySet {
             .filter(|t| t.decision.verdict == Verdict::Allow)
         {
             if let Some(grant) = &t.decision.grant {
-                let (rate, prompt, rule) = grant_terms(grant);
-                if let Some(rate) = rate {
+                let terms = grant.terms();
+                if let Some(rate) = terms.rate {
                     limits.push(Limit {
                         rate,
-                        rule: rule.clone(),
+                        rule: terms.rule.clone(),
                     });
                 }
-                if prompt.is_some() && approve.is_none() {
-                    approve = Some(rule.clone());
+                if terms.approve.is_some() && approve.is_none() {
+                    approve = Some(terms.rule.clone());
                 }
             }
         }
@@ -428,97 +438,20 @@ impl PolicySet {
     }
 }
 
-/// Every allowing layer's file rule caps the granted one: the smallest
-/// `max_size` applies, and the narrowest tree (all of them cover the
-/// request, so the longest path lies inside the others) is what the proxy
-/// checks the opened file against. A set's `max_size` likewise, and a
-/// set keeps only the entries every allowing layer's set of that name covers.
+/// Every other allowing layer's grant caps the chosen one, as its section
+/// says (see each section's `SectionGrant::cap`).
 fn cap_by_ceilings(chosen: &mut Decision, trace: &[LayerDecision]) {
-    let allowing = trace
+    let Some(grant) = &mut chosen.grant else {
+        return;
+    };
+    for t in trace
         .iter()
         .filter(|t| t.decision.verdict == Verdict::Allow)
-        .filter_map(|t| t.decision.grant.as_ref());
-    match &mut chosen.grant {
-        Some(Grant::File(rule)) => {
-            for other in allowing {
-                if let Grant::File(o) = other {
-                    rule.max_size = rule.max_size.min(o.max_size);
-                    if o.path.len() > rule.path.len() {
-                        rule.path.clone_from(&o.path);
-                    }
-                }
-            }
+    {
+        if let Some(ceiling) = &t.decision.grant {
+            let org = matches!(t.layer, Layer::Baseline | Layer::BaselineWorkspace);
+            grant.cap(ceiling, org);
         }
-        Some(Grant::FileSet(set)) => {
-            for other in allowing {
-                if let Grant::FileSet(o) = other {
-                    set.max_size = set.max_size.min(o.max_size);
-                    set.paths.retain(|p| {
-                        o.paths
-                            .iter()
-                            .any(|b| p == b || (b.ends_with('/') && p.starts_with(b.as_str())))
-                    });
-                }
-            }
-        }
-        // What runs is the org's: a baseline that declares the tool pins its
-        // command and working directory; its timeout and environment cap the
-        // user's (shorter, fewer variables).
-        Some(Grant::Tool(rule)) => {
-            let org = trace
-                .iter()
-                .filter(|t| matches!(t.layer, Layer::Baseline | Layer::BaselineWorkspace))
-                .filter(|t| t.decision.verdict == Verdict::Allow)
-                .filter_map(|t| match &t.decision.grant {
-                    Some(Grant::Tool(o)) => Some(o),
-                    _ => None,
-                });
-            for o in org {
-                rule.command.clone_from(&o.command);
-                rule.timeout = rule.timeout.min(o.timeout);
-                rule.env.retain(|e| o.env.contains(e));
-                if o.cwd.is_some() {
-                    rule.cwd.clone_from(&o.cwd);
-                }
-            }
-        }
-        Some(Grant::Http(rule)) => cap_http(rule, trace),
-        _ => {}
-    }
-}
-
-/// Where the request goes and what it carries is the org's: a baseline
-/// that declares the API pins its upstream, header, value, secret and
-/// ca_file. Every allowing layer caps the size and timeout (smallest), the
-/// methods (intersection; an empty list allows any) and MCP (only if all
-/// say so); a baseline's paths replace the user's.
-fn cap_http(rule: &mut crate::http::HttpRule, trace: &[LayerDecision]) {
-    let allowing = trace
-        .iter()
-        .filter(|t| t.decision.verdict == Verdict::Allow)
-        .filter_map(|t| match &t.decision.grant {
-            Some(Grant::Http(o)) => Some((t.layer, o)),
-            _ => None,
-        });
-    for (layer, o) in allowing {
-        if matches!(layer, Layer::Baseline | Layer::BaselineWorkspace) {
-            rule.upstream.clone_from(&o.upstream);
-            rule.header.clone_from(&o.header);
-            rule.value.clone_from(&o.value);
-            rule.secret.clone_from(&o.secret);
-            rule.ca_file.clone_from(&o.ca_file);
-            if !o.paths.is_empty() {
-                rule.paths.clone_from(&o.paths);
-            }
-        }
-        rule.max_request_size = rule.max_request_size.min(o.max_request_size);
-        rule.timeout = rule.timeout.min(o.timeout);
-        if rule.methods.is_empty() {
-            rule.methods.clone_from(&o.methods);
-        } else if !o.methods.is_empty() {
-            rule.methods.retain(|m| o.methods.contains(m));
-        }
-        rule.mcp &= o.mcp;
     }
 }
 
@@ -533,60 +466,8 @@ fn hash_source(hash: &mut Sha256, s: &Source) {
 
 /// The policy section that decides an action: what "allow rules for the tool" means.
 #[must_use]
-pub fn section_of(action: &Action<'_>) -> &'static str {
-    match action {
-        Action::Token { .. } => "tokens",
-        Action::SshUserauth { .. }
-        | Action::SshSig { .. }
-        | Action::SshHop { .. }
-        | Action::SshIdentity { .. } => "ssh",
-        Action::GitCredential { .. } => "git-credential",
-        Action::File { .. } | Action::FileSet { .. } => "files",
-        Action::Tool { .. } => "tools",
-        Action::Http { .. } => "http",
-    }
-}
-
-/// The rate, approval and rule of a grant.
-fn grant_terms(grant: &Grant) -> (Option<Rate>, Option<Approve>, &RuleRef) {
-    match grant {
-        Grant::Token(t) => (t.rate, t.approve, &t.rule),
-        Grant::Ssh(r) => (r.rate, r.approve, &r.rule),
-        Grant::GitCredential(r) => (r.rate, r.approve, &r.rule),
-        Grant::File(r) => (None, None, &r.rule),
-        Grant::FileSet(r) => (None, None, &r.rule),
-        Grant::Tool(r) => (r.rate, r.approve, &r.rule),
-        Grant::Http(r) => (r.rate, r.approve, &r.rule),
-    }
-}
-
-/// Whether a top-level `name = value` of a policy file holds allow rules:
-/// anything but a table of only `deny` rules. `version` and `workspace` are
-/// not tool sections.
-pub(crate) fn holds_allow_rules(name: &str, value: &DeValue<'_>) -> bool {
-    if matches!(name, "version" | "workspace") {
-        return false;
-    }
-    !matches!(value, DeValue::Table(t) if t.iter().all(|(k, _)| k.get_ref() == "deny"))
-}
-
-/// The rules for a workspace name (the laptop's pairing name).
-pub(crate) fn check_workspace_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid workspace name {:?}; expected the laptop's pairing name: 1-64 letters, \
-             digits, '-', '_' or '.', not starting with '.'",
-            crate::engine::shown_name(name)
-        ))
-    }
+pub fn section_of(action: &Action<'_>) -> Section {
+    action.section()
 }
 
 /// Warnings for user rules the baseline cuts back: tokens it does not
@@ -597,40 +478,15 @@ fn beyond_baseline(baseline: &Policy, user: &Policy) -> Vec<Diagnostic> {
     let mut users: Vec<(Option<&str>, &Policy)> = vec![(None, user)];
     users.extend(user.workspaces.iter().map(|(n, p)| (Some(n.as_str()), p)));
     for (ws, policy) in users {
-        let ceiling = |ws: Option<&str>| -> Vec<&Policy> {
-            let mut c = vec![baseline];
-            if let Some(w) = ws.and_then(|w| baseline.workspaces.get(w)) {
-                c.push(w);
-            }
-            c
-        };
-        for token in policy.tokens.values() {
-            for b in ceiling(ws) {
-                let d = b.decide(&Request {
-                    workspace: ws.unwrap_or(""),
-                    caller: None,
-                    action: Action::Token { name: &token.name },
-                });
-                let capped = d.rule.is_some() || b.has_allow_rules("tokens");
-                if d.verdict == Verdict::Deny && capped {
-                    out.push(beyond(&token.rule, &format!("there, {}", d.reason)));
-                    break;
-                }
-            }
-        }
-        for rule in &policy.ssh_rules {
-            for b in ceiling(ws) {
-                if let Some(why) = ssh_beyond(b, rule) {
-                    out.push(beyond(&rule.rule, &why));
-                    break;
-                }
-            }
-        }
-        for rule in policy.http.rules() {
-            for b in ceiling(ws) {
-                if let Some(why) = crate::http::beyond(&b.http, b.has_allow_rules("http"), rule) {
-                    out.push(beyond(&rule.rule, &why));
-                    break;
+        let mut ceilings = vec![baseline];
+        ceilings.extend(ws.and_then(|w| baseline.workspaces.get(w)));
+        // A rule is reported once, for the first ceiling that cuts it back.
+        let mut reported: Vec<&RuleRef> = Vec::new();
+        for b in ceilings {
+            for (rule, why) in policy.beyond(b, ws.unwrap_or("")) {
+                if !reported.contains(&rule) {
+                    reported.push(rule);
+                    out.push(beyond(rule, &why));
                 }
             }
         }
@@ -641,64 +497,18 @@ fn beyond_baseline(baseline: &Policy, user: &Policy) -> Vec<Diagnostic> {
 
 /// A warning at `rule` saying the baseline cuts it back.
 fn beyond(rule: &RuleRef, why: &str) -> Diagnostic {
-    Diagnostic {
-        file: rule.file.clone(),
-        line: rule.line,
-        col: rule.col,
-        message: format!(
-            "[{}] goes beyond the org baseline and is ignored where it does: {why}",
-            rule.section
-        ),
-    }
-}
-
-/// Why an `[[ssh.allow]]` rule reaches past what baseline `b` allows, if it does.
-fn ssh_beyond(b: &Policy, rule: &SshRule) -> Option<String> {
-    if let Some(deny) = b.ssh_denies.iter().find(|d| {
-        d.user.is_none()
-            && d.key.is_none()
-            && d.host
-                .as_ref()
-                .is_some_and(|g| g.matcher.is_match(&rule.host))
-    }) {
-        return Some(format!(
-            "the baseline denies host {} ({})",
-            rule.host, deny.rule
-        ));
-    }
-    if !b.has_allow_rules("ssh") {
-        return None;
-    }
-    let covers = |r: &&SshRule| {
-        r.host == rule.host
-            && (r.user == "*" || r.user == rule.user)
-            && match (&r.keys, &rule.keys) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(allowed), Some(wanted)) => wanted.iter().all(|k| allowed.contains(k)),
-            }
-            && (r.forwarding || !rule.forwarding)
-            && rule
-                .sshsig_namespaces
-                .iter()
-                .all(|n| r.sshsig_namespaces.contains(n))
-    };
-    if b.ssh_rules.iter().any(|r| covers(&r)) {
-        None
-    } else {
-        Some(format!(
-            "no baseline [[ssh.allow]] rule covers host {}, user {:?} with these keys, \
-             namespaces and forwarding",
-            rule.host, rule.user
-        ))
-    }
+    rule.diagnostic(format!(
+        "[{}] goes beyond the org baseline and is ignored where it does: {why}",
+        rule.section
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::TokenSource;
-    use crate::ssh::BoundHostKey;
+    use crate::BoundHostKey;
+    use crate::Grant;
+    use crate::sections::tokens::TokenSource;
 
     fn load(name: &str, text: &str) -> Policy {
         Policy::from_sources(&[Source::new(name, text)]).unwrap_or_else(|e| panic!("{e}"))
@@ -983,6 +793,7 @@ user = "git"
 #[cfg(test)]
 mod review_tests {
     use super::*;
+    use crate::Grant;
 
     #[test]
     fn tool_list_follows_the_layers() {

@@ -8,14 +8,20 @@
 //!
 //! The policy language (every section, key, default and limit, the layers
 //! and the duration/size grammar) is documented once, in `docs/policy.md`;
-//! each section file declares its keys as [`schema::Field`] tables, and a
-//! test checks the document against them.
+//! each section file declares its keys as [`schema::Field`] tables, which
+//! also drive how they are read, and a test checks the document against
+//! them.
+//!
+//! The modules are layered (`tests/layering.rs` checks it): `schema` (the
+//! vocabulary of requests and decisions, the value readers, what a section
+//! is), then `sections` (one file per policy section), then `engine` (one
+//! of each section, dispatch, loading), then `layers` and `explain`.
 //!
 //! A token an `[http.*]` section names is bound to that upstream's origin:
 //! no other origin may use it (load error) and [`Action::Token`] for it, or
 //! for any token with the same source, is denied unless its declaration says
 //! `reveal = true`. [`HttpRule::url_for`] joins the workspace's path to the
-//! upstream and re-checks the result; see `http.rs`.
+//! upstream and re-checks the result; see `sections/http.rs`.
 //!
 //! The SSH decisions ([`Action::SshUserauth`], [`Action::SshSig`],
 //! [`Action::SshIdentity`]) take key fingerprints and, for logins, the bound
@@ -41,32 +47,24 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod diag;
 mod engine;
 pub mod explain;
-mod files;
-mod git;
-mod glob_deny;
-mod http;
 mod layers;
-mod parse;
-mod rate;
 pub mod schema;
-mod ssh;
-mod tools;
+mod sections;
 
-pub use diag::{Diagnostic, PolicyErrors};
-pub use engine::{
-    Action, Approve, Caller, Decision, Grant, Policy, Request, RuleRef, SCHEMA, Source, TokenRule,
-    TokenSource, Verdict,
-};
-pub use files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
-pub use git::{GitAction, GitRule};
-pub use http::{
+pub use engine::{Decision, Grant, Policy, SCHEMA, Source};
+pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
+pub use schema::decision::{Approve, Decided, RuleRef, Verdict};
+pub use schema::diag::{Diagnostic, PolicyErrors};
+pub use schema::rate::{Rate, RateError};
+pub use schema::request::{Action, BoundHostKey, Caller, GitAction, Request};
+pub use sections::files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
+pub use sections::git::GitRule;
+pub use sections::http::{
     DEFAULT_MAX_REQUEST_SIZE, DEFAULT_TIMEOUT as HTTP_DEFAULT_TIMEOUT, HttpRule, HttpSecret,
     MAX_REQUEST_SIZE, MAX_REST_LEN, Upstream,
 };
-pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, section_of};
-pub use rate::{Rate, RateError};
-pub use ssh::{BoundHostKey, SshRule};
-pub use tools::{ToolRule, match_args};
+pub use sections::ssh::SshRule;
+pub use sections::tokens::{TokenRule, TokenSource};
+pub use sections::tools::{ToolRule, match_args};

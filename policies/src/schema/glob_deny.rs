@@ -4,13 +4,13 @@
 use globset::GlobMatcher;
 use toml::de::DeValue;
 
-use crate::engine::{Decision, RuleRef, Verdict};
-use crate::parse::{Parser, Value, compile_glob, path_key};
-use crate::schema::{Field, expected};
+use super::Field;
+use super::decision::{Decided, RuleRef, Verdict};
+use super::read::{Key, Parser, Value, compile_glob};
 
 /// A denial by `rule` (`None`: the default deny).
-pub(crate) fn deny(rule: Option<RuleRef>, reason: String) -> Decision {
-    Decision {
+pub(crate) fn deny<G>(rule: Option<RuleRef>, reason: String) -> Decided<G> {
+    Decided {
         verdict: Verdict::Deny,
         rule,
         reason,
@@ -42,7 +42,47 @@ pub(crate) struct DenyShape<'a> {
     pub over: &'a str,
 }
 
-impl Parser<'_> {
+impl<O> Parser<'_, '_, O> {
+    /// `[X]` holding `[X.NAME]` tables and `[[X.deny]]` rules of `shape`:
+    /// each named table goes to `named`; the valid deny rules come back.
+    /// `what` names the tables for a value of the wrong type.
+    pub(crate) fn named_tables(
+        &mut self,
+        section: &str,
+        what: &str,
+        value: &Value<'_>,
+        shape: &DenyShape<'_>,
+        named: fn(&mut Self, &Key<'_>, &Value<'_>),
+    ) -> Vec<DenyRule> {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            self.wrong_type(section, value, found, what);
+            return Vec::new();
+        };
+        let mut denies = Vec::new();
+        for (key, value) in table {
+            if key.get_ref() == "deny" {
+                denies.extend(self.glob_denies(shape, value));
+            } else {
+                named(self, key, value);
+            }
+        }
+        denies
+    }
+
+    /// `[[X.deny]]`: the valid rules of `shape`; errors are reported.
+    pub(crate) fn glob_denies(
+        &mut self,
+        shape: &DenyShape<'_>,
+        value: &Value<'_>,
+    ) -> Vec<DenyRule> {
+        let mut denies = Vec::new();
+        self.rule_list(shape.section, value, |p, rule| {
+            denies.extend(p.glob_deny(shape, rule));
+        });
+        denies
+    }
+
     /// One deny rule of `shape`; errors are reported, `None` then.
     pub(crate) fn glob_deny(
         &mut self,
@@ -63,24 +103,12 @@ impl Parser<'_> {
             return None;
         };
         let errors_before = self.report.errors.len();
-        let mut pattern = None;
-        let mut seen = false;
-        for (key, item) in table {
-            let at = format!("{section}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                k if k == field => {
-                    seen = true;
-                    pattern = self
-                        .string(&at, item, &format!("a glob over {over} like {example:?}"))
-                        .map(|p| (p.to_owned(), item.span()));
-                }
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(section, key, &expected(fields)),
-            }
-        }
-        if !seen {
+        let v = self.fields(section, fields, table, &[]);
+        let pattern = v.at(field).and_then(|(at, item)| {
+            self.string(at, item, &format!("a glob over {over} like {example:?}"))
+                .map(|p| (p.to_owned(), item.span()))
+        });
+        if !v.has(field) {
             self.report.error(
                 &value.span(),
                 format!(

@@ -8,33 +8,59 @@
 use globset::{GlobBuilder, GlobMatcher};
 use toml::de::DeValue;
 
-use crate::diag::Diagnostic;
-use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::deny;
-use crate::parse::{Parser, Value, path_key};
-use crate::rate::Rate;
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+use super::ssh;
+use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::glob_deny::deny;
+use crate::schema::probe::{ProbeArgs, clip};
+use crate::schema::rate::Rate;
+use crate::schema::read::Glob;
+use crate::schema::read::{Parser, Value};
+use crate::schema::request::{Action, GitAction};
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
+
+/// `protocol`, in allow and deny rules.
+const PROTOCOL: Field = Field::optional("protocol", "string", "").read(Kind::Checked {
+    expected: PROTOCOL_SHAPE,
+    check: check_protocol,
+});
 
 /// The keys of `[[git-credential.allow]]`.
 const ALLOW_FIELDS: &[Field] = &[
-    Field::optional("protocol", "string", "URL scheme git sends").default("\"https\""),
+    PROTOCOL
+        .help("URL scheme git sends")
+        .default("\"https\""),
     Field::required(
         "host",
         "host",
         "`HOST` or `HOST:PORT`, exact (case-insensitive)",
-    ),
+    )
+    .read(Kind::Checked {
+        expected: "\"HOST\" or \"HOST:PORT\"",
+        check: ssh::check_host,
+    }),
     Field::optional(
         "path",
         "glob",
         "over the repository path git sends with `credential.useHttpPath`; `*` stays within a segment, `**` crosses them",
     )
-    .default("any path"),
+    .default("any path")
+    .read(Kind::Checked {
+        expected: "a glob like \"acme/*\"",
+        check: check_rule_path,
+    }),
     Field::optional(
         "actions",
         "list of get, store, erase",
         "what the workspace's git may ask of the laptop's helpers",
     )
-    .default("[\"get\"]"),
+    .default("[\"get\"]")
+    .read(Kind::List {
+        expected: "a list of \"get\", \"store\", \"erase\"",
+        check: check_action,
+        when_empty: "the rule would allow nothing; leave actions out for [\"get\"]",
+    }),
     APPROVE,
     RATE,
     DESCRIPTION,
@@ -42,8 +68,9 @@ const ALLOW_FIELDS: &[Field] = &[
 
 /// The keys of `[[git-credential.deny]]`; at least one of the first three.
 const DENY_FIELDS: &[Field] = &[
-    Field::optional("protocol", "string", "URL scheme, exact"),
-    Field::optional("host", "glob", "glob over the host, case-insensitive"),
+    PROTOCOL.help("URL scheme, exact"),
+    Field::optional("host", "glob", "glob over the host, case-insensitive")
+        .read(Kind::Glob("host names like \"*.corp\"")),
     Field::optional(
         "path",
         "glob",
@@ -53,7 +80,7 @@ const DENY_FIELDS: &[Field] = &[
 ];
 
 /// The tables of the `git-credential` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[[git-credential.allow]]",
         fields: ALLOW_FIELDS,
@@ -63,39 +90,6 @@ pub(crate) const TABLES: &[Table] = &[
         fields: DENY_FIELDS,
     },
 ];
-use crate::ssh::{self, Glob};
-
-/// What the workspace's git asks the helper to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GitAction {
-    /// `get`: hand out a credential.
-    Get,
-    /// `store`: pass a working credential on to the laptop's helpers.
-    Store,
-    /// `erase`: tell the laptop's helpers a credential was rejected.
-    Erase,
-}
-
-impl GitAction {
-    /// The name used in `actions` and by git.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GitAction::Get => "get",
-            GitAction::Store => "store",
-            GitAction::Erase => "erase",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "get" => Some(GitAction::Get),
-            "store" => Some(GitAction::Store),
-            "erase" => Some(GitAction::Erase),
-            _ => None,
-        }
-    }
-}
 
 /// A `[[git-credential.allow]]` rule.
 #[derive(Clone, Debug)]
@@ -138,20 +132,48 @@ pub(crate) struct GitSection {
     deny: Vec<GitDenyRule>,
 }
 
-impl GitSection {
-    /// Adds the rules of a later source.
-    pub(crate) fn append(&mut self, other: &mut GitSection) {
-        self.allow.append(&mut other.allow);
-        self.deny.append(&mut other.deny);
+impl PolicySection for GitSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::GitCredential;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.git_credential(value);
     }
 
-    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
-    pub(crate) fn add_denies_from(&mut self, other: &GitSection) {
+    fn append(&mut self, other: Self) {
+        self.allow.extend(other.allow);
+        self.deny.extend(other.deny);
+    }
+
+    fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
     }
 
+    /// `protocol`, `host` and optional `path`, `action` (`get`, the default,
+    /// `store` or `erase`) and `username` (taken and, for now, not matched
+    /// by any rule).
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["protocol", "host", "path", "username", "action"])?;
+        let action = match args.arg("action") {
+            None => GitAction::Get,
+            Some(a) => GitAction::parse(a)
+                .ok_or_else(|| format!("action={:?}: expected get, store or erase", clip(a)))?,
+        };
+        // `username` is accepted for the day rules match it; no rule does yet.
+        Ok(decide(Action::GitCredential {
+            protocol: args.need("protocol", "https")?,
+            host: args.need("host", "github.com")?,
+            path: args.arg("path"),
+            action,
+        }))
+    }
+
     /// Warnings about allow rules a deny rule always blocks.
-    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
+    fn cross_check(&self) -> Vec<Diagnostic> {
         let mut out = Vec::new();
         for rule in &self.allow {
             let blocker = self.deny.iter().find(|d| {
@@ -164,20 +186,27 @@ impl GitSection {
                         .is_none_or(|g| g.pattern == "*" || g.pattern == "**")
             });
             if let Some(deny) = blocker {
-                out.push(Diagnostic {
-                    file: rule.rule.file.clone(),
-                    line: rule.rule.line,
-                    col: rule.rule.col,
-                    message: format!(
-                        "[[git-credential.allow]] host = {:?} is always denied by [[git-credential.deny]] ({})",
-                        rule.host, deny.rule
-                    ),
-                });
+                out.push(rule.rule.diagnostic(format!(
+                    "[[git-credential.allow]] host = {:?} is always denied by [[git-credential.deny]] ({})",
+                    rule.host, deny.rule
+                )));
             }
         }
         out
     }
+}
 
+impl SectionGrant for GitRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: self.rate,
+            approve: self.approve,
+            rule: &self.rule,
+        }
+    }
+}
+
+impl GitSection {
     /// Decides one helper call. The path must be canonical (no `.`/`..`
     /// segments, no empty segments, no encoded separators): git sends what
     /// the URL said, and a server may resolve `acme/../other` elsewhere.
@@ -187,7 +216,7 @@ impl GitSection {
         host: &str,
         path: Option<&str>,
         action: GitAction,
-    ) -> Decision {
+    ) -> Decided<GitRule> {
         // `github.com:443` is `github.com` for https: the same rules judge
         // both spellings, and a deny on a name covers every port of it.
         let host_lc = without_default_port(protocol, &host.to_ascii_lowercase());
@@ -248,11 +277,11 @@ impl GitSection {
                 missing_action.get_or_insert(rule);
                 continue;
             }
-            return Decision {
+            return Decided {
                 verdict: Verdict::Allow,
                 reason: format!("{what} allowed by [[git-credential.allow]] ({})", rule.rule),
                 rule: Some(rule.rule.clone()),
-                grant: Some(Grant::GitCredential(rule.clone())),
+                grant: Some(rule.clone()),
             };
         }
         let reason = if let Some(rule) = missing_action {
@@ -328,6 +357,16 @@ fn check_protocol(p: &str) -> Result<(), String> {
     }
 }
 
+/// `get`, `store` or `erase`.
+fn check_action(a: &str) -> Result<(), String> {
+    GitAction::parse(a).map(|_| ()).ok_or_else(|| {
+        format!(
+            "unknown action {}; expected \"get\", \"store\" or \"erase\"",
+            shown_name(a)
+        )
+    })
+}
+
 fn check_rule_path(p: &str) -> Result<(), String> {
     check_request_path(p).map_err(|why| format!("path glob {}: {why}", shown_name(p)))
 }
@@ -359,7 +398,7 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-impl Parser<'_> {
+impl Parser<'_, '_, GitSection> {
     /// `[git-credential]`: `[[git-credential.allow]]` and `[[git-credential.deny]]`.
     pub(crate) fn git_credential(&mut self, value: &Value<'_>) {
         let DeValue::Table(table) = value.get_ref() else {
@@ -373,8 +412,8 @@ impl Parser<'_> {
         };
         for (key, value) in table {
             match key.get_ref().as_ref() {
-                "allow" => self.ssh_list("git-credential.allow", value, Self::git_allow),
-                "deny" => self.ssh_list("git-credential.deny", value, Self::git_deny),
+                "allow" => self.rule_list("git-credential.allow", value, Self::git_allow),
+                "deny" => self.rule_list("git-credential.deny", value, Self::git_deny),
                 _ => self.unknown_key(
                     "git-credential",
                     key,
@@ -391,63 +430,21 @@ impl Parser<'_> {
             return self.wrong_type(SECTION, value, found, "a table with host = \"HOST\"");
         };
         let errors_before = self.report.errors.len();
-        let mut protocol = Some("https".to_owned());
-        let (mut host, mut seen_host, mut path) = (None, false, None);
-        let mut actions = Some(vec![GitAction::Get]);
-        let (mut approve, mut rate) = (None, None);
-        for (key, item) in table {
-            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "protocol" => {
-                    protocol = self.checked_string(&at, item, PROTOCOL_SHAPE, check_protocol);
+        let v = self.fields(SECTION, ALLOW_FIELDS, table, &[]);
+        let path = v
+            .text("path")
+            .zip(v.at("path"))
+            .and_then(|(p, (at, item))| match path_glob(p, false) {
+                Ok(m) => Some((p.to_owned(), m)),
+                Err(why) => {
+                    self.report.error(
+                        &item.span(),
+                        format!("{at}: invalid glob ({why}); expected e.g. \"acme/*\""),
+                    );
+                    None
                 }
-                "host" => {
-                    seen_host = true;
-                    host = self
-                        .checked_string(&at, item, "\"HOST\" or \"HOST:PORT\"", ssh::check_host)
-                        .map(|h| h.to_ascii_lowercase());
-                }
-                "path" => {
-                    path = self
-                        .checked_string(&at, item, "a glob like \"acme/*\"", check_rule_path)
-                        .and_then(|p| match path_glob(&p, false) {
-                            Ok(m) => Some((p, m)),
-                            Err(why) => {
-                                self.report.error(
-                                    &item.span(),
-                                    format!("{at}: invalid glob ({why}); expected e.g. \"acme/*\""),
-                                );
-                                None
-                            }
-                        });
-                }
-                "actions" => {
-                    actions = self
-                        .string_list(
-                            &at,
-                            item,
-                            "a list of \"get\", \"store\", \"erase\"",
-                            |a| {
-                                GitAction::parse(a).map(|_| ()).ok_or_else(|| {
-                                    format!(
-                                        "unknown action {}; expected \"get\", \"store\" or \"erase\"",
-                                        shown_name(a)
-                                    )
-                                })
-                            },
-                            "the rule would allow nothing; leave actions out for [\"get\"]",
-                        )
-                        .map(|v| v.iter().filter_map(|a| GitAction::parse(a)).collect());
-                }
-                "approve" => approve = self.approve(&at, item),
-                "rate" => rate = self.rate(&at, item),
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, &expected(ALLOW_FIELDS)),
-            }
-        }
-        if !seen_host {
+            });
+        if !v.has("host") {
             self.report.error(
                 &value.span(),
                 "git-credential.allow: missing host; expected host = \"HOST\" (e.g. \"github.com\")",
@@ -456,15 +453,19 @@ impl Parser<'_> {
         if self.report.errors.len() != errors_before {
             return;
         }
-        if let (Some(protocol), Some(host), Some(actions)) = (protocol, host, actions) {
+        if let Some(host) = v.text("host") {
+            let actions = match v.list("actions") {
+                Some(list) => list.iter().filter_map(|a| GitAction::parse(a)).collect(),
+                None => vec![GitAction::Get],
+            };
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-            self.out.git.allow.push(GitRule {
-                protocol,
-                host,
+            self.out.allow.push(GitRule {
+                protocol: v.text("protocol").unwrap_or("https").to_owned(),
+                host: host.to_ascii_lowercase(),
                 path,
                 actions,
-                approve,
-                rate,
+                approve: v.approve("approve"),
+                rate: v.rate("rate"),
                 rule,
             });
         }
@@ -477,42 +478,22 @@ impl Parser<'_> {
             return self.wrong_type(SECTION, value, found, "a table with host and/or path");
         };
         let errors_before = self.report.errors.len();
-        let (mut protocol, mut host, mut path, mut seen) = (None, None, None, false);
-        for (key, item) in table {
-            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "protocol" => {
-                    seen = true;
-                    protocol = self.checked_string(&at, item, PROTOCOL_SHAPE, check_protocol);
+        let v = self.fields(SECTION, DENY_FIELDS, table, &[]);
+        let path = v.at("path").and_then(|(at, item)| {
+            let p = self.string(at, item, "a glob like \"acme/secret*\"")?;
+            match path_glob(p, true) {
+                Ok(matcher) => Some(Glob {
+                    pattern: p.to_owned(),
+                    matcher,
+                }),
+                Err(why) => {
+                    self.report
+                        .error(&item.span(), format!("{at}: invalid glob ({why})"));
+                    None
                 }
-                "host" => {
-                    seen = true;
-                    host = self.glob(&at, item, "host names like \"*.corp\"");
-                }
-                "path" => {
-                    seen = true;
-                    let Some(p) = self.string(&at, item, "a glob like \"acme/secret*\"") else {
-                        continue;
-                    };
-                    match path_glob(p, true) {
-                        Ok(matcher) => {
-                            path = Some(Glob {
-                                pattern: p.to_owned(),
-                                matcher,
-                            });
-                        }
-                        Err(why) => self
-                            .report
-                            .error(&item.span(), format!("{at}: invalid glob ({why})")),
-                    }
-                }
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, &expected(DENY_FIELDS)),
             }
-        }
-        if !seen {
+        });
+        if !["protocol", "host", "path"].iter().any(|k| v.has(k)) {
             self.report.error(
                 &value.span(),
                 "git-credential.deny: a deny rule needs at least one of protocol, host or path; \
@@ -521,9 +502,9 @@ impl Parser<'_> {
         }
         if self.report.errors.len() == errors_before {
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-            self.out.git.deny.push(GitDenyRule {
-                protocol,
-                host,
+            self.out.deny.push(GitDenyRule {
+                protocol: v.text("protocol").map(str::to_owned),
+                host: v.glob("host"),
                 path,
                 rule,
             });
@@ -534,6 +515,7 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Decision;
     use crate::{Action, Policy, Request, Source};
 
     /// A host's default port is the host, and a deny on a name covers it
@@ -732,6 +714,7 @@ path = "acme/secret*"
 #[cfg(test)]
 mod review_tests {
     use super::*;
+    use crate::Decision;
     use crate::{Action, Policy, Request, Source};
 
     fn decide(text: &str, path: &str) -> Decision {

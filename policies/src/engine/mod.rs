@@ -3,35 +3,29 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::diag::{Diagnostic, PolicyErrors};
-use crate::files::{FileRule, FileSet, FilesSection};
-use crate::git::{GitAction, GitRule, GitSection};
-use crate::glob_deny::DenyRule;
-use crate::http::{HttpRule, HttpSection};
-use crate::parse;
-use crate::rate::Rate;
+mod document;
+
+use nexus_protocol::Section;
+
 use crate::schema::Table;
-use crate::ssh::{self, BoundHostKey, SshDenyRule, SshRule};
-use crate::tools::{ToolRule, ToolsSection};
+use crate::schema::decision::{Decided, RuleRef, Verdict};
+use crate::schema::diag::{Diagnostic, PolicyErrors};
+use crate::schema::request::{Action, Request};
+use crate::schema::section::{SectionGrant, Terms};
+use crate::sections::Sections;
+use crate::sections::files::{FileRule, FileSet};
+use crate::sections::git::GitRule;
+use crate::sections::http::HttpRule;
+use crate::sections::ssh::{self, SshRule};
+use crate::sections::tokens::{TokenRule, TokensSection};
+use crate::sections::tools::ToolRule;
 
 /// Every table a policy may hold, section by section in
 /// [`nexus_protocol::Section::ALL`]
 /// order: the schema `docs/policy.md` documents.
-pub const SCHEMA: [&[Table]; 6] = [
-    parse::TOKEN_TABLES,
-    ssh::TABLES,
-    crate::git::TABLES,
-    crate::files::TABLES,
-    crate::tools::TABLES,
-    crate::http::TABLES,
-];
-
-/// Longest part of a requested name quoted in a decision reason; the name comes
-/// from the untrusted workspace and must not flood the audit log.
-const MAX_SHOWN_NAME: usize = 96;
+pub const SCHEMA: &[&[Table]] = Sections::SCHEMA;
 
 /// One policy text in memory, e.g. the contents of one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,215 +44,6 @@ impl Source {
             text: text.into(),
         }
     }
-}
-
-/// What the untrusted workspace reports about the process making a call.
-///
-/// It may only ever narrow what the policy allows, never grant more.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Caller {
-    /// User id of the calling process, if reported.
-    pub uid: Option<u32>,
-    /// Process id of the calling process, if reported.
-    pub pid: Option<u32>,
-    /// Executable path of the calling process, if reported.
-    pub exe: Option<String>,
-    /// Working directory of the calling process, if reported.
-    pub cwd: Option<String>,
-}
-
-/// What a forwarded call asks the laptop to do: plain data, so that deciding
-/// stays pure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Action<'a> {
-    /// Hand out the token declared as `[tokens.NAME]`.
-    Token {
-        /// The token name as the workspace sent it (untrusted).
-        name: &'a str,
-    },
-    /// Sign an SSH userauth request (after a verified `session-bind@openssh.com`).
-    ///
-    /// Allowed by the first `[[ssh.allow]]` rule, in file order, that pins
-    /// `host_key` ([`SshRule::pins`]), whose `user` is `*` or equals `user`,
-    /// whose `keys` are absent or list `key`, that sets `forwarding = true` if
-    /// `forwarding`, and that no `[[ssh.deny]]` rule matches (host = that
-    /// rule's host or any name the host key goes by, user, key).
-    SshUserauth {
-        /// The host key of the session bind and what known_hosts says of it.
-        host_key: BoundHostKey<'a>,
-        /// The user name in the userauth request (untrusted).
-        user: &'a str,
-        /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
-        key: &'a str,
-        /// The bind's `is_forwarding` flag (the session is an onward hop).
-        forwarding: bool,
-    },
-    /// Sign an SSHSIG blob (`ssh-keygen -Y sign`, git commit signing).
-    ///
-    /// Allowed by the first `[[ssh.allow]]` rule listing `namespace` in its
-    /// `sshsig_namespaces` whose `keys` are absent or list `key`, unless an
-    /// `[[ssh.deny]]` rule with `key = KEY` exists (its host and user fields
-    /// are ignored: a signature names neither; a deny without `key` never
-    /// matches a signature).
-    SshSig {
-        /// The SSHSIG namespace (untrusted).
-        namespace: &'a str,
-        /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
-        key: &'a str,
-    },
-    /// An onward hop: an earlier session bound on the same agent connection,
-    /// marked as forwarding the agent. Allowed when a rule pinning its host
-    /// key sets `forwarding = true` and no deny rule for that host (or any
-    /// name the host key goes by) applies.
-    SshHop {
-        /// The hop's host key and what known_hosts says of it.
-        host_key: BoundHostKey<'a>,
-    },
-    /// Whether an agent identity may be shown to the workspace (identities
-    /// not allowed are hidden from the list).
-    ///
-    /// Allowed when any `[[ssh.allow]]` rule admits `key` and no `[[ssh.deny]]`
-    /// rule with only a `key` field (no host, no user) names it.
-    SshIdentity {
-        /// Fingerprint (`SHA256:...`) of the identity.
-        key: &'a str,
-    },
-    /// A git credential helper call (`[[git-credential.allow]]`).
-    GitCredential {
-        /// URL scheme git sent (untrusted).
-        protocol: &'a str,
-        /// Host (and port) git sent (untrusted).
-        host: &'a str,
-        /// Repository path, sent with `credential.useHttpPath` (untrusted).
-        path: Option<&'a str>,
-        /// get, store or erase.
-        action: GitAction,
-    },
-    /// Read one laptop file (`[[files.allow]]`): `~/x` or `/x`, normalized
-    /// by the proxy (untrusted content).
-    File {
-        /// The path.
-        path: &'a str,
-    },
-    /// Install a named set of files (`[files.sets.NAME]`).
-    FileSet {
-        /// The set name (untrusted).
-        name: &'a str,
-    },
-    /// Run a custom tool (`[tools.NAME]`) with these arguments.
-    Tool {
-        /// The tool name (untrusted).
-        name: &'a str,
-        /// The arguments after the declared command (untrusted).
-        args: &'a [String],
-    },
-    /// An HTTP request through `$NEXUS_HTTP_URL/NAME/...` (`[http.NAME]`).
-    /// The path is checked like [`HttpRule::url_for`] checks it, then
-    /// matched against the rule's `methods` and `paths`.
-    Http {
-        /// The API name (untrusted).
-        name: &'a str,
-        /// The request method (untrusted), e.g. `POST`.
-        method: &'a str,
-        /// The path after `/NAME`, without the query (untrusted).
-        path: &'a str,
-    },
-}
-
-/// One request to decide.
-#[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
-    /// The laptop's pairing name of the workspace the call came from.
-    pub workspace: &'a str,
-    /// Caller details reported by the untrusted workspace, if any; no v1 rule uses them.
-    pub caller: Option<&'a Caller>,
-    /// What is asked.
-    pub action: Action<'a>,
-}
-
-/// Allow or deny.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The laptop carries the call out as the grant says.
-    Allow,
-    /// The laptop refuses the call.
-    Deny,
-}
-
-/// Where a rule is written: `Display` gives `file:line`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RuleRef {
-    /// Source name (file path) holding the rule.
-    pub file: String,
-    /// 1-based line of the rule's table header (see the crate docs).
-    pub line: usize,
-    /// 1-based character column of the rule's table header.
-    pub col: usize,
-    /// Dotted path of the rule's table, e.g. `tokens.openai` or `tokens.deny`.
-    pub section: String,
-}
-
-impl fmt::Display for RuleRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
-    }
-}
-
-/// Whether a grant needs the laptop user's approval first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Approve {
-    /// Ask the laptop user each time (`approve = "prompt"`).
-    Prompt,
-}
-
-/// Where the laptop reads a token's value from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `keyring:SERVICE/ACCOUNT`: an entry of the OS keyring.
-    Keyring {
-        /// Keyring service (everything before the last `/`).
-        service: String,
-        /// Keyring account (everything after the last `/`).
-        account: String,
-    },
-    /// `env:VAR`: an environment variable of the laptop proxy.
-    Env(String),
-    /// `file:PATH`: a file, path kept verbatim (it may start with `~/`).
-    File(String),
-    /// `{ command = [...] }` or `command:[...]`: the stdout of a program run without a shell.
-    Command(Vec<String>),
-}
-
-impl fmt::Display for TokenSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenSource::Keyring { service, account } => write!(f, "keyring:{service}/{account}"),
-            TokenSource::Env(var) => write!(f, "env:{var}"),
-            TokenSource::File(path) => write!(f, "file:{path}"),
-            TokenSource::Command(argv) => write!(f, "command:{argv:?}"),
-        }
-    }
-}
-
-/// A declared token: `[tokens.NAME]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenRule {
-    /// The token name.
-    pub name: String,
-    /// Where its value comes from.
-    pub source: TokenSource,
-    /// Optional rate limit, enforced by the laptop.
-    pub rate: Option<Rate>,
-    /// Whether an MCP client may see the value.
-    pub mcp: bool,
-    /// Whether the laptop user must approve each use.
-    pub approve: Option<Approve>,
-    /// `reveal = true`: `token get` is allowed even when an `[http.*]`
-    /// section binds the token to its upstream.
-    pub reveal: bool,
-    /// Where the token is declared.
-    pub rule: RuleRef,
 }
 
 /// What the laptop must do to carry out an allowed request.
@@ -284,33 +69,109 @@ pub enum Grant {
     Http(HttpRule),
 }
 
+impl Grant {
+    /// The rate, approval and rule that come with this grant.
+    pub(crate) fn terms(&self) -> Terms<'_> {
+        match self {
+            Grant::Token(g) => g.terms(),
+            Grant::Ssh(g) => g.terms(),
+            Grant::GitCredential(g) => g.terms(),
+            Grant::File(g) => g.terms(),
+            Grant::FileSet(g) => g.terms(),
+            Grant::Tool(g) => g.terms(),
+            Grant::Http(g) => g.terms(),
+        }
+    }
+
+    /// Narrows this grant under `ceiling`, another allowing layer's grant
+    /// for the same request (`org`: the baseline's), as its section says.
+    pub(crate) fn cap(&mut self, ceiling: &Grant, org: bool) {
+        match (self, ceiling) {
+            (Grant::Token(g), Grant::Token(c)) => g.cap(c, org),
+            (Grant::Ssh(g), Grant::Ssh(c)) => g.cap(c, org),
+            (Grant::GitCredential(g), Grant::GitCredential(c)) => g.cap(c, org),
+            (Grant::File(g), Grant::File(c)) => g.cap(c, org),
+            (Grant::FileSet(g), Grant::FileSet(c)) => g.cap(c, org),
+            (Grant::Tool(g), Grant::Tool(c)) => g.cap(c, org),
+            (Grant::Http(g), Grant::Http(c)) => g.cap(c, org),
+            _ => {}
+        }
+    }
+}
+
 /// The outcome of [`Policy::decide`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
-    /// Allow or deny.
-    pub verdict: Verdict,
-    /// The rule that decided; `None` for the default deny.
-    pub rule: Option<RuleRef>,
-    /// One human-readable line saying why; never holds a secret value.
-    pub reason: String,
-    /// What the laptop must do; `Some` only when allowed.
-    pub grant: Option<Grant>,
+pub type Decision = Decided<Grant>;
+
+impl Sections {
+    /// Decides one request by the section it belongs to.
+    fn decide(&self, action: &Action<'_>) -> Decision {
+        match *action {
+            Action::Token { name } => self.decide_token(name),
+            Action::SshUserauth {
+                host_key,
+                user,
+                key,
+                forwarding,
+            } => ssh::decide_userauth(
+                &self.ssh.rules,
+                &self.ssh.denies,
+                &ssh::Login {
+                    host_key,
+                    user,
+                    key,
+                    forwarding,
+                },
+            )
+            .map(Grant::Ssh),
+            Action::SshSig { namespace, key } => {
+                ssh::decide_sshsig(&self.ssh.rules, &self.ssh.denies, namespace, key)
+                    .map(Grant::Ssh)
+            }
+            Action::SshIdentity { key } => {
+                ssh::decide_identity(&self.ssh.rules, &self.ssh.denies, key).map(Grant::Ssh)
+            }
+            Action::SshHop { host_key } => {
+                ssh::decide_hop(&self.ssh.rules, &self.ssh.denies, &host_key).map(Grant::Ssh)
+            }
+            Action::GitCredential {
+                protocol,
+                host,
+                path,
+                action,
+            } => self
+                .git
+                .decide(protocol, host, path, action)
+                .map(Grant::GitCredential),
+            Action::File { path } => self.files.decide_file(path).map(Grant::File),
+            Action::FileSet { name } => self.files.decide_set(name).map(Grant::FileSet),
+            Action::Tool { name, args } => self.tools.decide(name, args).map(Grant::Tool),
+            Action::Http { name, method, path } => self
+                .http
+                .decide(name, method, path, &self.tokens)
+                .map(Grant::Http),
+        }
+    }
+
+    /// A token the tokens section allows is still denied when an
+    /// `[http.*]` section binds it to its upstream.
+    fn decide_token(&self, name: &str) -> Decision {
+        let decided = self.tokens.decide(name);
+        if let Some(token) = &decided.grant
+            && let Some(b) = self.http.binding_of(token)
+        {
+            return crate::sections::http::bound_token_denial(token, b);
+        }
+        decided.map(Grant::Token)
+    }
 }
 
 /// A validated policy: every rule of every source, merged. Immutable once built.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    pub(crate) tokens: BTreeMap<String, TokenRule>,
-    pub(crate) token_denies: Vec<DenyRule>,
-    pub(crate) ssh_rules: Vec<SshRule>,
-    pub(crate) ssh_denies: Vec<SshDenyRule>,
-    pub(crate) git: GitSection,
-    pub(crate) files: FilesSection,
-    pub(crate) tools: ToolsSection,
-    pub(crate) http: HttpSection,
+    pub(crate) sections: Sections,
     warnings: Vec<Diagnostic>,
     /// Top-level sections with anything but deny rules (see `layers`).
-    pub(crate) allow_sections: BTreeSet<String>,
+    allow_sections: BTreeSet<Section>,
     /// `[workspace."NAME"]` sections of every source, merged per name.
     pub(crate) workspaces: BTreeMap<String, Policy>,
 }
@@ -392,81 +253,38 @@ impl Policy {
     /// Decide one request. Default deny; any matching deny rule beats any allow.
     #[must_use]
     pub fn decide(&self, req: &Request<'_>) -> Decision {
-        match req.action {
-            Action::Token { name } => self.decide_token(name),
-            Action::SshUserauth {
-                host_key,
-                user,
-                key,
-                forwarding,
-            } => ssh::decide_userauth(
-                &self.ssh_rules,
-                &self.ssh_denies,
-                &ssh::Login {
-                    host_key,
-                    user,
-                    key,
-                    forwarding,
-                },
-            ),
-            Action::SshSig { namespace, key } => {
-                ssh::decide_sshsig(&self.ssh_rules, &self.ssh_denies, namespace, key)
-            }
-            Action::SshIdentity { key } => {
-                ssh::decide_identity(&self.ssh_rules, &self.ssh_denies, key)
-            }
-            Action::SshHop { host_key } => {
-                ssh::decide_hop(&self.ssh_rules, &self.ssh_denies, &host_key)
-            }
-            Action::GitCredential {
-                protocol,
-                host,
-                path,
-                action,
-            } => self.git.decide(protocol, host, path, action),
-            Action::File { path } => self.files.decide_file(path),
-            Action::FileSet { name } => self.files.decide_set(name),
-            Action::Tool { name, args } => self.tools.decide(name, args),
-            Action::Http { name, method, path } => {
-                self.http.decide(name, method, path, &self.token_denies)
-            }
-        }
+        self.sections.decide(&req.action)
     }
 
     /// The HTTP APIs declared and not denied, in file order.
     #[must_use]
     pub fn http_apis(&self) -> Vec<&HttpRule> {
-        self.http.listed()
+        self.sections.http.listed()
     }
 
     /// The tools `tool list` shows: declared and not denied, in file order.
     #[must_use]
     pub fn tools(&self) -> Vec<&ToolRule> {
-        self.tools.listed()
+        self.sections.tools.listed()
     }
 
     /// The `[[files.deny]]` rule matching a path found inside a granted
     /// directory or set (normalized `~/x` form), if any.
     #[must_use]
     pub fn file_denied(&self, path: &str) -> Option<RuleRef> {
-        self.files.is_denied(path)
+        self.sections.files.is_denied(path)
     }
 
-    /// Whether top-level section `section` (`tokens`, `ssh`, ...) holds any
-    /// rule besides deny rules: then, in a ceiling layer, it caps the others.
+    /// Whether `section` holds any rule besides deny rules: then, in a
+    /// ceiling layer, it caps the others.
     #[must_use]
-    pub fn has_allow_rules(&self, section: &str) -> bool {
-        self.allow_sections.contains(section)
+    pub fn has_allow_rules(&self, section: Section) -> bool {
+        self.allow_sections.contains(&section)
     }
 
     /// Adds every deny rule of `other` (after this policy's own).
     pub(crate) fn add_denies_from(&mut self, other: &Policy) {
-        self.token_denies.extend(other.token_denies.iter().cloned());
-        self.ssh_denies.extend(other.ssh_denies.iter().cloned());
-        self.git.add_denies_from(&other.git);
-        self.files.add_denies_from(&other.files);
-        self.tools.add_denies_from(&other.tools);
-        self.http.add_denies_from(&other.http);
+        self.sections.add_denies_from(&other.sections);
     }
 
     /// Non-fatal findings (e.g. a deny pattern that matches no declared token), for `policy check`.
@@ -477,13 +295,18 @@ impl Policy {
     /// Names of the declared tokens (for listing), sorted.
     #[must_use]
     pub fn token_names(&self) -> Vec<&str> {
-        self.tokens.keys().map(String::as_str).collect()
+        self.sections
+            .tokens
+            .tokens
+            .keys()
+            .map(String::as_str)
+            .collect()
     }
 
     /// The declaration of token `name`, if any (for listing; deny rules are not applied).
     #[must_use]
     pub fn token(&self, name: &str) -> Option<&TokenRule> {
-        self.tokens.get(name)
+        self.sections.tokens.tokens.get(name)
     }
 
     /// Allow rules of the ssh section, in file order (sources in the order
@@ -491,7 +314,35 @@ impl Policy {
     /// Deny rules are not applied.
     #[must_use]
     pub fn ssh_rules(&self) -> &[SshRule] {
-        &self.ssh_rules
+        &self.sections.ssh.rules
+    }
+
+    /// The rules of this policy, a user layer, that reach past `ceiling`,
+    /// an org baseline layer for `workspace`, each with why.
+    pub(crate) fn beyond<'a>(
+        &'a self,
+        ceiling: &Policy,
+        workspace: &str,
+    ) -> Vec<(&'a RuleRef, String)> {
+        let mut out = Vec::new();
+        // A token's decision takes the ceiling's `[http.*]` bindings too, so
+        // it is asked of the whole ceiling policy.
+        for token in self.sections.tokens.tokens.values() {
+            let d = ceiling.decide(&Request {
+                workspace,
+                caller: None,
+                action: Action::Token { name: &token.name },
+            });
+            let capped = d.rule.is_some() || ceiling.has_allow_rules(Section::Tokens);
+            if d.verdict == Verdict::Deny && capped {
+                out.push((&token.rule, format!("there, {}", d.reason)));
+            }
+        }
+        out.extend(
+            self.sections
+                .beyond(&ceiling.sections, |s| ceiling.has_allow_rules(s)),
+        );
+        out
     }
 
     /// Parses every source, merges them and collects all errors, sorted by position per source.
@@ -502,7 +353,7 @@ impl Policy {
     ) -> Result<Policy, PolicyErrors> {
         let files = sources
             .iter()
-            .map(|s| parse::parse_source(&s.name, &s.text))
+            .map(|s| document::parse_source(&s.name, &s.text))
             .collect();
         let order: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
         Self::assemble(files, &order, errors, warnings, None)
@@ -511,47 +362,32 @@ impl Policy {
     /// Merges parsed sources (`order` ranks their names for sorting warnings).
     /// `outer`: the enclosing policy's tokens, for a workspace section.
     fn assemble(
-        parsed_files: Vec<parse::ParsedFile>,
+        parsed_files: Vec<document::ParsedFile>,
         order: &[&str],
         mut errors: Vec<Diagnostic>,
         mut warnings: Vec<Diagnostic>,
-        outer: Option<&BTreeMap<String, TokenRule>>,
+        outer: Option<&TokensSection>,
     ) -> Result<Policy, PolicyErrors> {
         let mut first_seen: BTreeMap<String, RuleRef> = BTreeMap::new();
-        let mut tokens = BTreeMap::new();
-        let mut token_denies = Vec::new();
-        let mut ssh_rules = Vec::new();
-        let mut ssh_denies = Vec::new();
-        let mut git = GitSection::default();
-        let mut files = FilesSection::default();
-        let mut tools = ToolsSection::default();
-        let mut http = HttpSection::default();
+        let mut merged = Sections::default();
         let mut allow_sections = BTreeSet::new();
-        let mut sections: BTreeMap<String, Vec<parse::ParsedFile>> = BTreeMap::new();
+        let mut sections: BTreeMap<String, Vec<document::ParsedFile>> = BTreeMap::new();
         for mut parsed in parsed_files {
             allow_sections.append(&mut parsed.allow_sections);
             for (name, section) in parsed.workspaces.drain(..) {
                 sections.entry(name).or_default().push(section);
             }
-            for (name, at) in parsed.declared {
+            for (name, at) in std::mem::take(&mut parsed.sections.tokens.declared) {
                 match first_seen.entry(name) {
                     Entry::Vacant(slot) => {
                         slot.insert(at);
                     }
                     Entry::Occupied(seen) => {
                         let (name, first) = (seen.key(), seen.get());
-                        parsed.errors.push(Diagnostic {
-                            message: format!(
-                                "{}: token {name:?} is already declared at {}:{}:{}; declare each token once",
-                                at.section,
-                                first.file,
-                                first.line,
-                                first.col,
-                            ),
-                            file: at.file,
-                            line: at.line,
-                            col: at.col,
-                        });
+                        parsed.errors.push(at.diagnostic(format!(
+                            "{}: token {name:?} is already declared at {}:{}:{}; declare each token once",
+                            at.section, first.file, first.line, first.col,
+                        )));
                     }
                 }
             }
@@ -559,21 +395,12 @@ impl Policy {
             parsed.warnings.sort_by_key(|d| (d.line, d.col));
             errors.append(&mut parsed.errors);
             warnings.append(&mut parsed.warnings);
-            for token in parsed.tokens {
-                tokens.entry(token.name.clone()).or_insert(token);
-            }
-            token_denies.append(&mut parsed.denies);
-            ssh_rules.append(&mut parsed.ssh_rules);
-            ssh_denies.append(&mut parsed.ssh_denies);
-            git.append(&mut parsed.git);
-            files.append(&mut parsed.files);
-            tools.append(&mut parsed.tools);
-            http.append(&mut parsed.http);
+            merged.append(parsed.sections);
         }
-        errors.extend(http.resolve(&tokens, outer));
+        errors.extend(merged.http.resolve(&merged.tokens, outer));
         let mut workspaces = BTreeMap::new();
         for (name, files) in sections {
-            match Self::assemble(files, order, Vec::new(), Vec::new(), Some(&tokens)) {
+            match Self::assemble(files, order, Vec::new(), Vec::new(), Some(&merged.tokens)) {
                 Ok(mut policy) => {
                     warnings.append(&mut policy.warnings);
                     workspaces.insert(name, policy);
@@ -583,123 +410,28 @@ impl Policy {
         }
         if outer.is_none() {
             // A secret is bound across the policy and all its workspace sections.
-            let sections = std::iter::once(&http).chain(workspaces.values().map(|p| &p.http));
-            let (bound, mut found) = crate::http::bind(sections);
+            let all = std::iter::once(&merged.http)
+                .chain(workspaces.values().map(|p: &Policy| &p.sections.http));
+            let (bound, mut found) = crate::sections::http::bind(all);
             errors.append(&mut found);
             for ws in workspaces.values_mut() {
-                ws.http.set_bound(bound.clone());
+                ws.sections.http.set_bound(bound.clone());
             }
-            http.set_bound(bound);
+            merged.http.set_bound(bound);
         }
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
         }
-        let mut found = cross_check(&tokens, &token_denies);
-        found.extend(ssh::cross_check(&ssh_rules, &ssh_denies));
-        found.extend(git.cross_check());
-        found.extend(files.cross_check());
-        found.extend(tools.cross_check());
-        found.extend(http.cross_check(&tokens, &token_denies));
+        let mut found = merged.cross_check();
         let rank = |file: &str| order.iter().position(|s| *s == file);
         found.sort_by_key(|d| (rank(&d.file), d.line, d.col));
         warnings.append(&mut found);
         Ok(Policy {
-            tokens,
-            token_denies,
-            ssh_rules,
-            ssh_denies,
-            git,
-            files,
-            tools,
-            http,
+            sections: merged,
             warnings,
             allow_sections,
             workspaces,
         })
-    }
-
-    /// Deny rules first (in source order), then declarations, then the default deny.
-    fn decide_token(&self, name: &str) -> Decision {
-        let shown = shown_name(name);
-        if let Some(deny) = self.token_denies.iter().find(|d| d.matcher.is_match(name)) {
-            return Decision {
-                verdict: Verdict::Deny,
-                reason: format!(
-                    "token {shown} denied by [[tokens.deny]] name = {:?} ({})",
-                    deny.pattern, deny.rule
-                ),
-                rule: Some(deny.rule.clone()),
-                grant: None,
-            };
-        }
-        if let Some(token) = self.tokens.get(name)
-            && let Some(b) = self.http.binding_of(token)
-        {
-            return crate::http::bound_token_denial(token, b);
-        }
-        match self.tokens.get(name) {
-            Some(token) => Decision {
-                verdict: Verdict::Allow,
-                reason: format!(
-                    "token {shown} allowed by [{}] ({})",
-                    token.rule.section, token.rule
-                ),
-                rule: Some(token.rule.clone()),
-                grant: Some(Grant::Token(token.clone())),
-            },
-            None => Decision {
-                verdict: Verdict::Deny,
-                reason: format!("token {shown} is not declared in the policy (default deny)"),
-                rule: None,
-                grant: None,
-            },
-        }
-    }
-}
-
-/// Warnings about deny rules that never fire and declarations that never allow.
-fn cross_check(tokens: &BTreeMap<String, TokenRule>, denies: &[DenyRule]) -> Vec<Diagnostic> {
-    let mut warnings = Vec::new();
-    for deny in denies {
-        if !tokens.keys().any(|name| deny.matcher.is_match(name)) {
-            warnings.push(at_rule(
-                &deny.rule,
-                format!(
-                    "[[tokens.deny]] name = {:?} matches no declared token; it only guards against future declarations",
-                    deny.pattern
-                ),
-            ));
-        }
-    }
-    for token in tokens.values() {
-        if let Some(deny) = denies.iter().find(|d| d.matcher.is_match(&token.name)) {
-            warnings.push(at_rule(
-                &token.rule,
-                format!(
-                    "token {:?} is declared but always denied by [[tokens.deny]] name = {:?} ({})",
-                    token.name, deny.pattern, deny.rule
-                ),
-            ));
-        }
-    }
-    warnings
-}
-
-/// A diagnostic placed at a rule.
-fn at_rule(rule: &RuleRef, message: String) -> Diagnostic {
-    Diagnostic {
-        file: rule.file.clone(),
-        line: rule.line,
-        col: rule.col,
-        message,
-    }
-}
-
-/// The requested name quoted and escaped for a reason line, cut if very long.
-pub(crate) fn shown_name(name: &str) -> String {
-    match name.char_indices().nth(MAX_SHOWN_NAME) {
-        Some((cut, _)) => format!("{:?}", format!("{}…", &name[..cut])),
-        None => format!("{name:?}"),
     }
 }
 
@@ -737,6 +469,7 @@ fn cannot_read(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Approve, Caller, TokenSource, Verdict};
 
     const POLICY: &str = r#"version = 1
 

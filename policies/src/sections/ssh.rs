@@ -12,68 +12,105 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use globset::GlobMatcher;
 
-use crate::diag::Diagnostic;
-use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::rate::Rate;
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table};
+use toml::de::DeValue;
+
+use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::probe::{ProbeArgs, clip};
+use crate::schema::rate::Rate;
+use crate::schema::read::Glob;
+use crate::schema::read::{Parser, Value};
+use crate::schema::request::{Action, BoundHostKey};
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
 /// The keys of `[[ssh.allow]]`.
-pub(crate) const ALLOW_FIELDS: &[Field] = &[
+const ALLOW_FIELDS: &[Field] = &[
     Field::required(
         "host",
         "host",
         "`HOST` or `HOST:PORT`, one exact host, no globs",
-    ),
+    )
+    .read(Kind::Checked {
+        expected: "\"HOST\" or \"HOST:PORT\"",
+        check: check_host,
+    }),
     Field::required(
         "user",
         "string",
         "the remote user, exact, or `\"*\"` for any",
-    ),
+    )
+    .read(Kind::Checked {
+        expected: "a user name like \"git\", or \"*\"",
+        check: check_user,
+    }),
     Field::optional(
         "keys",
         "list of fingerprints",
         "agent keys allowed (`SHA256:...`, as `ssh-add -l` prints them)",
     )
-    .default("every key in the laptop agent"),
+    .default("every key in the laptop agent")
+    .read(Kind::List {
+        expected: "an array of key fingerprints like [\"SHA256:...\"]",
+        check: check_fingerprint,
+        when_empty: "the rule would allow no key; leave keys out to allow every key in the \
+                     laptop agent, or list fingerprints from `ssh-add -l`",
+    }),
     Field::optional(
         "host_keys",
         "list of public keys",
         "pinned host keys (`ALGO BASE64`), instead of the laptop's known_hosts",
     )
-    .default("the laptop's known_hosts for host"),
+    .default("the laptop's known_hosts for host")
+    .read(Kind::List {
+        expected: "an array of host public keys like [\"ssh-ed25519 AAAA...\"]",
+        check: check_host_key,
+        when_empty: "the rule would pin no host key; leave host_keys out to use the laptop's \
+                     known_hosts for host, or list keys from `ssh-keyscan HOST`",
+    }),
     Field::optional(
         "sshsig_namespaces",
         "list of strings",
         "SSHSIG namespaces the keys may sign (`git` for commit signing)",
     )
-    .default("[]"),
+    .default("[]")
+    .read(Kind::List {
+        expected: "an array of namespaces like [\"git\"]",
+        check: check_namespace,
+        when_empty: "",
+    }),
     Field::optional(
         "forwarding",
         "bool",
         "allow sessions that forward the agent onward",
     )
-    .default("false"),
+    .default("false")
+    .read(Kind::Bool),
     APPROVE,
     RATE,
     DESCRIPTION,
 ];
 
 /// The keys of `[[ssh.deny]]`; at least one of the first three.
-pub(crate) const DENY_FIELDS: &[Field] = &[
+const DENY_FIELDS: &[Field] = &[
     Field::optional(
         "host",
         "glob",
         "glob over the allow rule's host, case-insensitive",
-    ),
-    Field::optional("user", "glob", "glob over the user, case-insensitive"),
-    Field::optional("key", "fingerprint", "one agent key, exact"),
+    )
+    .read(Kind::Glob("host names like \"prod-*\"")),
+    Field::optional("user", "glob", "glob over the user, case-insensitive")
+        .read(Kind::Glob("user names like \"root\"")),
+    Field::optional("key", "fingerprint", "one agent key, exact").read(Kind::Checked {
+        expected: "a key fingerprint like \"SHA256:...\"",
+        check: check_fingerprint,
+    }),
     DESCRIPTION,
 ];
 
 /// The tables of the `ssh` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[[ssh.allow]]",
         fields: ALLOW_FIELDS,
@@ -181,36 +218,9 @@ fn split_port(host: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// A host key bound by `session-bind@openssh.com`, with what the laptop's
-/// known_hosts says of it: data the proxy gathers, so that the engine reads no file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BoundHostKey<'a> {
-    /// The key in SSH wire form (the base64-decoded second field of a
-    /// known_hosts or `host_keys` line).
-    pub blob: &'a [u8],
-    /// The rule hosts (`HOST` or `HOST:PORT`) for which the laptop's
-    /// known_hosts pins this key, `@revoked` keys excluded. Hashed known_hosts
-    /// names can only be checked this way, one candidate host at a time.
-    pub known_hosts_pins: &'a [String],
-    /// Every name the key is known under: the plain names known_hosts lists
-    /// it under and the hosts of the rules that pin it. A host key names no
-    /// host, so a deny rule for any of these names applies: one key shared by
-    /// `dev` and `prod` must not let a `dev` rule reach `prod`.
-    pub known_as: &'a [String],
-}
-
 /// The wire blob of a `host_keys` line (`ALGO BASE64 [COMMENT]`).
 fn host_key_blob(line: &str) -> Option<Vec<u8>> {
     STANDARD.decode(line.split_whitespace().nth(1)?).ok()
-}
-
-/// A compiled case-insensitive glob with the text it came from.
-#[derive(Clone, Debug)]
-pub(crate) struct Glob {
-    /// The glob as written.
-    pub pattern: String,
-    /// The compiled glob.
-    pub matcher: GlobMatcher,
 }
 
 /// An `[[ssh.deny]]` rule; at least one of `host`, `user`, `key` is set.
@@ -288,8 +298,8 @@ fn shown_key(key: &str) -> String {
 }
 
 /// A denial by a deny rule.
-fn denied(deny: &SshDenyRule, what: String) -> Decision {
-    Decision {
+fn denied(deny: &SshDenyRule, what: String) -> Decided<SshRule> {
+    Decided {
         verdict: Verdict::Deny,
         reason: format!("{what} denied by {}", describe_deny(deny)),
         rule: Some(deny.rule.clone()),
@@ -298,8 +308,8 @@ fn denied(deny: &SshDenyRule, what: String) -> Decision {
 }
 
 /// A default denial (no rule decided), with a reason naming the closest rule.
-fn not_allowed(reason: String) -> Decision {
-    Decision {
+fn not_allowed(reason: String) -> Decided<SshRule> {
+    Decided {
         verdict: Verdict::Deny,
         reason,
         rule: None,
@@ -308,12 +318,12 @@ fn not_allowed(reason: String) -> Decision {
 }
 
 /// An allow by `rule`.
-fn allowed(rule: &SshRule, what: String) -> Decision {
-    Decision {
+fn allowed(rule: &SshRule, what: String) -> Decided<SshRule> {
+    Decided {
         verdict: Verdict::Allow,
         reason: format!("{what} allowed by [[ssh.allow]] ({})", rule.rule),
         rule: Some(rule.rule.clone()),
-        grant: Some(Grant::Ssh(rule.clone())),
+        grant: Some(rule.clone()),
     }
 }
 
@@ -355,7 +365,7 @@ pub(crate) fn decide_userauth(
     rules: &[SshRule],
     denies: &[SshDenyRule],
     login: &Login<'_>,
-) -> Decision {
+) -> Decided<SshRule> {
     let Login {
         host_key,
         user,
@@ -428,7 +438,7 @@ pub(crate) fn decide_hop(
     rules: &[SshRule],
     denies: &[SshDenyRule],
     host_key: &BoundHostKey<'_>,
-) -> Decision {
+) -> Decided<SshRule> {
     let known_as = host_key.known_as;
     let mut refused: Option<&SshRule> = None;
     for rule in rules.iter().filter(|r| r.pins(host_key)) {
@@ -461,7 +471,7 @@ pub(crate) fn decide_sshsig(
     denies: &[SshDenyRule],
     namespace: &str,
     key: &str,
-) -> Decision {
+) -> Decided<SshRule> {
     let shown_ns = shown_name(namespace);
     let shown_key = shown_key(key);
     let what = || format!("SSHSIG signature in namespace {shown_ns} with key {shown_key}");
@@ -486,7 +496,11 @@ pub(crate) fn decide_sshsig(
 }
 
 /// `Action::SshIdentity`: a key-only deny rule first, then the first allow rule admitting the key.
-pub(crate) fn decide_identity(rules: &[SshRule], denies: &[SshDenyRule], key: &str) -> Decision {
+pub(crate) fn decide_identity(
+    rules: &[SshRule],
+    denies: &[SshDenyRule],
+    key: &str,
+) -> Decided<SshRule> {
     let shown_key = shown_key(key);
     let what = || format!("identity {shown_key}");
     if let Some(deny) = denies.iter().find(|d| d.denies_identity(key)) {
@@ -504,7 +518,7 @@ pub(crate) fn decide_identity(rules: &[SshRule], denies: &[SshDenyRule], key: &s
 }
 
 /// Warnings about allow rules that a deny rule always blocks.
-pub(crate) fn cross_check(rules: &[SshRule], denies: &[SshDenyRule]) -> Vec<Diagnostic> {
+fn cross_check(rules: &[SshRule], denies: &[SshDenyRule]) -> Vec<Diagnostic> {
     let mut warnings = Vec::new();
     for rule in rules {
         let blocker = denies.iter().find(|d| {
@@ -535,6 +549,276 @@ pub(crate) fn cross_check(rules: &[SshRule], denies: &[SshDenyRule]) -> Vec<Diag
         }
     }
     warnings
+}
+
+/// Every ssh rule of one source (or, merged, of all).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SshSection {
+    /// `[[ssh.allow]]`, in source order.
+    pub rules: Vec<SshRule>,
+    /// `[[ssh.deny]]`, in source order.
+    pub denies: Vec<SshDenyRule>,
+}
+
+impl PolicySection for SshSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::Ssh;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.ssh(value);
+    }
+
+    fn append(&mut self, other: Self) {
+        self.rules.extend(other.rules);
+        self.denies.extend(other.denies);
+    }
+
+    fn add_denies_from(&mut self, other: &Self) {
+        self.denies.extend(other.denies.iter().cloned());
+    }
+
+    fn cross_check(&self) -> Vec<Diagnostic> {
+        cross_check(&self.rules, &self.denies)
+    }
+
+    /// `op=userauth` (the default), `hop`, `sshsig` or `identity`. A probe
+    /// names a host, not a host key: it stands for the first `host_keys`
+    /// entry of a rule for that host in any layer, or for a key the
+    /// laptop's known_hosts pins for the host.
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        layers: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        // Rules without `keys` admit any key; this stands for "some agent key".
+        const ANY_KEY: &str = "(any agent key)";
+        let key = args.arg("key").unwrap_or(ANY_KEY);
+        match args.arg("op").unwrap_or("userauth") {
+            op @ ("userauth" | "hop") => {
+                let keys: &[&str] = if op == "hop" {
+                    &["op", "host"]
+                } else {
+                    &["op", "host", "user", "key", "forwarding"]
+                };
+                args.check_keys(keys)?;
+                let host = args.need("host", "github.com")?;
+                let forwarding = match args.arg("forwarding") {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(format!(
+                            "forwarding={:?}: expected true or false",
+                            clip(other)
+                        ));
+                    }
+                };
+                let names = [host.to_owned()];
+                let blob = probe_host_key(layers, host);
+                let host_key = BoundHostKey {
+                    blob: &blob,
+                    known_hosts_pins: &names,
+                    known_as: &names,
+                };
+                let action = if op == "hop" {
+                    Action::SshHop { host_key }
+                } else {
+                    Action::SshUserauth {
+                        host_key,
+                        user: args.need("user", "git")?,
+                        key,
+                        forwarding,
+                    }
+                };
+                Ok(decide(action))
+            }
+            "sshsig" => {
+                args.check_keys(&["op", "namespace", "key"])?;
+                let namespace = args.need("namespace", "git")?;
+                Ok(decide(Action::SshSig { namespace, key }))
+            }
+            "identity" => {
+                args.check_keys(&["op", "key"])?;
+                let key = args.need("key", "SHA256:...")?;
+                Ok(decide(Action::SshIdentity { key }))
+            }
+            other => Err(format!(
+                "unknown ssh op {:?}; expected userauth (default), sshsig, identity or hop",
+                clip(other)
+            )),
+        }
+    }
+
+    fn beyond<'a>(&'a self, ceiling: &Self, capped: bool) -> Vec<(&'a RuleRef, String)> {
+        self.rules
+            .iter()
+            .filter_map(|r| Some((&r.rule, beyond(ceiling, capped, r)?)))
+            .collect()
+    }
+}
+
+/// The host key a probe stands for: the first `host_keys` entry of a rule
+/// for `host`, or none (then only known_hosts, which the probe says pins
+/// `host`, can pin it).
+fn probe_host_key(layers: &[&SshSection], host: &str) -> Vec<u8> {
+    layers
+        .iter()
+        .flat_map(|s| &s.rules)
+        .filter(|r| r.host == host)
+        .find_map(|r| r.host_keys.as_ref()?.first()?.split_whitespace().nth(1))
+        .and_then(|b64| STANDARD.decode(b64).ok())
+        .unwrap_or_default()
+}
+
+/// Why an `[[ssh.allow]]` rule reaches past what baseline section `b`
+/// allows (`capped`: it has allow rules), if it does.
+fn beyond(b: &SshSection, capped: bool, rule: &SshRule) -> Option<String> {
+    if let Some(deny) = b.denies.iter().find(|d| {
+        d.user.is_none()
+            && d.key.is_none()
+            && d.host
+                .as_ref()
+                .is_some_and(|g| g.matcher.is_match(&rule.host))
+    }) {
+        return Some(format!(
+            "the baseline denies host {} ({})",
+            rule.host, deny.rule
+        ));
+    }
+    if !capped {
+        return None;
+    }
+    let covers = |r: &&SshRule| {
+        r.host == rule.host
+            && (r.user == "*" || r.user == rule.user)
+            && match (&r.keys, &rule.keys) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(allowed), Some(wanted)) => wanted.iter().all(|k| allowed.contains(k)),
+            }
+            && (r.forwarding || !rule.forwarding)
+            && rule
+                .sshsig_namespaces
+                .iter()
+                .all(|n| r.sshsig_namespaces.contains(n))
+    };
+    if b.rules.iter().any(|r| covers(&r)) {
+        None
+    } else {
+        Some(format!(
+            "no baseline [[ssh.allow]] rule covers host {}, user {:?} with these keys, \
+             namespaces and forwarding",
+            rule.host, rule.user
+        ))
+    }
+}
+
+impl SectionGrant for SshRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: self.rate,
+            approve: self.approve,
+            rule: &self.rule,
+        }
+    }
+}
+
+impl Parser<'_, '_, SshSection> {
+    /// `[ssh]`: `[[ssh.allow]]` and `[[ssh.deny]]`.
+    fn ssh(&mut self, value: &Value<'_>) {
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(
+                "ssh",
+                value,
+                found,
+                "a table of [[ssh.allow]] and [[ssh.deny]] rules",
+            );
+        };
+        for (key, value) in table {
+            match key.get_ref().as_ref() {
+                "allow" => self.rule_list("ssh.allow", value, Self::ssh_allow),
+                "deny" => self.rule_list("ssh.deny", value, Self::ssh_deny),
+                _ => self.unknown_key("ssh", key, "[[ssh.allow]] or [[ssh.deny]]"),
+            }
+        }
+    }
+
+    /// One `[[ssh.allow]]` rule.
+    fn ssh_allow(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "ssh.allow";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(
+                SECTION,
+                value,
+                found,
+                "a table with host = \"HOST\" and user = \"USER\"",
+            );
+        };
+        let errors_before = self.report.errors.len();
+        let hints = [("key", " (allow rules take a list, keys = [\"SHA256:...\"])")];
+        let v = self.fields(SECTION, ALLOW_FIELDS, table, &hints);
+        if !v.has("host") {
+            self.report.error(
+                &value.span(),
+                "ssh.allow: missing host; expected host = \"HOST\" or \"HOST:PORT\" (e.g. \"github.com\")",
+            );
+        }
+        if !v.has("user") {
+            self.report.error(
+                &value.span(),
+                "ssh.allow: missing user; expected user = \"NAME\" (e.g. \"git\"), or \"*\" for any user",
+            );
+        }
+        let (Some(host), Some(user)) = (v.text("host"), v.text("user")) else {
+            return;
+        };
+        if self.report.errors.len() == errors_before {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.rules.push(SshRule {
+                host: host.to_owned(),
+                user: user.to_owned(),
+                keys: v.list("keys"),
+                host_keys: v.list("host_keys"),
+                sshsig_namespaces: v.list("sshsig_namespaces").unwrap_or_default(),
+                forwarding: v.bool("forwarding").unwrap_or(false),
+                approve: v.approve("approve"),
+                rate: v.rate("rate"),
+                rule,
+            });
+        }
+    }
+
+    /// One `[[ssh.deny]]` rule.
+    fn ssh_deny(&mut self, value: &Value<'_>) {
+        const SECTION: &str = "ssh.deny";
+        let DeValue::Table(table) = value.get_ref() else {
+            let found = value.get_ref();
+            return self.wrong_type(SECTION, value, found, "a table with host, user and/or key");
+        };
+        let errors_before = self.report.errors.len();
+        let hints = [(
+            "keys",
+            " (a deny rule takes one key = \"SHA256:...\"; write one rule per key)",
+        )];
+        let v = self.fields(SECTION, DENY_FIELDS, table, &hints);
+        if !["host", "user", "key"].iter().any(|k| v.has(k)) {
+            self.report.error(
+                &value.span(),
+                "ssh.deny: a deny rule needs at least one of host, user or key (it matches when \
+                 all of them match); to deny every SSH use, write host = \"*\"",
+            );
+        }
+        if self.report.errors.len() == errors_before {
+            let rule = self.rule_ref(&value.span(), SECTION.to_owned());
+            self.out.denies.push(SshDenyRule {
+                host: v.glob("host"),
+                user: v.glob("user"),
+                key: v.text("key").map(str::to_owned),
+                rule,
+            });
+        }
+    }
 }
 
 // --- Value checks -----------------------------------------------------------
@@ -826,6 +1110,7 @@ mod hop_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Grant;
     use crate::{Action, Policy, Request, Source};
 
     const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEHsucdjWiw4eZ00s1dyPRy/jsOoop/LVxRIrPReSepQ test-ed25519";

@@ -14,12 +14,17 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use crate::diag::Diagnostic;
-use crate::engine::{Approve, Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::{DenyRule, DenyShape, deny};
-use crate::parse::{Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name};
-use crate::rate::Rate;
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::probe::ProbeArgs;
+use crate::schema::rate::Rate;
+use crate::schema::read::{
+    Key, Parser, Value, argv_from, path_key, valid_env_var, valid_token_name,
+};
+use crate::schema::request::Action;
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
 /// The keys of `[tools.NAME]`.
 const TOOL_FIELDS: &[Field] = &[
@@ -33,18 +38,34 @@ const TOOL_FIELDS: &[Field] = &[
         "list of patterns",
         "the workspace's arguments, matched element by element",
     )
-    .default("no arguments"),
+    .default("no arguments")
+    .read(Kind::List {
+        expected: "a list of patterns",
+        check: check_pattern,
+        when_empty: "",
+    }),
     DESCRIPTION,
     Field::optional("timeout", "duration", "the run is killed after this long")
         .default("60s")
-        .limits("more than 0, at most 24h"),
+        .limits("more than 0, at most 24h")
+        .read(Kind::Timeout(MAX_TIMEOUT)),
     Field::optional(
         "env",
         "list of variable names",
         "variables of the proxy's environment passed on",
     )
-    .default("none"),
-    Field::optional("cwd", "path", "working directory (absolute or `~/...`)").default("~"),
+    .default("none")
+    .read(Kind::List {
+        expected: "a list of variable names",
+        check: check_env,
+        when_empty: "",
+    }),
+    Field::optional("cwd", "path", "working directory (absolute or `~/...`)")
+        .default("~")
+        .read(Kind::Checked {
+            expected: "a directory",
+            check: check_cwd,
+        }),
     APPROVE,
     RATE,
 ];
@@ -56,7 +77,7 @@ const DENY_FIELDS: &[Field] = &[
 ];
 
 /// The tables of the `tools` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[tools.NAME]",
         fields: TOOL_FIELDS,
@@ -210,17 +231,79 @@ fn describe(patterns: &[String]) -> String {
     }
 }
 
-impl ToolsSection {
-    pub(crate) fn append(&mut self, other: &mut ToolsSection) {
-        self.tools.append(&mut other.tools);
-        self.deny.append(&mut other.deny);
+impl PolicySection for ToolsSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::Tools;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.tools_section(value);
     }
 
-    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
-    pub(crate) fn add_denies_from(&mut self, other: &ToolsSection) {
+    fn append(&mut self, other: Self) {
+        self.tools.extend(other.tools);
+        self.deny.extend(other.deny);
+    }
+
+    fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
     }
 
+    /// `name` and one `args` per argument, in order; none is a run without
+    /// arguments.
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["name", "args"])?;
+        let name = args.need("name", "open-pr")?;
+        let list = args.all("args");
+        if list.len() > MAX_ARGS {
+            return Err(format!("more than {MAX_ARGS} args= arguments"));
+        }
+        Ok(decide(Action::Tool { name, args: &list }))
+    }
+
+    fn cross_check(&self) -> Vec<Diagnostic> {
+        self.tools
+            .iter()
+            .filter_map(|t| {
+                let d = self.denied(&t.name)?;
+                Some(t.rule.diagnostic(format!(
+                    "tool {:?} is declared but always denied by [[tools.deny]] name = {:?} ({})",
+                    t.name, d.pattern, d.rule
+                )))
+            })
+            .collect()
+    }
+}
+
+impl SectionGrant for ToolRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: self.rate,
+            approve: self.approve,
+            rule: &self.rule,
+        }
+    }
+
+    /// What runs is the org's: a baseline that declares the tool pins its
+    /// command and working directory; its timeout and environment cap the
+    /// user's (shorter, fewer variables).
+    fn cap(&mut self, ceiling: &Self, org: bool) {
+        if !org {
+            return;
+        }
+        self.command.clone_from(&ceiling.command);
+        self.timeout = self.timeout.min(ceiling.timeout);
+        self.env.retain(|e| ceiling.env.contains(e));
+        if ceiling.cwd.is_some() {
+            self.cwd.clone_from(&ceiling.cwd);
+        }
+    }
+}
+
+impl ToolsSection {
     fn denied(&self, name: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
@@ -233,7 +316,7 @@ impl ToolsSection {
             .collect()
     }
 
-    pub(crate) fn decide(&self, name: &str, args: &[String]) -> Decision {
+    pub(crate) fn decide(&self, name: &str, args: &[String]) -> Decided<ToolRule> {
         let shown = shown_name(name);
         if let Some(d) = self.denied(name) {
             return deny(
@@ -251,35 +334,17 @@ impl ToolsSection {
             );
         };
         match match_args(&tool.args, args) {
-            Ok(()) => Decision {
+            Ok(()) => Decided {
                 verdict: Verdict::Allow,
                 reason: format!("tool {shown} allowed by [tools.{name}] ({})", tool.rule),
                 rule: Some(tool.rule.clone()),
-                grant: Some(Grant::Tool(tool.clone())),
+                grant: Some(tool.clone()),
             },
             Err(why) => deny(
                 Some(tool.rule.clone()),
                 format!("tool {shown}: {why} ([tools.{name}] at {})", tool.rule),
             ),
         }
-    }
-
-    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
-        self.tools
-            .iter()
-            .filter_map(|t| {
-                let d = self.denied(&t.name)?;
-                Some(Diagnostic {
-                    file: t.rule.file.clone(),
-                    line: t.rule.line,
-                    col: t.rule.col,
-                    message: format!(
-                        "tool {:?} is declared but always denied by [[tools.deny]] name = {:?} ({})",
-                        t.name, d.pattern, d.rule
-                    ),
-                })
-            })
-            .collect()
     }
 }
 
@@ -312,34 +377,17 @@ fn check_cwd(p: &str) -> Result<(), String> {
     }
 }
 
-impl Parser<'_> {
+impl Parser<'_, '_, ToolsSection> {
     /// `[tools]`: `[tools.NAME]` declarations and `[[tools.deny]]`.
     pub(crate) fn tools_section(&mut self, value: &Value<'_>) {
-        let DeValue::Table(table) = value.get_ref() else {
-            let found = value.get_ref();
-            return self.wrong_type("tools", value, found, "[tools.NAME] tables");
+        let shape = DenyShape {
+            section: "tools.deny",
+            fields: DENY_FIELDS,
+            example: "deploy-*",
+            over: "tool names",
         };
-        for (key, value) in table {
-            if key.get_ref() == "deny" {
-                self.ssh_list("tools.deny", value, Self::tool_deny);
-            } else {
-                self.tool(key, value);
-            }
-        }
-    }
-
-    fn tool_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny(
-            &DenyShape {
-                section: "tools.deny",
-                fields: DENY_FIELDS,
-                example: "deploy-*",
-                over: "tool names",
-            },
-            value,
-        ) {
-            self.out.tools.deny.push(deny);
-        }
+        let denies = self.named_tables("tools", "[tools.NAME] tables", value, &shape, Self::tool);
+        self.out.deny.extend(denies);
     }
 
     fn tool(&mut self, key: &Key<'_>, value: &Value<'_>) {
@@ -360,43 +408,19 @@ impl Parser<'_> {
             return self.wrong_type(&section, value, found, "a table with command = [...]");
         };
         let errors_before = self.report.errors.len();
-        let mut command = None;
-        let mut args = Some(Vec::new());
-        let mut description = String::new();
-        let mut timeout = DEFAULT_TIMEOUT;
-        let mut env = Some(Vec::new());
-        let (mut cwd, mut approve, mut rate) = (None, None, None);
-        for (k, item) in table {
-            let at = format!("{section}.{}", path_key(k.get_ref()));
-            match k.get_ref().as_ref() {
-                "command" => {
-                    command = argv_from(item.get_ref())
-                        .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
-                        .ok();
-                }
-                "args" => {
-                    args = self.string_list(&at, item, "a list of patterns", check_pattern, "");
-                    if let Some(list) = &args
-                        && list.iter().rev().skip(1).any(|p| p == "**")
-                    {
-                        self.report.error(
-                            &item.span(),
-                            format!("{at}: \"**\" may only be the last pattern"),
-                        );
-                    }
-                }
-                "description" => {
-                    description = self.string(&at, item, "a string").unwrap_or("").to_owned();
-                }
-                "timeout" => timeout = self.timeout(&at, item, MAX_TIMEOUT).unwrap_or(timeout),
-                "env" => {
-                    env = self.string_list(&at, item, "a list of variable names", check_env, "")
-                }
-                "cwd" => cwd = self.checked_string(&at, item, "a directory", check_cwd),
-                "approve" => approve = self.approve(&at, item),
-                "rate" => rate = self.rate(&at, item),
-                _ => self.unknown_key(&section, k, &expected(TOOL_FIELDS)),
-            }
+        let v = self.fields(&section, TOOL_FIELDS, table, &[]);
+        let command = v.at("command").and_then(|(at, item)| {
+            argv_from(item.get_ref())
+                .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
+                .ok()
+        });
+        if let (Some(list), Some((at, item))) = (v.list("args"), v.at("args"))
+            && list.iter().rev().skip(1).any(|p| p == "**")
+        {
+            self.report.error(
+                &item.span(),
+                format!("{at}: \"**\" may only be the last pattern"),
+            );
         }
         if command.is_none() && self.report.errors.len() == errors_before {
             self.report.error(
@@ -409,25 +433,25 @@ impl Parser<'_> {
         if self.report.errors.len() != errors_before {
             return;
         }
-        if let Some(first) = self.out.tools.tools.iter().find(|t| t.name == name) {
+        if let Some(first) = self.out.tools.iter().find(|t| t.name == name) {
             let msg = format!(
                 "{section}: declared twice (first at {}); declare each tool once",
                 first.rule
             );
             return self.report.error(&value.span(), msg);
         }
-        if let (Some(command), Some(args), Some(env)) = (command, args, env) {
+        if let Some(command) = command {
             let rule = self.rule_ref(&value.span(), section);
-            self.out.tools.tools.push(ToolRule {
+            self.out.tools.push(ToolRule {
                 name: name.to_owned(),
                 command,
-                args,
-                description,
-                timeout,
-                env,
-                cwd,
-                approve,
-                rate,
+                args: v.list("args").unwrap_or_default(),
+                description: v.text("description").unwrap_or_default().to_owned(),
+                timeout: v.duration("timeout").unwrap_or(DEFAULT_TIMEOUT),
+                env: v.list("env").unwrap_or_default(),
+                cwd: v.text("cwd").map(str::to_owned),
+                approve: v.approve("approve"),
+                rate: v.rate("rate"),
                 rule,
             });
         }

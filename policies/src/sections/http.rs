@@ -35,13 +35,17 @@ use globset::{GlobBuilder, GlobMatcher};
 use toml::de::DeValue;
 use url::{Host, Url};
 
-use crate::diag::Diagnostic;
-use crate::engine::shown_name;
-use crate::engine::{Approve, Decision, Grant, RuleRef, TokenRule, TokenSource, Verdict};
-use crate::glob_deny::{DenyRule, DenyShape, deny};
-use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
-use crate::rate::Rate;
-use crate::schema::{APPROVE, DESCRIPTION, Field, RATE, Table, expected};
+use super::tokens::{TokenRule, TokenSource, TokensSection};
+use super::tools::MAX_TIMEOUT;
+use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::probe::{ProbeArgs, clip};
+use crate::schema::rate::Rate;
+use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
+use crate::schema::request::Action;
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
+use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
 /// The keys of `[http.NAME]`.
 const API_FIELDS: &[Field] = &[
@@ -50,36 +54,62 @@ const API_FIELDS: &[Field] = &[
         "URL",
         "`https://HOST[:PORT][/base]`; `http://` only for a loopback host",
     ),
-    Field::optional("header", "header name", "where the secret goes"),
+    Field::optional("header", "header name", "where the secret goes").read(Kind::Checked {
+        expected: "a header name like \"Authorization\"",
+        check: check_header,
+    }),
     Field::optional(
         "value",
         "string",
         "the header's value; exactly one `{token}` when a secret is injected",
     )
-    .default("\"{token}\""),
+    .default("\"{token}\"")
+    .read(Kind::Checked {
+        expected: "a template like \"Bearer {token}\"",
+        check: check_value,
+    }),
     Field::optional("token", "token name", "a `[tokens.NAME]` whose value is injected"),
     Field::optional(
         "source",
         "token source",
         "an inline source instead of `token` (at most one of the two)",
     ),
-    Field::optional("ca_file", "path", "an extra root certificate (absolute or `~/...`)"),
+    Field::optional("ca_file", "path", "an extra root certificate (absolute or `~/...`)").read(
+        Kind::Checked {
+            expected: "a file path",
+            check: check_ca_file,
+        },
+    ),
     Field::optional("methods", "list of strings", "HTTP methods allowed (never CONNECT, TRACE, TRACK)")
-        .default("any"),
+        .default("any")
+        .read(Kind::List {
+            expected: "a list of methods like [\"GET\", \"POST\"]",
+            check: check_rule_method,
+            when_empty: "the API would allow no method; leave methods out to allow any",
+        }),
     Field::optional(
         "paths",
         "list of globs",
         "over the path after NAME, without the query; `*` stays within a segment, `/**` crosses them",
     )
-    .default("any"),
+    .default("any")
+    .read(Kind::List {
+        expected: "a list of path globs like [\"/v1/*\"]",
+        check: check_path_glob,
+        when_empty: "the API would allow no path; leave paths out to allow any",
+    }),
     Field::optional("max_request_size", "size", "largest request body")
         .default("32MiB")
-        .limits("at most 1GiB"),
+        .limits("at most 1GiB")
+        .read(Kind::Size(MAX_REQUEST_SIZE)),
     Field::optional("timeout", "duration", "the whole request")
         .default("10min")
-        .limits("more than 0, at most 24h"),
+        .limits("more than 0, at most 24h")
+        .read(Kind::Timeout(MAX_TIMEOUT)),
     DESCRIPTION,
-    Field::optional("mcp", "bool", "offered to MCP clients").default("false"),
+    Field::optional("mcp", "bool", "offered to MCP clients")
+        .default("false")
+        .read(Kind::Bool),
     APPROVE,
     RATE,
 ];
@@ -91,7 +121,7 @@ const DENY_FIELDS: &[Field] = &[
 ];
 
 /// The tables of the `http` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[http.NAME]",
         fields: API_FIELDS,
@@ -691,10 +721,17 @@ pub(crate) struct HttpSection {
     bound: Vec<Binding>,
 }
 
-impl HttpSection {
+impl PolicySection for HttpSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::Http;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.http_section(value);
+    }
+
     /// Adds the rules of one more source (`other`, one file's), keeping
     /// declaration order: a binding clash is reported at the later one.
-    pub(crate) fn append(&mut self, other: &mut HttpSection) {
+    fn append(&mut self, mut other: Self) {
         other
             .apis
             .sort_by_key(|a| (a.rule.rule.line, a.rule.rule.col));
@@ -705,7 +742,7 @@ impl HttpSection {
     /// Adds `other`'s deny rules (a layer's denies apply in every layer),
     /// and its bindings: a secret another layer injects is not handed out
     /// by this one either.
-    pub(crate) fn add_denies_from(&mut self, other: &HttpSection) {
+    fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
         for b in &other.bound {
             if !self.bound.iter().any(|o| o.rule == b.rule) {
@@ -717,6 +754,87 @@ impl HttpSection {
         }
     }
 
+    /// Warnings: APIs always denied.
+    fn cross_check(&self) -> Vec<Diagnostic> {
+        self.apis
+            .iter()
+            .filter_map(|api| {
+                let r = &api.rule;
+                let d = self.denied(&r.name)?;
+                Some(r.rule.diagnostic(format!(
+                    "http API {:?} is declared but always denied by [[http.deny]] name = {:?} ({})",
+                    r.name, d.pattern, d.rule
+                )))
+            })
+            .collect()
+    }
+
+    /// `name`, with `method` (default `GET`) and `path` (default `/`). A
+    /// `?query` in `path` is checked like the proxy checks it, then left out
+    /// of the decision (which never sees the query).
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["name", "method", "path"])?;
+        let name = args.need("name", "openai")?;
+        let method = args.arg("method").unwrap_or("GET");
+        let path = args.arg("path").unwrap_or("/");
+        let path = match path.split_once('?') {
+            Some((path, query)) => {
+                check_query(query).map_err(|why| format!("path={:?}: {why}", clip(path)))?;
+                path
+            }
+            None => path,
+        };
+        Ok(decide(Action::Http { name, method, path }))
+    }
+
+    fn beyond<'a>(&'a self, ceiling: &Self, capped: bool) -> Vec<(&'a RuleRef, String)> {
+        self.rules()
+            .filter_map(|r| Some((&r.rule, beyond(ceiling, capped, r)?)))
+            .collect()
+    }
+}
+
+/// Where the request goes and what it carries is the org's: a baseline
+/// that declares the API pins its upstream, header, value, secret and
+/// ca_file. Every allowing layer caps the size and timeout (smallest), the
+/// methods (intersection; an empty list allows any) and MCP (only if all
+/// say so); a baseline's paths replace the user's.
+impl SectionGrant for HttpRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: self.rate,
+            approve: self.approve,
+            rule: &self.rule,
+        }
+    }
+
+    fn cap(&mut self, ceiling: &Self, org: bool) {
+        if org {
+            self.upstream.clone_from(&ceiling.upstream);
+            self.header.clone_from(&ceiling.header);
+            self.value.clone_from(&ceiling.value);
+            self.secret.clone_from(&ceiling.secret);
+            self.ca_file.clone_from(&ceiling.ca_file);
+            if !ceiling.paths.is_empty() {
+                self.paths.clone_from(&ceiling.paths);
+            }
+        }
+        self.max_request_size = self.max_request_size.min(ceiling.max_request_size);
+        self.timeout = self.timeout.min(ceiling.timeout);
+        if self.methods.is_empty() {
+            self.methods.clone_from(&ceiling.methods);
+        } else if !ceiling.methods.is_empty() {
+            self.methods.retain(|m| ceiling.methods.contains(m));
+        }
+        self.mcp &= ceiling.mcp;
+    }
+}
+
+impl HttpSection {
     fn denied(&self, name: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(name))
     }
@@ -740,20 +858,17 @@ impl HttpSection {
     /// section). Errors for names declared twice and unknown tokens.
     pub(crate) fn resolve(
         &mut self,
-        tokens: &BTreeMap<String, TokenRule>,
-        outer: Option<&BTreeMap<String, TokenRule>>,
+        tokens: &TokensSection,
+        outer: Option<&TokensSection>,
     ) -> Vec<Diagnostic> {
         let mut errors = Vec::new();
         let mut seen: BTreeMap<&str, &RuleRef> = BTreeMap::new();
         for api in &self.apis {
             if let Some(first) = seen.insert(&api.rule.name, &api.rule.rule) {
-                errors.push(at(
-                    &api.rule.rule,
-                    format!(
-                        "{}: declared twice (first at {}:{}:{}); declare each API once",
-                        api.rule.rule.section, first.file, first.line, first.col
-                    ),
-                ));
+                errors.push(api.rule.rule.diagnostic(format!(
+                    "{}: declared twice (first at {}:{}:{}); declare each API once",
+                    api.rule.rule.section, first.file, first.line, first.col
+                )));
                 seen.insert(&api.rule.name, first);
             }
         }
@@ -762,22 +877,23 @@ impl HttpSection {
             let Some((name, at_token)) = &api.token else {
                 continue;
             };
-            match tokens.get(name).or_else(|| outer.and_then(|o| o.get(name))) {
+            match tokens
+                .tokens
+                .get(name)
+                .or_else(|| outer.and_then(|o| o.tokens.get(name)))
+            {
                 Some(t) => {
                     // The key's own limits follow it into the API.
                     api.rule.approve = api.rule.approve.or(t.approve);
                     api.rule.rate = api.rule.rate.or(t.rate);
                     api.rule.secret = Some(HttpSecret::Token(t.clone()));
                 }
-                None => errors.push(at(
-                    at_token,
-                    format!(
-                        "{}.token: no [tokens.{}] is declared in this policy; declare it (with \
+                None => errors.push(at_token.diagnostic(format!(
+                    "{}.token: no [tokens.{}] is declared in this policy; declare it (with \
                          its source) or write source = \"...\" here instead",
-                        api.rule.rule.section,
-                        path_key(name)
-                    ),
-                )),
+                    api.rule.rule.section,
+                    path_key(name)
+                ))),
             }
         }
         errors
@@ -789,8 +905,8 @@ impl HttpSection {
         name: &str,
         method: &str,
         path: &str,
-        token_denies: &[DenyRule],
-    ) -> Decision {
+        tokens: &TokensSection,
+    ) -> Decided<HttpRule> {
         let shown = shown_name(name);
         if let Some(d) = self.denied(name) {
             return deny(
@@ -818,7 +934,7 @@ impl HttpSection {
             )
         };
         if let Some(HttpSecret::Token(t)) = &rule.secret
-            && let Some(d) = token_denies.iter().find(|d| d.matcher.is_match(&t.name))
+            && let Some(d) = tokens.denied(&t.name)
         {
             return deny(
                 Some(d.rule.clone()),
@@ -849,14 +965,14 @@ impl HttpSection {
                 rule.paths
             ));
         }
-        Decision {
+        Decided {
             verdict: Verdict::Allow,
             reason: format!(
                 "http API {shown} allowed by [{}] ({}): {method} to {}",
                 rule.rule.section, rule.rule, rule.upstream
             ),
             rule: Some(rule.rule.clone()),
-            grant: Some(Grant::Http(rule.clone())),
+            grant: Some(rule.clone()),
         }
     }
 
@@ -882,53 +998,34 @@ impl HttpSection {
         self.bound = bound;
     }
 
-    /// Warnings: APIs always denied, APIs whose token is denied, bound
-    /// tokens revealed anyway.
-    pub(crate) fn cross_check(
-        &self,
-        tokens: &BTreeMap<String, TokenRule>,
-        token_denies: &[DenyRule],
-    ) -> Vec<Diagnostic> {
+    /// Warnings about the tokens of `tokens` this section binds: APIs
+    /// whose token is denied, bound tokens revealed anyway.
+    pub(crate) fn cross_check_tokens(&self, tokens: &TokensSection) -> Vec<Diagnostic> {
         let mut out = Vec::new();
         for api in &self.apis {
             let r = &api.rule;
-            if let Some(d) = self.denied(&r.name) {
-                out.push(at(
-                    &r.rule,
-                    format!(
-                        "http API {:?} is declared but always denied by [[http.deny]] name = {:?} ({})",
-                        r.name, d.pattern, d.rule
-                    ),
-                ));
-            }
             if let Some(HttpSecret::Token(t)) = &r.secret
-                && let Some(d) = token_denies.iter().find(|d| d.matcher.is_match(&t.name))
+                && let Some(d) = tokens.denied(&t.name)
             {
-                out.push(at(
-                    &r.rule,
-                    format!(
-                        "http API {:?} uses token {:?}, which [[tokens.deny]] name = {:?} ({}) \
-                         denies: its requests are denied",
-                        r.name, t.name, d.pattern, d.rule
-                    ),
-                ));
+                out.push(r.rule.diagnostic(format!(
+                    "http API {:?} uses token {:?}, which [[tokens.deny]] name = {:?} ({}) \
+                     denies: its requests are denied",
+                    r.name, t.name, d.pattern, d.rule
+                )));
             }
         }
-        for t in tokens.values().filter(|t| t.reveal) {
+        for t in tokens.tokens.values().filter(|t| t.reveal) {
             let unrevealed = TokenRule {
                 reveal: false,
                 ..t.clone()
             };
             if let Some(b) = self.binding_of(&unrevealed) {
-                out.push(at(
-                    &t.rule,
-                    format!(
-                        "token {:?} is bound to [http.{}] ({}) but says reveal = true: \
-                         `token get` hands its value to the workspace too; remove reveal unless \
-                         the workspace really needs the raw value",
-                        t.name, b.api, b.upstream
-                    ),
-                ));
+                out.push(t.rule.diagnostic(format!(
+                    "token {:?} is bound to [http.{}] ({}) but says reveal = true: \
+                     `token get` hands its value to the workspace too; remove reveal unless \
+                     the workspace really needs the raw value",
+                    t.name, b.api, b.upstream
+                )));
             }
         }
         out
@@ -938,7 +1035,7 @@ impl HttpSection {
 /// Why user rule `rule` reaches past baseline section `b` (`capped`: the
 /// baseline has `[http.*]` allow rules), if it does: a baseline deny, no
 /// baseline declaration, or a declaration pinning another destination.
-pub(crate) fn beyond(b: &HttpSection, capped: bool, rule: &HttpRule) -> Option<String> {
+fn beyond(b: &HttpSection, capped: bool, rule: &HttpRule) -> Option<String> {
     if let Some(d) = b.denied(&rule.name) {
         return Some(format!(
             "the baseline denies it ([[http.deny]] name = {:?}, {})",
@@ -967,7 +1064,7 @@ pub(crate) fn beyond(b: &HttpSection, capped: bool, rule: &HttpRule) -> Option<S
 }
 
 /// The deny decision for a bound token.
-pub(crate) fn bound_token_denial(token: &TokenRule, b: &Binding) -> Decision {
+pub(crate) fn bound_token_denial<G>(token: &TokenRule, b: &Binding) -> Decided<G> {
     let how = if b.token.as_deref() == Some(token.name.as_str()) {
         String::new()
     } else {
@@ -1013,21 +1110,18 @@ pub(crate) fn bind<'a>(
                     (Some(t), true) => format!("token {t:?}"),
                     _ => "its secret's source".to_owned(),
                 };
-                errors.push(at(
-                    &r.rule,
-                    format!(
-                        "{}: {what} is already bound to [http.{}] at {}:{}:{} ({}); a secret is \
+                errors.push(r.rule.diagnostic(format!(
+                    "{}: {what} is already bound to [http.{}] at {}:{}:{} ({}); a secret is \
                          sent to one origin only, so {} cannot use it: declare another token \
                          for it",
-                        r.rule.section,
-                        first.api,
-                        first.rule.file,
-                        first.rule.line,
-                        first.rule.col,
-                        first.origin,
-                        origin
-                    ),
-                ));
+                    r.rule.section,
+                    first.api,
+                    first.rule.file,
+                    first.rule.line,
+                    first.rule.col,
+                    first.origin,
+                    origin
+                )));
                 continue;
             }
             bound.push(Binding {
@@ -1044,44 +1138,17 @@ pub(crate) fn bind<'a>(
     (bound, errors)
 }
 
-/// A diagnostic placed at a rule.
-fn at(rule: &RuleRef, message: String) -> Diagnostic {
-    Diagnostic {
-        file: rule.file.clone(),
-        line: rule.line,
-        col: rule.col,
-        message,
-    }
-}
-
-impl Parser<'_> {
+impl Parser<'_, '_, HttpSection> {
     /// `[http]`: `[http.NAME]` declarations and `[[http.deny]]`.
     pub(crate) fn http_section(&mut self, value: &Value<'_>) {
-        let DeValue::Table(table) = value.get_ref() else {
-            let found = value.get_ref();
-            return self.wrong_type("http", value, found, "[http.NAME] tables");
+        let shape = DenyShape {
+            section: "http.deny",
+            fields: DENY_FIELDS,
+            example: "prod-*",
+            over: "API names",
         };
-        for (key, value) in table {
-            if key.get_ref() == "deny" {
-                self.ssh_list("http.deny", value, Self::http_deny);
-            } else {
-                self.http_api(key, value);
-            }
-        }
-    }
-
-    fn http_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny(
-            &DenyShape {
-                section: "http.deny",
-                fields: DENY_FIELDS,
-                example: "prod-*",
-                over: "API names",
-            },
-            value,
-        ) {
-            self.out.http.deny.push(deny);
-        }
+        let denies = self.named_tables("http", "[http.NAME] tables", value, &shape, Self::http_api);
+        self.out.deny.extend(denies);
     }
 
     fn http_api(&mut self, key: &Key<'_>, value: &Value<'_>) {
@@ -1108,120 +1175,42 @@ impl Parser<'_> {
             );
         };
         let errors_before = self.report.errors.len();
-        let (mut upstream, mut header, mut value_tpl) = (None, None, None);
-        let (mut token, mut source) = (None, None);
-        let mut secret_keys: Vec<std::ops::Range<usize>> = Vec::new();
-        let (mut ca_file, mut approve, mut rate) = (None, None, None);
-        let (mut methods, mut paths) = (Vec::new(), Vec::new());
-        let mut max_request_size = DEFAULT_MAX_REQUEST_SIZE;
-        let mut timeout = DEFAULT_TIMEOUT;
-        let mut description = String::new();
-        let mut mcp = false;
-        let (mut seen_upstream, mut seen_header, mut seen_value) = (false, false, false);
-        for (k, item) in table {
-            let at = format!("{section}.{}", path_key(k.get_ref()));
-            match k.get_ref().as_ref() {
-                "upstream" => {
-                    seen_upstream = true;
-                    if let Some(text) =
-                        self.string(&at, item, "a URL like \"https://api.openai.com\"")
-                    {
-                        match Upstream::parse(text) {
-                            Ok(u) => upstream = Some(u),
-                            Err(why) => self.report.error(&item.span(), format!("{at}: {why}")),
-                        }
-                    }
-                }
-                "header" => {
-                    seen_header = true;
-                    header = self.checked_string(
-                        &at,
-                        item,
-                        "a header name like \"Authorization\"",
-                        check_header,
-                    );
-                }
-                "value" => {
-                    seen_value = true;
-                    value_tpl = self
-                        .checked_string(
-                            &at,
-                            item,
-                            "a template like \"Bearer {token}\"",
-                            check_value,
-                        )
-                        .map(|v| (v, item.span()));
-                }
-                "token" => {
-                    secret_keys.push(k.span());
-                    if let Some(t) = self.string(&at, item, "a token name like \"openai\"") {
-                        if valid_token_name(t) {
-                            let (line, col) = self.report.position(&item.span());
-                            let rule = RuleRef {
-                                file: self.report.file.to_owned(),
-                                line,
-                                col,
-                                section: at.clone(),
-                            };
-                            token = Some((t.to_owned(), rule));
-                        } else {
-                            self.report.error(
-                                &item.span(),
-                                format!("{at}: invalid token name {}; expected the NAME of a [tokens.NAME]", shown_name(t)),
-                            );
-                        }
-                    }
-                }
-                "source" => {
-                    secret_keys.push(k.span());
-                    source = self.source(&at, item);
-                }
-                "ca_file" => ca_file = self.checked_string(&at, item, "a file path", check_ca_file),
-                "methods" => {
-                    methods = self
-                        .string_list(
-                            &at,
-                            item,
-                            "a list of methods like [\"GET\", \"POST\"]",
-                            check_rule_method,
-                            "the API would allow no method; leave methods out to allow any",
-                        )
-                        .unwrap_or_default();
-                }
-                "paths" => {
-                    paths = self
-                        .string_list(
-                            &at,
-                            item,
-                            "a list of path globs like [\"/v1/*\"]",
-                            check_path_glob,
-                            "the API would allow no path; leave paths out to allow any",
-                        )
-                        .unwrap_or_default();
-                }
-                "max_request_size" => {
-                    max_request_size = self
-                        .size(&at, item, MAX_REQUEST_SIZE)
-                        .unwrap_or(max_request_size);
-                }
-                "timeout" => {
-                    timeout = self
-                        .timeout(&at, item, crate::tools::MAX_TIMEOUT)
-                        .unwrap_or(timeout);
-                }
-                "description" => {
-                    description = self.string(&at, item, "a string").unwrap_or("").to_owned();
-                }
-                "mcp" => match item.get_ref() {
-                    DeValue::Boolean(b) => mcp = *b,
-                    other => self.wrong_type(&at, item, other, "true or false"),
-                },
-                "approve" => approve = self.approve(&at, item),
-                "rate" => rate = self.rate(&at, item),
-                _ => self.unknown_key(&section, k, &expected(API_FIELDS)),
+        let v = self.fields(&section, API_FIELDS, table, &[]);
+        let upstream = v.at("upstream").and_then(|(at, item)| {
+            let text = self.string(at, item, "a URL like \"https://api.openai.com\"")?;
+            Upstream::parse(text)
+                .map_err(|why| self.report.error(&item.span(), format!("{at}: {why}")))
+                .ok()
+        });
+        let token = v.at("token").and_then(|(at, item)| {
+            let t = self.string(at, item, "a token name like \"openai\"")?;
+            if !valid_token_name(t) {
+                self.report.error(
+                    &item.span(),
+                    format!(
+                        "{at}: invalid token name {}; expected the NAME of a [tokens.NAME]",
+                        shown_name(t)
+                    ),
+                );
+                return None;
             }
-        }
-        if !seen_upstream {
+            let (line, col) = self.report.position(&item.span());
+            let rule = RuleRef {
+                file: self.report.file.to_owned(),
+                line,
+                col,
+                section: at.to_owned(),
+            };
+            Some((t.to_owned(), rule))
+        });
+        let source = v.at("source").and_then(|(at, item)| self.source(at, item));
+        let header = v.text("header").map(str::to_owned);
+        let value_tpl = v
+            .text("value")
+            .zip(v.at("value"))
+            .map(|(t, (_, item))| (t.to_owned(), item.span()));
+        let (seen_header, seen_value) = (v.has("header"), v.has("value"));
+        if !v.has("upstream") {
             self.report.error(
                 &value.span(),
                 format!(
@@ -1229,6 +1218,11 @@ impl Parser<'_> {
                 ),
             );
         }
+        let mut secret_keys: Vec<_> = table
+            .iter()
+            .filter(|(k, _)| matches!(k.get_ref().as_ref(), "token" | "source"))
+            .map(|(k, _)| k.span())
+            .collect();
         secret_keys.sort_by_key(|span| span.start);
         if let [_, second] = secret_keys.as_slice() {
             self.report.error(
@@ -1259,9 +1253,10 @@ impl Parser<'_> {
         let Some(upstream) = upstream else {
             return;
         };
+        let paths = v.list("paths").unwrap_or_default();
         let matchers = paths.iter().filter_map(|p| path_glob(p).ok()).collect();
         let rule = self.rule_ref(&value.span(), section);
-        self.out.http.apis.push(HttpApi {
+        self.out.apis.push(HttpApi {
             rule: HttpRule {
                 name: name.to_owned(),
                 upstream,
@@ -1272,15 +1267,17 @@ impl Parser<'_> {
                     None => String::new(),
                 },
                 secret: source.map(HttpSecret::Source),
-                ca_file,
-                methods,
+                ca_file: v.text("ca_file").map(str::to_owned),
+                methods: v.list("methods").unwrap_or_default(),
                 paths,
-                max_request_size,
-                timeout,
-                description,
-                mcp,
-                approve,
-                rate,
+                max_request_size: v
+                    .size("max_request_size")
+                    .unwrap_or(DEFAULT_MAX_REQUEST_SIZE),
+                timeout: v.duration("timeout").unwrap_or(DEFAULT_TIMEOUT),
+                description: v.text("description").unwrap_or_default().to_owned(),
+                mcp: v.bool("mcp").unwrap_or(false),
+                approve: v.approve("approve"),
+                rate: v.rate("rate"),
                 rule,
             },
             matchers,
@@ -1292,7 +1289,8 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Action, Policy, Request, Source};
+    use crate::{Action, Policy, Request, Source};
+    use crate::{Decision, Grant};
 
     const OPENAI: &str = r#"
 [tokens.openai]

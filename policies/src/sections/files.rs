@@ -10,15 +10,19 @@
 
 use toml::de::DeValue;
 
-use crate::diag::Diagnostic;
-use crate::engine::{Decision, Grant, RuleRef, Verdict, shown_name};
-use crate::glob_deny::{DenyRule, DenyShape, deny};
-use crate::parse::{Key, Parser, Value, path_key, valid_token_name};
-use crate::schema::{DESCRIPTION, Field, Table, expected};
+use crate::schema::decision::{Decided, RuleRef, Verdict, shown_name};
+use crate::schema::diag::Diagnostic;
+use crate::schema::glob_deny::{DenyRule, DenyShape, deny};
+use crate::schema::probe::{ProbeArgs, clip};
+use crate::schema::read::{Key, Parser, Value, path_key, valid_token_name};
+use crate::schema::request::Action;
+use crate::schema::section::{PolicySection, SectionGrant, Terms};
+use crate::schema::{DESCRIPTION, Field, Kind, Table};
 
 /// `max_size`, shared by `[[files.allow]]` and `[files.sets.NAME]`.
-const MAX_SIZE: Field =
-    Field::optional("max_size", "size", "largest file handed out").default("10MiB");
+const MAX_SIZE: Field = Field::optional("max_size", "size", "largest file handed out")
+    .default("10MiB")
+    .read(Kind::Size(u64::MAX));
 
 /// The keys of `[[files.allow]]`.
 const ALLOW_FIELDS: &[Field] = &[
@@ -26,7 +30,11 @@ const ALLOW_FIELDS: &[Field] = &[
         "path",
         "path",
         "`~/...` or absolute; a trailing `/` allows every file below the directory",
-    ),
+    )
+    .read(Kind::Checked {
+        expected: "\"~/...\" or \"/...\"",
+        check: check_path_msg,
+    }),
     MAX_SIZE,
     DESCRIPTION,
 ];
@@ -47,13 +55,18 @@ const SET_FIELDS: &[Field] = &[
         "paths",
         "list of paths",
         "files or directories (`~/...`) installed into the workspace's home",
-    ),
+    )
+    .read(Kind::List {
+        expected: "a list of paths like [\"~/.opencode/config.json\"]",
+        check: check_set_path,
+        when_empty: "the set would install nothing",
+    }),
     MAX_SIZE.limits("per file"),
     DESCRIPTION,
 ];
 
 /// The tables of the `files` section.
-pub(crate) const TABLES: &[Table] = &[
+const TABLES: &[Table] = &[
     Table {
         header: "[[files.allow]]",
         fields: ALLOW_FIELDS,
@@ -121,25 +134,109 @@ pub(crate) struct FilesSection {
     sets: Vec<FileSet>,
 }
 
-impl FilesSection {
-    pub(crate) fn append(&mut self, other: &mut FilesSection) {
-        self.allow.append(&mut other.allow);
-        self.deny.append(&mut other.deny);
-        self.sets.append(&mut other.sets);
+impl PolicySection for FilesSection {
+    const NAME: nexus_protocol::Section = nexus_protocol::Section::Files;
+    const TABLES: &'static [Table] = TABLES;
+
+    fn parse(p: &mut Parser<'_, '_, Self>, value: &Value<'_>) {
+        p.files(value);
     }
 
-    /// Adds `other`'s deny rules (a layer's denies apply in every layer).
-    pub(crate) fn add_denies_from(&mut self, other: &FilesSection) {
+    fn append(&mut self, other: Self) {
+        self.allow.extend(other.allow);
+        self.deny.extend(other.deny);
+        self.sets.extend(other.sets);
+    }
+
+    fn add_denies_from(&mut self, other: &Self) {
         self.deny.extend(other.deny.iter().cloned());
     }
 
+    /// `path` (a file read) or `set` (a `[files.sets.NAME]`).
+    fn probe<T>(
+        args: &ProbeArgs<'_>,
+        _: &[&Self],
+        decide: impl FnOnce(Action<'_>) -> T,
+    ) -> Result<T, String> {
+        args.check_keys(&["path", "set"])?;
+        match (args.arg("path"), args.arg("set")) {
+            (Some(path), None) => {
+                check_path(path).map_err(|why| format!("path={:?}: {why}", clip(path)))?;
+                Ok(decide(Action::File { path }))
+            }
+            (None, Some(name)) => Ok(decide(Action::FileSet { name })),
+            _ => Err(format!(
+                "--tool {} needs one of --arg path=PATH (e.g. path=~/.gitconfig) or --arg set=NAME",
+                args.tool
+            )),
+        }
+    }
+
+    fn cross_check(&self) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for rule in &self.allow {
+            if let Some(d) = self.denied(&rule.path) {
+                out.push(rule.rule.diagnostic(format!(
+                    "[[files.allow]] path = {:?} is denied by [[files.deny]] ({})",
+                    rule.path, d.rule
+                )));
+            }
+        }
+        out
+    }
+}
+
+/// Every allowing layer's file rule caps the granted one: the smallest
+/// `max_size` applies, and the narrowest tree (all of them cover the
+/// request, so the longest path lies inside the others) is what the proxy
+/// checks the opened file against.
+impl SectionGrant for FileRule {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: None,
+            approve: None,
+            rule: &self.rule,
+        }
+    }
+
+    fn cap(&mut self, ceiling: &Self, _org: bool) {
+        self.max_size = self.max_size.min(ceiling.max_size);
+        if ceiling.path.len() > self.path.len() {
+            self.path.clone_from(&ceiling.path);
+        }
+    }
+}
+
+/// A set's `max_size` is capped like a file rule's, and a set keeps only
+/// the entries every allowing layer's set of that name covers.
+impl SectionGrant for FileSet {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            rate: None,
+            approve: None,
+            rule: &self.rule,
+        }
+    }
+
+    fn cap(&mut self, ceiling: &Self, _org: bool) {
+        self.max_size = self.max_size.min(ceiling.max_size);
+        self.paths.retain(|p| {
+            ceiling
+                .paths
+                .iter()
+                .any(|b| p == b || (b.ends_with('/') && p.starts_with(b.as_str())))
+        });
+    }
+}
+
+impl FilesSection {
     /// The deny rule matching `path`, if any.
     fn denied(&self, path: &str) -> Option<&DenyRule> {
         self.deny.iter().find(|d| d.matcher.is_match(path))
     }
 
     /// Decides a read of `path` (normalized: `~/x` or `/x`).
-    pub(crate) fn decide_file(&self, path: &str) -> Decision {
+    pub(crate) fn decide_file(&self, path: &str) -> Decided<FileRule> {
         let shown = shown_name(path);
         if let Err(why) = check_path(path) {
             return deny(None, format!("file {shown} refused: {why}"));
@@ -154,11 +251,11 @@ impl FilesSection {
             );
         }
         match self.allow.iter().find(|r| r.covers(path)) {
-            Some(rule) => Decision {
+            Some(rule) => Decided {
                 verdict: Verdict::Allow,
                 reason: format!("file {shown} allowed by [[files.allow]] ({})", rule.rule),
                 rule: Some(rule.rule.clone()),
-                grant: Some(Grant::File(rule.clone())),
+                grant: Some(rule.clone()),
             },
             None => deny(
                 None,
@@ -169,17 +266,17 @@ impl FilesSection {
 
     /// Decides a sync of set `name`; the proxy checks each file it finds
     /// with [`FilesSection::is_denied`] too.
-    pub(crate) fn decide_set(&self, name: &str) -> Decision {
+    pub(crate) fn decide_set(&self, name: &str) -> Decided<FileSet> {
         let shown = shown_name(name);
         match self.sets.iter().find(|s| s.name == name) {
-            Some(set) => Decision {
+            Some(set) => Decided {
                 verdict: Verdict::Allow,
                 reason: format!(
                     "file set {shown} allowed by [files.sets.{name}] ({})",
                     set.rule
                 ),
                 rule: Some(set.rule.clone()),
-                grant: Some(Grant::FileSet(set.clone())),
+                grant: Some(set.clone()),
             },
             None => deny(
                 None,
@@ -191,24 +288,6 @@ impl FilesSection {
     /// Whether a deny rule matches `path` (for files found inside a set's directories).
     pub(crate) fn is_denied(&self, path: &str) -> Option<RuleRef> {
         self.denied(path).map(|d| d.rule.clone())
-    }
-
-    pub(crate) fn cross_check(&self) -> Vec<Diagnostic> {
-        let mut out = Vec::new();
-        for rule in &self.allow {
-            if let Some(d) = self.denied(&rule.path) {
-                out.push(Diagnostic {
-                    file: rule.rule.file.clone(),
-                    line: rule.rule.line,
-                    col: rule.rule.col,
-                    message: format!(
-                        "[[files.allow]] path = {:?} is denied by [[files.deny]] ({})",
-                        rule.path, d.rule
-                    ),
-                });
-            }
-        }
-        out
     }
 }
 
@@ -255,7 +334,7 @@ fn check_path_msg(p: &str) -> Result<(), String> {
     check_path(p).map_err(|why| format!("path {}: {why}", shown_name(p)))
 }
 
-impl Parser<'_> {
+impl Parser<'_, '_, FilesSection> {
     /// `[files]`: `[[files.allow]]`, `[[files.deny]]`, `[files.sets.NAME]`.
     pub(crate) fn files(&mut self, value: &Value<'_>) {
         let DeValue::Table(table) = value.get_ref() else {
@@ -264,8 +343,17 @@ impl Parser<'_> {
         };
         for (key, value) in table {
             match key.get_ref().as_ref() {
-                "allow" => self.ssh_list("files.allow", value, Self::file_allow),
-                "deny" => self.ssh_list("files.deny", value, Self::file_deny),
+                "allow" => self.rule_list("files.allow", value, Self::file_allow),
+                "deny" => {
+                    let shape = DenyShape {
+                        section: "files.deny",
+                        fields: DENY_FIELDS,
+                        example: "**/*.key",
+                        over: "paths",
+                    };
+                    let denies = self.glob_denies(&shape, value);
+                    self.out.deny.extend(denies);
+                }
                 "sets" => self.file_sets(value),
                 _ => self.unknown_key(
                     "files",
@@ -283,48 +371,23 @@ impl Parser<'_> {
             return self.wrong_type(SECTION, value, found, "a table with path = \"~/...\"");
         };
         let errors_before = self.report.errors.len();
-        let (mut path, mut seen_path, mut max_size) = (None, false, DEFAULT_MAX_SIZE);
-        for (key, item) in table {
-            let at = format!("{SECTION}.{}", path_key(key.get_ref()));
-            match key.get_ref().as_ref() {
-                "path" => {
-                    seen_path = true;
-                    path = self.checked_string(&at, item, "\"~/...\" or \"/...\"", check_path_msg);
-                }
-                "max_size" => max_size = self.size(&at, item, u64::MAX).unwrap_or(max_size),
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(SECTION, key, &expected(ALLOW_FIELDS)),
-            }
-        }
-        if !seen_path {
+        let v = self.fields(SECTION, ALLOW_FIELDS, table, &[]);
+        if !v.has("path") {
             self.report.error(
                 &value.span(),
                 "files.allow: missing path; expected path = \"~/FILE\" or \"~/DIR/\"",
             );
         }
-        if let Some(path) = path.filter(|_| self.report.errors.len() == errors_before) {
+        let path = v
+            .text("path")
+            .filter(|_| self.report.errors.len() == errors_before);
+        if let Some(path) = path {
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-            self.out.files.allow.push(FileRule {
-                path,
-                max_size,
+            self.out.allow.push(FileRule {
+                path: path.to_owned(),
+                max_size: v.size("max_size").unwrap_or(DEFAULT_MAX_SIZE),
                 rule,
             });
-        }
-    }
-
-    fn file_deny(&mut self, value: &Value<'_>) {
-        if let Some(deny) = self.glob_deny(
-            &DenyShape {
-                section: "files.deny",
-                fields: DENY_FIELDS,
-                example: "**/*.key",
-                over: "paths",
-            },
-            value,
-        ) {
-            self.out.files.deny.push(deny);
         }
     }
 
@@ -355,26 +418,8 @@ impl Parser<'_> {
             return self.wrong_type(&section, value, found, "a table with paths = [...]");
         };
         let errors_before = self.report.errors.len();
-        let (mut paths, mut max_size) = (None, DEFAULT_MAX_SIZE);
-        for (k, item) in table {
-            let at = format!("{section}.{}", path_key(k.get_ref()));
-            match k.get_ref().as_ref() {
-                "paths" => {
-                    paths = self.string_list(
-                        &at,
-                        item,
-                        "a list of paths like [\"~/.opencode/config.json\"]",
-                        check_set_path,
-                        "the set would install nothing",
-                    );
-                }
-                "max_size" => max_size = self.size(&at, item, u64::MAX).unwrap_or(max_size),
-                "description" => {
-                    self.string(&at, item, "a string");
-                }
-                _ => self.unknown_key(&section, k, &expected(SET_FIELDS)),
-            }
-        }
+        let v = self.fields(&section, SET_FIELDS, table, &[]);
+        let paths = v.list("paths");
         if paths.is_none() && self.report.errors.len() == errors_before {
             self.report.error(
                 &value.span(),
@@ -383,17 +428,17 @@ impl Parser<'_> {
         }
         if let Some(paths) = paths.filter(|_| self.report.errors.len() == errors_before) {
             let rule = self.rule_ref(&value.span(), section);
-            if let Some(first) = self.out.files.sets.iter().find(|s| s.name == name) {
+            if let Some(first) = self.out.sets.iter().find(|s| s.name == name) {
                 let msg = format!(
                     "files.sets.{name}: declared twice (first at {}); declare each set once",
                     first.rule
                 );
                 return self.report.error(&value.span(), msg);
             }
-            self.out.files.sets.push(FileSet {
+            self.out.sets.push(FileSet {
                 name: name.to_owned(),
                 paths,
-                max_size,
+                max_size: v.size("max_size").unwrap_or(DEFAULT_MAX_SIZE),
                 rule,
             });
         }
@@ -404,6 +449,7 @@ impl Parser<'_> {
 mod tests {
     use super::*;
     use crate::{Action, Policy, Request, Source};
+    use crate::{Decision, Grant};
 
     fn decide(p: &Policy, path: &str) -> Decision {
         p.decide(&Request {

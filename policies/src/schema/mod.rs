@@ -2,9 +2,62 @@
 //! defaults, limits and meaning. Parsers take their unknown-key messages
 //! from here, and `docs/policy.md` is checked against it (see
 //! `tests/schema_doc.rs`), so the schema is written once.
+//!
+//! This is the bottom layer of the crate: the vocabulary the sections
+//! decide in (`decision`), diagnostics, rates, the typed value readers
+//! (`read`), glob deny rules, and what a section is (`section`). It imports nothing else of the crate;
+//! `sections` build on it, `engine` on those, `layers` and `explain` on top.
+
+pub(crate) mod decision;
+pub(crate) mod diag;
+pub(crate) mod glob_deny;
+pub(crate) mod probe;
+pub(crate) mod rate;
+pub(crate) mod read;
+pub(crate) mod request;
+pub(crate) mod section;
+
+use std::time::Duration;
+
+/// How a key's value is read and checked (see `read::Parser::fields`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    /// Read by the section itself: its shape is the section's own.
+    Custom,
+    /// Any string.
+    Text,
+    /// `true` or `false`.
+    Bool,
+    /// `approve = "prompt"`.
+    Approve,
+    /// `rate = "N/s|min|h"`.
+    Rate,
+    /// A duration in the one grammar, more than 0 and at most this.
+    Timeout(Duration),
+    /// A size in the one grammar, at most this many bytes.
+    Size(u64),
+    /// A string that passes `check`; `expected` names its form.
+    Checked {
+        /// The form, for a value of the wrong type.
+        expected: &'static str,
+        /// Why a string is refused.
+        check: fn(&str) -> Result<(), String>,
+    },
+    /// An array of strings that each pass `check`.
+    List {
+        /// The form, for a value of the wrong type.
+        expected: &'static str,
+        /// Why an element is refused.
+        check: fn(&str) -> Result<(), String>,
+        /// The error for an empty array; empty when `[]` is fine.
+        when_empty: &'static str,
+    },
+    /// A case-insensitive glob over what this names (`host names like "prod-*"`).
+    Glob(&'static str),
+}
 
 /// One key of a policy table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Field {
     /// The key as written in policy files.
     pub name: &'static str,
@@ -18,6 +71,8 @@ pub struct Field {
     pub limits: &'static str,
     /// What it means, in one line.
     pub help: &'static str,
+    /// How its value is read.
+    pub(crate) kind: Kind,
 }
 
 impl Field {
@@ -31,6 +86,7 @@ impl Field {
             default: "",
             limits: "",
             help,
+            kind: Kind::Custom,
         }
     }
 
@@ -49,10 +105,22 @@ impl Field {
         Field { default, ..self }
     }
 
+    /// This key with another meaning (a shared key in one table).
+    #[must_use]
+    pub const fn help(self, help: &'static str) -> Field {
+        Field { help, ..self }
+    }
+
     /// This key with limits.
     #[must_use]
     pub const fn limits(self, limits: &'static str) -> Field {
         Field { limits, ..self }
+    }
+
+    /// This key, read as `kind`.
+    #[must_use]
+    pub(crate) const fn read(self, kind: Kind) -> Field {
+        Field { kind, ..self }
     }
 }
 
@@ -61,21 +129,23 @@ pub const APPROVE: Field = Field::optional(
     "approve",
     "\"prompt\"",
     "ask the laptop user before each use",
-);
+)
+.read(Kind::Approve);
 
 /// `rate = "60/min"`, shared by every rule with a rate limit.
 pub const RATE: Field = Field::optional(
     "rate",
     "rate",
     "at most N uses per s, min or h, e.g. \"60/min\"",
-);
+)
+.read(Kind::Rate);
 
 /// `description = "..."`, accepted by every table.
 pub const DESCRIPTION: Field =
-    Field::optional("description", "string", "shown in listings and prompts");
+    Field::optional("description", "string", "shown in listings and prompts").read(Kind::Text);
 
 /// One policy table: where it is written and its keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Table {
     /// Its header as written, e.g. `[tokens.NAME]` or `[[ssh.allow]]`.
     pub header: &'static str,
