@@ -186,6 +186,31 @@ mod tests {
         assert!(check_ancestors(&state).is_ok());
     }
 
+    /// The owner of a folder may rename anything in it, sticky bit or not
+    /// (sticky only stops *other* users): a sticky folder that belongs to
+    /// another user is as unsafe a parent as one without the bit.
+    #[test]
+    fn a_sticky_parent_owned_by_another_user_is_refused() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let shared = tmp.path().join("shared");
+        let state = shared.join("nexus");
+        std::fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+        chmod(&shared, 0o1777);
+        // Handing a folder to another uid needs root; elsewhere there is
+        // nothing to set up.
+        if std::os::unix::fs::chown(&shared, Some(me().wrapping_add(4242)), None).is_err() {
+            return;
+        }
+        let err = check_ancestors(&state)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("shared"),
+            "a sticky parent owned by another uid was accepted: its owner can move the state dir aside"
+        );
+    }
+
     #[test]
     fn a_file_others_can_write_is_not_read() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
