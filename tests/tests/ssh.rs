@@ -644,3 +644,33 @@ fn ssh_commit_signing_through_agent_sock() {
         )
         .ok();
 }
+
+/// A sign request the laptop refuses is a decision like any other, and the
+/// audit log must hold it: today the refusals `Sign::ask` returns as `Err`
+/// (a replayed session, a sign with no bind, a bind for another session,
+/// a bad host signature) reach only the proxy's stderr, so a workspace
+/// trying replays leaves no trace in `audit.jsonl` or `audit tail`.
+#[test]
+fn refused_sign_requests_are_audited() {
+    let mut world = SshWorld::new();
+    world.start_proxy(&allow(&world, ""), AgentFrom::Flag);
+    world.trust_pinned_hosts();
+    let a = captured_login(&world, "relay-audit");
+    let (bind_a, sign_a) = (
+        a.session_bind().must("bind A"),
+        a.sign_request().must("sign A"),
+    );
+    assert_eq!(on_new_connection(&world, &[bind_a, sign_a]), FAILURE);
+    world.wait_for_proxy_line(&["refused", "(replay)"]);
+    assert_eq!(on_new_connection(&world, &[sign_a]), FAILURE);
+    world.wait_for_proxy_line(&["refused", "without a session-bind"]);
+    let log = std::fs::read_to_string(world.laptop.config_dir().join("audit.jsonl"))
+        .must("reading the audit log");
+    for reason in ["(replay)", "without a session-bind"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("\"decision\":\"deny\"") && l.contains(reason)),
+            "no audit line for the refused sign request ({reason}):\n{log}"
+        );
+    }
+}
