@@ -849,6 +849,39 @@ mod review_tests {
         );
     }
 
+    /// A ceiling never widens the grant: the user's rule for the single
+    /// file `~/proj` must not become the baseline's directory rule
+    /// `~/proj/` (the proxy would then send every file below `~/proj/`,
+    /// which the user's policy does not allow one by one).
+    #[test]
+    fn a_ceiling_directory_does_not_widen_a_users_file_rule() {
+        let baseline = Policy::from_sources(&[Source::new(
+            "b.toml",
+            "[[files.allow]]\npath = \"~/proj/\"\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let user = Policy::from_sources(&[Source::new(
+            "u.toml",
+            "[[files.allow]]\npath = \"~/proj\"\n",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let set = PolicySet::new(Some(baseline), user);
+        let out = set.decide(&Request {
+            workspace: "w",
+            caller: None,
+            action: Action::File { path: "~/proj" },
+        });
+        assert_eq!(out.verdict, Verdict::Allow, "{}", out.reason);
+        let Some(Grant::File(rule)) = &out.grant else {
+            panic!("{:?}", out.grant);
+        };
+        assert!(
+            !rule.is_dir(),
+            "the user's file rule became the directory rule {:?}",
+            rule.path
+        );
+    }
+
     /// A ceiling that declares a set caps what the user's set of the same
     /// name installs: entries the ceiling's set does not cover are dropped.
     #[test]
