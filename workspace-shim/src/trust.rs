@@ -6,9 +6,10 @@
 //! command reads, the workspace user's `pairing-uri` would print theirs and
 //! the laptop would pair with them; `nexus-shim env` would send the agent's
 //! API requests to them. So every command checks, before trusting anything:
-//! - every folder above the state directory: no other user may write to it
-//!   unless the sticky bit keeps them from moving what is not theirs
-//!   (`/tmp` is fine, a world-writable volume without it is not);
+//! - every folder above the state directory: owned by the caller or root,
+//!   and no other user may write to it unless the sticky bit keeps them
+//!   from moving what is not theirs (`/tmp` is fine, a world-writable
+//!   volume without it is not, nor any folder another user owns);
 //! - files read directly (`http.url`): owned by the caller (or root), not
 //!   writable by others, not a link;
 //! - the daemon behind a socket: `SO_PEERCRED` says it runs as the caller's
@@ -50,7 +51,9 @@ pub fn check_ancestors(dir: &Path) -> Result<()> {
         let sticky = mode & 0o1000 != 0;
         let owner_is_other = !trusted_owner(meta.uid());
         let shared_write = mode & 0o022 != 0;
-        if owner_is_other && !sticky {
+        // The sticky bit binds other users, never the folder's owner: a
+        // folder another user owns is theirs to rearrange either way.
+        if owner_is_other {
             bail!(
                 "state dir {}: its parent {} belongs to uid {}, who could move it aside and put \
                  another in its place; use a state dir under a folder of your own (--state-dir \

@@ -199,9 +199,17 @@ impl SectionGrant for FileRule {
         }
     }
 
+    /// The narrower of the two grants: a file rule stays a file rule (a
+    /// ceiling's directory of the same name must not widen it into the
+    /// tree), and of two directories the deeper one wins.
     fn cap(&mut self, ceiling: &Self, _org: bool) {
         self.max_size = self.max_size.min(ceiling.max_size);
-        if ceiling.path.len() > self.path.len() {
+        let narrower = match (self.is_dir(), ceiling.is_dir()) {
+            (false, _) => false,
+            (true, false) => true,
+            (true, true) => ceiling.path.len() > self.path.len(),
+        };
+        if narrower {
             self.path.clone_from(&ceiling.path);
         }
     }
