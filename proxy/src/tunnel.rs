@@ -528,26 +528,19 @@ async fn answer(
         }
         // Streamed answers (tool output, file data) end on their own: a tool
         // at its policy timeout, a file at its end or when the workspace
-        // stops reading (yamux flow control holds the laptop side).
-        Some(_place) if call.request.is_streaming() => {
-            tools::dispatch(&call, workspace, ctx, &mut stream, limits.max_call_frame).await
-        }
+        // stops reading (yamux flow control holds the laptop side). Others
+        // get --call-timeout, inside the pipeline, which audits the cut.
         Some(_place) => {
-            let answer = tools::dispatch(&call, workspace, ctx, &mut stream, limits.max_call_frame);
-            match tokio::time::timeout(limits.call_timeout, answer).await {
-                Ok(reply) => reply,
-                Err(_) => {
-                    let timeout = nexus_protocol::units::format_duration(limits.call_timeout);
-                    warn!(tool, %timeout, "call timed out");
-                    Some(Reply::error(
-                        ErrorCode::Internal,
-                        format!(
-                            "the laptop gave up on this {tool} call after {timeout} \
-                             (`nexus-agent-proxy run --call-timeout`)"
-                        ),
-                    ))
-                }
-            }
+            let timeout = (!call.request.is_streaming()).then_some(limits.call_timeout);
+            tools::dispatch(
+                &call,
+                workspace,
+                ctx,
+                &mut stream,
+                limits.max_call_frame,
+                timeout,
+            )
+            .await
         }
     };
     if let Some(reply) = reply {

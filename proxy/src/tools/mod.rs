@@ -112,6 +112,7 @@ pub async fn dispatch<S>(
     ctx: &ToolContext,
     stream: &mut S,
     max_frame: usize,
+    call_timeout: Option<std::time::Duration>,
 ) -> Option<Reply>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
@@ -126,6 +127,7 @@ where
         caller: &call.caller,
         tool: call.request.tool(),
         max_frame,
+        call_timeout,
     };
     match &call.request {
         Request::Token { name } => serve(token::Token { name }, &scope, stream).await,
@@ -224,7 +226,7 @@ pub(crate) mod test_support {
             caller: nexus_protocol::CallerContext::default(),
             request,
         };
-        dispatch(&call, "w", ctx, stream, nexus_protocol::MAX_FRAME).await
+        dispatch(&call, "w", ctx, stream, nexus_protocol::MAX_FRAME, None).await
     }
 
     /// Like [`call`] for a request answered with one reply.

@@ -31,6 +31,10 @@ pub(crate) struct Scope<'a> {
     pub tool: &'static str,
     /// The largest frame accepted from the workspace.
     pub max_frame: usize,
+    /// How long the laptop works on this call, approval wait included
+    /// (`run --call-timeout`); `None` for streamed answers, which end on
+    /// their own (a tool at its policy timeout, a file at its end).
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 impl Scope<'_> {
@@ -155,6 +159,35 @@ pub const LOCKED_UNDER_WAY: &str = "stopped under way: the laptop was locked \
 
 /// Carries one call through the pipeline: its final reply, or `None` when
 /// the tool already wrote it.
+/// Sleeps until `deadline`; never, without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The reply to a call the laptop gave up on at `--call-timeout`, and the
+/// audit line's reason.
+fn timed_out(scope: &Scope<'_>) -> (Reply, String) {
+    let timeout = scope
+        .call_timeout
+        .map(nexus_protocol::units::format_duration)
+        .unwrap_or_default();
+    tracing::warn!(tool = scope.tool, %timeout, "call timed out");
+    (
+        Reply::error(
+            ErrorCode::Internal,
+            format!(
+                "the laptop gave up on this {} call after {timeout} \
+                 (`nexus-agent-proxy run --call-timeout`)",
+                scope.tool
+            ),
+        ),
+        format!("stopped: the call took longer than --call-timeout ({timeout})"),
+    )
+}
+
 pub(crate) async fn serve<T, S>(mut tool: T, scope: &Scope<'_>, out: &mut S) -> Option<Reply>
 where
     T: Tool,
@@ -173,7 +206,22 @@ where
         };
         return Some(gate::refuse(ctx, &policy, &subject, None, gate::LOCKED.to_owned()).await);
     }
+    let deadline = scope.call_timeout.map(|d| tokio::time::Instant::now() + d);
     let (subject, grant) = match tool.ask(scope, &policy) {
+        // A request refused before any rule was asked (a replayed SSH
+        // session, a sign without its bind, a malformed request) is a
+        // decision too: audited, so probing leaves a trace.
+        Err(Reply::Error(e)) if e.code == ErrorCode::Denied => {
+            let subject = Subject {
+                workspace: scope.workspace,
+                tool: scope.tool,
+                target: "(request refused before a rule was asked)".to_owned(),
+                caller: Some(scope.caller),
+                approval_key: String::new(),
+            };
+            gate::refuse(ctx, &policy, &subject, None, e.message.clone()).await;
+            return Some(Reply::Error(e));
+        }
         Err(reply) => return Some(reply),
         Ok(Asked::Listing) => (None, None),
         Ok(Asked::Decided(d)) => {
@@ -184,8 +232,18 @@ where
                 caller: Some(scope.caller),
                 approval_key: d.approval_key,
             };
-            if let Err(reply) = gate::enforce(ctx, &policy, &subject, &d.outcome).await {
-                return Some(reply);
+            let enforced = tokio::select! {
+                r = gate::enforce(ctx, &policy, &subject, &d.outcome) => Some(r),
+                () = sleep_until(deadline) => None,
+            };
+            match enforced {
+                Some(Ok(())) => {}
+                Some(Err(reply)) => return Some(reply),
+                None => {
+                    let (reply, why) = timed_out(scope);
+                    gate::refuse(ctx, &policy, &subject, None, why).await;
+                    return Some(reply);
+                }
             }
             (Some(subject), d.outcome.decision.grant)
         }
@@ -201,6 +259,10 @@ where
         () = ctx.lock.engaged() => {
             tracing::warn!(tool = scope.tool, "the laptop was locked; call under way stopped");
             (Some(Reply::error(ErrorCode::Denied, gate::LOCKED)), Some(LOCKED_UNDER_WAY.to_owned()))
+        }
+        () = sleep_until(deadline) => {
+            let (reply, why) = timed_out(scope);
+            (Some(reply), Some(why))
         }
     };
     // A denial after the gate's "allow" (the lock, a symlink out of the
