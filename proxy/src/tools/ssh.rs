@@ -421,16 +421,20 @@ impl Tool for Sign<'_> {
                 } else {
                     facts.known_as.join(", ")
                 };
+                let via: Vec<String> = hops.iter().map(|h| fingerprint(&h.host_key)).collect();
+                let (target, approval_key) = login_terms(
+                    &auth.user,
+                    &names,
+                    &host_fp,
+                    &key_fp,
+                    bind.is_forwarding,
+                    &via,
+                );
                 Decided {
                     outcome: d,
                     tool: "ssh",
-                    // Identical logins for "allow for": same host key, user
-                    // and key; the session id changes every time.
-                    target: format!(
-                        "ssh login as {:?} to {names} (host key {host_fp}) with key {key_fp}",
-                        auth.user
-                    ),
-                    approval_key: format!("userauth\0{host_fp}\0{}\0{key_fp}", auth.user),
+                    target,
+                    approval_key,
                 }
             }
         };
@@ -474,6 +478,40 @@ fn parse_binds(binds: &[Vec<u8>]) -> Result<Vec<SessionBind>, Reply> {
         }
     }
     Ok(chain)
+}
+
+/// What a login's prompt and audit line say, and what makes two logins the
+/// same for "allow for": host key, user, key, whether the session forwards
+/// the agent onward, and the hops it came through (an approval for a plain
+/// login must not cover a forwarding one); the session id changes every
+/// time, so it is left out.
+fn login_terms(
+    user: &str,
+    names: &str,
+    host_fp: &str,
+    key_fp: &str,
+    forwarding: bool,
+    via: &[String],
+) -> (String, String) {
+    let onward = if forwarding {
+        ", forwarding the agent onward"
+    } else {
+        ""
+    };
+    let through = if via.is_empty() {
+        String::new()
+    } else {
+        format!(", through {}", via.join(" then "))
+    };
+    (
+        format!(
+            "ssh login as {user:?} to {names} (host key {host_fp}) with key {key_fp}{onward}{through}"
+        ),
+        format!(
+            "userauth\0{host_fp}\0{user}\0{key_fp}\0{forwarding}\0{}",
+            via.join(",")
+        ),
+    )
 }
 
 /// The binds before the last are the hops the agent was forwarded through,
@@ -594,6 +632,35 @@ mod tests {
         assert!(
             cache.admit("other", b"sid", "SHA256:a"),
             "workspaces are independent"
+        );
+    }
+
+    /// An approval given for a plain login does not cover one that forwards
+    /// the agent onward or comes through hops, and the prompt says which.
+    #[test]
+    fn login_approvals_name_forwarding_and_hops() {
+        let plain = login_terms("git", "gh", "SHA256:h", "SHA256:k", false, &[]);
+        let onward = login_terms("git", "gh", "SHA256:h", "SHA256:k", true, &[]);
+        let hopped = login_terms(
+            "git",
+            "gh",
+            "SHA256:h",
+            "SHA256:k",
+            false,
+            &["SHA256:j".into()],
+        );
+        assert_ne!(plain.1, onward.1);
+        assert_ne!(plain.1, hopped.1);
+        assert_ne!(onward.1, hopped.1);
+        assert!(
+            onward.0.contains("forwarding the agent onward"),
+            "{}",
+            onward.0
+        );
+        assert!(hopped.0.contains("through SHA256:j"), "{}", hopped.0);
+        assert_eq!(
+            plain,
+            login_terms("git", "gh", "SHA256:h", "SHA256:k", false, &[])
         );
     }
 
