@@ -629,19 +629,23 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The response's content coding, unless it is none or `identity`.
+/// The response's content or transfer codings, other than `identity` and
+/// `chunked` (which hyper undoes): what would hide a body from the mask.
 fn encoded(headers: &reqwest::header::HeaderMap) -> Option<String> {
-    let codings: Vec<String> = headers
-        .get_all(reqwest::header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .split(',')
-                .map(|c| c.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .filter(|c| !c.is_empty() && c != "identity")
-        .collect();
+    let codings: Vec<String> = [
+        reqwest::header::CONTENT_ENCODING,
+        reqwest::header::TRANSFER_ENCODING,
+    ]
+    .iter()
+    .flat_map(|name| headers.get_all(name))
+    .flat_map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    })
+    .filter(|c| !c.is_empty() && c != "identity" && c != "chunked")
+    .collect();
     (!codings.is_empty()).then(|| super::clip(&codings.join(", ")))
 }
 
@@ -894,6 +898,33 @@ mod tests {
             got.extend(frame);
         }
         assert_eq!(got, expected);
+    }
+
+    /// Content and transfer codings that would hide a body from the mask
+    /// are named; `identity` and `chunked` are not.
+    #[test]
+    fn codings_that_hide_the_body_are_named() {
+        use reqwest::header::{CONTENT_ENCODING, HeaderMap, HeaderValue, TRANSFER_ENCODING};
+        let with = |pairs: &[(reqwest::header::HeaderName, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(n, HeaderValue::from_static(v));
+            }
+            encoded(&h)
+        };
+        assert_eq!(with(&[]), None);
+        assert_eq!(
+            with(&[
+                (CONTENT_ENCODING, "identity"),
+                (TRANSFER_ENCODING, "chunked")
+            ]),
+            None
+        );
+        assert_eq!(with(&[(CONTENT_ENCODING, "gzip")]).as_deref(), Some("gzip"));
+        assert_eq!(
+            with(&[(TRANSFER_ENCODING, "gzip, chunked")]).as_deref(),
+            Some("gzip")
+        );
     }
 
     /// The secret is masked wherever the body's pieces split it, lengths
