@@ -33,7 +33,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 pub use escape::escape_json_text;
-pub use store::{ANCHOR_FILE, DEFAULT_BUDGET, HEAD_FILE, LOG_FILE, MIN_BUDGET};
+pub use store::{
+    ANCHOR_FILE, DEFAULT_BUDGET, DENY_BYTES_PER_SECOND, HEAD_FILE, LOG_FILE, MIN_BUDGET,
+};
 /// `prev` of the first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Lines waiting to be written; calls beyond wait (up to [`WRITE_TIMEOUT`]).
@@ -215,7 +217,7 @@ impl Audit {
                         let job = tokio::select! {
                             job = rx.recv() => job,
                             () = sleep_until(due), if due.is_some() => {
-                                if let Err(e) = writer.flush() {
+                                if let Err(e) = writer.tick(std::time::Instant::now()) {
                                     tracing::error!(error = %e, "audit log");
                                 }
                                 continue;
@@ -874,6 +876,79 @@ mod tests {
         let json = to_json_line(&read[1].entry).unwrap_or_default();
         assert!(json.is_ascii(), "{json}");
         assert_eq!(verify(tmp.path()).ok().map(|v| v.entries), Some(2));
+    }
+
+    /// A workspace varying the names of refused calls cannot flood the log:
+    /// past 32 KiB of denial lines in a second its denials are counted into
+    /// one line, while another workspace's denials and every allowed call
+    /// are still written one by one.
+    #[test]
+    fn a_workspace_cannot_flush_the_log_with_distinct_denials() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut w =
+            store::Writer::open(tmp.path(), DEFAULT_BUDGET).unwrap_or_else(|e| panic!("{e}"));
+        let t0 = std::time::Instant::now();
+        let entry = |ws: &str, target: String, allowed: bool| Entry {
+            seq: 0,
+            ts: 0,
+            workspace: ws.into(),
+            tool: "token".into(),
+            target,
+            decision: if allowed { "allow" } else { "deny" }.into(),
+            rule: None,
+            reason: "no".into(),
+            caller_pid: None,
+            caller_exe: None,
+            policy: "p".into(),
+            prev: String::new(),
+            count: 1,
+        };
+        for i in 0..1000 {
+            let name = format!("{i}-{}", "\u{e0041}".repeat(900));
+            w.take(entry("flood", name, false), t0)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        w.take(entry("flood", "ok".into(), true), t0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.take(entry("quiet", "other".into(), false), t0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.tick(t0 + store::COALESCE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (read, _) = read_lines(&log_path(tmp.path()), 0).unwrap_or_default();
+        let flood_lines = read
+            .iter()
+            .filter(|l| {
+                l.entry.workspace == "flood"
+                    && l.entry.decision == "deny"
+                    && l.entry.tool == "token"
+            })
+            .count();
+        assert!(
+            flood_lines < 10,
+            "{flood_lines} denial lines written one by one"
+        );
+        let over = read
+            .iter()
+            .find(|l| l.entry.tool == "audit")
+            .map(|l| l.entry.count);
+        assert_eq!(
+            over,
+            Some(1000 - flood_lines as u64),
+            "the count of denials over the rate"
+        );
+        assert!(
+            read.iter()
+                .any(|l| l.entry.target == "ok" && l.entry.decision == "allow")
+        );
+        assert!(read.iter().any(|l| l.entry.workspace == "quiet"));
+        let size = std::fs::metadata(log_path(tmp.path()))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(
+            size < 2 * store::DENY_BYTES_PER_SECOND + 8192,
+            "{size} bytes for one second"
+        );
+        assert!(verify(tmp.path()).is_ok());
     }
 
     #[test]

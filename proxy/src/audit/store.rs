@@ -35,6 +35,12 @@ pub const MIN_BUDGET: u64 = 64 << 10;
 const SEGMENTS: u64 = 8;
 /// Identical denials within this window are one line with a count.
 pub const COALESCE: Duration = Duration::from_secs(1);
+/// Bytes of denial lines one workspace may add to the log a second; beyond
+/// that its denials are counted, and one line says how many when the
+/// second is over. A workspace varying its refused names (each line up to
+/// ~12 KB escaped) could otherwise turn the whole budget over in seconds
+/// and push the lines of earlier allowed calls out of the log.
+pub const DENY_BYTES_PER_SECOND: u64 = 32 << 10;
 
 /// A rotated segment's file name: `audit-<FIRST SEQ, 20 digits>.jsonl`.
 fn segment_name(first_seq: u64) -> String {
@@ -166,6 +172,34 @@ fn same_denial(a: &Entry, b: &Entry) -> bool {
         && a.policy == b.policy
 }
 
+/// One workspace's denial lines in the current second.
+struct DenyWindow {
+    since: Instant,
+    bytes: u64,
+    /// Denials not written one by one, and the last of them (for its
+    /// workspace and policy digest).
+    over: Option<(u64, Entry)>,
+}
+
+/// The line that stands for the denials a workspace made over its rate.
+fn over_line(n: u64, last: Entry) -> Entry {
+    Entry {
+        tool: "audit".into(),
+        target: "(denials over the audit rate)".into(),
+        decision: "deny".into(),
+        rule: None,
+        reason: format!(
+            "{n} more denials from this workspace within one second were not written one by \
+             one (over {} KiB of denial lines a second)",
+            DENY_BYTES_PER_SECOND >> 10
+        ),
+        caller_pid: None,
+        caller_exe: None,
+        count: n,
+        ..last
+    }
+}
+
 /// The writer thread's state.
 pub(super) struct Writer {
     dir: PathBuf,
@@ -179,6 +213,7 @@ pub(super) struct Writer {
     rotated: VecDeque<(PathBuf, u64)>,
     budget: u64,
     pending: Option<Pending>,
+    denials: std::collections::HashMap<String, DenyWindow>,
 }
 
 impl Writer {
@@ -242,6 +277,7 @@ impl Writer {
             rotated,
             budget,
             pending: None,
+            denials: std::collections::HashMap::new(),
         };
         // A budget lowered since the last run applies at once.
         writer.prune().map_err(|e| anyhow::anyhow!(e))?;
@@ -249,8 +285,9 @@ impl Writer {
     }
 
     /// Takes one entry: a repeat of the last denial within [`COALESCE`] is
-    /// only counted; anything else is written now (after the count of the
-    /// repeats, if any, in order).
+    /// only counted; a denial over its workspace's [`DENY_BYTES_PER_SECOND`]
+    /// too; anything else is written now (after the count of the repeats,
+    /// if any, in order).
     pub(super) fn take(&mut self, entry: Entry, now: Instant) -> Result<(), String> {
         if let Some(p) = &mut self.pending
             && same_denial(&p.entry, &entry)
@@ -259,7 +296,10 @@ impl Writer {
             p.entry.count += 1;
             return Ok(());
         }
-        self.flush()?;
+        if entry.decision == "deny" && !self.within_deny_rate(&entry, now)? {
+            return Ok(());
+        }
+        self.flush_repeats()?;
         let deny = (entry.decision == "deny").then(|| entry.clone());
         self.append(entry)?;
         self.pending = deny.map(|mut entry| {
@@ -269,13 +309,93 @@ impl Writer {
         Ok(())
     }
 
-    /// When the repeats of the last denial are due to be written.
+    /// Whether a denial fits its workspace's rate; one that does not is
+    /// counted for the line written when the second is over.
+    fn within_deny_rate(&mut self, entry: &Entry, now: Instant) -> Result<bool, String> {
+        let due = self
+            .denials
+            .get(&entry.workspace)
+            .is_some_and(|w| now.duration_since(w.since) >= COALESCE);
+        if due {
+            self.close_window(&entry.workspace.clone())?;
+        }
+        let len = super::to_json_line(entry)?.len() as u64;
+        let w = self
+            .denials
+            .entry(entry.workspace.clone())
+            .or_insert_with(|| DenyWindow {
+                since: now,
+                bytes: 0,
+                over: None,
+            });
+        if w.bytes + len > DENY_BYTES_PER_SECOND {
+            let n = w.over.as_ref().map_or(0, |o| o.0) + 1;
+            w.over = Some((n, entry.clone()));
+            return Ok(false);
+        }
+        w.bytes += len;
+        Ok(true)
+    }
+
+    /// Ends a workspace's second, writing how many denials went over.
+    fn close_window(&mut self, workspace: &str) -> Result<(), String> {
+        if let Some(DenyWindow {
+            over: Some((n, last)),
+            ..
+        }) = self.denials.remove(workspace)
+        {
+            self.flush_repeats()?;
+            self.append(over_line(n, last))?;
+        }
+        Ok(())
+    }
+
+    /// When something counted is due to be written: the last denial's
+    /// repeats, or a workspace's denials over its rate.
     pub(super) fn due(&self) -> Option<Instant> {
-        self.pending.as_ref().map(|p| p.since + COALESCE)
+        let repeats = self.pending.as_ref().map(|p| p.since + COALESCE);
+        let over = self
+            .denials
+            .values()
+            .filter(|w| w.over.is_some())
+            .map(|w| w.since + COALESCE)
+            .min();
+        repeats.into_iter().chain(over).min()
+    }
+
+    /// Writes what is due at `now` and forgets finished seconds.
+    pub(super) fn tick(&mut self, now: Instant) -> Result<(), String> {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| now.duration_since(p.since) >= COALESCE)
+        {
+            self.flush_repeats()?;
+        }
+        let done: Vec<String> = self
+            .denials
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.since) >= COALESCE)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for ws in done {
+            self.close_window(&ws)?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything counted so far (on shutdown, or when asked).
+    pub(super) fn flush(&mut self) -> Result<(), String> {
+        self.flush_repeats()?;
+        let all: Vec<String> = self.denials.keys().cloned().collect();
+        for ws in all {
+            self.close_window(&ws)?;
+        }
+        Ok(())
     }
 
     /// Writes the count of the last denial's repeats, if any, and forgets it.
-    pub(super) fn flush(&mut self) -> Result<(), String> {
+    fn flush_repeats(&mut self) -> Result<(), String> {
         match self.pending.take() {
             Some(p) if p.entry.count > 0 => self.append(p.entry),
             _ => Ok(()),
@@ -363,6 +483,7 @@ impl Writer {
             rotated: VecDeque::new(),
             budget: DEFAULT_BUDGET,
             pending: None,
+            denials: std::collections::HashMap::new(),
         }
     }
 
