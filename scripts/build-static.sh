@@ -23,7 +23,7 @@ usage() {
   cat <<'EOF'
 Usage: scripts/build-static.sh [--target TRIPLE] [--out-dir DIR]
 
-Builds a static, stripped nexus-shim (release profile) and prints its path
+Builds a static, stripped nexus-shim (the shim-static profile: release with LTO) and prints its path
 as the last line of output.
 
   --target TRIPLE   a *-unknown-linux-gnu target whose std is installed
@@ -76,8 +76,8 @@ export CARGO_TARGET_DIR=$target_dir
 unset CARGO_BUILD_RUSTFLAGS CARGO_ENCODED_RUSTFLAGS
 
 start=$(date +%s)
-"$cargo" build --release --locked --target "$target" -p nexus-shim >&2
-built=$target_dir/$target/release/nexus-shim
+"$cargo" build --profile shim-static --locked --target "$target" -p nexus-shim >&2
+built=$target_dir/$target/shim-static/nexus-shim
 elapsed=$(( $(date +%s) - start ))
 
 # Static means no interpreter and no needed libraries, whatever ldd says
