@@ -212,13 +212,7 @@ pub(crate) async fn allowed_identities(
 ) -> Result<(Vec<SshIdentity>, usize), Reply> {
     let mut client = agent(ctx).await?;
     let list = async {
-        for bind in chain {
-            // An agent without session-bind support answers FAILURE; it has
-            // no destination constraints either.
-            if let Ok(ext) = Extension::new_message(bind.clone()) {
-                let _ = client.extension(ext).await;
-            }
-        }
+        bind_all(&mut client, chain).await;
         client.request_identities().await
     };
     let listed = match tokio::time::timeout(AGENT_TIMEOUT, list).await {
@@ -256,6 +250,18 @@ pub(crate) async fn allowed_identities(
         }
     }
     Ok((out, total))
+}
+
+/// Passes verified binds on to the laptop agent, so that keys added with
+/// `ssh-add -h` keep their destination constraints. Agents without
+/// session-bind support answer FAILURE: they have no such constraints, and
+/// listing and signing still work.
+async fn bind_all(client: &mut Client<UnixStream>, chain: &[SessionBind]) {
+    for bind in chain {
+        if let Ok(ext) = Extension::new_message(bind.clone()) {
+            let _ = client.extension(ext).await;
+        }
+    }
 }
 
 /// The laptop's known_hosts files, read once for the request at hand.
@@ -593,13 +599,7 @@ async fn forward(chain: &[SessionBind], request: SignRequest, ctx: &ToolContext)
         if !listed.iter().any(|id| id.credential == request.credential) {
             return Err(ssh_agent_lib::error::AgentError::Failure);
         }
-        for bind in chain {
-            // Agents without session-bind support answer FAILURE; signing
-            // still works for them, only `ssh-add -h` constraints need it.
-            if let Ok(ext) = Extension::new_message(bind.clone()) {
-                let _ = client.extension(ext).await;
-            }
-        }
+        bind_all(&mut client, chain).await;
         client.sign(request).await
     };
     match tokio::time::timeout(AGENT_TIMEOUT, run).await {
