@@ -733,8 +733,17 @@ fn a_destination_constrained_key_is_not_listed_on_a_connection_bound_to_another_
     world.start_proxy(&allow(&world, ""), AgentFrom::Flag);
     world.trust_pinned_hosts();
     // A genuine bind to the git host, recorded on the way to agent.sock.
+    // With no constrained key on the laptop, the login's list comes from
+    // the pushed one: no round trip to the laptop.
+    world.wait_for_proxy_line(&["identity list pushed", "constrained=false"]);
     let login = captured_login(&world, "relay-bind");
     let bind = login.session_bind().must("a session bind");
+    assert_eq!(
+        world.count_proxy_lines(&["agent identities listed"]),
+        0,
+        "{}",
+        world.proxy_log()
+    );
 
     // On the laptop: a key that may be used only on `allowed-host`, whose
     // host key is not the git host's.

@@ -20,7 +20,7 @@ use ssh_key::private::Ed25519Keypair;
 use ssh_key::{PrivateKey, Signature, SigningKey};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 use super::ToolContext;
 use super::ssh::allowed_identities;
@@ -48,7 +48,8 @@ pub async fn run(
                 r = tokio::time::timeout(PUSH_TIMEOUT, push(&mux, &now)) => matches!(r, Ok(true)),
             };
             if pushed {
-                debug!(
+                // Only on a change: a line per key added or removed.
+                info!(
                     tool = "ssh",
                     shown = now.ids.as_ref().map(Vec::len),
                     constrained = now.constrained,
