@@ -36,7 +36,9 @@ pub use message::{
     HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK, PairingInfo,
     Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
 };
-pub use message::{Control, ControlReply, HOP_BY_HOP, chunk_as_local_frame, connection_listed};
+pub use message::{
+    Control, ControlReply, HOP_BY_HOP, IdentityPush, chunk_as_local_frame, connection_listed,
+};
 pub use secret::Secret;
 pub use section::{Section, UnknownSection};
 pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate};

@@ -85,6 +85,16 @@ pub enum Request {
     },
     /// The laptop agent's identities that the policy lets this workspace see.
     SshIdentities,
+    /// The identities as [`Request::SshIdentities`], listed by the laptop
+    /// agent on a connection bound as the workspace's agent connection is,
+    /// so that keys added with `ssh-add -h` are listed only where they may
+    /// be used.
+    SshIdentitiesBound {
+        /// Bodies of the `session-bind@openssh.com` extensions the shim
+        /// acknowledged on the agent connection, in order.
+        #[serde(with = "serde_bytes_vec")]
+        binds: Vec<Vec<u8>>,
+    },
     /// An ssh-agent sign request, with the session binds the shim
     /// acknowledged on the same agent connection. The laptop verifies bind
     /// and sign together before anything reaches its agent.
@@ -284,7 +294,10 @@ impl Request {
         use crate::Section;
         match self {
             Self::Token { .. } | Self::McpTokens => Section::Tokens,
-            Self::SshIdentities | Self::SshSign { .. } | Self::SshKnownHosts => Section::Ssh,
+            Self::SshIdentities
+            | Self::SshIdentitiesBound { .. }
+            | Self::SshSign { .. }
+            | Self::SshKnownHosts => Section::Ssh,
             Self::GitCredential { .. } => Section::GitCredential,
             Self::ToolList | Self::ToolRun { .. } => Section::Tools,
             Self::FileGet { .. } | Self::FileSync { .. } => Section::Files,
@@ -374,7 +387,8 @@ pub const MAX_CHUNK: usize = 256 << 10;
 pub enum Reply {
     /// A token's value.
     Token(Secret),
-    /// Answer to [`Request::SshIdentities`].
+    /// Answer to [`Request::SshIdentities`] and
+    /// [`Request::SshIdentitiesBound`].
     SshIdentities(Vec<SshIdentity>),
     /// Answer to [`Request::SshSign`]: the signature in SSH wire encoding.
     SshSignature(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -597,6 +611,23 @@ pub enum Control {
         /// laptop from a slow one.
         interval_ms: u64,
     },
+    /// The identity list the workspace may see, sent whenever it changed
+    /// on the laptop, so that `ssh-add -l` costs no round trip. The shim
+    /// answers [`ControlReply::SshIdentitiesStored`].
+    SshIdentities(IdentityPush),
+}
+
+/// What [`Control::SshIdentities`] carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityPush {
+    /// The list, as [`Request::SshIdentities`] would answer now; `None`
+    /// when the laptop cannot list (no agent, locked): the shim then asks
+    /// for each list, and gets the reason.
+    pub ids: Option<Vec<SshIdentity>>,
+    /// Whether the laptop agent holds keys with destination constraints
+    /// (`ssh-add -h`): then an agent connection with session binds must ask
+    /// with [`Request::SshIdentitiesBound`] instead of using this list.
+    pub constrained: bool,
 }
 
 /// The shim's answer on a [`Control`] stream.
@@ -607,6 +638,9 @@ pub enum ControlReply {
         /// The ping's number.
         seq: u64,
     },
+    /// Answer to [`Control::SshIdentities`]: the list replaced the one
+    /// before.
+    SshIdentitiesStored,
 }
 
 #[cfg(test)]

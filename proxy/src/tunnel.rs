@@ -421,6 +421,14 @@ impl Link<'_> {
             self.limits.ping_interval(),
             watcher_stop.clone(),
         )));
+        // The identity list follows the laptop agent for as long as the link.
+        let push_stop = close.child_token();
+        let pusher = tokio::spawn(tools::ssh_push::run(
+            mux.clone(),
+            self.workspace.to_owned(),
+            self.ctx.clone(),
+            push_stop.clone(),
+        ));
         let on_link = TaskTracker::new();
         let gate = Arc::new(Semaphore::new(self.limits.max_calls_in_flight));
         let mut next = 0u64;
@@ -462,6 +470,7 @@ impl Link<'_> {
             );
         }
         watcher_stop.cancel();
+        push_stop.cancel();
         if shutdown.is_cancelled() {
             // Refuse new calls (their streams are reset), let the running
             // ones answer, then close the link gracefully.
@@ -476,6 +485,7 @@ impl Link<'_> {
         }
         close.cancel();
         let exit = driver.await;
+        let _ = pusher.await;
         debug!(?exit, "link driver ended");
         dead
     }

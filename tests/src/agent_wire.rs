@@ -101,6 +101,31 @@ impl AgentConn {
     }
 }
 
+/// The key blobs of an `SSH_AGENT_IDENTITIES_ANSWER` body
+/// (`12 || uint32 n || n × (string blob || string comment)`); `None` when
+/// it is anything else or malformed.
+pub fn identity_blobs(answer: &[u8]) -> Option<Vec<Vec<u8>>> {
+    fn string<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        let (s, tail) = (tail.get(..len)?, tail.get(len..)?);
+        *rest = tail;
+        Some(s)
+    }
+    let (&kind, mut rest) = answer.split_first()?;
+    if kind != IDENTITIES_ANSWER {
+        return None;
+    }
+    let (n, tail) = rest.split_first_chunk::<4>()?;
+    rest = tail;
+    let mut blobs = Vec::new();
+    for _ in 0..u32::from_be_bytes(*n) {
+        blobs.push(string(&mut rest)?.to_vec());
+        string(&mut rest)?;
+    }
+    Some(blobs)
+}
+
 /// What a client sent on one relayed connection, in order.
 #[derive(Debug, Clone, Default)]
 pub struct Captured {

@@ -16,6 +16,7 @@ use ssh_agent_lib::proto::{
 };
 use ssh_encoding::Encode;
 use ssh_key::private::{Ed25519Keypair, KeypairData};
+use std::ffi::OsStr;
 
 /// `[[ssh.allow]]` for the git host and its login user, with extra lines.
 fn allow(world: &SshWorld, extra: &str) -> String {
@@ -673,4 +674,149 @@ fn refused_sign_requests_are_audited() {
             "no audit line for the refused sign request ({reason}):\n{log}"
         );
     }
+}
+
+/// The wire blob of a public key, as an identities answer carries it.
+#[track_caller]
+fn blob(key: &PubKey) -> Vec<u8> {
+    let public = key
+        .line
+        .parse::<ssh_key::PublicKey>()
+        .must("parsing a public key");
+    let mut out = Vec::new();
+    public
+        .key_data()
+        .encode(&mut out)
+        .must("encoding a public key");
+    out
+}
+
+/// Polls the workspace's `ssh-add -l` until `seen` holds for it, for at
+/// most `within` from `since`; the listing when it did.
+#[track_caller]
+fn listed_within(
+    world: &SshWorld,
+    since: std::time::Instant,
+    within: std::time::Duration,
+    seen: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let left = within.saturating_sub(since.elapsed());
+    nexus_e2e::poll(left, || {
+        let listed = listed_in_workspace(world);
+        seen(&listed).then_some(listed)
+    })
+}
+
+#[test]
+fn keys_added_deleted_or_expired_on_the_laptop_show_in_the_workspace_within_a_second() {
+    use std::time::{Duration, Instant};
+    const WITHIN: Duration = Duration::from_secs(1);
+    let mut world = SshWorld::new();
+    let dir = world.ws_dir().to_path_buf();
+    let key = |name: &str| (PubKey::generate(&dir, name, "ed25519"), dir.join(name));
+    // Added while no proxy runs: the very first list of the link has it.
+    let (early, early_file) = key("early");
+    world.agent.ssh_add([&early_file]).ok();
+    world.start_proxy(&allow(&world, ""), AgentFrom::Flag);
+    let listed = listed_in_workspace(&world);
+    assert!(
+        listed.contains(&early.fingerprint) && listed.contains(&world.agent.ed25519.fingerprint),
+        "the first list after the link came up is stale\n{listed}"
+    );
+
+    let (added, added_file) = key("added");
+    world.agent.ssh_add([&added_file]).ok();
+    let since = Instant::now();
+    listed_within(&world, since, WITHIN, |l| l.contains(&added.fingerprint))
+        .must("a key added on the laptop listed in the workspace within 1 s");
+
+    world
+        .agent
+        .ssh_add([OsStr::new("-d"), early.path.as_os_str()])
+        .ok();
+    let since = Instant::now();
+    listed_within(&world, since, WITHIN, |l| !l.contains(&early.fingerprint))
+        .must("a key deleted on the laptop gone from the workspace within 1 s");
+
+    // ssh-agent counts lifetimes on a whole-second clock: a key added with
+    // `-t 3` lives more than 2 s (time to be listed) and at most 3 s.
+    let (brief, brief_file) = key("brief");
+    world
+        .agent
+        .ssh_add([OsStr::new("-t"), OsStr::new("3"), brief_file.as_os_str()])
+        .ok();
+    let since = Instant::now();
+    listed_within(&world, since, WITHIN, |l| l.contains(&brief.fingerprint))
+        .must("a key added with a lifetime listed within 1 s");
+    listed_within(&world, since, 4 * WITHIN, |l| {
+        !l.contains(&brief.fingerprint)
+    })
+    .must("a key whose lifetime ended gone from the workspace within 1 s");
+    let still = listed_in_workspace(&world);
+    assert!(still.contains(&added.fingerprint), "{still}");
+}
+
+#[test]
+fn a_destination_constrained_key_is_not_listed_on_a_connection_bound_to_another_host() {
+    let mut world = SshWorld::new();
+    let ed = world.agent.ed25519.clone();
+    world.start_proxy(&allow(&world, ""), AgentFrom::Flag);
+    world.trust_pinned_hosts();
+    // A genuine bind to the git host, recorded on the way to agent.sock.
+    // With no constrained key on the laptop, the login's list comes from
+    // the pushed one: no round trip to the laptop.
+    world.wait_for_proxy_line(&["identity list pushed", "constrained=false"]);
+    let login = captured_login(&world, "relay-bind");
+    let bind = login.session_bind().must("a session bind");
+    assert_eq!(
+        world.count_proxy_lines(&["agent identities listed"]),
+        0,
+        "{}",
+        world.proxy_log()
+    );
+
+    // On the laptop: a key that may be used only on `allowed-host`, whose
+    // host key is not the git host's.
+    let dir = world.ws_dir().to_path_buf();
+    let allowed_host = other_host_key(&world);
+    let laptop_known = dir.join("laptop_known_hosts");
+    std::fs::write(
+        &laptop_known,
+        format!("allowed-host {}\n", allowed_host.line),
+    )
+    .must("writing the laptop's known_hosts for ssh-add -h");
+    let constrained = PubKey::generate(&dir, "constrained", "ed25519");
+    world
+        .agent
+        .ssh_add([
+            OsStr::new("-H"),
+            laptop_known.as_os_str(),
+            OsStr::new("-h"),
+            OsStr::new("allowed-host"),
+            dir.join("constrained").as_os_str(),
+        ])
+        .ok();
+
+    // Unbound (local use): listed, as the laptop agent lists it.
+    let since = std::time::Instant::now();
+    listed_within(&world, since, std::time::Duration::from_secs(1), |l| {
+        l.contains(&constrained.fingerprint)
+    })
+    .must("the constrained key listed on an unbound connection");
+    // Bound to the git host: the laptop agent hides it; the others remain.
+    let mut conn = AgentConn::connect(&world.ws.agent_sock());
+    assert_eq!(conn.call_type(bind), SUCCESS, "the bind is acknowledged");
+    let answer = conn.call(&[REQUEST_IDENTITIES]);
+    let blobs = agent_wire::identity_blobs(&answer).must("an identities answer");
+    assert!(
+        !blobs.contains(&blob(&constrained)),
+        "a key constrained to another host was listed on a bound connection"
+    );
+    assert!(
+        blobs.contains(&blob(&ed)),
+        "the unconstrained key is missing"
+    );
+    world.wait_for_proxy_line(&["agent identities listed", "bound=true"]);
+    // A login to the git host still works with the unconstrained keys.
+    world.clone_repo("clone").ok();
 }

@@ -1,17 +1,18 @@
 //! `agent.sock`: the workspace's `SSH_AUTH_SOCK`.
 //!
 //! The shim answers what needs no decision, so that a `git push` costs one
-//! network round trip: the identity list comes from a cache of public keys
-//! the laptop filtered, and `session-bind@openssh.com` is acknowledged here
+//! network round trip: the identity list comes from the public keys the
+//! laptop filtered and pushed on this link whenever they changed (asked
+//! for instead before the first push, and on a bound connection while the
+//! laptop agent holds keys added with `ssh-add -h`), and `session-bind@openssh.com` is acknowledged here
 //! and carried with the next sign request. Every signature is decided and
 //! made on the laptop, which verifies bind and sign together; everything
 //! else (add, remove, lock, unknown messages) is refused.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
-use nexus_protocol::{CallerContext, Reply, Request, SshIdentity};
+use nexus_protocol::{CallerContext, IdentityPush, Reply, Request, SshIdentity};
 use ssh_agent_lib::proto::extension::MessageExtension;
 use ssh_agent_lib::proto::extension::{QueryResponse, SessionBind};
 use ssh_agent_lib::proto::{
@@ -131,7 +132,7 @@ async fn handle(
         }
     };
     match request {
-        AgentRequest::RequestIdentities => identities(caller, shared).await,
+        AgentRequest::RequestIdentities => identities(caller, state, shared).await,
         AgentRequest::SignRequest(_) => {
             let call = Request::SshSign {
                 connection: id,
@@ -181,50 +182,57 @@ fn extension(ext: Extension, state: &mut ConnState) -> Response {
     }
 }
 
-/// How often a cached identity list is checked against the laptop.
-pub const IDENTITY_REFRESH: Duration = Duration::from_secs(5);
-
-/// Public keys the laptop lets this workspace list (public data), and when
-/// the laptop was last asked for them.
+/// The identity list the laptop pushed on the current link (public keys
+/// only). Each link has its own: a new link may come with another policy
+/// or agent, and answers nothing from the one before.
 #[derive(Debug, Default)]
-pub struct IdentityCache {
-    ids: Option<Vec<SshIdentity>>,
-    asked: Option<Instant>,
-}
+pub struct IdentityCache(Mutex<Option<IdentityPush>>);
 
 impl IdentityCache {
-    /// Forgets everything (a new link may bring another policy or agent).
-    pub fn clear(&mut self) {
-        *self = Self::default();
+    /// Replaces the list with the laptop's newest.
+    pub fn store(&self, push: IdentityPush) {
+        if let Ok(mut c) = self.0.lock() {
+            *c = Some(push);
+        }
+    }
+
+    /// The list for an agent connection, bound or not; `None` when the
+    /// laptop must be asked (nothing pushed yet, the laptop cannot list,
+    /// or a bound connection while the laptop agent holds keys with
+    /// destination constraints).
+    fn get(&self, bound: bool) -> Option<Vec<SshIdentity>> {
+        let c = self.0.lock().ok()?;
+        let push = c.as_ref()?;
+        if bound && push.constrained {
+            return None;
+        }
+        push.ids.clone()
     }
 }
 
-async fn identities(caller: &CallerContext, shared: &Shared) -> Response {
+async fn identities(caller: &CallerContext, state: &ConnState, shared: &Shared) -> Response {
+    let bound = !state.binds.is_empty();
     let cached = shared
-        .ssh_identities
-        .lock()
-        .ok()
-        .and_then(|c| c.ids.clone());
+        .live_link()
+        .and_then(|link| link.ssh_identities.get(bound));
     let ids = match cached {
-        Some(ids) => {
-            // Answer at once; refresh in the background (at most every
-            // IDENTITY_REFRESH) so keys added on the laptop show up soon.
-            refresh_identities(shared);
-            ids
-        }
-        None => match laptop(shared, caller, Request::SshIdentities).await {
-            Reply::SshIdentities(ids) => {
-                if let Ok(mut c) = shared.ssh_identities.lock() {
-                    c.ids = Some(ids.clone());
-                    c.asked = Some(Instant::now());
+        Some(ids) => ids,
+        None => {
+            let request = if bound {
+                Request::SshIdentitiesBound {
+                    binds: state.binds.clone(),
                 }
-                ids
+            } else {
+                Request::SshIdentities
+            };
+            match laptop(shared, caller, request).await {
+                Reply::SshIdentities(ids) => ids,
+                other => {
+                    warn!(reply = ?other, "cannot list the laptop's keys");
+                    return Response::Failure;
+                }
             }
-            other => {
-                warn!(reply = ?other, "cannot list the laptop's keys");
-                return Response::Failure;
-            }
-        },
+        }
     };
     Response::IdentitiesAnswer(ids.iter().filter_map(to_identity).collect())
 }
@@ -237,34 +245,44 @@ fn to_identity(id: &SshIdentity) -> Option<Identity> {
     })
 }
 
-/// Fetches the identity list into the cache in the background: after a link
-/// comes up, and after answers served from the cache once the list is older
-/// than [`IDENTITY_REFRESH`].
-pub fn refresh_identities(shared: &Shared) {
-    let Some(link) = shared.live_link() else {
-        return;
-    };
-    let cache = shared.ssh_identities.clone();
-    {
-        let Ok(mut c) = cache.lock() else { return };
-        if c.asked.is_some_and(|t| t.elapsed() < IDENTITY_REFRESH) {
-            return;
-        }
-        c.asked = Some(Instant::now());
-    }
-    tokio::spawn(async move {
-        let call =
-            crate::sockets::call_once(&link, CallerContext::default(), Request::SshIdentities);
-        if let Ok(Ok(Reply::SshIdentities(ids))) =
-            tokio::time::timeout(Duration::from_secs(30), call).await
-            && !link.mux.is_closed()
-            && let Ok(mut c) = cache.lock()
-        {
-            c.ids = Some(ids);
-        }
-    });
-}
-
 async fn laptop(shared: &Shared, caller: &CallerContext, request: Request) -> Reply {
     crate::sockets::request(shared, caller.clone(), request, shared.agent_wait).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> SshIdentity {
+        SshIdentity {
+            blob: vec![n],
+            comment: String::new(),
+        }
+    }
+
+    /// Before a push, and while the laptop cannot list, every list is asked
+    /// for; a bound connection uses the pushed list only while the laptop
+    /// agent has no destination-constrained keys.
+    #[test]
+    fn the_pushed_list_answers_only_what_it_covers() {
+        let cache = IdentityCache::default();
+        assert_eq!(cache.get(false), None, "nothing pushed yet");
+        cache.store(IdentityPush {
+            ids: Some(vec![id(1)]),
+            constrained: false,
+        });
+        assert_eq!(cache.get(false), Some(vec![id(1)]));
+        assert_eq!(cache.get(true), Some(vec![id(1)]));
+        cache.store(IdentityPush {
+            ids: Some(vec![id(1), id(2)]),
+            constrained: true,
+        });
+        assert_eq!(cache.get(false), Some(vec![id(1), id(2)]));
+        assert_eq!(cache.get(true), None, "bound lists are asked for");
+        cache.store(IdentityPush {
+            ids: None,
+            constrained: false,
+        });
+        assert_eq!(cache.get(false), None, "the laptop cannot list");
+    }
 }

@@ -1,28 +1,38 @@
 //! The shim's half of the keepalive: answer the laptop's pings, and declare
 //! the link dead when they stop, so that `status` says "not linked" and new
-//! calls wait for the next link instead of going into a dead one.
+//! calls wait for the next link instead of going into a dead one. The
+//! identity lists the laptop pushes arrive on the same kind of stream.
 //!
 //! The watchdog arms at the first ping (a laptop that never pings is not
 //! judged by them) and allows the larger of its own timeout and four of the
 //! laptop's announced ping intervals.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nexus_protocol::{Control, ControlReply, HANDSHAKE_MAX_FRAME};
+use nexus_protocol::{Control, ControlReply, MAX_FRAME};
 use nexus_transport::{MuxHandle, MuxStream};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+use crate::agent::IdentityCache;
 
 /// How long the laptop may take to send the first frame of a stream it opened.
 const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the watchdog looks.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Answers pings on the streams the laptop opens and watches for silence,
-/// until the connection ends. Aborts the connection when the laptop has
-/// been silent too long.
-pub async fn run(mux: MuxHandle, mut inbound: mpsc::Receiver<MuxStream>, timeout: Duration) {
+/// Answers pings on the streams the laptop opens, stores the identity
+/// lists it pushes in `identities`, and watches for silence, until the
+/// connection ends. Aborts the connection when the laptop has been silent
+/// too long.
+pub async fn run(
+    mux: MuxHandle,
+    mut inbound: mpsc::Receiver<MuxStream>,
+    timeout: Duration,
+    identities: Arc<IdentityCache>,
+) {
     // (time of the last ping, the laptop's ping interval); None until the first.
     let mut last: Option<(Instant, Duration)> = None;
     loop {
@@ -41,23 +51,29 @@ pub async fn run(mux: MuxHandle, mut inbound: mpsc::Receiver<MuxStream>, timeout
                 continue;
             }
         };
-        if let Some(interval) = answer(stream).await {
+        if let Some(interval) = answer(stream, &identities).await {
             last = Some((Instant::now(), interval));
         }
     }
 }
 
 /// Answers one control stream; returns the laptop's ping interval for a ping.
-async fn answer(mut stream: MuxStream) -> Option<Duration> {
+async fn answer(mut stream: MuxStream, identities: &IdentityCache) -> Option<Duration> {
+    // The paired laptop's frames: an identity list may be long.
     let control = tokio::time::timeout(
         CONTROL_READ_TIMEOUT,
-        nexus_transport::recv::<_, Control>(&mut stream, HANDSHAKE_MAX_FRAME),
+        nexus_transport::recv::<_, Control>(&mut stream, MAX_FRAME),
     )
     .await;
     let interval = match control {
         Ok(Ok(Control::Ping { seq, interval_ms })) => {
             let _ = nexus_transport::send(&mut stream, &ControlReply::Pong { seq }).await;
             Some(Duration::from_millis(interval_ms))
+        }
+        Ok(Ok(Control::SshIdentities(push))) => {
+            identities.store(push);
+            let _ = nexus_transport::send(&mut stream, &ControlReply::SshIdentitiesStored).await;
+            None
         }
         Ok(Err(e)) => {
             debug!(error = %e, "unreadable control stream from the laptop; reset");
@@ -83,7 +99,12 @@ mod tests {
             mux::start(a, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
         let (laptop, _laptop_in, _d) =
             mux::start(b, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
-        let watch = tokio::spawn(run(shim.clone(), shim_in, Duration::from_millis(400)));
+        let watch = tokio::spawn(run(
+            shim.clone(),
+            shim_in,
+            Duration::from_millis(400),
+            Arc::default(),
+        ));
         let Ok(mut stream) = laptop.open().await else {
             panic!("opening a ping stream");
         };

@@ -86,6 +86,8 @@ pub struct Link {
     pub peer: String,
     /// When it came up.
     pub since: Instant,
+    /// The identity list the laptop pushed on this link.
+    pub ssh_identities: Arc<crate::agent::IdentityCache>,
     id: u64,
     stop: CancellationToken,
 }
@@ -107,8 +109,6 @@ pub struct Shared {
     pub advertise: String,
     /// Lifetime of new pairing tokens.
     pub pairing_ttl: Duration,
-    /// Public keys the laptop lets this workspace see (refreshed per link).
-    pub ssh_identities: Arc<Mutex<crate::agent::IdentityCache>>,
     /// How long agent requests wait for a link.
     pub agent_wait: Duration,
     /// See [`ServeConfig::keepalive_timeout`].
@@ -201,7 +201,6 @@ pub async fn run(
         listen,
         advertise,
         pairing_ttl: cfg.pairing_ttl,
-        ssh_identities: Arc::default(),
         agent_wait: cfg.agent_wait,
         keepalive_timeout: cfg.keepalive_timeout,
     });
@@ -411,12 +410,20 @@ async fn accept_tunnel(
     let stop = shutdown.child_token();
     let (mux, inbound, driver) =
         mux::start(stream, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
-    // The laptop opens streams only for pings; `keepalive` answers them.
-    let keepalive = crate::keepalive::run(mux.clone(), inbound, shared.keepalive_timeout);
+    // The laptop opens streams for pings and identity lists; `keepalive`
+    // answers them.
+    let ssh_identities = Arc::new(crate::agent::IdentityCache::default());
+    let keepalive = crate::keepalive::run(
+        mux.clone(),
+        inbound,
+        shared.keepalive_timeout,
+        ssh_identities.clone(),
+    );
     let link = Arc::new(Link {
         mux,
         peer,
         since: Instant::now(),
+        ssh_identities,
         id,
         stop: stop.clone(),
     });
@@ -428,12 +435,6 @@ async fn accept_tunnel(
         old.stop.cancel();
     }
     info!(client_fingerprint = %fp, paired_now, "laptop linked");
-    // A new link may come with another policy or agent: drop the identity
-    // list cached under the previous one and fetch a fresh one now.
-    if let Ok(mut cached) = shared.ssh_identities.lock() {
-        cached.clear();
-    }
-    crate::agent::refresh_identities(&shared);
     let (exit, ()) = tokio::join!(driver, keepalive);
     shared.link.send_if_modified(|cur| {
         if cur.as_ref().is_some_and(|l| l.id == id) {

@@ -8,6 +8,7 @@ pub mod git_credential;
 pub mod http;
 pub mod pipeline;
 pub mod ssh;
+pub mod ssh_push;
 pub mod token;
 
 use std::path::PathBuf;
@@ -132,7 +133,10 @@ where
     match &call.request {
         Request::Token { name } => serve(token::Token { name }, &scope, stream).await,
         Request::McpTokens => serve(token::McpNames, &scope, stream).await,
-        Request::SshIdentities => serve(ssh::Identities, &scope, stream).await,
+        Request::SshIdentities => serve(ssh::Identities::new(&[]), &scope, stream).await,
+        Request::SshIdentitiesBound { binds } => {
+            serve(ssh::Identities::new(binds), &scope, stream).await
+        }
         Request::SshSign {
             connection,
             binds,

@@ -134,11 +134,30 @@ async fn agent(ctx: &ToolContext) -> Result<Client<UnixStream>, Reply> {
 
 /// `ssh-add -l` in the workspace: the identities the policy lets it see
 /// (public keys only; each key is decided once the agent has listed it).
+/// On an agent connection with session binds, the laptop agent lists on a
+/// connection bound the same way, so keys added with `ssh-add -h` show only
+/// where they may be used.
 #[derive(Debug)]
-pub struct Identities;
+pub struct Identities<'a> {
+    binds: &'a [Vec<u8>],
+    /// The binds `ask` verified, for `run`.
+    verified: Vec<SessionBind>,
+}
 
-impl Tool for Identities {
+impl<'a> Identities<'a> {
+    /// The list for an agent connection that bound `binds` (none: unbound).
+    pub fn new(binds: &'a [Vec<u8>]) -> Self {
+        Self {
+            binds,
+            verified: Vec::new(),
+        }
+    }
+}
+
+impl Tool for Identities<'_> {
     fn ask(&mut self, _: &Scope<'_>, _: &PolicySet) -> Result<Asked, Reply> {
+        // Only verified binds reach the laptop agent.
+        self.verified = parse_binds(self.binds)?;
         let outcome = nexus_policy::Outcome {
             decision: nexus_policy::Decision {
                 verdict: Verdict::Allow,
@@ -165,27 +184,54 @@ impl Tool for Identities {
         _: Option<Grant>,
         _: &mut S,
     ) -> Option<Reply> {
-        Some(identities(scope.workspace, policy, scope.ctx).await)
+        let listed = allowed_identities(scope.workspace, policy, scope.ctx, &self.verified).await;
+        Some(match listed {
+            Ok((ids, total)) => {
+                info!(
+                    tool = "ssh",
+                    shown = ids.len(),
+                    total,
+                    bound = !self.verified.is_empty(),
+                    "agent identities listed"
+                );
+                Reply::SshIdentities(ids)
+            }
+            Err(reply) => reply,
+        })
     }
 }
 
-async fn identities(workspace: &str, policy: &PolicySet, ctx: &ToolContext) -> Reply {
-    let mut client = match agent(ctx).await {
-        Ok(c) => c,
-        Err(r) => return r,
+/// The laptop agent's identities that `policy` lets `workspace` see, listed
+/// on one agent connection after `chain` was bound on it; with the number
+/// of identities the agent listed.
+pub(crate) async fn allowed_identities(
+    workspace: &str,
+    policy: &PolicySet,
+    ctx: &ToolContext,
+    chain: &[SessionBind],
+) -> Result<(Vec<SshIdentity>, usize), Reply> {
+    let mut client = agent(ctx).await?;
+    let list = async {
+        bind_all(&mut client, chain).await;
+        client.request_identities().await
     };
-    let listed = match tokio::time::timeout(AGENT_TIMEOUT, client.request_identities()).await {
+    let listed = match tokio::time::timeout(AGENT_TIMEOUT, list).await {
         Ok(Ok(ids)) => ids,
         Ok(Err(e)) => {
-            return Reply::error(
+            return Err(Reply::error(
                 ErrorCode::Internal,
                 format!("the laptop ssh-agent failed to list keys: {e}"),
-            );
+            ));
         }
-        Err(_) => return Reply::error(ErrorCode::Internal, "the laptop ssh-agent did not answer"),
+        Err(_) => {
+            return Err(Reply::error(
+                ErrorCode::Internal,
+                "the laptop ssh-agent did not answer",
+            ));
+        }
     };
-    let mut out = Vec::new();
     let total = listed.len();
+    let mut out = Vec::new();
     for id in listed {
         let key = fingerprint(id.credential.key_data());
         let d = policy.decide(&PolicyRequest {
@@ -203,13 +249,19 @@ async fn identities(workspace: &str, policy: &PolicySet, ctx: &ToolContext) -> R
             });
         }
     }
-    info!(
-        tool = "ssh",
-        shown = out.len(),
-        total,
-        "agent identities listed"
-    );
-    Reply::SshIdentities(out)
+    Ok((out, total))
+}
+
+/// Passes verified binds on to the laptop agent, so that keys added with
+/// `ssh-add -h` keep their destination constraints. Agents without
+/// session-bind support answer FAILURE: they have no such constraints, and
+/// listing and signing still work.
+async fn bind_all(client: &mut Client<UnixStream>, chain: &[SessionBind]) {
+    for bind in chain {
+        if let Ok(ext) = Extension::new_message(bind.clone()) {
+            let _ = client.extension(ext).await;
+        }
+    }
 }
 
 /// The laptop's known_hosts files, read once for the request at hand.
@@ -585,13 +637,7 @@ async fn forward(chain: &[SessionBind], request: SignRequest, ctx: &ToolContext)
         if !listed.iter().any(|id| id.credential == request.credential) {
             return Err(ssh_agent_lib::error::AgentError::Failure);
         }
-        for bind in chain {
-            // Agents without session-bind support answer FAILURE; signing
-            // still works for them, only `ssh-add -h` constraints need it.
-            if let Ok(ext) = Extension::new_message(bind.clone()) {
-                let _ = client.extension(ext).await;
-            }
-        }
+        bind_all(&mut client, chain).await;
         client.sign(request).await
     };
     match tokio::time::timeout(AGENT_TIMEOUT, run).await {

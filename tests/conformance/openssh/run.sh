@@ -85,8 +85,8 @@ sort -u "$r/nexus-reached" 2>/dev/null >"$work/reached"
 sort -u "$r/nexus-failed" 2>/dev/null >"$work/failed"
 expected=$here/expected-failures.txt
 sed -e 's/ *|.*//' -e '/^#/d' -e '/^$/d' -e 's/^~ //' "$expected" | sort -u >"$work/expected"
-# `~ ` marks a case whose outcome depends on timing (the shim's identity
-# cache refreshes every 5 s): it may pass without failing the run.
+# `~ ` marks a case whose outcome depends on timing: it may pass without
+# failing the run.
 sed -n -e 's/ *|.*//' -e 's/^~ //p' "$expected" | sort -u >"$work/timing"
 passed=0 failed=0 status=0
 while IFS= read -r c; do
