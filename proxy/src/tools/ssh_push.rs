@@ -41,7 +41,12 @@ pub async fn run(
     let probe = probe_bind();
     let mut stored: Option<IdentityPush> = None;
     loop {
-        let now = current(&workspace, &ctx, probe.as_ref()).await;
+        // A laptop agent that hangs (a locked 1Password) must not hold up
+        // the link's teardown and redial.
+        let now = tokio::select! {
+            () = stop.cancelled() => return,
+            now = current(&workspace, &ctx, probe.as_ref()) => now,
+        };
         if stored.as_ref() != Some(&now) {
             let pushed = tokio::select! {
                 () = stop.cancelled() => return,
