@@ -101,9 +101,11 @@ impl Decided {
 
 /// One laptop tool.
 pub(crate) trait Tool {
-    /// What this request asks. Synchronous: an [`Action`] may hold a
-    /// non-`Send` matcher and must not live across an await. `Err` is the
-    /// reply for a request that cannot even be asked (malformed).
+    /// What this request asks: decode, then decide with
+    /// [`Scope::decide`]. Synchronous, so the decision is made on one
+    /// policy snapshot with nothing awaited in between. `Err` is the reply
+    /// for a request that cannot even be asked (malformed, or refused
+    /// before a rule is asked; a `Denied` one is audited).
     fn ask(&mut self, scope: &Scope<'_>, policy: &PolicySet) -> Result<Asked, Reply>;
 
     /// Carries out the call the gate let through (`grant` is the deciding
