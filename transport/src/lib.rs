@@ -8,7 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod docs;
-mod duration;
 mod error;
 mod fingerprint;
 mod frame_io;
@@ -19,7 +18,6 @@ pub mod process;
 pub mod tls;
 pub mod ws;
 
-pub use duration::parse_duration;
 pub use error::TransportError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use frame_io::{recv, recv_body, recv_wiping, send, send_data};
