@@ -60,7 +60,7 @@ pub use schema::diag::{Diagnostic, PolicyErrors};
 pub use schema::rate::{Rate, RateError};
 pub use schema::request::{Action, BoundHostKey, Caller, GitAction, Request};
 pub use sections::files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
-pub use sections::git::GitRule;
+pub use sections::git_credential::GitCredentialRule;
 pub use sections::http::{
     DEFAULT_MAX_REQUEST_SIZE, DEFAULT_TIMEOUT as HTTP_DEFAULT_TIMEOUT, HttpRule, HttpSecret,
     MAX_REQUEST_SIZE, MAX_REST_LEN, Upstream,

@@ -16,7 +16,7 @@ use crate::schema::request::{Action, Request};
 use crate::schema::section::{SectionGrant, Terms};
 use crate::sections::Sections;
 use crate::sections::files::{FileRule, FileSet};
-use crate::sections::git::GitRule;
+use crate::sections::git_credential::GitCredentialRule;
 use crate::sections::http::HttpRule;
 use crate::sections::ssh::{self, SshRule};
 use crate::sections::tokens::{TokenRule, TokensSection};
@@ -58,7 +58,7 @@ pub enum Grant {
     /// approval and rate limit.
     Ssh(SshRule),
     /// Run the laptop's git credential helpers as this rule allows.
-    GitCredential(GitRule),
+    GitCredential(GitCredentialRule),
     /// Read a file under this `[[files.allow]]` rule (within its size limit).
     File(FileRule),
     /// Install this set of files.

@@ -9,7 +9,7 @@
 //! to each alike what the engine asks of all of them.
 
 pub(crate) mod files;
-pub(crate) mod git;
+pub(crate) mod git_credential;
 pub(crate) mod http;
 pub(crate) mod ssh;
 pub(crate) mod tokens;
@@ -26,7 +26,7 @@ use crate::schema::request::Action;
 use crate::schema::section::PolicySection;
 
 use files::FilesSection;
-use git::GitSection;
+use git_credential::GitCredentialSection;
 use http::HttpSection;
 use ssh::SshSection;
 use tokens::TokensSection;
@@ -127,7 +127,7 @@ macro_rules! sections {
 sections! {
     tokens: TokensSection,
     ssh: SshSection,
-    git: GitSection,
+    git: GitCredentialSection,
     files: FilesSection,
     tools: ToolsSection,
     http: HttpSection,

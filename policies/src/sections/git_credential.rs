@@ -93,7 +93,7 @@ const TABLES: &[Table] = &[
 
 /// A `[[git-credential.allow]]` rule.
 #[derive(Clone, Debug)]
-pub struct GitRule {
+pub struct GitCredentialRule {
     /// URL scheme, e.g. `https`.
     pub protocol: String,
     /// `HOST` or `HOST:PORT`, lower-cased.
@@ -110,7 +110,7 @@ pub struct GitRule {
     pub rule: RuleRef,
 }
 
-impl PartialEq for GitRule {
+impl PartialEq for GitCredentialRule {
     fn eq(&self, other: &Self) -> bool {
         self.rule == other.rule
     }
@@ -127,12 +127,12 @@ pub(crate) struct GitDenyRule {
 
 /// Every git-credential rule of one source (or, merged, of all).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct GitSection {
-    allow: Vec<GitRule>,
+pub(crate) struct GitCredentialSection {
+    allow: Vec<GitCredentialRule>,
     deny: Vec<GitDenyRule>,
 }
 
-impl PolicySection for GitSection {
+impl PolicySection for GitCredentialSection {
     const NAME: nexus_protocol::Section = nexus_protocol::Section::GitCredential;
     const TABLES: &'static [Table] = TABLES;
 
@@ -196,7 +196,7 @@ impl PolicySection for GitSection {
     }
 }
 
-impl SectionGrant for GitRule {
+impl SectionGrant for GitCredentialRule {
     fn terms(&self) -> Terms<'_> {
         Terms {
             rate: self.rate,
@@ -206,7 +206,7 @@ impl SectionGrant for GitRule {
     }
 }
 
-impl GitSection {
+impl GitCredentialSection {
     /// Decides one helper call. The path must be canonical (no `.`/`..`
     /// segments, no empty segments, no encoded separators): git sends what
     /// the URL said, and a server may resolve `acme/../other` elsewhere.
@@ -216,7 +216,7 @@ impl GitSection {
         host: &str,
         path: Option<&str>,
         action: GitAction,
-    ) -> Decided<GitRule> {
+    ) -> Decided<GitCredentialRule> {
         // `github.com:443` is `github.com` for https: the same rules judge
         // both spellings, and a deny on a name covers every port of it.
         let host_lc = without_default_port(protocol, &host.to_ascii_lowercase());
@@ -398,7 +398,7 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-impl Parser<'_, '_, GitSection> {
+impl Parser<'_, '_, GitCredentialSection> {
     /// `[git-credential]`: `[[git-credential.allow]]` and `[[git-credential.deny]]`.
     pub(crate) fn git_credential(&mut self, value: &Value<'_>) {
         let DeValue::Table(table) = value.get_ref() else {
@@ -459,7 +459,7 @@ impl Parser<'_, '_, GitSection> {
                 None => vec![GitAction::Get],
             };
             let rule = self.rule_ref(&value.span(), SECTION.to_owned());
-            self.out.allow.push(GitRule {
+            self.out.allow.push(GitCredentialRule {
                 protocol: v.text("protocol").unwrap_or("https").to_owned(),
                 host: host.to_ascii_lowercase(),
                 path,
