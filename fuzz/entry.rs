@@ -12,8 +12,6 @@ use nexus_protocol::{
     ServerHello, decode,
 };
 use ssh_agent_lib::proto::Request as AgentRequest;
-use ssh_agent_lib::proto::extension::SessionBind;
-use ssh_agent_lib::proto::{Extension, SignRequest};
 use ssh_encoding::Decode;
 use tokio_util::codec::Decoder;
 
@@ -49,19 +47,18 @@ pub fn frame(data: &[u8]) {
 
 /// One ssh-agent message body (what `agent.sock` reads after the length),
 /// then the laptop's parsers: the sign request, its data (userauth or
-/// SSHSIG) and a session-bind body.
+/// SSHSIG), a session-bind body and a key or certificate blob.
 pub fn agent(data: &[u8]) {
     let _ = AgentRequest::decode(&mut &data[..]);
-    if let Ok(sign) = SignRequest::decode(&mut &data[..]) {
+    if let Ok(sign) = nexus_proxy::ssh_wire::parse_sign_request(data) {
         let _ = nexus_proxy::ssh_wire::parse_sign_data(&sign.data);
     }
     let _ = nexus_proxy::ssh_wire::parse_sign_data(data);
-    let ext = Extension {
-        name: "session-bind@openssh.com".into(),
-        details: data.to_vec().into(),
-    };
-    if let Ok(Some(bind)) = ext.parse_message::<SessionBind>() {
-        let _ = bind.verify_signature();
+    let _ = nexus_proxy::ssh_wire::parse_session_bind(data);
+    if let Ok(c) = nexus_proxy::ssh_cert::parse_credential(data)
+        && let Some(cert) = c.cert
+    {
+        let _ = cert.verify();
     }
 }
 

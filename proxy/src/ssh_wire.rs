@@ -9,10 +9,16 @@
 //!   names a namespace.
 //!
 //! Everything else, including trailing bytes, is an error.
+//!
+//! Keys inside these messages stay wire blobs, compared byte for byte: they
+//! may be certificates (see [`crate::ssh_cert`]).
 
+use signature::Verifier;
 use ssh_encoding::Decode;
-use ssh_key::public::KeyData;
+use ssh_key::Signature;
 use thiserror::Error;
+
+use crate::ssh_cert::{Credential, parse_credential};
 
 /// `SSH_MSG_USERAUTH_REQUEST`.
 const USERAUTH_REQUEST: u8 = 50;
@@ -52,10 +58,11 @@ pub struct Userauth {
     pub method: Method,
     /// The signature algorithm named in the request.
     pub algorithm: String,
-    /// The key being authenticated.
-    pub key: KeyData,
-    /// The server's host key (hostbound method only).
-    pub host_key: Option<KeyData>,
+    /// The wire blob of the key (or certificate) being authenticated.
+    pub key: Vec<u8>,
+    /// The wire blob of the server's host key or certificate (hostbound
+    /// method only).
+    pub host_key: Option<Vec<u8>>,
 }
 
 /// A parsed SSHSIG signed-data blob.
@@ -99,14 +106,106 @@ fn utf8(r: &mut &[u8], field: &str) -> Result<String, WireError> {
     String::from_utf8(string(r)?).map_err(|_| err(format!("{field} is not UTF-8")))
 }
 
-fn key(r: &mut &[u8]) -> Result<KeyData, WireError> {
+/// A key or certificate blob, checked to parse.
+fn key(r: &mut &[u8]) -> Result<Vec<u8>, WireError> {
     let blob = string(r)?;
-    let mut b = &blob[..];
-    let k = KeyData::decode(&mut b).map_err(err)?;
-    if !b.is_empty() {
-        return Err(err("trailing bytes in a key blob"));
+    parse_credential(&blob).map_err(err)?;
+    Ok(blob)
+}
+
+/// An `SSH_AGENTC_SIGN_REQUEST` body (after the message type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignRequest {
+    /// The wire blob of the key or certificate to sign with.
+    pub key_blob: Vec<u8>,
+    /// That key, parsed.
+    pub credential: Credential,
+    /// The data to sign.
+    pub data: Vec<u8>,
+    /// The signature flags (RSA hash choice).
+    pub flags: u32,
+}
+
+/// Parses a sign request body.
+///
+/// # Errors
+/// [`WireError`] when it is malformed or names no key we can read.
+pub fn parse_sign_request(body: &[u8]) -> Result<SignRequest, WireError> {
+    let r = &mut &body[..];
+    let key_blob = string(r)?;
+    let credential = parse_credential(&key_blob).map_err(err)?;
+    let data = string(r)?;
+    let flags = u32::decode(r).map_err(err)?;
+    if !r.is_empty() {
+        return Err(err("trailing bytes after the sign request"));
     }
-    Ok(k)
+    Ok(SignRequest {
+        key_blob,
+        credential,
+        data,
+        flags,
+    })
+}
+
+/// A `session-bind@openssh.com` extension whose host-key signature verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionBind {
+    /// The wire blob of the host key or certificate.
+    pub host_blob: Vec<u8>,
+    /// That host key, parsed.
+    pub host_key: Credential,
+    /// The SSH session identifier.
+    pub session_id: Vec<u8>,
+    /// Whether the session forwards the agent onward.
+    pub is_forwarding: bool,
+    /// The extension's details as received, to pass on to the laptop agent.
+    pub raw: Vec<u8>,
+}
+
+/// Why a session bind is refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BindError {
+    /// Not a well-formed bind.
+    #[error("malformed session-bind ({0})")]
+    Malformed(String),
+    /// The host key's signature over the session id does not verify.
+    #[error("the session-bind's host key signature does not verify")]
+    Signature,
+}
+
+/// Parses the details of a session-bind extension and verifies the host
+/// key's signature over the session id (with the certified key, for a host
+/// certificate: the certificate itself is judged against the pinned CAs).
+///
+/// # Errors
+/// [`BindError`].
+pub fn parse_session_bind(body: &[u8]) -> Result<SessionBind, BindError> {
+    let malformed = |e: WireError| BindError::Malformed(e.to_string());
+    let r = &mut &body[..];
+    let host_blob = string(r).map_err(malformed)?;
+    let host_key = parse_credential(&host_blob).map_err(|e| BindError::Malformed(e.to_string()))?;
+    let session_id = string(r).map_err(malformed)?;
+    let sig_blob = string(r).map_err(malformed)?;
+    let is_forwarding = u8::decode(r).map_err(|e| malformed(err(e)))? != 0;
+    if !r.is_empty() {
+        return Err(malformed(err("trailing bytes after the session-bind")));
+    }
+    let s = &mut &sig_blob[..];
+    let signature = Signature::decode(s).map_err(|e| malformed(err(e)))?;
+    if !s.is_empty() {
+        return Err(malformed(err("trailing bytes in the signature")));
+    }
+    host_key
+        .key
+        .verify(&session_id, &signature)
+        .map_err(|_| BindError::Signature)?;
+    Ok(SessionBind {
+        host_blob,
+        host_key,
+        session_id,
+        is_forwarding,
+        raw: body.to_vec(),
+    })
 }
 
 fn parse_userauth(data: &[u8]) -> Result<Userauth, WireError> {
@@ -175,6 +274,7 @@ fn parse_sshsig(rest: &[u8]) -> Result<SshSig, WireError> {
 mod tests {
     use super::*;
     use ssh_encoding::Encode;
+    use ssh_key::public::KeyData;
 
     fn ed25519() -> KeyData {
         KeyData::Ed25519(ssh_key::public::Ed25519PublicKey([7u8; 32]))
@@ -216,7 +316,7 @@ mod tests {
     fn userauth_both_methods() {
         let plain = parse_sign_data(&userauth(&[1; 32], "git", "publickey", None));
         assert!(
-            matches!(plain, Ok(SignData::Userauth(ref u)) if u.user == "git" && u.method == Method::PublicKey && u.key == ed25519())
+            matches!(plain, Ok(SignData::Userauth(ref u)) if u.user == "git" && u.method == Method::PublicKey && u.key == blob(&ed25519()))
         );
         let host = ed25519();
         let bound = parse_sign_data(&userauth(
@@ -225,9 +325,7 @@ mod tests {
             "publickey-hostbound-v00@openssh.com",
             Some(&host),
         ));
-        assert!(
-            matches!(bound, Ok(SignData::Userauth(ref u)) if u.host_key.as_ref() == Some(&host))
-        );
+        assert!(matches!(bound, Ok(SignData::Userauth(ref u)) if u.host_key == Some(blob(&host))));
     }
 
     #[test]
@@ -264,6 +362,52 @@ mod tests {
         assert!(parse_sign_data(&d).is_err());
     }
 
+    fn bind(seed: u8, sid: &[u8], forwarding: bool) -> Vec<u8> {
+        use signature::Signer;
+        let host =
+            ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]));
+        let sig: ssh_key::Signature = host.try_sign(sid).unwrap_or_else(|e| panic!("{e}"));
+        let mut d = Vec::new();
+        put(&mut d, &blob(host.public_key().key_data()));
+        put(&mut d, sid);
+        let mut s = Vec::new();
+        sig.encode(&mut s).unwrap_or_else(|e| panic!("{e}"));
+        put(&mut d, &s);
+        d.push(u8::from(forwarding));
+        d
+    }
+
+    #[test]
+    fn session_binds_verify_and_keep_their_bytes() {
+        let body = bind(4, &[9; 32], true);
+        let b = parse_session_bind(&body).unwrap_or_else(|e| panic!("{e}"));
+        assert!(b.is_forwarding && b.session_id == [9; 32] && b.raw == body);
+        assert!(b.host_key.cert.is_none());
+        // The signature covers the session id: another one does not verify.
+        let mut forged = body.clone();
+        forged[4 + 51 + 4] ^= 1;
+        assert_eq!(parse_session_bind(&forged), Err(BindError::Signature));
+        let mut long = body.clone();
+        long.push(0);
+        assert!(matches!(
+            parse_session_bind(&long),
+            Err(BindError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn sign_requests_parse_strictly() {
+        let mut d = Vec::new();
+        put(&mut d, &blob(&ed25519()));
+        put(&mut d, b"data");
+        d.extend_from_slice(&2u32.to_be_bytes());
+        let r = parse_sign_request(&d).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((r.data.as_slice(), r.flags), (&b"data"[..], 2));
+        assert_eq!(r.credential.key, ed25519());
+        d.push(0);
+        assert!(parse_sign_request(&d).is_err());
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
@@ -271,6 +415,8 @@ mod tests {
             let mut s = SSHSIG_MAGIC.to_vec();
             s.extend_from_slice(&data);
             let _ = parse_sign_data(&s);
+            let _ = parse_sign_request(&data);
+            let _ = parse_session_bind(&data);
         }
     }
 }

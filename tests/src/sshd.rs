@@ -262,6 +262,18 @@ impl GitHost {
     /// with any of `authorized`, and creates `repo.git`.
     #[track_caller]
     pub fn start(ws: &Workspace, authorized: &[&PubKey]) -> Self {
+        Self::start_with(ws, authorized, &|_| String::new())
+    }
+
+    /// [`GitHost::start`] with extra sshd_config lines, written by `extra`
+    /// given the host's directory (where it may create CA keys and
+    /// certificates).
+    #[track_caller]
+    pub fn start_with(
+        ws: &Workspace,
+        authorized: &[&PubKey],
+        extra: &dyn Fn(&Path) -> String,
+    ) -> Self {
         require_openssh();
         let user = login_user();
         let dir = tempfile::Builder::new()
@@ -296,7 +308,8 @@ impl GitHost {
             std::fs::create_dir_all("/run/sshd").must("creating /run/sshd");
         }
         let ip = ws.ip();
-        let (sshd, port) = spawn_sshd(ws, root, |port| sshd_config(root, ip, port, user));
+        let more = extra(root);
+        let (sshd, port) = spawn_sshd(ws, root, |port| sshd_config(root, ip, port, user) + &more);
         Self {
             sshd,
             ip,
@@ -479,12 +492,19 @@ impl SshWorld {
     /// a policy. The git host accepts both laptop keys.
     #[track_caller]
     pub fn new() -> Self {
+        Self::with_sshd(&|_| String::new())
+    }
+
+    /// [`SshWorld::new`] with extra sshd_config lines (see
+    /// [`GitHost::start_with`]).
+    #[track_caller]
+    pub fn with_sshd(extra: &dyn Fn(&Path) -> String) -> Self {
         require_openssh();
         let ws = Workspace::start();
         let laptop = Laptop::new();
         laptop.pair(&ws.uri(), "dev").ok();
         let agent = LaptopAgent::start();
-        let host = GitHost::start(&ws, &[&agent.ed25519, &agent.rsa]);
+        let host = GitHost::start_with(&ws, &[&agent.ed25519, &agent.rsa], extra);
         laptop.write_known_hosts(&host.known_hosts_line());
         let dir = tempfile::Builder::new()
             .prefix("nexus-e2e-wsfiles-")

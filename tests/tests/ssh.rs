@@ -820,3 +820,97 @@ fn a_destination_constrained_key_is_not_listed_on_a_connection_bound_to_another_
     // A login to the git host still works with the unconstrained keys.
     world.clone_repo("clone").ok();
 }
+
+/// `ssh-keygen -s CA -I ID [-h] -n PRINCIPALS KEY.pub`, without `-V`: the
+/// certificate (`KEY-cert.pub`) is valid forever, as many CAs issue them.
+#[track_caller]
+fn certify(ca_private: &std::path::Path, key: &PubKey, host: bool, principals: &str) {
+    let mut cmd = std::process::Command::new("ssh-keygen");
+    cmd.args(["-q", "-s"])
+        .arg(ca_private)
+        .args(["-I", "e2e-cert"]);
+    if host {
+        cmd.arg("-h");
+    }
+    cmd.args(["-n", principals]).arg(&key.path);
+    nexus_e2e::run_to_end(&mut cmd, None).ok();
+}
+
+/// A temp dir for CA keys and certified keys, apart from every host.
+#[track_caller]
+fn ca_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("nexus-e2e-ca-")
+        .tempdir()
+        .must("creating the CA's temp dir")
+}
+
+#[test]
+fn a_user_certificate_valid_forever_is_listed_and_logs_in() {
+    let dir = ca_dir();
+    let ca = PubKey::generate(dir.path(), "user_ca", "ed25519");
+    let ca_line = ca.line.clone();
+    // The git host trusts the CA, and does not list the certified key.
+    let mut world = SshWorld::with_sshd(&|root| {
+        std::fs::write(root.join("user_ca.pub"), format!("{ca_line}\n")).must("writing the CA");
+        format!("TrustedUserCAKeys {}/user_ca.pub\n", root.display())
+    });
+    let key = PubKey::generate(dir.path(), "certified", "ed25519");
+    certify(&dir.path().join("user_ca"), &key, false, world.host.user);
+    // ssh-add adds the key and, beside it, its certificate.
+    world
+        .agent
+        .ssh_add([dir.path().join("certified")])
+        .ok()
+        .stderr_has("Certificate added");
+    let policy = allow(&world, &format!("keys = [{:?}]", key.fingerprint));
+    world.start_proxy(&policy, AgentFrom::Env);
+    world.trust_pinned_hosts();
+
+    let listed = listed_in_workspace(&world);
+    assert!(listed.contains("(ED25519-CERT)"), "{listed}");
+    assert!(listed.contains(&key.fingerprint), "{listed}");
+    assert!(
+        !listed.contains(&world.agent.ed25519.fingerprint),
+        "a key no rule allows must be hidden\n{listed}"
+    );
+    world.clone_repo("clone").ok();
+    let log = world.host.log();
+    assert!(
+        log.lines().any(|l| l.contains("Accepted publickey")
+            && l.contains("ED25519-CERT")
+            && l.contains(&key.fingerprint)),
+        "sshd should have let the certificate in\n{log}"
+    );
+    // SSHSIG with the certificate is allowed by the certified key's
+    // fingerprint too.
+    world.stop_proxy();
+    let policy = allow(
+        &world,
+        &format!(
+            "keys = [{:?}]\nsshsig_namespaces = [\"file\"]",
+            key.fingerprint
+        ),
+    );
+    world.start_proxy(&policy, AgentFrom::Env);
+    let cert_pub = dir.path().join("certified-cert.pub");
+    let ws_cert = world.ws_dir().join("certified-cert.pub");
+    std::fs::copy(&cert_pub, &ws_cert).must("copying the certificate");
+    let data = world.ws_dir().join("data");
+    std::fs::write(&data, "signed\n").must("writing data");
+    world
+        .ws_run(
+            "ssh-keygen",
+            [
+                OsStr::new("-Y"),
+                OsStr::new("sign"),
+                OsStr::new("-n"),
+                OsStr::new("file"),
+                OsStr::new("-f"),
+                ws_cert.as_os_str(),
+                data.as_os_str(),
+            ],
+        )
+        .ok();
+    world.wait_for_proxy_line(&["op=\"sshsig\"", "decision=Allow", &key.fingerprint]);
+}

@@ -15,10 +15,7 @@ use std::sync::{Arc, Mutex};
 use nexus_protocol::{CallerContext, IdentityPush, Reply, Request, SshIdentity};
 use ssh_agent_lib::proto::extension::MessageExtension;
 use ssh_agent_lib::proto::extension::{QueryResponse, SessionBind};
-use ssh_agent_lib::proto::{
-    Extension, Identity, PublicCredential, Request as AgentRequest, Response,
-};
-use ssh_agent_lib::ssh_key::Signature;
+use ssh_agent_lib::proto::{Extension, Request as AgentRequest, Response};
 use ssh_encoding::{Decode, Encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -33,6 +30,14 @@ use crate::serve::Shared;
 pub const MAX_AGENT_MESSAGE: usize = 256 << 10;
 /// Agent connections served at once.
 pub const MAX_AGENT_CONNECTIONS: usize = 256;
+/// `SSH_AGENTC_REQUEST_IDENTITIES`.
+const REQUEST_IDENTITIES: u8 = 11;
+/// `SSH_AGENT_IDENTITIES_ANSWER`.
+const IDENTITIES_ANSWER: u8 = 12;
+/// `SSH_AGENTC_SIGN_REQUEST`.
+const SIGN_REQUEST: u8 = 13;
+/// `SSH_AGENT_SIGN_RESPONSE`.
+const SIGN_RESPONSE: u8 = 14;
 /// Session binds kept per agent connection: OpenSSH's own agent keeps 16
 /// (`AGENT_MAX_SESSION_IDS`), one per hop of a forwarding chain; the laptop
 /// decides each hop.
@@ -103,11 +108,9 @@ async fn serve_connection(mut conn: UnixStream, id: u64, caller: CallerContext, 
         if conn.read_exact(&mut body).await.is_err() {
             return;
         }
-        let response = handle(&body, id, &caller, &mut state, shared).await;
-        let mut bytes = Vec::new();
-        if response.encode(&mut bytes).is_err() {
+        let Some(bytes) = handle(&body, id, &caller, &mut state, shared).await else {
             return;
-        }
+        };
         let mut framed = Vec::with_capacity(4 + bytes.len());
         framed.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
         framed.extend_from_slice(&bytes);
@@ -117,48 +120,78 @@ async fn serve_connection(mut conn: UnixStream, id: u64, caller: CallerContext, 
     }
 }
 
+/// The answer to one agent message (its body, unframed); `None` when it
+/// cannot be encoded.
+///
+/// Keys and signatures pass as the laptop sent them, never parsed here:
+/// certificates and key types this side cannot read still work, and the
+/// laptop checks every byte of a sign request.
 async fn handle(
     body: &[u8],
     id: u64,
     caller: &CallerContext,
     state: &mut ConnState,
     shared: &Shared,
-) -> Response {
-    let request = match AgentRequest::decode(&mut &body[..]) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(message_type = body.first().copied(), error = %e, "refused an agent message");
-            return Response::Failure;
+) -> Option<Vec<u8>> {
+    match body.first().copied() {
+        Some(REQUEST_IDENTITIES) if body.len() == 1 => {
+            return match identities(caller, state, shared).await {
+                Some(ids) => identities_answer(&ids),
+                None => encoded(&Response::Failure),
+            };
         }
-    };
-    match request {
-        AgentRequest::RequestIdentities => identities(caller, state, shared).await,
-        AgentRequest::SignRequest(_) => {
+        Some(SIGN_REQUEST) => {
             let call = Request::SshSign {
                 connection: id,
                 binds: state.binds.clone(),
                 request: body[1..].to_vec(),
             };
-            match laptop(shared, caller, call).await {
-                Reply::SshSignature(bytes) => match Signature::decode(&mut &bytes[..]) {
-                    Ok(sig) => Response::SignResponse(sig),
-                    Err(_) => Response::Failure,
-                },
+            return match laptop(shared, caller, call).await {
+                Reply::SshSignature(sig) => {
+                    let mut out = vec![SIGN_RESPONSE];
+                    sig.encode(&mut out).ok()?;
+                    Some(out)
+                }
                 other => {
                     warn!(reply = ?other, "the laptop refused to sign; see the laptop proxy's log for the reason");
-                    Response::Failure
+                    encoded(&Response::Failure)
                 }
-            }
+            };
         }
-        AgentRequest::Extension(ext) => extension(ext, state),
-        other => {
+        _ => {}
+    }
+    let response = match AgentRequest::decode(&mut &body[..]) {
+        Ok(AgentRequest::Extension(ext)) => extension(ext, state),
+        Ok(other) => {
             warn!(
                 message_type = other.message_id(),
                 "refused an agent request that is never forwarded"
             );
             Response::Failure
         }
+        Err(e) => {
+            warn!(message_type = body.first().copied(), error = %e, "refused an agent message");
+            Response::Failure
+        }
+    };
+    encoded(&response)
+}
+
+fn encoded(response: &Response) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    response.encode(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// `SSH_AGENT_IDENTITIES_ANSWER` with the laptop's blobs as they are.
+fn identities_answer(ids: &[SshIdentity]) -> Option<Vec<u8>> {
+    let mut out = vec![IDENTITIES_ANSWER];
+    u32::try_from(ids.len()).ok()?.encode(&mut out).ok()?;
+    for id in ids {
+        id.blob.encode(&mut out).ok()?;
+        id.comment.encode(&mut out).ok()?;
     }
+    Some(out)
 }
 
 fn extension(ext: Extension, state: &mut ConnState) -> Response {
@@ -210,13 +243,18 @@ impl IdentityCache {
     }
 }
 
-async fn identities(caller: &CallerContext, state: &ConnState, shared: &Shared) -> Response {
+/// The list for this agent connection; `None` when the laptop cannot list.
+async fn identities(
+    caller: &CallerContext,
+    state: &ConnState,
+    shared: &Shared,
+) -> Option<Vec<SshIdentity>> {
     let bound = !state.binds.is_empty();
     let cached = shared
         .live_link()
         .and_then(|link| link.ssh_identities.get(bound));
-    let ids = match cached {
-        Some(ids) => ids,
+    match cached {
+        Some(ids) => Some(ids),
         None => {
             let request = if bound {
                 Request::SshIdentitiesBound {
@@ -226,23 +264,14 @@ async fn identities(caller: &CallerContext, state: &ConnState, shared: &Shared) 
                 Request::SshIdentities
             };
             match laptop(shared, caller, request).await {
-                Reply::SshIdentities(ids) => ids,
+                Reply::SshIdentities(ids) => Some(ids),
                 other => {
                     warn!(reply = ?other, "cannot list the laptop's keys");
-                    return Response::Failure;
+                    None
                 }
             }
         }
-    };
-    Response::IdentitiesAnswer(ids.iter().filter_map(to_identity).collect())
-}
-
-fn to_identity(id: &SshIdentity) -> Option<Identity> {
-    let key = ssh_agent_lib::ssh_key::public::KeyData::decode(&mut &id.blob[..]).ok()?;
-    Some(Identity {
-        credential: PublicCredential::Key(key),
-        comment: id.comment.clone(),
-    })
+    }
 }
 
 async fn laptop(shared: &Shared, caller: &CallerContext, request: Request) -> Reply {

@@ -23,20 +23,20 @@ use nexus_policy::{
     Action, BoundHostKey, Grant, PolicySet, Request as PolicyRequest, SshRule, Verdict,
 };
 use nexus_protocol::{ErrorCode, Reply, SshIdentity};
-use ssh_agent_lib::agent::Session;
-use ssh_agent_lib::client::Client;
-use ssh_agent_lib::proto::extension::SessionBind;
-use ssh_agent_lib::proto::{Extension, PublicCredential, SignRequest};
-use ssh_encoding::{Decode, Encode};
+use ssh_encoding::Encode;
 use ssh_key::HashAlg;
 use ssh_key::public::KeyData;
-use tokio::net::UnixStream;
 use tracing::{info, warn};
 
 use super::ToolContext;
 use super::pipeline::{Asked, Decided, Listing, Scope, Tool};
 use crate::known_hosts::HostKeys;
-use crate::ssh_wire::{Method, SignData, parse_sign_data};
+use crate::laptop_agent::{AgentError, LaptopAgent};
+use crate::ssh_cert::parse_credential;
+use crate::ssh_wire::{
+    Method, SessionBind, SignData, SignRequest, parse_session_bind, parse_sign_data,
+    parse_sign_request,
+};
 
 /// How long the laptop agent may take (1Password and Secretive may prompt).
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,25 +102,18 @@ fn deny(message: impl Into<String>) -> Reply {
     Reply::error(ErrorCode::Denied, message)
 }
 
-/// SSH wire encoding of a value.
-fn wire<T: Encode>(value: &T) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    value.encode(&mut out).ok()?;
-    Some(out)
-}
-
 fn fingerprint(key: &KeyData) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-async fn agent(ctx: &ToolContext) -> Result<Client<UnixStream>, Reply> {
+async fn agent(ctx: &ToolContext) -> Result<LaptopAgent, Reply> {
     let Some(path) = ctx.ssh_agent.as_ref() else {
         return Err(Reply::error(
             ErrorCode::Missing,
             "the laptop proxy has no ssh-agent: start it with SSH_AUTH_SOCK set, or pass --ssh-agent PATH",
         ));
     };
-    let stream = UnixStream::connect(path).await.map_err(|e| {
+    LaptopAgent::connect(path).await.map_err(|e| {
         Reply::error(
             ErrorCode::Missing,
             format!(
@@ -128,8 +121,7 @@ async fn agent(ctx: &ToolContext) -> Result<Client<UnixStream>, Reply> {
                 path.display()
             ),
         )
-    })?;
-    Ok(Client::new(stream))
+    })
 }
 
 /// `ssh-add -l` in the workspace: the identities the policy lets it see
@@ -213,7 +205,7 @@ pub(crate) async fn allowed_identities(
     let mut client = agent(ctx).await?;
     let list = async {
         bind_all(&mut client, chain).await;
-        client.request_identities().await
+        client.list().await
     };
     let listed = match tokio::time::timeout(AGENT_TIMEOUT, list).await {
         Ok(Ok(ids)) => ids,
@@ -232,16 +224,23 @@ pub(crate) async fn allowed_identities(
     };
     let total = listed.len();
     let mut out = Vec::new();
-    for id in listed {
-        let key = fingerprint(id.credential.key_data());
+    for blob in listed {
+        // One identity we cannot read must not hide the others.
+        let credential = match parse_credential(&blob) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(tool = "ssh", error = %e, "skipped an identity of the laptop agent");
+                continue;
+            }
+        };
+        // A certificate is allowed by the fingerprint of the key it certifies.
+        let key = fingerprint(&credential.key);
         let d = policy.decide(&PolicyRequest {
             workspace,
             caller: None,
             action: Action::SshIdentity { key: &key },
         });
-        if d.verdict == Verdict::Allow
-            && let Some(blob) = wire(id.credential.key_data())
-        {
+        if d.verdict == Verdict::Allow {
             out.push(SshIdentity {
                 blob,
                 // Comments name laptop users, hosts and paths: public keys only.
@@ -256,11 +255,9 @@ pub(crate) async fn allowed_identities(
 /// `ssh-add -h` keep their destination constraints. Agents without
 /// session-bind support answer FAILURE: they have no such constraints, and
 /// listing and signing still work.
-async fn bind_all(client: &mut Client<UnixStream>, chain: &[SessionBind]) {
+async fn bind_all(client: &mut LaptopAgent, chain: &[SessionBind]) {
     for bind in chain {
-        if let Ok(ext) = Extension::new_message(bind.clone()) {
-            let _ = client.extension(ext).await;
-        }
+        let _ = client.extension(BIND_NAME, &bind.raw).await;
     }
 }
 
@@ -380,14 +377,11 @@ impl<'a> Sign<'a> {
 impl Tool for Sign<'_> {
     fn ask(&mut self, scope: &Scope<'_>, policy: &PolicySet) -> Result<Asked, Reply> {
         let (workspace, ctx) = (scope.workspace, scope.ctx);
-        let request = SignRequest::decode(&mut &self.raw[..])
+        let request = parse_sign_request(self.raw)
             .map_err(|e| deny(format!("malformed sign request: {e}")))?;
-        let PublicCredential::Key(key) = &request.credential else {
-            return Err(deny(
-                "signing with certificates is not supported through the proxy",
-            ));
-        };
-        let key_fp = fingerprint(key);
+        // A certificate signs as the key it certifies: the policy's `keys`
+        // name that key.
+        let key_fp = fingerprint(&request.credential.key);
         let data = parse_sign_data(&request.data).map_err(|e| deny(e.to_string()))?;
         // Binds matter only for logins; an SSHSIG signature is made without
         // them (none are checked against policy, so none may reach the
@@ -432,19 +426,19 @@ impl Tool for Sign<'_> {
                         "the data to sign belongs to another SSH session than the bound one",
                     ));
                 }
-                if auth.key != *key {
+                if !signs_for(&auth.key, &request) {
                     return Err(deny(
                         "the userauth request names another key than the one asked to sign",
                     ));
                 }
                 if auth.method == Method::HostBound
-                    && auth.host_key.as_ref() != Some(&bind.host_key)
+                    && auth.host_key.as_ref() != Some(&bind.host_blob)
                 {
                     return Err(deny(
                         "the hostbound userauth names another host key than the bound one",
                     ));
                 }
-                let facts = HostKeyFacts::new(&bind.host_key, &known, policy);
+                let facts = HostKeyFacts::new(&bind.host_key.key, &known, policy);
                 let d = policy.decide(&PolicyRequest {
                     workspace,
                     caller: None,
@@ -455,7 +449,7 @@ impl Tool for Sign<'_> {
                         forwarding: bind.is_forwarding,
                     },
                 });
-                info!(tool = "ssh", op = "userauth", user = %super::clip(&auth.user), host_key = %fingerprint(&bind.host_key),
+                info!(tool = "ssh", op = "userauth", user = %super::clip(&auth.user), host_key = %fingerprint(&bind.host_key.key),
                     key = %key_fp, decision = ?d.verdict, rule = ?d.rule.as_ref().map(ToString::to_string), "decision");
                 // Recorded only for allowed (pinned) hosts: a workspace can
                 // mint valid binds with a key of its own, and must not grow
@@ -467,13 +461,13 @@ impl Tool for Sign<'_> {
                         "this session already had a signature with this key (replay)",
                     ));
                 }
-                let host_fp = fingerprint(&bind.host_key);
+                let host_fp = fingerprint(&bind.host_key.key);
                 let names = if facts.known_as.is_empty() {
                     "an unknown host".to_owned()
                 } else {
                     facts.known_as.join(", ")
                 };
-                let via: Vec<String> = hops.iter().map(|h| fingerprint(&h.host_key)).collect();
+                let via: Vec<String> = hops.iter().map(|h| fingerprint(&h.host_key.key)).collect();
                 let (target, approval_key) = login_terms(
                     &auth.user,
                     &names,
@@ -509,6 +503,18 @@ impl Tool for Sign<'_> {
         };
         Some(forward(&chain, request, scope.ctx).await)
     }
+}
+
+/// Whether the key of a sign request may sign a userauth request naming
+/// `userauth_key`: the same key, or (as OpenSSH signs a certificate login
+/// with the plain key beside it in the agent) a certificate of it.
+fn signs_for(userauth_key: &[u8], request: &SignRequest) -> bool {
+    if userauth_key == request.key_blob {
+        return true;
+    }
+    request.credential.cert.is_none()
+        && parse_credential(userauth_key)
+            .is_ok_and(|named| named.cert.is_some() && named.key == request.credential.key)
 }
 
 /// Most binds one agent connection may carry (OpenSSH's agent keeps 16).
@@ -583,7 +589,7 @@ fn check_hops(
                 "a second session-bind on an agent connection whose first session did not forward the agent",
             ));
         }
-        let facts = HostKeyFacts::new(&hop.host_key, known, policy);
+        let facts = HostKeyFacts::new(&hop.host_key.key, known, policy);
         let d = policy.decide(&PolicyRequest {
             workspace,
             caller: None,
@@ -591,14 +597,14 @@ fn check_hops(
                 host_key: facts.bound(),
             },
         });
-        info!(tool = "ssh", op = "hop", host_key = %fingerprint(&hop.host_key), decision = ?d.verdict, "decision");
+        info!(tool = "ssh", op = "hop", host_key = %fingerprint(&hop.host_key.key), decision = ?d.verdict, "decision");
         if d.verdict == Verdict::Deny {
             return Ok(Some(Decided {
                 outcome: d,
                 tool: "ssh",
                 target: format!(
                     "agent forwarding through host key {}",
-                    fingerprint(&hop.host_key)
+                    fingerprint(&hop.host_key.key)
                 ),
                 approval_key: String::new(),
             }));
@@ -608,20 +614,7 @@ fn check_hops(
 }
 
 fn parse_bind(body: &[u8]) -> Result<SessionBind, Reply> {
-    let ext = Extension {
-        name: BIND_NAME.into(),
-        details: body.to_vec().into(),
-    };
-    let bind = match ext.parse_message::<SessionBind>() {
-        Ok(Some(b)) => b,
-        Ok(None) | Err(_) => return Err(deny("malformed session-bind")),
-    };
-    if bind.verify_signature().is_err() {
-        return Err(deny(
-            "the session-bind's host key signature does not verify",
-        ));
-    }
-    Ok(bind)
+    parse_session_bind(body).map_err(|e| deny(e.to_string()))
 }
 
 async fn forward(chain: &[SessionBind], request: SignRequest, ctx: &ToolContext) -> Reply {
@@ -633,21 +626,17 @@ async fn forward(chain: &[SessionBind], request: SignRequest, ctx: &ToolContext)
         // Sign only with a key exactly as the laptop agent lists it: the
         // workspace chose this encoding, and policy fingerprints were taken
         // over it (a non-canonical ECDSA point would fingerprint differently).
-        let listed = client.request_identities().await?;
-        if !listed.iter().any(|id| id.credential == request.credential) {
-            return Err(ssh_agent_lib::error::AgentError::Failure);
+        let listed = client.list().await?;
+        if !listed.contains(&request.key_blob) {
+            return Err(AgentError::Refused);
         }
         bind_all(&mut client, chain).await;
-        client.sign(request).await
+        client
+            .sign(&request.key_blob, &request.data, request.flags)
+            .await
     };
     match tokio::time::timeout(AGENT_TIMEOUT, run).await {
-        Ok(Ok(sig)) => match wire(&sig) {
-            Some(bytes) => Reply::SshSignature(bytes),
-            None => Reply::error(
-                ErrorCode::Internal,
-                "cannot encode the laptop agent's signature",
-            ),
-        },
+        Ok(Ok(sig)) => Reply::SshSignature(sig),
         Ok(Err(e)) => Reply::error(
             ErrorCode::Internal,
             format!("the laptop ssh-agent refused to sign: {e}"),

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use nexus_protocol::{Control, ControlReply, HANDSHAKE_MAX_FRAME, IdentityPush};
 use nexus_transport::MuxHandle;
-use ssh_agent_lib::proto::extension::SessionBind;
+use ssh_agent_lib::proto::extension::SessionBind as BindMessage;
+use ssh_encoding::Encode;
 use ssh_key::private::Ed25519Keypair;
 use ssh_key::{PrivateKey, Signature, SigningKey};
 use tokio::io::AsyncWriteExt;
@@ -24,6 +25,7 @@ use tracing::{info, warn};
 
 use super::ToolContext;
 use super::ssh::allowed_identities;
+use crate::ssh_wire::{SessionBind, parse_session_bind};
 
 /// How often the laptop agent is asked.
 pub const PUSH_EVERY: Duration = Duration::from_millis(500);
@@ -106,12 +108,15 @@ fn probe_bind() -> Option<SessionBind> {
     let key = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
     let session_id: [u8; 32] = rand::random();
     let signature = sign(&key, &session_id)?;
-    Some(SessionBind {
+    let message = BindMessage {
         host_key: key.public_key().key_data().clone(),
         session_id: session_id.to_vec(),
         signature,
         is_forwarding: false,
-    })
+    };
+    let mut body = Vec::new();
+    message.encode(&mut body).ok()?;
+    parse_session_bind(&body).ok()
 }
 
 fn sign<K: SigningKey>(key: &K, data: &[u8]) -> Option<Signature> {
