@@ -58,7 +58,7 @@ pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, sec
 pub use schema::decision::{Approve, Decided, RuleRef, Verdict};
 pub use schema::diag::{Diagnostic, PolicyErrors};
 pub use schema::rate::{Rate, RateError};
-pub use schema::request::{Action, BoundHostKey, Caller, GitAction, Request};
+pub use schema::request::{Action, BoundHostKey, Caller, GitAction, HostCertificate, Request};
 pub use sections::files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
 pub use sections::git_credential::GitCredentialRule;
 pub use sections::http::{

@@ -22,6 +22,7 @@ fn known_hosts_pin(hosts: &[String]) -> BoundHostKey<'_> {
         blob: &[],
         known_hosts_pins: hosts,
         known_as: &[],
+        cert: None,
     }
 }
 

@@ -5,7 +5,8 @@
 //! read them the way OpenSSH does: comma-separated patterns with `*`, `?` and
 //! `!` negation, `[host]:port` for non-default ports, hashed names
 //! (`|1|salt|HMAC-SHA1`, Debian's default), and `@revoked` lines that cancel
-//! a key. `@cert-authority` lines are skipped: we pin keys, not CAs.
+//! a key. `@cert-authority` lines name CAs whose host certificates are
+//! trusted for the hosts they match.
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,43 @@ impl HostKeys {
         }
         keys.retain(|k| !revoked.contains(k));
         keys
+    }
+
+    /// Whether an `@cert-authority` line for `host_port` names `ca`, and
+    /// neither `ca` nor the certified `key` is `@revoked` for it.
+    #[must_use]
+    pub fn trusts_ca(&self, host_port: &str, ca: &KeyData, key: &KeyData) -> bool {
+        let name = lookup_name(host_port);
+        let mut trusted = false;
+        for entry in &self.entries {
+            if !matches_host(entry.host_patterns(), &name) {
+                continue;
+            }
+            let k = entry.public_key().key_data();
+            match entry.marker() {
+                Some(Marker::Revoked) if k == ca || k == key => return false,
+                Some(Marker::CertAuthority) if k == ca => trusted = true,
+                _ => {}
+            }
+        }
+        trusted
+    }
+
+    /// The CA keys of `@cert-authority` lines for `host_port`, less any
+    /// `@revoked` key.
+    #[must_use]
+    pub fn cert_authorities(&self, host_port: &str) -> Vec<KeyData> {
+        let name = lookup_name(host_port);
+        let mut cas = Vec::new();
+        for entry in &self.entries {
+            if entry.marker() == Some(&Marker::CertAuthority)
+                && matches_host(entry.host_patterns(), &name)
+            {
+                cas.push(entry.public_key().key_data().clone());
+            }
+        }
+        cas.retain(|ca| self.trusts_ca(host_port, ca, ca));
+        cas
     }
 
     /// Every plain name `key` is listed under, in policy form (`host` or
@@ -249,6 +287,26 @@ mod tests {
             HostKeys::load(&files).names_for_key(&key(KEY_A)),
             vec!["dev.corp", "git.local:2222", "prod.corp"]
         );
+    }
+
+    #[test]
+    fn cert_authorities_and_their_revocation() {
+        let text = format!("@cert-authority *.corp {KEY_A}\ngit.corp {KEY_B}\n");
+        let (_d, files) = with_file(&text);
+        let keys = HostKeys::load(&files);
+        assert!(keys.trusts_ca("git.corp", &key(KEY_A), &key(KEY_B)));
+        assert!(
+            !keys.trusts_ca("git.corp", &key(KEY_B), &key(KEY_B)),
+            "a plain key is no CA"
+        );
+        assert!(!keys.trusts_ca("example.org", &key(KEY_A), &key(KEY_B)));
+        assert_eq!(keys.cert_authorities("a.corp"), vec![key(KEY_A)]);
+        assert!(
+            keys.pinned_keys("a.corp").is_empty(),
+            "a CA pins no key by itself"
+        );
+        let (_d, files) = with_file(&format!("{text}@revoked * {KEY_B}\n"));
+        assert!(!HostKeys::load(&files).trusts_ca("git.corp", &key(KEY_A), &key(KEY_B)));
     }
 
     #[test]

@@ -262,17 +262,17 @@ impl GitHost {
     /// with any of `authorized`, and creates `repo.git`.
     #[track_caller]
     pub fn start(ws: &Workspace, authorized: &[&PubKey]) -> Self {
-        Self::start_with(ws, authorized, &|_| String::new())
+        Self::start_with(ws, authorized, &|_, _| String::new())
     }
 
     /// [`GitHost::start`] with extra sshd_config lines, written by `extra`
-    /// given the host's directory (where it may create CA keys and
-    /// certificates).
+    /// given the host's directory (where its host key `host_ed25519` is, and
+    /// where it may create CA keys and certificates) and its address.
     #[track_caller]
     pub fn start_with(
         ws: &Workspace,
         authorized: &[&PubKey],
-        extra: &dyn Fn(&Path) -> String,
+        extra: &dyn Fn(&Path, std::net::Ipv4Addr) -> String,
     ) -> Self {
         require_openssh();
         let user = login_user();
@@ -308,7 +308,7 @@ impl GitHost {
             std::fs::create_dir_all("/run/sshd").must("creating /run/sshd");
         }
         let ip = ws.ip();
-        let more = extra(root);
+        let more = extra(root, ip);
         let (sshd, port) = spawn_sshd(ws, root, |port| sshd_config(root, ip, port, user) + &more);
         Self {
             sshd,
@@ -492,13 +492,13 @@ impl SshWorld {
     /// a policy. The git host accepts both laptop keys.
     #[track_caller]
     pub fn new() -> Self {
-        Self::with_sshd(&|_| String::new())
+        Self::with_sshd(&|_, _| String::new())
     }
 
     /// [`SshWorld::new`] with extra sshd_config lines (see
     /// [`GitHost::start_with`]).
     #[track_caller]
-    pub fn with_sshd(extra: &dyn Fn(&Path) -> String) -> Self {
+    pub fn with_sshd(extra: &dyn Fn(&Path, std::net::Ipv4Addr) -> String) -> Self {
         require_openssh();
         let ws = Workspace::start();
         let laptop = Laptop::new();

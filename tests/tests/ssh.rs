@@ -851,7 +851,7 @@ fn a_user_certificate_valid_forever_is_listed_and_logs_in() {
     let ca = PubKey::generate(dir.path(), "user_ca", "ed25519");
     let ca_line = ca.line.clone();
     // The git host trusts the CA, and does not list the certified key.
-    let mut world = SshWorld::with_sshd(&|root| {
+    let mut world = SshWorld::with_sshd(&|root, _| {
         std::fs::write(root.join("user_ca.pub"), format!("{ca_line}\n")).must("writing the CA");
         format!("TrustedUserCAKeys {}/user_ca.pub\n", root.display())
     });
@@ -913,4 +913,124 @@ fn a_user_certificate_valid_forever_is_listed_and_logs_in() {
         )
         .ok();
     world.wait_for_proxy_line(&["op=\"sshsig\"", "decision=Allow", &key.fingerprint]);
+}
+
+#[test]
+fn a_host_certificate_from_a_pinned_ca_verifies_a_hostbound_login() {
+    let dir = ca_dir();
+    let ca = PubKey::generate(dir.path(), "host_ca", "ed25519");
+    let ca_private = dir.path().join("host_ca");
+    // The git host presents a certificate of its key, valid forever.
+    let mut world = SshWorld::with_sshd(&|root, ip| {
+        let host_key = PubKey::read(&root.join("host_ed25519.pub"));
+        certify(&ca_private, &host_key, true, &ip.to_string());
+        format!("HostCertificate {}/host_ed25519-cert.pub\n", root.display())
+    });
+    let ed = world.agent.ed25519.clone();
+    let name = world.host.known_hosts_name();
+    // The laptop knows the CA only, never the host's key.
+    world
+        .laptop
+        .write_known_hosts(&format!("@cert-authority {name} {}\n", ca.line));
+    world.start_proxy(
+        &allow(&world, &format!("keys = [{:?}]", ed.fingerprint)),
+        AgentFrom::Env,
+    );
+    // The workspace is told to trust the CA, so its ssh asks for the
+    // host certificate and binds it.
+    let pinned = world.trust_pinned_hosts();
+    assert_eq!(
+        pinned.stdout.trim(),
+        format!("@cert-authority {name} {}", ca.line),
+        "{pinned}"
+    );
+    world.clone_repo("by-known-hosts").ok();
+    world.wait_for_proxy_line(&["op=\"userauth\"", "decision=Allow", &ed.fingerprint]);
+
+    // The same CA named by the rule itself, with an empty known_hosts.
+    world.stop_proxy();
+    world.laptop.write_known_hosts("");
+    let policy = allow(
+        &world,
+        &format!("keys = [{:?}]\nhost_ca = [{:?}]", ed.fingerprint, ca.line),
+    );
+    world.start_proxy(&policy, AgentFrom::Env);
+    world.clone_repo("by-rule").ok();
+
+    // A CA the laptop does not trust pins nothing.
+    world.stop_proxy();
+    world.start_proxy(&allow(&world, ""), AgentFrom::Env);
+    push_refused(&world.commit_and_push("by-rule", "main"));
+    world.wait_for_proxy_line(&["refused", "no [[ssh.allow]] rule pins this host key"]);
+}
+
+/// paramiko (hence Fabric and Ansible's paramiko mode) on the workspace
+/// host: `ssh USER@IP:PORT true` through agent.sock, accepting any host key
+/// (it checks none against the laptop anyway). Prints `ok` or the error.
+fn paramiko_login(world: &SshWorld) -> Output {
+    let probe = nexus_e2e::run_to_end(
+        std::process::Command::new("python3").args(["-c", "import paramiko"]),
+        None,
+    );
+    assert_eq!(
+        probe.exit_code,
+        Some(0),
+        "the `paramiko` Python package is missing: pip install paramiko (.ci/run does)\n{probe}"
+    );
+    let script = "import sys, paramiko
+c = paramiko.SSHClient()
+c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+try:
+    c.connect(sys.argv[1], port=int(sys.argv[2]), username=sys.argv[3], allow_agent=True, look_for_keys=False, timeout=10)
+    _, out, _ = c.exec_command('true')
+    sys.exit(out.channel.recv_exit_status())
+except Exception as e:
+    print(type(e).__name__, e, file=sys.stderr)
+    sys.exit(1)
+";
+    let mut cmd = world.ws_command_with_sock("python3", &world.ws.agent_sock());
+    cmd.args(["-c", script])
+        .arg(world.host.ip.to_string())
+        .arg(world.host.port.to_string())
+        .arg(world.host.user);
+    nexus_e2e::run_to_end(&mut cmd, None)
+}
+
+#[test]
+fn clients_without_session_bind_log_in_only_where_a_rule_opts_in() {
+    let mut world = SshWorld::new();
+    let ed = world.agent.ed25519.clone();
+    world.start_proxy(
+        &allow(&world, &format!("keys = [{:?}]", ed.fingerprint)),
+        AgentFrom::Env,
+    );
+    // paramiko lists keys, but sends no session-bind: refused, and the
+    // laptop says which option would allow it.
+    paramiko_login(&world).code(1);
+    world.wait_for_proxy_line(&["no session-bind", "require_session_bind = false"]);
+
+    world.stop_proxy();
+    let policy = allow(
+        &world,
+        &format!(
+            "keys = [{:?}]\nrequire_session_bind = false",
+            ed.fingerprint
+        ),
+    );
+    let path = world
+        .laptop
+        .write_policy(&format!("version = 1\n\n{policy}"));
+    world
+        .laptop
+        .cli([OsStr::new("policy"), OsStr::new("check"), path.as_os_str()])
+        .ok()
+        .stderr_has("any host that accepts it");
+    world.start_proxy(&policy, AgentFrom::Env);
+    paramiko_login(&world).ok();
+    assert!(
+        world.host.accepted(&ed.fingerprint),
+        "sshd should have let paramiko in\n{}",
+        world.host.log()
+    );
+    world.wait_for_proxy_line(&["op=\"userauth\"", "bound=false", "decision=Allow"]);
 }

@@ -130,6 +130,9 @@ impl Sections {
             Action::SshIdentity { key } => {
                 ssh::decide_identity(&self.ssh.rules, &self.ssh.denies, key).map(Grant::Ssh)
             }
+            Action::SshUnboundUserauth { user, key } => {
+                ssh::decide_unbound(&self.ssh.rules, &self.ssh.denies, user, key).map(Grant::Ssh)
+            }
             Action::SshHop { host_key } => {
                 ssh::decide_hop(&self.ssh.rules, &self.ssh.denies, &host_key).map(Grant::Ssh)
             }

@@ -58,6 +58,19 @@ pub enum Action<'a> {
         /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
         key: &'a str,
     },
+    /// Sign an SSH userauth request on an agent connection with no session
+    /// bind (clients such as paramiko, Go's x/crypto/ssh, libssh2 send none),
+    /// so no host is known.
+    ///
+    /// Allowed by the first `[[ssh.allow]]` rule that sets
+    /// `require_session_bind = false` and admits `user` and `key`, unless an
+    /// `[[ssh.deny]]` rule matches (host = that rule's host, user, key).
+    SshUnboundUserauth {
+        /// The user name in the userauth request (untrusted).
+        user: &'a str,
+        /// Fingerprint (`SHA256:...`) of the agent key asked to sign.
+        key: &'a str,
+    },
     /// An onward hop: an earlier session bound on the same agent connection,
     /// marked as forwarding the agent. Allowed when a rule pinning its host
     /// key sets `forwarding = true` and no deny rule for that host (or any
@@ -124,6 +137,7 @@ impl Action<'_> {
         match self {
             Action::Token { .. } => Section::Tokens,
             Action::SshUserauth { .. }
+            | Action::SshUnboundUserauth { .. }
             | Action::SshSig { .. }
             | Action::SshHop { .. }
             | Action::SshIdentity { .. } => Section::Ssh,
@@ -162,6 +176,22 @@ pub struct BoundHostKey<'a> {
     /// host, so a deny rule for any of these names applies: one key shared by
     /// `dev` and `prod` must not let a `dev` rule reach `prod`.
     pub known_as: &'a [String],
+    /// The host certificate, when the bound key is one whose CA signature
+    /// and validity the proxy verified (its `blob` is then the certified key).
+    pub cert: Option<HostCertificate<'a>>,
+}
+
+/// A verified host certificate of a bound host key: a rule pins the key when
+/// its CA is one the rule trusts and a principal names the rule's host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostCertificate<'a> {
+    /// The CA key in SSH wire form.
+    pub ca: &'a [u8],
+    /// The certificate's principals (host names).
+    pub principals: &'a [String],
+    /// The rule hosts (`HOST` or `HOST:PORT`) for which the laptop's
+    /// known_hosts has an `@cert-authority` line with this CA.
+    pub known_hosts_cas: &'a [String],
 }
 
 /// What the workspace's git asks the helper to do.

@@ -21,7 +21,7 @@ use crate::schema::probe::{ProbeArgs, clip};
 use crate::schema::rate::Rate;
 use crate::schema::read::Glob;
 use crate::schema::read::{Parser, Value};
-use crate::schema::request::{Action, BoundHostKey};
+use crate::schema::request::{Action, BoundHostKey, HostCertificate};
 use crate::schema::section::{PolicySection, SectionGrant, Terms};
 use crate::schema::{APPROVE, DESCRIPTION, Field, Kind, RATE, Table};
 
@@ -69,6 +69,24 @@ const ALLOW_FIELDS: &[Field] = &[
         when_empty: "the rule would pin no host key; leave host_keys out to use the laptop's \
                      known_hosts for host, or list keys from `ssh-keyscan HOST`",
     }),
+    Field::optional(
+        "host_ca",
+        "list of public keys",
+        "CA keys whose host certificates naming `host` are pinned (as `@cert-authority` in known_hosts)",
+    )
+    .default("the laptop's known_hosts `@cert-authority` lines for host")
+    .read(Kind::List {
+        expected: "an array of CA public keys like [\"ssh-ed25519 AAAA...\"]",
+        check: check_host_key,
+        when_empty: "the rule would trust no CA; leave host_ca out",
+    }),
+    Field::optional(
+        "require_session_bind",
+        "bool",
+        "`false` lets clients without session-bind (paramiko, Go, libssh2) log in with no host check",
+    )
+    .default("true")
+    .read(Kind::Bool),
     Field::optional(
         "sshsig_namespaces",
         "list of strings",
@@ -158,6 +176,12 @@ pub struct SshRule {
     /// Pinned host public keys, one OpenSSH line each (`ALGO BASE64 [COMMENT]`,
     /// verbatim); `None` means the laptop's `known_hosts` entries for `host`.
     pub host_keys: Option<Vec<String>>,
+    /// CA public keys (`ALGO BASE64 [COMMENT]`) whose host certificates for
+    /// `host` are pinned, besides known_hosts `@cert-authority` lines.
+    pub host_ca: Option<Vec<String>>,
+    /// Whether userauth signatures need a verified session bind; `false`
+    /// signs for this rule's user and keys with no host known.
+    pub require_session_bind: bool,
     /// SSHSIG namespaces this rule allows signing for (`ssh-keygen -Y sign -n NS`); may be empty.
     pub sshsig_namespaces: Vec<String>,
     /// Whether sessions bound with `is_forwarding = true` (onward hops) are allowed.
@@ -181,15 +205,30 @@ impl SshRule {
     }
 
     /// Whether this rule pins `bound`: one of its `host_keys`, or (when it has
-    /// none) a key the laptop's known_hosts pins for its `host`.
+    /// none) a key the laptop's known_hosts pins for its `host`; or a host
+    /// certificate naming `host` from a CA in `host_ca` or (without
+    /// `host_keys`) in known_hosts `@cert-authority` lines for `host`.
     #[must_use]
     pub fn pins(&self, bound: &BoundHostKey<'_>) -> bool {
-        match &self.host_keys {
+        let by_key = match &self.host_keys {
             Some(lines) => lines
                 .iter()
                 .any(|l| host_key_blob(l).as_deref() == Some(bound.blob)),
             None => bound.known_hosts_pins.contains(&self.host),
+        };
+        by_key || bound.cert.is_some_and(|c| self.pins_cert(&c))
+    }
+
+    fn pins_cert(&self, cert: &HostCertificate<'_>) -> bool {
+        let name = self.host_port().0;
+        if !cert.principals.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+            return false;
         }
+        let by_rule = self.host_ca.as_ref().is_some_and(|cas| {
+            cas.iter()
+                .any(|l| host_key_blob(l).as_deref() == Some(cert.ca))
+        });
+        by_rule || (self.host_keys.is_none() && cert.known_hosts_cas.contains(&self.host))
     }
 
     /// Whether this rule admits the agent key with fingerprint `key`.
@@ -431,6 +470,48 @@ pub(crate) fn decide_userauth(
     }
 }
 
+/// `Action::SshUnboundUserauth`: the first allow rule with
+/// `require_session_bind = false` admitting user and key, unless a deny rule
+/// for its host, the user or the key applies.
+pub(crate) fn decide_unbound(
+    rules: &[SshRule],
+    denies: &[SshDenyRule],
+    user: &str,
+    key: &str,
+) -> Decided<SshRule> {
+    let shown_user = shown_name(user);
+    let shown_key = shown_key(key);
+    let opted: Vec<&SshRule> = rules.iter().filter(|r| !r.require_session_bind).collect();
+    for rule in &opted {
+        if !rule.admits_user(user) || !rule.admits_key(key) {
+            continue;
+        }
+        let what = format!(
+            "ssh login as {shown_user} with key {shown_key}, no session-bind (rule for {})",
+            rule.host
+        );
+        if let Some(deny) = denies
+            .iter()
+            .find(|d| d.denies_userauth(&rule.host, user, key))
+        {
+            return denied(deny, what);
+        }
+        return allowed(rule, what);
+    }
+    not_allowed(if opted.is_empty() {
+        format!(
+            "the ssh client sent no session-bind, so the host is unknown: key {shown_key} signs \
+             such logins only under a rule with require_session_bind = false (none is set); \
+             use OpenSSH 8.9 or later, or opt in if this key may log in to any host that accepts it"
+        )
+    } else {
+        format!(
+            "the ssh client sent no session-bind, and no rule with require_session_bind = false \
+             admits user {shown_user} with key {shown_key}"
+        )
+    })
+}
+
 /// `Action::SshHop`: an earlier session on the agent connection that forwarded
 /// the agent onward. Allowed by the first allow rule pinning its host key that
 /// sets `forwarding = true`, unless a deny rule for that host applies.
@@ -548,6 +629,22 @@ fn cross_check(rules: &[SshRule], denies: &[SshDenyRule]) -> Vec<Diagnostic> {
             });
         }
     }
+    for rule in rules.iter().filter(|r| !r.require_session_bind) {
+        let keys = rule
+            .keys
+            .as_ref()
+            .map_or_else(|| "every agent key".to_owned(), |k| k.join(", "));
+        warnings.push(Diagnostic {
+            file: rule.rule.file.clone(),
+            line: rule.rule.line,
+            col: rule.rule.col,
+            message: format!(
+                "[[ssh.allow]] host = {:?} sets require_session_bind = false: {keys} can log in \
+                 as {:?} to any host that accepts it, not only {}",
+                rule.host, rule.user, rule.host
+            ),
+        });
+    }
     warnings
 }
 
@@ -618,6 +715,7 @@ impl PolicySection for SshSection {
                     blob: &blob,
                     known_hosts_pins: &names,
                     known_as: &names,
+                    cert: None,
                 };
                 let action = if op == "hop" {
                     Action::SshHop { host_key }
@@ -696,6 +794,12 @@ fn beyond(b: &SshSection, capped: bool, rule: &SshRule) -> Option<String> {
                 (Some(allowed), Some(wanted)) => wanted.iter().all(|k| allowed.contains(k)),
             }
             && (r.forwarding || !rule.forwarding)
+            && (!r.require_session_bind || rule.require_session_bind)
+            && rule.host_ca.as_ref().is_none_or(|cas| {
+                r.host_ca
+                    .as_ref()
+                    .is_some_and(|allowed| cas.iter().all(|c| allowed.contains(c)))
+            })
             && rule
                 .sshsig_namespaces
                 .iter()
@@ -780,6 +884,8 @@ impl Parser<'_, '_, SshSection> {
                 user: user.to_owned(),
                 keys: v.list("keys"),
                 host_keys: v.list("host_keys"),
+                host_ca: v.list("host_ca"),
+                require_session_bind: v.bool("require_session_bind").unwrap_or(true),
                 sshsig_namespaces: v.list("sshsig_namespaces").unwrap_or_default(),
                 forwarding: v.bool("forwarding").unwrap_or(false),
                 approve: v.approve("approve"),
@@ -1047,6 +1153,7 @@ mod shared_key_tests {
                         blob: &[],
                         known_hosts_pins: &pins,
                         known_as,
+                        cert: None,
                     },
                     user: "deploy",
                     key: "SHA256:k",
@@ -1079,6 +1186,7 @@ mod hop_tests {
                     blob: &[],
                     known_hosts_pins: &pins,
                     known_as: &[],
+                    cert: None,
                 },
             },
         });
@@ -1341,6 +1449,8 @@ mod tests {
             user: user.into(),
             keys: None,
             host_keys: None,
+            host_ca: None,
+            require_session_bind: true,
             sshsig_namespaces: Vec::new(),
             forwarding: false,
             approve: None,
@@ -1420,6 +1530,7 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
             blob: &[],
             known_hosts_pins: hosts,
             known_as: &[],
+            cert: None,
         }
     }
 
@@ -1783,6 +1894,7 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
                 blob,
                 known_hosts_pins: pins,
                 known_as: &[],
+                cert: None,
             };
             let d = decide(
                 &p,
@@ -1828,6 +1940,104 @@ key = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
         assert!(
             shown.contains("SshUserauth") && shown.contains("\"git\""),
             "{shown}"
+        );
+    }
+
+    fn policy_of(text: &str) -> crate::Policy {
+        crate::Policy::from_sources(&[crate::Source::new("p.toml", text)])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A host certificate pins a rule when a CA the rule trusts signed it
+    /// and a principal names the rule's host; known_hosts CAs count only
+    /// for rules without `host_keys`.
+    #[test]
+    fn host_certificates_pin_by_ca_and_principal() {
+        let ca_line = ED25519.to_owned();
+        let ca = STANDARD
+            .decode(ca_line.split_whitespace().nth(1).unwrap_or_default())
+            .unwrap_or_default();
+        let p = policy_of(&format!(
+            "[[ssh.allow]]\nhost = \"a.example:2222\"\nuser = \"git\"\nhost_ca = [{ca_line:?}]\n\
+             [[ssh.allow]]\nhost = \"b.example\"\nuser = \"git\"\n"
+        ));
+        let decide = |principals: &[String], ca: &[u8], kh_cas: &[String]| {
+            p.decide(&crate::Request {
+                workspace: "w",
+                caller: None,
+                action: Action::SshUserauth {
+                    host_key: BoundHostKey {
+                        blob: b"plain",
+                        known_hosts_pins: &[],
+                        known_as: &[],
+                        cert: Some(HostCertificate {
+                            ca,
+                            principals,
+                            known_hosts_cas: kh_cas,
+                        }),
+                    },
+                    user: "git",
+                    key: "SHA256:k",
+                    forwarding: false,
+                },
+            })
+        };
+        let a = ["a.example".to_owned()];
+        let b = ["b.example".to_owned()];
+        assert_eq!(decide(&a, &ca, &[]).verdict, Verdict::Allow);
+        assert_eq!(
+            decide(&b, &ca, &[]).verdict,
+            Verdict::Deny,
+            "principal of another host"
+        );
+        assert_eq!(
+            decide(&a, b"other ca", &[]).verdict,
+            Verdict::Deny,
+            "CA not trusted"
+        );
+        assert_eq!(
+            decide(&b, b"any", &b).verdict,
+            Verdict::Allow,
+            "known_hosts CA"
+        );
+        assert_eq!(decide(&a, b"any", &b).verdict, Verdict::Deny);
+    }
+
+    /// Without a session bind only rules that opt out sign, and `policy
+    /// check` warns about them; the refusal names the opt-in.
+    #[test]
+    fn unbound_logins_need_the_opt_out() {
+        let unbound = |p: &crate::Policy, user: &str| {
+            p.decide(&crate::Request {
+                workspace: "w",
+                caller: None,
+                action: Action::SshUnboundUserauth {
+                    user,
+                    key: "SHA256:k",
+                },
+            })
+        };
+        let strict = policy_of("[[ssh.allow]]\nhost = \"h\"\nuser = \"git\"\n");
+        let d = unbound(&strict, "git");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(
+            d.reason.contains("require_session_bind = false"),
+            "{}",
+            d.reason
+        );
+        assert!(strict.warnings().is_empty());
+        let open = policy_of(
+            "[[ssh.allow]]\nhost = \"h\"\nuser = \"git\"\nrequire_session_bind = false\n\
+             [[ssh.deny]]\nuser = \"root\"\n",
+        );
+        assert_eq!(unbound(&open, "git").verdict, Verdict::Allow);
+        assert_eq!(unbound(&open, "other").verdict, Verdict::Deny);
+        let warnings: Vec<String> = open.warnings().iter().map(ToString::to_string).collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("any host that accepts it")),
+            "{warnings:?}"
         );
     }
 }

@@ -9,8 +9,12 @@
 //!   id is new to this workspace (or seen only on the same agent connection),
 //!   whose host key is pinned for an allowed host; the data must be a
 //!   userauth request for that session, that key and an allowed user (for the
-//!   hostbound method, naming the bound host key). An SSHSIG signature needs
-//!   a rule listing its namespace.
+//!   hostbound method, naming the bound host key). A bound host certificate
+//!   is pinned by a CA the rule trusts (`host_ca`, known_hosts
+//!   `@cert-authority`). With no bind at all (clients such as paramiko send
+//!   none) only a rule with `require_session_bind = false` signs. An SSHSIG
+//!   signature needs a rule listing its namespace. Certificates are judged by
+//!   the key they certify.
 //!
 //! Only then does the laptop agent see the request, preceded by the bind, so
 //! keys added with `ssh-add -h` keep their destination constraints.
@@ -20,7 +24,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nexus_policy::{
-    Action, BoundHostKey, Grant, PolicySet, Request as PolicyRequest, SshRule, Verdict,
+    Action, BoundHostKey, Grant, HostCertificate, PolicySet, Request as PolicyRequest, SshRule,
+    Verdict,
 };
 use nexus_protocol::{ErrorCode, Reply, SshIdentity};
 use ssh_encoding::Encode;
@@ -32,9 +37,9 @@ use super::ToolContext;
 use super::pipeline::{Asked, Decided, Listing, Scope, Tool};
 use crate::known_hosts::HostKeys;
 use crate::laptop_agent::{AgentError, LaptopAgent};
-use crate::ssh_cert::parse_credential;
+use crate::ssh_cert::{CertType, Credential, parse_credential};
 use crate::ssh_wire::{
-    Method, SessionBind, SignData, SignRequest, parse_session_bind, parse_sign_data,
+    Method, SessionBind, SignData, SignRequest, Userauth, parse_session_bind, parse_sign_data,
     parse_sign_request,
 };
 
@@ -278,23 +283,76 @@ fn pinned(rule: &SshRule, known: &HostKeys) -> Vec<KeyData> {
     }
 }
 
+/// CA keys a rule trusts for host certificates: its own `host_ca`, and
+/// known_hosts `@cert-authority` lines unless it pins `host_keys`.
+fn pinned_cas(rule: &SshRule, known: &HostKeys) -> Vec<KeyData> {
+    let mut cas: Vec<KeyData> = rule
+        .host_ca
+        .iter()
+        .flatten()
+        .filter_map(|l| l.parse::<ssh_key::PublicKey>().ok())
+        .map(|k| k.key_data().clone())
+        .collect();
+    if rule.host_keys.is_none() {
+        cas.extend(known.cert_authorities(&rule.host));
+    }
+    cas
+}
+
+/// SSH wire form of a key; encoding into memory cannot fail, and an empty
+/// blob would pin nothing.
+fn key_blob(key: &KeyData) -> Vec<u8> {
+    let mut blob = Vec::new();
+    if key.encode(&mut blob).is_err() {
+        blob.clear();
+    }
+    blob
+}
+
+/// A host certificate whose CA signature holds and which is valid now, as
+/// the policy takes it.
+struct CertFacts {
+    ca: Vec<u8>,
+    principals: Vec<String>,
+    known_hosts_cas: Vec<String>,
+}
+
 /// What the laptop knows of a bound host key, as the policy takes it: its
-/// wire blob, the rule hosts known_hosts pins it for, and every name it is
-/// known under (known_hosts lines and the hosts of rules that pin it).
+/// wire blob (the certified key, for a certificate), the rule hosts
+/// known_hosts pins it for, every name it is known under (known_hosts
+/// lines and the hosts of rules that pin it), and its host certificate.
 struct HostKeyFacts {
     blob: Vec<u8>,
     pins: Vec<String>,
     known_as: Vec<String>,
+    cert: Option<CertFacts>,
 }
 
 impl HostKeyFacts {
-    fn new(host_key: &KeyData, known: &HostKeys, policy: &PolicySet) -> Self {
-        // Encoding into memory cannot fail; an empty blob would pin nothing.
-        let mut blob = Vec::new();
-        if host_key.encode(&mut blob).is_err() {
-            blob.clear();
-        }
+    fn new(host: &Credential, known: &HostKeys, policy: &PolicySet) -> Self {
+        let host_key = &host.key;
+        let blob = key_blob(host_key);
         let rules = policy.ssh_rules();
+        let cert = host.cert.as_ref().and_then(|c| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let usable = c.cert_type == CertType::Host && c.valid_at(now) && c.verify().is_ok();
+            if !usable {
+                warn!(tool = "ssh", host_key = %fingerprint(host_key), "host certificate expired, of the wrong type or badly signed; only its key can be pinned");
+                return None;
+            }
+            let known_hosts_cas = rules
+                .iter()
+                .filter(|r| r.host_keys.is_none() && known.trusts_ca(&r.host, &c.ca, host_key))
+                .map(|r| r.host.clone())
+                .collect();
+            Some(CertFacts {
+                ca: key_blob(&c.ca),
+                principals: c.principals.clone(),
+                known_hosts_cas,
+            })
+        });
         let mut pins: Vec<String> = Vec::new();
         for rule in &rules {
             if !pins.contains(&rule.host) && known.pinned_keys(&rule.host).contains(host_key) {
@@ -305,6 +363,7 @@ impl HostKeyFacts {
             blob,
             pins,
             known_as: known.names_for_key(host_key),
+            cert,
         };
         // A bind names a key, never a host, so a deny rule for any name it
         // goes by must apply.
@@ -321,6 +380,11 @@ impl HostKeyFacts {
             blob: &self.blob,
             known_hosts_pins: &self.pins,
             known_as: &self.known_as,
+            cert: self.cert.as_ref().map(|c| HostCertificate {
+                ca: &c.ca,
+                principals: &c.principals,
+                known_hosts_cas: &c.known_hosts_cas,
+            }),
         }
     }
 }
@@ -340,9 +404,13 @@ fn known_hosts(policy: &PolicySet, ctx: &ToolContext) -> Reply {
     let mut lines = Vec::new();
     for rule in policy.ssh_rules() {
         let name = crate::known_hosts::lookup_name(&rule.host);
-        for key in pinned(rule, &known) {
+        let keys = pinned(rule, &known).into_iter().map(|k| (k, ""));
+        let cas = pinned_cas(rule, &known)
+            .into_iter()
+            .map(|k| (k, "@cert-authority "));
+        for (key, marker) in keys.chain(cas) {
             if let Ok(text) = ssh_key::PublicKey::from(key).to_openssh() {
-                let line = format!("{name} {text}");
+                let line = format!("{marker}{name} {text}");
                 if !lines.contains(&line) {
                     lines.push(line);
                 }
@@ -413,9 +481,9 @@ impl Tool for Sign<'_> {
             }
             SignData::Userauth(auth) => {
                 let Some((bind, hops)) = chain.split_last() else {
-                    return Err(deny(
-                        "userauth signature without a session-bind on the same agent connection",
-                    ));
+                    let decided = unbound_login(scope, policy, auth, &request, &key_fp)?;
+                    self.verified = Some((Vec::new(), request));
+                    return Ok(Asked::decided(decided));
                 };
                 let known = laptop_known_hosts(ctx);
                 if let Some(refused) = check_hops(workspace, hops, &known, policy)? {
@@ -438,7 +506,7 @@ impl Tool for Sign<'_> {
                         "the hostbound userauth names another host key than the bound one",
                     ));
                 }
-                let facts = HostKeyFacts::new(&bind.host_key.key, &known, policy);
+                let facts = HostKeyFacts::new(&bind.host_key, &known, policy);
                 let d = policy.decide(&PolicyRequest {
                     workspace,
                     caller: None,
@@ -503,6 +571,58 @@ impl Tool for Sign<'_> {
         };
         Some(forward(&chain, request, scope.ctx).await)
     }
+}
+
+/// A login signature asked for on an agent connection with no session bind
+/// (paramiko, Go, libssh2 send none): no host is known, so only a rule with
+/// `require_session_bind = false` signs it.
+fn unbound_login(
+    scope: &Scope<'_>,
+    policy: &PolicySet,
+    auth: &Userauth,
+    request: &SignRequest,
+    key_fp: &str,
+) -> Result<Decided, Reply> {
+    if !signs_for(&auth.key, request) {
+        return Err(deny(
+            "the userauth request names another key than the one asked to sign",
+        ));
+    }
+    if auth.method == Method::HostBound {
+        // Only clients that bind send this method: its bind is missing.
+        return Err(deny(
+            "a hostbound userauth signature without a session-bind on the same agent connection",
+        ));
+    }
+    let d = policy.decide(&PolicyRequest {
+        workspace: scope.workspace,
+        caller: None,
+        action: Action::SshUnboundUserauth {
+            user: &auth.user,
+            key: key_fp,
+        },
+    });
+    info!(tool = "ssh", op = "userauth", bound = false, user = %super::clip(&auth.user), key = %key_fp,
+        decision = ?d.verdict, rule = ?d.rule.as_ref().map(ToString::to_string), "decision");
+    if d.verdict == Verdict::Allow
+        && !scope
+            .ctx
+            .replay
+            .admit(scope.workspace, &auth.session_id, key_fp)
+    {
+        return Err(deny(
+            "this session already had a signature with this key (replay)",
+        ));
+    }
+    Ok(Decided {
+        outcome: d,
+        tool: "ssh",
+        target: format!(
+            "ssh login as {:?} with key {key_fp}, without session-bind (to any host that accepts the key)",
+            auth.user
+        ),
+        approval_key: format!("userauth-unbound\0{}\0{key_fp}", auth.user),
+    })
 }
 
 /// Whether the key of a sign request may sign a userauth request naming
@@ -589,7 +709,7 @@ fn check_hops(
                 "a second session-bind on an agent connection whose first session did not forward the agent",
             ));
         }
-        let facts = HostKeyFacts::new(&hop.host_key.key, known, policy);
+        let facts = HostKeyFacts::new(&hop.host_key, known, policy);
         let d = policy.decide(&PolicyRequest {
             workspace,
             caller: None,
