@@ -72,7 +72,7 @@ proptest! {
         let d = p.decide(&Request {
             workspace: "w",
             caller: None,
-            action: Action::GitCredential { protocol: "https", host: "github.com", path: Some(&path), action: GitAction::Get },
+            action: Action::GitCredential { protocol: "https", host: "github.com", path: Some(&path), username: None, action: GitAction::Get },
         });
         if d.verdict == Verdict::Allow {
             prop_assert!(!tail.contains('/') && tail != "." && tail != "..", "{}", path);

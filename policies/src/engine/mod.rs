@@ -140,10 +140,11 @@ impl Sections {
                 protocol,
                 host,
                 path,
+                username,
                 action,
             } => self
                 .git
-                .decide(protocol, host, path, action)
+                .decide(protocol, host, path, username, action)
                 .map(Grant::GitCredential),
             Action::File { path } => self.files.decide_file(path).map(Grant::File),
             Action::FileSet { name } => self.files.decide_set(name).map(Grant::FileSet),

@@ -96,6 +96,8 @@ pub enum Action<'a> {
         host: &'a str,
         /// Repository path, sent with `credential.useHttpPath` (untrusted).
         path: Option<&'a str>,
+        /// The account git names, if any (untrusted).
+        username: Option<&'a str>,
         /// get, store or erase.
         action: GitAction,
     },

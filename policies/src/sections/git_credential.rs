@@ -51,6 +51,12 @@ const ALLOW_FIELDS: &[Field] = &[
         check: check_rule_path,
     }),
     Field::optional(
+        "username",
+        "glob or list of globs",
+        "the accounts whose credentials may be handed out (case-insensitive); a request for another is refused",
+    )
+    .default("any account"),
+    Field::optional(
         "actions",
         "list of get, store, erase",
         "what the workspace's git may ask of the laptop's helpers",
@@ -100,6 +106,8 @@ pub struct GitCredentialRule {
     pub host: String,
     /// Path glob as written, with its matcher; `None` allows any path.
     pub path: Option<(String, GlobMatcher)>,
+    /// Globs over the accounts allowed; empty allows any account.
+    pub(crate) usernames: Vec<Glob>,
     /// What the workspace may do.
     pub actions: Vec<GitAction>,
     /// Whether the laptop user must approve each use.
@@ -108,6 +116,21 @@ pub struct GitCredentialRule {
     pub rate: Option<Rate>,
     /// Where the rule is written.
     pub rule: RuleRef,
+}
+
+impl GitCredentialRule {
+    /// Whether the rule lets the credential of account `user` out: any
+    /// account without `username`, else one its globs match.
+    #[must_use]
+    pub fn admits_username(&self, user: &str) -> bool {
+        self.usernames.is_empty() || self.usernames.iter().any(|g| g.matcher.is_match(user))
+    }
+
+    /// Whether the rule names the accounts it allows.
+    #[must_use]
+    pub fn limits_usernames(&self) -> bool {
+        !self.usernames.is_empty()
+    }
 }
 
 impl PartialEq for GitCredentialRule {
@@ -150,8 +173,7 @@ impl PolicySection for GitCredentialSection {
     }
 
     /// `protocol`, `host` and optional `path`, `action` (`get`, the default,
-    /// `store` or `erase`) and `username` (taken and, for now, not matched
-    /// by any rule).
+    /// `store` or `erase`) and `username`.
     fn probe<T>(
         args: &ProbeArgs<'_>,
         _: &[&Self],
@@ -163,11 +185,11 @@ impl PolicySection for GitCredentialSection {
             Some(a) => GitAction::parse(a)
                 .ok_or_else(|| format!("action={:?}: expected get, store or erase", clip(a)))?,
         };
-        // `username` is accepted for the day rules match it; no rule does yet.
         Ok(decide(Action::GitCredential {
             protocol: args.need("protocol", "https")?,
             host: args.need("host", "github.com")?,
             path: args.arg("path"),
+            username: args.arg("username"),
             action,
         }))
     }
@@ -215,6 +237,7 @@ impl GitCredentialSection {
         protocol: &str,
         host: &str,
         path: Option<&str>,
+        username: Option<&str>,
         action: GitAction,
     ) -> Decided<GitCredentialRule> {
         // `github.com:443` is `github.com` for https: the same rules judge
@@ -260,6 +283,7 @@ impl GitCredentialSection {
         }
         let mut missing_path = None;
         let mut missing_action = None;
+        let mut other_user = None;
         for rule in &self.allow {
             if rule.protocol != protocol || rule.host != host_lc {
                 continue;
@@ -277,6 +301,12 @@ impl GitCredentialSection {
                 missing_action.get_or_insert(rule);
                 continue;
             }
+            if let Some(u) = username
+                && !rule.admits_username(u)
+            {
+                other_user.get_or_insert(rule);
+                continue;
+            }
             return Decided {
                 verdict: Verdict::Allow,
                 reason: format!("{what} allowed by [[git-credential.allow]] ({})", rule.rule),
@@ -284,7 +314,13 @@ impl GitCredentialSection {
                 grant: Some(rule.clone()),
             };
         }
-        let reason = if let Some(rule) = missing_action {
+        let reason = if let Some(rule) = other_user {
+            format!(
+                "{what}: account {} is not among the usernames of rule {}",
+                shown_name(username.unwrap_or_default()),
+                rule.rule
+            )
+        } else if let Some(rule) = missing_action {
             format!(
                 "{what}: rule {} does not list {:?} in actions",
                 rule.rule,
@@ -444,6 +480,10 @@ impl Parser<'_, '_, GitCredentialSection> {
                     None
                 }
             });
+        let usernames = v
+            .at("username")
+            .map(|(at, item)| self.usernames(at, item))
+            .unwrap_or_default();
         if !v.has("host") {
             self.report.error(
                 &value.span(),
@@ -463,11 +503,32 @@ impl Parser<'_, '_, GitCredentialSection> {
                 protocol: v.text("protocol").unwrap_or("https").to_owned(),
                 host: host.to_ascii_lowercase(),
                 path,
+                usernames,
                 actions,
                 approve: v.approve("approve"),
                 rate: v.rate("rate"),
                 rule,
             });
+        }
+    }
+
+    /// `username`: one glob, or a non-empty list of them.
+    fn usernames(&mut self, at: &str, item: &Value<'_>) -> Vec<Glob> {
+        const OVER: &str = "account names";
+        match item.get_ref() {
+            DeValue::Array(list) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.glob(&format!("{at}[{i}]"), v, OVER))
+                .collect(),
+            DeValue::Array(_) => {
+                self.report.error(
+                    &item.span(),
+                    format!("{at}: the rule would allow no account; leave username out for any"),
+                );
+                Vec::new()
+            }
+            _ => self.glob(at, item, OVER).into_iter().collect(),
         }
     }
 
@@ -553,6 +614,17 @@ mod tests {
     }
 
     fn decide(p: &Policy, proto: &str, host: &str, path: Option<&str>, a: GitAction) -> Decision {
+        decide_as(p, proto, host, path, None, a)
+    }
+
+    fn decide_as(
+        p: &Policy,
+        proto: &str,
+        host: &str,
+        path: Option<&str>,
+        username: Option<&str>,
+        a: GitAction,
+    ) -> Decision {
         p.decide(&Request {
             workspace: "w",
             caller: None,
@@ -560,9 +632,41 @@ mod tests {
                 protocol: proto,
                 host,
                 path,
+                username,
                 action: a,
             },
         })
+    }
+
+    /// `username` limits the accounts; unset, any account goes.
+    #[test]
+    fn usernames_limit_the_accounts() {
+        let p = policy(
+            "[[git-credential.allow]]\nhost = \"a.example\"\nusername = \"bot-*\"\n\
+             [[git-credential.allow]]\nhost = \"b.example\"\nusername = [\"alice\", \"bob\"]\n\
+             [[git-credential.allow]]\nhost = \"c.example\"\n",
+        );
+        let get = |host, user| decide_as(&p, "https", host, None, user, GitAction::Get);
+        assert_eq!(get("a.example", Some("bot-ci")).verdict, Verdict::Allow);
+        let d = get("a.example", Some("alice"));
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(d.reason.contains("not among the usernames"), "{}", d.reason);
+        assert_eq!(get("b.example", Some("Bob")).verdict, Verdict::Allow);
+        assert_eq!(get("b.example", Some("carol")).verdict, Verdict::Deny);
+        assert_eq!(get("c.example", Some("anyone")).verdict, Verdict::Allow);
+        // No account named: allowed, and the laptop checks the one its
+        // helper answers with.
+        let d = get("a.example", None);
+        assert_eq!(d.verdict, Verdict::Allow);
+        let Some(crate::Grant::GitCredential(rule)) = d.grant else {
+            panic!("no grant")
+        };
+        assert!(rule.limits_usernames() && !rule.admits_username("alice"));
+        let bad = Policy::from_sources(&[Source::new(
+            "p.toml",
+            "[[git-credential.allow]]\nhost = \"h\"\nusername = []\n",
+        )]);
+        assert!(bad.is_err());
     }
 
     const TEXT: &str = r#"
@@ -727,6 +831,7 @@ mod review_tests {
                 protocol: "https",
                 host: "h",
                 path: Some(path),
+                username: None,
                 action: GitAction::Get,
             },
         })

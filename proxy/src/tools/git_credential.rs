@@ -8,7 +8,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use nexus_policy::{Action, GitAction, Grant, PolicySet};
+use nexus_policy::{Action, GitAction, GitCredentialRule, Grant, PolicySet};
 use nexus_protocol::{Credential, ErrorCode, GitOperation, Reply, Secret, parse_credential};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::warn;
@@ -84,6 +84,7 @@ impl Tool for Helper<'_> {
             protocol,
             host,
             path: cred.path.as_deref(),
+            username: cred.username.as_deref(),
             action: action(self.op),
         };
         let outcome = scope.decide(policy, action);
@@ -102,7 +103,7 @@ impl Tool for Helper<'_> {
         grant: Option<Grant>,
         _: &mut S,
     ) -> Option<Reply> {
-        let Some(Grant::GitCredential(_)) = grant else {
+        let Some(Grant::GitCredential(rule)) = grant else {
             return wrong_grant();
         };
         let (op, cred, ctx) = (self.op, self.cred, scope.ctx);
@@ -116,7 +117,7 @@ impl Tool for Helper<'_> {
             ..Credential::default()
         };
         Some(match op {
-            GitOperation::Get => fill(&ask, ctx).await,
+            GitOperation::Get => fill(&ask, &rule, ctx).await,
             GitOperation::Store | GitOperation::Erase => {
                 ask.password = cred.password.clone();
                 ask.password_expiry_utc = cred.password_expiry_utc.clone();
@@ -148,7 +149,7 @@ fn userinfo(user: &str) -> String {
     out
 }
 
-async fn fill(ask: &Credential, ctx: &ToolContext) -> Reply {
+async fn fill(ask: &Credential, rule: &GitCredentialRule, ctx: &ToolContext) -> Reply {
     let out = match run_git("fill", ask, ctx).await {
         Ok(out) => out,
         Err(reply) => return reply,
@@ -166,6 +167,26 @@ async fn fill(ask: &Credential, ctx: &ToolContext) -> Reply {
         return Reply::error(
             ErrorCode::Missing,
             "the laptop's git has no password for this URL; store one there (e.g. run git fetch once on the laptop)",
+        );
+    }
+    // The request may name no account: the one the laptop's helper picked
+    // must be one the rule allows, or its credential stays on the laptop.
+    if rule.limits_usernames()
+        && !got
+            .username
+            .as_deref()
+            .is_some_and(|u| rule.admits_username(u))
+    {
+        warn!(tool = "git-credential", rule = %rule.rule, "refused: the laptop's credential is for an account the rule does not allow");
+        return Reply::error(
+            ErrorCode::Denied,
+            format!(
+                "the laptop's credential for this URL is for account {}, which the usernames of rule {} do not include",
+                got.username
+                    .as_deref()
+                    .map_or_else(|| "(none)".to_owned(), |u| format!("{:?}", clip(u))),
+                rule.rule
+            ),
         );
     }
     // Only what git needs from a helper; never the laptop's refresh tokens.

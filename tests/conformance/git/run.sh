@@ -59,7 +59,12 @@ for h in $hosts; do
     printf '[[git-credential.allow]]\nprotocol = "%s"\nhost = "%s"\nactions = ["get", "store", "erase"]\n\n' "$p" "$h"
   done
 done >"$work/policy.toml"
-printf '[credential]\n\thelper = !%s\n' "$here/laptop-helper" >"$work/laptop-home/.gitconfig"
+# The laptop's own config decides whether its helpers key by path: t0303's
+# "requires matching path" case sets credential.useHttpPath for path.tld, so
+# the laptop sets it for that host too (the workspace's setting cannot reach
+# the laptop's git, and forcing it there would miss host-only credentials).
+printf '[credential]\n\thelper = !%s\n[credential "http://path.tld"]\n\tuseHttpPath = true\n' \
+  "$here/laptop-helper" >"$work/laptop-home/.gitconfig"
 HOME=$work/laptop-home GIT_CONFIG_NOSYSTEM=1 nexus_link "$work" "$work/policy.toml" || exit 1
 
 sed -e 's/ *|.*//' -e '/^#/d' -e '/^$/d' "$here/expected-failures.txt" | sort -u >"$work/expected"
