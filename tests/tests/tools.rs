@@ -212,6 +212,38 @@ fn injected_credential_fields_are_refused() {
     out.ok().stdout_has(PASSWORD);
 }
 
+/// `username` limits the accounts: a request for another account is
+/// refused, and so is the laptop's answer for another account when the
+/// request named none; the password stays on the laptop.
+#[test]
+fn a_username_rule_hands_out_only_its_accounts() {
+    let world = git_world("username = \"bot-*\"");
+    let host = world.git.host().to_owned();
+    for input in [
+        format!("protocol=http\nhost={host}\npath=acme/repo.git\n"),
+        format!("protocol=http\nhost={host}\npath=acme/repo.git\nusername={USER}\n"),
+    ] {
+        let out = shim_stdin(&world.ws, &["git-credential", "get"], input.as_bytes());
+        assert_eq!(out.exit_code, Some(3), "{input}\n{out}");
+        assert_eq!(out.stdout, "quit=1\n", "{input}\n{out}");
+        assert!(!out.stdout.contains(PASSWORD), "leaked\n{out}");
+    }
+    assert!(
+        world
+            .proxy
+            .log()
+            .contains("an account the rule does not allow"),
+        "{}",
+        world.proxy.log()
+    );
+    let world = git_world(&format!("username = [\"bot-*\", {USER:?}]"));
+    let host = world.git.host().to_owned();
+    let ok = format!("protocol=http\nhost={host}\npath=acme/repo.git\n");
+    shim_stdin(&world.ws, &["git-credential", "get"], ok.as_bytes())
+        .ok()
+        .stdout_has(PASSWORD);
+}
+
 /// An allowed URL the laptop has no credential for: the helper offers
 /// nothing (no output, exit 0) instead of `quit=1`, so git goes on to its
 /// next helper.
