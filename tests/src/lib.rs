@@ -266,6 +266,12 @@ fn describe(cmd: &Command) -> String {
 /// failing the test) if it outlives [`DEADLINE`].
 #[track_caller]
 pub fn run_to_end(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
+    run_to_end_within(cmd, stdin, DEADLINE)
+}
+
+/// [`run_to_end`] with its own deadline (an npm install, say).
+#[track_caller]
+pub fn run_to_end_within(cmd: &mut Command, stdin: Option<&[u8]>, deadline: Duration) -> Output {
     use std::io::Write;
     use std::process::Stdio;
 
@@ -289,7 +295,7 @@ pub fn run_to_end(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let (result, timed_out) = match rx.recv_timeout(DEADLINE) {
+    let (result, timed_out) = match rx.recv_timeout(deadline) {
         Ok(r) => (r, false),
         Err(_) => {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
@@ -306,7 +312,7 @@ pub fn run_to_end(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     };
     assert!(
         !timed_out,
-        "command still running after {DEADLINE:?}\n{out}"
+        "command still running after {deadline:?}\n{out}"
     );
     out
 }

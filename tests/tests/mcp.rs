@@ -5,7 +5,11 @@
 
 use std::process::Command;
 
-use nexus_e2e::{Laptop, Must, Workspace, repo_root, run_to_end, shim_binary};
+use nexus_e2e::{Laptop, Must, Workspace, repo_root, run_to_end, run_to_end_within, shim_binary};
+
+/// How long an npm install may take (the Inspector pulls a few hundred
+/// packages on a first run).
+const NPM_INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 use serde_json::{Value, json};
 
 fn client(ws: &Workspace, calls: &Value) -> Value {
@@ -237,29 +241,73 @@ fn without_a_laptop_calls_fail_with_the_reason() {
 /// `@modelcontextprotocol/sdk` installed from npm into `target/` (once);
 /// `None`, loudly, when npm is missing or unreachable.
 fn ts_sdk() -> Option<std::path::PathBuf> {
-    let dir = repo_root().join("target/conformance/mcp-ts-sdk");
-    if dir
-        .join("node_modules/@modelcontextprotocol/sdk/package.json")
-        .exists()
-    {
+    npm_package("mcp-ts-sdk", "@modelcontextprotocol/sdk")
+}
+
+/// The npm package `package` installed under `target/conformance/DIR`
+/// (once), or `None` when npm cannot install it: the test is then skipped
+/// loudly, and fails under `CI=true`.
+fn npm_package(dir: &str, package: &str) -> Option<std::path::PathBuf> {
+    // npm writes this last: an install cut short leaves none.
+    let marker = "node_modules/.package-lock.json";
+    let dir = repo_root().join("target/conformance").join(dir);
+    if dir.join(marker).exists() {
         return Some(dir);
     }
     std::fs::create_dir_all(&dir).must("creating the npm cache dir");
-    let out = run_to_end(
+    let out = run_to_end_within(
         Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
             .arg(&dir)
-            .arg("@modelcontextprotocol/sdk"),
+            .arg(package),
+        None,
+        NPM_INSTALL_DEADLINE,
+    );
+    if out.exit_code == Some(0) && dir.join(marker).exists() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "cannot install {package} from npm, and CI must run this test\n{out}"
+    );
+    eprintln!(
+        "SKIPPED: cannot install {package} from npm (is npm installed and the registry reachable?)\n{out}"
+    );
+    None
+}
+
+/// The MCP Inspector's CLI (`mcp-inspector --cli ... --method tools/list`)
+/// lists the laptop tools through `nexus-shim mcp`.
+#[test]
+fn the_mcp_inspector_cli_lists_the_tools() {
+    let Some(dir) = npm_package("mcp-inspector", "@modelcontextprotocol/inspector") else {
+        return;
+    };
+    let ws = Workspace::start();
+    let laptop = Laptop::new();
+    laptop.pair(&ws.uri(), "dev").ok();
+    let policy = laptop.write_policy(
+        "[tools.echo-it]\ncommand = [\"echo\"]\nargs = [\"*\"]\ndescription = \"Echo one word\"\n",
+    );
+    let _proxy = laptop.run(&ws, "dev", &policy, &[]);
+    let out = run_to_end(
+        Command::new(dir.join("node_modules/.bin/mcp-inspector"))
+            .arg("--cli")
+            .arg(shim_binary())
+            .args(["mcp", "--state-dir"])
+            .arg(ws.state_dir())
+            .args(["--wait", "10s", "--method", "tools/list"]),
         None,
     );
-    if out.exit_code == Some(0) {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: cannot install @modelcontextprotocol/sdk from npm (is npm installed and the registry reachable?)\n{out}"
-        );
-        None
-    }
+    let got: Value =
+        serde_json::from_str(out.ok().stdout.trim()).must(&format!("the Inspector's JSON\n{out}"));
+    let names: Vec<&str> = got["tools"]
+        .as_array()
+        .must(&format!("a tool list\n{got}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"tool_echo-it"), "{got}");
 }
 
 /// The official TypeScript client: lists and calls tools, and gets JSON-RPC
