@@ -5,7 +5,9 @@
 
 use std::process::Command;
 
-use nexus_e2e::{Laptop, Must, Workspace, repo_root, run_to_end, run_to_end_within, shim_binary};
+use nexus_e2e::{
+    Daemon, Laptop, Must, Workspace, repo_root, run_to_end, run_to_end_within, shim_binary,
+};
 
 /// How long an npm install may take (the Inspector pulls a few hundred
 /// packages on a first run).
@@ -276,6 +278,18 @@ fn npm_package(dir: &str, package: &str) -> Option<std::path::PathBuf> {
     None
 }
 
+/// A linked workspace whose laptop offers one tool, `echo-it`.
+fn echo_world() -> (Workspace, Laptop, Daemon) {
+    let ws = Workspace::start();
+    let laptop = Laptop::new();
+    laptop.pair(&ws.uri(), "dev").ok();
+    let policy = laptop.write_policy(
+        "[tools.echo-it]\ncommand = [\"echo\"]\nargs = [\"*\"]\ndescription = \"Echo one word\"\n",
+    );
+    let proxy = laptop.run(&ws, "dev", &policy, &[]);
+    (ws, laptop, proxy)
+}
+
 /// The MCP Inspector's CLI (`mcp-inspector --cli ... --method tools/list`)
 /// lists the laptop tools through `nexus-shim mcp`.
 #[test]
@@ -283,13 +297,7 @@ fn the_mcp_inspector_cli_lists_the_tools() {
     let Some(dir) = npm_package("mcp-inspector", "@modelcontextprotocol/inspector") else {
         return;
     };
-    let ws = Workspace::start();
-    let laptop = Laptop::new();
-    laptop.pair(&ws.uri(), "dev").ok();
-    let policy = laptop.write_policy(
-        "[tools.echo-it]\ncommand = [\"echo\"]\nargs = [\"*\"]\ndescription = \"Echo one word\"\n",
-    );
-    let _proxy = laptop.run(&ws, "dev", &policy, &[]);
+    let (ws, _laptop, _proxy) = echo_world();
     let out = run_to_end(
         Command::new(dir.join("node_modules/.bin/mcp-inspector"))
             .arg("--cli")
@@ -316,13 +324,7 @@ fn the_mcp_inspector_cli_lists_the_tools() {
 #[test]
 fn the_typescript_sdk_client_works_and_gets_errors_with_their_ids() {
     let Some(sdk) = ts_sdk() else { return };
-    let ws = Workspace::start();
-    let laptop = Laptop::new();
-    laptop.pair(&ws.uri(), "dev").ok();
-    let policy = laptop.write_policy(
-        "[tools.echo-it]\ncommand = [\"echo\"]\nargs = [\"*\"]\ndescription = \"Echo one word\"\n",
-    );
-    let _proxy = laptop.run(&ws, "dev", &policy, &[]);
+    let (ws, _laptop, _proxy) = echo_world();
     let out = run_to_end(
         Command::new("node")
             .arg(repo_root().join("tests/scripts/mcp_client_ts.mjs"))
