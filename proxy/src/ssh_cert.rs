@@ -203,7 +203,7 @@ fn principals(list: &[u8]) -> Result<Vec<String>, CertError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use signature::Signer;
     use ssh_encoding::Encode;
@@ -215,7 +215,7 @@ mod tests {
         out.extend_from_slice(s);
     }
 
-    fn ed25519(seed: u8) -> PrivateKey {
+    pub(crate) fn ed25519(seed: u8) -> PrivateKey {
         PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
     }
 

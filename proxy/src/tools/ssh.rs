@@ -772,6 +772,33 @@ async fn forward(chain: &[SessionBind], request: SignRequest, ctx: &ToolContext)
 mod tests {
     use super::*;
 
+    fn request(blob: &[u8]) -> SignRequest {
+        SignRequest {
+            key_blob: blob.to_vec(),
+            credential: parse_credential(blob).unwrap_or_else(|e| panic!("{e}")),
+            data: Vec::new(),
+            flags: 0,
+        }
+    }
+
+    /// A key signs userauth requests naming itself or a certificate of it
+    /// (OpenSSH signs a certificate login with the plain key beside it),
+    /// never another key's certificate, and a certificate signs only for
+    /// itself.
+    #[test]
+    fn a_key_signs_for_itself_and_its_certificates() {
+        use crate::ssh_cert::tests::{cert, ed25519};
+        let (key, other, ca) = (ed25519(1), ed25519(2), ed25519(3));
+        let plain = key_blob(key.public_key().key_data());
+        let own_cert = cert(&key, &ca, 1, &["u"], (0, u64::MAX));
+        let other_cert = cert(&other, &ca, 1, &["u"], (0, u64::MAX));
+        assert!(signs_for(&plain, &request(&plain)));
+        assert!(signs_for(&own_cert, &request(&plain)));
+        assert!(signs_for(&own_cert, &request(&own_cert)));
+        assert!(!signs_for(&other_cert, &request(&plain)));
+        assert!(!signs_for(&plain, &request(&own_cert)));
+    }
+
     #[test]
     fn replay_cache_signs_each_session_and_key_once() {
         let cache = ReplayCache::default();
