@@ -16,6 +16,7 @@
 mod credential;
 mod error;
 mod frame;
+pub mod git_http;
 mod message;
 pub mod pktline;
 mod secret;

@@ -153,6 +153,11 @@ pub enum Request {
     /// [`Upload::End`]); the answer is [`Reply::HttpHead`], [`Reply::Chunk`]
     /// frames of body data, then [`Reply::Done`].
     Http(HttpRequest),
+    /// Brokered git over HTTPS: `$NEXUS_HTTP_URL/_git/HOST/REPO/...`, with
+    /// `name` the host (`HOST` or `HOST:PORT`) and `path` what follows it
+    /// (see [`crate::git_http::GitPath`]). Body and answer as for
+    /// [`Request::Http`]; the laptop adds its own credential.
+    GitHttp(HttpRequest),
 }
 
 /// What the workspace asked of an `[http.NAME]` API: never a host, only a
@@ -301,7 +306,7 @@ impl Request {
             Self::GitCredential { .. } => Section::GitCredential,
             Self::ToolList | Self::ToolRun { .. } => Section::Tools,
             Self::FileGet { .. } | Self::FileSync { .. } => Section::Files,
-            Self::HttpList | Self::Http(_) => Section::Http,
+            Self::HttpList | Self::Http(_) | Self::GitHttp(_) => Section::Http,
         }
     }
 
@@ -317,7 +322,11 @@ impl Request {
     pub fn is_streaming(&self) -> bool {
         matches!(
             self,
-            Self::ToolRun { .. } | Self::FileGet { .. } | Self::FileSync { .. } | Self::Http(_)
+            Self::ToolRun { .. }
+                | Self::FileGet { .. }
+                | Self::FileSync { .. }
+                | Self::Http(_)
+                | Self::GitHttp(_)
         )
     }
 }
