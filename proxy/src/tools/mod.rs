@@ -157,6 +157,11 @@ where
         Request::FileSync { set } => serve(file::Sync { set }, &scope, stream).await,
         Request::HttpList => serve(http::List, &scope, stream).await,
         Request::Http(req) => serve(http::Call { req }, &scope, stream).await,
+        // Brokered git lands with the `[[git.allow]]` section.
+        Request::GitHttp(_) => Some(Reply::error(
+            nexus_protocol::ErrorCode::Denied,
+            "this laptop brokers no git over HTTPS",
+        )),
     }
 }
 
