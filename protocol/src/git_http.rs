@@ -132,6 +132,9 @@ impl GitPath {
             method: clip(method),
             path: clip(path),
         };
+        // The path goes after the host in the laptop's URL: without its
+        // `/`, it would extend the host's name.
+        let bare = bare.strip_prefix('/').ok_or_else(not_git)?;
         let (raw_repo, endpoint) = split_endpoint(bare).ok_or_else(not_git)?;
         let endpoint = match (endpoint, method, query) {
             (Endpoint::FetchRefs, "GET", Some("service=git-upload-pack")) => Endpoint::FetchRefs,
@@ -140,10 +143,9 @@ impl GitPath {
             | (Endpoint::LfsLocks, "GET" | "POST", _) => endpoint,
             _ => return Err(not_git()),
         };
-        let raw_repo = raw_repo.strip_prefix('/').unwrap_or(raw_repo);
         check_repo(raw_repo)?;
         let repo = raw_repo.strip_suffix(".git").unwrap_or(raw_repo);
-        if repo.is_empty() || repo.ends_with('/') {
+        if repo.is_empty() || repo.ends_with('/') || repo.ends_with('.') {
             return Err(GitPathError::Repo(clip(raw_repo)));
         }
         Ok(Self {
@@ -291,6 +293,7 @@ mod tests {
             ("PUT", "/acme/app.git/info/lfs/objects/batch"),
             ("POST", "/acme/app.git/info/lfs/locks/a%2fb/unlock"),
             ("POST", "/acme/app.git"),
+            ("GET", "m/acme/app.git/info/refs?service=git-upload-pack"),
         ];
         for (method, path) in endpoints {
             assert!(
