@@ -1,5 +1,5 @@
 //! Brokered git over HTTPS: what `$NEXUS_HTTP_URL/_git/HOST/REPO/...` may
-//! ask. The shim uses this to answer anything else with a 404 at once, and
+//! ask (the prefix is [`crate::GIT_HTTP_PREFIX`]). The shim uses this to answer anything else with a 404 at once, and
 //! the laptop to check the same again (the shim is the workspace's).
 //!
 //! Only git's smart-HTTP endpoints and Git LFS's API under the repository
@@ -8,10 +8,6 @@
 //! separator, a dot segment or an option.
 
 use std::fmt;
-
-/// The path prefix of brokered git under `$NEXUS_HTTP_URL` (no `[http.NAME]`
-/// can take it: API names start with a letter or digit).
-pub const PREFIX: &str = "_git";
 
 /// Longest repository path accepted.
 const MAX_REPO: usize = 256;

@@ -387,7 +387,7 @@ async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Res
     }
     let after = parts.next().unwrap_or_default();
     if let Some(rest) = after
-        .strip_prefix(nexus_protocol::git_http::PREFIX)
+        .strip_prefix(nexus_protocol::GIT_HTTP_PREFIX)
         .and_then(|r| r.strip_prefix('/'))
     {
         let rest = rest.to_owned();

@@ -208,6 +208,7 @@ impl Tool for Call<'_> {
             max_request_size: rule.max_request_size,
             timeout: rule.timeout,
             strip: &[],
+            unauthorized: None,
         };
         let body = Body {
             declared: self.req.body_len,
@@ -232,6 +233,9 @@ pub(super) struct Limits<'a> {
     pub timeout: Duration,
     /// Response headers never returned to the workspace (lowercase).
     pub strip: &'static [&'static str],
+    /// When set, a `401` is not returned but answered with this message:
+    /// the credential is the laptop's, and the workspace cannot fix it.
+    pub unauthorized: Option<String>,
 }
 
 /// The request body: what the client declared, and what was already read
@@ -558,6 +562,11 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         ms = started.elapsed().as_millis() as u64,
         "upstream answered"
     );
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED
+        && let Some(message) = &limits.unauthorized
+    {
+        return Reply::error(ErrorCode::Missing, message.clone()).into();
+    }
     if scrub.is_some()
         && let Some(encoding) = encoded(response.headers())
     {
