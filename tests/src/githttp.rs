@@ -290,6 +290,28 @@ fn seed(scratch: &Path, bare: &Path) {
     }
 }
 
+/// A shell script run on the workspace host after `eval "$(nexus-shim
+/// env)"`, as an agent's shell would: git with a fixed identity, no system
+/// config and no terminal prompt.
+#[track_caller]
+pub fn workspace_sh(ws: &Workspace, script: &str) -> crate::Output {
+    let mut cmd = ws.command_on_host("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "set -e; eval \"$('{}' env)\"; {script}",
+            nexus_shim().display()
+        ))
+        .env("NEXUS_STATE_DIR", ws.state_dir())
+        .env("NEXUS_WAIT", "10s")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "agent")
+        .env("GIT_AUTHOR_EMAIL", "agent@example.invalid")
+        .env("GIT_COMMITTER_NAME", "agent")
+        .env("GIT_COMMITTER_EMAIL", "agent@example.invalid");
+    run_to_end(&mut cmd, None)
+}
+
 /// Path of the `nexus-shim` binary under test (for scripts that run it).
 pub fn nexus_shim() -> PathBuf {
     crate::shim_bin()

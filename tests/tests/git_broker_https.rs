@@ -4,8 +4,8 @@
 //! helper holding two accounts for the host, and the workspace's real git
 //! pointed at `$NEXUS_HTTP_URL/_git/HOST/` by `nexus-shim env`.
 
-use nexus_e2e::githttp::{GitHttp, nexus_shim};
-use nexus_e2e::{Daemon, Laptop, Must, Output, Workspace, paired, run_to_end};
+use nexus_e2e::githttp::{GitHttp, workspace_sh};
+use nexus_e2e::{Daemon, Laptop, Must, Output, Workspace, paired};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "s3cret-laptop-password";
@@ -35,21 +35,7 @@ impl World {
     /// A shell script on the workspace host after `eval "$(nexus-shim env)"`.
     #[track_caller]
     fn sh(&self, script: &str) -> Output {
-        let mut cmd = self.ws.command_on_host("sh");
-        cmd.arg("-c")
-            .arg(format!(
-                "set -e; eval \"$('{}' env)\"; {script}",
-                nexus_shim().display()
-            ))
-            .env("NEXUS_STATE_DIR", self.ws.state_dir())
-            .env("NEXUS_WAIT", "10s")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "agent")
-            .env("GIT_AUTHOR_EMAIL", "agent@example.invalid")
-            .env("GIT_COMMITTER_NAME", "agent")
-            .env("GIT_COMMITTER_EMAIL", "agent@example.invalid");
-        run_to_end(&mut cmd, None)
+        workspace_sh(&self.ws, script)
     }
 
     /// `git clone https://HOST/acme/repo.git repo` in the workspace's home,
