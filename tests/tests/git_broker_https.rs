@@ -89,8 +89,8 @@ fn world(rule_extra: &str) -> World {
 fn clone_fetch_and_an_allowed_push_go_through_the_laptop() {
     let w = world("");
     let out = w.in_clone(
-        "git fetch -q origin; echo change > file; git add file; \
-         git commit -q -m from-the-workspace; git push -q origin HEAD:agent/x; \
+        "git fetch -q origin; echo change > file; head -c 3000000 /dev/urandom > big; \
+         git add file big; git commit -q -m from-the-workspace; git push -q origin HEAD:agent/x; \
          git config remote.origin.url",
     );
     assert_eq!(out.exit_code, Some(0), "{out}\n{}", w.logs());

@@ -18,7 +18,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use nexus_policy::{Action, GitOp, GitRefUpdate, GitRule, Grant, PolicySet, Verdict};
 use nexus_protocol::git_http::{Endpoint, GitPath, check_host};
-use nexus_protocol::pktline::{Commands, Progress, PushCommands, pkt_line};
+use nexus_protocol::pktline::{Commands, PktError, Progress, PushCommands, pkt_line};
 use nexus_protocol::{
     Channel, Credential, ErrorCode, GitService, HttpHeader, HttpRequest, MAX_CHUNK, Reply, Upload,
     parse_credential,
@@ -112,18 +112,20 @@ impl Tool for Call<'_> {
             Err(reply) => return Some(reply),
         };
         if let Some(read) = read {
-            let (commands, ahead, ended) = match read {
+            let read = match read {
                 Ok(r) => r,
                 Err(why) => {
-                    warn!(tool = "git", git_host = %host, reason = %why, "push refused unread");
+                    warn!(tool = "git", git_host = %host, reason = %why, body_len = ?req.body_len, "push refused unread");
                     return Some(Reply::error(ErrorCode::BadRequest, why));
                 }
             };
-            if let Err(reasons) = decide_push(scope, policy, &host, &path.repo, &commands).await {
-                return Some(refuse_push(&commands, &reasons, stream).await);
+            if let Some(commands) = &read.commands
+                && let Err(reasons) = decide_push(scope, policy, &host, &path.repo, commands).await
+            {
+                return Some(refuse_push(commands, &reasons, stream).await);
             }
-            body.ahead = ahead;
-            body.ended = ended;
+            body.ahead = read.ahead;
+            body.ended = read.ended;
         }
         let limits = Limits {
             name: &host,
@@ -254,14 +256,27 @@ async fn credential(
     ))
 }
 
-/// Reads a push's command list from the upload frames: the updates, every
-/// body byte read so far (to send first once allowed), and whether the
-/// body's end was read too.
+/// The start of a push's body, read before any of it goes on.
+struct Read {
+    /// The ref updates; `None` for git's probe (see [`PROBE`]).
+    commands: Option<Commands>,
+    /// Every body byte read so far, to send first once allowed.
+    ahead: Vec<u8>,
+    /// Whether the body's end was read too.
+    ended: bool,
+}
+
+/// The whole body of the request git sends before a push too large for
+/// one buffer, to settle authentication before it streams: a flush alone,
+/// which updates nothing.
+const PROBE: &[u8] = b"0000";
+
+/// Reads a push's command list from the upload frames.
 async fn read_commands<S: AsyncRead + Unpin>(
     req: &HttpRequest,
     stream: &mut S,
     max_frame: usize,
-) -> Result<(Commands, Vec<u8>, bool), String> {
+) -> Result<Read, String> {
     let max_frame = max_frame.max(MAX_CHUNK + 64);
     let mut reader = PushCommands::new();
     let mut ahead = Vec::new();
@@ -279,7 +294,10 @@ async fn read_commands<S: AsyncRead + Unpin>(
             ahead.extend_from_slice(&data);
             match progress {
                 Ok(Progress::NeedMore) => {}
-                Ok(Progress::Done(commands)) => return Ok(commands),
+                Ok(Progress::Done(commands)) => return Ok(Some(commands)),
+                Err(PktError::Empty) if ahead == PROBE && req.body_len == Some(4) => {
+                    return Ok(None);
+                }
                 Err(e) => return Err(format!("push refused: {e}")),
             }
         }
@@ -301,7 +319,11 @@ async fn read_commands<S: AsyncRead + Unpin>(
             return Err("the push's body is longer than its Content-Length".to_owned());
         }
     }
-    Ok((commands, ahead, ended))
+    Ok(Read {
+        commands,
+        ahead,
+        ended,
+    })
 }
 
 /// Decides every ref update of the push at once (policy, limits,
