@@ -123,9 +123,12 @@ fn refused_pushes_name_the_ref_and_rule_and_change_nothing() {
     let other = w.git.refs("other/repo.git");
 
     let cases = [
+        // Over http.postBuffer: git probes first, then streams the pack
+        // while the laptop refuses.
         (
             "push to main",
-            "git push origin HEAD:main",
+            "head -c 3000000 /dev/urandom > big; git add big; git commit -qm big; \
+             git push origin HEAD:main",
             "refs/heads/main",
         ),
         ("delete", "git push origin :agent/keep", "delete = true"),

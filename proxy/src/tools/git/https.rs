@@ -119,9 +119,13 @@ impl Tool for Call<'_> {
                     return Some(Reply::error(ErrorCode::BadRequest, why));
                 }
             };
-            if let Some(commands) = &read.commands
-                && let Err(reasons) = decide_push(scope, policy, &host, &path.repo, commands).await
-            {
+            let Some(commands) = &read.commands else {
+                // git's probe is answered here as its server would (an
+                // empty result): nothing of a push reaches the server
+                // before its ref updates are decided, not even this.
+                return Some(receive_pack_result(Vec::new(), stream).await);
+            };
+            if let Err(reasons) = decide_push(scope, policy, &host, &path.repo, commands).await {
                 return Some(refuse_push(commands, &reasons, stream).await);
             }
             body.ahead = read.ahead;
@@ -268,7 +272,7 @@ struct Read {
 
 /// The whole body of the request git sends before a push too large for
 /// one buffer, to settle authentication before it streams: a flush alone,
-/// which updates nothing.
+/// which updates nothing (its answer only needs a 200).
 const PROBE: &[u8] = b"0000";
 
 /// Reads a push's command list from the upload frames.
@@ -423,6 +427,11 @@ async fn refuse_push<S: AsyncWrite + Unpin>(
     } else {
         report
     };
+    receive_pack_result(body, stream).await
+}
+
+/// Answers a `git-receive-pack` request from the laptop with `body`.
+async fn receive_pack_result<S: AsyncWrite + Unpin>(body: Vec<u8>, stream: &mut S) -> Reply {
     let header = |name: &str, value: &str| HttpHeader {
         name: name.to_owned(),
         value: value.as_bytes().to_vec(),
@@ -444,7 +453,7 @@ async fn refuse_push<S: AsyncWrite + Unpin>(
     if stream.write_all(&frames).await.is_err() || stream.flush().await.is_err() {
         warn!(
             tool = "git",
-            "the workspace went away before the push's refusal"
+            "the workspace went away before the laptop's answer"
         );
     }
     Reply::Done
