@@ -25,13 +25,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def body(self):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
+            # Joined once at the end: appending to bytes would copy the
+            # whole body for every chunk.
+            parts = []
             while True:
                 size = int(self.rfile.readline().strip().split(b";")[0], 16)
                 if size == 0:
                     self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length)
@@ -295,6 +297,12 @@ fn seed(scratch: &Path, bare: &Path) {
 /// config and no terminal prompt.
 #[track_caller]
 pub fn workspace_sh(ws: &Workspace, script: &str) -> crate::Output {
+    run_to_end(&mut workspace_sh_command(ws, script), None)
+}
+
+/// The command [`workspace_sh`] runs (for one that may take longer than
+/// [`crate::DEADLINE`]).
+pub fn workspace_sh_command(ws: &Workspace, script: &str) -> Command {
     let mut cmd = ws.command_on_host("sh");
     cmd.arg("-c")
         .arg(format!(
@@ -309,7 +317,7 @@ pub fn workspace_sh(ws: &Workspace, script: &str) -> crate::Output {
         .env("GIT_AUTHOR_EMAIL", "agent@example.invalid")
         .env("GIT_COMMITTER_NAME", "agent")
         .env("GIT_COMMITTER_EMAIL", "agent@example.invalid");
-    run_to_end(&mut cmd, None)
+    cmd
 }
 
 /// Path of the `nexus-shim` binary under test (for scripts that run it).

@@ -4,7 +4,7 @@
 //! helper holding two accounts for the host, and the workspace's real git
 //! pointed at `$NEXUS_HTTP_URL/_git/HOST/` by `nexus-shim env`.
 
-use nexus_e2e::githttp::{GitHttp, workspace_sh};
+use nexus_e2e::githttp::{GitHttp, workspace_sh, workspace_sh_command};
 use nexus_e2e::{Daemon, Laptop, Must, Output, Workspace, paired};
 
 const USER: &str = "alice";
@@ -336,3 +336,83 @@ many += pkt(f"{A} {A} refs/heads/main\n") + b"0000PACK"
 send("split-long-list", "POST", "/acme/repo.git/git-receive-pack", [many[i:i + 7000] for i in range(0, len(many), 7000)])
 send("upload-pack-push", "POST", "/acme/repo.git/git-upload-pack", [first + b"0000PACK"])
 "#;
+
+/// Throughput of a large push and clone through the broker against the
+/// same push and clone made from the workspace straight to the git server
+/// (its URL with the password, the test CA trusted), in one run. Prints
+/// the table; `NEXUS_GIT_BENCH_MB` sets the size (default 100). Run with
+/// release binaries for numbers worth quoting:
+/// `cargo test --release -p nexus-e2e --test git_broker_https -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: minutes, prints a table"]
+fn large_push_and_clone_through_the_broker_against_direct() {
+    let mb: u64 = std::env::var("NEXUS_GIT_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let w = world("");
+    // The workspace's own copy of the CA, for its direct requests.
+    let ca = w.ws.home().join("git-ca.pem");
+    std::fs::write(&ca, w.git.ca_pem().must("an HTTPS server has a CA")).must("writing the CA");
+    let direct_url = format!("https://{USER}:{PASSWORD}@{}/acme/repo.git", w.git.host());
+    let direct = format!("GIT_CONFIG_COUNT=0 GIT_SSL_CAINFO='{}' git", ca.display());
+    let prepare = w.in_clone(&format!(
+        "head -c {}000000 /dev/urandom > big; git add big; git commit -qm big",
+        mb
+    ));
+    assert_eq!(prepare.exit_code, Some(0), "{prepare}");
+    let timed = |what: &str, script: String| {
+        let mut cmd = workspace_sh_command(&w.ws, &format!("cd \"$HOME/repo\"; {script}"));
+        let started = std::time::Instant::now();
+        let out = cmd.output().must("running git");
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            w.logs()
+        );
+        took
+    };
+    let rows = [
+        (
+            "push, broker",
+            timed(
+                "push, broker",
+                "git push -q origin HEAD:agent/broker".to_owned(),
+            ),
+        ),
+        (
+            "push, direct",
+            timed(
+                "push, direct",
+                format!("{direct} push -q {direct_url} HEAD:agent/direct"),
+            ),
+        ),
+        (
+            "clone, broker",
+            timed(
+                "clone, broker",
+                format!(
+                    "rm -rf ../b; git clone -q -b agent/broker {} ../b",
+                    w.git.https_url("acme/repo.git")
+                ),
+            ),
+        ),
+        (
+            "clone, direct",
+            timed(
+                "clone, direct",
+                format!("rm -rf ../d; {direct} clone -q -b agent/direct {direct_url} ../d"),
+            ),
+        ),
+    ];
+    eprintln!("{mb} MB, wall time (MB/s):");
+    for (what, took) in rows {
+        eprintln!(
+            "  {what:<14} {:>8.2}s {:>8.1}",
+            took.as_secs_f64(),
+            mb as f64 / took.as_secs_f64()
+        );
+    }
+}
