@@ -354,7 +354,9 @@ fn large_push_and_clone_through_the_broker_against_direct() {
     // The workspace's own copy of the CA, for its direct requests.
     let ca = w.ws.home().join("git-ca.pem");
     std::fs::write(&ca, w.git.ca_pem().must("an HTTPS server has a CA")).must("writing the CA");
-    let direct_url = format!("https://{USER}:{PASSWORD}@{}/acme/repo.git", w.git.host());
+    // Straight to another repository with the same seed, so that each push
+    // sends the whole pack.
+    let direct_url = format!("https://{USER}:{PASSWORD}@{}/other/repo.git", w.git.host());
     let direct = format!("GIT_CONFIG_COUNT=0 GIT_SSL_CAINFO='{}' git", ca.display());
     let prepare = w.in_clone(&format!(
         "head -c {}000000 /dev/urandom > big; git add big; git commit -qm big",
