@@ -263,10 +263,10 @@ fn hostile_requests_are_refused_and_the_proxy_keeps_serving() {
         ("dumb-http", "404", "not a git endpoint"),
         ("host-space", "404", "invalid git host"),
         ("host-option", "404", "invalid git host"),
-        ("lying-length", "400", "bad pkt-line length"),
-        ("pack-first", "400", "a pack"),
-        ("no-flush", "400", "ended before its command list"),
-        ("v2-delim", "400", "protocol v2"),
+        ("lying-length", "403", "bad pkt-line length"),
+        ("pack-first", "403", "a pack"),
+        ("no-flush", "403", "ended before its command list"),
+        ("v2-delim", "403", "protocol v2"),
         ("split-long-list", "200", "ng refs/heads/main"),
         // The server's upload-pack refuses it (nothing can be pushed there).
         ("upload-pack-push", "415", "git-upload-pack-request"),
@@ -285,6 +285,20 @@ fn hostile_requests_are_refused_and_the_proxy_keeps_serving() {
         assert!(line.contains(needle), "{line}");
     }
     assert_eq!(w.git.refs("acme/repo.git"), before);
+    // Each hostile push body is a refusal on record.
+    let log = w.proxy.log();
+    for reason in [
+        "bad pkt-line length",
+        "a pack",
+        "no flush-pkt",
+        "protocol v2",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("refused") && l.contains(reason)),
+            "{reason}\n{log}"
+        );
+    }
     let again = w.in_clone("git log -1 --format=%s");
     assert_eq!(again.exit_code, Some(0), "{again}\n{}", w.logs());
     assert!(again.stdout.contains("seed"), "{again}");

@@ -115,8 +115,10 @@ impl Tool for Call<'_> {
             let read = match read {
                 Ok(r) => r,
                 Err(why) => {
+                    // Denied, not a bad request: the pipeline audits it, so
+                    // probing with hostile bodies leaves a trace.
                     warn!(tool = "git", git_host = %host, reason = %why, body_len = ?req.body_len, "push refused unread");
-                    return Some(Reply::error(ErrorCode::BadRequest, why));
+                    return Some(Reply::error(ErrorCode::Denied, why));
                 }
             };
             let Some(commands) = &read.commands else {
