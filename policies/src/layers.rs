@@ -318,6 +318,32 @@ impl PolicySet {
         self.listed_for(workspace, Section::Http, Policy::http_apis, |a| &a.name)
     }
 
+    /// The hosts workspace `workspace` has git brokered for (`HOST` or
+    /// `HOST:PORT`, sorted): those of the most specific user layer that
+    /// every binding layer brokers too. Only a hint for the workspace's git
+    /// configuration: each fetch and push is decided on its own.
+    #[must_use]
+    pub fn git_hosts_for(&self, workspace: &str) -> Vec<String> {
+        let layers = self.sections.get(workspace).unwrap_or(&self.common);
+        let binding: Vec<&(Layer, Policy)> = layers
+            .iter()
+            .filter(|(l, p)| *l == Layer::User || p.has_allow_rules(Section::Git))
+            .collect();
+        let Some((_, shown)) = binding
+            .iter()
+            .rev()
+            .find(|(l, _)| matches!(l, Layer::User | Layer::UserWorkspace))
+        else {
+            return Vec::new();
+        };
+        shown
+            .git_hosts()
+            .into_iter()
+            .filter(|h| binding.iter().all(|(_, p)| p.git_hosts().contains(h)))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// What `tools_for` and `http_for` share: the most specific user
     /// layer's `list`, cut to names every binding layer's `list` has.
     fn listed_for<'a, T>(

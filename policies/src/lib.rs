@@ -58,8 +58,11 @@ pub use layers::{Layer, LayerDecision, Limit, LoadError, Outcome, PolicySet, sec
 pub use schema::decision::{Approve, Decided, RuleRef, Verdict};
 pub use schema::diag::{Diagnostic, PolicyErrors};
 pub use schema::rate::{Rate, RateError};
-pub use schema::request::{Action, BoundHostKey, Caller, GitAction, HostCertificate, Request};
+pub use schema::request::{
+    Action, BoundHostKey, Caller, GitAction, GitOp, GitRefUpdate, HostCertificate, Request,
+};
 pub use sections::files::{DEFAULT_MAX_SIZE, FileRule, FileSet, check_path as check_file_path};
+pub use sections::git::{DEFAULT_SSH_USER, GitRule, repo_path as git_repo_path};
 pub use sections::git_credential::GitCredentialRule;
 pub use sections::http::{
     DEFAULT_MAX_REQUEST_SIZE, DEFAULT_TIMEOUT as HTTP_DEFAULT_TIMEOUT, HttpRule, HttpSecret,

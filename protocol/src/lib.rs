@@ -16,6 +16,7 @@
 mod credential;
 mod error;
 mod frame;
+pub mod git_http;
 mod message;
 pub mod pktline;
 mod secret;
@@ -32,12 +33,13 @@ pub use frame::{
     encode_frame,
 };
 pub use message::{
-    Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, HttpApi,
-    HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK, PairingInfo,
-    Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
+    Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, GitService,
+    HttpApi, HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK,
+    PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
 };
 pub use message::{
-    Control, ControlReply, HOP_BY_HOP, IdentityPush, chunk_as_local_frame, connection_listed,
+    Control, ControlReply, GIT_HTTP_PREFIX, HOP_BY_HOP, IdentityPush, chunk_as_local_frame,
+    connection_listed,
 };
 pub use secret::Secret;
 pub use section::{Section, UnknownSection};

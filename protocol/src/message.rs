@@ -153,6 +153,66 @@ pub enum Request {
     /// [`Upload::End`]); the answer is [`Reply::HttpHead`], [`Reply::Chunk`]
     /// frames of body data, then [`Reply::Done`].
     Http(HttpRequest),
+    /// Brokered git over HTTPS: `$NEXUS_HTTP_URL/_git/HOST/REPO/...`, with
+    /// `name` the host (`HOST` or `HOST:PORT`) and `path` what follows it
+    /// (see [`crate::git_http::GitPath`]). Body and answer as for
+    /// [`Request::Http`]; the laptop adds its own credential.
+    GitHttp(HttpRequest),
+    /// The hosts the laptop brokers git for (`[[git.allow]]`), so that
+    /// `nexus-shim env` can point the workspace's git at it; answered by
+    /// [`Reply::GitHosts`].
+    GitHosts,
+    /// A git command over SSH, run by the laptop with its own `ssh`
+    /// (`ssh HOST git-upload-pack|git-receive-pack 'REPO'`). What git
+    /// writes follows as [`Upload`] frames (ending with [`Upload::End`]);
+    /// the answer is [`Reply::Chunk`] frames ([`Channel::Stdout`] for the
+    /// server's protocol bytes, [`Channel::Stderr`] for its messages),
+    /// then [`Reply::Exit`].
+    GitSsh {
+        /// Host name as git named it (`HOST`, never `USER@HOST`).
+        host: String,
+        /// Port, when git was given one (`ssh://HOST:PORT/...`).
+        port: Option<u16>,
+        /// Which git service.
+        service: GitService,
+        /// Repository path as git sent it (`acme/app.git`, `/acme/app.git`).
+        repo: String,
+    },
+}
+
+/// The first path segment of `$NEXUS_HTTP_URL` under which the workspace's
+/// git reaches brokered HTTPS hosts (`$NEXUS_HTTP_URL/_git/HOST/REPO...`):
+/// `[http.NAME]` names start with a letter or digit, so none can take it.
+pub const GIT_HTTP_PREFIX: &str = "_git";
+
+/// A git service a brokered connection runs on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GitService {
+    /// `git-upload-pack`: fetch and clone.
+    UploadPack,
+    /// `git-receive-pack`: push.
+    ReceivePack,
+}
+
+impl GitService {
+    /// The server command (`git-upload-pack`, `git-receive-pack`).
+    #[must_use]
+    pub fn command(self) -> &'static str {
+        match self {
+            Self::UploadPack => "git-upload-pack",
+            Self::ReceivePack => "git-receive-pack",
+        }
+    }
+
+    /// The service named by a server command, if it is one of the two.
+    #[must_use]
+    pub fn from_command(command: &str) -> Option<Self> {
+        match command {
+            "git-upload-pack" => Some(Self::UploadPack),
+            "git-receive-pack" => Some(Self::ReceivePack),
+            _ => None,
+        }
+    }
 }
 
 /// What the workspace asked of an `[http.NAME]` API: never a host, only a
@@ -302,6 +362,7 @@ impl Request {
             Self::ToolList | Self::ToolRun { .. } => Section::Tools,
             Self::FileGet { .. } | Self::FileSync { .. } => Section::Files,
             Self::HttpList | Self::Http(_) => Section::Http,
+            Self::GitHosts | Self::GitSsh { .. } | Self::GitHttp(_) => Section::Git,
         }
     }
 
@@ -317,7 +378,12 @@ impl Request {
     pub fn is_streaming(&self) -> bool {
         matches!(
             self,
-            Self::ToolRun { .. } | Self::FileGet { .. } | Self::FileSync { .. } | Self::Http(_)
+            Self::ToolRun { .. }
+                | Self::FileGet { .. }
+                | Self::FileSync { .. }
+                | Self::Http(_)
+                | Self::GitHttp(_)
+                | Self::GitSsh { .. }
         )
     }
 }
@@ -403,6 +469,12 @@ pub enum Reply {
     McpTokens(Vec<String>),
     /// Answer to [`Request::HttpList`].
     HttpApis(Vec<HttpApi>),
+    /// Answer to [`Request::GitHosts`]: `HOST` or `HOST:PORT` of every
+    /// host the laptop brokers git for, sorted.
+    GitHosts(Vec<String>),
+    /// Answer to [`Request::GitSsh`] when the laptop brokers no git for
+    /// that host: the workspace's own `ssh` may try it (final).
+    GitNotBrokered,
     /// The upstream's response status and headers (not final); the body
     /// follows as [`Channel::Data`] chunks, then [`Reply::Done`].
     HttpHead {
@@ -450,6 +522,8 @@ impl Reply {
             | Self::Tools(_)
             | Self::McpTokens(_)
             | Self::HttpApis(_)
+            | Self::GitHosts(_)
+            | Self::GitNotBrokered
             | Self::Exit(_)
             | Self::Done
             | Self::Error(_) => true,

@@ -26,17 +26,21 @@ pub enum Section {
     Tools,
     /// `[http.NAME]`: HTTP APIs with the secret injected on the laptop.
     Http,
+    /// `[[git.allow]]`: git brokered by the laptop, over SSH or HTTPS, with
+    /// repository and branch rules; no credential enters the workspace.
+    Git,
 }
 
 impl Section {
     /// Every section, in the order policy files and listings show them.
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Tokens,
         Section::Ssh,
         Section::GitCredential,
         Section::Files,
         Section::Tools,
         Section::Http,
+        Section::Git,
     ];
 
     /// The section's name in policy files: `tokens`, `git-credential`, ...
@@ -49,6 +53,7 @@ impl Section {
             Section::Files => "files",
             Section::Tools => "tools",
             Section::Http => "http",
+            Section::Git => "git",
         }
     }
 
@@ -63,6 +68,7 @@ impl Section {
             Section::Files => "file",
             Section::Tools => "tool",
             Section::Http => "http",
+            Section::Git => "git",
         }
     }
 
@@ -83,7 +89,7 @@ impl fmt::Display for Section {
 /// A name that is neither a tool's nor a section's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown tool {0:?}: expected one of token, ssh, git-credential, file, tool, http (or the section names tokens, files, tools)"
+    "unknown tool {0:?}: expected one of token, ssh, git-credential, file, tool, http, git (or the section names tokens, files, tools)"
 )]
 pub struct UnknownSection(pub String);
 

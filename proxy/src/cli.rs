@@ -149,6 +149,10 @@ enum Command {
         /// The laptop ssh-agent to sign with (1Password, Secretive, OpenSSH) [default: $SSH_AUTH_SOCK].
         #[arg(long, value_name = "PATH")]
         ssh_agent: Option<PathBuf>,
+        /// The `ssh` program brokered git runs on this laptop (`[[git.allow]]`).
+        #[arg(long, env = "NEXUS_GIT_SSH", value_name = "PROGRAM",
+              default_value = crate::tools::git::ssh::DEFAULT_SSH)]
+        git_ssh: PathBuf,
         /// Calls per second each workspace may make of each tool, allowed or not.
         #[arg(long, env = "NEXUS_MAX_CALLS_PER_SECOND", value_name = "N",
               default_value_t = crate::tools::DEFAULT_CALLS_PER_SECOND,
@@ -312,6 +316,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             approval_timeout,
             source_path,
             ssh_agent,
+            git_ssh,
             max_calls_per_second,
             connect_command,
             limits,
@@ -326,6 +331,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     approval_timeout,
                     source_path,
                     ssh_agent,
+                    git_ssh,
                     max_calls_per_second,
                     connect_command,
                 },
@@ -408,6 +414,8 @@ async fn connect(config: ConfigDir, args: ConnectArgs) -> Result<ExitCode> {
         approval_timeout: std::time::Duration::from_secs(60),
         source_path: std::env::var("NEXUS_SOURCE_PATH").ok(),
         ssh_agent: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
+        git_ssh: std::env::var_os("NEXUS_GIT_SSH")
+            .map_or_else(|| crate::tools::git::ssh::DEFAULT_SSH.into(), PathBuf::from),
         max_calls_per_second: crate::tools::DEFAULT_CALLS_PER_SECOND,
         connect_command: None,
     };
@@ -420,6 +428,7 @@ struct Sources {
     approval_timeout: std::time::Duration,
     source_path: Option<String>,
     ssh_agent: Option<PathBuf>,
+    git_ssh: PathBuf,
     max_calls_per_second: u32,
     connect_command: Option<String>,
 }
@@ -466,6 +475,7 @@ async fn serve(
         source_path: sources.source_path,
         rates: Default::default(),
         ssh_agent: sources.ssh_agent,
+        git_ssh: sources.git_ssh,
         replay: Default::default(),
         http: crate::tools::http::HttpState::default(),
         call_rate: nexus_policy::Rate {

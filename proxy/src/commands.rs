@@ -180,8 +180,8 @@ pub struct ExplainArgs {
     /// The workspace's pairing name (what `[workspace."NAME"]` sections match).
     #[arg(long)]
     pub workspace: String,
-    /// token | ssh | git-credential | file | tool | http (or the section
-    /// names tokens, files, tools)
+    /// token | ssh | git-credential | file | tool | http | git (or the
+    /// section names tokens, files, tools)
     #[arg(long)]
     pub tool: String,
     /// KEY=VALUE (repeatable). token: name=NAME. ssh: host=HOST user=USER
@@ -190,6 +190,8 @@ pub struct ExplainArgs {
     /// host=HOST [path=PATH] [username=U] [action=get|store|erase]. file:
     /// path=PATH, or set=NAME. tool: name=NAME [args=ARG]... (one per
     /// argument, in order). http: name=API [method=GET] [path=/v1/...].
+    /// git: host=HOST repo=REPO [op=fetch], or op=push ref=BRANCH...
+    /// [delete=true].
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_arg)]
     pub args: Vec<(String, String)>,
     /// Policy file or directory [default: CONFIG/policy.toml, else CONFIG/policy.d/].

@@ -16,21 +16,7 @@ const PASSWORD: &str = "s3cret-laptop-password";
 /// A shell script run on the workspace host after `eval "$(nexus-shim env)"`.
 #[track_caller]
 fn ws_sh(ws: &Workspace, script: &str) -> Output {
-    let mut cmd = ws.command_on_host("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "set -e; eval \"$('{}' env)\"; {script}",
-            nexus_shim().display()
-        ))
-        .env("NEXUS_STATE_DIR", ws.state_dir())
-        .env("NEXUS_WAIT", "10s")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "agent")
-        .env("GIT_AUTHOR_EMAIL", "agent@example.invalid")
-        .env("GIT_COMMITTER_NAME", "agent")
-        .env("GIT_COMMITTER_EMAIL", "agent@example.invalid");
-    run_to_end(&mut cmd, None)
+    nexus_e2e::githttp::workspace_sh(ws, script)
 }
 
 /// `nexus-shim ARGS` with `input` on stdin.

@@ -36,7 +36,7 @@ use crate::state::StateDir;
 
 /// Response body type: upstream data streamed from the laptop, or a short
 /// local answer.
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Request body bytes per upload frame (the laptop takes body frames of up
 /// to `MAX_CHUNK`, whatever its call-frame limit).
@@ -134,8 +134,9 @@ pub fn base_url(bound: SocketAddr, key: &str) -> String {
     format!("http://{host}:{}/{key}", bound.port())
 }
 
+/// What every request handler needs.
 #[derive(Debug)]
-struct Ctx {
+pub(crate) struct Ctx {
     shared: Arc<Shared>,
     key: String,
     tasks: TaskTracker,
@@ -253,7 +254,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body>
 }
 
 /// A local answer for an error reply (anything else is unexpected here).
-fn from_reply(reply: Reply) -> Response<Body> {
+pub(crate) fn from_reply(reply: Reply) -> Response<Body> {
     match reply {
         Reply::Error(e) => {
             debug!(code = ?e.code, "HTTP request refused");
@@ -385,6 +386,13 @@ async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Res
         );
     }
     let after = parts.next().unwrap_or_default();
+    if let Some(rest) = after
+        .strip_prefix(nexus_protocol::GIT_HTTP_PREFIX)
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        let rest = rest.to_owned();
+        return crate::git_http::handle(req, &rest, caller, ctx).await;
+    }
     let (name, rest) = match after.split_once('/') {
         Some((n, r)) => (n, format!("/{r}")),
         None => (after, String::new()),
@@ -403,6 +411,18 @@ async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Res
         Some(q) => format!("{rest}?{q}"),
         None => rest,
     };
+    let request = relayed(&req, name, path);
+    debug!(api = %request.name, method = %request.method, "HTTP request");
+    let ends = Ends {
+        fail: from_reply,
+        drain: false,
+    };
+    forward(Request::Http(request), req.into_body(), caller, ctx, ends).await
+}
+
+/// The request as the laptop gets it: `name`, `path`, and the headers
+/// that are not this hop's.
+pub(crate) fn relayed(req: &HttpReq<Incoming>, name: &str, path: String) -> HttpRequest {
     let listed = nexus_protocol::connection_listed(
         req.headers()
             .iter()
@@ -421,16 +441,23 @@ async fn handle(req: HttpReq<Incoming>, caller: CallerContext, ctx: &Ctx) -> Res
             value: v.as_bytes().to_vec(),
         })
         .collect();
-    let body_len = hyper::body::Body::size_hint(req.body()).exact();
-    let request = HttpRequest {
+    HttpRequest {
         name: name.to_owned(),
         method: req.method().as_str().to_owned(),
         path,
         headers,
-        body_len,
-    };
-    debug!(api = %request.name, method = %request.method, "HTTP request");
-    forward(request, req.into_body(), caller, ctx).await
+        body_len: hyper::body::Body::size_hint(req.body()).exact(),
+    }
+}
+
+/// How [`forward`] ends what the laptop does not answer itself.
+pub(crate) struct Ends {
+    /// The local answer for an error reply.
+    pub fail: fn(Reply) -> Response<Body>,
+    /// Whether a request body the laptop stopped reading (a push it
+    /// refused) is still read to its end here, so that the client, still
+    /// sending, gets to read the answer instead of a reset.
+    pub drain: bool,
 }
 
 /// `GET $NEXUS_HTTP_URL/`: the APIs this workspace may call, as JSON.
@@ -454,39 +481,41 @@ async fn list(caller: &CallerContext, ctx: &Ctx) -> Response<Body> {
     }
 }
 
-fn lost() -> Response<Body> {
-    from_error(
+fn lost() -> Reply {
+    Reply::error(
         ErrorCode::Internal,
         "the link to the laptop dropped during the request; it was not retried",
     )
 }
 
-async fn forward(
-    request: HttpRequest,
+/// Sends `request` (an [`Request::Http`] or [`Request::GitHttp`]) with
+/// `body` to the laptop and streams its answer back.
+pub(crate) async fn forward(
+    request: Request,
     body: Incoming,
     caller: CallerContext,
     ctx: &Ctx,
+    ends: Ends,
 ) -> Response<Body> {
+    let fail = ends.fail;
     let wait = ctx.shared.agent_wait;
     let Some(link) = crate::sockets::wait_for_link(&ctx.shared, wait).await else {
-        return from_reply(crate::sockets::not_linked(wait));
+        return fail(crate::sockets::not_linked(wait));
     };
     let Ok(mut stream) = link.mux.open().await else {
-        return lost();
+        return fail(lost());
     };
     // Without a body, the call and the body's end go in one write: one
     // piece on the link instead of two.
-    let bodyless = request.body_len == Some(0);
-    let call = Call {
-        caller,
-        request: Request::Http(request),
-    };
+    let bodyless =
+        matches!(&request, Request::Http(r) | Request::GitHttp(r) if r.body_len == Some(0));
+    let call = Call { caller, request };
     let mut frames = zeroize::Zeroizing::new(nexus_protocol::encode_frame(&call));
     if bodyless {
         frames.extend_from_slice(&nexus_protocol::encode_frame(&Upload::End));
     }
     if stream.write_all(&frames).await.is_err() || stream.flush().await.is_err() {
-        return lost();
+        return fail(lost());
     }
     drop(frames);
     let (mut rx, tx) = tokio::io::split(stream);
@@ -494,19 +523,26 @@ async fn forward(
     // (dropping the last half resets the stream: the laptop stops).
     let done = CancellationToken::new();
     let body = (!bodyless).then_some(body);
-    ctx.tasks
-        .spawn(upload(body, tx, done.clone(), ctx.shutdown.clone()).in_current_span());
+    let sending = Sending {
+        done: done.clone(),
+        shutdown: ctx.shutdown.clone(),
+        drain: ends.drain,
+    };
+    ctx.tasks.spawn(upload(body, tx, sending).in_current_span());
     let guard = done.drop_guard();
     let first = tokio::select! {
         r = nexus_transport::recv::<_, Reply>(&mut rx, MAX_FRAME) => r,
         () = ctx.shutdown.cancelled() => {
-            return from_error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back");
+            return fail(Reply::error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back"));
         }
     };
     match first {
         Ok(Reply::HttpHead { status, headers }) => {
             let Ok(status) = StatusCode::from_u16(status) else {
-                return from_error(ErrorCode::Internal, "the upstream sent an invalid status");
+                return fail(Reply::error(
+                    ErrorCode::Internal,
+                    "the upstream sent an invalid status",
+                ));
             };
             let mut resp = Response::new(relay(rx, guard, ctx.shutdown.clone()));
             *resp.status_mut() = status;
@@ -524,42 +560,55 @@ async fn forward(
             info!(status = status.as_u16(), "HTTP response streaming");
             resp
         }
-        Ok(other) => from_reply(other),
-        Err(_) => lost(),
+        Ok(other) => fail(other),
+        Err(_) => fail(lost()),
     }
+}
+
+/// How an upload ends.
+struct Sending {
+    /// The exchange is over (the answer ended or was dropped).
+    done: CancellationToken,
+    shutdown: CancellationToken,
+    /// See [`Ends::drain`].
+    drain: bool,
 }
 
 /// Sends the request body up as [`Upload`] frames (none: already ended),
 /// then holds the write half until the exchange is `done`.
-async fn upload(
-    body: Option<Incoming>,
-    mut tx: WriteHalf<MuxStream>,
-    done: CancellationToken,
-    shutdown: CancellationToken,
-) {
-    if let Some(body) = body
-        && !send_body(body, &mut tx, &done, &shutdown).await
+async fn upload(body: Option<Incoming>, mut tx: WriteHalf<MuxStream>, s: Sending) {
+    if let Some(mut body) = body
+        && !send_body(&mut body, &mut tx, &s).await
     {
+        drop(tx);
+        if s.drain {
+            drain(body, &s.shutdown).await;
+        }
         return;
     }
     tokio::select! {
-        () = done.cancelled() => {}
-        () = shutdown.cancelled() => {}
+        () = s.done.cancelled() => {}
+        () = s.shutdown.cancelled() => {}
+    }
+}
+
+/// Reads what the client still sends, and drops it.
+async fn drain(mut body: Incoming, shutdown: &CancellationToken) {
+    loop {
+        tokio::select! {
+            f = body.frame() => if !matches!(f, Some(Ok(_))) { return },
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 
 /// Sends the body and its end; false when it broke off.
-async fn send_body(
-    mut body: Incoming,
-    tx: &mut WriteHalf<MuxStream>,
-    done: &CancellationToken,
-    shutdown: &CancellationToken,
-) -> bool {
+async fn send_body(body: &mut Incoming, tx: &mut WriteHalf<MuxStream>, s: &Sending) -> bool {
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
-            () = done.cancelled() => return false,
-            () = shutdown.cancelled() => return false,
+            () = s.done.cancelled() => return false,
+            () = s.shutdown.cancelled() => return false,
         };
         match frame {
             Some(Ok(frame)) => {

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod cli;
 mod client;
+mod git_http;
 pub mod http;
 pub mod ingress;
 pub mod keepalive;

@@ -122,7 +122,7 @@ async fn handle(
             let reply = pairing(shared, rotate);
             let _ = nexus_transport::send(&mut conn, &reply).await;
         }
-        LocalOp::Forward(Request::Http(_)) => {
+        LocalOp::Forward(Request::Http(_) | Request::GitHttp(_)) => {
             let reply = Reply::error(
                 ErrorCode::BadRequest,
                 "HTTP requests go to $NEXUS_HTTP_URL (see `nexus-shim env`), not shim.sock",

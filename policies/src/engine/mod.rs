@@ -16,6 +16,7 @@ use crate::schema::request::{Action, Request};
 use crate::schema::section::{SectionGrant, Terms};
 use crate::sections::Sections;
 use crate::sections::files::{FileRule, FileSet};
+use crate::sections::git::GitRule;
 use crate::sections::git_credential::GitCredentialRule;
 use crate::sections::http::HttpRule;
 use crate::sections::ssh::{self, SshRule};
@@ -67,6 +68,8 @@ pub enum Grant {
     Tool(ToolRule),
     /// Forward one HTTP request to this API's upstream, secret injected.
     Http(HttpRule),
+    /// Broker a git fetch or push as this `[[git.allow]]` rule allows.
+    Git(GitRule),
 }
 
 impl Grant {
@@ -80,6 +83,7 @@ impl Grant {
             Grant::FileSet(g) => g.terms(),
             Grant::Tool(g) => g.terms(),
             Grant::Http(g) => g.terms(),
+            Grant::Git(g) => g.terms(),
         }
     }
 
@@ -94,6 +98,7 @@ impl Grant {
             (Grant::FileSet(g), Grant::FileSet(c)) => g.cap(c, org),
             (Grant::Tool(g), Grant::Tool(c)) => g.cap(c, org),
             (Grant::Http(g), Grant::Http(c)) => g.cap(c, org),
+            (Grant::Git(g), Grant::Git(c)) => g.cap(c, org),
             _ => {}
         }
     }
@@ -143,7 +148,7 @@ impl Sections {
                 username,
                 action,
             } => self
-                .git
+                .git_credential
                 .decide(protocol, host, path, username, action)
                 .map(Grant::GitCredential),
             Action::File { path } => self.files.decide_file(path).map(Grant::File),
@@ -153,6 +158,7 @@ impl Sections {
                 .http
                 .decide(name, method, path, &self.tokens)
                 .map(Grant::Http),
+            Action::Git { host, repo, op } => self.git.decide(host, repo, op).map(Grant::Git),
         }
     }
 
@@ -264,6 +270,13 @@ impl Policy {
     #[must_use]
     pub fn http_apis(&self) -> Vec<&HttpRule> {
         self.sections.http.listed()
+    }
+
+    /// The hosts `[[git.allow]]` rules broker git for (`HOST` or
+    /// `HOST:PORT`, lower-cased, sorted), except those a deny rule covers whole.
+    #[must_use]
+    pub fn git_hosts(&self) -> Vec<&str> {
+        self.sections.git.hosts()
     }
 
     /// The tools `tool list` shows: declared and not denied, in file order.

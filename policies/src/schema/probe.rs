@@ -7,7 +7,7 @@ pub(crate) fn clip(s: &str) -> String {
 }
 
 /// The `key=value` arguments of a probe of tool `tool` (as written:
-/// `token` or `tokens`, ...). Only `args` may repeat.
+/// `token` or `tokens`, ...). Only `args` and `ref` may repeat.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ProbeArgs<'a> {
     /// The tool or section name, for messages.
@@ -17,7 +17,8 @@ pub(crate) struct ProbeArgs<'a> {
 }
 
 impl<'a> ProbeArgs<'a> {
-    /// The allowed argument keys; only `args` may be given more than once.
+    /// The allowed argument keys; only `args` and `ref` may be given more
+    /// than once.
     pub(crate) fn check_keys(&self, allowed: &[&str]) -> Result<(), String> {
         for (i, (k, _)) in self.args.iter().enumerate() {
             if !allowed.contains(&k.as_str()) {
@@ -27,7 +28,9 @@ impl<'a> ProbeArgs<'a> {
                     allowed.join(", ")
                 ));
             }
-            if k != "args" && self.args[..i].iter().any(|(seen, _)| seen == k) {
+            if !matches!(k.as_str(), "args" | "ref")
+                && self.args[..i].iter().any(|(seen, _)| seen == k)
+            {
                 return Err(format!("--tool {} takes --arg {k}=... once", self.tool));
             }
         }

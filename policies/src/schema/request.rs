@@ -130,6 +130,38 @@ pub enum Action<'a> {
         /// The path after `/NAME`, without the query (untrusted).
         path: &'a str,
     },
+    /// Git brokered by the laptop (`[[git.allow]]`): a fetch of a
+    /// repository, or a push with all its ref updates, decided at once.
+    Git {
+        /// `HOST` or `HOST:PORT` (untrusted).
+        host: &'a str,
+        /// Repository path as git sent it, with or without a leading `/`
+        /// and a trailing `.git` (untrusted).
+        repo: &'a str,
+        /// Fetch, or push with its ref updates.
+        op: GitOp<'a>,
+    },
+}
+
+/// What a brokered git connection does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GitOp<'a> {
+    /// Fetch or clone (`git-upload-pack`).
+    Fetch,
+    /// Open a push connection (`git-receive-pack`) before its ref updates
+    /// are known: allowed when a rule may push anything to the repository.
+    PushOpen,
+    /// A push with these ref updates: allowed only if every one is.
+    Push(&'a [GitRefUpdate]),
+}
+
+/// One ref update of a push, as the policy judges it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitRefUpdate {
+    /// The full ref name, e.g. `refs/heads/agent/x`.
+    pub name: String,
+    /// Whether the update deletes the ref.
+    pub delete: bool,
 }
 
 impl Action<'_> {
@@ -147,6 +179,7 @@ impl Action<'_> {
             Action::File { .. } | Action::FileSet { .. } => Section::Files,
             Action::Tool { .. } => Section::Tools,
             Action::Http { .. } => Section::Http,
+            Action::Git { .. } => Section::Git,
         }
     }
 }

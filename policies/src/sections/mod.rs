@@ -9,6 +9,7 @@
 //! to each alike what the engine asks of all of them.
 
 pub(crate) mod files;
+pub(crate) mod git;
 pub(crate) mod git_credential;
 pub(crate) mod http;
 pub(crate) mod ssh;
@@ -26,6 +27,7 @@ use crate::schema::request::Action;
 use crate::schema::section::PolicySection;
 
 use files::FilesSection;
+use git::GitSection;
 use git_credential::GitCredentialSection;
 use http::HttpSection;
 use ssh::SshSection;
@@ -127,10 +129,11 @@ macro_rules! sections {
 sections! {
     tokens: TokensSection,
     ssh: SshSection,
-    git: GitCredentialSection,
+    git_credential: GitCredentialSection,
     files: FilesSection,
     tools: ToolsSection,
     http: HttpSection,
+    git: GitSection,
 }
 
 #[cfg(test)]

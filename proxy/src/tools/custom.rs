@@ -299,7 +299,7 @@ async fn send_chunk<W: AsyncWrite + Unpin>(
 }
 
 /// The process's exit code, or 128 + the signal that ended it.
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()

@@ -201,7 +201,7 @@ async fn fill(ask: &Credential, rule: &GitCredentialRule, ctx: &ToolContext) -> 
 
 /// Runs `git credential VERB` with `input` on stdin: no shell, no terminal
 /// prompt, a timeout and an output cap.
-async fn run_git(
+pub(crate) async fn run_git(
     verb: &str,
     input: &Credential,
     ctx: &ToolContext,

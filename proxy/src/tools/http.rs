@@ -64,7 +64,11 @@ impl HttpState {
     /// (a proxy sees only the tunnel); a plain `http://` upstream, which the
     /// policy allows for loopback only, is always dialed `direct`ly, so the
     /// key never goes to a proxy in the clear.
-    fn client(&self, ca_file: Option<PathBuf>, direct: bool) -> Result<reqwest::Client, String> {
+    pub(super) fn client(
+        &self,
+        ca_file: Option<PathBuf>,
+        direct: bool,
+    ) -> Result<reqwest::Client, String> {
         let key = (ca_file, direct);
         let ca_file = &key.0;
         let stamp = ca_file.as_ref().and_then(|p| {
@@ -198,7 +202,57 @@ impl Tool for Call<'_> {
             Ok(p) => p,
             Err(reply) => return Some(reply),
         };
-        match exchange(self.req, &rule, prepared, stream, scope.max_frame).await {
+        let limits = Limits {
+            name: &rule.name,
+            label: format!("[http.{}]", rule.name),
+            max_request_size: rule.max_request_size,
+            timeout: rule.timeout,
+            strip: &[],
+            unauthorized: None,
+        };
+        let body = Body {
+            declared: self.req.body_len,
+            ahead: Vec::new(),
+            ended: false,
+        };
+        exchange(body, &limits, prepared, stream, scope.max_frame)
+            .await
+            .into_reply()
+    }
+}
+
+/// What bounds one exchange with an upstream, and names it in messages.
+pub(super) struct Limits<'a> {
+    /// For log lines: the API's name, or the git host.
+    pub name: &'a str,
+    /// For messages: `[http.NAME]`, `git host H`.
+    pub label: String,
+    /// Most request body bytes sent on.
+    pub max_request_size: u64,
+    /// How long the whole exchange may take.
+    pub timeout: Duration,
+    /// Response headers never returned to the workspace (lowercase).
+    pub strip: &'static [&'static str],
+    /// When set, a `401` is not returned but answered with this message:
+    /// the credential is the laptop's, and the workspace cannot fix it.
+    pub unauthorized: Option<String>,
+}
+
+/// The request body: what the client declared, and what was already read
+/// from the stream before the exchange (a push's command list).
+pub(super) struct Body {
+    /// `Content-Length`, when the client gave one.
+    pub declared: Option<u64>,
+    /// Body bytes already read, sent first.
+    pub ahead: Vec<u8>,
+    /// Whether [`Upload::End`] was already read too.
+    pub ended: bool,
+}
+
+impl Final {
+    /// The final reply still to send, if any.
+    pub(super) fn into_reply(self) -> Option<Reply> {
+        match self {
             Final::Send(reply) => Some(reply),
             Final::Sent => None,
         }
@@ -206,7 +260,7 @@ impl Tool for Call<'_> {
 }
 
 /// How an exchange ended.
-enum Final {
+pub(super) enum Final {
     /// With this final reply, still to send.
     Send(Reply),
     /// With its final frame already written.
@@ -220,13 +274,17 @@ impl From<Reply> for Final {
 }
 
 /// What is ready before any byte goes upstream.
-struct Prepared {
-    client: reqwest::Client,
-    method: reqwest::Method,
-    url: reqwest::Url,
-    headers: reqwest::header::HeaderMap,
+pub(super) struct Prepared {
+    /// The pooled client for the upstream's roots.
+    pub client: reqwest::Client,
+    /// The request's method.
+    pub method: reqwest::Method,
+    /// Where it goes.
+    pub url: reqwest::Url,
+    /// The headers it carries, credential included.
+    pub headers: reqwest::header::HeaderMap,
     /// Masks the injected secret in what goes back to the workspace.
-    scrub: Option<Scrub>,
+    pub scrub: Option<Scrub>,
 }
 
 async fn prepare(req: &HttpRequest, rule: &HttpRule, ctx: &ToolContext) -> Result<Prepared, Reply> {
@@ -331,7 +389,7 @@ const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", 
 /// placeholders), not `content-length`
 /// (set from the body the laptop actually sends), and with a key injected
 /// no `range` (the mask needs the whole echo).
-fn forwarded_headers(
+pub(super) fn forwarded_headers(
     given: &[HttpHeader],
     injected: Option<&str>,
 ) -> Result<reqwest::header::HeaderMap, Reply> {
@@ -373,13 +431,16 @@ fn forwarded_headers(
     Ok(out)
 }
 
-/// The upstream's headers that go back to the workspace.
-fn returned_headers(given: &reqwest::header::HeaderMap) -> Vec<HttpHeader> {
+/// The upstream's headers that go back to the workspace: not this hop's,
+/// not those in `strip`.
+fn returned_headers(given: &reqwest::header::HeaderMap, strip: &[&str]) -> Vec<HttpHeader> {
     let listed = connection_listed(given.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
     given
         .iter()
         .filter(|(n, _)| {
-            !HOP_BY_HOP.contains(&n.as_str()) && !listed.iter().any(|l| l == n.as_str())
+            !HOP_BY_HOP.contains(&n.as_str())
+                && !strip.contains(&n.as_str())
+                && !listed.iter().any(|l| l == n.as_str())
         })
         .map(|(n, v)| HttpHeader {
             name: n.as_str().to_owned(),
@@ -396,23 +457,31 @@ async fn pump<R: AsyncRead + Unpin>(
     mut rx: R,
     mut body: BodySender,
     max: u64,
-    declared: Option<u64>,
+    given: Body,
     max_frame: usize,
 ) -> Result<R, Reply> {
     use futures::SinkExt;
     // A body frame holds up to one chunk (the shim sends 64 KiB), whatever
     // the call-frame limit was lowered to (it may go down to 4 KiB).
     let max_frame = max_frame.max(MAX_CHUNK + 64);
+    let declared = given.declared;
     let mut total = 0u64;
+    let mut ahead = (!given.ahead.is_empty()).then_some(Upload::Data(given.ahead));
+    let mut ended = given.ended;
     loop {
-        let frame: Upload = nexus_transport::recv(&mut rx, max_frame)
-            .await
-            .map_err(|e| {
-                Reply::error(
-                    ErrorCode::BadRequest,
-                    format!("the request body broke off: {e}"),
-                )
-            })?;
+        let frame = match ahead.take() {
+            Some(frame) => frame,
+            None if ended => return Ok(rx),
+            None => nexus_transport::recv(&mut rx, max_frame)
+                .await
+                .map_err(|e| {
+                    Reply::error(
+                        ErrorCode::BadRequest,
+                        format!("the request body broke off: {e}"),
+                    )
+                })?,
+        };
+        ended |= matches!(frame, Upload::End);
         match frame {
             Upload::Data(data) => {
                 total += data.len() as u64;
@@ -435,26 +504,27 @@ async fn pump<R: AsyncRead + Unpin>(
 }
 
 /// Sends the request and relays the response.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    req: &HttpRequest,
-    rule: &HttpRule,
+pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    given: Body,
+    limits: &Limits<'_>,
     p: Prepared,
     stream: &mut S,
     max_frame: usize,
 ) -> Final {
-    let api = rule.name.as_str();
+    let api = limits.name;
+    let label = &limits.label;
     let mut scrub = p.scrub;
     let is_head = p.method == reqwest::Method::HEAD;
     let (rx, mut tx) = tokio::io::split(stream);
     let (body_tx, body_rx) = mpsc::channel(4);
     let mut builder = p.client.request(p.method, p.url).headers(p.headers);
-    if req.body_len != Some(0) {
+    if given.declared != Some(0) {
         builder = builder.body(reqwest::Body::wrap_stream(body_rx));
     }
     let started = Instant::now();
     let send = builder.send();
-    let pump = pump(rx, body_tx, rule.max_request_size, req.body_len, max_frame);
-    let deadline = tokio::time::sleep(rule.timeout);
+    let pump = pump(rx, body_tx, limits.max_request_size, given, max_frame);
+    let deadline = tokio::time::sleep(limits.timeout);
     tokio::pin!(send, pump, deadline);
     // Once the body is in, the reader comes back to notice a caller that
     // goes away.
@@ -463,8 +533,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Reply::error(
             ErrorCode::Internal,
             format!(
-                "[http.{api}]: no complete answer within its timeout ({:?})",
-                rule.timeout
+                "{label}: no complete answer within its timeout ({:?})",
+                limits.timeout
             ),
         )
     };
@@ -483,7 +553,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(r) => r,
         Err(e) => {
             warn!(api, error = %e, "upstream request failed");
-            return Reply::error(ErrorCode::Internal, upstream_error(api, &e)).into();
+            return Reply::error(ErrorCode::Internal, upstream_error(label, &e)).into();
         }
     };
     info!(
@@ -492,6 +562,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         ms = started.elapsed().as_millis() as u64,
         "upstream answered"
     );
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED
+        && let Some(message) = &limits.unauthorized
+    {
+        return Reply::error(ErrorCode::Missing, message.clone()).into();
+    }
     if scrub.is_some()
         && let Some(encoding) = encoded(response.headers())
     {
@@ -502,14 +577,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         return Reply::error(
             ErrorCode::Internal,
             format!(
-                "[http.{api}]: the upstream answered with Content-Encoding {encoding:?} although \
+                "{label}: the upstream answered with Content-Encoding {encoding:?} although \
                  asked for an uncompressed answer; with a key injected the laptop must read the \
                  body to keep the key out of it, so the answer is refused"
             ),
         )
         .into();
     }
-    let mut headers = returned_headers(response.headers());
+    let mut headers = returned_headers(response.headers(), limits.strip);
     if let Some(s) = &scrub {
         for h in &mut headers {
             s.mask(&mut h.value);
@@ -557,7 +632,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             Some(Err(e)) => {
                 return Reply::error(
                     ErrorCode::Internal,
-                    format!("[http.{api}]: the upstream's response broke off: {e}"),
+                    format!("{label}: the upstream's response broke off: {e}"),
                 )
                 .into();
             }
@@ -599,7 +674,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 },
                 Err(e) => {
                     warn!(api, error = %e, "upstream response broke off");
-                    return Reply::error(ErrorCode::Internal, format!("[http.{api}]: the upstream's response broke off: {e}")).into();
+                    return Reply::error(ErrorCode::Internal, format!("{label}: the upstream's response broke off: {e}")).into();
                 }
             },
             () = gone(reader.as_mut()) => return Reply::Done.into(),
@@ -662,13 +737,14 @@ const MIN_SCRUBBED: usize = 8;
 ///
 /// It cannot see the secret in an encoded body (gzip, base64...): a policy
 /// must not bind a key to an upstream that transforms what it echoes.
-struct Scrub {
+pub(super) struct Scrub {
     secret: Zeroizing<Vec<u8>>,
     held: Zeroizing<Vec<u8>>,
 }
 
 impl Scrub {
-    fn new(secret: &[u8]) -> Option<Scrub> {
+    /// A mask for `secret`; `None` when it is too short to mask.
+    pub(super) fn new(secret: &[u8]) -> Option<Scrub> {
         // Spaces around the key go out as read, but an upstream that echoes
         // the header trims them: the key itself is what is masked.
         let secret = secret.trim_ascii();
@@ -762,7 +838,7 @@ impl BodyReader {
 }
 
 /// One line for the workspace: what went wrong reaching the upstream.
-fn upstream_error(api: &str, e: &reqwest::Error) -> String {
+fn upstream_error(label: &str, e: &reqwest::Error) -> String {
     let what = if e.is_connect() {
         "could not connect to the upstream"
     } else if e.is_timeout() {
@@ -779,7 +855,7 @@ fn upstream_error(api: &str, e: &reqwest::Error) -> String {
         cause = s.to_string();
         source = s.source();
     }
-    format!("[http.{api}]: {what}: {}", super::clip(&cause))
+    format!("{label}: {what}: {}", super::clip(&cause))
 }
 
 #[cfg(test)]
@@ -832,7 +908,12 @@ mod tests {
         // The shim's side ends after the frames (a cut body is a closed stream).
         drop(shim);
         let (tx, mut rx) = mpsc::channel(64);
-        let pumped = pump(laptop, tx, max, declared, 1 << 20).await.map(|_| ());
+        let given = Body {
+            declared,
+            ahead: Vec::new(),
+            ended: false,
+        };
+        let pumped = pump(laptop, tx, max, given, 1 << 20).await.map(|_| ());
         let mut got = Vec::new();
         while let Ok(Ok(b)) = rx.try_recv() {
             got.extend_from_slice(&b);
@@ -868,7 +949,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let (tx, _rx) = mpsc::channel(64);
-        let pumped = pump(laptop, tx, 1 << 20, None, 4 << 10).await;
+        let given = Body {
+            declared: None,
+            ahead: Vec::new(),
+            ended: false,
+        };
+        let pumped = pump(laptop, tx, 1 << 20, given, 4 << 10).await;
         assert!(pumped.is_ok(), "{:?}", pumped.err());
     }
 

@@ -4,6 +4,7 @@
 pub mod custom;
 pub mod file;
 pub mod gate;
+pub mod git;
 pub mod git_credential;
 pub mod http;
 pub mod pipeline;
@@ -49,6 +50,8 @@ pub struct ToolContext {
     pub call_rate: Rate,
     /// HTTP clients and cached secrets for `[http.NAME]` requests.
     pub http: http::HttpState,
+    /// The `ssh` program brokered git runs (`run --git-ssh`).
+    pub git_ssh: PathBuf,
 }
 
 impl ToolContext {
@@ -157,6 +160,17 @@ where
         Request::FileSync { set } => serve(file::Sync { set }, &scope, stream).await,
         Request::HttpList => serve(http::List, &scope, stream).await,
         Request::Http(req) => serve(http::Call { req }, &scope, stream).await,
+        Request::GitHttp(req) => serve(git::https::Call::new(req), &scope, stream).await,
+        Request::GitHosts => serve(git::Hosts, &scope, stream).await,
+        Request::GitSsh {
+            host,
+            port,
+            service,
+            repo,
+        } => {
+            let connect = git::ssh::Connect::new(host, *port, *service, repo);
+            serve(connect, &scope, stream).await
+        }
     }
 }
 
@@ -207,6 +221,7 @@ pub(crate) mod test_support {
                 per: std::time::Duration::from_secs(1),
             },
             http: http::HttpState::default(),
+            git_ssh: git::ssh::DEFAULT_SSH.into(),
         }
     }
 

@@ -67,8 +67,10 @@ enum Command {
     /// Show the daemon and link state (exit 0 linked, 4 not linked, 1 no daemon).
     Status(status::StatusArgs),
     /// Print `export` lines for `eval "$(nexus-shim env)"`: SSH_AUTH_SOCK,
-    /// NEXUS_STATE_DIR, git's credential helper (GIT_CONFIG_COUNT...), and
-    /// NEXUS_HTTP_URL when the daemon serves HTTP injection
+    /// NEXUS_STATE_DIR, git's configuration (GIT_CONFIG_COUNT...: the
+    /// credential helper, `git-ssh` as its SSH program, and the laptop's
+    /// brokered HTTPS hosts when a laptop is linked), and NEXUS_HTTP_URL
+    /// when the daemon serves HTTP injection
     /// (`OPENAI_BASE_URL=$NEXUS_HTTP_URL/openai/v1`).
     Env,
     /// Print known_hosts lines for the SSH hosts the laptop's policy allows,
@@ -138,7 +140,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::run(state, args).await,
         Command::PairingUri(args) => pairing::run(&state, &args).await,
         Command::Status(args) => status::run(&state, &args).await,
-        Command::Env => env::run(&state),
+        Command::Env => env::run(&state).await,
         Command::KnownHosts(args) => ssh::known_hosts(&state, &args).await,
         Command::Token(cmd) | Command::Secret(cmd) => token::run(&state, cmd).await,
         Command::GitCredential(args) => git_credential::run(&state, &args).await,
