@@ -49,6 +49,9 @@ pub struct ToolContext {
     pub call_rate: Rate,
     /// HTTP clients and cached secrets for `[http.NAME]` requests.
     pub http: http::HttpState,
+    /// Turns shared round robin among workspaces, so one flooding cannot
+    /// starve the others.
+    pub fair: Arc<crate::fair::FairShare>,
 }
 
 impl ToolContext {
@@ -207,6 +210,7 @@ pub(crate) mod test_support {
                 per: std::time::Duration::from_secs(1),
             },
             http: http::HttpState::default(),
+            fair: Arc::new(crate::fair::FairShare::new(4)),
         }
     }
 
