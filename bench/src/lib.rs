@@ -109,6 +109,11 @@ pub fn pct(samples: &[f64], p: f64) -> f64 {
     s[lo] + (s[hi] - s[lo]) * (rank - lo as f64)
 }
 
+/// How a report prints a target: `met`, or `MISSED` to stand out.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
 /// A running `nexus-shim serve` on `127.0.0.1:0` with its own state dir.
 #[derive(Debug)]
 pub struct Shim {

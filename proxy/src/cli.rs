@@ -279,7 +279,7 @@ pub fn main() -> ExitCode {
             "OS keyring unavailable; keyring: token sources will fail"
         );
     }
-    nexus_transport::process::run_to_exit("nexus-agent-proxy", run(cli))
+    nexus_transport::process::run_to_exit("nexus-agent-proxy", None, run(cli))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -478,6 +478,7 @@ async fn serve(
         git_ssh: sources.git_ssh,
         replay: Default::default(),
         http: crate::tools::http::HttpState::default(),
+        fair: Arc::new(crate::fair::FairShare::for_this_machine()),
         call_rate: nexus_policy::Rate {
             count: sources.max_calls_per_second,
             per: std::time::Duration::from_secs(1),

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod connect;
 pub mod control;
+pub mod fair;
 pub mod keepalive;
 mod keyring;
 pub mod known_hosts;

@@ -542,15 +542,16 @@ async fn answer(
         // get --call-timeout, inside the pipeline, which audits the cut.
         Some(_place) => {
             let timeout = (!call.request.is_streaming()).then_some(limits.call_timeout);
-            tools::dispatch(
+            let dispatch = tools::dispatch(
                 &call,
                 workspace,
                 ctx,
                 &mut stream,
                 limits.max_call_frame,
                 timeout,
-            )
-            .await
+            );
+            // Started in turn with the other workspaces' calls.
+            ctx.fair.run(workspace, dispatch).await
         }
     };
     if let Some(reply) = reply {

@@ -47,15 +47,20 @@ pub async fn cancel_on_signals(token: CancellationToken) {
     token.cancel();
 }
 
-/// Runs a binary's async body on a multi-threaded runtime and turns the
-/// outcome into an exit code: the body's own code, or 1 with one line on
-/// stderr (`PROGRAM: what happened`) for an error.
-pub fn run_to_exit<F, E>(program: &str, body: F) -> std::process::ExitCode
+/// Runs a binary's async body on a multi-threaded runtime (`workers`
+/// threads, else one per core) and turns the outcome into an exit code: the
+/// body's own code, or 1 with one line on stderr (`PROGRAM: what happened`)
+/// for an error.
+pub fn run_to_exit<F, E>(program: &str, workers: Option<usize>, body: F) -> std::process::ExitCode
 where
     F: std::future::Future<Output = Result<std::process::ExitCode, E>>,
     E: std::fmt::Display,
 {
-    let outcome = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        runtime.worker_threads(n.max(1));
+    }
+    let outcome = runtime
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))

@@ -200,7 +200,7 @@ fn over_line(n: u64, last: Entry) -> Entry {
     }
 }
 
-/// The writer thread's state.
+/// The audit log's writing state, behind the lock every call takes.
 pub(super) struct Writer {
     dir: PathBuf,
     log: File,

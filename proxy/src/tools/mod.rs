@@ -52,6 +52,9 @@ pub struct ToolContext {
     pub http: http::HttpState,
     /// The `ssh` program brokered git runs (`run --git-ssh`).
     pub git_ssh: PathBuf,
+    /// Turns shared round robin among workspaces, so one flooding cannot
+    /// starve the others.
+    pub fair: Arc<crate::fair::FairShare>,
 }
 
 impl ToolContext {
@@ -222,6 +225,7 @@ pub(crate) mod test_support {
             },
             http: http::HttpState::default(),
             git_ssh: git::ssh::DEFAULT_SSH.into(),
+            fair: Arc::new(crate::fair::FairShare::new(4)),
         }
     }
 
