@@ -21,6 +21,7 @@ pub mod githttp;
 pub mod hostile;
 mod laptop;
 pub mod link;
+pub mod llm;
 pub mod netns;
 mod process;
 pub mod raw;
@@ -266,6 +267,12 @@ fn describe(cmd: &Command) -> String {
 /// failing the test) if it outlives [`DEADLINE`].
 #[track_caller]
 pub fn run_to_end(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
+    run_within(cmd, stdin, DEADLINE)
+}
+
+/// [`run_to_end`] with its own cap `limit` (a real agent's whole run).
+#[track_caller]
+pub fn run_within(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Output {
     use std::io::Write;
     use std::process::Stdio;
 
@@ -289,7 +296,7 @@ pub fn run_to_end(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let (result, timed_out) = match rx.recv_timeout(DEADLINE) {
+    let (result, timed_out) = match rx.recv_timeout(limit) {
         Ok(r) => (r, false),
         Err(_) => {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
@@ -304,9 +311,6 @@ pub fn run_to_end(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         elapsed: start.elapsed(),
     };
-    assert!(
-        !timed_out,
-        "command still running after {DEADLINE:?}\n{out}"
-    );
+    assert!(!timed_out, "command still running after {limit:?}\n{out}");
     out
 }
