@@ -341,7 +341,14 @@ fn opencode_answers_calls_the_laptop_and_pushes() {
     let out = w.run_agent(
         &opencode,
         &["run", "--model", "openai/gpt-4o", PROMPT],
-        &[("OPENCODE_DISABLE_AUTOUPDATE", "1")],
+        // Nothing fetched beyond the API: no update check, model list,
+        // plugin or LSP download.
+        &[
+            ("OPENCODE_DISABLE_AUTOUPDATE", "1"),
+            ("OPENCODE_DISABLE_MODELS_FETCH", "1"),
+            ("OPENCODE_DISABLE_DEFAULT_PLUGINS", "1"),
+            ("OPENCODE_DISABLE_LSP_DOWNLOAD", "1"),
+        ],
     );
     w.assert_the_run(&out);
 }
