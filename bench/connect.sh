@@ -4,7 +4,8 @@
 # workspace (the link included). The workspace is a fresh HOME reached
 # through `--command` (a local shell); set NEXUS_BENCH_COMMAND to a real
 # channel prefix (e.g. 'ssh -p 2222 me@127.0.0.1') to measure over it
-# instead. Usage: bench/connect.sh SHIM [PROXY]
+# instead: a throwaway account, as each fresh run first removes its shim and
+# nexus state. Usage: bench/connect.sh SHIM [PROXY]
 set -eu
 shim=${1:?usage: bench/connect.sh SHIM [PROXY]}
 proxy=${2:-target/debug/nexus-agent-proxy}
@@ -24,6 +25,8 @@ cleanup() {
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
+fresh() { $cmd 'rm -rf "$HOME/.local/bin/nexus-shim" "${XDG_STATE_HOME:-$HOME/.local/state}/nexus"'; }
+fresh
 t0=$(now)
 "$proxy" connect --command "$cmd" --name bench --no-run --shim-binary "$shim" 2>/dev/null
 t1=$(now)
@@ -32,6 +35,7 @@ t2=$(now)
 echo "fresh connect (upload included): $(echo "$t1 - $t0" | bc) s"
 echo "repeated connect:                $(echo "$t2 - $t1" | bc) s"
 "$proxy" disconnect bench --uninstall 2>/dev/null
+fresh
 # Fresh again, linked this time; the workspace asks for a token at once and
 # waits for the link (`--wait`), so the clock stops at the first answer.
 t3=$(now)
