@@ -21,7 +21,8 @@ $XDG_CONFIG_HOME/nexus, else ~/.config/nexus).
   -h, --help     this text
 
 macOS laptops: the static shim is Linux-only and is not built here; take
-nexus-shim-linux-ARCH.gz from a release (gunzip it into the shims directory).
+nexus-shim-linux-ARCH.gz from a release (put it into the shims directory,
+and a gunzipped copy beside it).
 EOF
 }
 
@@ -69,6 +70,8 @@ if [ "$static" = 1 ]; then
     chmod 0700 "$config"
     mkdir -p "$config/shims"
     put "$shim" "$config/shims/nexus-shim-linux-$(uname -m)"
+    # Its gzip -9 beside it: what `connect` uploads, compressed once here.
+    put "$shim.gz" "$config/shims/nexus-shim-linux-$(uname -m).gz"
   else
     echo "install: no static shim on $(uname -s): take nexus-shim-linux-ARCH.gz from a release" >&2
   fi

@@ -21,6 +21,7 @@ pub mod githttp;
 pub mod hostile;
 mod laptop;
 pub mod link;
+pub mod llm;
 pub mod netns;
 mod process;
 pub mod raw;

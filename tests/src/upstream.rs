@@ -13,6 +13,7 @@
 //! | `/bytes?n=N` | N bytes (`0..=250` repeating) in 64 KiB chunks, generated as they are sent |
 //! | `/status/CODE` | that status, empty body |
 //! | `/redirect` | 302 with `Location: https://evil.test/` (a proxy must not follow it) |
+//! | `.../v1/messages`, `.../v1/responses`, `.../v1/chat/completions` | a scripted LLM ([`crate::llm`]) |
 //! | anything else | 404 |
 //!
 //! The server runs on its own thread and runtime, so synchronous tests and
@@ -415,6 +416,11 @@ fn route(shared: &Arc<Shared>, seen: &Seen) -> Response<AnyBody> {
         )
         .with(CONTENT_TYPE, "application/json");
     }
+    if let Some(llm) = crate::llm::answer(path, &seen.body) {
+        return respond(StatusCode::OK, Full::new(Bytes::from(llm.body)).boxed())
+            .with(CONTENT_TYPE, llm.content_type)
+            .with(CACHE_CONTROL, "no-cache");
+    }
     match path {
         "/sse" => {
             let events = param("events").unwrap_or(1);
@@ -783,7 +789,8 @@ mod tests {
             let status = route(&shared, &seen).status();
             let known = path.starts_with("/echo") || path.starts_with("/sse")
                 || path.starts_with("/bytes") || path.starts_with("/redirect")
-                || path.starts_with("/status/");
+                || path.starts_with("/status/")
+                || crate::llm::answer(path.split('?').next().unwrap_or_default(), b"").is_some();
             proptest::prop_assert!(known || status == StatusCode::NOT_FOUND, "{path}: {status}");
         }
     }

@@ -98,6 +98,11 @@ fn connect_over_ssh_installs_pairs_links_and_is_idempotent() {
     )
     .to_owned();
     assert!(env.contains("NEXUS_STATE_DIR='/"), "{env}");
+    // New login shells get that environment: `setup shell` ran.
+    let profile = host.as_user("cat \"$HOME/.profile\"");
+    profile
+        .ok()
+        .stdout_has("env)\" # added by: nexus-shim setup shell");
 
     // 2. Again: nothing uploaded, nothing changed.
     let installed = sha256_in_workspace(&host);
@@ -178,6 +183,8 @@ fn connect_over_ssh_installs_pairs_links_and_is_idempotent() {
         .args(["disconnect", "dev", "--uninstall"]);
     run_to_end(&mut cmd, None).ok();
     assert!(!host.shim().exists());
+    let profile = host.as_user("cat \"$HOME/.profile\" 2>/dev/null; true");
+    assert!(!profile.stdout.contains("nexus-shim"), "{profile}");
     assert!(!host.state_dir().join("serve.pid").exists());
     other.cli(["workspaces", "list"]).ok();
     assert!(

@@ -5,7 +5,7 @@
 //! Steps, each one run of the channel: a probe (system, architecture,
 //! writable home, the installed shim's SHA-256, daemon, pairing); then,
 //! only if something is missing, one setup run (upload gzip-compressed on
-//! stdin, checked and installed atomically into `~/.local/bin`; restart after
+//! stdin, from the shim's `.gz` when one lies beside it, checked and installed atomically into `~/.local/bin`; restart after
 //! an upgrade; start the daemon; read a fresh single-use pairing URI); then
 //! pairing over `CHANNEL sh -c 'nexus-shim serve --stdio'`, which becomes
 //! the workspace's route. Run again, the probe finds everything in place.
@@ -195,6 +195,49 @@ fn shim_for(config: &ConfigDir, given: Option<&Path>, arch: &str) -> Result<Path
     )
 }
 
+/// What travels for the shim at `path` whose SHA-256 is `digest`: the
+/// `PATH.gz` beside it when that holds exactly this shim (what
+/// `scripts/build-static.sh` and `scripts/install.sh` lay out, `gzip -9`
+/// once), else a `gzip -c` made now. Checking the `.gz` costs a gunzip,
+/// several times cheaper than compressing 11 MiB again on every upload.
+async fn compressed(path: &Path, digest: &str) -> Result<Vec<u8>> {
+    let mut beside = path.as_os_str().to_owned();
+    beside.push(".gz");
+    let beside = PathBuf::from(beside);
+    if let Ok(gz) = std::fs::read(&beside) {
+        if gunzipped_digest(&gz).await.as_deref() == Some(digest) {
+            return Ok(gz);
+        }
+        tracing::warn!(file = %beside.display(), "ignoring a compressed shim that is not this shim");
+    }
+    gzip(path).await
+}
+
+/// The SHA-256 (hex) of `gz` decompressed by the laptop's gzip, or `None`
+/// when it is not gzip.
+async fn gunzipped_digest(gz: &[u8]) -> Option<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    let input = gz.to_vec();
+    let feed = tokio::spawn(async move {
+        // gzip stops reading on bad input; its exit status says so.
+        let _ = stdin.write_all(&input).await;
+    });
+    let out = child.wait_with_output().await.ok()?;
+    feed.abort();
+    out.status
+        .success()
+        .then(|| hex::encode(Sha256::digest(&out.stdout)))
+}
+
 /// `gzip -c` of `bytes` (the laptop's gzip, as the workspace's gunzips it).
 async fn gzip(path: &Path) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
@@ -252,7 +295,7 @@ pub async fn connect(config: &ConfigDir, c: &Connect) -> Result<String> {
     let pair = found.paired != Some(us) || existing.is_none();
     if upload || !running || pair {
         let input = if upload {
-            let gz = gzip(&shim).await?;
+            let gz = compressed(&shim, &digest).await?;
             tracing::info!(shim = %shim.display(), wire_bytes = gz.len(), "uploading the shim");
             Some(gz)
         } else {
@@ -329,4 +372,41 @@ pub async fn disconnect(config: &ConfigDir, name: &str, uninstall: bool) -> Resu
         channel.prefix()
     ))
     .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `gzip -9 -n -c path` into `path.gz`, as build-static.sh does.
+    fn gzip_beside(path: &Path) -> Vec<u8> {
+        let out = std::process::Command::new("gzip")
+            .args(["-9", "-n", "-c"])
+            .arg(path)
+            .output()
+            .unwrap_or_else(|e| panic!("gzip: {e}"));
+        let mut beside = path.as_os_str().to_owned();
+        beside.push(".gz");
+        std::fs::write(PathBuf::from(beside), &out.stdout).unwrap_or_else(|e| panic!("{e}"));
+        out.stdout
+    }
+
+    #[tokio::test]
+    async fn the_gz_beside_the_shim_travels_only_when_it_is_that_shim() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let shim = dir.path().join("nexus-shim");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 7) as u8).collect();
+        std::fs::write(&shim, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let made = gzip_beside(&shim);
+        assert_eq!(compressed(&shim, &digest).await.ok(), Some(made));
+
+        // A newer shim beside an old .gz: compressed afresh, and it is the new one.
+        let newer = [bytes.as_slice(), b"v2"].concat();
+        std::fs::write(&shim, &newer).unwrap_or_else(|e| panic!("{e}"));
+        let digest = hex::encode(Sha256::digest(&newer));
+        let gz = compressed(&shim, &digest).await.unwrap_or_default();
+        assert_eq!(gunzipped_digest(&gz).await, Some(digest));
+        assert_eq!(gunzipped_digest(b"not gzip").await, None);
+    }
 }

@@ -70,7 +70,8 @@ if [ -f "$st/paired.json" ]; then printf 'paired='; tr -d '\n' < "$st/paired.jso
 /// Installs the upload on stdin (when `$want` is set: gunzip, check the
 /// digest, atomic rename), restarts a daemon running the old one
 /// (`$restart`), starts the daemon unless one runs (readiness: `status`
-/// answers, bounded), and prints a fresh pairing URI (`$pair`).
+/// answers, bounded), runs `setup shell` (idempotent), and prints a fresh
+/// pairing URI (`$pair`).
 const SETUP: &str = r#"umask 077
 if [ -n "$want" ]; then
   t=$(mktemp "$HOME/.local/bin/.nexus-shim.XXXXXX") || fail "cannot write in $HOME/.local/bin"
@@ -84,6 +85,9 @@ if [ -n "$want" ]; then
 fi
 [ "$restart" = 1 ] && stop_daemon
 start_daemon
+# New shells (and the agents started from them) get SSH_AUTH_SOCK, git's
+# helper and NEXUS_HTTP_URL: one marked line in ~/.profile and ~/.bashrc.
+"$b" setup shell >/dev/null 2>&1 || echo "nexus-connect: warning: \`nexus-shim setup shell\` failed; run it in the workspace" >&2
 if [ "$pair" = 1 ]; then
   printf 'uri='
   "$b" pairing-uri --rotate 2>/dev/null || fail "the daemon gave no pairing token (log: $st/serve.log)"
@@ -91,9 +95,13 @@ fi
 echo nexus-ready
 "#;
 
-/// Stops the daemon; with `$uninstall`, removes the shim and its pairing.
+/// Stops the daemon; with `$uninstall`, removes the shim, its pairing and
+/// the line `setup shell` added.
 const TEARDOWN: &str = r#"stop_daemon
-if [ "$uninstall" = 1 ]; then rm -f "$b" "$st/paired.json" || fail "cannot remove $b"; fi
+if [ "$uninstall" = 1 ]; then
+  "$b" setup shell --remove >/dev/null 2>&1
+  rm -f "$b" "$st/paired.json" || fail "cannot remove $b"
+fi
 echo nexus-stopped
 "#;
 
