@@ -11,7 +11,9 @@ use nexus_protocol::{
 };
 use nexus_transport::tls::{PinnedServer, client_config, server_name};
 use nexus_transport::tokio_rustls::{TlsConnector, client::TlsStream};
-use nexus_transport::{Fingerprint, Identity, MuxConfig, MuxStream, TransportError, mux};
+use nexus_transport::{
+    Fingerprint, Identity, MuxConfig, MuxHandle, MuxStream, TransportError, mux,
+};
 use rand::Rng;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
@@ -372,20 +374,48 @@ struct InFlight {
 
 impl InFlight {
     /// Waits for a place for `tool` (FIFO), not counted in flight meanwhile.
+    /// A call still waiting when its link ends leaves the queue: its answer
+    /// could only go into a dead stream, so it must not run later.
     async fn queue_for(
         &mut self,
         tools: &ToolGates,
         tool: &'static str,
         wait: Duration,
-    ) -> Option<OwnedSemaphorePermit> {
+        link: &MuxHandle,
+    ) -> Queued {
         if let Some(place) = tools.gate(tool).and_then(|g| g.try_acquire_owned().ok()) {
-            return Some(place);
+            return Queued::Place(place);
         }
         self.permit = None;
-        let place = tools.enter(tool, wait).await?;
-        self.permit = self.gate.clone().acquire_owned().await.ok();
-        Some(place)
+        info!(tool, "no place free for this tool; the call waits its turn");
+        let waiting = async {
+            let place = tools.enter(tool, wait).await?;
+            self.permit = self.gate.clone().acquire_owned().await.ok();
+            Some(place)
+        };
+        // The link's end is looked at first, and again once a place came:
+        // a place often comes free because the link's end just failed the
+        // call holding it.
+        tokio::select! {
+            biased;
+            () = link.closed() => Queued::LinkGone,
+            place = waiting => match place {
+                Some(_) if link.is_closed() => Queued::LinkGone,
+                Some(place) => Queued::Place(place),
+                None => Queued::TimedOut,
+            },
+        }
     }
+}
+
+/// How a call's wait for its tool ended.
+enum Queued {
+    /// Its turn came.
+    Place(OwnedSemaphorePermit),
+    /// No place came free within the wait.
+    TimedOut,
+    /// Its link ended first.
+    LinkGone,
 }
 
 /// What serving one live link needs.
@@ -456,6 +486,7 @@ impl Link<'_> {
             let (ctx, limits, tools) = (self.ctx.clone(), self.limits.clone(), self.tools.clone());
             let gate_for_call = gate.clone();
             let workspace = self.workspace.to_owned();
+            let link_mux = mux.clone();
             self.calls.spawn(
                 on_link
                     .track_future(async move {
@@ -463,7 +494,12 @@ impl Link<'_> {
                             gate: gate_for_call,
                             permit: Some(permit),
                         };
-                        answer(stream, &workspace, &ctx, &limits, &tools, &mut in_flight).await;
+                        let link = OnLink {
+                            tools: &tools,
+                            in_flight: &mut in_flight,
+                            mux: &link_mux,
+                        };
+                        answer(stream, &workspace, &ctx, &limits, link).await;
                         drop(in_flight);
                     })
                     .instrument(span),
@@ -491,14 +527,26 @@ impl Link<'_> {
     }
 }
 
+/// A call's share of its link: the tool gates, its place in flight, and
+/// the link itself (to know when it ended).
+struct OnLink<'a> {
+    tools: &'a ToolGates,
+    in_flight: &'a mut InFlight,
+    mux: &'a MuxHandle,
+}
+
 async fn answer(
     mut stream: MuxStream,
     workspace: &str,
     ctx: &ToolContext,
     limits: &Limits,
-    tools: &ToolGates,
-    in_flight: &mut InFlight,
+    link: OnLink<'_>,
 ) {
+    let OnLink {
+        tools,
+        in_flight,
+        mux,
+    } = link;
     let call: Call = match tokio::time::timeout(
         CALL_READ_TIMEOUT,
         nexus_transport::recv(&mut stream, limits.max_call_frame),
@@ -523,8 +571,17 @@ async fn answer(
     // Beyond the tool's places, calls wait their turn (as long as a call
     // may take), rather than fail: a `make -j64` whose jobs each ask for a
     // credential gets 64 answers.
-    let reply: Option<Reply> = match in_flight.queue_for(tools, tool, limits.call_timeout).await {
-        None => {
+    let reply: Option<Reply> = match in_flight
+        .queue_for(tools, tool, limits.call_timeout, mux)
+        .await
+    {
+        Queued::LinkGone => {
+            return warn!(
+                tool,
+                "the link ended while this call waited its turn; dropped unanswered"
+            );
+        }
+        Queued::TimedOut => {
             let waited = nexus_protocol::units::format_duration(limits.call_timeout);
             warn!(tool, limit = tools.max, %waited, "no place for a call of this tool in time; refused");
             Some(Reply::error(
@@ -540,7 +597,7 @@ async fn answer(
         // at its policy timeout, a file at its end or when the workspace
         // stops reading (yamux flow control holds the laptop side). Others
         // get --call-timeout, inside the pipeline, which audits the cut.
-        Some(_place) => {
+        Queued::Place(_place) => {
             let timeout = (!call.request.is_streaming()).then_some(limits.call_timeout);
             tools::dispatch(
                 &call,
