@@ -8,6 +8,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -14,7 +14,6 @@ use nexus_transport::tokio_rustls::{TlsConnector, client::TlsStream};
 use nexus_transport::{
     Fingerprint, Identity, MuxConfig, MuxHandle, MuxStream, TransportError, mux,
 };
-use rand::Rng;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::backoff::{self, Backoff};
 use crate::keepalive::{self, Hints};
 use crate::limits::Limits;
 use crate::route::{Conduit, Route};
@@ -31,14 +31,6 @@ use crate::tools::{self, ToolContext};
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shim may take to send a call's first frame.
 pub const CALL_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Backoff cap during the first [`FAST_RETRY_WINDOW`] of an outage: under
-/// 1 s with room for the handshake, so that a call held through an outage
-/// completes within 1 s of the link coming back.
-pub const FAST_BACKOFF_CAP: Duration = Duration::from_millis(800);
-/// How long an outage is retried at the fast cap.
-pub const FAST_RETRY_WINDOW: Duration = Duration::from_secs(30);
-/// Backoff cap after that.
-pub const SLOW_BACKOFF_CAP: Duration = Duration::from_secs(15);
 
 /// Why a dial failed, phrased for the user.
 #[derive(Debug, Error)]
@@ -208,7 +200,7 @@ fn classify(
 }
 
 /// Keeps one workspace linked until `shutdown`: dial, serve, and on loss
-/// dial again with jittered backoff (at once after a wake or a network
+/// dial again with jittered [`Backoff`] (at once after a wake or a network
 /// change).
 pub async fn serve_workspace(
     ws: crate::config::Workspace,
@@ -240,7 +232,7 @@ pub async fn serve_workspace(
     let tools = Arc::new(ToolGates::new(limits.max_calls_per_tool));
     let mut hints = Hints::new(route.socket_addr().map(|a| a.ip()));
     let mut outage_start: Option<Instant> = None;
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         ctx.links.down(&ws.name);
         let dial_start = Instant::now();
@@ -262,14 +254,15 @@ pub async fn serve_workspace(
                     calls: &calls,
                 };
                 ctx.links.up(&ws.name, up - dial_start);
-                let dead = link.serve(tls, peer, &shutdown).await;
+                let (dead, served) = link.serve(tls, peer, &shutdown).await;
                 ctx.links.down(&ws.name);
                 // Any link ends the outage (the next one gets the fast cap
-                // again); only a link that lasted resets the backoff, so a
-                // link that keeps dropping at once is not redialed in a loop.
+                // again); only a link that answered calls or lasted starts
+                // the next with quick retries, so a link that keeps dropping
+                // at once is not redialed in a loop.
                 outage_start = None;
-                if up.elapsed() > Duration::from_secs(3) {
-                    backoff = MIN_BACKOFF;
+                if served > 0 || up.elapsed() > Duration::from_secs(3) {
+                    backoff.reset();
                 }
                 if shutdown.is_cancelled() {
                     break;
@@ -290,24 +283,18 @@ pub async fn serve_workspace(
             }
         };
         if at_once {
-            backoff = MIN_BACKOFF;
+            backoff.reset();
             continue;
         }
         let since = *outage_start.get_or_insert_with(Instant::now);
-        let cap = if !needs_user && since.elapsed() < FAST_RETRY_WINDOW {
-            FAST_BACKOFF_CAP
-        } else {
-            SLOW_BACKOFF_CAP
-        };
-        backoff = (backoff * 2).min(cap);
-        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        let wait = backoff::jittered(backoff.next(since.elapsed(), needs_user));
         let hint = tokio::select! {
             () = shutdown.cancelled() => break,
-            h = keepalive::sleep_unless_hinted(jittered, &mut hints) => h,
+            h = keepalive::sleep_unless_hinted(wait, &mut hints) => h,
         };
         if let Some(hint) = hint {
             info!(?hint, "woke up or changed networks; redialing now");
-            backoff = MIN_BACKOFF;
+            backoff.reset();
         }
     }
     calls.close();
@@ -319,8 +306,6 @@ pub async fn serve_workspace(
     }
 }
 
-/// First backoff step after a link is lost.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// How long in-flight calls may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -428,8 +413,9 @@ struct Link<'a> {
 }
 
 impl Link<'_> {
-    /// Answers the streams of one live link until it ends, is found dead
-    /// (returned), or `shutdown`. On shutdown, calls in flight on this link
+    /// Answers the streams of one live link until it ends, is found dead,
+    /// or `shutdown`; returns why it was found dead, if it was, and how many
+    /// calls it carried. On shutdown, calls in flight on this link
     /// finish (for at most [`DRAIN_TIMEOUT`]) before the link is closed;
     /// calls arriving meanwhile are reset, and the shim fails them cleanly.
     async fn serve(
@@ -437,7 +423,7 @@ impl Link<'_> {
         tls: TlsStream<Conduit>,
         peer: Option<SocketAddr>,
         shutdown: &CancellationToken,
-    ) -> Option<keepalive::Dead> {
+    ) -> (Option<keepalive::Dead>, u64) {
         let close = CancellationToken::new();
         let (mux, mut inbound, driver) =
             mux::start(tls, mux::Mode::Client, MuxConfig::PROXY, close.clone());
@@ -523,7 +509,7 @@ impl Link<'_> {
         let exit = driver.await;
         let _ = pusher.await;
         debug!(?exit, "link driver ended");
-        dead
+        (dead, next)
     }
 }
 
