@@ -32,12 +32,13 @@ pub use frame::{
     encode_frame,
 };
 pub use message::{
-    Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, HttpApi,
-    HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK, PairingInfo,
-    Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
+    Call, CallKey, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation,
+    HttpApi, HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK,
+    PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
 };
 pub use message::{
-    Control, ControlReply, HOP_BY_HOP, IdentityPush, chunk_as_local_frame, connection_listed,
+    Control, ControlReply, HOP_BY_HOP, IdentityPush, RETRY_WINDOW, chunk_as_local_frame,
+    connection_listed,
 };
 pub use secret::Secret;
 pub use section::{Section, UnknownSection};

@@ -22,6 +22,7 @@ pub mod pair;
 mod prompt;
 mod rate;
 pub mod reload;
+pub mod retries;
 pub mod route;
 mod secret;
 pub mod ssh_wire;

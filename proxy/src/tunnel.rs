@@ -15,7 +15,7 @@ use nexus_transport::{
     Fingerprint, Identity, MuxConfig, MuxHandle, MuxStream, TransportError, mux,
 };
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::backoff::{self, Backoff};
 use crate::keepalive::{self, Hints};
 use crate::limits::Limits;
+use crate::retries::{Claim, Retries};
 use crate::route::{Conduit, Route};
 use crate::tools::{self, ToolContext};
 
@@ -230,6 +231,8 @@ pub async fn serve_workspace(
     // them before redialing); they are drained here at shutdown.
     let calls = TaskTracker::new();
     let tools = Arc::new(ToolGates::new(limits.max_calls_per_tool));
+    // Keys outlive links: a read's second attempt comes on the next one.
+    let retries = Arc::new(Retries::default());
     let mut hints = Hints::new(route.socket_addr().map(|a| a.ip()));
     let mut outage_start: Option<Instant> = None;
     let mut backoff = Backoff::default();
@@ -251,6 +254,7 @@ pub async fn serve_workspace(
                     ctx: &ctx,
                     limits: &limits,
                     tools: &tools,
+                    retries: &retries,
                     calls: &calls,
                 };
                 ctx.links.up(&ws.name, up - dial_start);
@@ -409,6 +413,7 @@ struct Link<'a> {
     ctx: &'a Arc<ToolContext>,
     limits: &'a Arc<Limits>,
     tools: &'a Arc<ToolGates>,
+    retries: &'a Arc<Retries>,
     calls: &'a TaskTracker,
 }
 
@@ -470,6 +475,7 @@ impl Link<'_> {
             next += 1;
             let span = info_span!("call", id = next);
             let (ctx, limits, tools) = (self.ctx.clone(), self.limits.clone(), self.tools.clone());
+            let retries = self.retries.clone();
             let gate_for_call = gate.clone();
             let workspace = self.workspace.to_owned();
             let link_mux = mux.clone();
@@ -482,6 +488,7 @@ impl Link<'_> {
                         };
                         let link = OnLink {
                             tools: &tools,
+                            retries: &retries,
                             in_flight: &mut in_flight,
                             mux: &link_mux,
                         };
@@ -517,6 +524,7 @@ impl Link<'_> {
 /// the link itself (to know when it ended).
 struct OnLink<'a> {
     tools: &'a ToolGates,
+    retries: &'a Retries,
     in_flight: &'a mut InFlight,
     mux: &'a MuxHandle,
 }
@@ -526,58 +534,96 @@ async fn answer(
     workspace: &str,
     ctx: &ToolContext,
     limits: &Limits,
-    link: OnLink<'_>,
+    mut link: OnLink<'_>,
 ) {
-    let OnLink {
-        tools,
-        in_flight,
-        mux,
-    } = link;
-    let call: Call = match tokio::time::timeout(
+    let Some(call) = read_call(&mut stream, limits).await else {
+        return;
+    };
+    let tool = call.request.tool();
+    match call.key.filter(|_| call.request.is_retryable()) {
+        None => {
+            if let Ran::Answer(reply) =
+                run(&call, &mut stream, workspace, ctx, limits, &mut link).await
+            {
+                finish(&mut stream, reply, tool).await;
+            }
+        }
+        Some(key) => answer_keyed(&call, key.id, &mut stream, workspace, ctx, limits, link).await,
+    }
+}
+
+/// The call a stream starts with; a malformed one is answered here.
+async fn read_call(stream: &mut MuxStream, limits: &Limits) -> Option<Call> {
+    match tokio::time::timeout(
         CALL_READ_TIMEOUT,
-        nexus_transport::recv(&mut stream, limits.max_call_frame),
+        nexus_transport::recv(stream, limits.max_call_frame),
     )
     .await
     {
-        Ok(Ok(call)) => call,
-        Ok(Err(TransportError::Closed)) => return,
+        Ok(Ok(call)) => Some(call),
+        Ok(Err(TransportError::Closed)) => None,
         Ok(Err(e)) => {
             warn!(error = %crate::tools::clip(&e.to_string()), "malformed call refused");
             let reply = Reply::error(
                 ErrorCode::BadRequest,
                 format!("malformed call refused by the laptop: {e}"),
             );
-            let _ = nexus_transport::send(&mut stream, &reply).await;
+            let _ = nexus_transport::send(stream, &reply).await;
             let _ = stream.shutdown().await;
-            return;
+            None
         }
-        Err(_) => return warn!("the workspace opened a call and sent nothing; dropped"),
-    };
+        Err(_) => {
+            warn!("the workspace opened a call and sent nothing; dropped");
+            None
+        }
+    }
+}
+
+/// What running a call came to.
+enum Ran {
+    /// Its final reply (`None`: the tool wrote it).
+    Answer(Option<Reply>),
+    /// Its link ended before its turn: never decided, not answered.
+    Dropped,
+}
+
+/// Runs a call once its tool has a place for it.
+async fn run(
+    call: &Call,
+    stream: &mut MuxStream,
+    workspace: &str,
+    ctx: &ToolContext,
+    limits: &Limits,
+    link: &mut OnLink<'_>,
+) -> Ran {
     let tool = call.request.tool();
+    let tools = link.tools;
     // Beyond the tool's places, calls wait their turn (as long as a call
     // may take), rather than fail: a `make -j64` whose jobs each ask for a
     // credential gets 64 answers.
-    let reply: Option<Reply> = match in_flight
-        .queue_for(tools, tool, limits.call_timeout, mux)
+    let ran = match link
+        .in_flight
+        .queue_for(tools, tool, limits.call_timeout, link.mux)
         .await
     {
         Queued::LinkGone => {
-            return warn!(
+            warn!(
                 tool,
                 "the link ended while this call waited its turn; dropped unanswered"
             );
+            Ran::Dropped
         }
         Queued::TimedOut => {
             let waited = nexus_protocol::units::format_duration(limits.call_timeout);
             warn!(tool, limit = tools.max, %waited, "no place for a call of this tool in time; refused");
-            Some(Reply::error(
+            Ran::Answer(Some(Reply::error(
                 ErrorCode::Denied,
                 format!(
                     "{} {tool} calls from this workspace were running for all of {waited} \
                      (`nexus-agent-proxy run --max-calls-per-tool`, `--call-timeout`); retry later",
                     tools.max
                 ),
-            ))
+            )))
         }
         // Streamed answers (tool output, file data) end on their own: a tool
         // at its policy timeout, a file at its end or when the workspace
@@ -585,38 +631,131 @@ async fn answer(
         // get --call-timeout, inside the pipeline, which audits the cut.
         Queued::Place(_place) => {
             let timeout = (!call.request.is_streaming()).then_some(limits.call_timeout);
-            tools::dispatch(
-                &call,
-                workspace,
-                ctx,
-                &mut stream,
-                limits.max_call_frame,
-                timeout,
+            Ran::Answer(
+                tools::dispatch(call, workspace, ctx, stream, limits.max_call_frame, timeout).await,
             )
-            .await
         }
     };
+    // The answer is made: sending it takes no place.
+    link.in_flight.permit = None;
+    ran
+}
+
+/// A retryable read under its key: the first attempt the laptop sees runs,
+/// a second one gets the first one's answer, so that the read is decided,
+/// audited, counted and run once (see [`crate::retries`]).
+async fn answer_keyed(
+    call: &Call,
+    id: u64,
+    stream: &mut MuxStream,
+    workspace: &str,
+    ctx: &ToolContext,
+    limits: &Limits,
+    mut link: OnLink<'_>,
+) {
+    let tool = call.request.tool();
+    // Twice at most: a joined first attempt that ended unanswered (its
+    // link gone before its turn) was never decided, so this one runs.
+    for _ in 0..2 {
+        match link.retries.claim(id, call) {
+            Claim::Mismatch => {
+                warn!(tool, "a retried call named another call's key; refused");
+                let refusal = Reply::error(
+                    ErrorCode::BadRequest,
+                    "refused by the laptop: a retried call must repeat its first attempt",
+                );
+                finish(stream, Some(refusal), tool).await;
+                return;
+            }
+            Claim::Full => {
+                if let Ran::Answer(reply) =
+                    run(call, stream, workspace, ctx, limits, &mut link).await
+                {
+                    finish(stream, reply, tool).await;
+                }
+                return;
+            }
+            Claim::First(mut answering) => {
+                let Ran::Answer(reply) = run(call, stream, workspace, ctx, limits, &mut link).await
+                else {
+                    return;
+                };
+                if let Some(reply) = &reply {
+                    answering.answered(reply);
+                }
+                let sent = finish(stream, reply, tool).await;
+                answering.finish(sent && delivered(stream).await);
+                return;
+            }
+            Claim::Join(mut first) => {
+                let joined =
+                    tokio::time::timeout(limits.call_timeout, first.wait_for(Option::is_some))
+                        .await
+                        .map(|answer| answer.map(|a| a.clone()));
+                let reply = match joined {
+                    Ok(Ok(_)) if ctx.locked() => {
+                        Some(Reply::error(ErrorCode::Denied, tools::gate::LOCKED))
+                    }
+                    Ok(Ok(reply)) => {
+                        info!(
+                            tool,
+                            "a read sent again after its link died got its first attempt's answer"
+                        );
+                        reply
+                    }
+                    Ok(Err(_)) => continue,
+                    Err(_) => Some(Reply::error(
+                        ErrorCode::Internal,
+                        "the first attempt of this call is still running on the laptop; retry later",
+                    )),
+                };
+                link.in_flight.permit = None;
+                if finish(stream, reply, tool).await && delivered(stream).await {
+                    link.retries.delivered(id);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Sends a call's final reply, if the tool did not, and closes our side.
+/// Whether the reply went out.
+async fn finish(stream: &mut MuxStream, reply: Option<Reply>, tool: &'static str) -> bool {
+    let mut sent = true;
     if let Some(reply) = reply {
         // An error ending a stream (a timeout, a lock) must not wait for ever
         // on a workspace that stopped reading (the stream's window full):
         // past the wait, the stream is dropped (reset). A `Done` after a
         // slow reader's last chunk still waits for it.
-        let send = nexus_transport::send(&mut stream, &reply);
+        let send = nexus_transport::send(stream, &reply);
         if matches!(reply, Reply::Error(_)) {
-            if tokio::time::timeout(FINAL_SEND_TIMEOUT, send)
-                .await
-                .is_err()
-            {
-                return warn!(
-                    tool,
-                    "the workspace did not take the final reply; stream reset"
-                );
+            match tokio::time::timeout(FINAL_SEND_TIMEOUT, send).await {
+                Ok(r) => sent = r.is_ok(),
+                Err(_) => {
+                    warn!(
+                        tool,
+                        "the workspace did not take the final reply; stream reset"
+                    );
+                    return false;
+                }
             }
         } else {
-            let _ = send.await;
+            sent = send.await.is_ok();
         }
     }
-    let _ = stream.shutdown().await;
+    sent && stream.shutdown().await.is_ok()
+}
+
+/// Whether the shim closed its side after our last reply: it does once it
+/// has read the reply, so this confirms the answer arrived. A link that
+/// died first (or a shim that says nothing in time) leaves it in doubt.
+async fn delivered(stream: &mut MuxStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(FINAL_SEND_TIMEOUT, stream.read(&mut byte)).await,
+        Ok(Ok(0))
+    )
 }
 
 /// How long a final error may wait for the workspace to read.

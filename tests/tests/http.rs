@@ -860,6 +860,7 @@ async fn unread_call(
             headers: Vec::new(),
             body_len: Some(0),
         }),
+        key: None,
     };
     let mut stream = link.mux.open().await.must("opening a stream");
     let mut frames = encode_frame(&call);
@@ -957,6 +958,7 @@ async fn a_caller_that_never_reads_is_dropped_at_the_timeout() {
                 headers: Vec::new(),
                 body_len: Some(0),
             }),
+            key: None,
         };
         let handle = tokio::runtime::Handle::current();
         let reply =

@@ -369,6 +369,41 @@ fn queued_calls_die_with_their_link_and_runs_are_not_repeated() {
     assert_eq!(lines_of(&tool_runs), 2, "{}", rig.proxy.log());
 }
 
+/// Issue 17: reads in flight when their link dies are sent again on the
+/// next link and answered, while the laptop decides, audits and runs each
+/// once (the second attempt gets the first one's answer).
+#[test]
+fn reads_in_flight_when_the_link_dies_are_answered_on_the_next_and_counted_once() {
+    let mut rig = Rig::start("1");
+    let calls = rig.calls_being_answered(6);
+    rig.link.cut();
+    rig.wait_unlinked();
+    rig.link.restore();
+    let outcomes: Vec<Outcome> = calls.into_iter().map(Call::finish).collect();
+    for o in &outcomes {
+        assert!(
+            o.ok(),
+            "a read in flight at the cut was not answered: {o:?}\n--- shim ---\n{}",
+            rig.ws.log()
+        );
+    }
+    let decided = decided_pids(&rig.proxy.log());
+    for o in &outcomes {
+        assert_eq!(decided.get(&o.pid), Some(&1), "{}", rig.proxy.log());
+    }
+    assert_eq!(rig.runs(), 6, "the token command ran once per read");
+    let audit = std::fs::read_to_string(rig.laptop.config_dir().join("audit.jsonl"))
+        .must("reading the audit log");
+    let allowed = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["tool"] == "token" && v["decision"] == "allow")
+        .count();
+    assert_eq!(allowed, 6, "{audit}");
+    rig.proxy
+        .wait_for_log("a read sent again after its link died got its first attempt's answer");
+}
+
 /// A stalled link (bytes stop, sockets stay) is noticed by the keepalive on
 /// both sides; a call made during the outage waits and completes after the
 /// link is back.

@@ -480,6 +480,7 @@ async fn forward(
     let call = Call {
         caller,
         request: Request::Http(request),
+        key: None,
     };
     let mut frames = zeroize::Zeroizing::new(nexus_protocol::encode_frame(&call));
     if bodyless {
