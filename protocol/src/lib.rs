@@ -32,9 +32,10 @@ pub use frame::{
     encode_frame,
 };
 pub use message::{
-    Call, CallKey, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation,
-    HttpApi, HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK,
-    PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
+    ANSWER_RECEIVED, Call, CallKey, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply,
+    GitOperation, HttpApi, HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest,
+    MAX_CHUNK, PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo,
+    ToolInfo, Upload,
 };
 pub use message::{
     Control, ControlReply, HOP_BY_HOP, IdentityPush, RETRY_WINDOW, chunk_as_local_frame,

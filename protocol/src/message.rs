@@ -85,6 +85,12 @@ pub struct Call {
 /// the laptop keeps an answer it could not deliver at least this long.
 pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// The byte a shim writes on a keyed call's stream once it has read the
+/// final reply (then it closes its side): the laptop's proof that the
+/// answer arrived, so it need not keep it for a second attempt. A bare
+/// end of stream proves nothing: a dying link ends every stream too.
+pub const ANSWER_RECEIVED: u8 = 0x06;
+
 /// The shim's name for one retryable call, the same on both attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CallKey {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_protocol::{
-    Call, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, Refusal, Reply, SUPPORTED, Secret,
-    ServerHello,
+    ANSWER_RECEIVED, Call, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, Refusal, Reply, SUPPORTED,
+    Secret, ServerHello,
 };
 use nexus_transport::tls::{PinnedServer, client_config, server_name};
 use nexus_transport::tokio_rustls::{TlsConnector, client::TlsStream};
@@ -747,15 +747,16 @@ async fn finish(stream: &mut MuxStream, reply: Option<Reply>, tool: &'static str
     sent && stream.shutdown().await.is_ok()
 }
 
-/// Whether the shim closed its side after our last reply: it does once it
-/// has read the reply, so this confirms the answer arrived. A link that
-/// died first (or a shim that says nothing in time) leaves it in doubt.
+/// Whether the shim confirmed our last reply of a keyed call (it sends
+/// [`ANSWER_RECEIVED`] once it has read it). A link that died first, or a
+/// shim that says nothing in time, leaves it in doubt: a dying link ends
+/// every stream as if closed, so an end of stream proves nothing.
 async fn delivered(stream: &mut MuxStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(
         tokio::time::timeout(FINAL_SEND_TIMEOUT, stream.read(&mut byte)).await,
-        Ok(Ok(0))
-    )
+        Ok(Ok(1))
+    ) && byte[0] == ANSWER_RECEIVED
 }
 
 /// How long a final error may wait for the workspace to read.

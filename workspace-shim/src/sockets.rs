@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_protocol::{
-    Call, CallKey, CallerContext, ErrorCode, LinkStatus, LocalOp, LocalReply, LocalRequest,
-    MAX_FRAME, PairingInfo, RETRY_WINDOW, Reply, Request, StatusInfo,
+    ANSWER_RECEIVED, Call, CallKey, CallerContext, ErrorCode, LinkStatus, LocalOp, LocalReply,
+    LocalRequest, MAX_FRAME, PairingInfo, RETRY_WINDOW, Reply, Request, StatusInfo,
 };
 use nexus_transport::{MuxStream, TransportError};
 use tokio::io::AsyncWriteExt;
@@ -332,13 +332,21 @@ async fn open_call(link: &Link, call: &Call) -> Result<MuxStream, TransportError
     Ok(stream)
 }
 
-/// One call on a live link, answered by one final reply. Our side closes
-/// once it is read, which tells the laptop the answer arrived.
+/// One call on a live link, answered by one final reply.
 async fn call_once(link: &Link, call: &Call) -> Result<Reply, TransportError> {
     let mut stream = open_call(link, call).await?;
     let reply = nexus_transport::recv(&mut stream, MAX_FRAME).await?;
-    let _ = stream.shutdown().await;
+    received(&mut stream, call).await;
     Ok(reply)
+}
+
+/// Closes our side of a call's stream once its final reply is read,
+/// telling the laptop first, for a keyed call, that the answer arrived.
+async fn received(stream: &mut MuxStream, call: &Call) {
+    if call.key.is_some() {
+        let _ = stream.write_all(&[ANSWER_RECEIVED]).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 fn no_answer(limit: Duration) -> Reply {
@@ -460,8 +468,7 @@ async fn relay(
             return Ok(());
         }
         if last {
-            // Closing our side tells the laptop the answer arrived.
-            let _ = stream.shutdown().await;
+            received(&mut stream, call).await;
             return Ok(());
         }
     }
