@@ -232,6 +232,7 @@ async fn floor(calls: usize) -> Result<Vec<f64>> {
             request: Request::Token {
                 name: "demo".into(),
             },
+            key: None,
         };
         send(&mut s, &call).await?;
         let _: Reply = recv(&mut s, MAX_FRAME).await?;

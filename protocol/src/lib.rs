@@ -33,12 +33,14 @@ pub use frame::{
     encode_frame,
 };
 pub use message::{
-    Call, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply, GitOperation, GitService,
-    HttpApi, HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_CHUNK,
-    PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity, StatusInfo, ToolInfo, Upload,
+    ANSWER_RECEIVED, Call, CallKey, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply,
+    GitOperation, GitService, HttpApi, HttpHeader, HttpRequest, LinkStatus, LocalOp, LocalReply,
+    LocalRequest, MAX_CHUNK, PairingInfo, Refusal, Reply, Request, ServerHello, SshIdentity,
+    StatusInfo, ToolInfo, Upload,
 };
 pub use message::{
-    Control, ControlReply, GIT_HTTP_PREFIX, HOP_BY_HOP, IdentityPush, chunk_as_local_frame,
+    Control, ControlReply, GIT_HTTP_PREFIX, HOP_BY_HOP, IdentityPush, RETRY_WINDOW,
+    chunk_as_local_frame,
     connection_listed,
 };
 pub use secret::Secret;

@@ -73,6 +73,31 @@ pub struct Call {
     pub caller: CallerContext,
     /// What was asked.
     pub request: Request,
+    /// Set by the shim on a read it may send again on its next link if
+    /// this one dies before the answer ([`Request::is_retryable`]): the
+    /// laptop decides and runs both attempts once. Absent on other calls
+    /// (and from older shims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<CallKey>,
+}
+
+/// How long after its first attempt a retryable call may be sent again;
+/// the laptop keeps an answer it could not deliver at least this long.
+pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The byte a shim writes on a keyed call's stream once it has read the
+/// final reply (then it closes its side): the laptop's proof that the
+/// answer arrived, so it need not keep it for a second attempt. A bare
+/// end of stream proves nothing: a dying link ends every stream too.
+pub const ANSWER_RECEIVED: u8 = 0x06;
+
+/// The shim's name for one retryable call, the same on both attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallKey {
+    /// Random, chosen by the shim (the laptop keeps keys per workspace).
+    pub id: u64,
+    /// Whether this is the second attempt.
+    pub retry: bool,
 }
 
 /// A request a local caller makes of the laptop.
@@ -370,6 +395,28 @@ impl Request {
     #[must_use]
     pub fn tool(&self) -> &'static str {
         self.section().tool_name()
+    }
+
+    /// Whether the call only reads and is answered by one reply, so that a
+    /// shim whose link died before the answer may send it again (with the
+    /// same [`CallKey`]): token values and names, the identity list, pinned
+    /// host keys, `git credential get`, the tool and API lists.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Token { .. }
+                | Self::McpTokens
+                | Self::SshIdentities
+                | Self::SshIdentitiesBound { .. }
+                | Self::SshKnownHosts
+                | Self::GitCredential {
+                    operation: GitOperation::Get,
+                    ..
+                }
+                | Self::ToolList
+                | Self::HttpList
+        )
     }
 
     /// Whether the answer is a stream of frames (tool output, file data)

@@ -96,7 +96,7 @@ proptest! {
 
     #[test]
     fn messages_round_trip(caller in caller(), request in request(), reply in reply(), wait_ms in any::<u64>()) {
-        let call = Call { caller: caller.clone(), request: request.clone() };
+        let call = Call { caller: caller.clone(), request: request.clone(), key: None };
         let back: Call = decode(&encode(&call)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(back.caller, caller);
         prop_assert_eq!(back.request, request.clone());
@@ -110,7 +110,7 @@ proptest! {
 
     #[test]
     fn truncated_messages_are_errors(request in request(), cut in 0usize..40) {
-        let body = encode(&Call { caller: CallerContext::default(), request });
+        let body = encode(&Call { caller: CallerContext::default(), request, key: None });
         let cut = cut.min(body.len().saturating_sub(1));
         prop_assert!(decode::<Call>(&body[..cut]).is_err());
     }

@@ -8,6 +8,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod pair;
 mod prompt;
 mod rate;
 pub mod reload;
+pub mod retries;
 pub mod route;
 mod secret;
 pub mod ssh_cert;

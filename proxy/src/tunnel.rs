@@ -6,22 +6,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_protocol::{
-    Call, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, Refusal, Reply, SUPPORTED, Secret,
-    ServerHello,
+    ANSWER_RECEIVED, Call, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, Refusal, Reply, SUPPORTED,
+    Secret, ServerHello,
 };
 use nexus_transport::tls::{PinnedServer, client_config, server_name};
 use nexus_transport::tokio_rustls::{TlsConnector, client::TlsStream};
-use nexus_transport::{Fingerprint, Identity, MuxConfig, MuxStream, TransportError, mux};
-use rand::Rng;
+use nexus_transport::{
+    Fingerprint, Identity, MuxConfig, MuxHandle, MuxStream, TransportError, mux,
+};
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::backoff::{self, Backoff};
 use crate::keepalive::{self, Hints};
 use crate::limits::Limits;
+use crate::retries::{Claim, Retries};
 use crate::route::{Conduit, Route};
 use crate::tools::{self, ToolContext};
 
@@ -29,14 +32,6 @@ use crate::tools::{self, ToolContext};
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shim may take to send a call's first frame.
 pub const CALL_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Backoff cap during the first [`FAST_RETRY_WINDOW`] of an outage: under
-/// 1 s with room for the handshake, so that a call held through an outage
-/// completes within 1 s of the link coming back.
-pub const FAST_BACKOFF_CAP: Duration = Duration::from_millis(800);
-/// How long an outage is retried at the fast cap.
-pub const FAST_RETRY_WINDOW: Duration = Duration::from_secs(30);
-/// Backoff cap after that.
-pub const SLOW_BACKOFF_CAP: Duration = Duration::from_secs(15);
 
 /// Why a dial failed, phrased for the user.
 #[derive(Debug, Error)]
@@ -206,7 +201,7 @@ fn classify(
 }
 
 /// Keeps one workspace linked until `shutdown`: dial, serve, and on loss
-/// dial again with jittered backoff (at once after a wake or a network
+/// dial again with jittered [`Backoff`] (at once after a wake or a network
 /// change).
 pub async fn serve_workspace(
     ws: crate::config::Workspace,
@@ -236,9 +231,11 @@ pub async fn serve_workspace(
     // them before redialing); they are drained here at shutdown.
     let calls = TaskTracker::new();
     let tools = Arc::new(ToolGates::new(limits.max_calls_per_tool));
+    // Keys outlive links: a read's second attempt comes on the next one.
+    let retries = Arc::new(Retries::default());
     let mut hints = Hints::new(route.socket_addr().map(|a| a.ip()));
     let mut outage_start: Option<Instant> = None;
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         ctx.links.down(&ws.name);
         let dial_start = Instant::now();
@@ -257,17 +254,19 @@ pub async fn serve_workspace(
                     ctx: &ctx,
                     limits: &limits,
                     tools: &tools,
+                    retries: &retries,
                     calls: &calls,
                 };
                 ctx.links.up(&ws.name, up - dial_start);
-                let dead = link.serve(tls, peer, &shutdown).await;
+                let (dead, served) = link.serve(tls, peer, &shutdown).await;
                 ctx.links.down(&ws.name);
                 // Any link ends the outage (the next one gets the fast cap
-                // again); only a link that lasted resets the backoff, so a
-                // link that keeps dropping at once is not redialed in a loop.
+                // again); only a link that answered calls or lasted starts
+                // the next with quick retries, so a link that keeps dropping
+                // at once is not redialed in a loop.
                 outage_start = None;
-                if up.elapsed() > Duration::from_secs(3) {
-                    backoff = MIN_BACKOFF;
+                if served > 0 || up.elapsed() > Duration::from_secs(3) {
+                    backoff.reset();
                 }
                 if shutdown.is_cancelled() {
                     break;
@@ -288,24 +287,18 @@ pub async fn serve_workspace(
             }
         };
         if at_once {
-            backoff = MIN_BACKOFF;
+            backoff.reset();
             continue;
         }
         let since = *outage_start.get_or_insert_with(Instant::now);
-        let cap = if !needs_user && since.elapsed() < FAST_RETRY_WINDOW {
-            FAST_BACKOFF_CAP
-        } else {
-            SLOW_BACKOFF_CAP
-        };
-        backoff = (backoff * 2).min(cap);
-        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        let wait = backoff::jittered(backoff.next(since.elapsed(), needs_user));
         let hint = tokio::select! {
             () = shutdown.cancelled() => break,
-            h = keepalive::sleep_unless_hinted(jittered, &mut hints) => h,
+            h = keepalive::sleep_unless_hinted(wait, &mut hints) => h,
         };
         if let Some(hint) = hint {
             info!(?hint, "woke up or changed networks; redialing now");
-            backoff = MIN_BACKOFF;
+            backoff.reset();
         }
     }
     calls.close();
@@ -317,8 +310,6 @@ pub async fn serve_workspace(
     }
 }
 
-/// First backoff step after a link is lost.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// How long in-flight calls may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -372,20 +363,48 @@ struct InFlight {
 
 impl InFlight {
     /// Waits for a place for `tool` (FIFO), not counted in flight meanwhile.
+    /// A call still waiting when its link ends leaves the queue: its answer
+    /// could only go into a dead stream, so it must not run later.
     async fn queue_for(
         &mut self,
         tools: &ToolGates,
         tool: &'static str,
         wait: Duration,
-    ) -> Option<OwnedSemaphorePermit> {
+        link: &MuxHandle,
+    ) -> Queued {
         if let Some(place) = tools.gate(tool).and_then(|g| g.try_acquire_owned().ok()) {
-            return Some(place);
+            return Queued::Place(place);
         }
         self.permit = None;
-        let place = tools.enter(tool, wait).await?;
-        self.permit = self.gate.clone().acquire_owned().await.ok();
-        Some(place)
+        info!(tool, "no place free for this tool; the call waits its turn");
+        let waiting = async {
+            let place = tools.enter(tool, wait).await?;
+            self.permit = self.gate.clone().acquire_owned().await.ok();
+            Some(place)
+        };
+        // The link's end is looked at first, and again once a place came:
+        // a place often comes free because the link's end just failed the
+        // call holding it.
+        tokio::select! {
+            biased;
+            () = link.closed() => Queued::LinkGone,
+            place = waiting => match place {
+                Some(_) if link.is_closed() => Queued::LinkGone,
+                Some(place) => Queued::Place(place),
+                None => Queued::TimedOut,
+            },
+        }
     }
+}
+
+/// How a call's wait for its tool ended.
+enum Queued {
+    /// Its turn came.
+    Place(OwnedSemaphorePermit),
+    /// No place came free within the wait.
+    TimedOut,
+    /// Its link ended first.
+    LinkGone,
 }
 
 /// What serving one live link needs.
@@ -394,12 +413,14 @@ struct Link<'a> {
     ctx: &'a Arc<ToolContext>,
     limits: &'a Arc<Limits>,
     tools: &'a Arc<ToolGates>,
+    retries: &'a Arc<Retries>,
     calls: &'a TaskTracker,
 }
 
 impl Link<'_> {
-    /// Answers the streams of one live link until it ends, is found dead
-    /// (returned), or `shutdown`. On shutdown, calls in flight on this link
+    /// Answers the streams of one live link until it ends, is found dead,
+    /// or `shutdown`; returns why it was found dead, if it was, and how many
+    /// calls it carried. On shutdown, calls in flight on this link
     /// finish (for at most [`DRAIN_TIMEOUT`]) before the link is closed;
     /// calls arriving meanwhile are reset, and the shim fails them cleanly.
     async fn serve(
@@ -407,7 +428,7 @@ impl Link<'_> {
         tls: TlsStream<Conduit>,
         peer: Option<SocketAddr>,
         shutdown: &CancellationToken,
-    ) -> Option<keepalive::Dead> {
+    ) -> (Option<keepalive::Dead>, u64) {
         let close = CancellationToken::new();
         let (mux, mut inbound, driver) =
             mux::start(tls, mux::Mode::Client, MuxConfig::PROXY, close.clone());
@@ -454,8 +475,10 @@ impl Link<'_> {
             next += 1;
             let span = info_span!("call", id = next);
             let (ctx, limits, tools) = (self.ctx.clone(), self.limits.clone(), self.tools.clone());
+            let retries = self.retries.clone();
             let gate_for_call = gate.clone();
             let workspace = self.workspace.to_owned();
+            let link_mux = mux.clone();
             self.calls.spawn(
                 on_link
                     .track_future(async move {
@@ -463,7 +486,13 @@ impl Link<'_> {
                             gate: gate_for_call,
                             permit: Some(permit),
                         };
-                        answer(stream, &workspace, &ctx, &limits, &tools, &mut in_flight).await;
+                        let link = OnLink {
+                            tools: &tools,
+                            retries: &retries,
+                            in_flight: &mut in_flight,
+                            mux: &link_mux,
+                        };
+                        answer(stream, &workspace, &ctx, &limits, link).await;
                         drop(in_flight);
                     })
                     .instrument(span),
@@ -487,8 +516,17 @@ impl Link<'_> {
         let exit = driver.await;
         let _ = pusher.await;
         debug!(?exit, "link driver ended");
-        dead
+        (dead, next)
     }
+}
+
+/// A call's share of its link: the tool gates, its place in flight, and
+/// the link itself (to know when it ended).
+struct OnLink<'a> {
+    tools: &'a ToolGates,
+    retries: &'a Retries,
+    in_flight: &'a mut InFlight,
+    mux: &'a MuxHandle,
 }
 
 async fn answer(
@@ -496,85 +534,230 @@ async fn answer(
     workspace: &str,
     ctx: &ToolContext,
     limits: &Limits,
-    tools: &ToolGates,
-    in_flight: &mut InFlight,
+    mut link: OnLink<'_>,
 ) {
-    let call: Call = match tokio::time::timeout(
+    let Some(call) = read_call(&mut stream, limits).await else {
+        return;
+    };
+    let tool = call.request.tool();
+    match call.key.filter(|_| call.request.is_retryable()) {
+        None => {
+            if let Ran::Answer(reply) =
+                run(&call, &mut stream, workspace, ctx, limits, &mut link).await
+            {
+                finish(&mut stream, reply, tool).await;
+            }
+        }
+        Some(key) => answer_keyed(&call, key.id, &mut stream, workspace, ctx, limits, link).await,
+    }
+}
+
+/// The call a stream starts with; a malformed one is answered here.
+async fn read_call(stream: &mut MuxStream, limits: &Limits) -> Option<Call> {
+    match tokio::time::timeout(
         CALL_READ_TIMEOUT,
-        nexus_transport::recv(&mut stream, limits.max_call_frame),
+        nexus_transport::recv(stream, limits.max_call_frame),
     )
     .await
     {
-        Ok(Ok(call)) => call,
-        Ok(Err(TransportError::Closed)) => return,
+        Ok(Ok(call)) => Some(call),
+        Ok(Err(TransportError::Closed)) => None,
         Ok(Err(e)) => {
             warn!(error = %crate::tools::clip(&e.to_string()), "malformed call refused");
             let reply = Reply::error(
                 ErrorCode::BadRequest,
                 format!("malformed call refused by the laptop: {e}"),
             );
-            let _ = nexus_transport::send(&mut stream, &reply).await;
+            let _ = nexus_transport::send(stream, &reply).await;
             let _ = stream.shutdown().await;
-            return;
+            None
         }
-        Err(_) => return warn!("the workspace opened a call and sent nothing; dropped"),
-    };
+        Err(_) => {
+            warn!("the workspace opened a call and sent nothing; dropped");
+            None
+        }
+    }
+}
+
+/// What running a call came to.
+enum Ran {
+    /// Its final reply (`None`: the tool wrote it).
+    Answer(Option<Reply>),
+    /// Its link ended before its turn: never decided, not answered.
+    Dropped,
+}
+
+/// Runs a call once its tool has a place for it.
+async fn run(
+    call: &Call,
+    stream: &mut MuxStream,
+    workspace: &str,
+    ctx: &ToolContext,
+    limits: &Limits,
+    link: &mut OnLink<'_>,
+) -> Ran {
     let tool = call.request.tool();
+    let tools = link.tools;
     // Beyond the tool's places, calls wait their turn (as long as a call
     // may take), rather than fail: a `make -j64` whose jobs each ask for a
     // credential gets 64 answers.
-    let reply: Option<Reply> = match in_flight.queue_for(tools, tool, limits.call_timeout).await {
-        None => {
+    let ran = match link
+        .in_flight
+        .queue_for(tools, tool, limits.call_timeout, link.mux)
+        .await
+    {
+        Queued::LinkGone => {
+            warn!(
+                tool,
+                "the link ended while this call waited its turn; dropped unanswered"
+            );
+            Ran::Dropped
+        }
+        Queued::TimedOut => {
             let waited = nexus_protocol::units::format_duration(limits.call_timeout);
             warn!(tool, limit = tools.max, %waited, "no place for a call of this tool in time; refused");
-            Some(Reply::error(
+            Ran::Answer(Some(Reply::error(
                 ErrorCode::Denied,
                 format!(
                     "{} {tool} calls from this workspace were running for all of {waited} \
                      (`nexus-agent-proxy run --max-calls-per-tool`, `--call-timeout`); retry later",
                     tools.max
                 ),
-            ))
+            )))
         }
         // Streamed answers (tool output, file data) end on their own: a tool
         // at its policy timeout, a file at its end or when the workspace
         // stops reading (yamux flow control holds the laptop side). Others
         // get --call-timeout, inside the pipeline, which audits the cut.
-        Some(_place) => {
+        Queued::Place(_place) => {
             let timeout = (!call.request.is_streaming()).then_some(limits.call_timeout);
-            let dispatch = tools::dispatch(
-                &call,
-                workspace,
-                ctx,
-                &mut stream,
-                limits.max_call_frame,
-                timeout,
-            );
             // Started in turn with the other workspaces' calls.
-            ctx.fair.run(workspace, dispatch).await
+            let dispatch =
+                tools::dispatch(call, workspace, ctx, stream, limits.max_call_frame, timeout);
+            Ran::Answer(ctx.fair.run(workspace, dispatch).await)
         }
     };
+    // The answer is made: sending it takes no place.
+    link.in_flight.permit = None;
+    ran
+}
+
+/// A retryable read under its key: the first attempt the laptop sees runs,
+/// a second one gets the first one's answer, so that the read is decided,
+/// audited, counted and run once (see [`crate::retries`]).
+async fn answer_keyed(
+    call: &Call,
+    id: u64,
+    stream: &mut MuxStream,
+    workspace: &str,
+    ctx: &ToolContext,
+    limits: &Limits,
+    mut link: OnLink<'_>,
+) {
+    let tool = call.request.tool();
+    // Twice at most: a joined first attempt that ended unanswered (its
+    // link gone before its turn) was never decided, so this one runs.
+    for _ in 0..2 {
+        match link.retries.claim(id, call) {
+            Claim::Mismatch => {
+                warn!(tool, "a retried call named another call's key; refused");
+                let refusal = Reply::error(
+                    ErrorCode::BadRequest,
+                    "refused by the laptop: a retried call must repeat its first attempt",
+                );
+                finish(stream, Some(refusal), tool).await;
+                return;
+            }
+            Claim::Full => {
+                if let Ran::Answer(reply) =
+                    run(call, stream, workspace, ctx, limits, &mut link).await
+                {
+                    finish(stream, reply, tool).await;
+                }
+                return;
+            }
+            Claim::First(mut answering) => {
+                let Ran::Answer(reply) = run(call, stream, workspace, ctx, limits, &mut link).await
+                else {
+                    return;
+                };
+                if let Some(reply) = &reply {
+                    answering.answered(reply);
+                }
+                let sent = finish(stream, reply, tool).await;
+                answering.finish(sent && delivered(stream).await);
+                return;
+            }
+            Claim::Join(mut first) => {
+                let joined =
+                    tokio::time::timeout(limits.call_timeout, first.wait_for(Option::is_some))
+                        .await
+                        .map(|answer| answer.map(|a| a.clone()));
+                let reply = match joined {
+                    Ok(Ok(_)) if ctx.locked() => {
+                        Some(Reply::error(ErrorCode::Denied, tools::gate::LOCKED))
+                    }
+                    Ok(Ok(reply)) => {
+                        info!(
+                            tool,
+                            "a read sent again after its link died got its first attempt's answer"
+                        );
+                        reply
+                    }
+                    Ok(Err(_)) => continue,
+                    Err(_) => Some(Reply::error(
+                        ErrorCode::Internal,
+                        "the first attempt of this call is still running on the laptop; retry later",
+                    )),
+                };
+                link.in_flight.permit = None;
+                if finish(stream, reply, tool).await && delivered(stream).await {
+                    link.retries.delivered(id);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Sends a call's final reply, if the tool did not, and closes our side.
+/// Whether the reply went out.
+async fn finish(stream: &mut MuxStream, reply: Option<Reply>, tool: &'static str) -> bool {
+    let mut sent = true;
     if let Some(reply) = reply {
         // An error ending a stream (a timeout, a lock) must not wait for ever
         // on a workspace that stopped reading (the stream's window full):
         // past the wait, the stream is dropped (reset). A `Done` after a
         // slow reader's last chunk still waits for it.
-        let send = nexus_transport::send(&mut stream, &reply);
+        let send = nexus_transport::send(stream, &reply);
         if matches!(reply, Reply::Error(_)) {
-            if tokio::time::timeout(FINAL_SEND_TIMEOUT, send)
-                .await
-                .is_err()
-            {
-                return warn!(
-                    tool,
-                    "the workspace did not take the final reply; stream reset"
-                );
+            match tokio::time::timeout(FINAL_SEND_TIMEOUT, send).await {
+                Ok(r) => sent = r.is_ok(),
+                Err(_) => {
+                    warn!(
+                        tool,
+                        "the workspace did not take the final reply; stream reset"
+                    );
+                    return false;
+                }
             }
         } else {
-            let _ = send.await;
+            sent = send.await.is_ok();
         }
     }
-    let _ = stream.shutdown().await;
+    sent && stream.shutdown().await.is_ok()
+}
+
+/// Whether the shim confirmed our last reply of a keyed call (it sends
+/// [`ANSWER_RECEIVED`] once it has read it). A link that died first, or a
+/// shim that says nothing in time, leaves it in doubt: a dying link ends
+/// every stream as if closed, so an end of stream proves nothing.
+async fn delivered(stream: &mut MuxStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(FINAL_SEND_TIMEOUT, stream.read(&mut byte)).await,
+        Ok(Ok(1))
+    ) && byte[0] == ANSWER_RECEIVED
 }
 
 /// How long a final error may wait for the workspace to read.

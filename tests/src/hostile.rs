@@ -103,6 +103,7 @@ pub fn token_call(name: &str) -> Call {
         request: Request::Token {
             name: name.to_owned(),
         },
+        key: None,
     }
 }
 

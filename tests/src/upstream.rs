@@ -16,6 +16,11 @@
 //! | `.../v1/messages`, `.../v1/responses`, `.../v1/chat/completions` | a scripted LLM ([`crate::llm`]) |
 //! | anything else | 404 |
 //!
+//! Started with [`Upstream::start_flooding`], it is hostile instead: each
+//! HTTP/2 connection gets one empty 200 answer, then PING and SETTINGS
+//! frames as fast as it can write them until the client closes it
+//! ([`Upstream::flood`] counts both).
+//!
 //! The server runs on its own thread and runtime, so synchronous tests and
 //! async benchmarks use it alike; dropping the [`Upstream`] cancels every
 //! task and joins the thread.
@@ -25,6 +30,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -41,7 +47,9 @@ use nexus_transport::tokio_rustls::rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer,
 };
 use nexus_transport::tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
-use nexus_transport::tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
+use nexus_transport::tokio_rustls::{
+    self as tokio_rustls, TlsAcceptor, TlsConnector, client::TlsStream,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -88,6 +96,12 @@ struct Shared {
     gate: Semaphore,
     /// Held SSE responses whose client is still there.
     open: std::sync::atomic::AtomicUsize,
+    /// Whether HTTP/2 connections get the flood instead of answers.
+    flooding: bool,
+    /// Flood frames written, over all connections.
+    flood_frames: AtomicU64,
+    /// Flooded connections the client closed.
+    flood_closed: AtomicU64,
 }
 
 /// A running HTTPS upstream; stops when dropped.
@@ -105,6 +119,25 @@ impl Upstream {
     /// Listens on `127.0.0.1:0` with a certificate for `localhost`,
     /// `127.0.0.1` and `name` (for example `api.test`), signed by a new CA.
     pub fn start(name: &str) -> io::Result<Self> {
+        Self::start_with(name, false)
+    }
+
+    /// Like [`Self::start`], but hostile: every HTTP/2 connection gets one
+    /// empty 200 answer, then a flood of PING and SETTINGS frames.
+    pub fn start_flooding(name: &str) -> io::Result<Self> {
+        Self::start_with(name, true)
+    }
+
+    /// Flood frames written so far, and flooded connections the client
+    /// has closed.
+    pub fn flood(&self) -> (u64, u64) {
+        (
+            self.shared.flood_frames.load(Ordering::SeqCst),
+            self.shared.flood_closed.load(Ordering::SeqCst),
+        )
+    }
+
+    fn start_with(name: &str, flooding: bool) -> io::Result<Self> {
         let (ca_pem, ca_der, server) = certificates(name).map_err(io::Error::other)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
@@ -117,6 +150,9 @@ impl Upstream {
             seen: Mutex::default(),
             gate: Semaphore::new(0),
             open: std::sync::atomic::AtomicUsize::new(0),
+            flooding,
+            flood_frames: AtomicU64::new(0),
+            flood_closed: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let acceptor = TlsAcceptor::from(Arc::new(server));
@@ -289,6 +325,12 @@ async fn accept_loop(
                     Err(_) => return,
                 },
             };
+            if shared.flooding && tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                return tokio::select! {
+                    _ = stop.cancelled() => {}
+                    () = flood_h2(tls, &shared) => {}
+                };
+            }
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(answer(&shared, req).await) }
@@ -301,6 +343,81 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// One HTTP/2 frame header: length, type, flags, stream.
+fn h2_frame(len: usize, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
+    let len = u32::try_from(len).unwrap_or(0).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f
+}
+
+/// The hostile HTTP/2 server of [`Upstream::start_flooding`], by hand: the
+/// preface and settings, one empty 200 answer to the first request, then
+/// PING and SETTINGS frames until the client goes (its ACKs are read and
+/// dropped meanwhile).
+async fn flood_h2(tls: tokio_rustls::server::TlsStream<TcpStream>, shared: &Shared) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 4;
+    const HEADERS: u8 = 1;
+    const PING: u8 = 6;
+    let (mut rx, mut tx) = tokio::io::split(tls);
+    let mut preface = [0u8; 24];
+    if rx.read_exact(&mut preface).await.is_err()
+        || tx.write_all(&h2_frame(0, SETTINGS, 0, 0)).await.is_err()
+    {
+        return;
+    }
+    // Up to the first request's headers, acknowledging the client's settings.
+    let stream = loop {
+        let mut head = [0u8; 9];
+        if rx.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if rx.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        match head[3] {
+            SETTINGS
+                if head[4] & 1 == 0
+                    && tx.write_all(&h2_frame(0, SETTINGS, 1, 0)).await.is_err() =>
+            {
+                return;
+            }
+            HEADERS => break id,
+            _ => {}
+        }
+    };
+    // `:status 200` (HPACK static index 8), END_HEADERS | END_STREAM.
+    let mut answer = h2_frame(1, HEADERS, 0x4 | 0x1, stream);
+    answer.push(0x88);
+    if tx.write_all(&answer).await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = vec![0u8; 64 << 10];
+        while matches!(rx.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let flood = async {
+        let mut batch = Vec::new();
+        for i in 0..64u64 {
+            batch.extend_from_slice(&h2_frame(8, PING, 0, 0));
+            batch.extend_from_slice(&i.to_be_bytes());
+            batch.extend_from_slice(&h2_frame(0, SETTINGS, 0, 0));
+        }
+        while tx.write_all(&batch).await.is_ok() {
+            shared.flood_frames.fetch_add(128, Ordering::SeqCst);
+        }
+    };
+    tokio::select! {
+        () = drain => {}
+        () = flood => {}
+    }
+    shared.flood_closed.fetch_add(1, Ordering::SeqCst);
 }
 
 type AnyBody = BoxBody<Bytes, Infallible>;
@@ -777,6 +894,9 @@ mod tests {
                 seen: Mutex::default(),
                 gate: Semaphore::new(0),
                 open: std::sync::atomic::AtomicUsize::new(0),
+                flooding: false,
+                flood_frames: AtomicU64::new(0),
+                flood_closed: AtomicU64::new(0),
             });
             let seen = Seen {
                 method: "GET".into(),

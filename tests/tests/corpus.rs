@@ -126,6 +126,7 @@ mod seeds {
             request: Request::Token {
                 name: "demo".into(),
             },
+            key: None,
         };
         let sign = Call {
             caller,
@@ -134,6 +135,7 @@ mod seeds {
                 binds: vec![vec![0, 0, 0, 1, 0x41]],
                 request: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             },
+            key: None,
         };
         let hello = ClientHello {
             versions: SUPPORTED,
@@ -148,6 +150,7 @@ mod seeds {
                 encode(&Call {
                     caller: CallerContext::default(),
                     request: Request::SshIdentities,
+                    key: None,
                 }),
             ),
             ("hello", encode(&hello)),

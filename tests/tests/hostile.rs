@@ -336,6 +336,7 @@ async fn workspace_strings_cannot_forge_or_flood_log_lines() {
         request: Request::Token {
             name: "demo".into(),
         },
+        key: None,
     };
     assert_eq!(
         link.call(&forged_caller)

@@ -26,7 +26,7 @@ struct Rig {
     link: Arc<LinkControl>,
     /// One line per run of the token command on the laptop.
     runs: PathBuf,
-    _laptop: Laptop,
+    laptop: Laptop,
     proxy: Daemon,
 }
 
@@ -51,23 +51,27 @@ fn workspace_behind_link() -> (Workspace, Arc<LinkControl>, PairingUri) {
 
 impl Rig {
     fn start(delay: &str) -> Self {
+        Self::start_with(delay, "", &[])
+    }
+
+    /// Like [`Rig::start`], with `more` policy (`{home}` stands for the
+    /// laptop's home) and more `run` flags.
+    fn start_with(delay: &str, more: &str, args: &[&str]) -> Self {
         let (ws, link, uri) = workspace_behind_link();
         let laptop = Laptop::new();
         laptop.pair(&uri.to_string(), "dev").ok();
         let runs = laptop.home().join("runs.txt");
-        let policy = laptop.write_policy(&counting_policy(&runs, delay));
-        let proxy = laptop.run_with(
-            &ws,
-            "dev",
-            &policy,
-            &[],
-            &["--keepalive-timeout".as_ref(), KEEPALIVE.as_ref()],
-        );
+        let more = more.replace("{home}", &laptop.home().display().to_string());
+        let policy = laptop.write_policy(&(counting_policy(&runs, delay) + &more));
+        let mut flags = vec!["--keepalive-timeout", KEEPALIVE];
+        flags.extend_from_slice(args);
+        let flags: Vec<&std::ffi::OsStr> = flags.iter().map(std::ffi::OsStr::new).collect();
+        let proxy = laptop.run_with(&ws, "dev", &policy, &[], &flags);
         Self {
             ws,
             link,
             runs,
-            _laptop: laptop,
+            laptop,
             proxy,
         }
     }
@@ -326,6 +330,78 @@ fn hundred_cuts_lose_nothing_and_apply_nothing_twice() {
         rig.link.accepted(),
     );
     assert!(ok > 100, "the background calls should mostly succeed");
+}
+
+/// Lines in the file the laptop's `count` tool appends to.
+fn lines_of(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+/// Red-team finding 8: a call waiting its turn for a tool when its link
+/// ends leaves the queue; it never runs later into a dead stream. The tool
+/// run under way fails in the workspace and is not run again.
+#[test]
+fn queued_calls_die_with_their_link_and_runs_are_not_repeated() {
+    const TOOL: &str = "\n[tools.count]\ncommand = [\"/bin/sh\", \"-c\", \"echo run >> '{home}/tool-runs.txt'; sleep 2\"]\n";
+    let mut rig = Rig::start_with("0", TOOL, &["--max-calls-per-tool", "1"]);
+    let tool_runs = rig.laptop.home().join("tool-runs.txt");
+    let running = rig.ws.spawn_cli(["tool", "run", "count"]);
+    let started = poll(DEADLINE, || (lines_of(&tool_runs) == 1).then_some(()));
+    assert!(started.is_some(), "{}", rig.proxy.log());
+    let queued = rig.ws.spawn_cli(["tool", "run", "count"]);
+    rig.proxy
+        .wait_for_log("no place free for this tool; the call waits its turn");
+    rig.link.cut();
+    for child in [running, queued] {
+        let out = child.wait_with_output().must("a tool run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && stderr.contains("dropped during the call"),
+            "{out:?}"
+        );
+    }
+    rig.proxy
+        .wait_for_log("the link ended while this call waited its turn; dropped unanswered");
+    rig.link.restore();
+    // A call after the restore queues behind anything still waiting (FIFO):
+    // once it has run, a queued call that outlived its link would have too.
+    rig.ws.cli(["tool", "run", "count"]).ok();
+    assert_eq!(lines_of(&tool_runs), 2, "{}", rig.proxy.log());
+}
+
+/// Issue 17: reads in flight when their link dies are sent again on the
+/// next link and answered, while the laptop decides, audits and runs each
+/// once (the second attempt gets the first one's answer).
+#[test]
+fn reads_in_flight_when_the_link_dies_are_answered_on_the_next_and_counted_once() {
+    let mut rig = Rig::start("1");
+    let calls = rig.calls_being_answered(6);
+    rig.link.cut();
+    rig.wait_unlinked();
+    rig.link.restore();
+    let outcomes: Vec<Outcome> = calls.into_iter().map(Call::finish).collect();
+    for o in &outcomes {
+        assert!(
+            o.ok(),
+            "a read in flight at the cut was not answered: {o:?}\n--- shim ---\n{}",
+            rig.ws.log()
+        );
+    }
+    let decided = decided_pids(&rig.proxy.log());
+    for o in &outcomes {
+        assert_eq!(decided.get(&o.pid), Some(&1), "{}", rig.proxy.log());
+    }
+    assert_eq!(rig.runs(), 6, "the token command ran once per read");
+    let audit = std::fs::read_to_string(rig.laptop.config_dir().join("audit.jsonl"))
+        .must("reading the audit log");
+    let allowed = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["tool"] == "token" && v["decision"] == "allow")
+        .count();
+    assert_eq!(allowed, 6, "{audit}");
+    rig.proxy
+        .wait_for_log("a read sent again after its link died got its first attempt's answer");
 }
 
 /// A stalled link (bytes stop, sockets stay) is noticed by the keepalive on

@@ -153,6 +153,7 @@ async fn proxy_survives_bad_frames_on_one_connection() {
         request: Request::Token {
             name: "demo".into(),
         },
+        key: None,
     };
     nexus_transport::send(&mut s, &call)
         .await

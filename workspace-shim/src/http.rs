@@ -509,7 +509,11 @@ pub(crate) async fn forward(
     // piece on the link instead of two.
     let bodyless =
         matches!(&request, Request::Http(r) | Request::GitHttp(r) if r.body_len == Some(0));
-    let call = Call { caller, request };
+    let call = Call {
+        caller,
+        request,
+        key: None,
+    };
     let mut frames = zeroize::Zeroizing::new(nexus_protocol::encode_frame(&call));
     if bodyless {
         frames.extend_from_slice(&nexus_protocol::encode_frame(&Upload::End));

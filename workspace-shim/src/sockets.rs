@@ -4,11 +4,11 @@
 //! `SO_PEERCRED`, never from what the caller claims.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nexus_protocol::{
-    Call, CallerContext, ErrorCode, LinkStatus, LocalOp, LocalReply, LocalRequest, MAX_FRAME,
-    PairingInfo, Reply, Request, StatusInfo,
+    ANSWER_RECEIVED, Call, CallKey, CallerContext, ErrorCode, LinkStatus, LocalOp, LocalReply,
+    LocalRequest, MAX_FRAME, PairingInfo, RETRY_WINDOW, Reply, Request, StatusInfo,
 };
 use nexus_transport::{MuxStream, TransportError};
 use tokio::io::AsyncWriteExt;
@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::serve::{Link, Shared};
 
@@ -251,11 +251,68 @@ async fn hung_up(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
     let _ = tokio::io::AsyncReadExt::read(reader, &mut byte).await;
 }
 
-fn lost() -> Reply {
-    Reply::error(
-        ErrorCode::Internal,
-        "the link to the laptop dropped during the call; it was not retried",
+/// The error of a call whose link died before its answer: `retried` when
+/// it was a read sent again on the next link, and that died too or never
+/// came.
+fn lost(call: &Call) -> Reply {
+    let message = if call.key.is_some_and(|k| k.retry) {
+        "the link to the laptop dropped during the call, and it was not answered on the next link \
+         either (none came within --wait, or it dropped too)"
+    } else if call.request.is_retryable() {
+        "the link to the laptop dropped during the call; no new link came within --wait to send it again"
+    } else {
+        "the link to the laptop dropped during the call; it was not retried (it may have effects \
+         on the laptop: check before running it again)"
+    };
+    Reply::error(ErrorCode::Internal, message)
+}
+
+/// A call as it goes to the laptop: a read that may be sent again carries
+/// a fresh key (see [`Request::is_retryable`]).
+fn new_call(caller: CallerContext, request: Request) -> Call {
+    let key = request.is_retryable().then(|| CallKey {
+        id: rand::random(),
+        retry: false,
+    });
+    Call {
+        caller,
+        request,
+        key,
+    }
+}
+
+/// For a read whose link died before its answer (so nothing of the answer
+/// reached its caller: a read is answered by one reply), the next link,
+/// with the call marked as its second and last attempt. It must come
+/// within the caller's `wait` and the laptop's [`RETRY_WINDOW`]; `None`
+/// when the call is not to be sent again.
+async fn retry_link(
+    shared: &Shared,
+    old: &Arc<Link>,
+    call: &mut Call,
+    wait: Duration,
+    first_sent: Instant,
+) -> Option<Arc<Link>> {
+    let key = call.key.as_mut().filter(|k| !k.retry)?;
+    key.retry = true;
+    let left = RETRY_WINDOW.saturating_sub(first_sent.elapsed()).min(wait);
+    let mut rx = shared.link.subscribe();
+    let next = tokio::time::timeout(
+        left,
+        rx.wait_for(|l| {
+            l.as_ref()
+                .is_some_and(|l| !Arc::ptr_eq(l, old) && !l.mux.is_closed())
+        }),
     )
+    .await
+    .ok()?
+    .ok()?
+    .clone()?;
+    info!(
+        tool = call.request.tool(),
+        "the link dropped before the laptop answered this read; sending it again on the new link"
+    );
+    Some(next)
 }
 
 pub(crate) fn not_linked(wait: Duration) -> Reply {
@@ -269,49 +326,59 @@ pub(crate) fn not_linked(wait: Duration) -> Reply {
 }
 
 /// Opens a stream and sends the call; the request rides with the SYN.
-async fn open_call(
-    link: &Link,
-    caller: CallerContext,
-    request: Request,
-) -> Result<MuxStream, TransportError> {
+async fn open_call(link: &Link, call: &Call) -> Result<MuxStream, TransportError> {
     let mut stream = link.mux.open().await?;
-    nexus_transport::send(&mut stream, &Call { caller, request }).await?;
+    nexus_transport::send(&mut stream, call).await?;
     Ok(stream)
 }
 
 /// One call on a live link, answered by one final reply.
-pub(crate) async fn call_once(
-    link: &Link,
-    caller: CallerContext,
-    request: Request,
-) -> Result<Reply, TransportError> {
-    let mut stream = open_call(link, caller, request).await?;
+async fn call_once(link: &Link, call: &Call) -> Result<Reply, TransportError> {
+    let mut stream = open_call(link, call).await?;
     let reply = nexus_transport::recv(&mut stream, MAX_FRAME).await?;
-    let _ = stream.shutdown().await;
+    received(&mut stream, call).await;
     Ok(reply)
 }
 
-/// Waits for the link (up to `wait`), then makes one call; failures come
-/// back as error replies.
+/// Closes our side of a call's stream once its final reply is read,
+/// telling the laptop first, for a keyed call, that the answer arrived.
+async fn received(stream: &mut MuxStream, call: &Call) {
+    if call.key.is_some() {
+        let _ = stream.write_all(&[ANSWER_RECEIVED]).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+fn no_answer(limit: Duration) -> Reply {
+    Reply::error(
+        ErrorCode::Internal,
+        format!("the laptop did not answer within {}s", limit.as_secs()),
+    )
+}
+
+/// Waits for the link (up to `wait`), then makes one call (a read again on
+/// the next link if its link dies first); failures come back as error
+/// replies.
 pub(crate) async fn request(
     shared: &Shared,
     caller: CallerContext,
     request: Request,
     wait: Duration,
 ) -> Reply {
-    let Some(link) = wait_for_link(shared, wait).await else {
+    let Some(mut link) = wait_for_link(shared, wait).await else {
         return not_linked(wait);
     };
-    match tokio::time::timeout(CALL_TIMEOUT, call_once(&link, caller, request)).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => lost(),
-        Err(_) => Reply::error(
-            ErrorCode::Internal,
-            format!(
-                "the laptop did not answer within {}s",
-                CALL_TIMEOUT.as_secs()
-            ),
-        ),
+    let mut call = new_call(caller, request);
+    let first_sent = Instant::now();
+    loop {
+        match tokio::time::timeout(CALL_TIMEOUT, call_once(&link, &call)).await {
+            Ok(Ok(reply)) => return reply,
+            Ok(Err(_)) => match retry_link(shared, &link, &mut call, wait, first_sent).await {
+                Some(next) => link = next,
+                None => return lost(&call),
+            },
+            Err(_) => return no_answer(CALL_TIMEOUT),
+        }
     }
 }
 
@@ -324,7 +391,7 @@ async fn call_laptop(
     wait: Duration,
     shared: &Shared,
 ) -> Result<(), Reply> {
-    let Some(link) = wait_for_link(shared, wait).await else {
+    let Some(mut link) = wait_for_link(shared, wait).await else {
         return Err(not_linked(wait));
     };
     // A streamed answer (tool output, file data) lasts as long as the laptop
@@ -334,56 +401,75 @@ async fn call_laptop(
     } else {
         CALL_TIMEOUT
     };
-    let mut stream = link.mux.open().await.map_err(|_| lost())?;
-    nexus_transport::send(&mut stream, &Call { caller, request })
-        .await
-        .map_err(|_| lost())?;
-    let relay = async {
-        loop {
-            let bad = |e: &dyn std::fmt::Display| {
-                Reply::error(
-                    ErrorCode::Internal,
-                    format!("bad answer from the laptop: {e}"),
-                )
-            };
-            let mut body = match nexus_transport::recv_body(&mut stream, MAX_FRAME).await {
-                Ok(b) => b,
-                Err(TransportError::Closed) => return Err(lost()),
-                Err(e) => return Err(bad(&e)),
-            };
-            // Bulk data (file contents, tool output) passes through as it
-            // came: not decoded, re-encoded or wiped here (the caller
-            // decodes it in full).
-            if let Some(frame) = nexus_protocol::chunk_as_local_frame(&body, MAX_FRAME) {
-                std::mem::take(&mut *body).clear();
-                if conn.write_all(&frame).await.is_err() {
-                    return Ok(());
+    let mut call = new_call(caller, request);
+    let first_sent = Instant::now();
+    loop {
+        match tokio::time::timeout(limit, relay(&link, &call, conn)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(Failed::Lost)) => {
+                match retry_link(shared, &link, &mut call, wait, first_sent).await {
+                    Some(next) => link = next,
+                    None => return Err(lost(&call)),
                 }
-                continue;
             }
-            let reply: Reply = match nexus_protocol::decode(&body) {
-                Ok(r) => r,
-                Err(e) => return Err(bad(&e)),
-            };
-            drop(body);
-            let last = reply.is_final();
-            let sent = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
-            if sent.is_err() {
-                // The caller went away; dropping the stream resets it on the laptop.
-                return Ok(());
-            }
-            if last {
-                let _ = stream.shutdown().await;
-                return Ok(());
-            }
+            Ok(Err(Failed::Reply(reply))) => return Err(reply),
+            Err(_) => return Err(no_answer(limit)),
         }
-    };
-    tokio::time::timeout(limit, relay)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Reply::error(
+    }
+}
+
+/// Why an attempt at a call ended without its answer relayed.
+enum Failed {
+    /// The link died under it.
+    Lost,
+    /// An error for the caller.
+    Reply(Reply),
+}
+
+/// One attempt at a call on `link`, its replies written to the caller as
+/// they arrive.
+async fn relay(
+    link: &Link,
+    call: &Call,
+    conn: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<(), Failed> {
+    let mut stream = open_call(link, call).await.map_err(|_| Failed::Lost)?;
+    loop {
+        let bad = |e: &dyn std::fmt::Display| {
+            Failed::Reply(Reply::error(
                 ErrorCode::Internal,
-                format!("the laptop did not answer within {}s", limit.as_secs()),
+                format!("bad answer from the laptop: {e}"),
             ))
-        })
+        };
+        let mut body = match nexus_transport::recv_body(&mut stream, MAX_FRAME).await {
+            Ok(b) => b,
+            Err(TransportError::Closed | TransportError::Io { .. }) => return Err(Failed::Lost),
+            Err(e) => return Err(bad(&e)),
+        };
+        // Bulk data (file contents, tool output) passes through as it
+        // came: not decoded, re-encoded or wiped here (the caller
+        // decodes it in full).
+        if let Some(frame) = nexus_protocol::chunk_as_local_frame(&body, MAX_FRAME) {
+            std::mem::take(&mut *body).clear();
+            if conn.write_all(&frame).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        let reply: Reply = match nexus_protocol::decode(&body) {
+            Ok(r) => r,
+            Err(e) => return Err(bad(&e)),
+        };
+        drop(body);
+        let last = reply.is_final();
+        let sent = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
+        if sent.is_err() {
+            // The caller went away; dropping the stream resets it on the laptop.
+            return Ok(());
+        }
+        if last {
+            received(&mut stream, call).await;
+            return Ok(());
+        }
+    }
 }

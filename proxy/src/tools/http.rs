@@ -41,6 +41,12 @@ const MAX_HEADERS: usize = 128;
 const COMMAND_SECRET_TTL: Duration = Duration::from_secs(300);
 /// Time to connect to an upstream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an upstream connection is kept idle for the next request. Short:
+/// an idle HTTP/2 connection has no caller left, yet its upstream can keep
+/// the laptop busy answering PING and SETTINGS floods for as long as it is
+/// kept (90 s before, at most about twice this now); a new handshake costs
+/// far less than an API's answer takes.
+const POOL_IDLE: Duration = Duration::from_secs(2);
 
 /// A CA file's modification time and size: its client is rebuilt when
 /// either changes.
@@ -100,7 +106,7 @@ impl HttpState {
             // the workspace gets the 3xx and decides.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(POOL_IDLE)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;

@@ -248,6 +248,7 @@ pub(crate) mod test_support {
         let call = Call {
             caller: nexus_protocol::CallerContext::default(),
             request,
+            key: None,
         };
         dispatch(&call, "w", ctx, stream, nexus_protocol::MAX_FRAME, None).await
     }
