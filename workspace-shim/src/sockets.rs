@@ -231,10 +231,26 @@ async fn forward(
 ) {
     let tool = request.tool();
     let (mut reader, mut writer) = conn.split();
-    let result = tokio::select! {
-        r = call_laptop(&mut writer, caller, request, wait, shared) => r,
-        () = hung_up(&mut reader) => return debug!(tool, "the caller hung up; call abandoned"),
-        () = shutdown.cancelled() => Err(Reply::error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back")),
+    let closing = || {
+        Err(Reply::error(
+            ErrorCode::Internal,
+            "the nexus-shim daemon is shutting down; retry when it is back",
+        ))
+    };
+    // A brokered git connection's caller keeps writing (git's side of the
+    // protocol, as `Upload` frames): relayed to the laptop, not taken for
+    // a hang-up.
+    let result = if matches!(request, Request::GitSsh { .. }) {
+        tokio::select! {
+            r = call_laptop(&mut writer, caller, request, wait, shared, Some(&mut reader)) => r,
+            () = shutdown.cancelled() => closing(),
+        }
+    } else {
+        tokio::select! {
+            r = call_laptop(&mut writer, caller, request, wait, shared, None) => r,
+            () = hung_up(&mut reader) => return debug!(tool, "the caller hung up; call abandoned"),
+            () = shutdown.cancelled() => closing(),
+        }
     };
     if let Err(reply) = result {
         debug!(tool, reply = ?reply, "call failed");
@@ -316,13 +332,16 @@ pub(crate) async fn request(
 }
 
 /// Relays one call. `Err` carries the reply to send when the laptop could not
-/// answer; relayed replies are written as they arrive.
+/// answer; relayed replies are written as they arrive. `upload`: the
+/// caller's side, whose bytes (already `Upload` frames, which the laptop
+/// decodes) are copied to the laptop as they come.
 async fn call_laptop(
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
     caller: CallerContext,
     request: Request,
     wait: Duration,
     shared: &Shared,
+    upload: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send)>,
 ) -> Result<(), Reply> {
     let Some(link) = wait_for_link(shared, wait).await else {
         return Err(not_linked(wait));
@@ -334,10 +353,21 @@ async fn call_laptop(
     } else {
         CALL_TIMEOUT
     };
-    let mut stream = link.mux.open().await.map_err(|_| lost())?;
-    nexus_transport::send(&mut stream, &Call { caller, request })
+    let stream = link.mux.open().await.map_err(|_| lost())?;
+    let (mut stream, mut up) = tokio::io::split(stream);
+    nexus_transport::send(&mut up, &Call { caller, request })
         .await
         .map_err(|_| lost())?;
+    let uploading = async {
+        if let Some(from) = upload {
+            let _ = tokio::io::copy(from, &mut up).await;
+            let _ = up.shutdown().await;
+        }
+        std::future::pending::<()>().await;
+    };
+    // Only a call that ended with its final reply closes its stream
+    // cleanly; dropping it otherwise resets it on the laptop.
+    let mut finished = false;
     let relay = async {
         loop {
             let bad = |e: &dyn std::fmt::Display| {
@@ -373,17 +403,27 @@ async fn call_laptop(
                 return Ok(());
             }
             if last {
-                let _ = stream.shutdown().await;
+                finished = true;
                 return Ok(());
             }
         }
     };
-    tokio::time::timeout(limit, relay)
+    let relay = async {
+        tokio::select! {
+            r = relay => r,
+            () = uploading => Ok(()),
+        }
+    };
+    let ended = tokio::time::timeout(limit, relay)
         .await
         .unwrap_or_else(|_| {
             Err(Reply::error(
                 ErrorCode::Internal,
                 format!("the laptop did not answer within {}s", limit.as_secs()),
             ))
-        })
+        });
+    if finished {
+        let _ = up.shutdown().await;
+    }
+    ended
 }
