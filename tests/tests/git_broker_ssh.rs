@@ -357,6 +357,13 @@ fn hostile_inputs_are_refused_and_the_proxy_keeps_serving() {
     let out = ssh(&format!("git-upload-pack '{repo}'"), smuggled.as_bytes());
     assert_ne!(out.exit_code, Some(0), "{out}");
     assert_eq!(b.refs(&b.repo()), before, "no hostile input changed a ref");
+    // Each refused push is audited as a denial.
+    b.world
+        .wait_for_proxy_line(&["refused", "tool=\"git\"", "protocol v2"]);
+    let audited = b
+        .world
+        .count_proxy_lines(&["decision", "deny", "(command list not read)"]);
+    assert_eq!(audited, 6, "{}", b.world.proxy_log());
 
     // The proxy still serves.
     b.git(&["clone", "-q", &b.url(&b.repo()), "after"]).ok();
