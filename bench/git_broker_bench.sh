@@ -62,7 +62,7 @@ trap 'exit 130' INT TERM
 wait_for() { local i; for ((i=0; i<1000; i++)); do "$@" && return 0; sleep 0.02; done; return 1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+median() { sort -n | awk '{a[NR]=$1} END {print int(NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 # -- laptop agent and git host
 mkdir -p "$T/laptop" "$T/git" /run/sshd
@@ -156,7 +156,7 @@ direct() { (unset GIT_CONFIG_COUNT; SSH_AUTH_SOCK=$STATE/agent.sock GIT_SSH_COMM
 # `nexus-shim env` once per link, as a shell start-up file would, not per push.
 broker() { (unset GIT_SSH_COMMAND; eval "$BROKER_ENV"; git "$@"); }
 url() { echo "ssh://root@127.0.0.1:$GIT_PORT$T/git/$1.git"; }
-bare() { rm -rf "$T/git/$1.git"; git init -q --bare "$T/git/$1.git"; }
+bare() { rm -rf "$T/git/$1.git"; git init -q --bare -b main "$T/git/$1.git"; }
 timed() { local t0; t0=$(now_ms); "$@" >/dev/null 2>>"$T/git.log"; echo $(( $(now_ms) - t0 )); }
 
 # -- the 100 MB repository (incompressible), made once
