@@ -548,6 +548,18 @@ impl SshWorld {
         self.proxy = Some(proxy);
     }
 
+    /// Like [`SshWorld::start_proxy`] with the agent from `SSH_AUTH_SOCK`
+    /// and `envs` added to the proxy's environment.
+    #[track_caller]
+    pub fn start_proxy_with_env(&mut self, policy: &str, envs: &[(&str, &OsStr)]) {
+        let policy = self
+            .laptop
+            .write_policy(&format!("version = 1\n\n{policy}"));
+        let mut all = vec![("SSH_AUTH_SOCK", self.agent.sock().as_os_str())];
+        all.extend_from_slice(envs);
+        self.proxy = Some(self.laptop.run_with(&self.ws, "dev", &policy, &all, &[]));
+    }
+
     /// Stops the proxy (SIGTERM, a clean exit) and waits until the shim
     /// reports the link down.
     #[track_caller]

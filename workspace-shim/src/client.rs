@@ -55,6 +55,12 @@ impl Session {
         Ok(Self { conn })
     }
 
+    /// The connection, for a call whose caller keeps writing after its
+    /// request (`git-ssh`: `Upload` frames).
+    pub fn into_inner(self) -> UnixStream {
+        self.conn
+    }
+
     /// The next reply.
     pub async fn next(&mut self) -> Result<LocalReply, ClientError> {
         nexus_transport::recv_wiping(&mut self.conn, MAX_FRAME, |r| {

@@ -231,10 +231,26 @@ async fn forward(
 ) {
     let tool = request.tool();
     let (mut reader, mut writer) = conn.split();
-    let result = tokio::select! {
-        r = call_laptop(&mut writer, caller, request, wait, shared) => r,
-        () = hung_up(&mut reader) => return debug!(tool, "the caller hung up; call abandoned"),
-        () = shutdown.cancelled() => Err(Reply::error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back")),
+    let closing = || {
+        Err(Reply::error(
+            ErrorCode::Internal,
+            "the nexus-shim daemon is shutting down; retry when it is back",
+        ))
+    };
+    // A brokered git connection's caller keeps writing (git's side of the
+    // protocol, as `Upload` frames): relayed to the laptop, not taken for
+    // a hang-up.
+    let result = if matches!(request, Request::GitSsh { .. }) {
+        tokio::select! {
+            r = call_laptop(&mut writer, caller, request, wait, shared, Some(&mut reader)) => r,
+            () = shutdown.cancelled() => closing(),
+        }
+    } else {
+        tokio::select! {
+            r = call_laptop(&mut writer, caller, request, wait, shared, None) => r,
+            () = hung_up(&mut reader) => return debug!(tool, "the caller hung up; call abandoned"),
+            () = shutdown.cancelled() => closing(),
+        }
     };
     if let Err(reply) = result {
         debug!(tool, reply = ?reply, "call failed");
@@ -383,13 +399,16 @@ pub(crate) async fn request(
 }
 
 /// Relays one call. `Err` carries the reply to send when the laptop could not
-/// answer; relayed replies are written as they arrive.
+/// answer; relayed replies are written as they arrive. `upload`: the
+/// caller's side, whose bytes (already `Upload` frames, which the laptop
+/// decodes) are copied to the laptop as they come.
 async fn call_laptop(
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
     caller: CallerContext,
     request: Request,
     wait: Duration,
     shared: &Shared,
+    mut upload: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send)>,
 ) -> Result<(), Reply> {
     let Some(mut link) = wait_for_link(shared, wait).await else {
         return Err(not_linked(wait));
@@ -404,7 +423,7 @@ async fn call_laptop(
     let mut call = new_call(caller, request);
     let first_sent = Instant::now();
     loop {
-        match tokio::time::timeout(limit, relay(&link, &call, conn)).await {
+        match tokio::time::timeout(limit, relay(&link, &call, conn, upload.as_deref_mut())).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(Failed::Lost)) => {
                 match retry_link(shared, &link, &mut call, wait, first_sent).await {
@@ -427,13 +446,45 @@ enum Failed {
 }
 
 /// One attempt at a call on `link`, its replies written to the caller as
-/// they arrive.
+/// they arrive. With `upload` (brokered git, whose caller keeps writing),
+/// the caller's bytes go up the stream while the answers come down.
 async fn relay(
     link: &Link,
     call: &Call,
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
+    upload: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send + '_)>,
 ) -> Result<(), Failed> {
     let mut stream = open_call(link, call).await.map_err(|_| Failed::Lost)?;
+    let Some(from) = upload else {
+        if answers(&mut stream, conn).await? {
+            received(&mut stream, call).await;
+        }
+        return Ok(());
+    };
+    let (mut down, mut up) = tokio::io::split(stream);
+    let uploading = async {
+        let _ = tokio::io::copy(from, &mut up).await;
+        let _ = up.shutdown().await;
+        std::future::pending::<()>().await
+    };
+    let done = tokio::select! {
+        r = answers(&mut down, conn) => r?,
+        () = uploading => false,
+    };
+    // Only a call that ended with its final reply closes its stream
+    // cleanly; dropping it otherwise resets it on the laptop.
+    if done {
+        let _ = up.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Relays a call's replies to its caller: `true` once the final one is
+/// written, `false` when the caller went away first.
+async fn answers(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    conn: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<bool, Failed> {
     loop {
         let bad = |e: &dyn std::fmt::Display| {
             Failed::Reply(Reply::error(
@@ -441,7 +492,7 @@ async fn relay(
                 format!("bad answer from the laptop: {e}"),
             ))
         };
-        let mut body = match nexus_transport::recv_body(&mut stream, MAX_FRAME).await {
+        let mut body = match nexus_transport::recv_body(stream, MAX_FRAME).await {
             Ok(b) => b,
             Err(TransportError::Closed | TransportError::Io { .. }) => return Err(Failed::Lost),
             Err(e) => return Err(bad(&e)),
@@ -452,7 +503,7 @@ async fn relay(
         if let Some(frame) = nexus_protocol::chunk_as_local_frame(&body, MAX_FRAME) {
             std::mem::take(&mut *body).clear();
             if conn.write_all(&frame).await.is_err() {
-                return Ok(());
+                return Ok(false);
             }
             continue;
         }
@@ -465,11 +516,10 @@ async fn relay(
         let sent = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
         if sent.is_err() {
             // The caller went away; dropping the stream resets it on the laptop.
-            return Ok(());
+            return Ok(false);
         }
         if last {
-            received(&mut stream, call).await;
-            return Ok(());
+            return Ok(true);
         }
     }
 }

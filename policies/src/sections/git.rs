@@ -7,10 +7,10 @@
 //! any one is not allowed, naming that ref and the rule. Its keys are
 //! declared in the `Field` tables below and documented in `docs/policy.md`.
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 use toml::de::DeValue;
 
-use super::ssh;
+use super::{git_credential, ssh};
 use crate::schema::decision::{Approve, Decided, RuleRef, Verdict, shown_name};
 use crate::schema::glob_deny::deny;
 use crate::schema::probe::{ProbeArgs, clip};
@@ -516,12 +516,8 @@ fn check_name(n: &str) -> Result<(), String> {
 
 /// Compiles a glob over `/`-separated names: `*` within a segment.
 fn path_glob(pattern: &str, case_insensitive: bool) -> Result<GlobMatcher, String> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .case_insensitive(case_insensitive)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("invalid glob {} ({})", shown_name(pattern), e.kind()))
+    git_credential::path_glob(pattern, case_insensitive)
+        .map_err(|why| format!("invalid glob {} ({why})", shown_name(pattern)))
 }
 
 impl Parser<'_, '_, GitSection> {

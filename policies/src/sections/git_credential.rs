@@ -363,8 +363,8 @@ pub(crate) fn check_request_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Compiles an allow-rule path glob: case-sensitive, `*` within a segment.
-fn path_glob(pattern: &str, case_insensitive: bool) -> Result<GlobMatcher, String> {
+/// Compiles a path glob: `*` within a segment, `**` across them.
+pub(crate) fn path_glob(pattern: &str, case_insensitive: bool) -> Result<GlobMatcher, String> {
     if pattern.is_empty() {
         return Err("it is empty".to_owned());
     }

@@ -74,6 +74,8 @@ fn git_config(exe: &str, http_url: Option<&str>, hosts: &[String]) -> Vec<(Strin
         ),
         ("credential.useHttpPath".to_owned(), "true".to_owned()),
         ("core.sshCommand".to_owned(), format!("{exe} git-ssh")),
+        // OpenSSH's arguments (git would otherwise probe with `-G`).
+        ("ssh.variant".to_owned(), "ssh".to_owned()),
     ];
     if let Some(url) = http_url {
         let base = url.trim_end_matches('/');
@@ -114,10 +116,10 @@ mod tests {
             "url.http://127.0.0.1:9/k/_git/git.corp:8443/.insteadOf".to_owned(),
             "https://git.corp:8443/".to_owned()
         )));
-        assert_eq!(config.len(), 6);
+        assert_eq!(config.len(), 7);
         assert_eq!(
             git_config("x", None, &hosts).len(),
-            4,
+            5,
             "no endpoint, no rewrite"
         );
     }

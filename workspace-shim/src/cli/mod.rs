@@ -11,6 +11,7 @@ mod docs;
 mod env;
 mod file;
 mod git_credential;
+mod git_ssh;
 mod http;
 mod mcp;
 mod pairing;
@@ -88,6 +89,11 @@ enum Command {
     /// helpers answer if its policy allows; `store`/`erase` reach the
     /// laptop only where a rule lists them.
     GitCredential(git_credential::GitCredentialArgs),
+    /// git's SSH program (set by `nexus-shim env` as `core.sshCommand`):
+    /// for a host the laptop brokers (`[[git.allow]]`), the laptop runs
+    /// `git-upload-pack`/`git-receive-pack` with its own ssh and decides
+    /// every push; other hosts fall through to plain `ssh` with agent.sock.
+    GitSsh(git_ssh::GitSshArgs),
     /// Custom laptop tools declared in the laptop's policy.
     #[command(subcommand)]
     Tool(tool::ToolCommand),
@@ -147,6 +153,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::KnownHosts(args) => ssh::known_hosts(&state, &args).await,
         Command::Token(cmd) | Command::Secret(cmd) => token::run(&state, cmd).await,
         Command::GitCredential(args) => git_credential::run(&state, &args).await,
+        Command::GitSsh(args) => git_ssh::run(&state, args).await,
         Command::Tool(cmd) => tool::run(&state, cmd).await,
         Command::File(cmd) => file::run(&state, cmd).await,
         Command::Http(cmd) => http::run(&state, cmd).await,

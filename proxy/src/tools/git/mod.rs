@@ -130,6 +130,29 @@ pub(crate) async fn decide_push(
     }
 }
 
+/// Refuses a push whose command list cannot be decided (malformed, protocol
+/// v2, a pack first, cut short): audited like any denial, so that probing
+/// leaves a trace; the message is the refusal line for git's output.
+pub(crate) async fn refuse_push(
+    scope: &Scope<'_>,
+    policy: &PolicySet,
+    host: &str,
+    repo: &str,
+    why: String,
+) -> PushRefused {
+    let subject = Subject {
+        workspace: scope.workspace,
+        tool: TOOL,
+        target: format!("push {}: (command list not read)", place(host, repo)),
+        caller: Some(scope.caller),
+        approval_key: String::new(),
+    };
+    match gate::refuse(scope.ctx, policy, &subject, None, why.clone()).await {
+        Reply::Error(e) => PushRefused(e.message),
+        _ => PushRefused(why),
+    }
+}
+
 /// `Request::GitHosts`: the hosts `nexus-shim env` points git at the laptop for.
 pub(crate) struct Hosts;
 

@@ -18,9 +18,9 @@ use nexus_protocol::{Channel, ErrorCode, GitService, MAX_CHUNK, Reply, Upload};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{PushRefused, ask_open, brokers, decide_push, wrong_grant};
+use super::{PushRefused, ask_open, brokers, decide_push, refuse_push, wrong_grant};
 use crate::tools::pipeline::{Asked, Scope, Tool};
 
 /// How long the workspace's git may take to send a push's command list
@@ -211,12 +211,13 @@ async fn upstream<R: AsyncRead + Unpin>(
     if push {
         match tokio::time::timeout(COMMANDS_TIMEOUT, commands(rx, max)).await {
             Err(_) => {
-                return Err(PushRefused(format!(
+                let why = format!(
                     "the push's command list did not arrive within {}s",
                     COMMANDS_TIMEOUT.as_secs()
-                )));
+                );
+                return Err(refuse_push(scope, policy, host, repo, why).await);
             }
-            Ok(Err(why)) => return Err(PushRefused(why)),
+            Ok(Err(why)) => return Err(refuse_push(scope, policy, host, repo, why).await),
             Ok(Ok(Held::Nothing(bytes))) => {
                 // A flush alone: git has nothing to push and says so.
                 let _ = stdin.write_all(&bytes).await;
@@ -260,10 +261,7 @@ async fn commands<R: AsyncRead + Unpin>(rx: &mut R, max: usize) -> Result<Held, 
             Ok(Progress::NeedMore) => {}
             Ok(Progress::Done(c)) => return Ok(Held::Push(c.updates, held)),
             Err(PktError::Empty) if held == b"0000" => return Ok(Held::Nothing(held)),
-            Err(e) => {
-                warn!(tool = super::TOOL, error = %e, "push refused before a rule was asked");
-                return Err(format!("not a push the laptop can decide: {e}"));
-            }
+            Err(e) => return Err(format!("not a push the laptop can decide: {e}")),
         }
     }
 }
