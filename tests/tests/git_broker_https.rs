@@ -50,7 +50,8 @@ impl World {
 }
 
 /// A paired workspace, the HTTPS git server, the laptop's store with both
-/// accounts, and a policy of `[[git.allow]]` for `acme/*` plus `rules`.
+/// accounts, and a policy of `[[git.allow]]` for `acme/*` plus `rules`
+/// (where `{host}` is the server's `HOST:PORT`, `{ca}` its CA file).
 #[track_caller]
 fn world(rule_extra: &str) -> World {
     let (ws, laptop) = paired();
@@ -75,7 +76,9 @@ fn world(rule_extra: &str) -> World {
          ca_file = \"{}\"\n{rule_extra}",
         git.host(),
         ca.display()
-    ));
+    )
+    .replace("{host}", git.host())
+    .replace("{ca}", &ca.display().to_string()));
     let proxy = laptop.run(&ws, "dev", &policy, &[]);
     World {
         ws,
@@ -240,6 +243,50 @@ fn the_rule_picks_the_account_and_the_workspaces_header_is_dropped() {
         !w.git.requests().contains("auth=no"),
         "{}",
         w.git.requests()
+    );
+}
+
+/// Git LFS's batch API is opened as a fetch, but an upload writes to the
+/// repository's LFS store: under a rule without `push` it is refused
+/// (however the JSON spells it) and never reaches the server, while a
+/// download goes on.
+#[test]
+fn an_lfs_upload_needs_a_push_rule() {
+    let w = world(
+        "\n[[git.allow]]\nhost = \"{host}\"\nrepo = \"ro/*\"\nusername = \"alice\"\nca_file = \"{ca}\"\n",
+    );
+    let url = format!(
+        "$NEXUS_HTTP_URL/_git/{}/ro/repo.git/info/lfs/objects/batch",
+        w.git.host()
+    );
+    let post = |body: &str| {
+        w.sh(&format!(
+            "curl -s -o /dev/stderr -w '%{{http_code}}' -H 'Content-Type: application/vnd.git-lfs+json' \
+             --data-binary '{body}' \"{url}\""
+        ))
+    };
+    for body in [
+        r#"{"operation":"upload","objects":[]}"#,
+        r#"{"operation":"download","OPERATION":"upload","objects":[]}"#,
+    ] {
+        let out = post(body);
+        assert_eq!(out.stdout, "403", "{body}: {out}\n{}", w.logs());
+        assert!(out.stderr.contains("LFS upload refused"), "{out}");
+    }
+    assert!(
+        !w.git.requests().contains("info/lfs"),
+        "an upload reached the server: {}",
+        w.logs()
+    );
+    // A download goes on (this server has no LFS: its 404 comes back).
+    let out = post(r#"{"operation":"download","objects":[]}"#);
+    assert_eq!(out.stdout, "404", "{out}\n{}", w.logs());
+    assert!(
+        w.git
+            .requests()
+            .contains("POST /ro/repo.git/info/lfs/objects/batch"),
+        "{}",
+        w.logs()
     );
 }
 

@@ -10,7 +10,8 @@
 //! list before a byte of its body goes on: every ref update is decided,
 //! and one the policy does not allow refuses the whole push, answered as
 //! git's own report (`! [remote rejected] REF (reason)`), so nothing of it
-//! reaches the server. LFS's batch API is brokered the same way; the
+//! reaches the server. LFS's batch API is brokered the same way (an upload
+//! needs a push rule: its JSON body is read first); the
 //! transfer URLs it hands out go direct.
 
 use std::time::Duration;
@@ -132,6 +133,32 @@ impl Tool for Call<'_> {
             }
             body.ahead = read.ahead;
             body.ended = read.ended;
+        }
+        if path.endpoint == Endpoint::LfsBatch {
+            let data = match read_lfs_batch(stream, scope.max_frame).await {
+                Ok(d) => d,
+                Err(why) => return Some(Reply::error(ErrorCode::BadRequest, why)),
+            };
+            // Opened as a fetch: an upload (or anything not plainly a
+            // download) writes to the repository's LFS store, so it needs
+            // a push rule like any other write.
+            if !is_lfs_download(&data) {
+                let open = scope.decide(
+                    policy,
+                    Action::Git {
+                        host: &host,
+                        repo: &path.repo,
+                        op: GitOp::PushOpen,
+                    },
+                );
+                if open.verdict != Verdict::Allow {
+                    // Denied: the pipeline audits it.
+                    let why = format!("Git LFS upload refused: {}", open.reason);
+                    return Some(Reply::error(ErrorCode::Denied, why));
+                }
+            }
+            body.ahead = data;
+            body.ended = true;
         }
         let limits = Limits {
             name: &host,
@@ -332,6 +359,78 @@ async fn read_commands<S: AsyncRead + Unpin>(
     })
 }
 
+/// Most bytes of an LFS batch request (git-lfs sends 100 objects, a few
+/// KiB, per request).
+const MAX_LFS_BATCH: usize = 1 << 20;
+
+/// Reads an LFS batch request's whole body, which decides whether it is a
+/// fetch or a write.
+async fn read_lfs_batch<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_frame: usize,
+) -> Result<Vec<u8>, String> {
+    let max_frame = max_frame.max(MAX_CHUNK + 64);
+    let read = async {
+        let mut data = Vec::new();
+        loop {
+            let frame: Upload = nexus_transport::recv(&mut *stream, max_frame)
+                .await
+                .map_err(|e| format!("the LFS batch request broke off: {e}"))?;
+            match frame {
+                Upload::Data(piece) if data.len() + piece.len() <= MAX_LFS_BATCH => {
+                    data.extend_from_slice(&piece);
+                }
+                Upload::Data(_) => {
+                    return Err(format!(
+                        "an LFS batch request over {MAX_LFS_BATCH} bytes is refused"
+                    ));
+                }
+                Upload::End => return Ok(data),
+            }
+        }
+    };
+    tokio::time::timeout(COMMANDS_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            format!(
+                "the LFS batch request did not end within {}s",
+                COMMANDS_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+/// Whether an LFS batch request is plainly a download: a JSON object whose
+/// only `operation` key is `"download"`. Keys are compared without case and
+/// every duplicate counts, as some servers (Go's `encoding/json`) match
+/// `OPERATION` too and keep the last.
+fn is_lfs_download(body: &[u8]) -> bool {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+
+    struct Operations;
+    impl<'de> Visitor<'de> for Operations {
+        type Value = Vec<Option<String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an LFS batch request object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value: serde_json::Value = map.next_value()?;
+                if key.eq_ignore_ascii_case("operation") {
+                    found.push(value.as_str().map(str::to_owned));
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let ops = de.deserialize_map(Operations).and_then(|ops| {
+        de.end()?;
+        Ok(ops)
+    });
+    matches!(ops.as_deref(), Ok([Some(op)]) if op == "download")
+}
+
 /// Decides every ref update of the push at once (policy, limits,
 /// approval, audit): `Err` holds, per update, why it is refused (`None`:
 /// allowed alone, refused with the rest).
@@ -476,6 +575,31 @@ mod tests {
 
     const A: &str = "1111111111111111111111111111111111111111";
     const Z: &str = "0000000000000000000000000000000000000000";
+
+    /// Only a plain download is a fetch; an upload, or anything a server
+    /// could read as one, needs a push rule.
+    #[test]
+    fn lfs_batch_operations() {
+        let download = br#"{"operation":"download","transfers":["basic"],"objects":[]}"#;
+        assert!(is_lfs_download(download));
+        for write in [
+            &br#"{"operation":"upload","objects":[]}"#[..],
+            br#"{"operation":"download","OPERATION":"upload"}"#,
+            br#"{"operation":"download","operation":"upload"}"#,
+            br#"{"op\u0065ration":"upload","operation":"download"}"#,
+            br#"{"operation":["download"]}"#,
+            br#"{"objects":[]}"#,
+            br#"{"operation":"download"} {"operation":"upload"}"#,
+            b"\x1f\x8b\x08\x00",
+            b"",
+        ] {
+            assert!(
+                !is_lfs_download(write),
+                "{}",
+                String::from_utf8_lossy(write)
+            );
+        }
+    }
 
     /// A refusal is git's own report, inside side-band-64k when asked.
     #[tokio::test]
