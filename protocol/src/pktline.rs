@@ -79,6 +79,14 @@ pub enum PktError {
     /// A signed push.
     #[error("signed pushes (push-cert) are not supported through the laptop")]
     PushCert,
+    /// Push options (`git push -o`): servers act on them beyond the ref
+    /// updates (GitLab's `merge_request.*`, Gerrit's `submit`), where the
+    /// policy cannot see.
+    #[error(
+        "push options (git push -o) are not passed through the laptop: servers act on them \
+         (merge requests, submits) beyond the ref updates its policy decides"
+    )]
+    PushOptions,
     /// A command line that is not `OLD NEW REF`.
     #[error("malformed ref update {0:?}")]
     BadCommand(String),
@@ -219,12 +227,15 @@ impl PushCommands {
         match (caps, &self.capabilities) {
             (Some(c), None) => {
                 let c = std::str::from_utf8(c).map_err(|_| PktError::BadCommand(clip(text)))?;
-                self.capabilities = Some(
-                    c.split(' ')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                );
+                let caps: Vec<String> = c
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if caps.iter().any(|c| c == "push-options") {
+                    return Err(PktError::PushOptions);
+                }
+                self.capabilities = Some(caps);
             }
             (Some(_), Some(_)) => return Err(PktError::BadCommand(clip(text))),
             (None, None) => self.capabilities = Some(Vec::new()),
@@ -383,6 +394,12 @@ mod tests {
             (
                 request(&["push-cert\0report-status\n".to_owned()]),
                 "push cert",
+            ),
+            (
+                request(&[format!(
+                    "{A} {B} refs/for/main\0report-status push-options\n"
+                )]),
+                "push options",
             ),
             (
                 request(&[

@@ -314,6 +314,7 @@ fn hostile_requests_are_refused_and_the_proxy_keeps_serving() {
         ("pack-first", "403", "a pack"),
         ("no-flush", "403", "ended before its command list"),
         ("v2-delim", "403", "protocol v2"),
+        ("push-options", "403", "push options"),
         ("split-long-list", "200", "ng refs/heads/main"),
         // The server's upload-pack refuses it (nothing can be pushed there).
         ("upload-pack-push", "415", "git-upload-pack-request"),
@@ -392,6 +393,9 @@ send("lying-length", "POST", "/acme/repo.git/git-receive-pack", [b"zz" + first[2
 send("pack-first", "POST", "/acme/repo.git/git-receive-pack", [b"PACK\0\0\0\x02" + first])
 send("no-flush", "POST", "/acme/repo.git/git-receive-pack", [first[:9], first[9:]])
 send("v2-delim", "POST", "/acme/repo.git/git-receive-pack", [b"0001" + first])
+options = pkt(f"{A} {A} refs/heads/agent/x\0report-status push-options\n") + b"0000"
+options += pkt("merge_request.create\n") + pkt("merge_request.target=main\n") + b"0000PACK"
+send("push-options", "POST", "/acme/repo.git/git-receive-pack", [options])
 many = first + b"".join(pkt(f"{Z} {A} refs/heads/agent/n{i}\n") for i in range(3000))
 many += pkt(f"{A} {A} refs/heads/main\n") + b"0000PACK"
 send("split-long-list", "POST", "/acme/repo.git/git-receive-pack", [many[i:i + 7000] for i in range(0, len(many), 7000)])

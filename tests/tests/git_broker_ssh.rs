@@ -334,6 +334,15 @@ fn hostile_inputs_are_refused_and_the_proxy_keeps_serving() {
         format!("{:04x}{line}", line.len() + 4)
     };
     let push = format!("git-receive-pack '{repo}'");
+    let pkt = |s: &str| format!("{:04x}{s}", s.len() + 4);
+    let push_options = format!(
+        "{}0000{}0000PACK",
+        pkt(&format!(
+            "{} {oid} refs/heads/agent/z\0report-status push-options\n",
+            "0".repeat(40)
+        )),
+        pkt("merge_request.create\n")
+    );
     for (input, why) in [
         (b"0001".to_vec(), "protocol v2"),
         (
@@ -347,6 +356,9 @@ fn hostile_inputs_are_refused_and_the_proxy_keeps_serving() {
             "ended before its command list",
         ),
         (b"PACK\x00\x00\x00\x02".to_vec(), "a pack"),
+        // An allowed ref, with options a server could act on (GitLab's
+        // merge_request.*, Gerrit's submit) beyond what the policy sees.
+        (push_options.into_bytes(), "push options"),
     ] {
         let out = ssh(&push, &input);
         assert_ne!(out.exit_code, Some(0), "{out}");
@@ -363,7 +375,7 @@ fn hostile_inputs_are_refused_and_the_proxy_keeps_serving() {
     let audited = b
         .world
         .count_proxy_lines(&["decision", "deny", "(command list not read)"]);
-    assert_eq!(audited, 6, "{}", b.world.proxy_log());
+    assert_eq!(audited, 7, "{}", b.world.proxy_log());
 
     // The proxy still serves.
     b.git(&["clone", "-q", &b.url(&b.repo()), "after"]).ok();
