@@ -566,16 +566,48 @@ pub const MAX_LINE: usize = 4 << 20;
 /// transport, except that a line it cannot take is answered instead of
 /// dropped (a client would wait for ever): not JSON is -32700 with a null
 /// id, JSON that is no valid message is -32600 carrying the request's id.
-struct LineTransport<R, W> {
+struct LineTransport<R> {
     input: tokio::io::BufReader<R>,
-    out: Arc<tokio::sync::Mutex<W>>,
+    /// The line being read, and an answer not yet queued: kept here, not in
+    /// `receive`, because rmcp drops a pending `receive` whenever another
+    /// event comes first (a select), and what a dropped future held would
+    /// be lost with it (a client would then wait for an answer for ever).
+    line: Vec<u8>,
+    pending: Option<Vec<u8>>,
+    /// Skipping the rest of an oversized line.
+    skipping: bool,
+    /// Every line for the client, rmcp's and the ones this transport
+    /// answers itself, written in order by one task that owns the output,
+    /// so that `receive` never waits on a write it could be dropped in.
+    answers: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// That task: `close` waits for it to write what is queued.
+    writer: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl<R: tokio::io::AsyncRead, W> LineTransport<R, W> {
-    fn new(input: R, out: W) -> Self {
+/// Lines queued for the client before a sender waits for it to read.
+const ANSWERS_QUEUED: usize = 64;
+
+impl<R: tokio::io::AsyncRead> LineTransport<R> {
+    /// Needs a Tokio runtime: the answers' writer is a task of its own,
+    /// ending when the transport is dropped or the client stops reading.
+    fn new<W: tokio::io::AsyncWrite + Unpin + Send + 'static>(input: R, out: W) -> Self {
+        let (answers, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(ANSWERS_QUEUED);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut out = out;
+            while let Some(line) = queued.recv().await {
+                if out.write_all(&line).await.is_err() || out.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
         Self {
             input: tokio::io::BufReader::new(input),
-            out: Arc::new(tokio::sync::Mutex::new(out)),
+            line: Vec::new(),
+            pending: None,
+            skipping: false,
+            answers,
+            writer: Some(writer),
         }
     }
 }
@@ -653,10 +685,9 @@ fn classify(line: &[u8]) -> Line {
     }
 }
 
-impl<R, W> rmcp::transport::Transport<RoleServer> for LineTransport<R, W>
+impl<R> rmcp::transport::Transport<RoleServer> for LineTransport<R>
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     type Error = std::io::Error;
 
@@ -664,67 +695,93 @@ where
         &mut self,
         item: TxJsonRpcMessage<RoleServer>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
-        let out = self.out.clone();
+        let answers = self.answers.clone();
         async move {
             let mut line = serde_json::to_vec(&item)?;
             line.push(b'\n');
-            write_line(&out, &line).await
+            answers.send(line).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the MCP client stopped reading",
+                )
+            })
         }
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
         use tokio::io::AsyncBufReadExt;
         loop {
-            let mut line = Vec::new();
+            // Every await below may be dropped and called again: progress
+            // lives in `self` (see the fields).
+            if self.pending.is_some() {
+                let permit = self.answers.reserve().await.ok()?;
+                if let Some(answer) = self.pending.take() {
+                    permit.send(answer);
+                }
+            }
+            let room = if self.skipping {
+                64 << 10
+            } else {
+                (MAX_LINE + 1).saturating_sub(self.line.len()) as u64
+            };
             let read = (&mut self.input)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut line)
+                .take(room)
+                .read_until(b'\n', &mut self.line)
                 .await
                 .ok()?;
-            if read == 0 {
+            let ended = read == 0 || self.line.ends_with(b"\n");
+            if self.skipping {
+                // The rest of an oversized line, already answered.
+                self.line.clear();
+                self.skipping = !ended;
+                if read == 0 {
+                    return None;
+                }
+                continue;
+            }
+            if self.line.len() > MAX_LINE {
+                self.line.clear();
+                self.skipping = !ended;
+                self.pending = Some(error_line(
+                    &Value::Null,
+                    -32700,
+                    "Parse error: line too long",
+                ));
+                continue;
+            }
+            if !ended {
+                continue;
+            }
+            if read == 0 && self.line.is_empty() {
                 return None;
             }
-            let answer = if line.len() > MAX_LINE {
-                // Skip the rest of the oversized line.
-                let mut rest = Vec::new();
-                while !line.ends_with(b"\n") && !rest.ends_with(b"\n") {
-                    rest.clear();
-                    let n = (&mut self.input)
-                        .take(64 << 10)
-                        .read_until(b'\n', &mut rest)
-                        .await
-                        .ok()?;
-                    if n == 0 {
-                        break;
-                    }
+            let line = std::mem::take(&mut self.line);
+            match classify(&line) {
+                Line::Message(m) => return Some(*m),
+                Line::Skip => {}
+                Line::Answer(a) => self.pending = Some(a),
+            }
+            if read == 0 {
+                // End of input after a last line without its newline: its
+                // answer still goes out.
+                if let Some(answer) = self.pending.take() {
+                    let _ = self.answers.send(answer).await;
                 }
-                error_line(&Value::Null, -32700, "Parse error: line too long")
-            } else {
-                match classify(&line) {
-                    Line::Message(m) => return Some(*m),
-                    Line::Skip => continue,
-                    Line::Answer(a) => a,
-                }
-            };
-            if write_line(&self.out, &answer).await.is_err() {
                 return None;
             }
         }
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
+        // The writer ends once every sender is gone: ours is replaced by
+        // one whose channel is already closed.
+        self.answers = tokio::sync::mpsc::channel(1).0;
+        // Bounded: a client that stopped reading must not hold the exit.
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+        }
         Ok(())
     }
-}
-
-async fn write_line<W: tokio::io::AsyncWrite + Unpin>(
-    out: &tokio::sync::Mutex<W>,
-    line: &[u8],
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut out = out.lock().await;
-    out.write_all(line).await?;
-    out.flush().await
 }
 
 #[cfg(test)]
@@ -792,6 +849,29 @@ mod tests {
             panic!("{got:?}");
         };
         assert_eq!(request.id, rmcp::model::RequestId::Number(8));
+    }
+
+    /// rmcp drops a pending `receive` whenever another event comes first:
+    /// neither half a line read nor an answer made may be lost with it.
+    #[tokio::test]
+    async fn a_dropped_receive_loses_neither_a_half_line_nor_an_answer() {
+        let (mut client, server_in) = tokio::io::duplex(1 << 16);
+        let (server_out, answers) = tokio::io::duplex(1 << 16);
+        let mut transport = LineTransport::new(server_in, server_out);
+        let _ = client.write_all(b"not json\n{\"jsonrpc\":\"2.0\",").await;
+        // Dropped once it has read all there is: mid-line.
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), transport.receive());
+        assert!(idle.await.is_err(), "nothing whole to hand on yet");
+        let _ = client.write_all(b"\"id\":4,\"method\":\"ping\"}\n").await;
+        let Some(rmcp::model::JsonRpcMessage::Request(request)) = transport.receive().await else {
+            panic!("the line begun before the drop was lost");
+        };
+        assert_eq!(request.id, rmcp::model::RequestId::Number(4));
+        assert!(transport.close().await.is_ok());
+        drop(transport);
+        let mut lines = tokio::io::BufReader::new(answers).lines();
+        let first = lines.next_line().await.ok().flatten().unwrap_or_default();
+        assert!(first.contains("-32700"), "{first}");
     }
 
     #[tokio::test]
