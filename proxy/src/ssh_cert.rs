@@ -97,7 +97,6 @@ pub struct Credential {
 /// # Errors
 /// [`CertError::Malformed`] for anything else.
 pub fn parse_credential(blob: &[u8]) -> Result<Credential, CertError> {
-    let r = &mut &blob[..];
     let name = String::decode(&mut &blob[..]).map_err(bad)?;
     let credential = if name.ends_with(CERT_SUFFIX) {
         let cert = parse_cert(blob)?;
@@ -106,13 +105,29 @@ pub fn parse_credential(blob: &[u8]) -> Result<Credential, CertError> {
             cert: Some(cert),
         }
     } else {
-        let key = KeyData::decode(r).map_err(bad)?;
-        if !r.is_empty() {
-            return Err(bad("trailing bytes in a key blob"));
+        Credential {
+            key: plain_key(blob)?,
+            cert: None,
         }
-        Credential { key, cert: None }
     };
     Ok(credential)
+}
+
+/// A plain public key blob, strictly; a certificate is refused by its name
+/// before any of it is read, so that a CA field never nests a parse (a
+/// chain of certificates each naming the next as its CA would otherwise
+/// recurse as deep as a request frame allows).
+fn plain_key(blob: &[u8]) -> Result<KeyData, CertError> {
+    let name = String::decode(&mut &blob[..]).map_err(bad)?;
+    if name.ends_with(CERT_SUFFIX) {
+        return Err(bad("a certificate where a plain key belongs"));
+    }
+    let r = &mut &blob[..];
+    let key = KeyData::decode(r).map_err(bad)?;
+    if !r.is_empty() {
+        return Err(bad("trailing bytes in a key blob"));
+    }
+    Ok(key)
 }
 
 fn string(r: &mut &[u8]) -> Result<Vec<u8>, CertError> {
@@ -135,16 +150,18 @@ fn parse_cert(blob: &[u8]) -> Result<Certificate, CertError> {
     let principals = principals(&string(r)?)?;
     let valid_after = u64::decode(r).map_err(bad)?;
     let valid_before = u64::decode(r).map_err(bad)?;
-    let _critical_options = string(r)?;
+    let critical_options = string(r)?;
+    // As OpenSSH: a host certificate carries no critical options.
+    if cert_type == CertType::Host && !critical_options.is_empty() {
+        return Err(bad("a host certificate with critical options"));
+    }
     let _extensions = string(r)?;
     let _reserved = string(r)?;
     let ca_blob = string(r)?;
-    let ca = match parse_credential(&ca_blob)? {
-        Credential { key, cert: None } => key,
-        Credential { cert: Some(_), .. } => {
-            return Err(bad("a certificate signed by a certificate"));
-        }
-    };
+    let ca = plain_key(&ca_blob).map_err(|e| match e {
+        CertError::Malformed(why) => bad(format!("the certificate's CA: {why}")),
+        other => other,
+    })?;
     let signed = blob[..blob.len() - r.len()].to_vec();
     let sig_blob = string(r)?;
     if !r.is_empty() {
@@ -213,6 +230,41 @@ pub(crate) mod tests {
     fn put(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(0).to_be_bytes());
         out.extend_from_slice(s);
+    }
+
+    /// A certificate whose CA field holds a certificate, whose CA field
+    /// holds another, thousands deep: refused at the first level, without
+    /// a parse per level (which overflowed the stack before).
+    #[test]
+    fn nested_certificates_are_refused_without_recursing() {
+        let mut inner = Vec::new();
+        put(&mut inner, b"ssh-ed25519");
+        put(&mut inner, &[7; 32]);
+        for _ in 0..3000 {
+            let mut cert = Vec::new();
+            put(&mut cert, b"ssh-ed25519-cert-v01@openssh.com");
+            put(&mut cert, b"nonce");
+            put(&mut cert, &[7; 32]);
+            cert.extend_from_slice(&0u64.to_be_bytes());
+            cert.extend_from_slice(&1u32.to_be_bytes());
+            for field in [&b"id"[..], b""] {
+                put(&mut cert, field);
+            }
+            cert.extend_from_slice(&0u64.to_be_bytes());
+            cert.extend_from_slice(&u64::MAX.to_be_bytes());
+            for field in [&b""[..], b"", b""] {
+                put(&mut cert, field);
+            }
+            put(&mut cert, &inner);
+            put(&mut cert, b"");
+            inner = cert;
+        }
+        match parse_credential(&inner) {
+            Err(CertError::Malformed(why)) => {
+                assert!(why.contains("plain key belongs"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     pub(crate) fn ed25519(seed: u8) -> PrivateKey {
