@@ -288,7 +288,9 @@ async fn leader_exit(pid: Option<rustix::process::Pid>) -> bool {
     }
 }
 
-async fn send_chunk<W: AsyncWrite + Unpin>(
+/// One frame of a stream's output on the call's stream; `Err` when the
+/// workspace is gone.
+pub(crate) async fn send_chunk<W: AsyncWrite + Unpin>(
     tx: &mut W,
     channel: Channel,
     data: Vec<u8>,

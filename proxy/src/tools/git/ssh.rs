@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 use tracing::info;
 
 use super::{PushRefused, ask_open, brokers, decide_push, refuse_push, wrong_grant};
+use crate::tools::custom::send_chunk;
 use crate::tools::pipeline::{Asked, Scope, Tool};
 
 /// How long the workspace's git may take to send a push's command list
@@ -183,16 +184,6 @@ where
             return;
         }
     }
-}
-
-async fn send_chunk<W: AsyncWrite + Unpin>(
-    tx: &mut W,
-    channel: Channel,
-    data: Vec<u8>,
-) -> Result<(), ()> {
-    nexus_transport::send_data(tx, &Reply::Chunk { channel, data })
-        .await
-        .map_err(|_| ())
 }
 
 /// Copies the workspace's bytes to `ssh`. On a push the command list is
