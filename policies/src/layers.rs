@@ -540,7 +540,7 @@ mod tests {
         Policy::from_sources(&[Source::new(name, text)]).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn set(baseline: Option<&str>, user: &str) -> PolicySet {
+    pub(super) fn set(baseline: Option<&str>, user: &str) -> PolicySet {
         PolicySet::new(
             baseline.map(|b| load("base.toml", b)),
             load("user.toml", user),
@@ -820,22 +820,18 @@ user = "git"
 
 #[cfg(test)]
 mod review_tests {
+    use super::tests::set;
     use super::*;
     use crate::Grant;
 
     #[test]
     fn tool_list_follows_the_layers() {
-        let baseline =
-            Policy::from_sources(&[Source::new("b.toml", "[[tools.deny]]\nname = \"danger\"\n")])
-                .unwrap_or_else(|e| panic!("{e}"));
-        let user = Policy::from_sources(&[Source::new(
-            "u.toml",
+        let set = set(
+            Some("[[tools.deny]]\nname = \"danger\"\n"),
             "[tools.ok]\ncommand = [\"true\"]\n\n[tools.wide]\ncommand = [\"true\"]\n\n\
              [tools.danger]\ncommand = [\"true\"]\n\n\
              [workspace.\"w\".tools.ok]\ncommand = [\"true\"]\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let set = PolicySet::new(Some(baseline), user);
+        );
         let names = |ws: &str| -> Vec<String> {
             set.tools_for(ws).iter().map(|t| t.name.clone()).collect()
         };
@@ -848,17 +844,10 @@ mod review_tests {
     /// opens, symlinks resolved, lies under the granted path).
     #[test]
     fn a_ceiling_file_rule_caps_size_and_tree() {
-        let baseline = Policy::from_sources(&[Source::new(
-            "b.toml",
-            "[[files.allow]]\npath = \"~/.x/config/\"\nmax_size = \"1KiB\"\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let user = Policy::from_sources(&[Source::new(
-            "u.toml",
+        let set = set(
+            Some("[[files.allow]]\npath = \"~/.x/config/\"\nmax_size = \"1KiB\"\n"),
             "[[files.allow]]\npath = \"~/.x/\"\nmax_size = \"10MiB\"\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let set = PolicySet::new(Some(baseline), user);
+        );
         let out = set.decide(&Request {
             workspace: "w",
             caller: None,
@@ -883,17 +872,10 @@ mod review_tests {
     /// which the user's policy does not allow one by one).
     #[test]
     fn a_ceiling_directory_does_not_widen_a_users_file_rule() {
-        let baseline = Policy::from_sources(&[Source::new(
-            "b.toml",
-            "[[files.allow]]\npath = \"~/proj/\"\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let user = Policy::from_sources(&[Source::new(
-            "u.toml",
+        let set = set(
+            Some("[[files.allow]]\npath = \"~/proj/\"\n"),
             "[[files.allow]]\npath = \"~/proj\"\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let set = PolicySet::new(Some(baseline), user);
+        );
         let out = set.decide(&Request {
             workspace: "w",
             caller: None,
@@ -914,17 +896,10 @@ mod review_tests {
     /// name installs: entries the ceiling's set does not cover are dropped.
     #[test]
     fn a_ceiling_set_caps_the_users_set() {
-        let baseline = Policy::from_sources(&[Source::new(
-            "b.toml",
-            "[files.sets.s]\npaths = [\"~/.a/x.json\", \"~/.b/\"]\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let user = Policy::from_sources(&[Source::new(
-            "u.toml",
+        let set = set(
+            Some("[files.sets.s]\npaths = [\"~/.a/x.json\", \"~/.b/\"]\n"),
             "[files.sets.s]\npaths = [\"~/.a/x.json\", \"~/.b/c/\", \"~/.ssh/id_ed25519\"]\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let set = PolicySet::new(Some(baseline), user);
+        );
         let out = set.decide(&Request {
             workspace: "w",
             caller: None,
@@ -942,17 +917,12 @@ mod review_tests {
     /// (It used to cap only the name and arguments.)
     #[test]
     fn a_ceiling_tool_pins_its_command() {
-        let baseline = Policy::from_sources(&[Source::new(
-            "b.toml",
-            "[tools.t]\ncommand = [\"gh\", \"pr\", \"create\"]\ntimeout = \"10s\"\nenv = [\"GH_TOKEN\"]\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let user = Policy::from_sources(&[Source::new(
-            "u.toml",
+        let set = set(
+            Some(
+                "[tools.t]\ncommand = [\"gh\", \"pr\", \"create\"]\ntimeout = \"10s\"\nenv = [\"GH_TOKEN\"]\n",
+            ),
             "[tools.t]\ncommand = [\"sh\", \"-c\", \"anything\"]\ntimeout = \"1h\"\nenv = [\"GH_TOKEN\", \"AWS_SECRET_ACCESS_KEY\"]\n",
-        )])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let set = PolicySet::new(Some(baseline), user);
+        );
         let out = set.decide(&Request {
             workspace: "w",
             caller: None,
