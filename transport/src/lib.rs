@@ -7,6 +7,7 @@
 //! [`MuxHandle`].
 #![forbid(unsafe_code)]
 
+mod coalesce;
 pub mod docs;
 mod error;
 mod fingerprint;

@@ -18,6 +18,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 use tokio_util::sync::CancellationToken;
 
 use crate::TransportError;
+use crate::coalesce::{Coalesce, FlushTurn};
 
 pub use yamux::Mode;
 
@@ -185,7 +186,8 @@ where
     // a quarter of the per-frame work, and still short enough not to hold
     // other streams' frames back noticeably.
     cfg.set_split_send_size(SPLIT_SEND_SIZE);
-    let conn = yamux::Connection::new(io.compat(), cfg, mode);
+    let turn = FlushTurn::default();
+    let conn = yamux::Connection::new(Coalesce::new(io, turn.clone()).compat(), cfg, mode);
     let (open_tx, open_rx) = mpsc::channel(limits.max_outbound.max(1));
     let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue.max(1));
     let closed = CancellationToken::new();
@@ -197,7 +199,7 @@ where
         abort: abort.clone(),
     };
     let task = tokio::spawn(async move {
-        let exit = drive(conn, open_rx, in_tx, shutdown, abort).await;
+        let exit = drive(conn, &turn, open_rx, in_tx, shutdown, abort).await;
         closed.cancel();
         exit
     });
@@ -211,6 +213,7 @@ enum Step {
 
 async fn drive<T>(
     mut conn: yamux::Connection<T>,
+    turn: &FlushTurn,
     mut opens: mpsc::Receiver<OpenReply>,
     inbound: mpsc::Sender<MuxStream>,
     shutdown: CancellationToken,
@@ -224,6 +227,7 @@ where
         let mut cancelled = pin!(shutdown.cancelled());
         let mut aborted = pin!(abort.cancelled());
         poll_fn(|cx| {
+            turn.next();
             if aborted.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Step::Ended(MuxExit::Aborted));
             }
@@ -275,7 +279,10 @@ where
         Step::Ended(exit) => exit,
         Step::Shutdown => {
             // Bounded: a peer that stops reading must not hold our exit.
-            let close = poll_fn(|cx| conn.poll_close(cx));
+            let close = poll_fn(|cx| {
+                turn.next();
+                conn.poll_close(cx)
+            });
             match tokio::time::timeout(std::time::Duration::from_secs(2), close).await {
                 Ok(Ok(())) | Err(_) => MuxExit::Shutdown,
                 Ok(Err(e)) => MuxExit::Failed(e),

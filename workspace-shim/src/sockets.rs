@@ -56,11 +56,14 @@ pub async fn serve_local(
         next += 1;
         let (shared, stop, gate, id) = (shared.clone(), shutdown.clone(), gate.clone(), next);
         tasks.spawn(async move {
-            let caller = caller_context(&conn);
-            let span = info_span!("local", id, pid = caller.pid, uid = caller.uid);
-            handle(conn, caller, &shared, &stop, &gate)
-                .instrument(span)
-                .await;
+            let cred = conn.peer_cred().ok();
+            let span = info_span!(
+                "local",
+                id,
+                pid = cred.and_then(|c| c.pid()),
+                uid = cred.map(|c| c.uid())
+            );
+            handle(conn, &shared, &stop, &gate).instrument(span).await;
         });
     }
 }
@@ -88,7 +91,6 @@ pub(crate) fn caller_context(conn: &UnixStream) -> CallerContext {
 
 async fn handle(
     mut conn: UnixStream,
-    caller: CallerContext,
     shared: &Shared,
     shutdown: &CancellationToken,
     gate: &Semaphore,
@@ -130,6 +132,9 @@ async fn handle(
             let _ = nexus_transport::send(&mut conn, &LocalReply::Reply(reply)).await;
         }
         LocalOp::Forward(request) => {
+            // Only a forwarded call needs who is calling (read from /proc,
+            // the dearest part of the local hop): not `status` or `pairing-uri`.
+            let caller = caller_context(&conn);
             let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
             let Ok(_permit) = gate.acquire().await else {
                 return;

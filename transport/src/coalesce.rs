@@ -1,0 +1,270 @@
+//! Batches yamux's writes into one write of the TLS stream per burst.
+//!
+//! yamux 0.14 writes a frame's 12-byte header and its body as two writes,
+//! and flushes after every frame. Over `tokio-rustls`, every write is a
+//! TLS record and a `sendmsg`, and every `sendmsg` wakes the peer: a call's
+//! request, its answer and the stream close cost six records and six
+//! wake-ups of the other process where two would do. A wake-up of another
+//! process is the dearest thing on the token path (a CPU switch between
+//! address spaces, often an inter-processor interrupt).
+//!
+//! [`Coalesce`] keeps what yamux writes in a buffer and holds a flush back
+//! until the driver's next turn ([`FlushTurn`]): frames queued in one turn of
+//! the driver (an answer and its stream close; a confirmation and a close)
+//! leave in one write. The deferral wakes the driver, so a held flush is
+//! never forgotten: it happens on the driver's next poll, right after the
+//! tasks already queued on that worker.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes buffered before a write must wait for the buffer to drain: a few
+/// of yamux's largest frames (64 KiB), so a bulk stream keeps the socket fed.
+const CAPACITY: usize = 256 * 1024;
+
+/// The driver's turn counter: the driver calls [`FlushTurn::next`] at the
+/// start of every poll; a flush held in one turn happens in a later one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FlushTurn(Arc<AtomicU64>);
+
+impl FlushTurn {
+    /// Starts a new turn of the driver.
+    pub(crate) fn next(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A write-coalescing wrapper; reads pass through untouched.
+#[derive(Debug)]
+pub(crate) struct Coalesce<T> {
+    io: T,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written to `io`.
+    written: usize,
+    turn: FlushTurn,
+    /// The turn in which a flush was held back, if one is.
+    held: Option<u64>,
+}
+
+impl<T> Coalesce<T> {
+    pub(crate) fn new(io: T, turn: FlushTurn) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+            written: 0,
+            turn,
+            held: None,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Coalesce<T> {
+    /// Writes out everything buffered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.buf.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.buf.clear();
+        self.written = 0;
+        // A burst larger than usual does not keep its memory while idle.
+        if self.buf.capacity() > CAPACITY {
+            self.buf.shrink_to(CAPACITY);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.buf.len() + data.len() > CAPACITY && !this.buf.is_empty() {
+            ready!(this.poll_drain(cx))?;
+        }
+        let room = CAPACITY.saturating_sub(this.buf.len()).max(1);
+        let n = data.len().min(room);
+        this.buf.extend_from_slice(&data[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.buf.is_empty() {
+            this.held = None;
+            return Pin::new(&mut this.io).poll_flush(cx);
+        }
+        let now = this.turn.now();
+        match this.held {
+            None => {
+                // Hold it for the rest of this turn; the wake-up brings the
+                // driver back for the write.
+                this.held = Some(now);
+                cx.waker().wake_by_ref();
+                return Poll::Ready(Ok(()));
+            }
+            Some(turn) if turn == now => return Poll::Ready(Ok(())),
+            Some(_) => {}
+        }
+        ready!(this.poll_drain(cx))?;
+        this.held = None;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
+        this.held = None;
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records every write it is given.
+    #[derive(Default, Clone)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if let Ok(mut w) = self.0.lock() {
+                w.push(data.to_vec());
+            }
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn writes(w: &Writes) -> Vec<Vec<u8>> {
+        w.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn writes_and_flushes_of_one_turn_leave_as_one_write_in_the_next() {
+        let sink = Writes::default();
+        let turn = FlushTurn::default();
+        let mut c = Coalesce::new(sink.clone(), turn.clone());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        turn.next();
+        for part in [&b"head"[..], b"body", b"fin"] {
+            assert!(matches!(
+                Pin::new(&mut c).poll_write(&mut cx, part),
+                Poll::Ready(Ok(_))
+            ));
+            assert!(matches!(
+                Pin::new(&mut c).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            ));
+        }
+        assert!(writes(&sink).is_empty(), "held within the turn");
+        turn.next();
+        assert!(matches!(
+            Pin::new(&mut c).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(writes(&sink), vec![b"headbodyfin".to_vec()]);
+    }
+
+    #[test]
+    fn a_held_flush_wakes_the_driver() {
+        let sink = Writes::default();
+        let turn = FlushTurn::default();
+        let mut c = Coalesce::new(sink, turn);
+        let (waker, count) = futures_test_waker();
+        let mut cx = Context::from_waker(&waker);
+        let _ = Pin::new(&mut c).poll_write(&mut cx, b"x");
+        let _ = Pin::new(&mut c).poll_flush(&mut cx);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn shutdown_writes_what_is_buffered_first() {
+        let sink = Writes::default();
+        let mut c = Coalesce::new(sink.clone(), FlushTurn::default());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let _ = Pin::new(&mut c).poll_write(&mut cx, b"last words");
+        let _ = Pin::new(&mut c).poll_flush(&mut cx);
+        assert!(matches!(
+            Pin::new(&mut c).poll_shutdown(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(writes(&sink), vec![b"last words".to_vec()]);
+    }
+
+    #[test]
+    fn a_large_burst_is_written_in_pieces_no_larger_than_the_buffer() {
+        let sink = Writes::default();
+        let mut c = Coalesce::new(sink.clone(), FlushTurn::default());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let chunk = vec![1u8; 64 * 1024];
+        let mut total = 0;
+        for _ in 0..10 {
+            let mut off = 0;
+            while off < chunk.len() {
+                match Pin::new(&mut c).poll_write(&mut cx, &chunk[off..]) {
+                    Poll::Ready(Ok(n)) => off += n,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            total += chunk.len();
+        }
+        let _ = Pin::new(&mut c).poll_shutdown(&mut cx);
+        let w = writes(&sink);
+        assert!(w.iter().all(|p| p.len() <= CAPACITY));
+        assert_eq!(w.iter().map(Vec::len).sum::<usize>(), total);
+    }
+
+    fn futures_test_waker() -> (std::task::Waker, Arc<std::sync::atomic::AtomicUsize>) {
+        struct Count(Arc<std::sync::atomic::AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (std::task::Waker::from(Arc::new(Count(n.clone()))), n)
+    }
+}
