@@ -74,6 +74,10 @@ fn parse_args() -> Result<Args> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Child mode: the other end of row (h), a process that echoes.
+    if let Some(path) = std::env::args().skip_while(|a| a != "--echo").nth(1) {
+        return echo(Path::new(&path));
+    }
     let args = parse_args()?;
     let bin = bin_dir()?;
     let mut report = serde_json::Map::new();
@@ -84,6 +88,8 @@ async fn main() -> Result<()> {
 
     let floor = floor(args.calls).await?;
     row("(a) bare TLS+yamux request/response", &floor);
+    let hop = process_hop(args.calls)?;
+    row("(h) one round trip to another process", &hop);
 
     let setup = Pair::start(&bin, POLICY, &[], None).await?;
     let local = status_calls(setup.sock(), args.calls).await?;
@@ -122,6 +128,7 @@ async fn main() -> Result<()> {
     drop(idle);
 
     report.insert("floor_us".into(), summary(&floor));
+    report.insert("process_hop_us".into(), summary(&hop));
     report.insert("daemon_path_us".into(), summary(&path));
     report.insert("local_status_us".into(), summary(&local));
     report.insert("concurrent".into(), serde_json::json!({"n": args.concurrent, "ok": ok, "errors": errors, "wall_ms": wall.as_secs_f64() * 1e3}));
@@ -310,4 +317,45 @@ async fn concurrent_calls(sock: &Path, n: usize) -> (usize, usize, Duration) {
         }
     }
     (ok, err, t.elapsed())
+}
+
+/// Row (h): what one round trip between two processes costs on this machine
+/// (64 bytes each way over a Unix socket, blocking reads, no runtime), the
+/// unit the daemon path pays twice more than the in-process floor (a): its
+/// caller and the shim, the shim and the proxy are separate processes.
+fn process_hop(calls: usize) -> Result<Vec<f64>> {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("echo.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--echo")
+        .arg(&path)
+        .spawn()
+        .context("starting the echo process")?;
+    let (mut conn, _) = listener.accept()?;
+    let mut buf = [7u8; 64];
+    let mut out = Vec::with_capacity(calls);
+    for i in 0..calls + 50 {
+        let t = Instant::now();
+        conn.write_all(&buf)?;
+        conn.read_exact(&mut buf)?;
+        if i >= 50 {
+            out.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(conn);
+    let _ = child.wait();
+    Ok(out)
+}
+
+/// The echo process of row (h): answers every 64 bytes until the end.
+fn echo(path: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut conn = std::os::unix::net::UnixStream::connect(path)?;
+    let mut buf = [0u8; 64];
+    while conn.read_exact(&mut buf).is_ok() {
+        conn.write_all(&buf)?;
+    }
+    Ok(())
 }
