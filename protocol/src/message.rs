@@ -397,15 +397,20 @@ impl Request {
         self.section().tool_name()
     }
 
-    /// Whether the call only reads and is answered by one reply, so that a
-    /// shim whose link died before the answer may send it again (with the
-    /// same [`CallKey`]): token values and names, the identity list, pinned
-    /// host keys, `git credential get`, the tool and API lists.
+    /// Whether the call only reads, so that a shim whose link died before
+    /// any byte of the answer reached its caller may send it again (with
+    /// the same [`CallKey`]): token values and names, the identity list,
+    /// pinned host keys, `git credential get`, the tool and API lists,
+    /// `file get`, and an API's `GET` or `HEAD` without a body.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
+        if let Self::Http(req) = self {
+            return matches!(req.method.as_str(), "GET" | "HEAD") && req.body_len == Some(0);
+        }
         matches!(
             self,
             Self::Token { .. }
+                | Self::FileGet { .. }
                 | Self::McpTokens
                 | Self::SshIdentities
                 | Self::SshIdentitiesBound { .. }
