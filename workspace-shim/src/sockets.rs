@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_protocol::{
-    ANSWER_RECEIVED, Call, CallKey, CallerContext, ErrorCode, LinkStatus, LocalOp, LocalReply,
-    LocalRequest, MAX_FRAME, PairingInfo, RETRY_WINDOW, Reply, Request, StatusInfo,
+    ANSWER_RECEIVED, Call, CallKey, CallerContext, ErrorCode, FrameError, LinkStatus, LocalOp,
+    LocalReply, LocalRequest, MAX_FRAME, PairingInfo, RETRY_WINDOW, Reply, Request, StatusInfo,
 };
 use nexus_transport::{MuxStream, TransportError};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -514,9 +514,12 @@ async fn answers(
         };
         let mut body = match nexus_transport::recv_body(stream, MAX_FRAME).await {
             Ok(b) => b,
-            Err(TransportError::Closed | TransportError::Io { .. }) => {
-                return Err(Failed::Lost { part });
-            }
+            // A stream that ends inside a frame ended with its link too.
+            Err(
+                TransportError::Closed
+                | TransportError::Io { .. }
+                | TransportError::Frame(FrameError::Truncated { .. } | FrameError::Io(_)),
+            ) => return Err(Failed::Lost { part }),
             Err(e) => return Err(bad(&e)),
         };
         // Bulk data (file contents, tool output) passes through as it
