@@ -320,8 +320,22 @@ impl<S> Tape<S> {
         Poll::Ready(self.stream == Stream::LinkGone && self.kept.is_some())
     }
 
-    /// Flush or shutdown once the stream broke.
-    fn poll_broken(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// A flush or shutdown (`op`): on the stream while it lives, fine
+    /// after a break while the answer is still made.
+    fn poll_closing(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: fn(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>>
+    where
+        S: Unpin,
+    {
+        if self.stream == Stream::Live {
+            match op(Pin::new(&mut self.inner), cx) {
+                Poll::Ready(Err(_)) => self.stream = Stream::Broken,
+                other => return other,
+            }
+        }
         Poll::Ready(if std::task::ready!(self.poll_judge(cx)) {
             Ok(())
         } else {
@@ -365,26 +379,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tape<S> {
         )
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.stream == Stream::Live {
-            match Pin::new(&mut this.inner).poll_flush(cx) {
-                Poll::Ready(Err(_)) => this.stream = Stream::Broken,
-                other => return other,
-            }
-        }
-        this.poll_broken(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_closing(cx, S::poll_flush)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.stream == Stream::Live {
-            match Pin::new(&mut this.inner).poll_shutdown(cx) {
-                Poll::Ready(Err(_)) => this.stream = Stream::Broken,
-                other => return other,
-            }
-        }
-        this.poll_broken(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_closing(cx, S::poll_shutdown)
     }
 }
 

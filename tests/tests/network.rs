@@ -100,6 +100,17 @@ impl Rig {
             .unwrap_or(0)
     }
 
+    /// The laptop's audited allows of `tool`.
+    fn allowed_in_audit(&self, tool: &str) -> usize {
+        let audit = std::fs::read_to_string(self.laptop.config_dir().join("audit.jsonl"))
+            .must("reading the audit log");
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["tool"] == tool && v["decision"] == "allow")
+            .count()
+    }
+
     /// Waits until the shim says "not linked".
     #[track_caller]
     fn wait_unlinked(&self) {
@@ -396,14 +407,7 @@ fn reads_in_flight_when_the_link_dies_are_answered_on_the_next_and_counted_once(
         assert_eq!(decided.get(&o.pid), Some(&1), "{}", rig.proxy.log());
     }
     assert_eq!(rig.runs(), 6, "the token command ran once per read");
-    let audit = std::fs::read_to_string(rig.laptop.config_dir().join("audit.jsonl"))
-        .must("reading the audit log");
-    let allowed = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["tool"] == "token" && v["decision"] == "allow")
-        .count();
-    assert_eq!(allowed, 6, "{audit}");
+    assert_eq!(rig.allowed_in_audit("token"), 6);
     rig.proxy
         .wait_for_log("a read sent again after its link died got its first attempt's answer");
 }
@@ -462,6 +466,7 @@ fn a_file_get_in_flight_over_a_cut_is_answered_on_the_next_link() {
         "{stderr}"
     );
     assert_eq!(decided_pids(&rig.proxy.log()).get(&queued_pid), Some(&1));
+    assert_eq!(rig.allowed_in_audit("file"), 2, "each file get audited once");
 }
 
 /// `sh -c SCRIPT` on the workspace host with `nexus-shim env` applied (so
@@ -537,14 +542,7 @@ fn an_http_get_in_flight_over_a_cut_is_answered_once_and_a_post_is_not_replayed(
         2,
         "each request reached the upstream once: {seen:?}"
     );
-    let audit = std::fs::read_to_string(rig.laptop.config_dir().join("audit.jsonl"))
-        .must("reading the audit log");
-    let allowed = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["tool"] == "http" && v["decision"] == "allow")
-        .count();
-    assert_eq!(allowed, 2, "{audit}");
+    assert_eq!(rig.allowed_in_audit("http"), 2);
 }
 
 /// A stalled link (bytes stop, sockets stay) is noticed by the keepalive on
