@@ -140,6 +140,7 @@ impl Retries {
         Claim::First(Answering {
             retries: self,
             id,
+            tool: call.request.tool(),
             tx,
             answered: false,
         })
@@ -165,6 +166,7 @@ impl Retries {
 pub struct Answering<'a> {
     retries: &'a Retries,
     id: u64,
+    tool: &'static str,
     tx: watch::Sender<Option<Answer>>,
     answered: bool,
 }
@@ -197,6 +199,10 @@ impl Answering<'_> {
         if delivered {
             return self.retries.delivered(self.id);
         }
+        tracing::info!(
+            tool = self.tool,
+            "the workspace did not confirm this read's answer; kept for a second attempt"
+        );
         if let Ok(mut table) = self.retries.table.lock()
             && let Some(entry) = table.entries.get_mut(&self.id)
         {

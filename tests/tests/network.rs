@@ -466,7 +466,11 @@ fn a_file_get_in_flight_over_a_cut_is_answered_on_the_next_link() {
         "{stderr}"
     );
     assert_eq!(decided_pids(&rig.proxy.log()).get(&queued_pid), Some(&1));
-    assert_eq!(rig.allowed_in_audit("file"), 2, "each file get audited once");
+    assert_eq!(
+        rig.allowed_in_audit("file"),
+        2,
+        "each file get audited once"
+    );
 }
 
 /// `sh -c SCRIPT` on the workspace host with `nexus-shim env` applied (so

@@ -568,10 +568,26 @@ async fn attempt(
                     "the upstream sent an invalid status",
                 )));
             };
-            let confirm = held
-                .filter(|_| call.key.is_some())
-                .map(|tx| (tx, call.clone()));
-            let mut resp = Response::new(relay(rx, confirm, guard, ctx.shutdown.clone()));
+            let confirm = held.filter(|_| call.key.is_some()).map(|tx| Confirm {
+                tx,
+                call: call.clone(),
+                left: content_length(&headers),
+            });
+            // hyper never reads the body of an answer that has none: its
+            // end is read here, to confirm it.
+            let bodiless = matches!(&call.request, Request::Http(r) if r.method == "HEAD")
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED;
+            let body = match confirm {
+                Some(mut confirm) if bodiless => {
+                    confirm.at_done(&mut rx).await;
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed()
+                }
+                confirm => relay(rx, confirm, guard, ctx.shutdown.clone()),
+            };
+            let mut resp = Response::new(body);
             *resp.status_mut() = status;
             for h in headers {
                 if HOP_BY_HOP.contains(&h.name.as_str()) {
@@ -664,11 +680,46 @@ async fn send_body(body: &mut Incoming, tx: &mut WriteHalf<MuxStream>, s: &Sendi
     nexus_transport::send_data(tx, &Upload::End).await.is_ok()
 }
 
+/// What confirms a keyed call's answer to the laptop once it is in.
+struct Confirm {
+    tx: WriteHalf<MuxStream>,
+    call: Call,
+    /// Body bytes still to come, by the answer's `Content-Length`.
+    left: Option<u64>,
+}
+
+impl Confirm {
+    /// Counts `n` body bytes in; whether the body is now whole by its
+    /// `Content-Length` (hyper then stops reading it, and never sees the
+    /// answer's end).
+    fn took(&mut self, n: usize) -> bool {
+        self.left = self.left.map(|l| l.saturating_sub(n as u64));
+        self.left == Some(0)
+    }
+
+    /// Reads the answer's end from `rx` and, if it is one, confirms it.
+    async fn at_done(&mut self, rx: &mut ReadHalf<MuxStream>) {
+        let end = nexus_transport::recv::<_, Reply>(rx, MAX_FRAME);
+        if let Ok(Ok(Reply::Done)) = tokio::time::timeout(CONFIRM_WAIT, end).await {
+            crate::sockets::received(&mut self.tx, &self.call).await;
+        }
+    }
+}
+
+/// How long the end of an answer whose body is already in may take to come.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An answer's `Content-Length`, if it gave one.
+fn content_length(headers: &[HttpHeader]) -> Option<u64> {
+    let h = headers.iter().find(|h| h.name == "content-length")?;
+    std::str::from_utf8(&h.value).ok()?.trim().parse().ok()
+}
+
 /// State of a streamed response body.
 struct Relay {
     rx: ReadHalf<MuxStream>,
-    /// A keyed call's write half, to confirm its answer at `Done`.
-    confirm: Option<(WriteHalf<MuxStream>, Call)>,
+    /// For a keyed call, to confirm its answer at its end.
+    confirm: Option<Confirm>,
     _done: DropGuard,
     shutdown: CancellationToken,
 }
@@ -678,7 +729,7 @@ struct Relay {
 /// short one that looks complete).
 fn relay(
     rx: ReadHalf<MuxStream>,
-    confirm: Option<(WriteHalf<MuxStream>, Call)>,
+    confirm: Option<Confirm>,
     done: DropGuard,
     shutdown: CancellationToken,
 ) -> Body {
@@ -697,10 +748,20 @@ fn relay(
             }
         };
         match next {
-            Ok(Reply::Chunk { data, .. }) => Some((Ok(Frame::data(Bytes::from(data))), Some(s))),
+            Ok(Reply::Chunk { data, .. }) => {
+                let len = data.len();
+                let frame = Ok(Frame::data(Bytes::from(data)));
+                if s.confirm.as_mut().is_some_and(|c| c.took(len)) {
+                    if let Some(c) = s.confirm.as_mut() {
+                        c.at_done(&mut s.rx).await;
+                    }
+                    return Some((frame, None));
+                }
+                Some((frame, Some(s)))
+            }
             Ok(Reply::Done) => {
-                if let Some((tx, call)) = s.confirm.as_mut() {
-                    crate::sockets::received(tx, call).await;
+                if let Some(c) = s.confirm.as_mut() {
+                    crate::sockets::received(&mut c.tx, &c.call).await;
                 }
                 None
             }
