@@ -922,7 +922,7 @@ mod tests {
                 body_len: 0,
             };
             let status = route(&shared, &seen).status();
-            let known = path.starts_with("/echo") || path.starts_with("/sse")
+            let known = path.starts_with("/echo") || path.starts_with("/held/") || path.starts_with("/sse")
                 || path.starts_with("/bytes") || path.starts_with("/redirect")
                 || path.starts_with("/status/")
                 || crate::llm::answer(path.split('?').next().unwrap_or_default(), b"").is_some();
