@@ -236,6 +236,10 @@ pub fn unkept() -> Reply {
 /// before it takes the break for its caller leaving.
 pub const LINK_GONE_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a first attempt whose link died may run on: as long as its
+/// second attempt may come.
+pub const RUN_ON: Duration = nexus_protocol::RETRY_WINDOW;
+
 /// Why a [`Tape`]'s stream is no longer written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stream {
@@ -251,8 +255,8 @@ enum Stream {
 /// The stream of a streamed read's first attempt: what the tool writes goes
 /// on, and the first [`REPLAY_LIMIT`] bytes are kept for a second attempt.
 /// When the stream breaks with its link, writes are kept only and reads
-/// wait for ever, so that the read runs on to its end and leaves a whole
-/// answer to replay (or, past the limit, none), never one cut where the
+/// wait, so that the read runs on to its end and leaves a whole answer to
+/// replay (or, past the limit or [`RUN_ON`], none), never one cut where the
 /// link broke. A stream that breaks while its link lives (the caller left)
 /// fails as it would untaped.
 pub struct Tape<S> {
@@ -261,7 +265,8 @@ pub struct Tape<S> {
     stream: Stream,
     link_gone: Pin<Box<dyn Future<Output = ()> + Send>>,
     grace: Duration,
-    judging: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Once broken: the grace to see the link end, then [`RUN_ON`].
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Tape<S> {
@@ -279,7 +284,7 @@ impl<S> Tape<S> {
             stream: Stream::Live,
             link_gone: Box::pin(link_gone),
             grace,
-            judging: None,
+            timer: None,
         }
     }
 
@@ -309,19 +314,29 @@ impl<S> Tape<S> {
     /// link ended, and it is still kept).
     fn poll_judge(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         if self.stream == Stream::Broken {
+            let grace = self.grace;
+            let judging = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
             if self.link_gone.as_mut().poll(cx).is_ready() {
+                // It runs on only while a second attempt may still come.
+                judging.as_mut().reset(tokio::time::Instant::now() + RUN_ON);
                 self.stream = Stream::LinkGone;
+            } else if judging.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             } else {
-                let grace = self.grace;
-                let judging = self
-                    .judging
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
-                if judging.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
                 self.stream = Stream::CallerGone;
                 self.kept = None;
             }
+        }
+        if self.stream == Stream::LinkGone
+            && self.kept.is_some()
+            && self
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        {
+            self.kept = None;
         }
         Poll::Ready(self.stream == Stream::LinkGone && self.kept.is_some())
     }
