@@ -1,8 +1,8 @@
-//! Reads that a workspace may send twice: when a link dies before a read's
-//! answer reached the shim, the shim sends the call again on its next link
-//! with the same [`CallKey`]. This table makes the second attempt join the
-//! first rather than run again, so the read is decided, audited, rate
-//! counted and run on the laptop once.
+//! Reads that a workspace may send twice: when a link dies before any of a
+//! read's answer reached its caller, the shim sends the call again on its
+//! next link with the same [`CallKey`](nexus_protocol::CallKey). This table
+//! makes the second attempt join the first rather than run again, so the
+//! read is decided, audited, rate counted and run on the laptop once.
 //!
 //! An entry lives while its first attempt runs and, if that attempt's
 //! answer may not have arrived, up to [`KEEP_UNDELIVERED`] more, holding the
