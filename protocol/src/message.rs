@@ -809,3 +809,32 @@ mod relay_tests {
         assert_eq!(chunk_as_local_frame(&big, big.len()), None, "over max");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(method: &str, body_len: Option<u64>) -> Request {
+        Request::Http(HttpRequest {
+            name: "api".into(),
+            method: method.into(),
+            path: "/v1/x".into(),
+            headers: Vec::new(),
+            body_len,
+        })
+    }
+
+    /// Only a GET or HEAD known to carry no body is sent again: a body, or
+    /// one of unknown length, may make it more than a read.
+    #[test]
+    fn an_http_request_is_retryable_only_as_a_bodyless_get_or_head() {
+        assert!(http("GET", Some(0)).is_retryable());
+        assert!(http("HEAD", Some(0)).is_retryable());
+        assert!(!http("GET", Some(3)).is_retryable());
+        assert!(!http("GET", None).is_retryable());
+        assert!(!http("POST", Some(0)).is_retryable());
+        assert!(!http("DELETE", Some(0)).is_retryable());
+        assert!(Request::FileGet { path: "~/x".into() }.is_retryable());
+        assert!(!Request::FileSync { set: "s".into() }.is_retryable());
+    }
+}

@@ -550,3 +550,40 @@ async fn answers(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_protocol::Channel;
+
+    /// A laptop stream that ends, cleanly or inside a frame, is a lost
+    /// link; whether part of the answer had reached the caller decides if
+    /// the read may be sent again.
+    #[tokio::test]
+    async fn a_stream_that_ends_is_lost_with_or_without_part_of_its_answer() {
+        let (laptop, mut stream) = tokio::io::duplex(1 << 16);
+        drop(laptop);
+        let mut caller = Vec::new();
+        let ended = answers(&mut stream, &mut caller).await;
+        assert!(matches!(ended, Err(Failed::Lost { part: false })));
+        assert!(caller.is_empty());
+
+        let (mut laptop, mut stream) = tokio::io::duplex(1 << 16);
+        let chunk = Reply::Chunk {
+            channel: Channel::Data,
+            data: b"part".to_vec(),
+        };
+        nexus_transport::send(&mut laptop, &chunk)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The next frame's header, cut short.
+        laptop
+            .write_all(&[0, 0])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(laptop);
+        let ended = answers(&mut stream, &mut caller).await;
+        assert!(matches!(ended, Err(Failed::Lost { part: true })));
+        assert!(!caller.is_empty());
+    }
+}
