@@ -412,13 +412,55 @@ fn reads_in_flight_when_the_link_dies_are_answered_on_the_next_and_counted_once(
         .wait_for_log("a read sent again after its link died got its first attempt's answer");
 }
 
+/// A policy allowing the laptop's `~/files/`.
+const FILES: &str = "\n[[files.allow]]\npath = \"{home}/files/\"\nmax_size = \"100MiB\"\n";
+
+/// Issue 17: a `file get` the laptop answered into a link that died before
+/// the answer arrived gets that same answer on the next link: the file is
+/// read, decided and audited once.
+#[test]
+fn a_file_get_answered_into_a_dying_link_gets_that_answer_on_the_next() {
+    let mut rig = Rig::start_with("0", FILES, &[], &[]);
+    let dir = rig.laptop.home().join("files");
+    std::fs::create_dir_all(&dir).must("creating the laptop's files");
+    std::fs::write(dir.join("small"), "small file\n").must("writing a small file");
+    let path = dir.join("small").display().to_string();
+    // Calls reach the laptop; its answers wait in the link.
+    rig.link.hold_toward_workspace();
+    let call = rig.ws.spawn_cli(["file", "get", &path, "--wait", "30s"]);
+    let pid = call.id();
+    let decided = poll(DEADLINE, || {
+        decided_pids(&rig.proxy.log())
+            .contains_key(&pid)
+            .then_some(())
+    });
+    assert!(decided.is_some(), "{}", rig.proxy.log());
+    rig.link.cut();
+    rig.wait_unlinked();
+    rig.link.restore();
+    let out = call.wait_with_output().must("the file get");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "small file\n"),
+        "{}\n--- proxy ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rig.proxy.log()
+    );
+    rig.proxy
+        .wait_for_log("a read sent again after its link died got its first attempt's answer");
+    assert_eq!(decided_pids(&rig.proxy.log()).get(&pid), Some(&1));
+    assert_eq!(rig.allowed_in_audit("file"), 1, "audited once");
+}
+
 /// Issue 17: a `file get` whose link dies before any byte of the file
 /// reached its caller is sent again on the next link and answered, decided
 /// once; one whose caller already had part of its file fails clearly, not
 /// sent again.
 #[test]
 fn a_file_get_in_flight_over_a_cut_is_answered_on_the_next_link() {
-    const FILES: &str = "\n[[files.allow]]\npath = \"{home}/files/\"\nmax_size = \"100MiB\"\n";
     let mut rig = Rig::start_with("0", FILES, &["--max-calls-per-tool", "1"], &[]);
     let dir = rig.laptop.home().join("files");
     std::fs::create_dir_all(&dir).must("creating the laptop's files");
