@@ -100,6 +100,28 @@ impl Rig {
             .unwrap_or(0)
     }
 
+    /// Writes `files` (name, bytes) into the laptop's `~/files/` (which
+    /// [`FILES`] allows); the path to name one of them with.
+    fn laptop_files(&self, files: &[(&str, &[u8])]) -> impl Fn(&str) -> String + use<> {
+        let dir = self.laptop.home().join("files");
+        std::fs::create_dir_all(&dir).must("creating the laptop's files");
+        for (name, data) in files {
+            std::fs::write(dir.join(name), data).must("writing a laptop file");
+        }
+        move |name| dir.join(name).display().to_string()
+    }
+
+    /// Waits until the laptop has decided the call of caller `pid`.
+    #[track_caller]
+    fn wait_decided(&self, pid: u32) {
+        let decided = poll(DEADLINE, || {
+            decided_pids(&self.proxy.log())
+                .contains_key(&pid)
+                .then_some(())
+        });
+        assert!(decided.is_some(), "{}", self.proxy.log());
+    }
+
     /// The laptop's audited allows of `tool`.
     fn allowed_in_audit(&self, tool: &str) -> usize {
         let audit = std::fs::read_to_string(self.laptop.config_dir().join("audit.jsonl"))
@@ -415,40 +437,41 @@ fn reads_in_flight_when_the_link_dies_are_answered_on_the_next_and_counted_once(
 /// A policy allowing the laptop's `~/files/`.
 const FILES: &str = "\n[[files.allow]]\npath = \"{home}/files/\"\nmax_size = \"100MiB\"\n";
 
+/// The laptop's small file.
+const SMALL: &[u8] = b"small file\n";
+
+/// Waits for a `file get` of [`SMALL`], which must succeed.
+#[track_caller]
+fn assert_small_file(call: std::process::Child, rig: &Rig) {
+    let out = call.wait_with_output().must("the file get");
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), SMALL),
+        "{}\n--- shim ---\n{}\n--- proxy ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rig.ws.log(),
+        rig.proxy.log()
+    );
+}
+
 /// Issue 17: a `file get` the laptop answered into a link that died before
 /// the answer arrived gets that same answer on the next link: the file is
 /// read, decided and audited once.
 #[test]
 fn a_file_get_answered_into_a_dying_link_gets_that_answer_on_the_next() {
     let mut rig = Rig::start_with("0", FILES, &[], &[]);
-    let dir = rig.laptop.home().join("files");
-    std::fs::create_dir_all(&dir).must("creating the laptop's files");
-    std::fs::write(dir.join("small"), "small file\n").must("writing a small file");
-    let path = dir.join("small").display().to_string();
+    let path = rig.laptop_files(&[("small", SMALL)]);
     // Calls reach the laptop; its answers wait in the link.
     rig.link.hold_toward_workspace();
-    let call = rig.ws.spawn_cli(["file", "get", &path, "--wait", "30s"]);
+    let call = rig
+        .ws
+        .spawn_cli(["file", "get", &path("small"), "--wait", "30s"]);
     let pid = call.id();
-    let decided = poll(DEADLINE, || {
-        decided_pids(&rig.proxy.log())
-            .contains_key(&pid)
-            .then_some(())
-    });
-    assert!(decided.is_some(), "{}", rig.proxy.log());
+    rig.wait_decided(pid);
     rig.link.cut();
     rig.wait_unlinked();
     rig.link.restore();
-    let out = call.wait_with_output().must("the file get");
-    assert_eq!(
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).as_ref()
-        ),
-        (Some(0), "small file\n"),
-        "{}\n--- proxy ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        rig.proxy.log()
-    );
+    assert_small_file(call, &rig);
     rig.proxy
         .wait_for_log("a read sent again after its link died got its first attempt's answer");
     assert_eq!(decided_pids(&rig.proxy.log()).get(&pid), Some(&1));
@@ -462,22 +485,13 @@ fn a_file_get_answered_into_a_dying_link_gets_that_answer_on_the_next() {
 #[test]
 fn a_file_get_in_flight_over_a_cut_is_answered_on_the_next_link() {
     let mut rig = Rig::start_with("0", FILES, &["--max-calls-per-tool", "1"], &[]);
-    let dir = rig.laptop.home().join("files");
-    std::fs::create_dir_all(&dir).must("creating the laptop's files");
     // Far more than the stream window and the socket buffers hold: its
     // caller, which never reads, stalls the laptop's send, which keeps the
     // one place for files.
-    std::fs::write(dir.join("big"), vec![b'x'; 16 << 20]).must("writing a big file");
-    std::fs::write(dir.join("small"), "small file\n").must("writing a small file");
-    let path = |name: &str| dir.join(name).display().to_string();
+    let big = vec![b'x'; 16 << 20];
+    let path = rig.laptop_files(&[("big", &big), ("small", SMALL)]);
     let holder = rig.ws.spawn_cli(["file", "get", &path("big")]);
-    let holder_pid = holder.id();
-    let started = poll(DEADLINE, || {
-        decided_pids(&rig.proxy.log())
-            .contains_key(&holder_pid)
-            .then_some(())
-    });
-    assert!(started.is_some(), "{}", rig.proxy.log());
+    rig.wait_decided(holder.id());
     let queued = rig
         .ws
         .spawn_cli(["file", "get", &path("small"), "--wait", "30s"]);
@@ -489,17 +503,7 @@ fn a_file_get_in_flight_over_a_cut_is_answered_on_the_next_link() {
         .wait_for_log("the link ended while this call waited its turn; dropped unanswered");
     rig.wait_unlinked();
     rig.link.restore();
-    let out = queued.wait_with_output().must("the small file get");
-    assert_eq!(
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).as_ref()
-        ),
-        (Some(0), "small file\n"),
-        "{}\n--- shim ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        rig.ws.log()
-    );
+    assert_small_file(queued, &rig);
     rig.ws.wait_for_log("sending it again on the new link");
     let out = holder.wait_with_output().must("the big file get");
     let stderr = String::from_utf8_lossy(&out.stderr);
