@@ -397,15 +397,20 @@ impl Request {
         self.section().tool_name()
     }
 
-    /// Whether the call only reads and is answered by one reply, so that a
-    /// shim whose link died before the answer may send it again (with the
-    /// same [`CallKey`]): token values and names, the identity list, pinned
-    /// host keys, `git credential get`, the tool and API lists.
+    /// Whether the call only reads, so that a shim whose link died before
+    /// any byte of the answer reached its caller may send it again (with
+    /// the same [`CallKey`]): token values and names, the identity list,
+    /// pinned host keys, `git credential get`, the tool and API lists,
+    /// `file get`, and an API's `GET` or `HEAD` without a body.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
+        if let Self::Http(req) = self {
+            return matches!(req.method.as_str(), "GET" | "HEAD") && req.body_len == Some(0);
+        }
         matches!(
             self,
             Self::Token { .. }
+                | Self::FileGet { .. }
                 | Self::McpTokens
                 | Self::SshIdentities
                 | Self::SshIdentitiesBound { .. }
@@ -802,5 +807,34 @@ mod relay_tests {
             data: vec![0; 100],
         });
         assert_eq!(chunk_as_local_frame(&big, big.len()), None, "over max");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(method: &str, body_len: Option<u64>) -> Request {
+        Request::Http(HttpRequest {
+            name: "api".into(),
+            method: method.into(),
+            path: "/v1/x".into(),
+            headers: Vec::new(),
+            body_len,
+        })
+    }
+
+    /// Only a GET or HEAD known to carry no body is sent again: a body, or
+    /// one of unknown length, may make it more than a read.
+    #[test]
+    fn an_http_request_is_retryable_only_as_a_bodyless_get_or_head() {
+        assert!(http("GET", Some(0)).is_retryable());
+        assert!(http("HEAD", Some(0)).is_retryable());
+        assert!(!http("GET", Some(3)).is_retryable());
+        assert!(!http("GET", None).is_retryable());
+        assert!(!http("POST", Some(0)).is_retryable());
+        assert!(!http("DELETE", Some(0)).is_retryable());
+        assert!(Request::FileGet { path: "~/x".into() }.is_retryable());
+        assert!(!Request::FileSync { set: "s".into() }.is_retryable());
     }
 }

@@ -1,20 +1,27 @@
-//! Reads that a workspace may send twice: when a link dies before a read's
-//! answer reached the shim, the shim sends the call again on its next link
-//! with the same [`CallKey`]. This table makes the second attempt join the
-//! first rather than run again, so the read is decided, audited, rate
-//! counted and run on the laptop once.
+//! Reads that a workspace may send twice: when a link dies before any of a
+//! read's answer reached its caller, the shim sends the call again on its
+//! next link with the same [`CallKey`](nexus_protocol::CallKey). This table
+//! makes the second attempt join the first rather than run again, so the
+//! read is decided, audited, rate counted and run on the laptop once.
 //!
 //! An entry lives while its first attempt runs and, if that attempt's
 //! answer may not have arrived, up to [`KEEP_UNDELIVERED`] more, holding the
-//! answer (a token value, at most, zeroized on drop). A delivered answer is
-//! forgotten at once.
+//! answer (zeroized on drop): one reply, or for a streamed read (`file
+//! get`, an API's `GET`) every byte its first attempt wrote, recorded by a
+//! [`Tape`]. A delivered answer is forgotten at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use nexus_protocol::{Call, CallerContext, Reply, Request};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 /// How long an answer the workspace may not have received is kept for the
 /// call's second attempt: the shim's retry window plus slack for clocks
@@ -24,20 +31,56 @@ pub const KEEP_UNDELIVERED: Duration =
 /// Most keyed calls one workspace may have in the table; beyond it, calls
 /// run unkeyed (a second attempt of one is then decided again).
 pub const MAX_ENTRIES: usize = 1024;
+/// The longest streamed answer kept for a second attempt; a longer one is
+/// not replayed (its second attempt fails, asking to run it again).
+pub const REPLAY_LIMIT: usize = 1 << 20;
+/// Most bytes of streamed answers one workspace may have kept at once, so
+/// a shim that never confirms an answer cannot make the laptop hoard them.
+pub const MAX_KEPT: usize = 32 << 20;
+
+/// A keyed call's answer, as its second attempt gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The one reply of a read answered by one reply.
+    Reply(Reply),
+    /// Every byte a streamed read wrote on its stream, final reply
+    /// included: its second attempt writes them as they are.
+    Replay(Arc<Zeroizing<Vec<u8>>>),
+    /// A streamed answer that was not kept (past [`REPLAY_LIMIT`] or
+    /// [`MAX_KEPT`]).
+    Unkept,
+}
 
 /// The keyed calls of one workspace.
 #[derive(Debug, Default)]
 pub struct Retries {
-    table: Mutex<HashMap<u64, Entry>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<u64, Entry>,
+    /// Bytes of the replays held in `entries`.
+    kept: usize,
+}
+
+impl Table {
+    fn remove(&mut self, id: u64) {
+        if let Some(entry) = self.entries.remove(&id) {
+            self.kept -= entry.bytes;
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
     request: Request,
     caller: CallerContext,
-    answer: watch::Receiver<Option<Reply>>,
+    answer: watch::Receiver<Option<Answer>>,
     /// Set once the first attempt answered but could not confirm delivery.
     expires: Option<Instant>,
+    /// The size of its replay, counted in [`Table::kept`].
+    bytes: usize,
 }
 
 /// What a keyed call should do.
@@ -46,7 +89,7 @@ pub enum Claim<'a> {
     /// The first attempt the laptop sees: run it, and say how it went.
     First(Answering<'a>),
     /// A second attempt: its answer comes from the first.
-    Join(watch::Receiver<Option<Reply>>),
+    Join(watch::Receiver<Option<Answer>>),
     /// The key names a different call: refused.
     Mismatch,
     /// The table is full: run it as an unkeyed call.
@@ -60,7 +103,7 @@ impl Retries {
         let Ok(mut table) = self.table.lock() else {
             return Claim::Full;
         };
-        if let Some(entry) = table.get(&id) {
+        if let Some(entry) = table.entries.get(&id) {
             if entry.request != call.request || entry.caller != call.caller {
                 return Claim::Mismatch;
             }
@@ -68,26 +111,36 @@ impl Retries {
             // closed channel here is one being replaced right now.
             return Claim::Join(entry.answer.clone());
         }
-        if table.len() >= MAX_ENTRIES {
+        if table.entries.len() >= MAX_ENTRIES {
             let now = Instant::now();
-            table.retain(|_, e| e.expires.is_none_or(|t| t > now));
-            if table.len() >= MAX_ENTRIES {
+            let expired: Vec<u64> = table
+                .entries
+                .iter()
+                .filter(|(_, e)| e.expires.is_some_and(|t| t <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                table.remove(id);
+            }
+            if table.entries.len() >= MAX_ENTRIES {
                 return Claim::Full;
             }
         }
         let (tx, rx) = watch::channel(None);
-        table.insert(
+        table.entries.insert(
             id,
             Entry {
                 request: call.request.clone(),
                 caller: call.caller.clone(),
                 answer: rx,
                 expires: None,
+                bytes: 0,
             },
         );
         Claim::First(Answering {
             retries: self,
             id,
+            tool: call.request.tool(),
             tx,
             answered: false,
         })
@@ -96,13 +149,13 @@ impl Retries {
     /// The answer of key `id` reached the workspace.
     pub fn delivered(&self, id: u64) {
         if let Ok(mut table) = self.table.lock() {
-            table.remove(&id);
+            table.remove(id);
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.table.lock().map_or(0, |t| t.len())
+        self.table.lock().map_or(0, |t| t.entries.len())
     }
 }
 
@@ -113,15 +166,31 @@ impl Retries {
 pub struct Answering<'a> {
     retries: &'a Retries,
     id: u64,
-    tx: watch::Sender<Option<Reply>>,
+    tool: &'static str,
+    tx: watch::Sender<Option<Answer>>,
     answered: bool,
 }
 
 impl Answering<'_> {
-    /// The call's answer, for a second attempt waiting or yet to come.
-    pub fn answered(&mut self, reply: &Reply) {
+    /// The call's answer, for a second attempt waiting or yet to come. A
+    /// replay past the workspace's [`MAX_KEPT`] is not kept.
+    pub fn answered(&mut self, mut answer: Answer) {
         self.answered = true;
-        self.tx.send_replace(Some(reply.clone()));
+        if let Answer::Replay(bytes) = &answer {
+            let fits = self.retries.table.lock().is_ok_and(|mut table| {
+                let table = &mut *table;
+                let fits = table.kept + bytes.len() <= MAX_KEPT;
+                if fits && let Some(entry) = table.entries.get_mut(&self.id) {
+                    table.kept += bytes.len();
+                    entry.bytes = bytes.len();
+                }
+                fits
+            });
+            if !fits {
+                answer = Answer::Unkept;
+            }
+        }
+        self.tx.send_replace(Some(answer));
     }
 
     /// Whether the workspace confirmed the answer: forgotten if so, kept
@@ -130,8 +199,12 @@ impl Answering<'_> {
         if delivered {
             return self.retries.delivered(self.id);
         }
+        tracing::info!(
+            tool = self.tool,
+            "the workspace did not confirm this read's answer; kept for a second attempt"
+        );
         if let Ok(mut table) = self.retries.table.lock()
-            && let Some(entry) = table.get_mut(&self.id)
+            && let Some(entry) = table.entries.get_mut(&self.id)
         {
             entry.expires = Some(Instant::now() + KEEP_UNDELIVERED);
         }
@@ -142,6 +215,224 @@ impl Drop for Answering<'_> {
     fn drop(&mut self) {
         if !self.answered {
             self.retries.delivered(self.id);
+        }
+    }
+}
+
+/// The answer to a second attempt whose first one's streamed answer was
+/// not kept.
+pub fn unkept() -> Reply {
+    Reply::error(
+        nexus_protocol::ErrorCode::Internal,
+        format!(
+            "the link dropped during this read, and its answer (over {} or past what the laptop \
+             keeps for this workspace) was not kept to send again; run it again",
+            nexus_protocol::units::format_size(REPLAY_LIMIT as u64)
+        ),
+    )
+}
+
+/// How long a [`Tape`] whose stream broke waits to see its link end
+/// before it takes the break for its caller leaving.
+pub const LINK_GONE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a first attempt whose link died may run on: as long as its
+/// second attempt may come.
+pub const RUN_ON: Duration = nexus_protocol::RETRY_WINDOW;
+
+/// Why a [`Tape`]'s stream is no longer written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Live,
+    /// It failed; is it the link?
+    Broken,
+    /// With its link: the answer is still made, for a second attempt.
+    LinkGone,
+    /// The link lives, so the caller left: no second attempt comes.
+    CallerGone,
+}
+
+/// The stream of a streamed read's first attempt: what the tool writes goes
+/// on, and the first [`REPLAY_LIMIT`] bytes are kept for a second attempt.
+/// When the stream breaks with its link, writes are kept only and reads
+/// wait, so that the read runs on to its end and leaves a whole answer to
+/// replay (or, past the limit or [`RUN_ON`], none), never one cut where the
+/// link broke. A stream that breaks while its link lives (the caller left)
+/// fails as it would untaped.
+pub struct Tape<S> {
+    inner: S,
+    kept: Option<Zeroizing<Vec<u8>>>,
+    stream: Stream,
+    link_gone: Pin<Box<dyn Future<Output = ()> + Send>>,
+    grace: Duration,
+    /// Once broken: the grace to see the link end, then [`RUN_ON`].
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Tape<S> {
+    /// Records what is written on `inner`, a stream of the link whose end
+    /// `link_gone` resolves at; a break is the link's if it ends within
+    /// `grace`.
+    pub fn new(
+        inner: S,
+        link_gone: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            kept: Some(Zeroizing::new(Vec::new())),
+            stream: Stream::Live,
+            link_gone: Box::pin(link_gone),
+            grace,
+            timer: None,
+        }
+    }
+
+    /// The answer for a second attempt, and whether the stream broke.
+    pub fn into_answer(self) -> (Answer, bool) {
+        let answer = self
+            .kept
+            .map_or(Answer::Unkept, |k| Answer::Replay(Arc::new(k)));
+        (answer, self.stream != Stream::Live)
+    }
+
+    /// Keeps `data`; false once past the limit (nothing is kept then).
+    fn keep(&mut self, data: &[u8]) -> bool {
+        match &mut self.kept {
+            Some(k) if k.len() + data.len() <= REPLAY_LIMIT => {
+                k.extend_from_slice(data);
+                true
+            }
+            _ => {
+                self.kept = None;
+                false
+            }
+        }
+    }
+
+    /// Once the stream broke: whether the answer is still to be made (its
+    /// link ended, and it is still kept).
+    fn poll_judge(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.stream == Stream::Broken {
+            let grace = self.grace;
+            let judging = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+            if self.link_gone.as_mut().poll(cx).is_ready() {
+                // It runs on only while a second attempt may still come.
+                judging.as_mut().reset(tokio::time::Instant::now() + RUN_ON);
+                self.stream = Stream::LinkGone;
+            } else if judging.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            } else {
+                self.stream = Stream::CallerGone;
+                self.kept = None;
+            }
+        }
+        if self.stream == Stream::LinkGone
+            && self.kept.is_some()
+            && self
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        {
+            self.kept = None;
+        }
+        Poll::Ready(self.stream == Stream::LinkGone && self.kept.is_some())
+    }
+
+    /// A flush or shutdown (`op`): on the stream while it lives, fine
+    /// after a break while the answer is still made.
+    fn poll_closing(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: fn(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>>
+    where
+        S: Unpin,
+    {
+        if self.stream == Stream::Live {
+            match op(Pin::new(&mut self.inner), cx) {
+                Poll::Ready(Err(_)) => self.stream = Stream::Broken,
+                other => return other,
+            }
+        }
+        Poll::Ready(if std::task::ready!(self.poll_judge(cx)) {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::BrokenPipe.into())
+        })
+    }
+}
+
+impl<S> std::fmt::Debug for Tape<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tape")
+            .field("kept", &self.kept.as_ref().map(|k| k.len()))
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tape<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.stream == Stream::Live {
+            match Pin::new(&mut this.inner).poll_write(cx, buf) {
+                Poll::Ready(Ok(n)) => {
+                    this.keep(&buf[..n]);
+                    return Poll::Ready(Ok(n));
+                }
+                Poll::Ready(Err(_)) => this.stream = Stream::Broken,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(
+            if std::task::ready!(this.poll_judge(cx)) && this.keep(buf) {
+                Ok(buf.len())
+            } else {
+                Err(io::ErrorKind::BrokenPipe.into())
+            },
+        )
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_closing(cx, S::poll_flush)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_closing(cx, S::poll_shutdown)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tape<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.stream == Stream::Live {
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() > before || buf.remaining() == 0 => {
+                    return Poll::Ready(Ok(()));
+                }
+                // The end of the stream: the shim never closes its side
+                // before the answer's end, so the stream broke.
+                Poll::Ready(_) => this.stream = Stream::Broken,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if std::task::ready!(this.poll_judge(cx)) {
+            // The answer is still being made: nothing is read meanwhile.
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
         }
     }
 }
@@ -175,8 +466,8 @@ mod tests {
             panic!("join")
         };
         assert_eq!(*rx.borrow(), None);
-        first.answered(&token());
-        assert_eq!(*rx.borrow(), Some(token()));
+        first.answered(Answer::Reply(token()));
+        assert_eq!(*rx.borrow(), Some(Answer::Reply(token())));
         first.finish(false);
         assert_eq!(r.len(), 1, "kept for the second attempt");
         r.delivered(1);
@@ -184,7 +475,7 @@ mod tests {
         let Claim::First(mut again) = r.claim(1, &call("a")) else {
             panic!("forgotten")
         };
-        again.answered(&token());
+        again.answered(Answer::Reply(token()));
         again.finish(true);
         assert_eq!(r.len(), 0);
     }
@@ -206,9 +497,97 @@ mod tests {
             let Claim::First(mut a) = r.claim(id, &call("a")) else {
                 panic!("room")
             };
-            a.answered(&token());
+            a.answered(Answer::Reply(token()));
             a.finish(false);
         }
         assert!(matches!(r.claim(u64::MAX, &call("a")), Claim::Full));
+    }
+
+    #[test]
+    fn replays_are_kept_within_the_workspace_budget() {
+        let r = Retries::default();
+        let big = Answer::Replay(Arc::new(Zeroizing::new(vec![0; REPLAY_LIMIT])));
+        let fit = MAX_KEPT / REPLAY_LIMIT;
+        for id in 0..=fit as u64 {
+            let Claim::First(mut a) = r.claim(id, &call("a")) else {
+                panic!("room")
+            };
+            a.answered(big.clone());
+            a.finish(false);
+        }
+        let Claim::Join(last) = r.claim(fit as u64, &call("a")) else {
+            panic!("join")
+        };
+        assert_eq!(*last.borrow(), Some(Answer::Unkept), "past the budget");
+        r.delivered(0);
+        let Claim::First(mut a) = r.claim(u64::MAX, &call("a")) else {
+            panic!("room")
+        };
+        a.answered(big.clone());
+        let Claim::Join(again) = r.claim(u64::MAX, &call("a")) else {
+            panic!("join")
+        };
+        assert_eq!(
+            *again.borrow(),
+            Some(big),
+            "a delivered answer frees its bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tape_keeps_what_was_written_and_runs_on_past_a_break() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut tape = Tape::new(near, std::future::ready(()), LINK_GONE_GRACE);
+        tape.write_all(b"head")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut got = [0u8; 4];
+        far.read_exact(&mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(far);
+        tape.write_all(b" and the rest after the break")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tape.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(1), tape.read(&mut byte)).await;
+        assert!(read.is_err(), "a broken tape's reads wait");
+        let (answer, broken) = tape.into_answer();
+        assert!(broken);
+        let Answer::Replay(bytes) = answer else {
+            panic!("kept")
+        };
+        assert_eq!(bytes.as_slice(), b"head and the rest after the break");
+    }
+
+    #[tokio::test]
+    async fn a_tape_past_its_limit_keeps_nothing_and_fails_once_broken() {
+        use tokio::io::AsyncWriteExt;
+        let (near, far) = tokio::io::duplex(REPLAY_LIMIT * 2);
+        let mut tape = Tape::new(near, std::future::ready(()), LINK_GONE_GRACE);
+        let big = vec![7u8; REPLAY_LIMIT + 1];
+        tape.write_all(&big).await.unwrap_or_else(|e| panic!("{e}"));
+        drop(far);
+        assert!(tape.write_all(b"x").await.is_err());
+        let (answer, broken) = tape.into_answer();
+        assert_eq!(answer, Answer::Unkept);
+        assert!(broken);
+    }
+
+    #[tokio::test]
+    async fn a_tape_whose_link_lives_fails_as_the_caller_left() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, far) = tokio::io::duplex(64);
+        let grace = Duration::from_millis(10);
+        let mut tape = Tape::new(near, std::future::pending(), grace);
+        drop(far);
+        let mut byte = [0u8; 1];
+        assert_eq!(tape.read(&mut byte).await.ok(), Some(0), "an end of stream");
+        assert!(tape.write_all(b"x").await.is_err());
+        let (answer, broken) = tape.into_answer();
+        assert_eq!(answer, Answer::Unkept);
+        assert!(broken);
     }
 }

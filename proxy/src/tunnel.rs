@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::backoff::{self, Backoff};
 use crate::keepalive::{self, Hints};
 use crate::limits::Limits;
-use crate::retries::{Claim, Retries};
+use crate::retries::{Answer, Claim, LINK_GONE_GRACE, Retries, Tape};
 use crate::route::{Conduit, Route};
 use crate::tools::{self, ToolContext};
 
@@ -588,14 +588,17 @@ enum Ran {
 }
 
 /// Runs a call once its tool has a place for it.
-async fn run(
+async fn run<S>(
     call: &Call,
-    stream: &mut MuxStream,
+    stream: &mut S,
     workspace: &str,
     ctx: &ToolContext,
     limits: &Limits,
     link: &mut OnLink<'_>,
-) -> Ran {
+) -> Ran
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let tool = call.request.tool();
     let tools = link.tools;
     // Beyond the tool's places, calls wait their turn (as long as a call
@@ -676,13 +679,29 @@ async fn answer_keyed(
                 }
                 return;
             }
+            Claim::First(mut answering) if call.request.is_streaming() => {
+                // Its answer is every byte it writes, kept as it goes.
+                let mux = link.mux.clone();
+                let link_gone = async move { mux.closed().await };
+                let mut tape = Tape::new(&mut *stream, link_gone, LINK_GONE_GRACE);
+                let Ran::Answer(reply) =
+                    run(call, &mut tape, workspace, ctx, limits, &mut link).await
+                else {
+                    return;
+                };
+                let sent = finish(&mut tape, reply, tool).await;
+                let (answer, broken) = tape.into_answer();
+                answering.answered(answer);
+                answering.finish(sent && !broken && delivered(stream).await);
+                return;
+            }
             Claim::First(mut answering) => {
                 let Ran::Answer(reply) = run(call, stream, workspace, ctx, limits, &mut link).await
                 else {
                     return;
                 };
                 if let Some(reply) = &reply {
-                    answering.answered(reply);
+                    answering.answered(Answer::Reply(reply.clone()));
                 }
                 let sent = finish(stream, reply, tool).await;
                 answering.finish(sent && delivered(stream).await);
@@ -697,12 +716,22 @@ async fn answer_keyed(
                     Ok(Ok(_)) if ctx.locked() => {
                         Some(Reply::error(ErrorCode::Denied, tools::gate::LOCKED))
                     }
-                    Ok(Ok(reply)) => {
+                    Ok(Ok(answer)) => {
                         info!(
                             tool,
                             "a read sent again after its link died got its first attempt's answer"
                         );
-                        reply
+                        match answer {
+                            Some(Answer::Reply(reply)) => Some(reply),
+                            Some(Answer::Replay(bytes)) => {
+                                // The first attempt's frames, its final reply included.
+                                if stream.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                                None
+                            }
+                            Some(Answer::Unkept) | None => Some(crate::retries::unkept()),
+                        }
                     }
                     Ok(Err(_)) => continue,
                     Err(_) => Some(Reply::error(
@@ -722,7 +751,10 @@ async fn answer_keyed(
 
 /// Sends a call's final reply, if the tool did not, and closes our side.
 /// Whether the reply went out.
-async fn finish(stream: &mut MuxStream, reply: Option<Reply>, tool: &'static str) -> bool {
+async fn finish<S>(stream: &mut S, reply: Option<Reply>, tool: &'static str) -> bool
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
     let mut sent = true;
     if let Some(reply) = reply {
         // An error ending a stream (a timeout, a lock) must not wait for ever

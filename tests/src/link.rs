@@ -4,6 +4,8 @@
 //! - [`LinkControl::pause`]: bytes stop flowing both ways, sockets stay open
 //!   (a stalled network: nothing fails until a keepalive notices). New
 //!   connections are accepted but not connected onward until restored.
+//! - [`LinkControl::hold_toward_workspace`]: bytes from the laptop to the
+//!   workspace are held, the other way flows (calls arrive, answers wait).
 //! - [`LinkControl::cut`]: every connection is reset, and new ones are reset
 //!   as soon as they are accepted (a network that is gone).
 //! - [`LinkControl::restore`]: back to normal; paused bytes flow on.
@@ -29,6 +31,8 @@ pub enum LinkState {
     Up,
     /// Holding bytes, keeping sockets.
     Paused,
+    /// Holding the bytes toward the workspace only.
+    HoldingTowardWorkspace,
     /// Resetting everything.
     Cut,
 }
@@ -104,6 +108,12 @@ impl LinkControl {
         self.state.send_replace(LinkState::Paused);
     }
 
+    /// Holds the bytes the laptop sends to the workspace (until restored or
+    /// cut); the workspace's bytes still reach the laptop.
+    pub fn hold_toward_workspace(&self) {
+        self.state.send_replace(LinkState::HoldingTowardWorkspace);
+    }
+
     /// Resets every connection and refuses new ones until restored.
     pub fn cut(&self) {
         self.state.send_replace(LinkState::Cut);
@@ -163,11 +173,17 @@ fn reset(s: &TcpStream) {
     let _ = s.set_zero_linger();
 }
 
-async fn wait_up(state: &mut watch::Receiver<LinkState>) -> bool {
+/// Waits until bytes may flow (`toward_workspace`: the laptop's); false
+/// once the link is cut.
+async fn wait_up(state: &mut watch::Receiver<LinkState>, toward_workspace: bool) -> bool {
     state
-        .wait_for(|s| *s != LinkState::Paused)
+        .wait_for(|s| match s {
+            LinkState::Paused => false,
+            LinkState::HoldingTowardWorkspace => !toward_workspace,
+            LinkState::Up | LinkState::Cut => true,
+        })
         .await
-        .is_ok_and(|s| *s == LinkState::Up)
+        .is_ok_and(|s| *s != LinkState::Cut)
 }
 
 async fn relay(
@@ -177,7 +193,7 @@ async fn relay(
     epoch: CancellationToken,
 ) {
     let setup = async {
-        if !wait_up(&mut state).await {
+        if !wait_up(&mut state, false).await {
             return None;
         }
         TcpStream::connect(upstream).await.ok()
@@ -194,8 +210,8 @@ async fn relay(
     let _ = down.set_nodelay(true);
     let (mut dr, mut dw) = down.into_split();
     let (mut ur, mut uw) = up.into_split();
-    let a = pump(&mut dr, &mut uw, state.clone());
-    let b = pump(&mut ur, &mut dw, state.clone());
+    let a = pump(&mut dr, &mut uw, state.clone(), true);
+    let b = pump(&mut ur, &mut dw, state.clone(), false);
     let cut = tokio::select! {
         () = epoch.cancelled() => true,
         () = async { tokio::join!(a, b); } => false,
@@ -206,25 +222,27 @@ async fn relay(
     }
 }
 
-/// Copies one direction, holding bytes while paused.
+/// Copies one direction (`toward_workspace`: the laptop's bytes), holding
+/// bytes while paused or held.
 async fn pump(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<LinkState>,
+    toward_workspace: bool,
 ) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 // An end of stream is held while paused, like the bytes.
-                if wait_up(&mut state).await {
+                if wait_up(&mut state, toward_workspace).await {
                     let _ = to.shutdown().await;
                 }
                 return;
             }
             Ok(n) => n,
         };
-        if !wait_up(&mut state).await {
+        if !wait_up(&mut state, toward_workspace).await {
             return;
         }
         if to.write_all(&buf[..n]).await.is_err() {

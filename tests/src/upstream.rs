@@ -9,6 +9,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/echo/...` (any method) | 200, JSON `{method, path, version, headers: [[name, value]], body_len}` |
+//! | `/held/...` (any method) | as `/echo/`, recorded at once but answered only after [`Upstream::release`] |
 //! | `/sse?events=N` | `text/event-stream`: `data: 0\n\n` at once, each next event only after [`Upstream::release`] |
 //! | `/bytes?n=N` | N bytes (`0..=250` repeating) in 64 KiB chunks, generated as they are sent |
 //! | `/status/CODE` | that status, empty body |
@@ -455,13 +456,27 @@ async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<AnyBod
             seen.body.extend_from_slice(&data[..data.len().min(room)]);
         }
     }
-    let reply = route(shared, &seen);
+    let held = seen.path.starts_with("/held/");
+    let reply = if held {
+        None
+    } else {
+        Some(route(shared, &seen))
+    };
     shared
         .seen
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .push(seen);
-    reply
+        .push(seen.clone());
+    match reply {
+        Some(reply) => reply,
+        None => {
+            // Recorded first, so that a test sees it in flight.
+            if let Ok(permit) = shared.gate.acquire().await {
+                permit.forget();
+            }
+            route(shared, &seen)
+        }
+    }
 }
 
 /// `data` as a gzip member of uncompressed (stored) deflate blocks: what
@@ -504,7 +519,7 @@ fn route(shared: &Arc<Shared>, seen: &Seen) -> Response<AnyBody> {
             .and_then(|v| v.parse().ok())
     };
     let gzipped = path.starts_with("/gzip-echo/");
-    if path.starts_with("/echo/") || path == "/echo" || gzipped {
+    if path.starts_with("/echo/") || path == "/echo" || path.starts_with("/held/") || gzipped {
         let headers: Vec<[String; 2]> = seen
             .headers
             .iter()
@@ -907,7 +922,7 @@ mod tests {
                 body_len: 0,
             };
             let status = route(&shared, &seen).status();
-            let known = path.starts_with("/echo") || path.starts_with("/sse")
+            let known = path.starts_with("/echo") || path.starts_with("/held/") || path.starts_with("/sse")
                 || path.starts_with("/bytes") || path.starts_with("/redirect")
                 || path.starts_with("/status/")
                 || crate::llm::answer(path.split('?').next().unwrap_or_default(), b"").is_some();

@@ -51,15 +51,19 @@ fn workspace_behind_link() -> (Workspace, Arc<LinkControl>, PairingUri) {
 
 impl Rig {
     fn start(delay: &str) -> Self {
-        Self::start_with(delay, "", &[])
+        Self::start_with(delay, "", &[], &[])
     }
 
     /// Like [`Rig::start`], with `more` policy (`{home}` stands for the
-    /// laptop's home) and more `run` flags.
-    fn start_with(delay: &str, more: &str, args: &[&str]) -> Self {
+    /// laptop's home), more `run` flags, and `files` (name in the laptop's
+    /// home, text) written before the proxy starts.
+    fn start_with(delay: &str, more: &str, args: &[&str], files: &[(&str, &str)]) -> Self {
         let (ws, link, uri) = workspace_behind_link();
         let laptop = Laptop::new();
         laptop.pair(&uri.to_string(), "dev").ok();
+        for (name, text) in files {
+            std::fs::write(laptop.home().join(name), text).must("writing a laptop file");
+        }
         let runs = laptop.home().join("runs.txt");
         let more = more.replace("{home}", &laptop.home().display().to_string());
         let policy = laptop.write_policy(&(counting_policy(&runs, delay) + &more));
@@ -94,6 +98,39 @@ impl Rig {
         std::fs::read_to_string(&self.runs)
             .map(|s| s.lines().count())
             .unwrap_or(0)
+    }
+
+    /// Writes `files` (name, bytes) into the laptop's `~/files/` (which
+    /// [`FILES`] allows); the path to name one of them with.
+    fn laptop_files(&self, files: &[(&str, &[u8])]) -> impl Fn(&str) -> String + use<> {
+        let dir = self.laptop.home().join("files");
+        std::fs::create_dir_all(&dir).must("creating the laptop's files");
+        for (name, data) in files {
+            std::fs::write(dir.join(name), data).must("writing a laptop file");
+        }
+        move |name| dir.join(name).display().to_string()
+    }
+
+    /// Waits until the laptop has decided the call of caller `pid`.
+    #[track_caller]
+    fn wait_decided(&self, pid: u32) {
+        let decided = poll(DEADLINE, || {
+            decided_pids(&self.proxy.log())
+                .contains_key(&pid)
+                .then_some(())
+        });
+        assert!(decided.is_some(), "{}", self.proxy.log());
+    }
+
+    /// The laptop's audited allows of `tool`.
+    fn allowed_in_audit(&self, tool: &str) -> usize {
+        let audit = std::fs::read_to_string(self.laptop.config_dir().join("audit.jsonl"))
+            .must("reading the audit log");
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["tool"] == tool && v["decision"] == "allow")
+            .count()
     }
 
     /// Waits until the shim says "not linked".
@@ -343,7 +380,7 @@ fn lines_of(path: &Path) -> usize {
 #[test]
 fn queued_calls_die_with_their_link_and_runs_are_not_repeated() {
     const TOOL: &str = "\n[tools.count]\ncommand = [\"/bin/sh\", \"-c\", \"echo run >> '{home}/tool-runs.txt'; sleep 2\"]\n";
-    let mut rig = Rig::start_with("0", TOOL, &["--max-calls-per-tool", "1"]);
+    let mut rig = Rig::start_with("0", TOOL, &["--max-calls-per-tool", "1"], &[]);
     let tool_runs = rig.laptop.home().join("tool-runs.txt");
     let running = rig.ws.spawn_cli(["tool", "run", "count"]);
     let started = poll(DEADLINE, || (lines_of(&tool_runs) == 1).then_some(()));
@@ -392,16 +429,170 @@ fn reads_in_flight_when_the_link_dies_are_answered_on_the_next_and_counted_once(
         assert_eq!(decided.get(&o.pid), Some(&1), "{}", rig.proxy.log());
     }
     assert_eq!(rig.runs(), 6, "the token command ran once per read");
-    let audit = std::fs::read_to_string(rig.laptop.config_dir().join("audit.jsonl"))
-        .must("reading the audit log");
-    let allowed = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["tool"] == "token" && v["decision"] == "allow")
-        .count();
-    assert_eq!(allowed, 6, "{audit}");
+    assert_eq!(rig.allowed_in_audit("token"), 6);
     rig.proxy
         .wait_for_log("a read sent again after its link died got its first attempt's answer");
+}
+
+/// A policy allowing the laptop's `~/files/`.
+const FILES: &str = "\n[[files.allow]]\npath = \"{home}/files/\"\nmax_size = \"100MiB\"\n";
+
+/// The laptop's small file.
+const SMALL: &[u8] = b"small file\n";
+
+/// Waits for a `file get` of [`SMALL`], which must succeed.
+#[track_caller]
+fn assert_small_file(call: std::process::Child, rig: &Rig) {
+    let out = call.wait_with_output().must("the file get");
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), SMALL),
+        "{}\n--- shim ---\n{}\n--- proxy ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rig.ws.log(),
+        rig.proxy.log()
+    );
+}
+
+/// Issue 17: a `file get` the laptop answered into a link that died before
+/// the answer arrived gets that same answer on the next link: the file is
+/// read, decided and audited once.
+#[test]
+fn a_file_get_answered_into_a_dying_link_gets_that_answer_on_the_next() {
+    let mut rig = Rig::start_with("0", FILES, &[], &[]);
+    let path = rig.laptop_files(&[("small", SMALL)]);
+    // Calls reach the laptop; its answers wait in the link.
+    rig.link.hold_toward_workspace();
+    let call = rig
+        .ws
+        .spawn_cli(["file", "get", &path("small"), "--wait", "30s"]);
+    let pid = call.id();
+    rig.wait_decided(pid);
+    rig.link.cut();
+    rig.wait_unlinked();
+    rig.link.restore();
+    assert_small_file(call, &rig);
+    rig.proxy
+        .wait_for_log("a read sent again after its link died got its first attempt's answer");
+    assert_eq!(decided_pids(&rig.proxy.log()).get(&pid), Some(&1));
+    assert_eq!(rig.allowed_in_audit("file"), 1, "audited once");
+}
+
+/// Issue 17: a `file get` whose link dies before any byte of the file
+/// reached its caller is sent again on the next link and answered, decided
+/// once; one whose caller already had part of its file fails clearly, not
+/// sent again.
+#[test]
+fn a_file_get_in_flight_over_a_cut_is_answered_on_the_next_link() {
+    let mut rig = Rig::start_with("0", FILES, &["--max-calls-per-tool", "1"], &[]);
+    // Far more than the stream window and the socket buffers hold: its
+    // caller, which never reads, stalls the laptop's send, which keeps the
+    // one place for files.
+    let big = vec![b'x'; 16 << 20];
+    let path = rig.laptop_files(&[("big", &big), ("small", SMALL)]);
+    let holder = rig.ws.spawn_cli(["file", "get", &path("big")]);
+    rig.wait_decided(holder.id());
+    let queued = rig
+        .ws
+        .spawn_cli(["file", "get", &path("small"), "--wait", "30s"]);
+    let queued_pid = queued.id();
+    rig.proxy
+        .wait_for_log("no place free for this tool; the call waits its turn");
+    rig.link.cut();
+    rig.proxy
+        .wait_for_log("the link ended while this call waited its turn; dropped unanswered");
+    rig.wait_unlinked();
+    rig.link.restore();
+    assert_small_file(queued, &rig);
+    rig.ws.wait_for_log("sending it again on the new link");
+    let out = holder.wait_with_output().must("the big file get");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("after part of its answer had arrived"),
+        "{stderr}"
+    );
+    assert_eq!(decided_pids(&rig.proxy.log()).get(&queued_pid), Some(&1));
+    assert_eq!(
+        rig.allowed_in_audit("file"),
+        2,
+        "each file get audited once"
+    );
+}
+
+/// `sh -c SCRIPT` on the workspace host with `nexus-shim env` applied (so
+/// `$NEXUS_HTTP_URL` is set), started with its output piped.
+fn spawn_sh(ws: &Workspace, script: &str) -> std::process::Child {
+    let mut cmd = ws.command_on_host("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "set -e; eval \"$('{}' env)\"; {script}",
+            nexus_e2e::shim_binary().display()
+        ))
+        .env("NEXUS_STATE_DIR", ws.state_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().must("starting sh")
+}
+
+/// A `curl` through `$NEXUS_HTTP_URL` to `[http.up]`; its stdout ends with
+/// the status on a line of its own.
+fn spawn_curl(ws: &Workspace, args: &str, path: &str) -> std::process::Child {
+    spawn_sh(
+        ws,
+        &format!(
+            "exec curl -sS --max-time 60 -w '\\n%{{http_code}}' {args} \"$NEXUS_HTTP_URL/up{path}\""
+        ),
+    )
+}
+
+/// Issue 17: an API's `GET` in flight when its link dies, before its
+/// response's head reached the client, is sent again on the next link and
+/// gets the first attempt's answer: the upstream sees it once, the laptop
+/// decides it once. A `POST` in flight fails at once with a 502 saying it
+/// was not retried, and the upstream sees it once.
+#[test]
+fn an_http_get_in_flight_over_a_cut_is_answered_once_and_a_post_is_not_replayed() {
+    let up = nexus_e2e::upstream::Upstream::start("api.test").must("starting the upstream");
+    let api = format!(
+        "\n[http.up]\nupstream = \"{}\"\nca_file = \"{{home}}/up-ca.pem\"\n",
+        up.url()
+    );
+    let mut rig = Rig::start_with("0", &api, &[], &[("up-ca.pem", up.ca_pem())]);
+    let get = spawn_curl(&rig.ws, "", "/held/get");
+    let post = spawn_curl(&rig.ws, "-X POST --data x", "/held/post");
+    let both_upstream = poll(DEADLINE, || (up.requests().len() == 2).then_some(()));
+    assert!(both_upstream.is_some(), "{}", rig.proxy.log());
+    rig.link.cut();
+    let out = post.wait_with_output().must("the POST");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.ends_with("\n502") && stdout.contains("it was not retried (it may have effects"),
+        "{stdout}"
+    );
+    rig.wait_unlinked();
+    rig.link.restore();
+    rig.ws.wait_for_log("sending it again on the new link");
+    // Both upstream requests answer now, to a laptop whose link is gone:
+    // the GET's answer is kept for its second attempt.
+    up.release(2);
+    let out = get.wait_with_output().must("the GET");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.ends_with("\n200") && stdout.contains("\"path\":\"/held/get\""),
+        "{stdout}{}\n--- proxy ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rig.proxy.log()
+    );
+    rig.proxy
+        .wait_for_log("a read sent again after its link died got its first attempt's answer");
+    let seen: Vec<String> = up.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(
+        seen.len(),
+        2,
+        "each request reached the upstream once: {seen:?}"
+    );
+    assert_eq!(rig.allowed_in_audit("http"), 2);
 }
 
 /// A stalled link (bytes stop, sockets stay) is noticed by the keepalive on

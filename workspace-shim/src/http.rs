@@ -481,15 +481,12 @@ async fn list(caller: &CallerContext, ctx: &Ctx) -> Response<Body> {
     }
 }
 
-fn lost() -> Reply {
-    Reply::error(
-        ErrorCode::Internal,
-        "the link to the laptop dropped during the request; it was not retried",
-    )
-}
-
 /// Sends `request` (an [`Request::Http`] or [`Request::GitHttp`]) with
-/// `body` to the laptop and streams its answer back.
+/// `body` to the laptop and streams its answer back. A `GET` or `HEAD`
+/// without a body whose link dies before the response's head arrived (so
+/// before any byte of it reached the client) is sent once more on the next
+/// link, within the wait; other requests are not, since they may have
+/// effects.
 pub(crate) async fn forward(
     request: Request,
     body: Incoming,
@@ -499,56 +496,98 @@ pub(crate) async fn forward(
 ) -> Response<Body> {
     let fail = ends.fail;
     let wait = ctx.shared.agent_wait;
-    let Some(link) = crate::sockets::wait_for_link(&ctx.shared, wait).await else {
+    let Some(mut link) = crate::sockets::wait_for_link(&ctx.shared, wait).await else {
         return fail(crate::sockets::not_linked(wait));
-    };
-    let Ok(mut stream) = link.mux.open().await else {
-        return fail(lost());
     };
     // Without a body, the call and the body's end go in one write: one
     // piece on the link instead of two.
     let bodyless =
         matches!(&request, Request::Http(r) | Request::GitHttp(r) if r.body_len == Some(0));
-    let call = Call {
-        caller,
-        request,
-        key: None,
-    };
-    let mut frames = zeroize::Zeroizing::new(nexus_protocol::encode_frame(&call));
-    if bodyless {
+    let mut body = (!bodyless).then_some(body);
+    let mut call = crate::sockets::new_call(caller, request);
+    let first_sent = std::time::Instant::now();
+    loop {
+        if let Some(response) = attempt(&link, &call, body.take(), ctx, &ends).await {
+            return response;
+        }
+        match crate::sockets::retry_link(&ctx.shared, &link, &mut call, wait, first_sent).await {
+            Some(next) => link = next,
+            None => return fail(crate::sockets::lost(&call, false)),
+        }
+    }
+}
+
+/// One attempt at `call` on `link`: the response, or `None` when the link
+/// died before the response's head came.
+async fn attempt(
+    link: &crate::serve::Link,
+    call: &Call,
+    body: Option<Incoming>,
+    ctx: &Ctx,
+    ends: &Ends,
+) -> Option<Response<Body>> {
+    let fail = ends.fail;
+    let mut stream = link.mux.open().await.ok()?;
+    let mut frames = zeroize::Zeroizing::new(nexus_protocol::encode_frame(call));
+    if body.is_none() {
         frames.extend_from_slice(&nexus_protocol::encode_frame(&Upload::End));
     }
     if stream.write_all(&frames).await.is_err() || stream.flush().await.is_err() {
-        return fail(lost());
+        return None;
     }
     drop(frames);
     let (mut rx, tx) = tokio::io::split(stream);
-    // The upload holds the stream's write half until the exchange is over
-    // (dropping the last half resets the stream: the laptop stops).
+    // The write half is held until the exchange is over (dropping the last
+    // half resets the stream: the laptop stops): by the upload while it
+    // sends a body, else by the response, which confirms a keyed answer.
     let done = CancellationToken::new();
-    let body = (!bodyless).then_some(body);
-    let sending = Sending {
-        done: done.clone(),
-        shutdown: ctx.shutdown.clone(),
-        drain: ends.drain,
-    };
-    ctx.tasks.spawn(upload(body, tx, sending).in_current_span());
+    let mut held = None;
+    match body {
+        Some(body) => {
+            let sending = Sending {
+                done: done.clone(),
+                shutdown: ctx.shutdown.clone(),
+                drain: ends.drain,
+            };
+            ctx.tasks.spawn(upload(body, tx, sending).in_current_span());
+        }
+        None => held = Some(tx),
+    }
     let guard = done.drop_guard();
     let first = tokio::select! {
         r = nexus_transport::recv::<_, Reply>(&mut rx, MAX_FRAME) => r,
         () = ctx.shutdown.cancelled() => {
-            return fail(Reply::error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back"));
+            return Some(fail(Reply::error(ErrorCode::Internal, "the nexus-shim daemon is shutting down; retry when it is back")));
         }
     };
     match first {
         Ok(Reply::HttpHead { status, headers }) => {
             let Ok(status) = StatusCode::from_u16(status) else {
-                return fail(Reply::error(
+                return Some(fail(Reply::error(
                     ErrorCode::Internal,
                     "the upstream sent an invalid status",
-                ));
+                )));
             };
-            let mut resp = Response::new(relay(rx, guard, ctx.shutdown.clone()));
+            let confirm = held.filter(|_| call.key.is_some()).map(|tx| Confirm {
+                tx,
+                call: call.clone(),
+                left: content_length(&headers),
+            });
+            // hyper never reads the body of an answer that has none: its
+            // end is read here, to confirm it.
+            let bodiless = matches!(&call.request, Request::Http(r) if r.method == "HEAD")
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED;
+            let body = match confirm {
+                Some(mut confirm) if bodiless => {
+                    confirm.at_done(&mut rx).await;
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed()
+                }
+                confirm => relay(rx, confirm, guard, ctx.shutdown.clone()),
+            };
+            let mut resp = Response::new(body);
             *resp.status_mut() = status;
             for h in headers {
                 if HOP_BY_HOP.contains(&h.name.as_str()) {
@@ -562,10 +601,15 @@ pub(crate) async fn forward(
                 }
             }
             info!(status = status.as_u16(), "HTTP response streaming");
-            resp
+            Some(resp)
         }
-        Ok(other) => fail(other),
-        Err(_) => fail(lost()),
+        Ok(other) => {
+            if let Some(tx) = held.as_mut() {
+                crate::sockets::received(tx, call).await;
+            }
+            Some(fail(other))
+        }
+        Err(_) => None,
     }
 }
 
@@ -578,12 +622,10 @@ struct Sending {
     drain: bool,
 }
 
-/// Sends the request body up as [`Upload`] frames (none: already ended),
-/// then holds the write half until the exchange is `done`.
-async fn upload(body: Option<Incoming>, mut tx: WriteHalf<MuxStream>, s: Sending) {
-    if let Some(mut body) = body
-        && !send_body(&mut body, &mut tx, &s).await
-    {
+/// Sends the request body up as [`Upload`] frames, then holds the write
+/// half until the exchange is `done`.
+async fn upload(mut body: Incoming, mut tx: WriteHalf<MuxStream>, s: Sending) {
+    if !send_body(&mut body, &mut tx, &s).await {
         drop(tx);
         if s.drain {
             drain(body, &s.shutdown).await;
@@ -638,9 +680,46 @@ async fn send_body(body: &mut Incoming, tx: &mut WriteHalf<MuxStream>, s: &Sendi
     nexus_transport::send_data(tx, &Upload::End).await.is_ok()
 }
 
+/// What confirms a keyed call's answer to the laptop once it is in.
+struct Confirm {
+    tx: WriteHalf<MuxStream>,
+    call: Call,
+    /// Body bytes still to come, by the answer's `Content-Length`.
+    left: Option<u64>,
+}
+
+impl Confirm {
+    /// Counts `n` body bytes in; whether the body is now whole by its
+    /// `Content-Length` (hyper then stops reading it, and never sees the
+    /// answer's end).
+    fn took(&mut self, n: usize) -> bool {
+        self.left = self.left.map(|l| l.saturating_sub(n as u64));
+        self.left == Some(0)
+    }
+
+    /// Reads the answer's end from `rx` and, if it is one, confirms it.
+    async fn at_done(&mut self, rx: &mut ReadHalf<MuxStream>) {
+        let end = nexus_transport::recv::<_, Reply>(rx, MAX_FRAME);
+        if let Ok(Ok(Reply::Done)) = tokio::time::timeout(CONFIRM_WAIT, end).await {
+            crate::sockets::received(&mut self.tx, &self.call).await;
+        }
+    }
+}
+
+/// How long the end of an answer whose body is already in may take to come.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An answer's `Content-Length`, if it gave one.
+fn content_length(headers: &[HttpHeader]) -> Option<u64> {
+    let h = headers.iter().find(|h| h.name == "content-length")?;
+    std::str::from_utf8(&h.value).ok()?.trim().parse().ok()
+}
+
 /// State of a streamed response body.
 struct Relay {
     rx: ReadHalf<MuxStream>,
+    /// For a keyed call, to confirm its answer at its end.
+    confirm: Option<Confirm>,
     _done: DropGuard,
     shutdown: CancellationToken,
 }
@@ -648,9 +727,15 @@ struct Relay {
 /// The response body: the laptop's data chunks until `Done`; an error or a
 /// dropped link aborts it (the client sees a broken-off body, never a
 /// short one that looks complete).
-fn relay(rx: ReadHalf<MuxStream>, done: DropGuard, shutdown: CancellationToken) -> Body {
+fn relay(
+    rx: ReadHalf<MuxStream>,
+    confirm: Option<Confirm>,
+    done: DropGuard,
+    shutdown: CancellationToken,
+) -> Body {
     let state = Some(Relay {
         rx,
+        confirm,
         _done: done,
         shutdown,
     });
@@ -663,8 +748,23 @@ fn relay(rx: ReadHalf<MuxStream>, done: DropGuard, shutdown: CancellationToken) 
             }
         };
         match next {
-            Ok(Reply::Chunk { data, .. }) => Some((Ok(Frame::data(Bytes::from(data))), Some(s))),
-            Ok(Reply::Done) => None,
+            Ok(Reply::Chunk { data, .. }) => {
+                let len = data.len();
+                let frame = Ok(Frame::data(Bytes::from(data)));
+                if s.confirm.as_mut().is_some_and(|c| c.took(len)) {
+                    if let Some(c) = s.confirm.as_mut() {
+                        c.at_done(&mut s.rx).await;
+                    }
+                    return Some((frame, None));
+                }
+                Some((frame, Some(s)))
+            }
+            Ok(Reply::Done) => {
+                if let Some(c) = s.confirm.as_mut() {
+                    crate::sockets::received(&mut c.tx, &c.call).await;
+                }
+                None
+            }
             Ok(Reply::Error(e)) => {
                 warn!(message = %e.message, "HTTP response broke off");
                 Some((Err(std::io::Error::other(e.message)), None))

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_protocol::{
-    ANSWER_RECEIVED, Call, CallKey, CallerContext, ErrorCode, LinkStatus, LocalOp, LocalReply,
-    LocalRequest, MAX_FRAME, PairingInfo, RETRY_WINDOW, Reply, Request, StatusInfo,
+    ANSWER_RECEIVED, Call, CallKey, CallerContext, ErrorCode, FrameError, LinkStatus, LocalOp,
+    LocalReply, LocalRequest, MAX_FRAME, PairingInfo, RETRY_WINDOW, Reply, Request, StatusInfo,
 };
 use nexus_transport::{MuxStream, TransportError};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -274,23 +274,27 @@ async fn hung_up(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
 
 /// The error of a call whose link died before its answer: `retried` when
 /// it was a read sent again on the next link, and that died too or never
-/// came.
-fn lost(call: &Call) -> Reply {
-    let message = if call.key.is_some_and(|k| k.retry) {
+/// came; `part` when part of its answer had reached the caller (a read is
+/// sent again only when none had).
+pub(crate) fn lost(call: &Call, part: bool) -> Reply {
+    let message = if part && call.key.is_some() {
+        "the link to the laptop dropped during the call, after part of its answer had arrived; \
+         it was not sent again (a read is, only when none of its answer had arrived)"
+    } else if call.key.is_some_and(|k| k.retry) {
         "the link to the laptop dropped during the call, and it was not answered on the next link \
          either (none came within --wait, or it dropped too)"
     } else if call.request.is_retryable() {
         "the link to the laptop dropped during the call; no new link came within --wait to send it again"
     } else {
         "the link to the laptop dropped during the call; it was not retried (it may have effects \
-         on the laptop: check before running it again)"
+         on the laptop or beyond: check before running it again)"
     };
     Reply::error(ErrorCode::Internal, message)
 }
 
 /// A call as it goes to the laptop: a read that may be sent again carries
 /// a fresh key (see [`Request::is_retryable`]).
-fn new_call(caller: CallerContext, request: Request) -> Call {
+pub(crate) fn new_call(caller: CallerContext, request: Request) -> Call {
     let key = request.is_retryable().then(|| CallKey {
         id: rand::random(),
         retry: false,
@@ -302,12 +306,11 @@ fn new_call(caller: CallerContext, request: Request) -> Call {
     }
 }
 
-/// For a read whose link died before its answer (so nothing of the answer
-/// reached its caller: a read is answered by one reply), the next link,
-/// with the call marked as its second and last attempt. It must come
-/// within the caller's `wait` and the laptop's [`RETRY_WINDOW`]; `None`
-/// when the call is not to be sent again.
-async fn retry_link(
+/// For a read whose link died before any of its answer reached its caller,
+/// the next link, with the call marked as its second and last attempt. It
+/// must come within the caller's `wait` and the laptop's [`RETRY_WINDOW`];
+/// `None` when the call is not to be sent again.
+pub(crate) async fn retry_link(
     shared: &Shared,
     old: &Arc<Link>,
     call: &mut Call,
@@ -363,7 +366,7 @@ async fn call_once(link: &Link, call: &Call) -> Result<Reply, TransportError> {
 
 /// Closes our side of a call's stream once its final reply is read,
 /// telling the laptop first, for a keyed call, that the answer arrived.
-async fn received(stream: &mut MuxStream, call: &Call) {
+pub(crate) async fn received(stream: &mut (impl AsyncWrite + Unpin), call: &Call) {
     if call.key.is_some() {
         let _ = stream.write_all(&[ANSWER_RECEIVED]).await;
     }
@@ -396,7 +399,7 @@ pub(crate) async fn request(
             Ok(Ok(reply)) => return reply,
             Ok(Err(_)) => match retry_link(shared, &link, &mut call, wait, first_sent).await {
                 Some(next) => link = next,
-                None => return lost(&call),
+                None => return lost(&call, false),
             },
             Err(_) => return no_answer(CALL_TIMEOUT),
         }
@@ -430,10 +433,15 @@ async fn call_laptop(
     loop {
         match tokio::time::timeout(limit, relay(&link, &call, conn, upload.as_deref_mut())).await {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(Failed::Lost)) => {
-                match retry_link(shared, &link, &mut call, wait, first_sent).await {
+            Ok(Err(Failed::Lost { part })) => {
+                let next = if part {
+                    None
+                } else {
+                    retry_link(shared, &link, &mut call, wait, first_sent).await
+                };
+                match next {
                     Some(next) => link = next,
-                    None => return Err(lost(&call)),
+                    None => return Err(lost(&call, part)),
                 }
             }
             Ok(Err(Failed::Reply(reply))) => return Err(reply),
@@ -444,8 +452,12 @@ async fn call_laptop(
 
 /// Why an attempt at a call ended without its answer relayed.
 enum Failed {
-    /// The link died under it.
-    Lost,
+    /// The link died under it; `part`: after part of the answer had
+    /// reached the caller.
+    Lost {
+        /// Whether part of the answer had been written to the caller.
+        part: bool,
+    },
     /// An error for the caller.
     Reply(Reply),
 }
@@ -459,7 +471,9 @@ async fn relay(
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
     upload: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send + '_)>,
 ) -> Result<(), Failed> {
-    let mut stream = open_call(link, call).await.map_err(|_| Failed::Lost)?;
+    let mut stream = open_call(link, call)
+        .await
+        .map_err(|_| Failed::Lost { part: false })?;
     let Some(from) = upload else {
         if answers(&mut stream, conn).await? {
             received(&mut stream, call).await;
@@ -490,6 +504,7 @@ async fn answers(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
 ) -> Result<bool, Failed> {
+    let mut part = false;
     loop {
         let bad = |e: &dyn std::fmt::Display| {
             Failed::Reply(Reply::error(
@@ -499,7 +514,12 @@ async fn answers(
         };
         let mut body = match nexus_transport::recv_body(stream, MAX_FRAME).await {
             Ok(b) => b,
-            Err(TransportError::Closed | TransportError::Io { .. }) => return Err(Failed::Lost),
+            // A stream that ends inside a frame ended with its link too.
+            Err(
+                TransportError::Closed
+                | TransportError::Io { .. }
+                | TransportError::Frame(FrameError::Truncated { .. } | FrameError::Io(_)),
+            ) => return Err(Failed::Lost { part }),
             Err(e) => return Err(bad(&e)),
         };
         // Bulk data (file contents, tool output) passes through as it
@@ -507,6 +527,7 @@ async fn answers(
         // decodes it in full).
         if let Some(frame) = nexus_protocol::chunk_as_local_frame(&body, MAX_FRAME) {
             std::mem::take(&mut *body).clear();
+            part = true;
             if conn.write_all(&frame).await.is_err() {
                 return Ok(false);
             }
@@ -518,6 +539,7 @@ async fn answers(
         };
         drop(body);
         let last = reply.is_final();
+        part = true;
         let sent = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
         if sent.is_err() {
             // The caller went away; dropping the stream resets it on the laptop.
@@ -526,5 +548,42 @@ async fn answers(
         if last {
             return Ok(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_protocol::Channel;
+
+    /// A laptop stream that ends, cleanly or inside a frame, is a lost
+    /// link; whether part of the answer had reached the caller decides if
+    /// the read may be sent again.
+    #[tokio::test]
+    async fn a_stream_that_ends_is_lost_with_or_without_part_of_its_answer() {
+        let (laptop, mut stream) = tokio::io::duplex(1 << 16);
+        drop(laptop);
+        let mut caller = Vec::new();
+        let ended = answers(&mut stream, &mut caller).await;
+        assert!(matches!(ended, Err(Failed::Lost { part: false })));
+        assert!(caller.is_empty());
+
+        let (mut laptop, mut stream) = tokio::io::duplex(1 << 16);
+        let chunk = Reply::Chunk {
+            channel: Channel::Data,
+            data: b"part".to_vec(),
+        };
+        nexus_transport::send(&mut laptop, &chunk)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The next frame's header, cut short.
+        laptop
+            .write_all(&[0, 0])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(laptop);
+        let ended = answers(&mut stream, &mut caller).await;
+        assert!(matches!(ended, Err(Failed::Lost { part: true })));
+        assert!(!caller.is_empty());
     }
 }
