@@ -14,6 +14,13 @@
 //! leave in one write. The deferral wakes the driver, so a held flush is
 //! never forgotten: it happens on the driver's next poll, right after the
 //! tasks already queued on that worker.
+//!
+//! It is also where the connection's end is first seen: a read that finds
+//! the end of the socket or an error, or a failed write, cancels `ended`
+//! at once, before yamux fails the streams. A call whose stream failed
+//! frees its place in a tool's queue, and the next queued call of the same
+//! link must already see that link as gone (the driver's own signal, sent
+//! after yamux has woken the streams, comes too late on another worker).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 /// Bytes buffered before a write must wait for the buffer to drain: a few
 /// of yamux's largest frames (64 KiB), so a bulk stream keeps the socket fed.
@@ -52,17 +60,28 @@ pub(crate) struct Coalesce<T> {
     turn: FlushTurn,
     /// The turn in which a flush was held back, if one is.
     held: Option<u64>,
+    /// Cancelled when the socket ends or fails.
+    ended: CancellationToken,
 }
 
 impl<T> Coalesce<T> {
-    pub(crate) fn new(io: T, turn: FlushTurn) -> Self {
+    pub(crate) fn new(io: T, turn: FlushTurn, ended: CancellationToken) -> Self {
         Self {
             io,
             buf: Vec::new(),
             written: 0,
             turn,
             held: None,
+            ended,
         }
+    }
+
+    /// Passes `r` on, cancelling `ended` first if it failed.
+    fn watch<R>(&self, r: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+        if matches!(r, Poll::Ready(Err(_))) {
+            self.ended.cancel();
+        }
+        r
     }
 }
 
@@ -70,7 +89,8 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
     /// Writes out everything buffered.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while self.written < self.buf.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf[self.written..]))?;
+            let r = Pin::new(&mut self.io).poll_write(cx, &self.buf[self.written..]);
+            let n = ready!(self.watch(r))?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -92,7 +112,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let (before, room) = (buf.filled().len(), buf.remaining());
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && room > 0 && buf.filled().len() == before {
+            self.ended.cancel();
+        }
+        self.watch(r)
     }
 }
 
@@ -116,7 +141,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         let this = &mut *self;
         if this.buf.is_empty() {
             this.held = None;
-            return Pin::new(&mut this.io).poll_flush(cx);
+            let r = Pin::new(&mut this.io).poll_flush(cx);
+            return this.watch(r);
         }
         let now = this.turn.now();
         match this.held {
@@ -132,7 +158,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         }
         ready!(this.poll_drain(cx))?;
         this.held = None;
-        Pin::new(&mut this.io).poll_flush(cx)
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -180,7 +207,7 @@ mod tests {
     fn writes_and_flushes_of_one_turn_leave_as_one_write_in_the_next() {
         let sink = Writes::default();
         let turn = FlushTurn::default();
-        let mut c = Coalesce::new(sink.clone(), turn.clone());
+        let mut c = Coalesce::new(sink.clone(), turn.clone(), CancellationToken::new());
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         turn.next();
@@ -207,7 +234,7 @@ mod tests {
     fn a_held_flush_wakes_the_driver() {
         let sink = Writes::default();
         let turn = FlushTurn::default();
-        let mut c = Coalesce::new(sink, turn);
+        let mut c = Coalesce::new(sink, turn, CancellationToken::new());
         let (waker, count) = futures_test_waker();
         let mut cx = Context::from_waker(&waker);
         let _ = Pin::new(&mut c).poll_write(&mut cx, b"x");
@@ -218,7 +245,7 @@ mod tests {
     #[test]
     fn shutdown_writes_what_is_buffered_first() {
         let sink = Writes::default();
-        let mut c = Coalesce::new(sink.clone(), FlushTurn::default());
+        let mut c = Coalesce::new(sink.clone(), FlushTurn::default(), CancellationToken::new());
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let _ = Pin::new(&mut c).poll_write(&mut cx, b"last words");
@@ -233,7 +260,7 @@ mod tests {
     #[test]
     fn a_large_burst_is_written_in_pieces_no_larger_than_the_buffer() {
         let sink = Writes::default();
-        let mut c = Coalesce::new(sink.clone(), FlushTurn::default());
+        let mut c = Coalesce::new(sink.clone(), FlushTurn::default(), CancellationToken::new());
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let chunk = vec![1u8; 64 * 1024];
@@ -252,6 +279,23 @@ mod tests {
         let w = writes(&sink);
         assert!(w.iter().all(|p| p.len() <= CAPACITY));
         assert_eq!(w.iter().map(Vec::len).sum::<usize>(), total);
+    }
+
+    /// The end of the socket is seen where it is read, before yamux hears
+    /// of it: a stream it fails must not free a place for a call of a link
+    /// that still looks alive.
+    #[test]
+    fn the_end_of_the_socket_cancels_ended_at_once() {
+        let ended = CancellationToken::new();
+        let mut c = Coalesce::new(tokio::io::empty(), FlushTurn::default(), ended.clone());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut none = [0u8; 0];
+        let _ = Pin::new(&mut c).poll_read(&mut cx, &mut ReadBuf::new(&mut none));
+        assert!(!ended.is_cancelled(), "an empty read is not the end");
+        let mut buf = [0u8; 16];
+        let _ = Pin::new(&mut c).poll_read(&mut cx, &mut ReadBuf::new(&mut buf));
+        assert!(ended.is_cancelled());
     }
 
     fn futures_test_waker() -> (std::task::Waker, Arc<std::sync::atomic::AtomicUsize>) {

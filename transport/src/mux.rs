@@ -187,10 +187,11 @@ where
     // other streams' frames back noticeably.
     cfg.set_split_send_size(SPLIT_SEND_SIZE);
     let turn = FlushTurn::default();
-    let conn = yamux::Connection::new(Coalesce::new(io, turn.clone()).compat(), cfg, mode);
+    let closed = CancellationToken::new();
+    let io = Coalesce::new(io, turn.clone(), closed.clone());
+    let conn = yamux::Connection::new(io.compat(), cfg, mode);
     let (open_tx, open_rx) = mpsc::channel(limits.max_outbound.max(1));
     let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue.max(1));
-    let closed = CancellationToken::new();
     let abort = CancellationToken::new();
     let handle = MuxHandle {
         opens: open_tx,
@@ -198,11 +199,10 @@ where
         closed: closed.clone(),
         abort: abort.clone(),
     };
-    let task = tokio::spawn(async move {
-        let exit = drive(conn, &turn, open_rx, in_tx, shutdown, abort).await;
-        closed.cancel();
-        exit
-    });
+    let task =
+        tokio::spawn(
+            async move { drive(conn, &turn, &closed, open_rx, in_tx, shutdown, abort).await },
+        );
     (handle, in_rx, task)
 }
 
@@ -214,6 +214,7 @@ enum Step {
 async fn drive<T>(
     mut conn: yamux::Connection<T>,
     turn: &FlushTurn,
+    closed: &CancellationToken,
     mut opens: mpsc::Receiver<OpenReply>,
     inbound: mpsc::Sender<MuxStream>,
     shutdown: CancellationToken,
@@ -275,6 +276,9 @@ where
     for reply in waiting.drain(..) {
         let _ = reply.send(Err(TransportError::Closed));
     }
+    // Said before the connection (and with it every stream) is dropped or
+    // closed, so that nothing freed by a failing stream starts on this link.
+    closed.cancel();
     match step {
         Step::Ended(exit) => exit,
         Step::Shutdown => {
