@@ -44,6 +44,23 @@ pub fn bin_dir() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The shim users run, when it was built: the static LTO binary of
+/// `scripts/build-static.sh` (`NEXUS_STATIC_SHIM`, else
+/// `target/static/dist/nexus-shim` beside `bin`, the release directory).
+pub fn static_shim(bin: &Path) -> Option<PathBuf> {
+    let path = match std::env::var_os("NEXUS_STATIC_SHIM") {
+        Some(p) => PathBuf::from(p),
+        None => bin.parent()?.join("static/dist/nexus-shim"),
+    };
+    path.is_file().then_some(path)
+}
+
+/// Whether `a` was modified before `b` (false when either cannot be read).
+pub fn older_than(a: &Path, b: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((modified(a), modified(b)), (Some(a), Some(b)) if a < b)
+}
+
 /// `delay_proxy.py` from `NEXUS_DELAY_PROXY`, else the shared copy.
 pub fn default_delay_proxy() -> PathBuf {
     std::env::var_os("NEXUS_DELAY_PROXY")
@@ -127,10 +144,15 @@ pub struct Shim {
 }
 
 impl Shim {
-    /// Starts the shim in `state` (pinned to `cpu` when given) and waits
-    /// for its pairing URI.
+    /// Starts the release shim of `bin` in `state` (pinned to `cpu` when
+    /// given) and waits for its pairing URI.
     pub fn start(bin: &Path, state: &Path, cpu: Option<&str>) -> Result<Self> {
-        let child = pinned(cpu, &bin.join("nexus-shim"))
+        Self::start_program(&bin.join("nexus-shim"), state, cpu)
+    }
+
+    /// [`Shim::start`] with the shim binary `program`.
+    pub fn start_program(program: &Path, state: &Path, cpu: Option<&str>) -> Result<Self> {
+        let child = pinned(cpu, program)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("NEXUS_STATE_DIR", state)
             .env("NEXUS_LOG", "warn")
@@ -312,9 +334,20 @@ impl Pair {
         proxy_env: &[(&str, &str)],
         delay: Option<(&Path, u64)>,
     ) -> Result<Self> {
+        Self::start_shim(bin, &bin.join("nexus-shim"), policy, proxy_env, delay).await
+    }
+
+    /// [`Pair::start`] with the shim binary `shim` instead of the release one.
+    pub async fn start_shim(
+        bin: &Path,
+        shim: &Path,
+        policy: &str,
+        proxy_env: &[(&str, &str)],
+        delay: Option<(&Path, u64)>,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("config");
-        let shim = Shim::start(bin, &dir.path().join("state"), None)?;
+        let shim = Shim::start_program(shim, &dir.path().join("state"), None)?;
         pair(bin, &config, &shim.uri, WORKSPACE)?;
         let delay = match delay {
             Some((script, rtt)) => {

@@ -7,7 +7,8 @@
 //!    policy → env source → back, with the real binaries and no CLI process
 //!    start per call;
 //! 3. 1,000 concurrent calls through the daemon path;
-//! 4. idle RSS of both daemons;
+//! 4. idle RSS of both daemons (the static LTO shim when it was built, else
+//!    the release one);
 //! 5. the daemon path through `delay_proxy.py` at an emulated RTT, against
 //!    that link's own measured echo RTT.
 //!
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nexus_bench::{
-    Pair, TOKEN_VALUE, bin_dir, default_delay_proxy, delayed_echo_rtt, pct, rss_kib, verdict,
+    Pair, TOKEN_VALUE, bin_dir, default_delay_proxy, delayed_echo_rtt, older_than, pct, rss_kib,
+    static_shim, verdict,
 };
 use nexus_protocol::{
     Call, CallerContext, LocalOp, LocalReply, LocalRequest, MAX_FRAME, Reply, Request, Secret,
@@ -118,21 +120,14 @@ async fn main() -> Result<()> {
     );
     drop(setup);
 
-    let idle = Pair::start(&bin, POLICY, &[], None).await?;
-    daemon_calls(idle.sock(), 10).await?;
-    let (idle_proxy, idle_shim) = (rss_kib(idle.proxy.pid()), rss_kib(idle.shim.pid()));
-    println!(
-        "(d) idle RSS (linked, 10 calls served): proxy {idle_proxy} KiB (target <= 15360), shim {idle_shim} KiB (target <= 10240): {}",
-        verdict(idle_proxy <= 15360 && idle_shim <= 10240)
-    );
-    drop(idle);
+    let idle = idle_rss(&bin).await?;
 
     report.insert("floor_us".into(), summary(&floor));
     report.insert("process_hop_us".into(), summary(&hop));
     report.insert("daemon_path_us".into(), summary(&path));
     report.insert("local_status_us".into(), summary(&local));
     report.insert("concurrent".into(), serde_json::json!({"n": args.concurrent, "ok": ok, "errors": errors, "wall_ms": wall.as_secs_f64() * 1e3}));
-    report.insert("rss_kib".into(), serde_json::json!({"proxy_idle": idle_proxy, "shim_idle": idle_shim, "proxy_after_load": rss_proxy, "shim_after_load": rss_shim}));
+    report.insert("rss_kib".into(), serde_json::json!({"proxy_idle": idle.proxy, "shim_idle": idle.shim, "shim_idle_binary": idle.shim_binary, "shim_idle_release": idle.release_shim, "proxy_after_load": rss_proxy, "shim_after_load": rss_shim}));
 
     if args.delay_proxy.exists() && args.rtt_ms > 0 {
         let echo_rtt = delayed_echo_rtt(&args.delay_proxy, args.rtt_ms, 50).await?;
@@ -167,6 +162,59 @@ async fn main() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Idle RSS in KiB, linked and 10 calls served.
+struct IdleRss {
+    proxy: u64,
+    /// The shim users run: the static LTO build when present.
+    shim: u64,
+    shim_binary: String,
+    /// The release shim too, when the static one was measured.
+    release_shim: Option<u64>,
+}
+
+/// (d): the static LTO shim is what `connect` uploads and releases ship, so
+/// the target applies to it when it was built; the release shim (not
+/// stripped, not LTO) is printed beside it for comparison, or judged alone.
+async fn idle_rss(bin: &Path) -> Result<IdleRss> {
+    let release = bin.join("nexus-shim");
+    let mut shims = vec![(release.clone(), "release shim")];
+    if let Some(s) = static_shim(bin) {
+        shims.insert(0, (s, "static LTO shim"));
+    }
+    let mut measured = Vec::new();
+    for (program, label) in &shims {
+        let idle = Pair::start_shim(bin, program, POLICY, &[], None).await?;
+        daemon_calls(idle.sock(), 10).await?;
+        let rss = (rss_kib(idle.proxy.pid()), rss_kib(idle.shim.pid()));
+        measured.push(rss);
+        let note = match (*program == release, shims.len() > 1) {
+            (true, true) => " (not what ships; for comparison)",
+            (true, false) => " (no static LTO shim: build it with scripts/build-static.sh)",
+            (false, _) if older_than(program, &release) => {
+                " (older than the release build: rerun scripts/build-static.sh)"
+            }
+            (false, _) => "",
+        };
+        println!(
+            "(d) idle RSS (linked, 10 calls served), {label} {}{note}: {} KiB",
+            program.display(),
+            rss.1
+        );
+    }
+    let (proxy, shim) = measured[0];
+    println!(
+        "(d) idle RSS: proxy {proxy} KiB (target <= 15360), {} {shim} KiB (target <= 10240): {}",
+        shims[0].1,
+        verdict(proxy <= 15360 && shim <= 10240)
+    );
+    Ok(IdleRss {
+        proxy,
+        shim,
+        shim_binary: shims[0].0.display().to_string(),
+        release_shim: measured.get(1).map(|m| m.1),
+    })
 }
 
 fn summary(s: &[f64]) -> serde_json::Value {

@@ -279,7 +279,11 @@ pub fn main() -> ExitCode {
             "OS keyring unavailable; keyring: token sources will fail"
         );
     }
-    nexus_transport::process::run_to_exit("nexus-agent-proxy", None, run(cli))
+    nexus_transport::process::run_to_exit(
+        "nexus-agent-proxy",
+        nexus_transport::process::Threads::Workers(None),
+        run(cli),
+    )
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

@@ -47,19 +47,36 @@ pub async fn cancel_on_signals(token: CancellationToken) {
     token.cancel();
 }
 
-/// Runs a binary's async body on a multi-threaded runtime (`workers`
-/// threads, else one per core) and turns the outcome into an exit code: the
-/// body's own code, or 1 with one line on stderr (`PROGRAM: what happened`)
-/// for an error.
-pub fn run_to_exit<F, E>(program: &str, workers: Option<usize>, body: F) -> std::process::ExitCode
+/// Which threads run a binary's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// The calling thread alone (a current-thread runtime): no second
+    /// thread, stack or allocator arena, and no wake-up of another thread
+    /// when a task becomes ready. Blocking work still goes to the blocking
+    /// pool, whose threads exit after 10 s idle.
+    Current,
+    /// A multi-threaded runtime with this many workers, else one per core.
+    Workers(Option<usize>),
+}
+
+/// Runs a binary's async body on a runtime with `threads` and turns the
+/// outcome into an exit code: the body's own code, or 1 with one line on
+/// stderr (`PROGRAM: what happened`) for an error.
+pub fn run_to_exit<F, E>(program: &str, threads: Threads, body: F) -> std::process::ExitCode
 where
     F: std::future::Future<Output = Result<std::process::ExitCode, E>>,
     E: std::fmt::Display,
 {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        runtime.worker_threads(n.max(1));
-    }
+    let mut runtime = match threads {
+        Threads::Current => tokio::runtime::Builder::new_current_thread(),
+        Threads::Workers(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = n {
+                b.worker_threads(n.max(1));
+            }
+            b
+        }
+    };
     let outcome = runtime
         .enable_all()
         .build()

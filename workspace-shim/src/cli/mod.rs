@@ -137,10 +137,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_serve = matches!(cli.command, Command::Serve(_));
     nexus_transport::process::init_tracing(if is_serve { "info" } else { "warn" });
-    // One worker: the daemon relays, it does not compute, and a second
-    // worker costs a thread hop per call (a wake-up of the other worker)
-    // and memory (its stack and allocator arena) in every workspace.
-    nexus_transport::process::run_to_exit("nexus-shim", Some(1), run(cli))
+    // The calling thread only: the daemon relays, it does not compute, and
+    // a worker beside the main thread costs a thread hop per accepted
+    // tunnel and memory (its stack and allocator arena) in every workspace.
+    nexus_transport::process::run_to_exit(
+        "nexus-shim",
+        nexus_transport::process::Threads::Current,
+        run(cli),
+    )
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
