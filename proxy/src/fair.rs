@@ -3,6 +3,17 @@
 //! waiting, so a workspace that floods the proxy gets as many starts as a
 //! quiet one, not as many as it can queue.
 //!
+//! Round robin alone is fooled by a quiet workspace's few callers: between
+//! two of its calls (while its answer travels back and the next request
+//! comes) it has nothing waiting, and the flood takes every turn of that
+//! gap, several calls for each quiet one. So a workspace that has had its
+//! start since an active neighbour's last one waits up to [`ANTICIPATION`]
+//! for that neighbour's next call before it starts again (the
+//! anticipatory scheduling of disk I/O, for the same "deceptive
+//! idleness"). A neighbour is active for [`ACTIVE_FOR`] after its last
+//! start; a workspace alone, or among workspaces that all have calls
+//! waiting, never waits for this.
+//!
 //! A turn covers a call's first [`SLICE`] (the whole of a short call: a
 //! token, a credential, a signature). A call that takes longer (an approval
 //! prompt, a tool run, a stream) gives its turn back when the slice is over
@@ -15,9 +26,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// How long a call keeps its turn before it must go on without one.
 pub const SLICE: Duration = Duration::from_millis(20);
+/// How long a workspace that had its share waits for an active
+/// neighbour's next call: about one round trip of a call through a busy
+/// workspace, and the timer's resolution. While the neighbour stays
+/// silent, the other still starts a call every [`ANTICIPATION`].
+pub const ANTICIPATION: Duration = Duration::from_millis(1);
+/// How long after its last start a workspace counts as active.
+pub const ACTIVE_FOR: Duration = Duration::from_millis(10);
 
 /// The turns of every workspace this proxy serves.
 #[derive(Debug)]
@@ -29,10 +48,118 @@ pub struct FairShare {
 struct State {
     /// Turns nobody holds.
     free: usize,
-    /// Calls waiting for a turn, per workspace, first come first served.
-    waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<()>>>,
+    /// Every workspace seen (their number is the number paired).
+    spaces: HashMap<Arc<str>, Space>,
     /// The workspaces with calls waiting, in the order they are served.
     order: VecDeque<Arc<str>>,
+    /// Starts so far: orders starts without relying on the clock.
+    starts: u64,
+    /// The wake-up armed for a workspace held back, if one is.
+    timer: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Space {
+    /// Calls waiting for a turn, first come first served.
+    waiting: VecDeque<oneshot::Sender<()>>,
+    /// When and as which start this workspace last started a call.
+    last: Option<(Instant, u64)>,
+}
+
+impl State {
+    /// Until when `ws` waits for a neighbour's call, if it must: it has
+    /// started since the last start of a neighbour that is active and has
+    /// nothing waiting (its next call is probably on its way).
+    fn held_until(&self, ws: &str, now: Instant) -> Option<Instant> {
+        let (at, seq) = self.spaces.get(ws)?.last?;
+        let until = at + ANTICIPATION;
+        if now >= until {
+            return None;
+        }
+        let owed = self.spaces.iter().any(|(name, s)| {
+            **name != *ws
+                && s.waiting.is_empty()
+                && s.last
+                    .is_some_and(|(t, n)| n < seq && now.duration_since(t) < ACTIVE_FOR)
+        });
+        owed.then_some(until)
+    }
+
+    /// Queues a call of `ws`, its turn to come through `tx`.
+    fn enqueue(&mut self, ws: &str, tx: oneshot::Sender<()>) {
+        let key = self
+            .spaces
+            .get_key_value(ws)
+            .map_or_else(|| Arc::from(ws), |(k, _)| k.clone());
+        let space = self.spaces.entry(key.clone()).or_default();
+        space.waiting.push_back(tx);
+        if space.waiting.len() == 1 {
+            self.order.push_back(key);
+        }
+    }
+
+    fn started(&mut self, ws: &str, now: Instant) {
+        self.starts += 1;
+        let last = Some((now, self.starts));
+        match self.spaces.get_mut(ws) {
+            Some(space) => space.last = last,
+            None => {
+                self.spaces.insert(
+                    Arc::from(ws),
+                    Space {
+                        last,
+                        ..Space::default()
+                    },
+                );
+            }
+        }
+    }
+
+    /// Gives the free turns to the oldest calls of the workspaces not held
+    /// back; returns when the first one held back may go, if one is.
+    fn assign(&mut self, now: Instant) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        while self.free > 0 && !self.order.is_empty() {
+            // The workspace started longest ago goes first: round robin
+            // among those that keep calls waiting, and a neighbour whose
+            // call the others waited for goes before them.
+            let mut chosen: Option<(usize, u64)> = None;
+            for (i, ws) in self.order.iter().enumerate() {
+                if let Some(until) = self.held_until(ws, now) {
+                    wake = Some(wake.map_or(until, |w| w.min(until)));
+                    continue;
+                }
+                let seq = self
+                    .spaces
+                    .get(ws)
+                    .and_then(|s| s.last)
+                    .map_or(0, |(_, n)| n);
+                if chosen.is_none_or(|(_, best)| seq < best) {
+                    chosen = Some((i, seq));
+                }
+            }
+            let chosen = chosen.map(|(i, _)| i);
+            let Some(ws) = chosen.and_then(|i| self.order.remove(i)) else {
+                return wake;
+            };
+            wake = None;
+            let Some(space) = self.spaces.get_mut(&ws) else {
+                continue;
+            };
+            let next = space.waiting.pop_front();
+            if !space.waiting.is_empty() {
+                self.order.push_back(ws.clone());
+            }
+            // A caller that gave up dropped its receiver: the next one.
+            if let Some(tx) = next
+                && tx.send(()).is_ok()
+            {
+                self.free -= 1;
+                self.started(&ws, now);
+            }
+        }
+        None
+    }
 }
 
 impl FairShare {
@@ -42,8 +169,10 @@ impl FairShare {
         Self {
             state: Mutex::new(State {
                 free: turns.max(1),
-                waiting: HashMap::new(),
+                spaces: HashMap::new(),
                 order: VecDeque::new(),
+                starts: 0,
+                timer: None,
             }),
         }
     }
@@ -59,19 +188,18 @@ impl FairShare {
 
     /// Waits for a turn for a call of `workspace`.
     pub async fn turn(self: &Arc<Self>, workspace: &str) -> Turn {
+        let now = Instant::now();
         let rx = {
             let mut s = self.lock();
-            if s.free > 0 && s.order.is_empty() {
+            if s.free > 0 && s.order.is_empty() && s.held_until(workspace, now).is_none() {
                 s.free -= 1;
+                s.started(workspace, now);
                 return Turn(Some(self.clone()));
             }
             let (tx, rx) = oneshot::channel();
-            let key: Arc<str> = Arc::from(workspace);
-            let queue = s.waiting.entry(key.clone()).or_default();
-            queue.push_back(tx);
-            if queue.len() == 1 {
-                s.order.push_back(key);
-            }
+            s.enqueue(workspace, tx);
+            let wake = s.assign(now);
+            self.arm(&mut s, wake);
             rx
         };
         let mut waiting = Waiting {
@@ -91,7 +219,10 @@ impl FairShare {
     pub async fn run<F: Future>(self: &Arc<Self>, workspace: &str, call: F) -> F::Output {
         let turn = self.turn(workspace).await;
         let mut call = pin!(call);
+        // The call first: one that ends at its first poll (most do) never
+        // arms the slice's timer, whose arming may wake the runtime's driver.
         tokio::select! {
+            biased;
             out = &mut call => return out,
             () = tokio::time::sleep(SLICE) => {}
         }
@@ -103,28 +234,43 @@ impl FairShare {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Hands a turn to the next workspace in the round (its oldest call),
-    /// or frees it when nobody waits.
-    fn hand_over(&self) {
+    /// Gives back a turn: to the next workspace in the round, or free.
+    fn hand_over(self: &Arc<Self>) {
         let mut s = self.lock();
-        while let Some(ws) = s.order.pop_front() {
-            let Some(queue) = s.waiting.get_mut(&ws) else {
-                continue;
-            };
-            let next = queue.pop_front();
-            if queue.is_empty() {
-                s.waiting.remove(&ws);
-            } else {
-                s.order.push_back(ws);
-            }
-            // A caller that gave up dropped its receiver: the next one.
-            if let Some(tx) = next
-                && tx.send(()).is_ok()
-            {
-                return;
-            }
-        }
         s.free += 1;
+        let wake = s.assign(Instant::now());
+        self.arm(&mut s, wake);
+    }
+
+    /// Makes sure calls held back for a neighbour are looked at again at
+    /// `wake`, even if nothing else happens by then (the neighbour fell
+    /// silent).
+    fn arm(self: &Arc<Self>, s: &mut State, wake: Option<Instant>) {
+        let Some(at) = wake else {
+            return;
+        };
+        if s.timer.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        // Turns are taken and given back inside the runtime; without one
+        // (the proxy ending) nobody waits any more.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        s.timer = Some(at);
+        let fair = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let Some(fair) = fair.upgrade() else {
+                return;
+            };
+            let mut s = fair.lock();
+            if s.timer == Some(at) {
+                s.timer = None;
+            }
+            let wake = s.assign(Instant::now());
+            fair.arm(&mut s, wake);
+        });
     }
 }
 
@@ -144,7 +290,7 @@ impl Drop for Turn {
 /// hands it on.
 struct Waiting<'a> {
     rx: Option<oneshot::Receiver<()>>,
-    fair: &'a FairShare,
+    fair: &'a Arc<FairShare>,
 }
 
 impl Drop for Waiting<'_> {
@@ -203,6 +349,106 @@ mod tests {
                 "turns alternate: {order:?}"
             );
         }
+    }
+
+    /// The scheduler without the runtime: calls queued at given instants,
+    /// each giving its turn back as soon as it has it.
+    struct Sim {
+        state: State,
+        calls: Vec<(&'static str, oneshot::Receiver<()>)>,
+        started: Vec<&'static str>,
+    }
+
+    impl Sim {
+        fn new(turns: usize) -> Self {
+            Self {
+                state: FairShare::new(turns)
+                    .state
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner),
+                calls: Vec::new(),
+                started: Vec::new(),
+            }
+        }
+
+        /// Queues `n` calls of `ws` at `now`, then serves.
+        fn call(&mut self, ws: &'static str, n: usize, now: Instant) -> Option<Instant> {
+            for _ in 0..n {
+                let (tx, rx) = oneshot::channel();
+                self.state.enqueue(ws, tx);
+                self.calls.push((ws, rx));
+            }
+            self.serve(now)
+        }
+
+        /// Starts what may start at `now`; when the next held call may go.
+        fn serve(&mut self, now: Instant) -> Option<Instant> {
+            loop {
+                let wake = self.state.assign(now);
+                let before = self.started.len();
+                self.calls.retain_mut(|(ws, rx)| {
+                    let go = rx.try_recv().is_ok();
+                    if go {
+                        self.started.push(ws);
+                    }
+                    !go
+                });
+                let done = self.started.len() - before;
+                if done == 0 {
+                    return wake;
+                }
+                self.state.free += done;
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_waits_for_an_active_neighbours_next_call() {
+        let t0 = Instant::now();
+        let mut sim = Sim::new(1);
+        // The quiet workspace has just been answered; its next call is on
+        // its way while the flood queues three.
+        assert_eq!(sim.call("quiet", 1, t0), None);
+        let wake = sim.call("noisy", 3, t0);
+        assert_eq!(
+            sim.started,
+            ["quiet", "noisy"],
+            "one flood call, then it waits"
+        );
+        assert_eq!(wake, Some(t0 + ANTICIPATION));
+        let t1 = t0 + ANTICIPATION / 4;
+        sim.call("quiet", 1, t1);
+        assert_eq!(
+            sim.started,
+            ["quiet", "noisy", "quiet", "noisy"],
+            "the quiet call goes first, then one flood call"
+        );
+        // The quiet one falls silent: the flood waits no more than the
+        // anticipation for each call, and not at all once the quiet one
+        // is no longer active.
+        assert_eq!(sim.serve(t1 + ANTICIPATION / 2), Some(t1 + ANTICIPATION));
+        assert_eq!(sim.serve(t1 + ANTICIPATION), None);
+        assert_eq!(sim.started.len(), 5);
+        assert_eq!(sim.call("noisy", 3, t1 + ACTIVE_FOR), None);
+        assert_eq!(sim.started.len(), 8);
+    }
+
+    #[test]
+    fn a_workspace_alone_or_among_busy_ones_never_waits_for_a_neighbour() {
+        let t0 = Instant::now();
+        let mut sim = Sim::new(2);
+        for _ in 0..3 {
+            assert_eq!(sim.call("a", 4, t0), None);
+        }
+        assert_eq!(sim.started.len(), 12);
+        // Both have calls waiting: turns alternate, nobody is held.
+        let mut sim = Sim::new(1);
+        sim.state.free = 0;
+        sim.call("b", 5, t0);
+        sim.call("c", 5, t0);
+        sim.state.free = 1;
+        assert_eq!(sim.serve(t0), None);
+        assert_eq!(sim.started, ["b", "c"].repeat(5));
     }
 
     #[tokio::test(flavor = "current_thread")]
