@@ -40,7 +40,7 @@ pub use message::{
 };
 pub use message::{
     Control, ControlReply, GIT_HTTP_PREFIX, HOP_BY_HOP, IdentityPush, RETRY_WINDOW,
-    chunk_as_local_frame, connection_listed,
+    chunk_local_prefix, connection_listed,
 };
 pub use secret::Secret;
 pub use section::{Section, UnknownSection};

@@ -474,12 +474,15 @@ const CHUNK_TAG: &[u8] = &[0x81, 0xa5, b'C', b'h', b'u', b'n', b'k'];
 const LOCAL_REPLY_TAG: &[u8] = &[0x81, 0xa5, b'R', b'e', b'p', b'l', b'y'];
 
 /// For the shim's relay of bulk data: when `body` (one laptop frame) is a
-/// [`Reply::Chunk`], the whole `shim.sock` frame that carries it as
-/// [`LocalReply::Reply`], built without decoding and re-encoding the data;
-/// `None` for any other body (decode that one) or when the result would
-/// exceed `max`. The caller decodes what it receives in full, as always.
+/// [`Reply::Chunk`], what goes before it to make the whole `shim.sock`
+/// frame that carries it as [`LocalReply::Reply`] (its length and the
+/// wrapper's tag), so the data is relayed without being decoded,
+/// re-encoded or even copied (the two parts go out in one vectored
+/// write); `None` for any other body (decode that one) or when the frame
+/// would exceed `max`. The caller decodes what it receives in full, as
+/// always.
 #[must_use]
-pub fn chunk_as_local_frame(body: &[u8], max: usize) -> Option<Vec<u8>> {
+pub fn chunk_local_prefix(body: &[u8], max: usize) -> Option<Vec<u8>> {
     if !body.starts_with(CHUNK_TAG) {
         return None;
     }
@@ -488,11 +491,10 @@ pub fn chunk_as_local_frame(body: &[u8], max: usize) -> Option<Vec<u8>> {
         return None;
     }
     let header = u32::try_from(len).ok()?.to_be_bytes();
-    let mut frame = Vec::with_capacity(header.len() + len);
-    frame.extend_from_slice(&header);
-    frame.extend_from_slice(LOCAL_REPLY_TAG);
-    frame.extend_from_slice(body);
-    Some(frame)
+    let mut prefix = Vec::with_capacity(header.len() + LOCAL_REPLY_TAG.len());
+    prefix.extend_from_slice(&header);
+    prefix.extend_from_slice(LOCAL_REPLY_TAG);
+    Some(prefix)
 }
 
 /// Largest data chunk in one [`Reply::Chunk`]: well under the frame limit,
@@ -783,7 +785,11 @@ mod relay_tests {
                 channel: Channel::Data,
                 data,
             };
-            let relayed = chunk_as_local_frame(&encode(&chunk), crate::MAX_FRAME);
+            let body = encode(&chunk);
+            let relayed = chunk_local_prefix(&body, crate::MAX_FRAME).map(|mut p| {
+                p.extend_from_slice(&body);
+                p
+            });
             let expected = encode_frame(&LocalReply::Reply(chunk.clone()));
             assert_eq!(relayed.as_deref(), Some(&expected[..]));
             let body = &expected[crate::HEADER_LEN..];
@@ -797,16 +803,13 @@ mod relay_tests {
             Reply::Exit(3),
             Reply::error(ErrorCode::Denied, "Chunk"),
         ] {
-            assert_eq!(
-                chunk_as_local_frame(&encode(&other), crate::MAX_FRAME),
-                None
-            );
+            assert_eq!(chunk_local_prefix(&encode(&other), crate::MAX_FRAME), None);
         }
         let big = encode(&Reply::Chunk {
             channel: Channel::Stdout,
             data: vec![0; 100],
         });
-        assert_eq!(chunk_as_local_frame(&big, big.len()), None, "over max");
+        assert_eq!(chunk_local_prefix(&big, big.len()), None, "over max");
     }
 }
 

@@ -80,6 +80,24 @@ pub async fn recv_body<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Zeroizing<Vec<u8>>, TransportError> {
+    let mut body = Zeroizing::new(Vec::new());
+    recv_body_into(r, max, &mut body).await?;
+    Ok(body)
+}
+
+/// Like [`recv_body`], into `body` (emptied first, its allocation kept): a
+/// relay of bulk frames allocates once rather than once a frame (each fresh
+/// allocation of a frame this size costs page faults). The caller wipes
+/// `body` once what it held may be secret; on an error it holds part of a
+/// frame.
+///
+/// # Errors
+/// As [`recv_body`].
+pub async fn recv_body_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    body: &mut Vec<u8>,
+) -> Result<(), TransportError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -102,14 +120,15 @@ pub async fn recv_body<R: AsyncRead + Unpin>(
     }
     let len = body_len(header, max)?;
     // Filled without zeroing first (a pass over every frame saved); `take`
-    // keeps the reads inside this frame, and the buffer never grows (so no
-    // unwiped copy is left behind by a reallocation).
-    let mut body = Zeroizing::new(Vec::with_capacity(len));
+    // keeps the reads inside this frame, and the buffer grows only while
+    // empty (so no copy of a frame is left behind by a reallocation).
+    body.clear();
+    body.reserve(len);
     while body.len() < len {
         let left = (len - body.len()) as u64;
         let n = (&mut *r)
             .take(left)
-            .read_buf(&mut *body)
+            .read_buf(body)
             .await
             .map_err(TransportError::io("reading a frame"))?;
         if n == 0 {
@@ -119,7 +138,7 @@ pub async fn recv_body<R: AsyncRead + Unpin>(
             }));
         }
     }
-    Ok(body)
+    Ok(())
 }
 
 /// Like [`recv`], but the frame's bytes are wiped only when `wipe` says the

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Buf;
 use nexus_protocol::{
     ANSWER_RECEIVED, Call, CallKey, CallerContext, ErrorCode, FrameError, LinkStatus, LocalOp,
     LocalReply, LocalRequest, MAX_FRAME, PairingInfo, RETRY_WINDOW, Reply, Request, StatusInfo,
@@ -17,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::serve::{Link, Shared};
 
@@ -505,6 +507,10 @@ async fn answers(
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
 ) -> Result<bool, Failed> {
     let mut part = false;
+    // One buffer for every frame of the answer (bulk answers are many
+    // frames of up to 256 KiB); wiped after any frame that is not bulk
+    // data, and when dropped.
+    let mut body = Zeroizing::new(Vec::new());
     loop {
         let bad = |e: &dyn std::fmt::Display| {
             Failed::Reply(Reply::error(
@@ -512,8 +518,8 @@ async fn answers(
                 format!("bad answer from the laptop: {e}"),
             ))
         };
-        let mut body = match nexus_transport::recv_body(stream, MAX_FRAME).await {
-            Ok(b) => b,
+        match nexus_transport::recv_body_into(stream, MAX_FRAME, &mut body).await {
+            Ok(()) => {}
             // A stream that ends inside a frame ended with its link too.
             Err(
                 TransportError::Closed
@@ -521,23 +527,24 @@ async fn answers(
                 | TransportError::Frame(FrameError::Truncated { .. } | FrameError::Io(_)),
             ) => return Err(Failed::Lost { part }),
             Err(e) => return Err(bad(&e)),
-        };
+        }
         // Bulk data (file contents, tool output) passes through as it
-        // came: not decoded, re-encoded or wiped here (the caller
+        // came: not decoded, re-encoded, copied or wiped here (the caller
         // decodes it in full).
-        if let Some(frame) = nexus_protocol::chunk_as_local_frame(&body, MAX_FRAME) {
-            std::mem::take(&mut *body).clear();
+        if let Some(prefix) = nexus_protocol::chunk_local_prefix(&body, MAX_FRAME) {
             part = true;
-            if conn.write_all(&frame).await.is_err() {
+            let mut frame = prefix.as_slice().chain(body.as_slice());
+            if conn.write_all_buf(&mut frame).await.is_err() {
                 return Ok(false);
             }
             continue;
         }
-        let reply: Reply = match nexus_protocol::decode(&body) {
+        let decoded = nexus_protocol::decode::<Reply>(&body);
+        body.zeroize();
+        let reply = match decoded {
             Ok(r) => r,
             Err(e) => return Err(bad(&e)),
         };
-        drop(body);
         let last = reply.is_final();
         part = true;
         let sent = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
