@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::serve::Shared;
 use crate::state::StateDir;
@@ -722,6 +723,9 @@ struct Relay {
     confirm: Option<Confirm>,
     _done: DropGuard,
     shutdown: CancellationToken,
+    /// Every frame is read into this one buffer (a fresh one per frame of
+    /// up to 256 KiB costs page faults), wiped after any that is not data.
+    buf: Zeroizing<Vec<u8>>,
 }
 
 /// The response body: the laptop's data chunks until `Done`; an error or a
@@ -738,11 +742,18 @@ fn relay(
         confirm,
         _done: done,
         shutdown,
+        buf: Zeroizing::new(Vec::new()),
     });
     let frames = futures::stream::unfold(state, |state| async move {
         let mut s = state?;
         let next = tokio::select! {
-            r = nexus_transport::recv_wiping(&mut s.rx, MAX_FRAME, |r: &Reply| !matches!(r, Reply::Chunk { .. })) => r,
+            r = nexus_transport::recv_body_into(&mut s.rx, MAX_FRAME, &mut s.buf) => r.and_then(|()| {
+                let reply = nexus_protocol::decode::<Reply>(&s.buf).map_err(Into::into);
+                if !matches!(reply, Ok(Reply::Chunk { .. })) {
+                    s.buf.zeroize();
+                }
+                reply
+            }),
             () = s.shutdown.cancelled() => {
                 return Some((Err(std::io::Error::other("nexus-shim is shutting down")), None));
             }
