@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use nexus_protocol::{Call, CallerContext, Reply, Request};
+use nexus_policy::PolicySet;
+use nexus_protocol::{Call, Reply};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -70,17 +71,42 @@ impl Table {
             self.kept -= entry.bytes;
         }
     }
+
+    /// Forgets every answer kept past its time.
+    fn sweep(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expires.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.remove(id);
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
-    request: Request,
-    caller: CallerContext,
+    /// What the call was (request and caller), as a digest: an attempt
+    /// must repeat it exactly, and a large request is not kept in memory.
+    call: [u8; 32],
+    /// The policy the first attempt was decided under: a second attempt
+    /// under another one (a reload came between) is decided afresh.
+    policy: Arc<PolicySet>,
     answer: watch::Receiver<Option<Answer>>,
     /// Set once the first attempt answered but could not confirm delivery.
     expires: Option<Instant>,
     /// The size of its replay, counted in [`Table::kept`].
     bytes: usize,
+}
+
+/// The SHA-256 of what a call asks and who asks it (its key aside).
+fn digest(call: &Call) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(nexus_protocol::encode(&(&call.request, &call.caller)));
+    h.finalize().into()
 }
 
 /// What a keyed call should do.
@@ -97,41 +123,35 @@ pub enum Claim<'a> {
 }
 
 impl Retries {
-    /// Registers `call` under its key `id`, or joins the attempt already
-    /// registered.
-    pub fn claim(&self, id: u64, call: &Call) -> Claim<'_> {
+    /// Registers `call` under its key `id`, decided under `policy`, or
+    /// joins the attempt already registered. An answer kept past its time,
+    /// or made under another policy than `policy`, is not given again: the
+    /// call runs afresh (decided and audited under the policy of now).
+    pub fn claim(&self, id: u64, call: &Call, policy: &Arc<PolicySet>) -> Claim<'_> {
         let Ok(mut table) = self.table.lock() else {
             return Claim::Full;
         };
+        table.sweep(Instant::now());
         if let Some(entry) = table.entries.get(&id) {
-            if entry.request != call.request || entry.caller != call.caller {
+            if entry.call != digest(call) {
                 return Claim::Mismatch;
             }
-            // A first attempt that ended unanswered leaves no entry, so a
-            // closed channel here is one being replaced right now.
-            return Claim::Join(entry.answer.clone());
+            if Arc::ptr_eq(&entry.policy, policy) {
+                // A first attempt that ended unanswered leaves no entry, so
+                // a closed channel here is one being replaced right now.
+                return Claim::Join(entry.answer.clone());
+            }
+            table.remove(id);
         }
         if table.entries.len() >= MAX_ENTRIES {
-            let now = Instant::now();
-            let expired: Vec<u64> = table
-                .entries
-                .iter()
-                .filter(|(_, e)| e.expires.is_some_and(|t| t <= now))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in expired {
-                table.remove(id);
-            }
-            if table.entries.len() >= MAX_ENTRIES {
-                return Claim::Full;
-            }
+            return Claim::Full;
         }
         let (tx, rx) = watch::channel(None);
         table.entries.insert(
             id,
             Entry {
-                request: call.request.clone(),
-                caller: call.caller.clone(),
+                call: digest(call),
+                policy: policy.clone(),
                 answer: rx,
                 expires: None,
                 bytes: 0,
@@ -300,6 +320,16 @@ impl<S> Tape<S> {
     fn keep(&mut self, data: &[u8]) -> bool {
         match &mut self.kept {
             Some(k) if k.len() + data.len() <= REPLAY_LIMIT => {
+                let need = k.len() + data.len();
+                if need > k.capacity() {
+                    // Grown by hand: a reallocation would free the old
+                    // block unwiped; this one is wiped when dropped.
+                    let mut grown = Zeroizing::new(Vec::with_capacity(
+                        need.max(2 * k.capacity()).min(REPLAY_LIMIT),
+                    ));
+                    grown.extend_from_slice(k);
+                    *k = grown;
+                }
                 k.extend_from_slice(data);
                 true
             }
@@ -440,7 +470,46 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tape<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_protocol::Secret;
+    use nexus_protocol::{CallerContext, Request, Secret};
+
+    /// An answer kept for a second attempt is not given after its time,
+    /// nor under a policy reloaded since: the call is decided afresh.
+    #[test]
+    fn a_kept_answer_expires_and_does_not_outlive_a_reload() {
+        let r = Retries::default();
+        let Claim::First(mut first) = r.claim(3, &call("a"), &policy()) else {
+            panic!("first attempt not first");
+        };
+        first.answered(Answer::Reply(Reply::Done));
+        first.finish(false);
+        let reloaded = Arc::new(PolicySet::default());
+        assert!(
+            matches!(r.claim(3, &call("a"), &reloaded), Claim::First(_)),
+            "joined an answer decided under the policy before a reload"
+        );
+        let Claim::First(mut again) = r.claim(4, &call("a"), &policy()) else {
+            panic!("first attempt not first");
+        };
+        again.answered(Answer::Reply(Reply::Done));
+        again.finish(false);
+        if let Ok(mut t) = r.table.lock()
+            && let Some(e) = t.entries.get_mut(&4)
+        {
+            e.expires = Some(Instant::now());
+        }
+        assert!(
+            matches!(r.claim(4, &call("a"), &policy()), Claim::First(_)),
+            "joined an answer kept past its time"
+        );
+    }
+
+    /// One policy for every attempt of a test (answers are joined only
+    /// under the policy their first attempt was decided with).
+    fn policy() -> Arc<PolicySet> {
+        static POLICY: std::sync::LazyLock<Arc<PolicySet>> =
+            std::sync::LazyLock::new(|| Arc::new(PolicySet::default()));
+        POLICY.clone()
+    }
 
     fn call(name: &str) -> Call {
         Call {
@@ -459,10 +528,10 @@ mod tests {
     #[test]
     fn a_second_attempt_joins_the_first_and_a_delivered_answer_is_forgotten() {
         let r = Retries::default();
-        let Claim::First(mut first) = r.claim(1, &call("a")) else {
+        let Claim::First(mut first) = r.claim(1, &call("a"), &policy()) else {
             panic!("first")
         };
-        let Claim::Join(rx) = r.claim(1, &call("a")) else {
+        let Claim::Join(rx) = r.claim(1, &call("a"), &policy()) else {
             panic!("join")
         };
         assert_eq!(*rx.borrow(), None);
@@ -472,7 +541,7 @@ mod tests {
         assert_eq!(r.len(), 1, "kept for the second attempt");
         r.delivered(1);
         assert_eq!(r.len(), 0);
-        let Claim::First(mut again) = r.claim(1, &call("a")) else {
+        let Claim::First(mut again) = r.claim(1, &call("a"), &policy()) else {
             panic!("forgotten")
         };
         again.answered(Answer::Reply(token()));
@@ -483,24 +552,27 @@ mod tests {
     #[test]
     fn a_key_names_one_call_and_an_unanswered_first_attempt_leaves_nothing() {
         let r = Retries::default();
-        let first = r.claim(7, &call("a"));
-        assert!(matches!(r.claim(7, &call("b")), Claim::Mismatch));
+        let first = r.claim(7, &call("a"), &policy());
+        assert!(matches!(r.claim(7, &call("b"), &policy()), Claim::Mismatch));
         drop(first);
         assert_eq!(r.len(), 0);
-        assert!(matches!(r.claim(7, &call("b")), Claim::First(_)));
+        assert!(matches!(r.claim(7, &call("b"), &policy()), Claim::First(_)));
     }
 
     #[test]
     fn the_table_is_bounded() {
         let r = Retries::default();
         for id in 0..MAX_ENTRIES as u64 {
-            let Claim::First(mut a) = r.claim(id, &call("a")) else {
+            let Claim::First(mut a) = r.claim(id, &call("a"), &policy()) else {
                 panic!("room")
             };
             a.answered(Answer::Reply(token()));
             a.finish(false);
         }
-        assert!(matches!(r.claim(u64::MAX, &call("a")), Claim::Full));
+        assert!(matches!(
+            r.claim(u64::MAX, &call("a"), &policy()),
+            Claim::Full
+        ));
     }
 
     #[test]
@@ -509,22 +581,22 @@ mod tests {
         let big = Answer::Replay(Arc::new(Zeroizing::new(vec![0; REPLAY_LIMIT])));
         let fit = MAX_KEPT / REPLAY_LIMIT;
         for id in 0..=fit as u64 {
-            let Claim::First(mut a) = r.claim(id, &call("a")) else {
+            let Claim::First(mut a) = r.claim(id, &call("a"), &policy()) else {
                 panic!("room")
             };
             a.answered(big.clone());
             a.finish(false);
         }
-        let Claim::Join(last) = r.claim(fit as u64, &call("a")) else {
+        let Claim::Join(last) = r.claim(fit as u64, &call("a"), &policy()) else {
             panic!("join")
         };
         assert_eq!(*last.borrow(), Some(Answer::Unkept), "past the budget");
         r.delivered(0);
-        let Claim::First(mut a) = r.claim(u64::MAX, &call("a")) else {
+        let Claim::First(mut a) = r.claim(u64::MAX, &call("a"), &policy()) else {
             panic!("room")
         };
         a.answered(big.clone());
-        let Claim::Join(again) = r.claim(u64::MAX, &call("a")) else {
+        let Claim::Join(again) = r.claim(u64::MAX, &call("a"), &policy()) else {
             panic!("join")
         };
         assert_eq!(

@@ -661,7 +661,7 @@ async fn answer_keyed(
     // Twice at most: a joined first attempt that ended unanswered (its
     // link gone before its turn) was never decided, so this one runs.
     for _ in 0..2 {
-        match link.retries.claim(id, call) {
+        match link.retries.claim(id, call, &ctx.policy.current()) {
             Claim::Mismatch => {
                 warn!(tool, "a retried call named another call's key; refused");
                 let refusal = Reply::error(
