@@ -288,22 +288,8 @@ impl GitHost {
         let keys: String = authorized.iter().map(|k| format!("{}\n", k.line)).collect();
         std::fs::write(&authorized_keys, keys).must("writing authorized_keys");
         set_mode(&authorized_keys, 0o644);
-        let repo = root.join("repo.git");
-        run_to_end(
-            Command::new("git")
-                .args(["-c", "init.defaultBranch=main", "init", "-q", "--bare"])
-                .arg(&repo),
-            None,
-        )
-        .ok();
+        let repo = bare_repo(root, "repo.git", user);
         if is_root() {
-            run_to_end(
-                Command::new("chown")
-                    .args(["-R", &format!("{user}:")])
-                    .arg(&repo),
-                None,
-            )
-            .ok();
             // The privilege separation directory of Debian's sshd.
             std::fs::create_dir_all("/run/sshd").must("creating /run/sshd");
         }
@@ -362,6 +348,35 @@ impl GitHost {
     /// The git host's directory (for a second host key, say).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// `git init --bare DIR/NAME`, owned by the git host's login user.
+#[track_caller]
+pub fn bare_repo(dir: &Path, name: &str, user: &str) -> PathBuf {
+    let repo = dir.join(name);
+    run_to_end(
+        Command::new("git")
+            .args(["-c", "init.defaultBranch=main", "init", "-q", "--bare"])
+            .arg(&repo),
+        None,
+    )
+    .ok();
+    chown(&repo, user);
+    repo
+}
+
+/// `chown -R USER: PATH` when the tests run as root (otherwise every file
+/// is the one user's already).
+pub fn chown(path: &Path, user: &str) {
+    if is_root() {
+        run_to_end(
+            Command::new("chown")
+                .args(["-R", &format!("{user}:")])
+                .arg(path),
+            None,
+        )
+        .ok();
     }
 }
 

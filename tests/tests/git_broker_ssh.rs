@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nexus_e2e::sshd::SshWorld;
-use nexus_e2e::{Must, Output, is_root, run_to_end, shim_binary};
+use nexus_e2e::sshd::{SshWorld, bare_repo, chown};
+use nexus_e2e::{Must, Output, run_to_end, shim_binary};
 
 /// A git host, a linked laptop whose policy brokers `repo.git` (fetch,
 /// push to `agent/*`), and a second repository no rule names.
@@ -124,21 +124,6 @@ fn shim() -> String {
     format!("'{}'", shim_binary().display())
 }
 
-/// `git init --bare DIR/NAME`, owned by the git host's login user.
-#[track_caller]
-fn bare_repo(dir: &Path, name: &str, user: &str) -> PathBuf {
-    let repo = dir.join(name);
-    run_to_end(
-        Command::new("git")
-            .args(["-c", "init.defaultBranch=main", "init", "-q", "--bare"])
-            .arg(&repo),
-        None,
-    )
-    .ok();
-    chown(&repo, user);
-    repo
-}
-
 /// One commit on `main` in `repo`, written straight into it.
 #[track_caller]
 fn seed(repo: &Path, user: &str) {
@@ -171,19 +156,6 @@ fn seed(repo: &Path, user: &str) {
         "HEAD:refs/heads/main",
     ]);
     chown(repo, user);
-}
-
-#[track_caller]
-fn chown(path: &Path, user: &str) {
-    if is_root() {
-        run_to_end(
-            Command::new("chown")
-                .args(["-R", &format!("{user}:")])
-                .arg(path),
-            None,
-        )
-        .ok();
-    }
 }
 
 /// A wrapper the proxy runs as its `ssh` (`NEXUS_GIT_SSH`): the laptop's
