@@ -199,6 +199,11 @@ mod tests {
         }
     }
 
+    /// A coalescing writer over `sink`, in `turn`.
+    fn over(sink: &Writes, turn: &FlushTurn) -> Coalesce<Writes> {
+        Coalesce::new(sink.clone(), turn.clone(), CancellationToken::new())
+    }
+
     fn writes(w: &Writes) -> Vec<Vec<u8>> {
         w.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -207,7 +212,7 @@ mod tests {
     fn writes_and_flushes_of_one_turn_leave_as_one_write_in_the_next() {
         let sink = Writes::default();
         let turn = FlushTurn::default();
-        let mut c = Coalesce::new(sink.clone(), turn.clone(), CancellationToken::new());
+        let mut c = over(&sink, &turn);
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         turn.next();
@@ -234,7 +239,7 @@ mod tests {
     fn a_held_flush_wakes_the_driver() {
         let sink = Writes::default();
         let turn = FlushTurn::default();
-        let mut c = Coalesce::new(sink, turn, CancellationToken::new());
+        let mut c = over(&sink, &turn);
         let (waker, count) = futures_test_waker();
         let mut cx = Context::from_waker(&waker);
         let _ = Pin::new(&mut c).poll_write(&mut cx, b"x");
@@ -245,7 +250,7 @@ mod tests {
     #[test]
     fn shutdown_writes_what_is_buffered_first() {
         let sink = Writes::default();
-        let mut c = Coalesce::new(sink.clone(), FlushTurn::default(), CancellationToken::new());
+        let mut c = over(&sink, &FlushTurn::default());
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let _ = Pin::new(&mut c).poll_write(&mut cx, b"last words");
@@ -260,7 +265,7 @@ mod tests {
     #[test]
     fn a_large_burst_is_written_in_pieces_no_larger_than_the_buffer() {
         let sink = Writes::default();
-        let mut c = Coalesce::new(sink.clone(), FlushTurn::default(), CancellationToken::new());
+        let mut c = over(&sink, &FlushTurn::default());
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let chunk = vec![1u8; 64 * 1024];
