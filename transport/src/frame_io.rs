@@ -7,7 +7,7 @@
 use nexus_protocol::{FrameError, HEADER_LEN, body_len, decode, encode, encode_frame};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::TransportError;
 
@@ -152,15 +152,33 @@ pub async fn recv_wiping<R: AsyncRead + Unpin, T: DeserializeOwned>(
     max: usize,
     wipe: impl FnOnce(&T) -> bool,
 ) -> Result<T, TransportError> {
-    let mut body = recv_body(r, max).await?;
-    let msg: T = decode(&body)?;
-    if !wipe(&msg) {
-        // Nothing secret: release the buffer without the wiping pass.
-        let mut plain = std::mem::take(&mut *body);
-        plain.clear();
-        drop(plain);
-    }
+    let mut body = Zeroizing::new(Vec::new());
+    let msg = recv_wiping_into(r, max, &mut body, wipe).await?;
+    // Wiped already where it had to be: released without another pass.
+    drop(std::mem::take(&mut *body));
     Ok(msg)
+}
+
+/// Like [`recv_wiping`], reading into `body` (its allocation kept for the
+/// next frame, see [`recv_body_into`]): the frame's bytes are wiped when
+/// `wipe` says the message may hold a secret or it does not decode, and
+/// only cleared otherwise.
+///
+/// # Errors
+/// As [`recv_wiping`]; `body` then holds part of a frame, wiped when dropped.
+pub async fn recv_wiping_into<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+    body: &mut Zeroizing<Vec<u8>>,
+    wipe: impl FnOnce(&T) -> bool,
+) -> Result<T, TransportError> {
+    recv_body_into(r, max, body).await?;
+    let decoded = decode::<T>(body);
+    match &decoded {
+        Ok(msg) if !wipe(msg) => body.clear(),
+        _ => body.zeroize(),
+    }
+    Ok(decoded?)
 }
 
 #[cfg(test)]

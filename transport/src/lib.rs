@@ -21,7 +21,9 @@ pub mod ws;
 
 pub use error::TransportError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
-pub use frame_io::{recv, recv_body, recv_body_into, recv_wiping, send, send_data};
+pub use frame_io::{
+    recv, recv_body, recv_body_into, recv_wiping, recv_wiping_into, send, send_data,
+};
 pub use identity::{Identity, write_private};
 pub use mux::{MuxConfig, MuxHandle, MuxStream};
 pub use tokio_rustls;

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::serve::Shared;
 use crate::state::StateDir;
@@ -747,13 +747,7 @@ fn relay(
     let frames = futures::stream::unfold(state, |state| async move {
         let mut s = state?;
         let next = tokio::select! {
-            r = nexus_transport::recv_body_into(&mut s.rx, MAX_FRAME, &mut s.buf) => r.and_then(|()| {
-                let reply = nexus_protocol::decode::<Reply>(&s.buf).map_err(Into::into);
-                if !matches!(reply, Ok(Reply::Chunk { .. })) {
-                    s.buf.zeroize();
-                }
-                reply
-            }),
+            r = nexus_transport::recv_wiping_into(&mut s.rx, MAX_FRAME, &mut s.buf, |r: &Reply| !matches!(r, Reply::Chunk { .. })) => r,
             () = s.shutdown.cancelled() => {
                 return Some((Err(std::io::Error::other("nexus-shim is shutting down")), None));
             }
