@@ -272,6 +272,12 @@ async fn leader_exit(pid: Option<rustix::process::Pid>) -> bool {
     let Some(pid) = pid else {
         return false;
     };
+    // The pipes close a moment before the leader becomes a zombie: a first
+    // look usually comes too early. Where the kernel can say when it
+    // exits, wait for that instead of a timer (a 1 ms timer cost a quick
+    // tool 2 ms).
+    #[cfg(target_os = "linux")]
+    exited(pid).await;
     let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
     // Usually due at once; a tool that closed its output early and runs on
     // is looked at less and less often (at most every 64 ms).
@@ -285,6 +291,26 @@ async fn leader_exit(pid: Option<rustix::process::Pid>) -> bool {
             Ok(Some(_)) => return true,
             Err(_) => return false,
         }
+    }
+}
+
+/// Returns once `pid` (our unreaped child: its pid cannot be reused) has
+/// exited, by a pidfd, which turns readable then; at once when no pidfd can
+/// be had (Linux before 5.3), leaving the caller to poll.
+#[cfg(target_os = "linux")]
+async fn exited(pid: rustix::process::Pid) {
+    use rustix::process::{PidfdFlags, pidfd_open};
+    use tokio::io::{Interest, unix::AsyncFd};
+    let Ok(fd) = pidfd_open(pid, PidfdFlags::NONBLOCK) else {
+        return;
+    };
+    // Deprecated because it cannot check that an arbitrary `T` keeps its
+    // descriptor open and the same while registered; an `OwnedFd` moved in
+    // does, until the `AsyncFd` drops it.
+    #[allow(deprecated)]
+    let registered = AsyncFd::with_interest(fd, Interest::READABLE);
+    if let Ok(fd) = registered {
+        let _ = fd.readable().await;
     }
 }
 
