@@ -1,7 +1,7 @@
 //! Length-prefixed frames and typed encode/decode.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::{DecodeError, FrameError};
@@ -44,6 +44,15 @@ pub const MAX_DEPTH: usize = 32;
 /// anything else malformed, or nested deeper than [`MAX_DEPTH`], is an error,
 /// never a panic.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    decode_borrowed(body)
+}
+
+/// [`decode`] for a message that borrows from `body` (bytes are not
+/// copied out).
+///
+/// # Errors
+/// [`DecodeError`] when `body` is not a valid `T`.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
     let mut de = rmp_serde::Deserializer::from_read_ref(body);
     de.set_max_depth(MAX_DEPTH);
     Ok(T::deserialize(&mut de)?)

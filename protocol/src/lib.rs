@@ -29,8 +29,8 @@ pub use credential::{
 };
 pub use error::{DecodeError, FrameError};
 pub use frame::{
-    FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, body_len, decode, encode,
-    encode_frame,
+    FrameCodec, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAX_DEPTH, MAX_FRAME, body_len, decode,
+    decode_borrowed, encode, encode_frame,
 };
 pub use message::{
     ANSWER_RECEIVED, Call, CallKey, CallerContext, Channel, ClientHello, ErrorCode, ErrorReply,
@@ -39,8 +39,8 @@ pub use message::{
     StatusInfo, ToolInfo, Upload,
 };
 pub use message::{
-    Control, ControlReply, GIT_HTTP_PREFIX, HOP_BY_HOP, IdentityPush, RETRY_WINDOW,
-    chunk_local_prefix, connection_listed,
+    Control, ControlReply, GIT_HTTP_PREFIX, HOP_BY_HOP, IdentityPush, RETRY_WINDOW, chunk_data,
+    chunk_frame_prefix, chunk_local_prefix, connection_listed,
 };
 pub use secret::Secret;
 pub use section::{Section, UnknownSection};

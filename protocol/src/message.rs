@@ -497,6 +497,61 @@ pub fn chunk_local_prefix(body: &[u8], max: usize) -> Option<Vec<u8>> {
     Some(prefix)
 }
 
+/// The frame of a [`Reply::Chunk`] of `len` bytes on `channel`, without the
+/// bytes: what goes before them, so a sender can read data into a buffer
+/// right behind it and send both with no copy (`encode_frame` would copy
+/// the data once more). `prefix + data` is exactly
+/// `encode_frame(&Reply::Chunk { channel, data })`.
+#[must_use]
+pub fn chunk_frame_prefix(channel: Channel, len: usize) -> Vec<u8> {
+    // The empty chunk ends with its data's header, `bin8` of length 0;
+    // the real length may need a longer one.
+    let mut out = crate::frame::encode_frame(&Reply::Chunk {
+        channel,
+        data: Vec::new(),
+    });
+    out.truncate(out.len().saturating_sub(2));
+    match (u8::try_from(len), u16::try_from(len), u32::try_from(len)) {
+        (Ok(n), _, _) => out.extend_from_slice(&[0xc4, n]),
+        (_, Ok(n), _) => {
+            out.push(0xc5);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        (_, _, n) => {
+            out.push(0xc6);
+            out.extend_from_slice(&n.unwrap_or(u32::MAX).to_be_bytes());
+        }
+    }
+    let body = (out.len() - crate::HEADER_LEN).saturating_add(len);
+    let body = u32::try_from(body).unwrap_or(u32::MAX);
+    out[..crate::HEADER_LEN].copy_from_slice(&body.to_be_bytes());
+    out
+}
+
+/// For the daemon's [`LocalOp::ForwardInto`]: when `body` (one laptop
+/// frame) is a [`Reply::Chunk`], its channel and where its data lies in
+/// `body`, found without copying the data; `None` for any other body.
+#[must_use]
+pub fn chunk_data(body: &[u8]) -> Option<(Channel, std::ops::Range<usize>)> {
+    #[derive(Deserialize)]
+    enum ChunkOnly<'a> {
+        Chunk {
+            channel: Channel,
+            #[serde(borrow, with = "serde_bytes")]
+            data: &'a [u8],
+        },
+    }
+    if !body.starts_with(CHUNK_TAG) {
+        return None;
+    }
+    let ChunkOnly::Chunk { channel, data } =
+        crate::frame::decode_borrowed::<ChunkOnly<'_>>(body).ok()?;
+    // `data` borrows from `body`: its place is its offset in it.
+    let start = (data.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(data.len()).filter(|&e| e <= body.len())?;
+    Some((channel, start..end))
+}
+
 /// Largest data chunk in one [`Reply::Chunk`]: well under the frame limit,
 /// large enough that framing costs little.
 pub const MAX_CHUNK: usize = 256 << 10;
@@ -671,6 +726,15 @@ pub enum LocalOp {
     },
     /// A request forwarded to the laptop.
     Forward(Request),
+    /// A file request ([`Request::FileGet`], [`Request::FileSync`])
+    /// forwarded to the laptop, whose file data the daemon writes straight
+    /// into descriptors the caller passes, as OpenSSH's multiplexing client
+    /// passes its stdio to the master: the bytes skip a copy and a process.
+    /// After relaying each [`Reply::FileStart`], the daemon reads one byte
+    /// that carries the file's descriptor (`SCM_RIGHTS`), writes the file's
+    /// data into it, and sends [`LocalReply::Written`] before the next
+    /// `FileStart` or the final reply. The caller sends nothing else.
+    ForwardInto(Request),
 }
 
 /// Answers on `shim.sock`.
@@ -682,6 +746,18 @@ pub enum LocalReply {
     Pairing(PairingInfo),
     /// A reply frame relayed from the laptop (or a local error).
     Reply(Reply),
+    /// For [`LocalOp::ForwardInto`]: the file's data is in the caller's
+    /// descriptor (closed by the daemon), `bytes` of it; or writing it
+    /// failed after `bytes`, and the call ends here.
+    Written {
+        /// Bytes written into the descriptor.
+        bytes: u64,
+        /// Why writing stopped early, if it did.
+        error: Option<String>,
+        /// Whether it stopped because the reading end had closed (a pipe
+        /// into `head`): not an error for a command-line tool.
+        broken_pipe: bool,
+    },
 }
 
 /// Daemon and link state.
@@ -810,6 +886,54 @@ mod relay_tests {
             data: vec![0; 100],
         });
         assert_eq!(chunk_local_prefix(&big, big.len()), None, "over max");
+    }
+
+    /// `chunk_data` finds exactly a chunk's data, for every size the
+    /// encoding has a different length header for, and nothing else.
+    #[test]
+    fn a_chunk_s_data_is_found_in_place() {
+        for len in [0, 1, 31, 32, 255, 256, 65_535, 65_536, MAX_CHUNK] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            for channel in [Channel::Data, Channel::Stdout, Channel::Stderr] {
+                let body = encode(&Reply::Chunk {
+                    channel,
+                    data: data.clone(),
+                });
+                let (c, at) = chunk_data(&body).unwrap_or_else(|| panic!("{len}"));
+                assert_eq!(c, channel);
+                assert_eq!(&body[at], &data[..]);
+            }
+        }
+        for other in [Reply::Done, Reply::error(ErrorCode::Denied, "Chunk")] {
+            assert_eq!(chunk_data(&encode(&other)), None);
+        }
+    }
+
+    /// A chunk sent as prefix + data is the chunk's frame, byte for byte,
+    /// for each length header size.
+    #[test]
+    fn a_chunk_s_prefix_and_data_are_its_frame() {
+        for len in [0, 1, 255, 256, 65_535, 65_536, MAX_CHUNK] {
+            for channel in [Channel::Data, Channel::Stderr] {
+                let data = vec![9u8; len];
+                let mut sent = chunk_frame_prefix(channel, len);
+                sent.extend_from_slice(&data);
+                assert_eq!(sent, encode_frame(&Reply::Chunk { channel, data }), "{len}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes after the tag, `chunk_data` never panics and
+        /// any range it gives lies inside the body.
+        #[test]
+        fn chunk_data_never_reads_outside_the_body(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut body = CHUNK_TAG.to_vec();
+            body.extend_from_slice(&tail);
+            if let Some((_, at)) = chunk_data(&body) {
+                proptest::prop_assert!(at.end <= body.len() && at.start <= at.end);
+            }
+        }
     }
 }
 
