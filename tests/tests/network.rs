@@ -7,6 +7,7 @@
 //! applied twice.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -517,6 +518,212 @@ fn a_file_get_in_flight_over_a_cut_is_answered_on_the_next_link() {
         2,
         "each file get audited once"
     );
+}
+
+/// `file get` hands the daemon its stdout or its `-o` file, and the daemon
+/// writes the data straight into it: every byte arrives, in order, for a
+/// file of many frames whose size is no multiple of a frame; a reader that
+/// stops early (`| head`) ends the command with the broken-pipe code, not
+/// an error or a hang.
+#[test]
+fn the_daemon_writes_a_file_get_into_the_caller_s_own_file() {
+    let rig = Rig::start_with("0", FILES, &[], &[]);
+    let big: Vec<u8> = (0..(5u32 << 20) + 123)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let path = rig.laptop_files(&[("big", &big)]);
+    let out = rig
+        .ws
+        .spawn_cli(["file", "get", &path("big")])
+        .wait_with_output()
+        .must("file get to stdout");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == big,
+        "stdout differs: {} of {} bytes",
+        out.stdout.len(),
+        big.len()
+    );
+    let dest = rig.ws.home().join("copy/big");
+    rig.ws
+        .cli([
+            "file",
+            "get",
+            &path("big"),
+            "-o",
+            &dest.display().to_string(),
+        ])
+        .ok();
+    assert!(
+        std::fs::read(&dest).must("reading -o DEST") == big,
+        "-o DEST differs"
+    );
+    let shim = nexus_e2e::shim_binary().display().to_string();
+    let out = spawn_sh(
+        &rig.ws,
+        &format!(
+            "{{ '{shim}' file get '{}' || echo \"rc=$?\" >&2; }} | head -c 10 >/dev/null",
+            path("big")
+        ),
+    )
+    .wait_with_output()
+    .must("file get | head");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rc=141"), "{stderr}");
+}
+
+/// A `file get` killed while the daemon writes into its stdout stops the
+/// writing: the daemon finishes at most the piece under way, and the rest
+/// of the file never reaches the descriptor it was given.
+#[test]
+fn a_killed_file_get_stops_the_daemon_writing_into_its_file() {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let rig = Rig::start_with("0", FILES, &[], &[]);
+    let big = vec![b'y'; 5 << 20];
+    let path = rig.laptop_files(&[("big", &big)]);
+    let fifo = rig.ws.home().join("out.fifo");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .must("making a FIFO");
+    // Opened for reading first (without blocking), so the writer's open
+    // succeeds; nobody reads until the caller is gone.
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&fifo)
+        .must("opening the FIFO");
+    let shim = nexus_e2e::shim_binary().display().to_string();
+    let mut call = spawn_sh(
+        &rig.ws,
+        &format!(
+            "exec '{shim}' file get '{}' > '{}'",
+            path("big"),
+            fifo.display()
+        ),
+    );
+    let full = poll(DEADLINE, || {
+        (rustix::io::ioctl_fionread(reader.as_fd()).unwrap_or(0) >= 60 << 10).then_some(())
+    });
+    assert!(full.is_some(), "the daemon never filled the FIFO");
+    call.kill().must("killing the file get");
+    let _ = call.wait();
+    // Now read everything the daemon still writes, to its end.
+    rustix::fs::fcntl_setfl(&reader, rustix::fs::OFlags::empty()).must("blocking reads");
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).must("reading the FIFO");
+    assert!(
+        got.len() < 1 << 20,
+        "{} of {} bytes written after the caller was killed",
+        got.len(),
+        big.len()
+    );
+}
+
+/// A caller of `ForwardInto` that does not keep to it gets nothing of the
+/// file: a byte without a descriptor ends the call; a descriptor that cannot
+/// be written is an error, not a crash; any request but a file's is refused.
+#[test]
+fn a_caller_that_passes_no_writable_file_gets_none_of_it() {
+    use nexus_protocol::{LocalOp, LocalReply, LocalRequest, Reply, Request};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let rig = Rig::start_with("0", FILES, &[], &[]);
+    let path = rig.laptop_files(&[("small", SMALL)]);
+    let sock = rig.ws.state_dir().join("shim.sock");
+    let ask = |request: Request| {
+        let mut c = UnixStream::connect(&sock).must("connecting to shim.sock");
+        c.set_read_timeout(Some(DEADLINE)).must("a read timeout");
+        let frame = nexus_protocol::encode_frame(&LocalRequest {
+            wait_ms: 30_000,
+            op: LocalOp::ForwardInto(request),
+        });
+        c.write_all(&frame).must("sending the request");
+        c
+    };
+    let next = |c: &mut UnixStream| -> Option<LocalReply> {
+        let mut len = [0u8; 4];
+        c.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        c.read_exact(&mut body).ok()?;
+        nexus_protocol::decode(&body).ok()
+    };
+    let file_get = || Request::FileGet {
+        path: path("small"),
+    };
+
+    // A plain byte where the descriptor should be: the call ends there.
+    let mut c = ask(file_get());
+    assert!(matches!(
+        next(&mut c),
+        Some(LocalReply::Reply(Reply::FileStart { .. }))
+    ));
+    c.write_all(&[0]).must("a byte without a descriptor");
+    match next(&mut c) {
+        None => {}
+        other => panic!("the call went on without a descriptor: {other:?}"),
+    }
+
+    // A descriptor open for reading only: writing it fails, and says so.
+    let mut c = ask(file_get());
+    assert!(matches!(
+        next(&mut c),
+        Some(LocalReply::Reply(Reply::FileStart { .. }))
+    ));
+    let read_only = std::fs::File::open("/dev/null").must("opening /dev/null");
+    pass_descriptor(&c, &read_only);
+    match next(&mut c) {
+        Some(LocalReply::Written {
+            error: Some(e),
+            bytes: 0,
+            ..
+        }) => {
+            assert!(e.contains("writing the file"), "{e}");
+        }
+        other => panic!("a read-only descriptor: {other:?}"),
+    }
+
+    // Only files are written into the caller's descriptors.
+    let mut c = ask(Request::ToolList);
+    match next(&mut c) {
+        Some(LocalReply::Reply(Reply::Error(e))) => {
+            assert!(e.message.contains("only file get and file sync"), "{e:?}");
+        }
+        other => panic!("ForwardInto a tool list: {other:?}"),
+    }
+    // The daemon is still there for everyone else.
+    assert_eq!(
+        rig.ws
+            .cli(["file", "get", &path("small")])
+            .ok()
+            .stdout
+            .as_bytes(),
+        SMALL
+    );
+}
+
+/// Sends one byte carrying `fd` on `conn` (`SCM_RIGHTS`).
+fn pass_descriptor(conn: &std::os::unix::net::UnixStream, fd: &impl std::os::fd::AsFd) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd.as_fd()];
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(
+        conn,
+        &[std::io::IoSlice::new(&[0])],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .must("passing a descriptor");
 }
 
 /// `sh -c SCRIPT` on the workspace host with `nexus-shim env` applied (so

@@ -61,6 +61,44 @@ impl Session {
         self.conn
     }
 
+    /// Passes `fd` to the daemon (one byte carrying it, `SCM_RIGHTS`): the
+    /// file it just announced goes there (see `LocalOp::ForwardInto`).
+    pub async fn send_descriptor(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), ClientError> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let send = || {
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [fd];
+            if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                return Err(std::io::Error::other("no room for the descriptor"));
+            }
+            let sent = rustix::net::sendmsg(
+                &self.conn,
+                &[std::io::IoSlice::new(&[0])],
+                &mut control,
+                SendFlags::DONTWAIT,
+            )?;
+            if sent == 1 {
+                Ok(())
+            } else {
+                Err(std::io::ErrorKind::WriteZero.into())
+            }
+        };
+        let result = loop {
+            if let Err(e) = self.conn.writable().await {
+                break Err(e);
+            }
+            match self.conn.try_io(tokio::io::Interest::WRITABLE, send) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => break other,
+            }
+        };
+        result.map_err(|e| ClientError::Broken(format!("passing the file to the daemon: {e}")))
+    }
+
     /// The next reply.
     pub async fn next(&mut self) -> Result<LocalReply, ClientError> {
         nexus_transport::recv_wiping(&mut self.conn, MAX_FRAME, |r| {

@@ -18,6 +18,7 @@ pub mod keepalive;
 pub mod mcp;
 pub mod serve;
 pub mod setup;
+mod sink;
 mod sockets;
 pub mod state;
 pub mod trust;

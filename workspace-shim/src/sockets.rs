@@ -118,6 +118,7 @@ async fn handle(
         }
         Err(_) => return debug!("local caller sent nothing; closing"),
     };
+    let into = matches!(req.op, LocalOp::ForwardInto(_));
     match req.op {
         LocalOp::Status => {
             let _ = nexus_transport::send(&mut conn, &LocalReply::Status(status(shared))).await;
@@ -133,7 +134,16 @@ async fn handle(
             );
             let _ = nexus_transport::send(&mut conn, &LocalReply::Reply(reply)).await;
         }
-        LocalOp::Forward(request) => {
+        LocalOp::ForwardInto(request)
+            if !matches!(request, Request::FileGet { .. } | Request::FileSync { .. }) =>
+        {
+            let reply = Reply::error(
+                ErrorCode::BadRequest,
+                "only file get and file sync write into the caller's files",
+            );
+            let _ = nexus_transport::send(&mut conn, &LocalReply::Reply(reply)).await;
+        }
+        LocalOp::Forward(request) | LocalOp::ForwardInto(request) => {
             // Only a forwarded call needs who is calling (read from /proc,
             // the dearest part of the local hop): not `status` or `pairing-uri`.
             let caller = caller_context(&conn);
@@ -141,7 +151,7 @@ async fn handle(
             let Ok(_permit) = gate.acquire().await else {
                 return;
             };
-            forward(&mut conn, caller, request, wait, shared, shutdown).await;
+            forward(&mut conn, caller, request, wait, shared, shutdown, into).await;
         }
     }
     let _ = conn.shutdown().await;
@@ -235,6 +245,7 @@ async fn forward(
     wait: Duration,
     shared: &Shared,
     shutdown: &CancellationToken,
+    into: bool,
 ) {
     let tool = request.tool();
     let (mut reader, mut writer) = conn.split();
@@ -244,18 +255,27 @@ async fn forward(
             "the nexus-shim daemon is shutting down; retry when it is back",
         ))
     };
+    let hung_up_abandoned = || debug!(tool, "the caller hung up; call abandoned");
     // A brokered git connection's caller keeps writing (git's side of the
     // protocol, as `Upload` frames): relayed to the laptop, not taken for
     // a hang-up.
     let result = if matches!(request, Request::GitSsh { .. }) {
         tokio::select! {
-            r = call_laptop(&mut writer, caller, request, wait, shared, Some(&mut reader)) => r,
+            r = call_laptop(&mut writer, caller, request, wait, shared, Upstream::Upload(&mut reader)) => r,
+            () = shutdown.cancelled() => closing(),
+        }
+    } else if into {
+        // The caller's only bytes are descriptors, when asked for.
+        let files = crate::sink::Caller::new(reader.as_ref());
+        tokio::select! {
+            r = call_laptop(&mut writer, caller, request, wait, shared, Upstream::Files(&files)) => r,
+            () = files.hung_up() => return hung_up_abandoned(),
             () = shutdown.cancelled() => closing(),
         }
     } else {
         tokio::select! {
-            r = call_laptop(&mut writer, caller, request, wait, shared, None) => r,
-            () = hung_up(&mut reader) => return debug!(tool, "the caller hung up; call abandoned"),
+            r = call_laptop(&mut writer, caller, request, wait, shared, Upstream::Nothing) => r,
+            () = hung_up(&mut reader) => return hung_up_abandoned(),
             () = shutdown.cancelled() => closing(),
         }
     };
@@ -408,17 +428,27 @@ pub(crate) async fn request(
     }
 }
 
+/// What the caller sends after its request.
+enum Upstream<'u, 'c, 'a> {
+    /// Nothing (its end is a hang-up).
+    Nothing,
+    /// Bytes (already `Upload` frames, which the laptop decodes) copied to
+    /// the laptop as they come: brokered git.
+    Upload(&'u mut (dyn tokio::io::AsyncRead + Unpin + Send)),
+    /// The descriptors of the files it asked for (`ForwardInto`).
+    Files(&'c crate::sink::Caller<'a>),
+}
+
 /// Relays one call. `Err` carries the reply to send when the laptop could not
-/// answer; relayed replies are written as they arrive. `upload`: the
-/// caller's side, whose bytes (already `Upload` frames, which the laptop
-/// decodes) are copied to the laptop as they come.
+/// answer; relayed replies are written as they arrive (file data into the
+/// caller's descriptors with [`Upstream::Files`]).
 async fn call_laptop(
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
     caller: CallerContext,
     request: Request,
     wait: Duration,
     shared: &Shared,
-    mut upload: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send)>,
+    mut upstream: Upstream<'_, '_, '_>,
 ) -> Result<(), Reply> {
     let Some(mut link) = wait_for_link(shared, wait).await else {
         return Err(not_linked(wait));
@@ -433,7 +463,7 @@ async fn call_laptop(
     let mut call = new_call(caller, request);
     let first_sent = Instant::now();
     loop {
-        match tokio::time::timeout(limit, relay(&link, &call, conn, upload.as_deref_mut())).await {
+        match tokio::time::timeout(limit, relay(&link, &call, conn, &mut upstream)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(Failed::Lost { part })) => {
                 let next = if part {
@@ -471,16 +501,23 @@ async fn relay(
     link: &Link,
     call: &Call,
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
-    upload: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send + '_)>,
+    upstream: &mut Upstream<'_, '_, '_>,
 ) -> Result<(), Failed> {
     let mut stream = open_call(link, call)
         .await
         .map_err(|_| Failed::Lost { part: false })?;
-    let Some(from) = upload else {
-        if answers(&mut stream, conn).await? {
-            received(&mut stream, call).await;
+    let from = match upstream {
+        Upstream::Upload(from) => &mut **from,
+        Upstream::Nothing | Upstream::Files(_) => {
+            let files = match upstream {
+                Upstream::Files(caller) => Some(crate::sink::Files::new(caller)),
+                _ => None,
+            };
+            if answers(&mut stream, conn, files).await? {
+                received(&mut stream, call).await;
+            }
+            return Ok(());
         }
-        return Ok(());
     };
     let (mut down, mut up) = tokio::io::split(stream);
     let uploading = async {
@@ -489,7 +526,7 @@ async fn relay(
         std::future::pending::<()>().await
     };
     let done = tokio::select! {
-        r = answers(&mut down, conn) => r?,
+        r = answers(&mut down, conn, None) => r?,
         () = uploading => false,
     };
     // Only a call that ended with its final reply closes its stream
@@ -505,6 +542,7 @@ async fn relay(
 async fn answers(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut files: Option<crate::sink::Files<'_, '_>>,
 ) -> Result<bool, Failed> {
     let mut part = false;
     // One buffer for every frame of the answer (bulk answers are many
@@ -528,6 +566,17 @@ async fn answers(
             ) => return Err(Failed::Lost { part }),
             Err(e) => return Err(bad(&e)),
         }
+        // With `ForwardInto`, file data goes into the caller's file.
+        if let Some(files) = files.as_mut()
+            && let Some((nexus_protocol::Channel::Data, at)) = nexus_protocol::chunk_data(&body)
+        {
+            part = true;
+            if let Err(ended) = files.write(&mut body, at).await {
+                let _ = nexus_transport::send(conn, &ended).await;
+                return Ok(false);
+            }
+            continue;
+        }
         // Bulk data (file contents, tool output) passes through as it
         // came: not decoded, re-encoded, copied or wiped here (the caller
         // decodes it in full).
@@ -547,9 +596,32 @@ async fn answers(
         };
         let last = reply.is_final();
         part = true;
+        let starts = match &reply {
+            Reply::FileStart { size, .. } => Some(*size),
+            _ => None,
+        };
+        if let Some(files) = files.as_mut()
+            && (last || starts.is_some())
+        {
+            // The file before is whole (or failed): say so first.
+            if let Some(w) = files.close().await {
+                let failed = matches!(&w, LocalReply::Written { error: Some(_), .. });
+                if nexus_transport::send(conn, &w).await.is_err() || failed {
+                    return Ok(false);
+                }
+            }
+            if starts.is_some() {
+                files.expect_descriptor();
+            }
+        }
         let sent = nexus_transport::send(conn, &LocalReply::Reply(reply)).await;
         if sent.is_err() {
             // The caller went away; dropping the stream resets it on the laptop.
+            return Ok(false);
+        }
+        if let (Some(files), Some(size)) = (files.as_mut(), starts)
+            && files.open(size).await.is_err()
+        {
             return Ok(false);
         }
         if last {
@@ -571,7 +643,7 @@ mod tests {
         let (laptop, mut stream) = tokio::io::duplex(1 << 16);
         drop(laptop);
         let mut caller = Vec::new();
-        let ended = answers(&mut stream, &mut caller).await;
+        let ended = answers(&mut stream, &mut caller, None).await;
         assert!(matches!(ended, Err(Failed::Lost { part: false })));
         assert!(caller.is_empty());
 
@@ -589,7 +661,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         drop(laptop);
-        let ended = answers(&mut stream, &mut caller).await;
+        let ended = answers(&mut stream, &mut caller, None).await;
         assert!(matches!(ended, Err(Failed::Lost { part: true })));
         assert!(!caller.is_empty());
     }

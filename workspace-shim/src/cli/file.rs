@@ -97,6 +97,23 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// The descriptor the daemon writes the file's data into.
+    fn descriptor(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Ok(self.file.as_ref().context("file already finished")?.as_fd())
+    }
+
+    /// The daemon wrote `bytes` into [`Self::descriptor`].
+    fn written_by_daemon(&mut self, bytes: u64) -> Result<()> {
+        self.written = bytes;
+        anyhow::ensure!(
+            self.written <= self.expected,
+            "the laptop sent more data than announced for {}",
+            self.dest.display()
+        );
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         anyhow::ensure!(
@@ -190,7 +207,9 @@ pub(super) async fn run(state: &StateDir, cmd: FileCommand) -> Result<ExitCode> 
         Request::FileGet { path } => format!("{}/", path.trim_end_matches('/')),
         _ => String::new(),
     };
-    let mut session = Session::start(state, client.wait, LocalOp::Forward(op)).await?;
+    // The daemon writes each file's data straight into the file (or
+    // stdout) this command passes it, after each FileStart.
+    let mut session = Session::start(state, client.wait, LocalOp::ForwardInto(op)).await?;
     let mut current: Option<AtomicFile> = None;
     let mut to_stdout: Option<(u64, u64)> = None;
     let mut installed = 0usize;
@@ -223,6 +242,32 @@ pub(super) async fn run(state: &StateDir, cmd: FileCommand) -> Result<ExitCode> 
                     current = Some(AtomicFile::create(dest, size, mode)?);
                 } else {
                     to_stdout = Some((size, 0));
+                }
+                match &current {
+                    Some(f) => session.send_descriptor(f.descriptor()?).await?,
+                    None => {
+                        use std::os::fd::AsFd;
+                        std::io::stdout().flush().context("writing to stdout")?;
+                        session.send_descriptor(std::io::stdout().as_fd()).await?;
+                    }
+                }
+            }
+            LocalReply::Written {
+                bytes,
+                error,
+                broken_pipe,
+            } => {
+                if broken_pipe {
+                    return Ok(ExitCode::from(BROKEN_PIPE));
+                }
+                if let Some(e) = error {
+                    anyhow::bail!("{e}");
+                }
+                if let Some(f) = current.as_mut() {
+                    f.written_by_daemon(bytes)?;
+                } else if let Some((size, got)) = to_stdout.as_mut() {
+                    *got = bytes;
+                    anyhow::ensure!(*got <= *size, "the laptop sent more data than announced");
                 }
             }
             LocalReply::Reply(Reply::Chunk {
