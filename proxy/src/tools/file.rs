@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use nexus_policy::{Action, Grant, PolicySet};
 use nexus_protocol::{Channel, ErrorCode, MAX_CHUNK, Reply};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::pipeline::{Asked, Decided, Scope, Tool, wrong_grant};
@@ -188,12 +188,17 @@ async fn denied_real(ctx: &ToolContext, workspace: &str, real: &Path) -> Option<
         .map(|rule| rule.to_string())
 }
 
+/// Room kept before the data in the read buffer for its frame's prefix
+/// (at most 4 + 24 bytes; see [`nexus_protocol::chunk_frame_prefix`]).
+const PREFIX_ROOM: usize = 64;
+
 /// Sends one opened file: its header, then its data in chunks.
-async fn send_file<S: AsyncWrite + Unpin>(
-    shown: &str,
-    mut f: Opened,
-    out: &mut S,
-) -> Result<(), Gone> {
+///
+/// Each chunk is read (on the blocking pool, into a buffer kept for the
+/// whole file) right behind the room for its frame's prefix, which is then
+/// written in front of it: the data is copied once, by the read, before
+/// the stream takes it. The next chunk is read while this one is sent.
+async fn send_file<S: AsyncWrite + Unpin>(shown: &str, f: Opened, out: &mut S) -> Result<(), Gone> {
     let header = Reply::FileStart {
         path: shown.to_owned(),
         size: f.size,
@@ -202,26 +207,55 @@ async fn send_file<S: AsyncWrite + Unpin>(
     nexus_transport::send(out, &header)
         .await
         .map_err(|_| Gone)?;
+    let file = f.file.into_std().await;
     let mut left = f.size;
-    while left > 0 {
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK);
-        let mut data = vec![0u8; want];
-        let n = f.file.read(&mut data).await.map_err(|_| Gone)?;
+    let mut spare = Vec::new();
+    let mut reading = (left > 0).then(|| read_chunk(file, Vec::new(), left));
+    while let Some(read) = reading.take() {
+        let (file, mut buf, n) = read.await.map_err(|_| Gone)?;
+        let n = n.map_err(|_| Gone)?;
         if n == 0 {
             // Shrank while read: the workspace sees a short file and fails.
             break;
         }
-        data.truncate(n);
         left -= n as u64;
-        let chunk = Reply::Chunk {
-            channel: Channel::Data,
-            data,
-        };
-        nexus_transport::send_data(out, &chunk)
+        if left > 0 {
+            reading = Some(read_chunk(file, std::mem::take(&mut spare), left));
+        }
+        let prefix = nexus_protocol::chunk_frame_prefix(Channel::Data, n);
+        let start = PREFIX_ROOM - prefix.len();
+        buf[start..PREFIX_ROOM].copy_from_slice(&prefix);
+        out.write_all(&buf[start..PREFIX_ROOM + n])
             .await
             .map_err(|_| Gone)?;
+        out.flush().await.map_err(|_| Gone)?;
+        spare = buf;
     }
     Ok(())
+}
+
+/// Reads the next chunk of `file` (`left` bytes to go) into `buf` behind
+/// [`PREFIX_ROOM`], on the blocking pool; gives back the file, the buffer
+/// and the bytes read.
+fn read_chunk(
+    mut file: std::fs::File,
+    mut buf: Vec<u8>,
+    left: u64,
+) -> tokio::task::JoinHandle<(std::fs::File, Vec<u8>, std::io::Result<usize>)> {
+    tokio::task::spawn_blocking(move || {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK);
+        // Grown once (zeroed then); later chunks reuse it as it is.
+        if buf.len() < PREFIX_ROOM + want {
+            buf.resize(PREFIX_ROOM + want, 0);
+        }
+        let n = loop {
+            match std::io::Read::read(&mut file, &mut buf[PREFIX_ROOM..PREFIX_ROOM + want]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        (file, buf, n)
+    })
 }
 
 /// `file get PATH`.
