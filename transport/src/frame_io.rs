@@ -57,6 +57,28 @@ pub async fn send_data<W: AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
+/// Writes `data` as one [`nexus_protocol::Reply::Chunk`] frame on
+/// `channel` and flushes: its prefix, then the data as it lies (no copy
+/// into an encoded frame first). Bulk data that holds no secret; not wiped.
+///
+/// # Errors
+/// I/O failures.
+pub async fn send_chunk<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    channel: nexus_protocol::Channel,
+    data: &[u8],
+) -> Result<(), TransportError> {
+    let prefix = nexus_protocol::chunk_frame_prefix(channel, data.len());
+    let sending = TransportError::io("sending a frame");
+    w.write_all(&prefix).await.map_err(sending)?;
+    let sending = TransportError::io("sending a frame");
+    w.write_all(data).await.map_err(sending)?;
+    w.flush()
+        .await
+        .map_err(TransportError::io("sending a frame"))?;
+    Ok(())
+}
+
 /// Reads exactly one frame of at most `max` bytes and decodes it.
 ///
 /// # Errors

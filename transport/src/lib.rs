@@ -22,7 +22,7 @@ pub mod ws;
 pub use error::TransportError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use frame_io::{
-    recv, recv_body, recv_body_into, recv_wiping, recv_wiping_into, send, send_data,
+    recv, recv_body, recv_body_into, recv_wiping, recv_wiping_into, send, send_chunk, send_data,
 };
 pub use identity::{Identity, write_private};
 pub use mux::{MuxConfig, MuxHandle, MuxStream};

@@ -321,7 +321,7 @@ pub(crate) async fn send_chunk<W: AsyncWrite + Unpin>(
     channel: Channel,
     data: Vec<u8>,
 ) -> Result<(), ()> {
-    nexus_transport::send_data(tx, &Reply::Chunk { channel, data })
+    nexus_transport::send_chunk(tx, channel, &data)
         .await
         .map_err(|_| ())
 }

@@ -691,12 +691,8 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // Waits on the stream's flow control: a workspace that stops
         // reading holds the upstream here, never an unbounded buffer.
-        let chunk = Reply::Chunk {
-            channel: Channel::Data,
-            data,
-        };
         let sent = tokio::select! {
-            r = nexus_transport::send_data(&mut tx, &chunk) => r.is_ok(),
+            r = nexus_transport::send_chunk(&mut tx, Channel::Data, &data) => r.is_ok(),
             () = gone(reader.as_mut()) => false,
             () = &mut deadline => return timed_out().into(),
         };
