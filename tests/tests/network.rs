@@ -7,7 +7,6 @@
 //! applied twice.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -520,11 +519,12 @@ fn a_file_get_in_flight_over_a_cut_is_answered_on_the_next_link() {
     );
 }
 
-/// `file get` hands the daemon its stdout or its `-o` file, and the daemon
-/// writes the data straight into it: every byte arrives, in order, for a
-/// file of many frames whose size is no multiple of a frame; a reader that
-/// stops early (`| head`) ends the command with the broken-pipe code, not
-/// an error or a hang.
+/// `file get` hands the daemon its stdout (a regular file here) or its
+/// `-o` file, and the daemon writes the data straight into it: every byte
+/// arrives, in order, for a file of many frames whose size is no multiple
+/// of a frame. Into a pipe the data comes as frames, written by the
+/// command, and a reader that stops early (`| head`) ends the command with
+/// the broken-pipe code, not an error or a hang.
 #[test]
 fn the_daemon_writes_a_file_get_into_the_caller_s_own_file() {
     let rig = Rig::start_with("0", FILES, &[], &[]);
@@ -532,22 +532,19 @@ fn the_daemon_writes_a_file_get_into_the_caller_s_own_file() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     let path = rig.laptop_files(&[("big", &big)]);
-    let out = rig
+    let out_file = rig.ws.home().join("stdout.bin");
+    let status = rig
         .ws
-        .spawn_cli(["file", "get", &path("big")])
-        .wait_with_output()
-        .must("file get to stdout");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .command_on_host(nexus_e2e::shim_binary())
+        .args(["file", "get", &path("big")])
+        .env("NEXUS_STATE_DIR", rig.ws.state_dir())
+        .stdout(std::fs::File::create(&out_file).must("creating the stdout file"))
+        .status()
+        .must("file get >FILE");
+    assert!(status.success(), "{status}\n{}", rig.ws.log());
     assert!(
-        out.stdout == big,
-        "stdout differs: {} of {} bytes",
-        out.stdout.len(),
-        big.len()
+        std::fs::read(&out_file).must("reading stdout") == big,
+        "stdout differs"
     );
     let dest = rig.ws.home().join("copy/big");
     rig.ws
@@ -563,6 +560,18 @@ fn the_daemon_writes_a_file_get_into_the_caller_s_own_file() {
         std::fs::read(&dest).must("reading -o DEST") == big,
         "-o DEST differs"
     );
+    let piped = rig
+        .ws
+        .spawn_cli(["file", "get", &path("big")])
+        .wait_with_output()
+        .must("file get | reader");
+    assert_eq!(
+        piped.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(piped.stdout == big, "piped stdout differs");
     let shim = nexus_e2e::shim_binary().display().to_string();
     let out = spawn_sh(
         &rig.ws,
@@ -577,110 +586,127 @@ fn the_daemon_writes_a_file_get_into_the_caller_s_own_file() {
     assert!(stderr.contains("rc=141"), "{stderr}");
 }
 
-/// A `file get` killed while the daemon writes into its stdout stops the
+/// Connects to the daemon's `shim.sock` and sends `request` as
+/// `ForwardInto`, as a hand-written caller would.
+fn ask_into(ws: &Workspace, request: nexus_protocol::Request) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let mut c = std::os::unix::net::UnixStream::connect(ws.state_dir().join("shim.sock"))
+        .must("connecting to shim.sock");
+    c.set_read_timeout(Some(DEADLINE)).must("a read timeout");
+    let frame = nexus_protocol::encode_frame(&nexus_protocol::LocalRequest {
+        wait_ms: 30_000,
+        op: nexus_protocol::LocalOp::ForwardInto(request),
+    });
+    c.write_all(&frame).must("sending the request");
+    c
+}
+
+/// The daemon's next reply; `None` once it closed the conversation.
+fn next_reply(c: &mut std::os::unix::net::UnixStream) -> Option<nexus_protocol::LocalReply> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    c.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    c.read_exact(&mut body).ok()?;
+    nexus_protocol::decode(&body).ok()
+}
+
+/// A caller that hangs up while the daemon writes its file stops the
 /// writing: the daemon finishes at most the piece under way, and the rest
 /// of the file never reaches the descriptor it was given.
 #[test]
-fn a_killed_file_get_stops_the_daemon_writing_into_its_file() {
-    use std::io::Read;
-    use std::os::fd::AsFd;
+fn a_caller_that_hangs_up_stops_the_daemon_writing_into_its_file() {
+    use nexus_protocol::{LocalReply, Reply, Request};
     let rig = Rig::start_with("0", FILES, &[], &[]);
-    let big = vec![b'y'; 5 << 20];
-    let path = rig.laptop_files(&[("big", &big)]);
-    let fifo = rig.ws.home().join("out.fifo");
-    rustix::fs::mkfifoat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-    )
-    .must("making a FIFO");
-    // Opened for reading first (without blocking), so the writer's open
-    // succeeds; nobody reads until the caller is gone.
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(&fifo)
-        .must("opening the FIFO");
-    let shim = nexus_e2e::shim_binary().display().to_string();
-    let mut call = spawn_sh(
-        &rig.ws,
-        &format!(
-            "exec '{shim}' file get '{}' > '{}'",
-            path("big"),
-            fifo.display()
-        ),
-    );
-    let full = poll(DEADLINE, || {
-        (rustix::io::ioctl_fionread(reader.as_fd()).unwrap_or(0) >= 60 << 10).then_some(())
-    });
-    assert!(full.is_some(), "the daemon never filled the FIFO");
-    call.kill().must("killing the file get");
-    let _ = call.wait();
-    // Now read everything the daemon still writes, to its end.
-    rustix::fs::fcntl_setfl(&reader, rustix::fs::OFlags::empty()).must("blocking reads");
-    let mut got = Vec::new();
-    reader.read_to_end(&mut got).must("reading the FIFO");
+    let size = 96usize << 20;
+    let path = rig.laptop_files(&[("big", &vec![b'y'; size])]);
+    let out = rig.ws.home().join("out.bin");
+    let file = std::fs::File::create(&out).must("creating the output file");
+    let mut c = ask_into(&rig.ws, Request::FileGet { path: path("big") });
+    assert!(matches!(
+        next_reply(&mut c),
+        Some(LocalReply::Reply(Reply::FileStart { .. }))
+    ));
+    pass_descriptors(&c, &[&file]);
+    drop(file);
+    let len = || std::fs::metadata(&out).map_or(0, |m| m.len());
+    // Hang up once the daemon is writing.
     assert!(
-        got.len() < 1 << 20,
-        "{} of {} bytes written after the caller was killed",
-        got.len(),
-        big.len()
+        poll(DEADLINE, || (len() > 0).then_some(())).is_some(),
+        "nothing written"
+    );
+    drop(c);
+    // The daemon closes its copy once it stops: wait for that, then look.
+    let holds = || {
+        rig.ws
+            .pid()
+            .and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+            .is_some_and(|fds| {
+                fds.filter_map(Result::ok)
+                    .any(|e| std::fs::read_link(e.path()).is_ok_and(|p| p == out))
+            })
+    };
+    assert!(
+        poll(DEADLINE, || (!holds()).then_some(())).is_some(),
+        "the daemon still holds the caller's file"
+    );
+    let written = len();
+    assert!(
+        written < (size / 2) as u64,
+        "{written} of {size} bytes written after the caller hung up"
     );
 }
 
 /// A caller of `ForwardInto` that does not keep to it gets nothing of the
-/// file: a byte without a descriptor ends the call; a descriptor that cannot
-/// be written is an error, not a crash; any request but a file's is refused.
+/// file: a byte without a descriptor, two descriptors, or a pipe (whose
+/// reader could hold the daemon's writer for good) end the call; a
+/// descriptor that cannot be written is an error, not a crash; any request
+/// but a file's is refused.
 #[test]
 fn a_caller_that_passes_no_writable_file_gets_none_of_it() {
-    use nexus_protocol::{LocalOp, LocalReply, LocalRequest, Reply, Request};
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
+    use nexus_protocol::{LocalReply, Reply, Request};
+    use std::io::Write;
     let rig = Rig::start_with("0", FILES, &[], &[]);
     let path = rig.laptop_files(&[("small", SMALL)]);
-    let sock = rig.ws.state_dir().join("shim.sock");
-    let ask = |request: Request| {
-        let mut c = UnixStream::connect(&sock).must("connecting to shim.sock");
-        c.set_read_timeout(Some(DEADLINE)).must("a read timeout");
-        let frame = nexus_protocol::encode_frame(&LocalRequest {
-            wait_ms: 30_000,
-            op: LocalOp::ForwardInto(request),
-        });
-        c.write_all(&frame).must("sending the request");
-        c
-    };
-    let next = |c: &mut UnixStream| -> Option<LocalReply> {
-        let mut len = [0u8; 4];
-        c.read_exact(&mut len).ok()?;
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        c.read_exact(&mut body).ok()?;
-        nexus_protocol::decode(&body).ok()
-    };
     let file_get = || Request::FileGet {
         path: path("small"),
     };
+    let started = |c: &mut std::os::unix::net::UnixStream| {
+        assert!(matches!(
+            next_reply(c),
+            Some(LocalReply::Reply(Reply::FileStart { .. }))
+        ));
+    };
 
     // A plain byte where the descriptor should be: the call ends there.
-    let mut c = ask(file_get());
-    assert!(matches!(
-        next(&mut c),
-        Some(LocalReply::Reply(Reply::FileStart { .. }))
-    ));
+    let mut c = ask_into(&rig.ws, file_get());
+    started(&mut c);
     c.write_all(&[0]).must("a byte without a descriptor");
-    match next(&mut c) {
-        None => {}
-        other => panic!("the call went on without a descriptor: {other:?}"),
+    assert!(
+        next_reply(&mut c).is_none(),
+        "the call went on without a descriptor"
+    );
+
+    // Two descriptors, or the write end of a pipe: refused the same way.
+    let (pipe_r, pipe_w) = std::io::pipe().must("a pipe");
+    let scratch = std::fs::File::create(rig.ws.home().join("scratch")).must("a scratch file");
+    for fds in [
+        vec![&scratch as &dyn std::os::fd::AsFd, &scratch],
+        vec![&pipe_w],
+    ] {
+        let mut c = ask_into(&rig.ws, file_get());
+        started(&mut c);
+        pass_descriptors(&c, &fds);
+        assert!(next_reply(&mut c).is_none(), "the call went on");
     }
+    drop(pipe_r);
 
     // A descriptor open for reading only: writing it fails, and says so.
-    let mut c = ask(file_get());
-    assert!(matches!(
-        next(&mut c),
-        Some(LocalReply::Reply(Reply::FileStart { .. }))
-    ));
+    let mut c = ask_into(&rig.ws, file_get());
+    started(&mut c);
     let read_only = std::fs::File::open("/dev/null").must("opening /dev/null");
-    pass_descriptor(&c, &read_only);
-    match next(&mut c) {
+    pass_descriptors(&c, &[&read_only]);
+    match next_reply(&mut c) {
         Some(LocalReply::Written {
             error: Some(e),
             bytes: 0,
@@ -692,8 +718,8 @@ fn a_caller_that_passes_no_writable_file_gets_none_of_it() {
     }
 
     // Only files are written into the caller's descriptors.
-    let mut c = ask(Request::ToolList);
-    match next(&mut c) {
+    let mut c = ask_into(&rig.ws, Request::ToolList);
+    match next_reply(&mut c) {
         Some(LocalReply::Reply(Reply::Error(e))) => {
             assert!(e.message.contains("only file get and file sync"), "{e:?}");
         }
@@ -710,12 +736,12 @@ fn a_caller_that_passes_no_writable_file_gets_none_of_it() {
     );
 }
 
-/// Sends one byte carrying `fd` on `conn` (`SCM_RIGHTS`).
-fn pass_descriptor(conn: &std::os::unix::net::UnixStream, fd: &impl std::os::fd::AsFd) {
+/// Sends one byte carrying `fds` on `conn` (`SCM_RIGHTS`).
+fn pass_descriptors(conn: &std::os::unix::net::UnixStream, fds: &[&dyn std::os::fd::AsFd]) {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds = [fd.as_fd()];
+    let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
     rustix::net::sendmsg(
         conn,
@@ -723,7 +749,7 @@ fn pass_descriptor(conn: &std::os::unix::net::UnixStream, fd: &impl std::os::fd:
         &mut control,
         SendFlags::empty(),
     )
-    .must("passing a descriptor");
+    .must("passing descriptors");
 }
 
 /// `sh -c SCRIPT` on the workspace host with `nexus-shim env` applied (so

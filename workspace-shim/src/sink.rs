@@ -11,9 +11,14 @@
 //! reply. The caller sends nothing else: any other byte, or its end, is a
 //! hang-up, and the call is abandoned as with `Forward`.
 //!
-//! Writes run on the blocking pool (a descriptor may be a pipe whose reader
-//! is slow, or a file on a slow disk), one at a time, while the next frame
-//! is read: the daemon's one thread never waits on the caller's output.
+//! Only a regular file or the null device is taken ([`takes`]): a write
+//! into one never waits on another program, so it cannot hold a thread for
+//! good. Output into a pipe, a terminal or a socket is relayed as frames,
+//! and the command writes it itself. Writes (and the final close, which
+//! may flush a network file system) run on the blocking pool, one at a time,
+//! while the next frame is read: the daemon's one thread never waits on
+//! the caller's file. The file's bytes pass through buffers wiped after use
+//! (a `file sync` set may hold credentials).
 
 use std::io::Write;
 use std::mem::MaybeUninit;
@@ -27,6 +32,16 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+/// Whether the daemon writes into a file like this one: a regular file or
+/// the null device, whose writes never wait on another program.
+pub(crate) fn takes(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_file()
+        || (meta.file_type().is_char_device()
+            && std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == meta.rdev()))
+}
 
 /// The caller's side of a `ForwardInto` call: where descriptors come from,
 /// and how its hang-up shows.
@@ -113,16 +128,28 @@ fn receive(conn: &UnixStream) -> std::io::Result<OwnedFd> {
     if got.bytes == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    let fd = control.drain().find_map(|m| match m {
-        RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
-        _ => None,
-    });
-    fd.ok_or_else(|| std::io::Error::other("the caller sent no descriptor for the file"))
+    // Exactly one descriptor; any other (cut short, or more than one: the
+    // rest are closed as they drop) ends the call.
+    let mut fds: Vec<OwnedFd> = control
+        .drain()
+        .filter_map(|m| match m {
+            RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) || fds.len() != 1 {
+        return Err(std::io::Error::other(
+            "the caller must send exactly one descriptor for the file",
+        ));
+    }
+    fds.pop()
+        .ok_or_else(|| std::io::Error::other("the caller sent no descriptor for the file"))
 }
 
 /// What a finished write hands back: the file, the buffer (for the next
 /// frame) and how it went.
-type Done = (std::fs::File, Vec<u8>, std::io::Result<()>);
+type Done = (std::fs::File, Zeroizing<Vec<u8>>, std::io::Result<()>);
 
 /// The file being written.
 struct Open {
@@ -138,12 +165,24 @@ struct Open {
     pending: Option<JoinHandle<Done>>,
 }
 
+impl Drop for Open {
+    /// The caller's descriptor is closed on the blocking pool: a close may
+    /// flush a network file system's pages.
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            drop(runtime.spawn_blocking(move || drop(file)));
+        }
+    }
+}
+
 /// The files of one `ForwardInto` answer.
 pub(crate) struct Files<'c, 'a> {
     caller: &'c Caller<'a>,
     current: Option<Open>,
     /// A buffer back from a finished write, for the next frame.
-    spare: Vec<u8>,
+    spare: Zeroizing<Vec<u8>>,
 }
 
 impl<'c, 'a> Files<'c, 'a> {
@@ -151,7 +190,7 @@ impl<'c, 'a> Files<'c, 'a> {
         Self {
             caller,
             current: None,
-            spare: Vec::new(),
+            spare: Zeroizing::new(Vec::new()),
         }
     }
 
@@ -164,11 +203,17 @@ impl<'c, 'a> Files<'c, 'a> {
     /// descriptor for it. `Err`: the caller hung up or broke protocol.
     pub(crate) async fn open(&mut self, size: u64) -> std::io::Result<()> {
         let fd = self.caller.descriptor().await?;
+        let file = std::fs::File::from(fd);
+        if !file.metadata().is_ok_and(|m| takes(&m)) {
+            return Err(std::io::Error::other(
+                "the daemon writes only into a regular file or /dev/null",
+            ));
+        }
         self.current = Some(Open {
             expected: size,
             given: 0,
             written: 0,
-            file: Some(std::fs::File::from(fd)),
+            file: Some(file),
             pending: None,
         });
         Ok(())
@@ -179,27 +224,30 @@ impl<'c, 'a> Files<'c, 'a> {
     /// `Err`: the `Written` that ends the call.
     pub(crate) async fn write(
         &mut self,
-        body: &mut Vec<u8>,
+        body: &mut Zeroizing<Vec<u8>>,
         at: Range<usize>,
     ) -> Result<(), LocalReply> {
         let Some(open) = self.current.as_mut() else {
             return Err(written(0, "the laptop sent data before a file header"));
         };
+        // The write under way ends first, so nothing reaches the file
+        // after the caller is told the call ended.
+        let file = settle(open, &mut self.spare).await?;
         let len = at.len() as u64;
         if open.given + len > open.expected {
+            open.file = Some(file);
             return Err(written(
                 open.written,
                 "the laptop sent more data than it announced",
             ));
         }
-        let file = match settle(open, &mut self.spare).await {
-            Ok(file) => file,
-            Err(reply) => return Err(reply),
-        };
-        let buf = std::mem::replace(body, std::mem::take(&mut self.spare));
+        let buf = Zeroizing::new(std::mem::replace(
+            &mut **body,
+            std::mem::take(&mut *self.spare),
+        ));
         open.given += len;
         open.pending = Some(tokio::task::spawn_blocking(move || {
-            let r = write_all(&file, &buf[at]);
+            let r = (&file).write_all(&buf[at]);
             (file, buf, r)
         }));
         Ok(())
@@ -212,7 +260,8 @@ impl<'c, 'a> Files<'c, 'a> {
         let mut open = self.current.take()?;
         Some(match settle(&mut open, &mut self.spare).await {
             Ok(file) => {
-                drop(file);
+                // Closed as `open` drops, off this thread.
+                open.file = Some(file);
                 LocalReply::Written {
                     bytes: open.written,
                     error: None,
@@ -226,7 +275,10 @@ impl<'c, 'a> Files<'c, 'a> {
 
 /// Waits for `open`'s write under way; the file back, or the `Written`
 /// that ends the call.
-async fn settle(open: &mut Open, spare: &mut Vec<u8>) -> Result<std::fs::File, LocalReply> {
+async fn settle(
+    open: &mut Open,
+    spare: &mut Zeroizing<Vec<u8>>,
+) -> Result<std::fs::File, LocalReply> {
     if let Some(pending) = open.pending.take() {
         let Ok((file, buf, result)) = pending.await else {
             return Err(written(open.written, "the write into the file failed"));
@@ -257,26 +309,4 @@ fn written(bytes: u64, error: &str) -> LocalReply {
         error: Some(error.to_owned()),
         broken_pipe: false,
     }
-}
-
-/// `write_all` that also copes with a descriptor its owner made
-/// non-blocking (a pipe shared with another program): waits until it can
-/// take more instead of failing.
-fn write_all(mut file: &std::fs::File, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        match file.write(data) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut fds = [rustix::event::PollFd::new(
-                    &file,
-                    rustix::event::PollFlags::OUT,
-                )];
-                rustix::event::poll(&mut fds, None)?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

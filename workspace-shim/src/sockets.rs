@@ -566,16 +566,24 @@ async fn answers(
             ) => return Err(Failed::Lost { part }),
             Err(e) => return Err(bad(&e)),
         }
-        // With `ForwardInto`, file data goes into the caller's file.
-        if let Some(files) = files.as_mut()
-            && let Some((nexus_protocol::Channel::Data, at)) = nexus_protocol::chunk_data(&body)
-        {
-            part = true;
-            if let Err(ended) = files.write(&mut body, at).await {
-                let _ = nexus_transport::send(conn, &ended).await;
-                return Ok(false);
+        // With `ForwardInto`, file data goes into the caller's file, and
+        // only there.
+        if let Some(files) = files.as_mut() {
+            match nexus_protocol::chunk_data(&body) {
+                Some((nexus_protocol::Channel::Data, at)) => {
+                    part = true;
+                    if let Err(ended) = files.write(&mut body, at).await {
+                        let _ = nexus_transport::send(conn, &ended).await;
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                Some(_) => {}
+                None if nexus_protocol::chunk_local_prefix(&body, MAX_FRAME).is_some() => {
+                    return Err(bad(&"a chunk whose data cannot be found"));
+                }
+                None => {}
             }
-            continue;
         }
         // Bulk data (file contents, tool output) passes through as it
         // came: not decoded, re-encoded, copied or wiped here (the caller

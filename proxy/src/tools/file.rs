@@ -223,7 +223,7 @@ async fn send_file<S: AsyncWrite + Unpin>(shown: &str, f: Opened, out: &mut S) -
             reading = Some(read_chunk(file, std::mem::take(&mut spare), left));
         }
         let prefix = nexus_protocol::chunk_frame_prefix(Channel::Data, n);
-        let start = PREFIX_ROOM - prefix.len();
+        let start = PREFIX_ROOM.checked_sub(prefix.len()).ok_or(Gone)?;
         buf[start..PREFIX_ROOM].copy_from_slice(&prefix);
         out.write_all(&buf[start..PREFIX_ROOM + n])
             .await

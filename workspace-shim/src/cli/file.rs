@@ -124,6 +124,18 @@ impl AtomicFile {
             self.expected
         );
         let file = self.file.take().context("file already finished")?;
+        // The data may have been written by the daemon: the file itself
+        // must hold what was announced.
+        let len = file
+            .metadata()
+            .with_context(|| format!("reading {}", self.tmp.display()))?
+            .len();
+        anyhow::ensure!(
+            len == self.expected,
+            "{}: {len} bytes written of {} announced; nothing installed",
+            self.dest.display(),
+            self.expected
+        );
         file.sync_all()
             .with_context(|| format!("syncing {}", self.tmp.display()))?;
         std::fs::set_permissions(&self.tmp, std::fs::Permissions::from_mode(self.mode))
@@ -145,6 +157,18 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Whether stdout is a file the daemon writes into itself (see
+/// `sink::takes`): a regular file or `/dev/null`.
+fn stdout_taken() -> bool {
+    use std::os::fd::AsFd;
+    std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| crate::sink::takes(&m))
 }
 
 /// This workspace's home, for `~/` in paths.
@@ -208,8 +232,15 @@ pub(super) async fn run(state: &StateDir, cmd: FileCommand) -> Result<ExitCode> 
         _ => String::new(),
     };
     // The daemon writes each file's data straight into the file (or
-    // stdout) this command passes it, after each FileStart.
-    let mut session = Session::start(state, client.wait, LocalOp::ForwardInto(op)).await?;
+    // stdout) this command passes it, after each FileStart; output into a
+    // pipe, a terminal or a socket comes as frames, written here.
+    let direct = output.is_some() || sync || stdout_taken();
+    let op = if direct {
+        LocalOp::ForwardInto(op)
+    } else {
+        LocalOp::Forward(op)
+    };
+    let mut session = Session::start(state, client.wait, op).await?;
     let mut current: Option<AtomicFile> = None;
     let mut to_stdout: Option<(u64, u64)> = None;
     let mut installed = 0usize;
@@ -244,12 +275,13 @@ pub(super) async fn run(state: &StateDir, cmd: FileCommand) -> Result<ExitCode> 
                     to_stdout = Some((size, 0));
                 }
                 match &current {
-                    Some(f) => session.send_descriptor(f.descriptor()?).await?,
-                    None => {
+                    Some(f) if direct => session.send_descriptor(f.descriptor()?).await?,
+                    None if direct => {
                         use std::os::fd::AsFd;
                         std::io::stdout().flush().context("writing to stdout")?;
                         session.send_descriptor(std::io::stdout().as_fd()).await?;
                     }
+                    _ => {}
                 }
             }
             LocalReply::Written {
@@ -274,6 +306,10 @@ pub(super) async fn run(state: &StateDir, cmd: FileCommand) -> Result<ExitCode> 
                 channel: Channel::Data,
                 data,
             }) => {
+                anyhow::ensure!(
+                    !direct,
+                    "the daemon relayed file data it should have written"
+                );
                 if let Some(f) = current.as_mut() {
                     f.write(&data)?;
                 } else if let Some((size, got)) = to_stdout.as_mut() {
