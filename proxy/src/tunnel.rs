@@ -109,6 +109,7 @@ pub async fn dial(
                 addr: addr.to_owned(),
                 source,
             })?;
+        let tcp: Conduit = Box::new(nexus_transport::read_buffered(tcp));
         let (config, verifier) =
             client_config(identity, pin).map_err(|source| DialError::Failed {
                 context: "TLS setup",

@@ -28,6 +28,17 @@ pub use identity::{Identity, write_private};
 pub use mux::{MuxConfig, MuxHandle, MuxStream};
 pub use tokio_rustls;
 
+/// Bytes the link's socket is read in at once, below TLS.
+pub const LINK_READ_BUFFER: usize = 64 << 10;
+
+/// The link's byte stream with a read buffer below TLS. rustls reads at
+/// most 4 KiB per call (`read_tls`), so a bulk answer cost a `recv` per
+/// 4 KiB; through this buffer a `recv` takes what the socket holds, up to
+/// [`LINK_READ_BUFFER`]. Writes pass straight through.
+pub fn read_buffered<T: tokio::io::AsyncRead>(io: T) -> tokio::io::BufReader<T> {
+    tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, io)
+}
+
 /// Sets `TCP_NODELAY`: every call is a small request waiting for a small
 /// answer, so Nagle's algorithm would only add latency.
 pub fn tune_tcp(stream: &tokio::net::TcpStream) {

@@ -388,6 +388,7 @@ async fn accept_tunnel(
         if let Some(via) = via {
             peer = format!("{peer} ({via})");
         }
+        let io: crate::ingress::Conduit = Box::new(nexus_transport::read_buffered(io));
         let mut stream = tls.accept(io).await.context("TLS handshake")?;
         let fp = peer_fingerprint(stream.get_ref().1).context("the client sent no certificate")?;
         let hello: ClientHello = nexus_transport::recv(&mut stream, HANDSHAKE_MAX_FRAME)
