@@ -162,14 +162,16 @@ enum Command {
         /// this time, instead of its paired route.
         #[arg(long, value_name = "CMD")]
         connect_command: Option<String>,
-        /// Threads that serve the workspaces. With 1, every call is
-        /// decided and answered on one thread, as ssh-agent does: the
-        /// quickest per call, and ample for a few workspaces (about 9,000
-        /// token calls/s, 1 GB/s of files on one core). More let many busy
-        /// workspaces use more cores, at a few tens of microseconds per call.
-        #[arg(long, env = "NEXUS_THREADS", value_name = "N", default_value_t = 1,
+        /// Threads that serve the workspaces [default: one per core]. With
+        /// 1, every call is decided and answered on one thread, as
+        /// ssh-agent does: no hand-off between threads within a call
+        /// (measured 10-100 us quicker per call on a VM, within its noise),
+        /// ample for a few workspaces (about 9,000 token calls/s and 1 GB/s
+        /// of files on one core), but many busy workspaces then share one
+        /// core (ten flooding at once got 30% fewer calls through).
+        #[arg(long, env = "NEXUS_THREADS", value_name = "N",
               value_parser = clap::value_parser!(u16).range(1..=256))]
-        threads: u16,
+        threads: Option<u16>,
         #[command(flatten)]
         limits: crate::limits::Limits,
     },
@@ -288,11 +290,22 @@ pub fn main() -> ExitCode {
         );
     }
     let threads = match &cli.command {
-        Command::Run { threads, .. } if *threads > 1 => {
-            nexus_transport::process::Threads::Workers(Some(usize::from(*threads)))
-        }
-        _ => nexus_transport::process::Threads::Current,
+        Command::Run {
+            threads: Some(1), ..
+        } => nexus_transport::process::Threads::Current,
+        Command::Run {
+            threads: Some(n), ..
+        } => nexus_transport::process::Threads::Workers(Some(usize::from(*n))),
+        _ => nexus_transport::process::Threads::Workers(None),
     };
+    if matches!(cli.command, Command::Run { .. }) {
+        let threads = match threads {
+            nexus_transport::process::Threads::Current => "1".to_owned(),
+            nexus_transport::process::Threads::Workers(Some(n)) => n.to_string(),
+            nexus_transport::process::Threads::Workers(None) => "one per core".to_owned(),
+        };
+        tracing::info!(%threads, "runtime threads serving the workspaces (run --threads)");
+    }
     nexus_transport::process::run_to_exit("nexus-agent-proxy", threads, run(cli))
 }
 

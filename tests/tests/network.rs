@@ -586,6 +586,29 @@ fn the_daemon_writes_a_file_get_into_the_caller_s_own_file() {
     assert!(stderr.contains("rc=141"), "{stderr}");
 }
 
+/// `run --threads 1` serves every call on one thread, files and all.
+#[test]
+fn the_proxy_serves_on_one_thread_when_asked() {
+    let mut rig = Rig::start_with("0", FILES, &["--threads", "1"], &[]);
+    rig.proxy
+        .wait_for_log("runtime threads serving the workspaces (run --threads) threads=1");
+    let path = rig.laptop_files(&[("small", SMALL)]);
+    assert_eq!(
+        rig.ws
+            .cli(["file", "get", &path("small")])
+            .ok()
+            .stdout
+            .as_bytes(),
+        SMALL
+    );
+    // A token from a command source: a process spawned and waited for.
+    rig.ws
+        .cli(["token", "get", "demo"])
+        .ok()
+        .stdout_has("counted");
+    assert_eq!(rig.runs(), 1);
+}
+
 /// Connects to the daemon's `shim.sock` and sends `request` as
 /// `ForwardInto`, as a hand-written caller would.
 fn ask_into(ws: &Workspace, request: nexus_protocol::Request) -> std::os::unix::net::UnixStream {
