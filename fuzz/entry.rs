@@ -18,7 +18,7 @@ use tokio_util::codec::Decoder;
 /// Frames and every message type either side decodes: the bytes are cut
 /// into frames by the codec (with a small limit, so oversized headers are
 /// exercised too), and every body and the whole input go through each
-/// message decoder.
+/// message decoder, and the daemon's in-place look at a chunk's data.
 pub fn frame(data: &[u8]) {
     let mut codec = FrameCodec::new(64 << 10);
     let mut buf = BytesMut::from(data);
@@ -42,6 +42,10 @@ pub fn frame(data: &[u8]) {
         let _ = decode::<LocalReply>(body);
         let _ = decode::<Control>(body);
         let _ = decode::<ControlReply>(body);
+        // The daemon slices a laptop frame by this range (`ForwardInto`).
+        if let Some((_, at)) = nexus_protocol::chunk_data(body) {
+            let _ = &body[at];
+        }
     }
 }
 
