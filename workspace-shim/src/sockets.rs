@@ -506,18 +506,16 @@ async fn relay(
     let mut stream = open_call(link, call)
         .await
         .map_err(|_| Failed::Lost { part: false })?;
-    let from = match upstream {
-        Upstream::Upload(from) => &mut **from,
-        Upstream::Nothing | Upstream::Files(_) => {
-            let files = match upstream {
-                Upstream::Files(caller) => Some(crate::sink::Files::new(caller)),
-                _ => None,
-            };
-            if answers(&mut stream, conn, files).await? {
-                received(&mut stream, call).await;
-            }
-            return Ok(());
+    let (files, from) = match upstream {
+        Upstream::Nothing => (None, None),
+        Upstream::Files(caller) => (Some(crate::sink::Files::new(caller)), None),
+        Upstream::Upload(from) => (None, Some(&mut **from)),
+    };
+    let Some(from) = from else {
+        if answers(&mut stream, conn, files).await? {
+            received(&mut stream, call).await;
         }
+        return Ok(());
     };
     let (mut down, mut up) = tokio::io::split(stream);
     let uploading = async {

@@ -189,7 +189,7 @@ async fn denied_real(ctx: &ToolContext, workspace: &str, real: &Path) -> Option<
 }
 
 /// Room kept before the data in the read buffer for its frame's prefix
-/// (at most 4 + 24 bytes; see [`nexus_protocol::chunk_frame_prefix`]).
+/// (37 bytes at most; see [`nexus_protocol::chunk_frame_prefix`]).
 const PREFIX_ROOM: usize = 64;
 
 /// Sends one opened file: its header, then its data in chunks.
