@@ -593,20 +593,19 @@ fn the_proxy_serves_on_one_thread_when_asked() {
     rig.proxy
         .wait_for_log("runtime threads serving the workspaces (run --threads) threads=1");
     let path = rig.laptop_files(&[("small", SMALL)]);
-    assert_eq!(
-        rig.ws
-            .cli(["file", "get", &path("small")])
-            .ok()
-            .stdout
-            .as_bytes(),
-        SMALL
-    );
+    assert_gets_small(&rig.ws, &path("small"));
     // A token from a command source: a process spawned and waited for.
     rig.ws
         .cli(["token", "get", "demo"])
         .ok()
         .stdout_has("counted");
     assert_eq!(rig.runs(), 1);
+}
+
+/// `file get PATH`, by the CLI, answers [`SMALL`].
+#[track_caller]
+fn assert_gets_small(ws: &Workspace, path: &str) {
+    assert_eq!(ws.cli(["file", "get", path]).ok().stdout.as_bytes(), SMALL);
 }
 
 /// Connects to the daemon's `shim.sock` and sends `request` as
@@ -749,14 +748,7 @@ fn a_caller_that_passes_no_writable_file_gets_none_of_it() {
         other => panic!("ForwardInto a tool list: {other:?}"),
     }
     // The daemon is still there for everyone else.
-    assert_eq!(
-        rig.ws
-            .cli(["file", "get", &path("small")])
-            .ok()
-            .stdout
-            .as_bytes(),
-        SMALL
-    );
+    assert_gets_small(&rig.ws, &path("small"));
 }
 
 /// Sends one byte carrying `fds` on `conn` (`SCM_RIGHTS`).
