@@ -87,16 +87,10 @@ impl Session {
                 Err(std::io::ErrorKind::WriteZero.into())
             }
         };
-        let result = loop {
-            if let Err(e) = self.conn.writable().await {
-                break Err(e);
-            }
-            match self.conn.try_io(tokio::io::Interest::WRITABLE, send) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                other => break other,
-            }
-        };
-        result.map_err(|e| ClientError::Broken(format!("passing the file to the daemon: {e}")))
+        self.conn
+            .async_io(tokio::io::Interest::WRITABLE, send)
+            .await
+            .map_err(|e| ClientError::Broken(format!("passing the file to the daemon: {e}")))
     }
 
     /// The next reply.

@@ -72,13 +72,10 @@ impl<'a> Caller<'a> {
 
     /// The descriptor the caller sends for the file just announced.
     async fn descriptor(&self) -> std::io::Result<OwnedFd> {
-        let got = loop {
-            self.conn.readable().await?;
-            match self.conn.try_io(Interest::READABLE, || receive(self.conn)) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                other => break other,
-            }
-        };
+        let got = self
+            .conn
+            .async_io(Interest::READABLE, || receive(self.conn))
+            .await;
         self.awaiting.store(false, Ordering::SeqCst);
         self.settled.notify_one();
         got
