@@ -289,23 +289,18 @@ pub fn main() -> ExitCode {
             "OS keyring unavailable; keyring: token sources will fail"
         );
     }
-    let threads = match &cli.command {
-        Command::Run {
-            threads: Some(1), ..
-        } => nexus_transport::process::Threads::Current,
-        Command::Run {
-            threads: Some(n), ..
-        } => nexus_transport::process::Threads::Workers(Some(usize::from(*n))),
-        _ => nexus_transport::process::Threads::Workers(None),
+    let asked = match &cli.command {
+        Command::Run { threads, .. } => {
+            let shown = threads.map_or_else(|| "one per core".to_owned(), |n| n.to_string());
+            tracing::info!(threads = %shown, "runtime threads serving the workspaces (run --threads)");
+            *threads
+        }
+        _ => None,
     };
-    if matches!(cli.command, Command::Run { .. }) {
-        let threads = match threads {
-            nexus_transport::process::Threads::Current => "1".to_owned(),
-            nexus_transport::process::Threads::Workers(Some(n)) => n.to_string(),
-            nexus_transport::process::Threads::Workers(None) => "one per core".to_owned(),
-        };
-        tracing::info!(%threads, "runtime threads serving the workspaces (run --threads)");
-    }
+    let threads = match asked {
+        Some(1) => nexus_transport::process::Threads::Current,
+        n => nexus_transport::process::Threads::Workers(n.map(usize::from)),
+    };
     nexus_transport::process::run_to_exit("nexus-agent-proxy", threads, run(cli))
 }
 
