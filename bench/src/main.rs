@@ -288,6 +288,7 @@ async fn floor(calls: usize) -> Result<Vec<f64>> {
                 name: "demo".into(),
             },
             key: None,
+            received: Vec::new(),
         };
         send(&mut s, &call).await?;
         let _: Reply = recv(&mut s, MAX_FRAME).await?;

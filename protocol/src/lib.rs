@@ -39,8 +39,8 @@ pub use message::{
     StatusInfo, ToolInfo, Upload,
 };
 pub use message::{
-    Control, ControlReply, GIT_HTTP_PREFIX, HOP_BY_HOP, IdentityPush, RETRY_WINDOW, chunk_data,
-    chunk_frame_prefix, chunk_local_prefix, connection_listed,
+    Control, ControlReply, GIT_HTTP_PREFIX, HOP_BY_HOP, IdentityPush, MAX_RECEIVED, RETRY_WINDOW,
+    chunk_data, chunk_frame_prefix, chunk_local_prefix, connection_listed,
 };
 pub use secret::Secret;
 pub use section::{Section, UnknownSection};

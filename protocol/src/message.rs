@@ -79,16 +79,27 @@ pub struct Call {
     /// (and from older shims).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<CallKey>,
+    /// Keys of earlier calls on this link whose answer the shim has read
+    /// and confirms here rather than on their own streams
+    /// ([`CallKey::later`]): the laptop need not keep those answers for a
+    /// second attempt. It reads at most [`MAX_RECEIVED`] of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub received: Vec<u64>,
 }
+
+/// Most confirmations one [`Call`] carries (more are ignored).
+pub const MAX_RECEIVED: usize = 1024;
 
 /// How long after its first attempt a retryable call may be sent again;
 /// the laptop keeps an answer it could not deliver at least this long.
 pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// The byte a shim writes on a keyed call's stream once it has read the
-/// final reply (then it closes its side): the laptop's proof that the
-/// answer arrived, so it need not keep it for a second attempt. A bare
-/// end of stream proves nothing: a dying link ends every stream too.
+/// The byte a shim writes on a keyed, streamed call's stream once it has
+/// read the final reply (then it closes its side): the laptop's proof that
+/// the answer arrived, so it need not keep it for a second attempt. A bare
+/// end of stream proves nothing: a dying link ends every stream too. A
+/// call answered by one reply is confirmed later instead
+/// ([`CallKey::later`]).
 pub const ANSWER_RECEIVED: u8 = 0x06;
 
 /// The shim's name for one retryable call, the same on both attempts.
@@ -98,6 +109,13 @@ pub struct CallKey {
     pub id: u64,
     /// Whether this is the second attempt.
     pub retry: bool,
+    /// Whether the shim confirms the answer in the `received` of a later
+    /// [`Call`] on the link instead of on this call's stream, whose side it
+    /// closed with the request: one frame less each way for a read answered
+    /// by one reply (not [`Request::is_streaming`]). Absent from older
+    /// shims, which confirm with [`ANSWER_RECEIVED`].
+    #[serde(default)]
+    pub later: bool,
 }
 
 /// A request a local caller makes of the laptop.

@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 use nexus_protocol::{
-    Call, CallerContext, ClientHello, ErrorCode, FrameCodec, FrameError, LocalOp, LocalReply,
-    LocalRequest, Reply, Request, Secret, ServerHello, VersionRange, decode, encode,
+    Call, CallKey, CallerContext, ClientHello, ErrorCode, FrameCodec, FrameError, LocalOp,
+    LocalReply, LocalRequest, Reply, Request, Secret, ServerHello, VersionRange, decode, encode,
 };
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
@@ -95,11 +95,18 @@ proptest! {
     }
 
     #[test]
-    fn messages_round_trip(caller in caller(), request in request(), reply in reply(), wait_ms in any::<u64>()) {
-        let call = Call { caller: caller.clone(), request: request.clone(), key: None };
+    fn messages_round_trip(
+        caller in caller(), request in request(), reply in reply(), wait_ms in any::<u64>(),
+        key in proptest::option::of((any::<u64>(), any::<bool>(), any::<bool>())),
+        received in proptest::collection::vec(any::<u64>(), 0..4),
+    ) {
+        let key = key.map(|(id, retry, later)| CallKey { id, retry, later });
+        let call = Call { caller: caller.clone(), request: request.clone(), key, received: received.clone() };
         let back: Call = decode(&encode(&call)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(back.caller, caller);
         prop_assert_eq!(back.request, request.clone());
+        prop_assert_eq!(back.key, key);
+        prop_assert_eq!(back.received, received);
         let back: Reply = decode(&encode(&reply)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(back, reply);
         let local = LocalRequest { wait_ms, op: LocalOp::Forward(request.clone()) };
@@ -110,7 +117,7 @@ proptest! {
 
     #[test]
     fn truncated_messages_are_errors(request in request(), cut in 0usize..40) {
-        let body = encode(&Call { caller: CallerContext::default(), request, key: None });
+        let body = encode(&Call { caller: CallerContext::default(), request, key: None, received: Vec::new() });
         let cut = cut.min(body.len().saturating_sub(1));
         prop_assert!(decode::<Call>(&body[..cut]).is_err());
     }

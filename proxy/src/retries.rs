@@ -223,6 +223,22 @@ impl Answering<'_> {
             tool = self.tool,
             "the workspace did not confirm this read's answer; kept for a second attempt"
         );
+        self.keep();
+    }
+
+    /// For a call the workspace confirms with a later one
+    /// ([`CallKey::later`](nexus_protocol::CallKey::later)): whether the
+    /// answer went out. Kept until that confirmation
+    /// ([`Retries::delivered`]) or for [`KEEP_UNDELIVERED`].
+    pub fn later(self, sent: bool) {
+        if sent {
+            self.keep();
+        } else {
+            self.finish(false);
+        }
+    }
+
+    fn keep(&self) {
         if let Ok(mut table) = self.retries.table.lock()
             && let Some(entry) = table.entries.get_mut(&self.id)
         {
@@ -518,6 +534,7 @@ mod tests {
                 name: name.to_owned(),
             },
             key: None,
+            received: Vec::new(),
         }
     }
 

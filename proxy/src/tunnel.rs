@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_protocol::{
-    ANSWER_RECEIVED, Call, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, Refusal, Reply, SUPPORTED,
-    Secret, ServerHello,
+    ANSWER_RECEIVED, Call, CallKey, ClientHello, ErrorCode, HANDSHAKE_MAX_FRAME, Refusal, Reply,
+    SUPPORTED, Secret, ServerHello,
 };
 use nexus_transport::tls::{PinnedServer, client_config, server_name};
 use nexus_transport::tokio_rustls::{TlsConnector, client::TlsStream};
@@ -540,6 +540,10 @@ async fn answer(
     let Some(call) = read_call(&mut stream, limits).await else {
         return;
     };
+    // Answers the workspace confirms it read: not kept for second attempts.
+    for id in call.received.iter().take(nexus_protocol::MAX_RECEIVED) {
+        link.retries.delivered(*id);
+    }
     let tool = call.request.tool();
     match call.key.filter(|_| call.request.is_retryable()) {
         None => {
@@ -549,7 +553,7 @@ async fn answer(
                 finish(&mut stream, reply, tool).await;
             }
         }
-        Some(key) => answer_keyed(&call, key.id, &mut stream, workspace, ctx, limits, link).await,
+        Some(key) => answer_keyed(&call, key, &mut stream, workspace, ctx, limits, link).await,
     }
 }
 
@@ -651,14 +655,17 @@ where
 /// audited, counted and run once (see [`crate::retries`]).
 async fn answer_keyed(
     call: &Call,
-    id: u64,
+    key: CallKey,
     stream: &mut MuxStream,
     workspace: &str,
     ctx: &ToolContext,
     limits: &Limits,
     mut link: OnLink<'_>,
 ) {
-    let tool = call.request.tool();
+    let (id, tool) = (key.id, call.request.tool());
+    // Confirmed with a later call rather than on this stream (which the
+    // workspace closed with the request): one answered by one reply.
+    let later = key.later && !call.request.is_streaming();
     // Twice at most: a joined first attempt that ended unanswered (its
     // link gone before its turn) was never decided, so this one runs.
     for _ in 0..2 {
@@ -705,7 +712,11 @@ async fn answer_keyed(
                     answering.answered(Answer::Reply(reply.clone()));
                 }
                 let sent = finish(stream, reply, tool).await;
-                answering.finish(sent && delivered(stream).await);
+                if later {
+                    answering.later(sent);
+                } else {
+                    answering.finish(sent && delivered(stream).await);
+                }
                 return;
             }
             Claim::Join(mut first) => {
@@ -741,7 +752,8 @@ async fn answer_keyed(
                     )),
                 };
                 link.in_flight.permit = None;
-                if finish(stream, reply, tool).await && delivered(stream).await {
+                // (One confirmed later is forgotten then.)
+                if finish(stream, reply, tool).await && !later && delivered(stream).await {
                     link.retries.delivered(id);
                 }
                 return;

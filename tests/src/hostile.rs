@@ -104,6 +104,7 @@ pub fn token_call(name: &str) -> Call {
             name: name.to_owned(),
         },
         key: None,
+        received: Vec::new(),
     }
 }
 

@@ -127,6 +127,7 @@ mod seeds {
                 name: "demo".into(),
             },
             key: None,
+            received: Vec::new(),
         };
         let sign = Call {
             caller,
@@ -136,6 +137,7 @@ mod seeds {
                 request: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             },
             key: None,
+            received: Vec::new(),
         };
         let hello = ClientHello {
             versions: SUPPORTED,
@@ -151,6 +153,7 @@ mod seeds {
                     caller: CallerContext::default(),
                     request: Request::SshIdentities,
                     key: None,
+                    received: Vec::new(),
                 }),
             ),
             ("hello", encode(&hello)),

@@ -337,6 +337,7 @@ async fn workspace_strings_cannot_forge_or_flood_log_lines() {
             name: "demo".into(),
         },
         key: None,
+        received: Vec::new(),
     };
     assert_eq!(
         link.call(&forged_caller)

@@ -866,6 +866,7 @@ async fn unread_call(
             body_len: Some(0),
         }),
         key: None,
+        received: Vec::new(),
     };
     let mut stream = link.mux.open().await.must("opening a stream");
     let mut frames = encode_frame(&call);
@@ -964,6 +965,7 @@ async fn a_caller_that_never_reads_is_dropped_at_the_timeout() {
                 body_len: Some(0),
             }),
             key: None,
+            received: Vec::new(),
         };
         let handle = tokio::runtime::Handle::current();
         let reply =

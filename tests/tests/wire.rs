@@ -154,6 +154,7 @@ async fn proxy_survives_bad_frames_on_one_connection() {
             name: "demo".into(),
         },
         key: None,
+        received: Vec::new(),
     };
     nexus_transport::send(&mut s, &call)
         .await

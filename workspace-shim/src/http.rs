@@ -508,7 +508,7 @@ pub(crate) async fn forward(
     let mut call = crate::sockets::new_call(caller, request);
     let first_sent = std::time::Instant::now();
     loop {
-        if let Some(response) = attempt(&link, &call, body.take(), ctx, &ends).await {
+        if let Some(response) = attempt(&link, &mut call, body.take(), ctx, &ends).await {
             return response;
         }
         match crate::sockets::retry_link(&ctx.shared, &link, &mut call, wait, first_sent).await {
@@ -522,14 +522,17 @@ pub(crate) async fn forward(
 /// died before the response's head came.
 async fn attempt(
     link: &crate::serve::Link,
-    call: &Call,
+    call: &mut Call,
     body: Option<Incoming>,
     ctx: &Ctx,
     ends: &Ends,
 ) -> Option<Response<Body>> {
     let fail = ends.fail;
     let mut stream = link.mux.open().await.ok()?;
-    let mut frames = zeroize::Zeroizing::new(nexus_protocol::encode_frame(call));
+    // With the confirmations of answers read since the last call.
+    call.received = link.take_received();
+    let mut frames = zeroize::Zeroizing::new(nexus_protocol::encode_frame(&*call));
+    call.received.clear();
     if body.is_none() {
         frames.extend_from_slice(&nexus_protocol::encode_frame(&Upload::End));
     }

@@ -90,6 +90,35 @@ pub struct Link {
     pub ssh_identities: Arc<crate::agent::IdentityCache>,
     id: u64,
     stop: CancellationToken,
+    /// Keys of answers read here, to confirm with the next call.
+    received: Mutex<Vec<u64>>,
+}
+
+impl Link {
+    /// Notes that `call`'s answer was read, for the next call on this link
+    /// to confirm, when its key asks for that ([`CallKey::later`]).
+    ///
+    /// [`CallKey::later`]: nexus_protocol::CallKey::later
+    pub(crate) fn answered(&self, call: &nexus_protocol::Call) {
+        if let Some(key) = call.key.filter(|k| k.later)
+            && let Ok(mut received) = self.received.lock()
+        {
+            // Past what one call carries, the oldest are left to expire
+            // on the laptop: bounded here whatever the traffic.
+            if received.len() >= nexus_protocol::MAX_RECEIVED {
+                received.remove(0);
+            }
+            received.push(key.id);
+        }
+    }
+
+    /// The confirmations a call opened now carries.
+    pub(crate) fn take_received(&self) -> Vec<u64> {
+        self.received
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
+    }
 }
 
 /// State shared by the tunnel acceptor, the local socket and the TLS verifier.
@@ -427,6 +456,7 @@ async fn accept_tunnel(
         ssh_identities,
         id,
         stop: stop.clone(),
+        received: Mutex::default(),
     });
     if let Some(old) = shared.link.send_replace(Some(link)) {
         info!(

@@ -320,11 +320,13 @@ pub(crate) fn new_call(caller: CallerContext, request: Request) -> Call {
     let key = request.is_retryable().then(|| CallKey {
         id: rand::random(),
         retry: false,
+        later: !request.is_streaming(),
     });
     Call {
         caller,
         request,
         key,
+        received: Vec::new(),
     }
 }
 
@@ -371,23 +373,50 @@ pub(crate) fn not_linked(wait: Duration) -> Reply {
     )
 }
 
-/// Opens a stream and sends the call; the request rides with the SYN.
-async fn open_call(link: &Link, call: &Call) -> Result<MuxStream, TransportError> {
+/// Opens a stream and sends the call, with the confirmations of answers
+/// read since the last call; the request rides with the SYN. A call
+/// answered by one reply sends nothing more: our side of its stream closes
+/// with the request, in the same write.
+async fn open_call(link: &Link, call: &mut Call) -> Result<MuxStream, TransportError> {
     let mut stream = link.mux.open().await?;
-    nexus_transport::send(&mut stream, call).await?;
+    call.received = link.take_received();
+    let sent = nexus_transport::send(&mut stream, &*call).await;
+    call.received.clear();
+    sent?;
+    if !call.request.is_streaming() {
+        stream
+            .shutdown()
+            .await
+            .map_err(|source| TransportError::Io {
+                context: "closing a call's request".into(),
+                source,
+            })?;
+    }
     Ok(stream)
 }
 
 /// One call on a live link, answered by one final reply.
-async fn call_once(link: &Link, call: &Call) -> Result<Reply, TransportError> {
+async fn call_once(link: &Link, call: &mut Call) -> Result<Reply, TransportError> {
     let mut stream = open_call(link, call).await?;
     let reply = nexus_transport::recv(&mut stream, MAX_FRAME).await?;
-    received(&mut stream, call).await;
+    ended(link, &mut stream, call).await;
     Ok(reply)
 }
 
-/// Closes our side of a call's stream once its final reply is read,
-/// telling the laptop first, for a keyed call, that the answer arrived.
+/// After a call's final reply was read: a call answered by one reply
+/// closed its side at [`open_call`] and is confirmed with the next call
+/// (if keyed); a streamed one is confirmed and closed now.
+async fn ended(link: &Link, stream: &mut MuxStream, call: &Call) {
+    if call.request.is_streaming() {
+        received(stream, call).await;
+    } else {
+        link.answered(call);
+    }
+}
+
+/// Closes our side of a streamed call's stream once its final reply is
+/// read, telling the laptop first, for a keyed call, that the answer
+/// arrived.
 pub(crate) async fn received(stream: &mut (impl AsyncWrite + Unpin), call: &Call) {
     if call.key.is_some() {
         let _ = stream.write_all(&[ANSWER_RECEIVED]).await;
@@ -417,7 +446,7 @@ pub(crate) async fn request(
     let mut call = new_call(caller, request);
     let first_sent = Instant::now();
     loop {
-        match tokio::time::timeout(CALL_TIMEOUT, call_once(&link, &call)).await {
+        match tokio::time::timeout(CALL_TIMEOUT, call_once(&link, &mut call)).await {
             Ok(Ok(reply)) => return reply,
             Ok(Err(_)) => match retry_link(shared, &link, &mut call, wait, first_sent).await {
                 Some(next) => link = next,
@@ -463,7 +492,7 @@ async fn call_laptop(
     let mut call = new_call(caller, request);
     let first_sent = Instant::now();
     loop {
-        match tokio::time::timeout(limit, relay(&link, &call, conn, &mut upstream)).await {
+        match tokio::time::timeout(limit, relay(&link, &mut call, conn, &mut upstream)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(Failed::Lost { part })) => {
                 let next = if part {
@@ -499,7 +528,7 @@ enum Failed {
 /// the caller's bytes go up the stream while the answers come down.
 async fn relay(
     link: &Link,
-    call: &Call,
+    call: &mut Call,
     conn: &mut (impl tokio::io::AsyncWrite + Unpin),
     upstream: &mut Upstream<'_, '_, '_>,
 ) -> Result<(), Failed> {
@@ -513,7 +542,7 @@ async fn relay(
     };
     let Some(from) = from else {
         if answers(&mut stream, conn, files).await? {
-            received(&mut stream, call).await;
+            ended(link, &mut stream, call).await;
         }
         return Ok(());
     };

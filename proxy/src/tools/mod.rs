@@ -249,6 +249,7 @@ pub(crate) mod test_support {
             caller: nexus_protocol::CallerContext::default(),
             request,
             key: None,
+            received: Vec::new(),
         };
         dispatch(&call, "w", ctx, stream, nexus_protocol::MAX_FRAME, None).await
     }
