@@ -65,16 +65,16 @@ pub async fn serve_agent(
         };
         // As ssh-agent does: only our own user (or root) may use the agent,
         // a second wall behind the socket's 0600.
-        if !crate::trust::peer_is_trusted(&conn) {
+        let Some(cred) = crate::trust::trusted_peer(&conn) else {
             warn!("agent connection from another user refused");
             continue;
-        }
+        };
         let id = next.fetch_add(1, Ordering::Relaxed) + 1;
         let shared = shared.clone();
         let stop = shutdown.clone();
         tasks.spawn(
             async move {
-                let caller = crate::sockets::caller_context(&conn);
+                let caller = crate::sockets::caller_context(cred);
                 tokio::select! {
                     () = serve_connection(conn, id, caller, &shared) => {},
                     () = stop.cancelled() => {},

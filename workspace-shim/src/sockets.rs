@@ -13,6 +13,7 @@ use nexus_protocol::{
 };
 use nexus_transport::{MuxStream, TransportError};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -51,33 +52,30 @@ pub async fn serve_local(
                 Err(e) => { crate::serve::accept_failed(&e).await; continue; }
             },
         };
-        if !crate::trust::peer_is_trusted(&conn) {
+        let Some(cred) = crate::trust::trusted_peer(&conn) else {
             warn!("shim.sock connection from another user refused");
             continue;
-        }
+        };
         next += 1;
         let (shared, stop, gate, id) = (shared.clone(), shutdown.clone(), gate.clone(), next);
         tasks.spawn(async move {
-            let cred = conn.peer_cred().ok();
-            let span = info_span!(
-                "local",
-                id,
-                pid = cred.and_then(|c| c.pid()),
-                uid = cred.map(|c| c.uid())
-            );
-            handle(conn, &shared, &stop, &gate).instrument(span).await;
+            let span = info_span!("local", id, pid = cred.pid(), uid = cred.uid());
+            handle(conn, cred, &shared, &stop, &gate)
+                .instrument(span)
+                .await;
         });
     }
 }
 
-/// What the kernel says about the peer; `/proc` adds exe and cwd on Linux.
-pub(crate) fn caller_context(conn: &UnixStream) -> CallerContext {
-    let mut ctx = CallerContext::default();
-    if let Ok(cred) = conn.peer_cred() {
-        ctx.uid = Some(cred.uid());
-        ctx.gid = Some(cred.gid());
-        ctx.pid = cred.pid().and_then(|p| u32::try_from(p).ok());
-    }
+/// What the kernel says about the peer (`cred`, from `SO_PEERCRED`);
+/// `/proc` adds exe and cwd on Linux.
+pub(crate) fn caller_context(cred: UCred) -> CallerContext {
+    let mut ctx = CallerContext {
+        uid: Some(cred.uid()),
+        gid: Some(cred.gid()),
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+        ..CallerContext::default()
+    };
     #[cfg(target_os = "linux")]
     if let Some(pid) = ctx.pid {
         let link = |what: &str| {
@@ -93,6 +91,7 @@ pub(crate) fn caller_context(conn: &UnixStream) -> CallerContext {
 
 async fn handle(
     mut conn: UnixStream,
+    cred: UCred,
     shared: &Shared,
     shutdown: &CancellationToken,
     gate: &Semaphore,
@@ -146,7 +145,7 @@ async fn handle(
         LocalOp::Forward(request) | LocalOp::ForwardInto(request) => {
             // Only a forwarded call needs who is calling (read from /proc,
             // the dearest part of the local hop): not `status` or `pairing-uri`.
-            let caller = caller_context(&conn);
+            let caller = caller_context(cred);
             let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
             let Ok(_permit) = gate.acquire().await else {
                 return;

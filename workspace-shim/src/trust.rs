@@ -132,17 +132,12 @@ pub fn check_peer(stream: &tokio::net::UnixStream, socket: &Path) -> Result<()> 
     )
 }
 
-/// Whether the process at the other end of an accepted connection runs as
-/// this daemon's user or as root (what ssh-agent checks with getpeereid).
-#[cfg(unix)]
-pub fn peer_is_trusted(stream: &tokio::net::UnixStream) -> bool {
-    stream.peer_cred().is_ok_and(|c| trusted_owner(c.uid()))
-}
-
-/// Elsewhere: the socket's permissions are the only wall.
-#[cfg(not(unix))]
-pub fn peer_is_trusted(_stream: &tokio::net::UnixStream) -> bool {
-    true
+/// The credentials of the process at the other end of an accepted
+/// connection (one `SO_PEERCRED` read, kept for the caller's context), if
+/// it runs as this daemon's user or as root (what ssh-agent checks with
+/// getpeereid).
+pub fn trusted_peer(stream: &tokio::net::UnixStream) -> Option<tokio::net::unix::UCred> {
+    stream.peer_cred().ok().filter(|c| trusted_owner(c.uid()))
 }
 
 /// Elsewhere: no uids to compare.
