@@ -576,6 +576,7 @@ async fn attempt(
                 tx,
                 call: call.clone(),
                 left: content_length(&headers),
+                shutdown: ctx.shutdown.clone(),
             });
             // hyper never reads the body of an answer that has none: its
             // end is read here, to confirm it.
@@ -690,6 +691,8 @@ struct Confirm {
     call: Call,
     /// Body bytes still to come, by the answer's `Content-Length`.
     left: Option<u64>,
+    /// The daemon's: its shutdown does not wait for an answer's end.
+    shutdown: CancellationToken,
 }
 
 impl Confirm {
@@ -704,7 +707,11 @@ impl Confirm {
     /// Reads the answer's end from `rx` and, if it is one, confirms it.
     async fn at_done(&mut self, rx: &mut ReadHalf<MuxStream>) {
         let end = nexus_transport::recv::<_, Reply>(rx, MAX_FRAME);
-        if let Ok(Ok(Reply::Done)) = tokio::time::timeout(CONFIRM_WAIT, end).await {
+        let ended = tokio::select! {
+            r = tokio::time::timeout(CONFIRM_WAIT, end) => matches!(r, Ok(Ok(Reply::Done))),
+            () = self.shutdown.cancelled() => false,
+        };
+        if ended {
             crate::sockets::received(&mut self.tx, &self.call).await;
         }
     }
