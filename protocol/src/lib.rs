@@ -44,4 +44,6 @@ pub use message::{
 };
 pub use secret::Secret;
 pub use section::{Section, UnknownSection};
-pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate};
+pub use version::{
+    CONFIRMS_LATER, PROTOCOL_VERSION, SUPPORTED, VersionMismatch, VersionRange, negotiate,
+};

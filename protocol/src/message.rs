@@ -87,8 +87,9 @@ pub struct Call {
     pub received: Vec<u64>,
 }
 
-/// Most confirmations one [`Call`] carries (more are ignored).
-pub const MAX_RECEIVED: usize = 1024;
+/// Most confirmations one [`Call`] carries (more are ignored): about
+/// 600 bytes, so that they never push a call past a small frame limit.
+pub const MAX_RECEIVED: usize = 64;
 
 /// How long after its first attempt a retryable call may be sent again;
 /// the laptop keeps an answer it could not deliver at least this long.

@@ -4,7 +4,20 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// v2: a call answered by one reply (not [`Request::is_streaming`]) ends
+/// its request with the end of its stream, and a keyed one is confirmed in
+/// the `received` of a later call ([`CallKey::later`]) rather than with
+/// [`ANSWER_RECEIVED`] on its own stream.
+///
+/// [`Request::is_streaming`]: crate::Request::is_streaming
+/// [`CallKey::later`]: crate::CallKey::later
+/// [`ANSWER_RECEIVED`]: crate::ANSWER_RECEIVED
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The first version whose calls answered by one reply are confirmed later
+/// (see [`PROTOCOL_VERSION`]).
+pub const CONFIRMS_LATER: u16 = 2;
 
 /// The versions this build can speak.
 pub const SUPPORTED: VersionRange = VersionRange {

@@ -8,7 +8,9 @@
 //! answer may not have arrived, up to [`KEEP_UNDELIVERED`] more, holding the
 //! answer (zeroized on drop): one reply, or for a streamed read (`file
 //! get`, an API's `GET`) every byte its first attempt wrote, recorded by a
-//! [`Tape`]. A delivered answer is forgotten at once.
+//! [`Tape`]. A delivered answer is forgotten once the workspace confirms
+//! it: on the call's stream, or for a read answered by one reply in the
+//! `received` of its next call ([`Retries::confirmed`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -63,6 +65,8 @@ struct Table {
     entries: HashMap<u64, Entry>,
     /// Bytes of the replays held in `entries`.
     kept: usize,
+    /// The generation of the next entry.
+    next: u64,
 }
 
 impl Table {
@@ -70,6 +74,15 @@ impl Table {
         if let Some(entry) = self.entries.remove(&id) {
             self.kept -= entry.bytes;
         }
+    }
+
+    /// The entry of key `id` if it is still the one of generation `gen`:
+    /// an attempt outlived by its entry (replaced after a reload) must not
+    /// touch the next call's.
+    fn ours(&mut self, id: u64, generation: u64) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(&id)
+            .filter(|e| e.generation == generation)
     }
 
     /// Forgets every answer kept past its time.
@@ -99,6 +112,8 @@ struct Entry {
     expires: Option<Instant>,
     /// The size of its replay, counted in [`Table::kept`].
     bytes: usize,
+    /// Which claim of the key made it.
+    generation: u64,
 }
 
 /// The SHA-256 of what a call asks and who asks it (its key aside).
@@ -147,6 +162,8 @@ impl Retries {
             return Claim::Full;
         }
         let (tx, rx) = watch::channel(None);
+        let generation = table.next;
+        table.next += 1;
         table.entries.insert(
             id,
             Entry {
@@ -155,11 +172,13 @@ impl Retries {
                 answer: rx,
                 expires: None,
                 bytes: 0,
+                generation,
             },
         );
         Claim::First(Answering {
             retries: self,
             id,
+            generation,
             tool: call.request.tool(),
             tx,
             answered: false,
@@ -169,6 +188,20 @@ impl Retries {
     /// The answer of key `id` reached the workspace.
     pub fn delivered(&self, id: u64) {
         if let Ok(mut table) = self.table.lock() {
+            table.remove(id);
+        }
+    }
+
+    /// The workspace says, in a later call, that it read the answer of key
+    /// `id`: forgotten, if there is one. A call still running is not the
+    /// workspace's to end (its second attempt must still join it).
+    pub fn confirmed(&self, id: u64) {
+        if let Ok(mut table) = self.table.lock()
+            && table
+                .entries
+                .get(&id)
+                .is_some_and(|e| e.answer.borrow().is_some())
+        {
             table.remove(id);
         }
     }
@@ -186,6 +219,7 @@ impl Retries {
 pub struct Answering<'a> {
     retries: &'a Retries,
     id: u64,
+    generation: u64,
     tool: &'static str,
     tx: watch::Sender<Option<Answer>>,
     answered: bool,
@@ -198,11 +232,14 @@ impl Answering<'_> {
         self.answered = true;
         if let Answer::Replay(bytes) = &answer {
             let fits = self.retries.table.lock().is_ok_and(|mut table| {
-                let table = &mut *table;
-                let fits = table.kept + bytes.len() <= MAX_KEPT;
-                if fits && let Some(entry) = table.entries.get_mut(&self.id) {
-                    table.kept += bytes.len();
-                    entry.bytes = bytes.len();
+                let kept = table.kept;
+                let Some(entry) = table.ours(self.id, self.generation) else {
+                    return true;
+                };
+                let fits = kept - entry.bytes + bytes.len() <= MAX_KEPT;
+                if fits {
+                    let before = std::mem::replace(&mut entry.bytes, bytes.len());
+                    table.kept = kept - before + bytes.len();
                 }
                 fits
             });
@@ -217,7 +254,7 @@ impl Answering<'_> {
     /// for [`KEEP_UNDELIVERED`] if not.
     pub fn finish(self, delivered: bool) {
         if delivered {
-            return self.retries.delivered(self.id);
+            return self.forget();
         }
         tracing::info!(
             tool = self.tool,
@@ -240,9 +277,18 @@ impl Answering<'_> {
 
     fn keep(&self) {
         if let Ok(mut table) = self.retries.table.lock()
-            && let Some(entry) = table.entries.get_mut(&self.id)
+            && let Some(entry) = table.ours(self.id, self.generation)
         {
             entry.expires = Some(Instant::now() + KEEP_UNDELIVERED);
+        }
+    }
+
+    /// Removes this attempt's entry (not a newer one under the same key).
+    fn forget(&self) {
+        if let Ok(mut table) = self.retries.table.lock()
+            && table.ours(self.id, self.generation).is_some()
+        {
+            table.remove(self.id);
         }
     }
 }
@@ -250,7 +296,7 @@ impl Answering<'_> {
 impl Drop for Answering<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            self.retries.delivered(self.id);
+            self.forget();
         }
     }
 }
@@ -564,6 +610,62 @@ mod tests {
         again.answered(Answer::Reply(token()));
         again.finish(true);
         assert_eq!(r.len(), 0);
+    }
+
+    /// A confirmation in a later call forgets an answer, never a call
+    /// still running: a hostile shim confirming one early must not make
+    /// its second attempt run again.
+    #[test]
+    fn a_confirmation_forgets_answers_only() {
+        let r = Retries::default();
+        let Claim::First(mut first) = r.claim(5, &call("a"), &policy()) else {
+            panic!("first")
+        };
+        r.confirmed(5);
+        assert!(
+            matches!(r.claim(5, &call("a"), &policy()), Claim::Join(_)),
+            "a running call was forgotten"
+        );
+        first.answered(Answer::Reply(token()));
+        first.later(true);
+        assert_eq!(r.len(), 1, "kept until confirmed");
+        r.confirmed(5);
+        assert_eq!(r.len(), 0);
+    }
+
+    /// An attempt whose entry was replaced (a reload came between two
+    /// claims of its key) leaves the newer entry and its byte count alone.
+    #[test]
+    fn an_attempt_outlived_by_its_entry_leaves_the_next_one_alone() {
+        let r = Retries::default();
+        let kept = || r.table.lock().map_or(usize::MAX, |t| t.kept);
+        let replay = |n| Answer::Replay(Arc::new(Zeroizing::new(vec![0; n])));
+        let Claim::First(mut stale) = r.claim(9, &call("a"), &policy()) else {
+            panic!("first")
+        };
+        let Claim::First(unanswered) = r.claim(8, &call("a"), &policy()) else {
+            panic!("first")
+        };
+        let reloaded = Arc::new(PolicySet::default());
+        let Claim::First(mut fresh) = r.claim(9, &call("a"), &reloaded) else {
+            panic!("decided afresh under the new policy")
+        };
+        let Claim::First(other) = r.claim(8, &call("a"), &reloaded) else {
+            panic!("decided afresh under the new policy")
+        };
+        stale.answered(replay(10));
+        assert_eq!(kept(), 0, "the stale attempt counted against the new entry");
+        fresh.answered(replay(20));
+        stale.finish(true);
+        drop(unanswered);
+        assert_eq!(
+            (r.len(), kept()),
+            (2, 20),
+            "a stale attempt removed an entry"
+        );
+        fresh.finish(true);
+        drop(other);
+        assert_eq!((r.len(), kept()), (0, 0));
     }
 
     #[test]

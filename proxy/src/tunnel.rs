@@ -542,7 +542,7 @@ async fn answer(
     };
     // Answers the workspace confirms it read: not kept for second attempts.
     for id in call.received.iter().take(nexus_protocol::MAX_RECEIVED) {
-        link.retries.delivered(*id);
+        link.retries.confirmed(*id);
     }
     let tool = call.request.tool();
     match call.key.filter(|_| call.request.is_retryable()) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nexus_protocol::{ClientHello, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, ServerHello};
 use nexus_transport::tls::{self, ClientAuthorizer};
-use nexus_transport::tokio_rustls::{TlsAcceptor, TlsConnector, rustls, server};
+use nexus_transport::tokio_rustls::{TlsAcceptor, TlsConnector, client, rustls, server};
 use nexus_transport::{Fingerprint, Identity};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -107,6 +107,19 @@ pub async fn hello_as(
     shim_fingerprint: &str,
     hello: &ClientHello,
 ) -> ServerHello {
+    link_as(identity_dir, address, shim_fingerprint, hello)
+        .await
+        .1
+}
+
+/// As [`hello_as`], keeping the connection: after an `Accepted`, yamux
+/// follows on it, the laptop as its client.
+pub async fn link_as(
+    identity_dir: &std::path::Path,
+    address: &str,
+    shim_fingerprint: &str,
+    hello: &ClientHello,
+) -> (client::TlsStream<TcpStream>, ServerHello) {
     let (identity, created) = Identity::load_or_create(identity_dir, "nexus-agent-proxy")
         .must("loading the laptop's identity");
     assert!(!created, "expected an existing laptop identity");
@@ -121,9 +134,10 @@ pub async fn hello_as(
         nexus_transport::send(&mut conn, hello)
             .await
             .must("sending the hello");
-        nexus_transport::recv(&mut conn, HANDSHAKE_MAX_FRAME)
+        let answer = nexus_transport::recv(&mut conn, HANDSHAKE_MAX_FRAME)
             .await
-            .must("reading the shim's answer")
+            .must("reading the shim's answer");
+        (conn, answer)
     };
     within(DEADLINE, step).await
 }

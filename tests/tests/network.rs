@@ -80,8 +80,9 @@ impl Rig {
         }
     }
 
-    /// Starts `n` calls (each a 2 s token command) and waits until the
-    /// proxy has decided all of them, so they are being answered.
+    /// Starts `n` calls (each runs the token command, which takes the rig's
+    /// delay, and waits up to 2 s for a link) and waits until the proxy
+    /// has decided all of them, so they are being answered.
     #[track_caller]
     fn calls_being_answered(&self, n: usize) -> Vec<Call> {
         let calls: Vec<Call> = (0..n).map(|_| Call::start(&self.ws, "2s")).collect();

@@ -5,10 +5,10 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use nexus_e2e::raw::{FakeShim, hello_as, within};
+use nexus_e2e::raw::{FakeShim, hello_as, link_as, within};
 use nexus_e2e::{DEADLINE, DEMO_POLICY, Laptop, Must, PairingUri, Workspace};
 use nexus_protocol::{
-    Call, CallerContext, ClientHello, ErrorCode, LocalReply, MAX_FRAME, PROTOCOL_VERSION, Refusal,
+    ANSWER_RECEIVED, Call, CallerContext, ClientHello, ErrorCode, LocalReply, MAX_FRAME, Refusal,
     Reply, Request, SUPPORTED, Secret, ServerHello, VersionRange,
 };
 use nexus_transport::mux::{self, Mode};
@@ -75,6 +75,67 @@ async fn shim_refuses_another_protocol_version_naming_both() {
     ws.cli(["token", "get", "demo"]).ok();
 }
 
+/// Confirmations follow the laptop's protocol version. A v1 laptop (before
+/// they moved into later calls) still gets each keyed read's
+/// `ANSWER_RECEIVED` on its stream, after the answer. A v2 laptop gets a
+/// stream that ends with the request, and the read's key in the next call.
+#[tokio::test]
+async fn confirmations_follow_the_laptops_protocol_version() {
+    use tokio::io::AsyncReadExt;
+    for (versions, later) in [(VersionRange { min: 1, max: 1 }, false), (SUPPORTED, true)] {
+        let ws = Workspace::start();
+        let uri = PairingUri::parse(&ws.uri());
+        let laptop = Laptop::new();
+        laptop.pair(&uri.to_string(), "dev").ok();
+        let hello = ClientHello {
+            versions,
+            pairing_token: None,
+            software: "nexus-e2e".into(),
+        };
+        let (conn, answer) = link_as(
+            &laptop.identity_dir(),
+            &uri.address,
+            &uri.fingerprint,
+            &hello,
+        )
+        .await;
+        assert!(matches!(answer, ServerHello::Accepted { .. }), "{answer:?}");
+        let stop = CancellationToken::new();
+        let (_mux, mut calls, _driver) = mux::start(conn, Mode::Client, MuxConfig::PROXY, stop);
+        let mut first = None;
+        for _ in 0..2 {
+            let mut cli = ws.cli_command();
+            cli.args(["token", "get", "demo"])
+                .stdout(std::process::Stdio::piped());
+            let child = cli.spawn().must("starting token get");
+            let mut stream = within(DEADLINE, calls.recv()).await.must("the read");
+            let call: Call = within(DEADLINE, nexus_transport::recv(&mut stream, MAX_FRAME))
+                .await
+                .must("the call");
+            let key = call.key.must("a keyed read");
+            assert_eq!(key.later, later, "{versions}");
+            let carried: Vec<u64> = first.filter(|_| later).into_iter().collect();
+            assert_eq!(call.received, carried, "{versions}");
+            first = Some(key.id);
+            nexus_transport::send(&mut stream, &Reply::Token(Secret::from("v".to_owned())))
+                .await
+                .must("answering");
+            stream.shutdown().await.must("closing");
+            let mut rest = Vec::new();
+            within(DEADLINE, stream.read_to_end(&mut rest))
+                .await
+                .must("the stream's end");
+            let confirmation = if later { vec![] } else { vec![ANSWER_RECEIVED] };
+            assert_eq!(rest, confirmation, "{versions}");
+            let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+                .await
+                .must("token get")
+                .must("token get");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+        }
+    }
+}
+
 #[tokio::test]
 async fn proxy_reports_a_version_mismatch_naming_both() {
     let fake = FakeShim::bind().await;
@@ -101,7 +162,7 @@ async fn proxy_reports_a_version_mismatch_naming_both() {
     out.code(1)
         .stderr_has("protocol version mismatch")
         .stderr_has("the workspace speaks v90..v99")
-        .stderr_has(&format!("this proxy speaks v{PROTOCOL_VERSION}"));
+        .stderr_has(&format!("this proxy speaks {SUPPORTED}"));
 }
 
 /// Asserts the proxy refused what came on `stream`: an error reply, or

@@ -1,6 +1,7 @@
 //! `nexus-shim serve`: the daemon. It accepts the paired laptop's tunnel and
 //! serves local callers on `shim.sock`.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,34 +91,49 @@ pub struct Link {
     pub ssh_identities: Arc<crate::agent::IdentityCache>,
     id: u64,
     stop: CancellationToken,
-    /// Keys of answers read here, to confirm with the next call.
-    received: Mutex<Vec<u64>>,
+    /// The protocol version the laptop and this shim agreed on.
+    version: u16,
+    /// Keys of answers read here, to confirm with the next calls.
+    received: Mutex<VecDeque<u64>>,
 }
 
+/// Most confirmations kept for the next calls; past it, the oldest are
+/// left to expire on the laptop, so the queue is bounded whatever the
+/// traffic.
+const MAX_QUEUED_RECEIVED: usize = 1024;
+
 impl Link {
-    /// Notes that `call`'s answer was read, for the next call on this link
-    /// to confirm, when its key asks for that ([`CallKey::later`]).
+    /// Whether the laptop takes confirmations in later calls (and a call
+    /// answered by one reply closing its stream with the request).
+    pub(crate) fn confirms_later(&self) -> bool {
+        self.version >= nexus_protocol::CONFIRMS_LATER
+    }
+
+    /// Notes that `call`'s answer was read, for the next calls on this
+    /// link to confirm, when its key asks for that ([`CallKey::later`]).
     ///
     /// [`CallKey::later`]: nexus_protocol::CallKey::later
     pub(crate) fn answered(&self, call: &nexus_protocol::Call) {
         if let Some(key) = call.key.filter(|k| k.later)
             && let Ok(mut received) = self.received.lock()
         {
-            // Past what one call carries, the oldest are left to expire
-            // on the laptop: bounded here whatever the traffic.
-            if received.len() >= nexus_protocol::MAX_RECEIVED {
-                received.remove(0);
+            if received.len() >= MAX_QUEUED_RECEIVED {
+                received.pop_front();
             }
-            received.push(key.id);
+            received.push_back(key.id);
         }
     }
 
-    /// The confirmations a call opened now carries.
+    /// The confirmations a call opened now carries (the oldest, up to
+    /// [`MAX_RECEIVED`](nexus_protocol::MAX_RECEIVED)).
     pub(crate) fn take_received(&self) -> Vec<u64> {
-        self.received
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default()
+        self.received.lock().map_or_else(
+            |_| Vec::new(),
+            |mut r| {
+                let n = r.len().min(nexus_protocol::MAX_RECEIVED);
+                r.drain(..n).collect()
+            },
+        )
     }
 }
 
@@ -434,7 +450,12 @@ async fn accept_tunnel(
         Ok(Err(e)) => return warn!(error = format!("{e:#}"), "tunnel refused"),
         Err(_) => return warn!("tunnel refused: handshake took longer than {HANDSHAKE_TIMEOUT:?}"),
     };
-    let ServerHello::Accepted { paired_now, .. } = answer else {
+    let ServerHello::Accepted {
+        paired_now,
+        version,
+        ..
+    } = answer
+    else {
         return warn!(client_fingerprint = %fp, reason = ?answer, "tunnel refused");
     };
     let stop = shutdown.child_token();
@@ -456,6 +477,7 @@ async fn accept_tunnel(
         ssh_identities,
         id,
         stop: stop.clone(),
+        version,
         received: Mutex::default(),
     });
     if let Some(old) = shared.link.send_replace(Some(link)) {

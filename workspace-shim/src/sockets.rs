@@ -319,7 +319,7 @@ pub(crate) fn new_call(caller: CallerContext, request: Request) -> Call {
     let key = request.is_retryable().then(|| CallKey {
         id: rand::random(),
         retry: false,
-        later: !request.is_streaming(),
+        later: false,
     });
     Call {
         caller,
@@ -373,16 +373,22 @@ pub(crate) fn not_linked(wait: Duration) -> Reply {
 }
 
 /// Opens a stream and sends the call, with the confirmations of answers
-/// read since the last call; the request rides with the SYN. A call
-/// answered by one reply sends nothing more: our side of its stream closes
-/// with the request, in the same write.
+/// read since the last call; the request rides with the SYN. With a laptop
+/// that takes them ([`Link::confirms_later`]), a call answered by one reply
+/// sends nothing more: our side of its stream closes with the request, in
+/// the same write, and its answer is confirmed with a later call.
 async fn open_call(link: &Link, call: &mut Call) -> Result<MuxStream, TransportError> {
     let mut stream = link.mux.open().await?;
+    // Chosen per attempt: a retry may go to another laptop build.
+    let one_reply = link.confirms_later() && !call.request.is_streaming();
+    if let Some(key) = call.key.as_mut() {
+        key.later = one_reply;
+    }
     call.received = link.take_received();
     let sent = nexus_transport::send(&mut stream, &*call).await;
     call.received.clear();
     sent?;
-    if !call.request.is_streaming() {
+    if one_reply {
         stream
             .shutdown()
             .await
@@ -402,20 +408,20 @@ async fn call_once(link: &Link, call: &mut Call) -> Result<Reply, TransportError
     Ok(reply)
 }
 
-/// After a call's final reply was read: a call answered by one reply
-/// closed its side at [`open_call`] and is confirmed with the next call
-/// (if keyed); a streamed one is confirmed and closed now.
+/// After a call's final reply was read: one that closed its side at
+/// [`open_call`] is confirmed with the next call (if keyed); another is
+/// confirmed and closed now.
 async fn ended(link: &Link, stream: &mut MuxStream, call: &Call) {
-    if call.request.is_streaming() {
-        received(stream, call).await;
-    } else {
+    if link.confirms_later() && !call.request.is_streaming() {
         link.answered(call);
+    } else {
+        received(stream, call).await;
     }
 }
 
-/// Closes our side of a streamed call's stream once its final reply is
-/// read, telling the laptop first, for a keyed call, that the answer
-/// arrived.
+/// Closes our side of a call's stream once its final reply is read (a
+/// streamed call, or any call to a laptop that confirms nothing later),
+/// telling the laptop first, for a keyed call, that the answer arrived.
 pub(crate) async fn received(stream: &mut (impl AsyncWrite + Unpin), call: &Call) {
     if call.key.is_some() {
         let _ = stream.write_all(&[ANSWER_RECEIVED]).await;
