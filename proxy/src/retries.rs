@@ -76,7 +76,7 @@ impl Table {
         }
     }
 
-    /// The entry of key `id` if it is still the one of generation `gen`:
+    /// The entry of key `id` if it is still the one of `generation`:
     /// an attempt outlived by its entry (replaced after a reload) must not
     /// touch the next call's.
     fn ours(&mut self, id: u64, generation: u64) -> Option<&mut Entry> {
@@ -266,7 +266,7 @@ impl Answering<'_> {
     /// For a call the workspace confirms with a later one
     /// ([`CallKey::later`](nexus_protocol::CallKey::later)): whether the
     /// answer went out. Kept until that confirmation
-    /// ([`Retries::delivered`]) or for [`KEEP_UNDELIVERED`].
+    /// ([`Retries::confirmed`]) or for [`KEEP_UNDELIVERED`].
     pub fn later(self, sent: bool) {
         if sent {
             self.keep();
