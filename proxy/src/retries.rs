@@ -114,6 +114,8 @@ struct Entry {
     bytes: usize,
     /// Which claim of the key made it.
     generation: u64,
+    /// Whether a second attempt has joined it.
+    joined: bool,
 }
 
 /// The SHA-256 of what a call asks and who asks it (its key aside).
@@ -135,6 +137,10 @@ pub enum Claim<'a> {
     Mismatch,
     /// The table is full: run it as an unkeyed call.
     Full,
+    /// The key was already joined once: run it as an unkeyed call
+    /// (decided, audited and counted anew). A shim sends a key twice at
+    /// most, so a kept answer is not handed out again and again undecided.
+    Again,
 }
 
 impl Retries {
@@ -147,11 +153,14 @@ impl Retries {
             return Claim::Full;
         };
         table.sweep(Instant::now());
-        if let Some(entry) = table.entries.get(&id) {
+        if let Some(entry) = table.entries.get_mut(&id) {
             if entry.call != digest(call) {
                 return Claim::Mismatch;
             }
             if Arc::ptr_eq(&entry.policy, policy) {
+                if std::mem::replace(&mut entry.joined, true) {
+                    return Claim::Again;
+                }
                 // A first attempt that ended unanswered leaves no entry, so
                 // a closed channel here is one being replaced right now.
                 return Claim::Join(entry.answer.clone());
@@ -173,6 +182,7 @@ impl Retries {
                 expires: None,
                 bytes: 0,
                 generation,
+                joined: false,
             },
         );
         Claim::First(Answering {
@@ -666,6 +676,20 @@ mod tests {
         fresh.finish(true);
         drop(other);
         assert_eq!((r.len(), kept()), (0, 0));
+    }
+
+    /// A key is joined once: a shim that keeps sending it (a legitimate
+    /// one sends it twice at most) gets its call decided afresh.
+    #[test]
+    fn a_kept_answer_is_joined_once() {
+        let r = Retries::default();
+        let Claim::First(mut first) = r.claim(6, &call("a"), &policy()) else {
+            panic!("first")
+        };
+        first.answered(Answer::Reply(token()));
+        first.later(true);
+        assert!(matches!(r.claim(6, &call("a"), &policy()), Claim::Join(_)));
+        assert!(matches!(r.claim(6, &call("a"), &policy()), Claim::Again));
     }
 
     #[test]

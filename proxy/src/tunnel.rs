@@ -679,7 +679,7 @@ async fn answer_keyed(
                 finish(stream, Some(refusal), tool).await;
                 return;
             }
-            Claim::Full => {
+            Claim::Full | Claim::Again => {
                 if let Ran::Answer(reply) =
                     run(call, stream, workspace, ctx, limits, &mut link).await
                 {
