@@ -103,10 +103,11 @@ pub struct Link {
 const MAX_QUEUED_RECEIVED: usize = 1024;
 
 impl Link {
-    /// Whether the laptop takes confirmations in later calls (and a call
-    /// answered by one reply closing its stream with the request).
-    pub(crate) fn confirms_later(&self) -> bool {
-        self.version >= nexus_protocol::CONFIRMS_LATER
+    /// Whether a call of `request` on this link closes our side of its
+    /// stream with the request and is confirmed in a later call: one
+    /// answered by one reply, to a laptop that takes confirmations so.
+    pub(crate) fn closes_with_request(&self, request: &nexus_protocol::Request) -> bool {
+        self.version >= nexus_protocol::CONFIRMS_LATER && !request.is_streaming()
     }
 
     /// Notes that `call`'s answer was read, for the next calls on this

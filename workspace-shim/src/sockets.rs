@@ -373,14 +373,14 @@ pub(crate) fn not_linked(wait: Duration) -> Reply {
 }
 
 /// Opens a stream and sends the call, with the confirmations of answers
-/// read since the last call; the request rides with the SYN. With a laptop
-/// that takes them ([`Link::confirms_later`]), a call answered by one reply
-/// sends nothing more: our side of its stream closes with the request, in
-/// the same write, and its answer is confirmed with a later call.
+/// read since the last call; the request rides with the SYN. A call that
+/// [closes with its request](Link::closes_with_request) sends nothing
+/// more: our side of its stream closes in the same write, and its answer
+/// is confirmed with a later call.
 async fn open_call(link: &Link, call: &mut Call) -> Result<MuxStream, TransportError> {
     let mut stream = link.mux.open().await?;
     // Chosen per attempt: a retry may go to another laptop build.
-    let one_reply = link.confirms_later() && !call.request.is_streaming();
+    let one_reply = link.closes_with_request(&call.request);
     if let Some(key) = call.key.as_mut() {
         key.later = one_reply;
     }
@@ -412,7 +412,7 @@ async fn call_once(link: &Link, call: &mut Call) -> Result<Reply, TransportError
 /// [`open_call`] is confirmed with the next call (if keyed); another is
 /// confirmed and closed now.
 async fn ended(link: &Link, stream: &mut MuxStream, call: &Call) {
-    if link.confirms_later() && !call.request.is_streaming() {
+    if link.closes_with_request(&call.request) {
         link.answered(call);
     } else {
         received(stream, call).await;
