@@ -219,7 +219,10 @@ fn seal(entry: &Entry) -> Result<(String, String), String> {
 /// When the entry cannot be serialized.
 pub fn to_json_line(entry: &Entry) -> Result<String, String> {
     let json = serde_json::to_string(entry).map_err(|e| e.to_string())?;
-    Ok(escape_json_text(&json).into_owned())
+    Ok(match escape_json_text(&json) {
+        std::borrow::Cow::Borrowed(_) => json,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    })
 }
 
 /// Splits a line into its body (what the hash covers) and the hash written.

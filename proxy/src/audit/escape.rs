@@ -27,7 +27,8 @@ fn needs_escape(c: char) -> bool {
 /// `json` with every character [`needs_escape`] names written as `\uXXXX`
 /// (a surrogate pair beyond the BMP). Borrowed when nothing changes.
 pub fn escape_json_text(json: &str) -> std::borrow::Cow<'_, str> {
-    if !json.chars().any(needs_escape) {
+    // Printable ASCII, the usual line, is checked a byte at a time.
+    if json.bytes().all(|b| (0x20..0x7f).contains(&b)) || !json.chars().any(needs_escape) {
         return std::borrow::Cow::Borrowed(json);
     }
     let mut out = String::with_capacity(json.len() + 16);
