@@ -222,7 +222,7 @@ async fn connection(tcp: tokio::net::TcpStream, caller: CallerContext, ctx: Arc<
 /// the URL still applies.
 fn uid_allowed(uid: Option<u32>) -> bool {
     match uid {
-        Some(u) => u == 0 || u == rustix::process::geteuid().as_raw(),
+        Some(u) => u == 0 || u == crate::trust::me(),
         None => !cfg!(target_os = "linux"),
     }
 }

@@ -21,10 +21,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// The uid commands run as.
+/// The uid commands run as, asked once: the daemon checks it for every
+/// local connection, and it never changes.
 #[cfg(unix)]
-fn me() -> u32 {
-    rustix::process::geteuid().as_raw()
+pub(crate) fn me() -> u32 {
+    static ME: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ME.get_or_init(|| rustix::process::geteuid().as_raw())
 }
 
 /// Whether `owner` may be trusted by the caller: the caller or root.
