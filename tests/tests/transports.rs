@@ -155,6 +155,41 @@ fn stdio_through_ssh_relays_into_the_daemon() {
     );
 }
 
+/// `serve --stdio` relaying into a daemon that refuses the tunnel ends at
+/// once, though its stdin stays open: the laptop waits on the far end of
+/// its stdout. It used to finish its work and then wait, in the runtime's
+/// drop, for the blocking read of stdin, holding stdout open until the
+/// laptop gave up.
+#[test]
+fn stdio_relay_ends_when_the_daemon_refuses_though_stdin_stays_open() {
+    let ws = Workspace::start();
+    let mut relay = ws
+        .cli_command()
+        .args(["serve", "--stdio"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .must("starting serve --stdio");
+    // A TLS handshake record too large to be one: the daemon refuses.
+    let mut stdin = relay.stdin.take().must("the relay's stdin");
+    stdin
+        .write_all(b"\x16\x03\x01\xff\xffnot-a-client-hello")
+        .must("writing to the relay");
+    let ended = poll(std::time::Duration::from_secs(20), || {
+        relay.try_wait().ok().flatten()
+    });
+    let _ = relay.kill();
+    let _ = relay.wait();
+    assert!(
+        ended.is_some(),
+        "serve --stdio still ran 20 s after the daemon refused, stdin open\n{}",
+        ws.log()
+    );
+    assert!(ws.log().contains("tunnel refused"), "{}", ws.log());
+    drop(stdin);
+}
+
 /// The tunnel port answers raw TLS and WebSocket upgrades; anything else
 /// (plain HTTP, garbage) is refused without disturbing the link.
 #[test]

@@ -81,7 +81,17 @@ where
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
-        .and_then(|rt| rt.block_on(body).map_err(|e| format!("{e:#}")));
+        .and_then(|rt| {
+            let outcome = rt.block_on(body).map_err(|e| format!("{e:#}"));
+            // The body has finished its work (servers drain their own
+            // tasks). What may be left is a blocking read that cannot be
+            // interrupted, such as stdin's: dropping the runtime would wait
+            // for it, and the process would outlive its work until the
+            // peer closed that input (`serve --stdio` kept its relay's
+            // stdout open after the daemon had ended the tunnel).
+            rt.shutdown_background();
+            outcome
+        });
     outcome.unwrap_or_else(|msg| {
         eprintln!("{program}: {msg}");
         std::process::ExitCode::from(1)
