@@ -177,11 +177,6 @@ const LOCK_POLL: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct KillSwitch {
     config: PathBuf,
-    /// The configuration directory, held open: the lock file is looked up
-    /// in it by name, one component instead of the whole path at every
-    /// call (that walk was 7 % of the proxy's CPU under a flood of token
-    /// calls). `None` if it could not be opened: the path is used then.
-    dir: Option<rustix::fd::OwnedFd>,
     state: watch::Sender<bool>,
 }
 
@@ -189,33 +184,16 @@ impl KillSwitch {
     /// The switch of configuration directory `config`.
     #[must_use]
     pub fn new(config: &Path) -> Self {
-        use rustix::fs::{Mode, OFlags};
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let dir = rustix::fs::open(config, flags, Mode::empty()).ok();
-        let switch = Self {
+        Self {
             config: config.to_owned(),
-            dir,
-            state: watch::channel(false).0,
-        };
-        switch.state.send_replace(switch.look());
-        switch
-    }
-
-    /// Whether the lock file is there now (fail closed, as [`is_locked`]).
-    fn look(&self) -> bool {
-        let Some(dir) = &self.dir else {
-            return is_locked(&self.config);
-        };
-        match rustix::fs::statat(dir, LOCK_FILE, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(_) => true,
-            Err(e) => e != rustix::io::Errno::NOENT,
+            state: watch::channel(is_locked(config)).0,
         }
     }
 
     /// Looks at the lock file now; when it is on, every call waiting in
     /// [`engaged`](Self::engaged) wakes.
     pub fn is_on(&self) -> bool {
-        let on = self.look();
+        let on = is_locked(&self.config);
         self.state
             .send_if_modified(|seen| std::mem::replace(seen, on) != on);
         on
@@ -411,26 +389,30 @@ mod tests {
         assert!(watcher.await.is_ok());
     }
 
-    /// Looked up in the directory held open, the lock file means what it
-    /// meant as a path: anything there, even a dangling link or a
-    /// directory, is on; only "no such file" is off.
+    /// Anything at the lock path, even a dangling link or a directory, is
+    /// on; only "no such file" is off. The path is looked at each time, so
+    /// a configuration directory moved aside and made again (a restore
+    /// from backup) is the one whose lock counts. (A build that held the
+    /// old directory open kept serving after `lock` wrote the new one.)
     #[cfg(unix)]
     #[test]
-    fn anything_at_the_lock_path_is_on() {
+    fn the_lock_path_is_looked_at_each_time() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let switch = KillSwitch::new(dir.path());
-        let lock = lock_path(dir.path());
-        std::os::unix::fs::symlink(dir.path().join("nowhere"), &lock)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(switch.is_on() && is_locked(dir.path()), "a dangling link");
+        let config = dir.path().join("config");
+        std::fs::create_dir(&config).unwrap_or_else(|e| panic!("{e}"));
+        let switch = KillSwitch::new(&config);
+        let lock = lock_path(&config);
+        std::os::unix::fs::symlink(config.join("nowhere"), &lock).unwrap_or_else(|e| panic!("{e}"));
+        assert!(switch.is_on(), "a dangling link");
         std::fs::remove_file(&lock).unwrap_or_else(|e| panic!("{e}"));
         assert!(!switch.is_on());
         std::fs::create_dir(&lock).unwrap_or_else(|e| panic!("{e}"));
         assert!(switch.is_on(), "a directory");
         std::fs::remove_dir(&lock).unwrap_or_else(|e| panic!("{e}"));
         assert!(!switch.is_on());
-        // A directory that could not be opened falls back to the path.
-        let gone = KillSwitch::new(&dir.path().join("missing"));
-        assert!(!gone.is_on());
+        std::fs::rename(&config, dir.path().join("config.old")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(&config).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&lock, b"1\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(switch.is_on(), "the lock of the directory made again");
     }
 }
