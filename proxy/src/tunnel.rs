@@ -234,6 +234,10 @@ pub async fn serve_workspace(
     let tools = Arc::new(ToolGates::new(limits.max_calls_per_tool));
     // Keys outlive links: a read's second attempt comes on the next one.
     let retries = Arc::new(Retries::default());
+    // One drain after SIGTERM, whoever waits first: the link's calls are
+    // this workspace's calls too, and waiting for them twice doubled the
+    // time a stop took while a tool ran on.
+    let drain = DrainFrom::default();
     let mut hints = Hints::new(route.socket_addr().map(|a| a.ip()));
     let mut outage_start: Option<Instant> = None;
     let mut backoff = Backoff::default();
@@ -257,6 +261,7 @@ pub async fn serve_workspace(
                     tools: &tools,
                     retries: &retries,
                     calls: &calls,
+                    drain: &drain,
                 };
                 ctx.links.up(&ws.name, up - dial_start);
                 let (dead, served) = link.serve(tls, peer, &shutdown).await;
@@ -303,7 +308,7 @@ pub async fn serve_workspace(
         }
     }
     calls.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, calls.wait())
+    if tokio::time::timeout_at(drain.until(), calls.wait())
         .await
         .is_err()
     {
@@ -313,6 +318,17 @@ pub async fn serve_workspace(
 
 /// How long in-flight calls may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When a workspace's drain began: set by the first to wait.
+#[derive(Debug, Default)]
+struct DrainFrom(std::sync::OnceLock<Instant>);
+
+impl DrainFrom {
+    /// The end of the drain, [`DRAIN_TIMEOUT`] after it began.
+    fn until(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(*self.0.get_or_init(Instant::now)) + DRAIN_TIMEOUT
+    }
+}
 
 /// Per-workspace gates: calls of one tool running at once.
 #[derive(Debug)]
@@ -416,6 +432,7 @@ struct Link<'a> {
     tools: &'a Arc<ToolGates>,
     retries: &'a Arc<Retries>,
     calls: &'a TaskTracker,
+    drain: &'a DrainFrom,
 }
 
 impl Link<'_> {
@@ -506,7 +523,7 @@ impl Link<'_> {
             // ones answer, then close the link gracefully.
             drop(inbound);
             on_link.close();
-            if tokio::time::timeout(DRAIN_TIMEOUT, on_link.wait())
+            if tokio::time::timeout_at(self.drain.until(), on_link.wait())
                 .await
                 .is_err()
             {
