@@ -741,6 +741,32 @@ fn a_caller_that_never_reads_stalls_the_tool_and_kills_it_on_exit() {
     );
 }
 
+/// A tool still running when the proxy is stopped dies with it: the proxy
+/// leaves such calls after its drain, and dropping them kills their process
+/// groups. (When the runtime stopped without waiting for its workers, the
+/// proxy could exit before they dropped the calls, and the tool ran on.)
+#[test]
+fn stopping_the_proxy_kills_a_tool_still_running() {
+    let (ws, _laptop, mut proxy, scratch) = tool_world();
+    let pidfile = scratch.path().join("pid");
+    let mut child = shim_command(&ws)
+        .args(["tool", "run", "linger", "--"])
+        .arg(&pidfile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .must("starting tool run");
+    let pid = wait_pid_file(&pidfile);
+    let exit = proxy.terminate();
+    assert!(
+        poll(DEADLINE, || dead(&pid).then_some(())).is_some(),
+        "the tool's child {pid} ran on after the proxy exited ({exit})\n{}",
+        proxy.log()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// `lock` is a kill switch for runs already going, not only the next call:
 /// the laptop kills the tool's group and the caller exits 3.
 #[test]

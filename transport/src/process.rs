@@ -59,6 +59,11 @@ pub enum Threads {
     Workers(Option<usize>),
 }
 
+/// How long a multi-threaded runtime's workers get to drop their tasks
+/// once the body is done (they take milliseconds; a blocking read left
+/// behind never ends on its own).
+const WORKERS_STOP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs a binary's async body on a runtime with `threads` and turns the
 /// outcome into an exit code: the body's own code, or 1 with one line on
 /// stderr (`PROGRAM: what happened`) for an error.
@@ -88,8 +93,15 @@ where
             // interrupted, such as stdin's: dropping the runtime would wait
             // for it, and the process would outlive its work until the
             // peer closed that input (`serve --stdio` kept its relay's
-            // stdout open after the daemon had ended the tunnel).
-            rt.shutdown_background();
+            // stdout open after the daemon had ended the tunnel). Tasks
+            // still running must be dropped all the same (their guards
+            // kill child process groups): the current-thread runtime drops
+            // them here, on this thread; worker threads drop theirs when
+            // told to stop, and are given up to `WORKERS_STOP` for it.
+            match threads {
+                Threads::Current => rt.shutdown_background(),
+                Threads::Workers(_) => rt.shutdown_timeout(WORKERS_STOP),
+            }
             outcome
         });
     outcome.unwrap_or_else(|msg| {
