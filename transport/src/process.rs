@@ -59,10 +59,10 @@ pub enum Threads {
     Workers(Option<usize>),
 }
 
-/// How long a multi-threaded runtime's workers get to drop their tasks
-/// once the body is done (they take milliseconds; a blocking read left
-/// behind never ends on its own).
-const WORKERS_STOP: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the runtime's threads get to end once the body is done: workers
+/// drop their tasks and blocking writes finish in milliseconds; a blocking
+/// read left behind never ends on its own.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs a binary's async body on a runtime with `threads` and turns the
 /// outcome into an exit code: the body's own code, or 1 with one line on
@@ -89,19 +89,15 @@ where
         .and_then(|rt| {
             let outcome = rt.block_on(body).map_err(|e| format!("{e:#}"));
             // The body has finished its work (servers drain their own
-            // tasks). What may be left is a blocking read that cannot be
-            // interrupted, such as stdin's: dropping the runtime would wait
-            // for it, and the process would outlive its work until the
-            // peer closed that input (`serve --stdio` kept its relay's
-            // stdout open after the daemon had ended the tunnel). Tasks
-            // still running must be dropped all the same (their guards
-            // kill child process groups): the current-thread runtime drops
-            // them here, on this thread; worker threads drop theirs when
-            // told to stop, and are given up to `WORKERS_STOP` for it.
-            match threads {
-                Threads::Current => rt.shutdown_background(),
-                Threads::Workers(_) => rt.shutdown_timeout(WORKERS_STOP),
-            }
+            // tasks). Tasks still running are dropped all the same (their
+            // guards kill child process groups): by worker threads when
+            // told to stop, or on this thread for the current-thread
+            // runtime. Blocking work gets `STOP_WAIT` to end (a stdout
+            // write handed to a blocking thread): dropping the runtime
+            // would wait for all of it, and a blocking read that cannot be
+            // interrupted, such as stdin's, kept the process (and
+            // `serve --stdio`'s stdout) alive until the peer closed it.
+            rt.shutdown_timeout(STOP_WAIT);
             outcome
         });
     outcome.unwrap_or_else(|msg| {
