@@ -4,7 +4,7 @@
 //! laptop tools streamed back and killed with their caller.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use nexus_e2e::githttp::{GitHttp, nexus_shim};
@@ -679,17 +679,26 @@ fn wait_pid_file(path: &Path) -> String {
     .must("the tool never wrote its pid")
 }
 
-#[test]
-fn the_laptop_tool_dies_when_the_caller_is_killed() {
-    let (ws, _laptop, _proxy, scratch) = tool_world();
-    let pidfile: PathBuf = scratch.path().join("pid");
-    let mut child = shim_command(&ws)
+/// Starts `tool run linger` (a tool whose background child would outlive a
+/// careless kill): the caller, and the pid of that child once it runs.
+#[track_caller]
+fn start_linger(ws: &Workspace, scratch: &Path) -> (std::process::Child, String) {
+    let pidfile = scratch.join("pid");
+    let child = shim_command(ws)
         .args(["tool", "run", "linger", "--"])
         .arg(&pidfile)
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .must("starting tool run");
     let pid = wait_pid_file(&pidfile);
+    (child, pid)
+}
+
+#[test]
+fn the_laptop_tool_dies_when_the_caller_is_killed() {
+    let (ws, _laptop, _proxy, scratch) = tool_world();
+    let (mut child, pid) = start_linger(&ws, scratch.path());
     assert!(!dead(&pid), "the background child should be running");
     child.kill().must("killing the caller");
     let _ = child.wait();
@@ -748,15 +757,7 @@ fn a_caller_that_never_reads_stalls_the_tool_and_kills_it_on_exit() {
 #[test]
 fn stopping_the_proxy_kills_a_tool_still_running() {
     let (ws, _laptop, mut proxy, scratch) = tool_world();
-    let pidfile = scratch.path().join("pid");
-    let mut child = shim_command(&ws)
-        .args(["tool", "run", "linger", "--"])
-        .arg(&pidfile)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .must("starting tool run");
-    let pid = wait_pid_file(&pidfile);
+    let (mut child, pid) = start_linger(&ws, scratch.path());
     let exit = proxy.terminate();
     assert!(
         poll(DEADLINE, || dead(&pid).then_some(())).is_some(),
@@ -772,15 +773,7 @@ fn stopping_the_proxy_kills_a_tool_still_running() {
 #[test]
 fn lock_kills_a_tool_that_is_already_running() {
     let (ws, laptop, _proxy, scratch) = tool_world();
-    let pidfile = scratch.path().join("pid");
-    let mut child = shim_command(&ws)
-        .args(["tool", "run", "linger", "--"])
-        .arg(&pidfile)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .must("starting tool run");
-    let pid = wait_pid_file(&pidfile);
+    let (mut child, pid) = start_linger(&ws, scratch.path());
     laptop.cli(["lock"]).ok();
     assert!(
         poll(DEADLINE, || dead(&pid).then_some(())).is_some(),
