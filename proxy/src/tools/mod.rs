@@ -136,15 +136,12 @@ where
         max_frame,
         call_timeout,
     };
-    // Each tool's future is boxed, sized to that tool: unboxed, every call's
-    // task carried the largest of them (20 KiB, the HTTP exchange), copied
-    // and allocated whole for each token call.
     match &call.request {
-        Request::Token { name } => Box::pin(serve(token::Token { name }, &scope, stream)).await,
-        Request::McpTokens => Box::pin(serve(token::McpNames, &scope, stream)).await,
-        Request::SshIdentities => Box::pin(serve(ssh::Identities::new(&[]), &scope, stream)).await,
+        Request::Token { name } => serve(token::Token { name }, &scope, stream).await,
+        Request::McpTokens => serve(token::McpNames, &scope, stream).await,
+        Request::SshIdentities => serve(ssh::Identities::new(&[]), &scope, stream).await,
         Request::SshIdentitiesBound { binds } => {
-            Box::pin(serve(ssh::Identities::new(binds), &scope, stream)).await
+            serve(ssh::Identities::new(binds), &scope, stream).await
         }
         Request::SshSign {
             connection,
@@ -153,23 +150,21 @@ where
         } => {
             // Reported by the workspace: for matching the shim's log only.
             tracing::debug!(agent_connection = connection, "ssh sign request");
-            Box::pin(serve(ssh::Sign::new(binds, request), &scope, stream)).await
+            serve(ssh::Sign::new(binds, request), &scope, stream).await
         }
-        Request::SshKnownHosts => Box::pin(serve(ssh::KnownHosts, &scope, stream)).await,
+        Request::SshKnownHosts => serve(ssh::KnownHosts, &scope, stream).await,
         Request::GitCredential { operation, input } => {
             let helper = git_credential::Helper::new(*operation, input);
-            Box::pin(serve(helper, &scope, stream)).await
+            serve(helper, &scope, stream).await
         }
-        Request::ToolList => Box::pin(serve(custom::List, &scope, stream)).await,
-        Request::ToolRun { name, args } => {
-            Box::pin(serve(custom::Run { name, args }, &scope, stream)).await
-        }
-        Request::FileGet { path } => Box::pin(serve(file::Get::new(path), &scope, stream)).await,
-        Request::FileSync { set } => Box::pin(serve(file::Sync { set }, &scope, stream)).await,
-        Request::HttpList => Box::pin(serve(http::List, &scope, stream)).await,
-        Request::Http(req) => Box::pin(serve(http::Call { req }, &scope, stream)).await,
-        Request::GitHttp(req) => Box::pin(serve(git::https::Call::new(req), &scope, stream)).await,
-        Request::GitHosts => Box::pin(serve(git::Hosts, &scope, stream)).await,
+        Request::ToolList => serve(custom::List, &scope, stream).await,
+        Request::ToolRun { name, args } => serve(custom::Run { name, args }, &scope, stream).await,
+        Request::FileGet { path } => serve(file::Get::new(path), &scope, stream).await,
+        Request::FileSync { set } => serve(file::Sync { set }, &scope, stream).await,
+        Request::HttpList => serve(http::List, &scope, stream).await,
+        Request::Http(req) => serve(http::Call { req }, &scope, stream).await,
+        Request::GitHttp(req) => serve(git::https::Call::new(req), &scope, stream).await,
+        Request::GitHosts => serve(git::Hosts, &scope, stream).await,
         Request::GitSsh {
             host,
             port,
@@ -177,7 +172,7 @@ where
             repo,
         } => {
             let connect = git::ssh::Connect::new(host, *port, *service, repo);
-            Box::pin(serve(connect, &scope, stream)).await
+            serve(connect, &scope, stream).await
         }
     }
 }

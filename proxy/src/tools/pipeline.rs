@@ -190,7 +190,22 @@ fn timed_out(scope: &Scope<'_>) -> (Reply, String) {
     )
 }
 
-pub(crate) async fn serve<T, S>(mut tool: T, scope: &Scope<'_>, out: &mut S) -> Option<Reply>
+/// Serves one call of `tool`, boxed: a call's task holds only this tool's
+/// state. Unboxed, every call's task was sized to the largest tool (20 KiB,
+/// the HTTP exchange), allocated and copied whole for each token call.
+pub(crate) fn serve<T, S>(
+    tool: T,
+    scope: &Scope<'_>,
+    out: &mut S,
+) -> std::pin::Pin<Box<impl Future<Output = Option<Reply>>>>
+where
+    T: Tool,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    Box::pin(serve_here(tool, scope, out))
+}
+
+async fn serve_here<T, S>(mut tool: T, scope: &Scope<'_>, out: &mut S) -> Option<Reply>
 where
     T: Tool,
     S: AsyncRead + AsyncWrite + Unpin + Send,
