@@ -239,6 +239,9 @@ impl Drop for Reaped {
     }
 }
 
+/// The file fetched over the delayed link (r4).
+const FAR_SIZE: usize = 16 << 20;
+
 const TOOLS: &str = "[tools.true]\ncommand = [\"true\"]\n\n\
                      [tokens.demo]\nsource = \"env:NEXUS_BENCH_TOKEN\"\n\n\
                      [tokens.spawned]\nsource = { command = [\"echo\", \"v\"] }\n";
@@ -258,10 +261,17 @@ async fn main() -> Result<()> {
         }
     }
     let size = (args.mb as u64) << 20;
+    // A smaller file for the delayed link, where a download is bound by
+    // the stream's window rather than by CPU.
+    let far = dir.path().join("far.bin");
+    std::fs::write(&far, vec![7u8; FAR_SIZE])?;
     let policy = format!(
-        "[[files.allow]]\npath = \"{}\"\nmax_size = \"{}MiB\"\n\n{TOOLS}",
+        "[[files.allow]]\npath = \"{}\"\nmax_size = \"{}MiB\"\n\n\
+         [[files.allow]]\npath = \"{}\"\nmax_size = \"{}MiB\"\n\n{TOOLS}",
         big.display(),
-        args.mb + 1
+        args.mb + 1,
+        far.display(),
+        (FAR_SIZE >> 20) + 1
     );
     let pair = Pair::start(&bin, &policy, &[], None).await?;
     let path = big.display().to_string();
@@ -501,6 +511,27 @@ async fn main() -> Result<()> {
             "    overhead over a local spawn: {overhead:.3} ms = the link's request/response ({:.3} ms) + {:.3} ms (target <= 1 RTT + 1 ms)",
             pct(&token, 50.0),
             overhead - pct(&token, 50.0)
+        );
+        // (r4) a download across the delayed link: bound by how much the
+        // stream may have in flight (its window) per round trip.
+        let far = far.display().to_string();
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let (bytes, _) = drain(&sock, Request::FileGet { path: far.clone() }).await?;
+            if bytes != FAR_SIZE as u64 {
+                bail!("file get returned {bytes} of {FAR_SIZE} bytes");
+            }
+            rates.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
+        }
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "(r4) file get {} MiB at {} ms RTT                   median {:.0} MB/s (min {:.0}, max {:.0})",
+            FAR_SIZE >> 20,
+            args.rtt_ms,
+            rates[1],
+            rates[0],
+            rates[2]
         );
     } else {
         println!(

@@ -32,20 +32,31 @@ pub struct MuxConfig {
     pub max_outbound: usize,
     /// Inbound streams queued for the application before new ones are reset.
     pub inbound_queue: usize,
+    /// Receive window beyond 256 KiB per stream, shared by the streams
+    /// whose reader keeps up: yamux doubles such a stream's window (up to
+    /// what is left of this) when half of it was read within two round
+    /// trips. At 50 ms RTT a 256 KiB window caps a download at 5 MB/s.
+    pub window_headroom: usize,
 }
 
 impl MuxConfig {
-    /// The workspace side opens one stream per forwarded session.
+    /// The workspace side opens one stream per forwarded session. Its
+    /// downloads (files, HTTP answers) may grow their windows: the sender
+    /// is the laptop.
     pub const SHIM: Self = Self {
         max_streams: 512,
         max_outbound: 384,
         inbound_queue: 64,
+        window_headroom: 32 << 20,
     };
-    /// The laptop side mostly accepts; it opens only control streams.
+    /// The laptop side mostly accepts; it opens only control streams. No
+    /// headroom: the sender is the workspace, which must not make the
+    /// laptop buffer more than 256 KiB per stream.
     pub const PROXY: Self = Self {
         max_streams: 512,
         max_outbound: 64,
         inbound_queue: 448,
+        window_headroom: 0,
     };
 }
 
@@ -178,10 +189,13 @@ where
     let mut cfg = yamux::Config::default();
     // Streams first: the window setters assert against the stream count.
     cfg.set_max_num_streams(limits.max_streams);
-    // The smallest window yamux allows for this many streams at its default
+    // At least what yamux requires for this many streams at its default
     // 256 KiB per stream (which stays: smaller stream windows crush
-    // throughput at 50 ms RTT). It bounds what a peer can make us buffer.
-    cfg.set_max_connection_receive_window(Some(limits.max_streams * STREAM_WINDOW));
+    // throughput at 50 ms RTT), plus the headroom streams may grow into.
+    // It bounds what a peer can make us buffer.
+    cfg.set_max_connection_receive_window(Some(
+        limits.max_streams * STREAM_WINDOW + limits.window_headroom,
+    ));
     // Bulk streams (file data) in 64 KiB yamux frames rather than 16 KiB:
     // a quarter of the per-frame work, and still short enough not to hold
     // other streams' frames back noticeably.
@@ -309,6 +323,14 @@ mod tests {
         let (ha, ra, _) = start(a, Mode::Server, MuxConfig::SHIM, stop.clone());
         let (hb, rb, _) = start(b, Mode::Client, MuxConfig::PROXY, stop.clone());
         ((ha, ra), (hb, rb), stop)
+    }
+
+    /// Only the workspace side lets windows grow: what the workspace sends
+    /// the laptop stays bounded by 256 KiB a stream.
+    #[test]
+    fn only_the_workspace_side_grows_its_windows() {
+        assert_eq!(MuxConfig::PROXY.window_headroom, 0);
+        assert!(MuxConfig::SHIM.window_headroom >= 16 << 20);
     }
 
     #[tokio::test]
