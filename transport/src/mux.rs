@@ -60,6 +60,10 @@ impl MuxConfig {
     };
 }
 
+// Only the workspace side lets windows grow: what the workspace sends the
+// laptop stays bounded by 256 KiB a stream. Checked when compiling.
+const _: () = assert!(MuxConfig::PROXY.window_headroom == 0);
+
 /// yamux's default per-stream receive window.
 const STREAM_WINDOW: usize = 256 * 1024;
 /// Largest yamux data frame sent.
@@ -323,14 +327,6 @@ mod tests {
         let (ha, ra, _) = start(a, Mode::Server, MuxConfig::SHIM, stop.clone());
         let (hb, rb, _) = start(b, Mode::Client, MuxConfig::PROXY, stop.clone());
         ((ha, ra), (hb, rb), stop)
-    }
-
-    /// Only the workspace side lets windows grow: what the workspace sends
-    /// the laptop stays bounded by 256 KiB a stream.
-    #[test]
-    fn only_the_workspace_side_grows_its_windows() {
-        assert_eq!(MuxConfig::PROXY.window_headroom, 0);
-        assert!(MuxConfig::SHIM.window_headroom >= 16 << 20);
     }
 
     #[tokio::test]
