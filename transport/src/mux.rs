@@ -47,7 +47,7 @@ impl MuxConfig {
         max_streams: 512,
         max_outbound: 384,
         inbound_queue: 64,
-        window_headroom: 32 << 20,
+        window_headroom: 8 << 20,
     };
     /// The laptop side mostly accepts; it opens only control streams. No
     /// headroom: the sender is the workspace, which must not make the
