@@ -533,6 +533,40 @@ async fn main() -> Result<()> {
             rates[0],
             rates[2]
         );
+        // (r5) a token call while downloads run on the same link: what a
+        // grown window queues ahead of a small answer.
+        let busy = tokio::spawn({
+            let (sock, far) = (sock.clone(), far.clone());
+            async move {
+                loop {
+                    if drain(&sock, Request::FileGet { path: far.clone() })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        let during = timed(runs, || {
+            let sock = sock.clone();
+            async move {
+                one(
+                    &sock,
+                    LocalOp::Forward(Request::Token {
+                        name: "demo".into(),
+                    }),
+                )
+                .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        busy.abort();
+        row(
+            &format!("(r5) token get at {} ms RTT during downloads", args.rtt_ms),
+            &during,
+        );
     } else {
         println!(
             "(r) skipped: {} not found (--delay-proxy)",
