@@ -61,7 +61,8 @@ pub fn older_than(a: &Path, b: &Path) -> bool {
     matches!((modified(a), modified(b)), (Some(a), Some(b)) if a < b)
 }
 
-/// `delay_proxy.py` from `NEXUS_DELAY_PROXY`, else the shared copy.
+/// `delay_proxy.py` from `NEXUS_DELAY_PROXY`, else the shared copy; extra
+/// arguments for it from `NEXUS_DELAY_ARGS`.
 pub fn default_delay_proxy() -> PathBuf {
     std::env::var_os("NEXUS_DELAY_PROXY")
         .map(PathBuf::from)
@@ -411,6 +412,12 @@ impl DelayProxy {
                 "--port-file",
             ])
             .arg(&port_file)
+            // e.g. `--rate-mbit 40` for bench/precise_delay_proxy.py
+            .args(
+                std::env::var("NEXUS_DELAY_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdout(Stdio::null())
             .spawn()
             .context("starting delay_proxy.py (python3)")?;

@@ -208,15 +208,17 @@ impl ClientAuthorizer for Authorizer {
 /// Lets glibc's allocator keep the memory of a download's buffered frames
 /// instead of handing it back to the kernel after each burst.
 ///
-/// A download may have up to the link's window headroom in flight, in
-/// 64 KiB yamux frames. glibc trims the heap's free top once it exceeds
-/// 128 KiB, so each burst of frames faults its pages in again: a fifth
-/// more shim CPU per `file get`. glibc raises its mmap threshold to the
-/// size of a freed mmapped block, and its trim threshold to twice that
-/// (`mallopt(3)`, "dynamic mmap threshold"): freeing one block of the
-/// headroom's size sets both, with no unsafe code. Nothing is touched, so
-/// idle RSS stays the same; after a download up to twice the headroom of
-/// freed heap may stay mapped.
+/// A download may have its grown window in flight (256 KiB plus up to the
+/// link's window headroom), in 64 KiB yamux frames. glibc trims the heap's
+/// free top once it exceeds 128 KiB, so each burst of frames faults its
+/// pages in again: a fifth more shim CPU per `file get`. glibc raises its
+/// mmap threshold to the size of a freed mmapped block, and its trim
+/// threshold to twice that (`mallopt(3)`, "dynamic mmap threshold"):
+/// freeing one block of the headroom's size sets both, with no unsafe code.
+/// Nothing is touched, so idle RSS stays the same; after a download up to
+/// twice the headroom of freed heap may stay mapped in each malloc arena
+/// (the daemon's thread, and each blocking thread that allocated), and
+/// blocks up to the headroom's size come from the heap rather than mmap.
 fn keep_freed_heap() {
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
         drop(std::hint::black_box(Vec::<u8>::with_capacity(
