@@ -4,8 +4,9 @@
 //! - **Pings**: yamux 0.14 sends none of its own, so the proxy opens a short
 //!   stream with [`Control::Ping`] every quarter of the keepalive timeout.
 //!   Any answer proves the link alive (an older shim resets the stream:
-//!   that is an answer too). No answer for the whole timeout: the link is
-//!   dead and is dropped at once, so that the tunnel is dialed again.
+//!   that is an answer too), and so does any byte the shim sends. Neither
+//!   for the whole timeout: the link is dead and is dropped at once, so
+//!   that the tunnel is dialed again.
 //! - **Wake**: the monotonic clock stops while a laptop sleeps, the wall
 //!   clock does not. When the wall clock has run ahead of the monotonic one,
 //!   the laptop has just woken: the link is probed at once, and a sleeping
@@ -186,7 +187,11 @@ async fn watchdog(
             () = tokio::time::sleep(TICK) => {}
         }
         let last = *alive.borrow();
-        let silent = last.elapsed();
+        // Anything the shim sent counts too: behind a download on a slow
+        // link our ping can wait longer than the timeout while the shim's
+        // window updates keep coming. A wake or route probe still wants a
+        // pong (bytes read just after a wake may have come before it).
+        let silent = last.max(mux.last_heard()).elapsed();
         if silent > timeout {
             return Some(Dead::Silent(silent));
         }
@@ -349,6 +354,61 @@ mod tests {
     async fn a_silent_peer_is_declared_dead_without_an_address() {
         let (dead, _) = watch_silent_peer(None).await;
         assert!(matches!(dead, Some(Dead::Silent(_))), "{dead:?}");
+    }
+
+    /// A shim whose pong is held back behind a download on a slow link: the
+    /// bytes it keeps sending prove the link alive; when they stop too, the
+    /// link is declared dead.
+    #[tokio::test]
+    async fn bytes_from_the_shim_stand_in_for_late_pongs() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let stop = CancellationToken::new();
+        let (h, mut laptop_in, _task) =
+            mux::start(a, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
+        // The peer never answers a ping, but sends a byte every 100 ms on a
+        // stream of its own for 1.5 s: nearly three timeouts.
+        let (peer, mut peer_in, _ptask) =
+            mux::start(b, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
+        let held = tokio::spawn(async move {
+            let mut keep = Vec::new();
+            while let Some(s) = peer_in.recv().await {
+                keep.push(s);
+            }
+        });
+        let trickle = tokio::spawn(async move {
+            let Ok(mut up) = peer.open().await else {
+                return None;
+            };
+            for _ in 0..15 {
+                if up.write_all(b"y").await.is_err() || up.flush().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(up)
+        });
+        let accepted = tokio::spawn(async move { laptop_in.recv().await.map(|s| (s, laptop_in)) });
+        let watch = tokio::spawn(watch_link(
+            h,
+            None,
+            Duration::from_millis(600),
+            Duration::from_millis(150),
+            stop.clone(),
+        ));
+        let early = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+        assert!(
+            matches!(early, Ok(Ok(Some(_)))),
+            "the trickle did not run to its end: {early:?}"
+        );
+        assert!(
+            !watch.is_finished(),
+            "declared dead while the shim sent bytes"
+        );
+        let dead = tokio::time::timeout(Duration::from_secs(5), watch).await;
+        assert!(matches!(dead, Ok(Ok(Some(Dead::Silent(_))))), "{dead:?}");
+        stop.cancel();
+        held.abort();
+        accepted.abort();
     }
 
     /// A peer that resets every stream (an older shim) still proves the link

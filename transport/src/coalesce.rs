@@ -50,6 +50,27 @@ impl FlushTurn {
     }
 }
 
+/// When the peer last sent anything: bytes read prove it alive even while
+/// what we sent (a ping among them) waits behind a download on a slow link.
+#[derive(Debug, Clone)]
+pub(crate) struct Heard(Arc<(std::time::Instant, AtomicU64)>);
+
+impl Heard {
+    pub(crate) fn new() -> Self {
+        Self(Arc::new((std::time::Instant::now(), AtomicU64::new(0))))
+    }
+
+    fn mark(&self) {
+        let ms = u64::try_from(self.0.0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.1.store(ms, Ordering::Relaxed);
+    }
+
+    /// The time of the last read that brought bytes (the start, before any).
+    pub(crate) fn last(&self) -> std::time::Instant {
+        self.0.0 + std::time::Duration::from_millis(self.0.1.load(Ordering::Relaxed))
+    }
+}
+
 /// A write-coalescing wrapper; reads pass through untouched.
 #[derive(Debug)]
 pub(crate) struct Coalesce<T> {
@@ -62,10 +83,12 @@ pub(crate) struct Coalesce<T> {
     held: Option<u64>,
     /// Cancelled when the socket ends or fails.
     ended: CancellationToken,
+    /// Marked at every read that brings bytes.
+    heard: Heard,
 }
 
 impl<T> Coalesce<T> {
-    pub(crate) fn new(io: T, turn: FlushTurn, ended: CancellationToken) -> Self {
+    pub(crate) fn new(io: T, turn: FlushTurn, ended: CancellationToken, heard: Heard) -> Self {
         Self {
             io,
             buf: Vec::new(),
@@ -73,6 +96,7 @@ impl<T> Coalesce<T> {
             turn,
             held: None,
             ended,
+            heard,
         }
     }
 
@@ -114,8 +138,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
     ) -> Poll<std::io::Result<()>> {
         let (before, room) = (buf.filled().len(), buf.remaining());
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && room > 0 && buf.filled().len() == before {
-            self.ended.cancel();
+        if matches!(r, Poll::Ready(Ok(()))) && room > 0 {
+            if buf.filled().len() == before {
+                self.ended.cancel();
+            } else {
+                self.heard.mark();
+            }
         }
         self.watch(r)
     }
@@ -201,7 +229,12 @@ mod tests {
 
     /// A coalescing writer over `sink`, in `turn`.
     fn over(sink: &Writes, turn: &FlushTurn) -> Coalesce<Writes> {
-        Coalesce::new(sink.clone(), turn.clone(), CancellationToken::new())
+        Coalesce::new(
+            sink.clone(),
+            turn.clone(),
+            CancellationToken::new(),
+            Heard::new(),
+        )
     }
 
     fn writes(w: &Writes) -> Vec<Vec<u8>> {
@@ -292,7 +325,12 @@ mod tests {
     #[test]
     fn the_end_of_the_socket_cancels_ended_at_once() {
         let ended = CancellationToken::new();
-        let mut c = Coalesce::new(tokio::io::empty(), FlushTurn::default(), ended.clone());
+        let mut c = Coalesce::new(
+            tokio::io::empty(),
+            FlushTurn::default(),
+            ended.clone(),
+            Heard::new(),
+        );
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut none = [0u8; 0];

@@ -18,7 +18,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 use tokio_util::sync::CancellationToken;
 
 use crate::TransportError;
-use crate::coalesce::{Coalesce, FlushTurn};
+use crate::coalesce::{Coalesce, FlushTurn, Heard};
 
 pub use yamux::Mode;
 
@@ -87,9 +87,19 @@ pub struct MuxHandle {
     permits: Arc<Semaphore>,
     closed: CancellationToken,
     abort: CancellationToken,
+    heard: Heard,
 }
 
 impl MuxHandle {
+    /// When the peer last sent anything (the connection's start, before
+    /// anything came). Keepalives count it as an answer: on a slow link a
+    /// download's data can hold a ping back for seconds while the peer's
+    /// window updates keep arriving.
+    #[must_use]
+    pub fn last_heard(&self) -> std::time::Instant {
+        self.heard.last()
+    }
+
     /// Opens a stream. Nothing is sent until the first write, and no
     /// round trip is awaited: the request rides with the stream's SYN.
     ///
@@ -215,7 +225,8 @@ where
     cfg.set_split_send_size(SPLIT_SEND_SIZE);
     let turn = FlushTurn::default();
     let closed = CancellationToken::new();
-    let io = Coalesce::new(io, turn.clone(), closed.clone());
+    let heard = Heard::new();
+    let io = Coalesce::new(io, turn.clone(), closed.clone(), heard.clone());
     let conn = yamux::Connection::new(io.compat(), cfg, mode);
     let (open_tx, open_rx) = mpsc::channel(limits.max_outbound.max(1));
     let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue.max(1));
@@ -225,6 +236,7 @@ where
         permits: Arc::new(Semaphore::new(limits.max_outbound)),
         closed: closed.clone(),
         abort: abort.clone(),
+        heard,
     };
     let task =
         tokio::spawn(

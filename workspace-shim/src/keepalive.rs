@@ -5,7 +5,8 @@
 //!
 //! The watchdog arms at the first ping (a laptop that never pings is not
 //! judged by them) and allows the larger of its own timeout and four of the
-//! laptop's announced ping intervals.
+//! laptop's announced ping intervals since the last ping or the last byte
+//! from the laptop, whichever came later.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,10 @@ pub async fn run(
             () = tokio::time::sleep(TICK) => {
                 if let Some((at, interval)) = last {
                     let allowed = timeout.max(interval.saturating_mul(4));
+                    // Behind a download on a slow link a ping can wait
+                    // longer than that; the download's own bytes show the
+                    // laptop is there.
+                    let at = at.max(mux.last_heard());
                     if at.elapsed() > allowed {
                         warn!(silent_s = at.elapsed().as_secs(), "no ping from the laptop; link declared dead");
                         mux.abort();
@@ -120,6 +125,60 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(5), shim_driver).await;
         assert!(matches!(ended, Ok(Ok(mux::MuxExit::Aborted))), "{ended:?}");
         let _ = watch.await;
+        stop.cancel();
+    }
+
+    /// A ping held back behind a download on a slow link: the download's
+    /// bytes keep the link, and when they stop too, the link ends.
+    #[tokio::test]
+    async fn bytes_from_the_laptop_stand_in_for_late_pings() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let stop = CancellationToken::new();
+        let (shim, shim_in, mut shim_driver) =
+            mux::start(a, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
+        let (laptop, mut laptop_in, _d) =
+            mux::start(b, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
+        let watch = tokio::spawn(run(
+            shim.clone(),
+            shim_in,
+            Duration::from_millis(400),
+            Arc::default(),
+        ));
+        let Ok(mut ping) = laptop.open().await else {
+            panic!("opening a ping stream");
+        };
+        let first = Control::Ping {
+            seq: 1,
+            interval_ms: 50,
+        };
+        assert!(nexus_transport::send(&mut ping, &first).await.is_ok());
+        let pong = nexus_transport::recv::<_, ControlReply>(&mut ping, 64).await;
+        assert_eq!(pong.ok(), Some(ControlReply::Pong { seq: 1 }));
+        // A stream the laptop sends down, a byte every 100 ms for 1.5 s:
+        // nearly four timeouts without a ping.
+        let Ok(mut up) = shim.open().await else {
+            panic!("opening a stream");
+        };
+        assert!(up.write_all(b"x").await.is_ok() && up.flush().await.is_ok());
+        let Some(mut down) = laptop_in.recv().await else {
+            panic!("the laptop got no stream");
+        };
+        let trickle = tokio::spawn(async move {
+            for _ in 0..15 {
+                if down.write_all(b"y").await.is_err() || down.flush().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            down
+        });
+        let early = tokio::time::timeout(Duration::from_millis(1200), &mut shim_driver).await;
+        assert!(early.is_err(), "the link ended while bytes came: {early:?}");
+        let _down = trickle.await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), shim_driver).await;
+        assert!(matches!(ended, Ok(Ok(mux::MuxExit::Aborted))), "{ended:?}");
+        let _ = watch.await;
+        drop(up);
         stop.cancel();
     }
 }
