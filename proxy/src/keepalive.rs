@@ -1,12 +1,15 @@
 //! Keepalive for one link, and the two hints that a link is probably gone
 //! before any timeout says so.
 //!
-//! - **Pings**: yamux 0.14 sends none of its own, so the proxy opens a short
-//!   stream with [`Control::Ping`] every quarter of the keepalive timeout.
+//! - **Pings**: the proxy opens a short stream with [`Control::Ping`] every
+//!   quarter of the keepalive timeout.
 //!   Any answer proves the link alive (an older shim resets the stream:
-//!   that is an answer too), and so does any byte the shim sends. Neither
-//!   for the whole timeout: the link is dead and is dropped at once, so
-//!   that the tunnel is dialed again.
+//!   that is an answer too), and so does any byte the shim sends, for up to
+//!   four timeouts without a pong (a ping can wait behind a download on a
+//!   slow link). Neither for the whole timeout, or no pong for four: the
+//!   link is dead and is dropped at once, so that the tunnel is dialed
+//!   again. yamux's own pings (one per 10 s, for its RTT estimate) are
+//!   answered by the peer's driver alone, so they prove nothing here.
 //! - **Wake**: the monotonic clock stops while a laptop sleeps, the wall
 //!   clock does not. When the wall clock has run ahead of the monotonic one,
 //!   the laptop has just woken: the link is probed at once, and a sleeping
@@ -189,11 +192,15 @@ async fn watchdog(
         let last = *alive.borrow();
         // Anything the shim sent counts too: behind a download on a slow
         // link our ping can wait longer than the timeout while the shim's
-        // window updates keep coming. A wake or route probe still wants a
-        // pong (bytes read just after a wake may have come before it).
+        // window updates keep coming, but not for longer than `pong_wait`.
+        // A wake or route probe still wants a pong (bytes read just after a
+        // wake may have come before it).
         let silent = last.max(mux.last_heard()).elapsed();
         if silent > timeout {
             return Some(Dead::Silent(silent));
+        }
+        if last.elapsed() > pong_wait(timeout) {
+            return Some(Dead::Silent(last.elapsed()));
         }
         if let Some((since, why)) = probe {
             if last >= since {
@@ -223,6 +230,14 @@ async fn watchdog(
     }
 }
 
+/// How long a link may go without a pong while its other bytes keep coming:
+/// yamux's drivers answer yamux's own pings (one per 10 s, for its RTT
+/// estimate) without the shim's application, so bytes alone cannot prove
+/// the shim answers. Also how long one ping may wait for its pong.
+fn pong_wait(timeout: Duration) -> Duration {
+    timeout.saturating_mul(4)
+}
+
 /// Pings every `interval` (or at once when asked), recording the time of
 /// every answer.
 async fn pinger(
@@ -240,7 +255,12 @@ async fn pinger(
         let sent = Instant::now();
         let answered = tokio::select! {
             () = stop.cancelled() => return,
-            r = tokio::time::timeout(timeout, ping(&mux, seq, interval_ms)) => r.is_ok(),
+            // A late pong still counts (the link's bytes keep it alive
+            // meanwhile), up to the wait's end.
+            r = tokio::time::timeout(pong_wait(timeout), ping(&mux, seq, interval_ms)) => r.is_ok(),
+            // A probe wants a ping sent after the wake: a pong to one sent
+            // before could be an old answer read late.
+            () = ping_now.notified() => continue,
         };
         if answered && !mux.is_closed() {
             let _ = alive.send(Instant::now());
@@ -357,16 +377,17 @@ mod tests {
     }
 
     /// A shim whose pong is held back behind a download on a slow link: the
-    /// bytes it keeps sending prove the link alive; when they stop too, the
-    /// link is declared dead.
+    /// bytes it keeps sending prove the link alive past the timeout, but not
+    /// past four timeouts without a pong (yamux answers its own pings, so
+    /// bytes cannot prove the shim's keepalive answers).
     #[tokio::test]
-    async fn bytes_from_the_shim_stand_in_for_late_pongs() {
+    async fn bytes_from_the_shim_stand_in_for_late_pongs_for_a_while() {
         let (a, b) = tokio::io::duplex(1 << 20);
         let stop = CancellationToken::new();
         let (h, mut laptop_in, _task) =
             mux::start(a, mux::Mode::Client, MuxConfig::PROXY, stop.clone());
         // The peer never answers a ping, but sends a byte every 100 ms on a
-        // stream of its own for 1.5 s: nearly three timeouts.
+        // stream of its own for 6 s.
         let (peer, mut peer_in, _ptask) =
             mux::start(b, mux::Mode::Server, MuxConfig::SHIM, stop.clone());
         let held = tokio::spawn(async move {
@@ -377,37 +398,41 @@ mod tests {
         });
         let trickle = tokio::spawn(async move {
             let Ok(mut up) = peer.open().await else {
-                return None;
+                return;
             };
-            for _ in 0..15 {
+            for _ in 0..60 {
                 if up.write_all(b"y").await.is_err() || up.flush().await.is_err() {
-                    break;
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Some(up)
         });
         let accepted = tokio::spawn(async move { laptop_in.recv().await.map(|s| (s, laptop_in)) });
-        let watch = tokio::spawn(watch_link(
+        let started = Instant::now();
+        let mut watch = tokio::spawn(watch_link(
             h,
             None,
-            Duration::from_millis(600),
-            Duration::from_millis(150),
+            Duration::from_secs(1),
+            Duration::from_millis(250),
             stop.clone(),
         ));
-        let early = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+        let early = tokio::time::timeout(Duration::from_millis(2500), &mut watch).await;
         assert!(
-            matches!(early, Ok(Ok(Some(_)))),
-            "the trickle did not run to its end: {early:?}"
-        );
-        assert!(
-            !watch.is_finished(),
-            "declared dead while the shim sent bytes"
+            early.is_err(),
+            "declared dead while the shim sent bytes: {early:?}"
         );
         let dead = tokio::time::timeout(Duration::from_secs(5), watch).await;
         assert!(matches!(dead, Ok(Ok(Some(Dead::Silent(_))))), "{dead:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(3900),
+            "dead after {:?}, before four timeouts",
+            started.elapsed()
+        );
+        assert!(!trickle.is_finished(), "the bytes stopped first");
         stop.cancel();
-        held.abort();
+        for t in [held, trickle] {
+            t.abort();
+        }
         accepted.abort();
     }
 

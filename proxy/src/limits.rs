@@ -29,8 +29,9 @@ const MAX_IN_FLIGHT_CEILING: usize = 448;
 pub struct Limits {
     #[arg(long, env = "NEXUS_KEEPALIVE_TIMEOUT", value_name = "DURATION",
           default_value = "10s", value_parser = parse_keepalive,
-          help = format!("A link is declared dead (and redialed) after this long without an \
-                          answer to a ping; pings go every quarter of it (500ms to 1h): {DURATION_FORMS}"))]
+          help = format!("A link is declared dead (and redialed) after this long with nothing \
+                          from the shim, or four times as long without an answer to a ping; \
+                          pings go every quarter of it (500ms to 1h): {DURATION_FORMS}"))]
     pub keepalive_timeout: Duration,
     /// Calls of one workspace answered at once; more wait their turn.
     #[arg(long, env = "NEXUS_MAX_CALLS_IN_FLIGHT", value_name = "N",

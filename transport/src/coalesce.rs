@@ -67,7 +67,10 @@ impl Heard {
 
     /// The time of the last read that brought bytes (the start, before any).
     pub(crate) fn last(&self) -> std::time::Instant {
-        self.0.0 + std::time::Duration::from_millis(self.0.1.load(Ordering::Relaxed))
+        let (start, ms) = &*self.0;
+        start
+            .checked_add(std::time::Duration::from_millis(ms.load(Ordering::Relaxed)))
+            .unwrap_or(*start)
     }
 }
 

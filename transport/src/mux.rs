@@ -42,7 +42,7 @@ pub struct MuxConfig {
     /// Everything a grown window lets the sender put ahead of a small
     /// answer (a token, a keepalive ping) queues on the link: on a 40 Mbit/s
     /// uplink at 50 ms RTT, a token call during a download took 85 ms with
-    /// 256 KiB windows, 217 ms with 2 MiB of headroom and 379 ms with 8 MiB
+    /// 256 KiB windows, 245 ms with 2 MiB of headroom and 379 ms with 8 MiB
     /// (`bench/precise_delay_proxy.py --rate-mbit 40`). 2 MiB keeps a
     /// stream's window near OpenSSH's 2 MiB channel window.
     pub window_headroom: usize,

@@ -6,7 +6,8 @@
 //! The watchdog arms at the first ping (a laptop that never pings is not
 //! judged by them) and allows the larger of its own timeout and four of the
 //! laptop's announced ping intervals since the last ping or the last byte
-//! from the laptop, whichever came later.
+//! from the laptop, whichever came later; bytes alone stand in for pings
+//! for four times that at most.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,13 +42,14 @@ pub async fn run(
             () = mux.closed() => return,
             s = inbound.recv() => match s { Some(s) => s, None => return },
             () = tokio::time::sleep(TICK) => {
-                if let Some((at, interval)) = last {
+                if let Some((pinged, interval)) = last {
                     let allowed = timeout.max(interval.saturating_mul(4));
                     // Behind a download on a slow link a ping can wait
                     // longer than that; the download's own bytes show the
-                    // laptop is there.
-                    let at = at.max(mux.last_heard());
-                    if at.elapsed() > allowed {
+                    // laptop is there, for up to four times as long (yamux
+                    // answers its own pings without the laptop's keepalive).
+                    let at = pinged.max(mux.last_heard());
+                    if at.elapsed() > allowed || pinged.elapsed() > allowed.saturating_mul(4) {
                         warn!(silent_s = at.elapsed().as_secs(), "no ping from the laptop; link declared dead");
                         mux.abort();
                         return;
@@ -129,9 +131,10 @@ mod tests {
     }
 
     /// A ping held back behind a download on a slow link: the download's
-    /// bytes keep the link, and when they stop too, the link ends.
+    /// bytes keep the link past the timeout, but not past four timeouts
+    /// without a ping.
     #[tokio::test]
-    async fn bytes_from_the_laptop_stand_in_for_late_pings() {
+    async fn bytes_from_the_laptop_stand_in_for_late_pings_for_a_while() {
         let (a, b) = tokio::io::duplex(1 << 16);
         let stop = CancellationToken::new();
         let (shim, shim_in, mut shim_driver) =
@@ -141,7 +144,7 @@ mod tests {
         let watch = tokio::spawn(run(
             shim.clone(),
             shim_in,
-            Duration::from_millis(400),
+            Duration::from_secs(1),
             Arc::default(),
         ));
         let Ok(mut ping) = laptop.open().await else {
@@ -154,8 +157,9 @@ mod tests {
         assert!(nexus_transport::send(&mut ping, &first).await.is_ok());
         let pong = nexus_transport::recv::<_, ControlReply>(&mut ping, 64).await;
         assert_eq!(pong.ok(), Some(ControlReply::Pong { seq: 1 }));
-        // A stream the laptop sends down, a byte every 100 ms for 1.5 s:
-        // nearly four timeouts without a ping.
+        let pinged = Instant::now();
+        // A stream the laptop sends down, a byte every 100 ms for 6 s, and
+        // no ping after the first.
         let Ok(mut up) = shim.open().await else {
             panic!("opening a stream");
         };
@@ -164,20 +168,24 @@ mod tests {
             panic!("the laptop got no stream");
         };
         let trickle = tokio::spawn(async move {
-            for _ in 0..15 {
+            for _ in 0..60 {
                 if down.write_all(b"y").await.is_err() || down.flush().await.is_err() {
-                    break;
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            down
         });
-        let early = tokio::time::timeout(Duration::from_millis(1200), &mut shim_driver).await;
+        let early = tokio::time::timeout(Duration::from_millis(2500), &mut shim_driver).await;
         assert!(early.is_err(), "the link ended while bytes came: {early:?}");
-        let _down = trickle.await;
         let ended = tokio::time::timeout(Duration::from_secs(5), shim_driver).await;
         assert!(matches!(ended, Ok(Ok(mux::MuxExit::Aborted))), "{ended:?}");
+        assert!(
+            pinged.elapsed() >= Duration::from_millis(3900),
+            "ended after {:?}, before four timeouts",
+            pinged.elapsed()
+        );
         let _ = watch.await;
+        trickle.abort();
         drop(up);
         stop.cancel();
     }
