@@ -53,16 +53,7 @@ def _pump(src, dst, delay_s, rate, queue_bytes):
     if rate:
         # reader -> bounded queue -> bottleneck at `rate` -> delay -> writer
         held = queue.Queue(maxsize=max(1, queue_bytes // RATED_CHUNK))
-
-        def reader():
-            while True:
-                try:
-                    data = src.recv(RATED_CHUNK)
-                except OSError:
-                    data = b""
-                held.put(data)
-                if not data:
-                    return
+        size, put = RATED_CHUNK, held.put
 
         def bottleneck():
             free_at = time.monotonic()
@@ -76,16 +67,20 @@ def _pump(src, dst, delay_s, rate, queue_bytes):
 
         threading.Thread(target=bottleneck, daemon=True).start()
     else:
+        size = CHUNK
 
-        def reader():
-            while True:
-                try:
-                    data = src.recv(CHUNK)
-                except OSError:
-                    data = b""
-                q.put((time.monotonic() + delay_s, data))
-                if not data:
-                    return
+        def put(data):
+            q.put((time.monotonic() + delay_s, data))
+
+    def reader():
+        while True:
+            try:
+                data = src.recv(size)
+            except OSError:
+                data = b""
+            put(data)
+            if not data:
+                return
 
     def writer():
         while True:

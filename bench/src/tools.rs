@@ -107,6 +107,21 @@ fn row(label: &str, ms: &[f64]) {
     );
 }
 
+/// `runs` token calls one after the other over `sock`, each timed (ms).
+async fn token_calls(sock: &Path, runs: usize) -> Result<Vec<f64>> {
+    timed(runs, || async move {
+        one(
+            sock,
+            LocalOp::Forward(Request::Token {
+                name: "demo".into(),
+            }),
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
 async fn timed<F, Fut>(runs: usize, mut f: F) -> Result<Vec<f64>>
 where
     F: FnMut() -> Fut,
@@ -452,20 +467,7 @@ async fn main() -> Result<()> {
         let pair = Pair::start(&bin, &policy, &[], Some((&args.delay_proxy, args.rtt_ms))).await?;
         let runs = args.runs.min(40);
         let sock = pair.sock().to_path_buf();
-        let token = timed(runs, || {
-            let sock = sock.clone();
-            async move {
-                one(
-                    &sock,
-                    LocalOp::Forward(Request::Token {
-                        name: "demo".into(),
-                    }),
-                )
-                .await?;
-                Ok(())
-            }
-        })
-        .await?;
+        let token = token_calls(&sock, runs).await?;
         row(
             &format!("(r1) token get at {} ms RTT (the link's RTT)", args.rtt_ms),
             &token,
@@ -548,20 +550,7 @@ async fn main() -> Result<()> {
                 }
             }
         });
-        let during = timed(runs, || {
-            let sock = sock.clone();
-            async move {
-                one(
-                    &sock,
-                    LocalOp::Forward(Request::Token {
-                        name: "demo".into(),
-                    }),
-                )
-                .await?;
-                Ok(())
-            }
-        })
-        .await?;
+        let during = token_calls(&sock, runs).await?;
         busy.abort();
         row(
             &format!("(r5) token get at {} ms RTT during downloads", args.rtt_ms),
