@@ -189,26 +189,17 @@ async fn watchdog(
             () = mux.closed() => return None,
             () = tokio::time::sleep(TICK) => {}
         }
-        let last = *alive.borrow();
-        // Anything the shim sent counts too: behind a download on a slow
-        // link our ping can wait longer than the timeout while the shim's
-        // window updates keep coming, but not for longer than `pong_wait`.
-        // A wake or route probe still wants a pong (bytes read just after a
-        // wake may have come before it).
-        let silent = last.max(mux.last_heard()).elapsed();
-        if silent > timeout {
-            return Some(Dead::Silent(silent));
-        }
-        if last.elapsed() > pong_wait(timeout) {
-            return Some(Dead::Silent(last.elapsed()));
-        }
-        if let Some((since, why)) = probe {
-            if last >= since {
-                debug!(?why, "probe answered; the link survived");
+        let heard = Heard {
+            pong: *alive.borrow(),
+            bytes: mux.last_heard(),
+        };
+        match verdict(Instant::now(), heard, probe, timeout) {
+            Verdict::Dead(why) => return Some(why),
+            Verdict::ProbeAnswered => {
+                debug!(why = ?probe.map(|p| p.1), "probe answered; the link survived");
                 probe = None;
-            } else if since.elapsed() > PROBE_TIMEOUT {
-                return Some(why);
             }
+            Verdict::Alive => {}
         }
         if let Some(hint) = hints.check() {
             let why = match hint {
@@ -227,6 +218,51 @@ async fn watchdog(
             probe = Some((Instant::now(), why));
             ping_now.notify_one();
         }
+    }
+}
+
+/// What was last heard from the shim.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// The last answer to one of our pings.
+    pong: Instant,
+    /// The last read that brought any bytes.
+    bytes: Instant,
+}
+
+/// What the watchdog makes of what it heard.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Alive,
+    ProbeAnswered,
+    Dead(Dead),
+}
+
+/// The link's state at `now`. Anything the shim sent counts: behind a
+/// download on a slow link our ping can wait longer than the timeout while
+/// the shim's window updates keep coming, but not for longer than
+/// [`pong_wait`]. A wake or route probe (`probe`: since when, and why)
+/// wants a pong: bytes read just after a wake may have come before it.
+fn verdict(
+    now: Instant,
+    heard: Heard,
+    probe: Option<(Instant, Dead)>,
+    timeout: Duration,
+) -> Verdict {
+    let silent = now.saturating_duration_since(heard.pong.max(heard.bytes));
+    if silent > timeout {
+        return Verdict::Dead(Dead::Silent(silent));
+    }
+    let unanswered = now.saturating_duration_since(heard.pong);
+    if unanswered > pong_wait(timeout) {
+        return Verdict::Dead(Dead::Silent(unanswered));
+    }
+    match probe {
+        Some((since, _)) if heard.pong >= since => Verdict::ProbeAnswered,
+        Some((since, why)) if now.saturating_duration_since(since) > PROBE_TIMEOUT => {
+            Verdict::Dead(why)
+        }
+        _ => Verdict::Alive,
     }
 }
 
@@ -434,6 +470,45 @@ mod tests {
             t.abort();
         }
         accepted.abort();
+    }
+
+    /// The verdict: bytes stand in for a late pong for four timeouts, but
+    /// never answer a wake or route probe.
+    #[test]
+    fn bytes_keep_a_link_but_never_answer_a_probe() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let timeout = s(10);
+        let heard = |pong, bytes| Heard {
+            pong: t0 + s(pong),
+            bytes: t0 + s(bytes),
+        };
+        let at = |secs| t0 + s(secs);
+        // Pong late, bytes recent: alive up to four timeouts without a pong.
+        assert_eq!(verdict(at(25), heard(0, 24), None, timeout), Verdict::Alive);
+        assert!(matches!(
+            verdict(at(41), heard(0, 40), None, timeout),
+            Verdict::Dead(Dead::Silent(_))
+        ));
+        // Nothing at all for the timeout: dead.
+        assert!(matches!(
+            verdict(at(21), heard(5, 10), None, timeout),
+            Verdict::Dead(Dead::Silent(_))
+        ));
+        // A probe at 30: bytes after it do not answer it, a pong does.
+        let probe = Some((at(30), Dead::Wake));
+        assert_eq!(
+            verdict(at(31), heard(28, 31), probe, timeout),
+            Verdict::Alive
+        );
+        assert_eq!(
+            verdict(at(33), heard(28, 33), probe, timeout),
+            Verdict::Dead(Dead::Wake)
+        );
+        assert_eq!(
+            verdict(at(31), heard(31, 31), probe, timeout),
+            Verdict::ProbeAnswered
+        );
     }
 
     /// A peer that resets every stream (an older shim) still proves the link
