@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nexus_protocol::{Control, ControlReply, HANDSHAKE_MAX_FRAME};
 use nexus_transport::MuxHandle;
+use nexus_transport::mux::{answer_wait, too_silent};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -238,24 +239,17 @@ enum Verdict {
     Dead(Dead),
 }
 
-/// The link's state at `now`. Anything the shim sent counts: behind a
-/// download on a slow link our ping can wait longer than the timeout while
-/// the shim's window updates keep coming, but not for longer than
-/// [`pong_wait`]. A wake or route probe (`probe`: since when, and why)
-/// wants a pong: bytes read just after a wake may have come before it.
+/// The link's state at `now`. Anything the shim sent counts, for a while
+/// ([`too_silent`]). A wake or route probe (`probe`: since when, and
+/// why) wants a pong: bytes read just after a wake may have come before it.
 fn verdict(
     now: Instant,
     heard: Heard,
     probe: Option<(Instant, Dead)>,
     timeout: Duration,
 ) -> Verdict {
-    let silent = now.saturating_duration_since(heard.pong.max(heard.bytes));
-    if silent > timeout {
+    if let Some(silent) = too_silent(now, heard.pong, heard.bytes, timeout) {
         return Verdict::Dead(Dead::Silent(silent));
-    }
-    let unanswered = now.saturating_duration_since(heard.pong);
-    if unanswered > pong_wait(timeout) {
-        return Verdict::Dead(Dead::Silent(unanswered));
     }
     match probe {
         Some((since, _)) if heard.pong >= since => Verdict::ProbeAnswered,
@@ -264,14 +258,6 @@ fn verdict(
         }
         _ => Verdict::Alive,
     }
-}
-
-/// How long a link may go without a pong while its other bytes keep coming:
-/// yamux's drivers answer yamux's own pings (one per 10 s, for its RTT
-/// estimate) without the shim's application, so bytes alone cannot prove
-/// the shim answers. Also how long one ping may wait for its pong.
-fn pong_wait(timeout: Duration) -> Duration {
-    timeout.saturating_mul(4)
 }
 
 /// Pings every `interval` (or at once when asked), recording the time of
@@ -293,7 +279,7 @@ async fn pinger(
             () = stop.cancelled() => return,
             // A late pong still counts (the link's bytes keep it alive
             // meanwhile), up to the wait's end.
-            r = tokio::time::timeout(pong_wait(timeout), ping(&mux, seq, interval_ms)) => r.is_ok(),
+            r = tokio::time::timeout(answer_wait(timeout), ping(&mux, seq, interval_ms)) => r.is_ok(),
             // A probe wants a ping sent after the wake: a pong to one sent
             // before could be an old answer read late.
             () = ping_now.notified() => continue,

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::poll_fn;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -72,6 +73,40 @@ impl MuxConfig {
 // Only the workspace side lets windows grow: what the workspace sends the
 // laptop stays bounded by 256 KiB a stream. Checked when compiling.
 const _: () = assert!(MuxConfig::PROXY.window_headroom == 0);
+
+/// How long a link's bytes alone may stand in for keepalive answers: four
+/// times the silence allowed. Behind a download on a slow link an answer can
+/// wait longer than that silence while the peer's bytes keep coming, but
+/// yamux's drivers answer yamux's own pings (one per 10 s, for its RTT
+/// estimate) without the application, so bytes cannot prove that the peer's
+/// keepalive answers. Also how long one keepalive answer may be waited for.
+#[must_use]
+pub fn answer_wait(allowed: Duration) -> Duration {
+    allowed.saturating_mul(4)
+}
+
+/// How long a link has been silent at `now`, once too long: nothing at all
+/// since `heard` (the last byte, or the last answer if later) for longer than
+/// `allowed`, or no keepalive answer since `answered` for longer than
+/// [`answer_wait`]. `None` while the link counts as alive; both keepalive
+/// watchdogs (laptop and workspace) judge by this.
+#[must_use]
+pub fn too_silent(
+    now: std::time::Instant,
+    answered: std::time::Instant,
+    heard: std::time::Instant,
+    allowed: Duration,
+) -> Option<Duration> {
+    let silent = now.saturating_duration_since(answered.max(heard));
+    let unanswered = now.saturating_duration_since(answered);
+    if silent > allowed {
+        Some(silent)
+    } else if unanswered > answer_wait(allowed) {
+        Some(unanswered)
+    } else {
+        None
+    }
+}
 
 /// yamux's default per-stream receive window.
 const STREAM_WINDOW: usize = 256 * 1024;

@@ -46,11 +46,10 @@ pub async fn run(
                     let allowed = timeout.max(interval.saturating_mul(4));
                     // Behind a download on a slow link a ping can wait
                     // longer than that; the download's own bytes show the
-                    // laptop is there, for up to four times as long (yamux
-                    // answers its own pings without the laptop's keepalive).
-                    let at = pinged.max(mux.last_heard());
-                    if at.elapsed() > allowed || pinged.elapsed() > allowed.saturating_mul(4) {
-                        warn!(silent_s = at.elapsed().as_secs(), "no ping from the laptop; link declared dead");
+                    // laptop is there, for a while.
+                    let silent = nexus_transport::mux::too_silent(Instant::now(), pinged, mux.last_heard(), allowed);
+                    if let Some(silent) = silent {
+                        warn!(silent_s = silent.as_secs(), "no ping from the laptop; link declared dead");
                         mux.abort();
                         return;
                     }
